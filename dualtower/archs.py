@@ -1,0 +1,93 @@
+"""Named architectures: pure data, one registry.
+
+open_clip's ViT configs built from its own VisionTransformer and TextTransformer with the OpenAI tokenizer are
+listed under open_clip's names, one row each, and decoded into configs by `_openclip`. The `tiny-*` configs
+keep tests fast and cover the options no published config uses.
+"""
+
+from __future__ import annotations
+
+from .config import ModelConfig, PreprocessConfig, TextConfig, VisionConfig
+
+# name: (embed_dim, image_size, patch, vision width, vision depth, vision head width, vision mlp ratio,
+#        text width, text heads, text depth, QuickGELU, vision layer-scale init)
+_OPENCLIP_ROWS = {
+    "ViT-S-16": (384, 224, 16, 384, 12, 64, 4.0, 384, 6, 12, False, 0.0),
+    "ViT-S-32": (384, 224, 32, 384, 12, 64, 4.0, 384, 6, 12, False, 0.0),
+    "ViT-S-32-alt": (256, 224, 32, 384, 12, 64, 4.0, 256, 4, 10, False, 0.0),
+    "ViT-M-16": (512, 224, 16, 512, 12, 64, 4.0, 512, 8, 12, False, 0.0),
+    "ViT-M-16-alt": (384, 224, 16, 512, 12, 64, 4.0, 384, 6, 12, False, 1e-4),
+    "ViT-M-32": (512, 224, 32, 512, 12, 64, 4.0, 512, 8, 12, False, 0.0),
+    "ViT-M-32-alt": (384, 224, 32, 512, 12, 64, 4.0, 384, 6, 12, False, 0.0),
+    "ViT-B-32": (512, 224, 32, 768, 12, 64, 4.0, 512, 8, 12, False, 0.0),
+    "ViT-B-32-quickgelu": (512, 224, 32, 768, 12, 64, 4.0, 512, 8, 12, True, 0.0),
+    "ViT-B-32-256": (512, 256, 32, 768, 12, 64, 4.0, 512, 8, 12, False, 0.0),
+    "ViT-B-32-plus-256": (640, 256, 32, 896, 12, 64, 4.0, 640, 10, 12, False, 0.0),
+    "ViT-B-16": (512, 224, 16, 768, 12, 64, 4.0, 512, 8, 12, False, 0.0),
+    "ViT-B-16-quickgelu": (512, 224, 16, 768, 12, 64, 4.0, 512, 8, 12, True, 0.0),
+    "ViT-B-16-plus": (640, 224, 16, 896, 12, 64, 4.0, 640, 10, 12, False, 0.0),
+    "ViT-B-16-plus-240": (640, 240, 16, 896, 12, 64, 4.0, 640, 10, 12, False, 0.0),
+    "ViT-L-14": (768, 224, 14, 1024, 24, 64, 4.0, 768, 12, 12, False, 0.0),
+    "ViT-L-14-quickgelu": (768, 224, 14, 1024, 24, 64, 4.0, 768, 12, 12, True, 0.0),
+    "ViT-L-14-280": (768, 280, 14, 1024, 24, 64, 4.0, 768, 12, 12, False, 0.0),
+    "ViT-L-14-336": (768, 336, 14, 1024, 24, 64, 4.0, 768, 12, 12, False, 0.0),
+    "ViT-L-14-336-quickgelu": (768, 336, 14, 1024, 24, 64, 4.0, 768, 12, 12, True, 0.0),
+    "ViT-L-16": (768, 224, 16, 1024, 24, 64, 4.0, 768, 12, 12, False, 0.0),
+    "ViT-L-16-320": (768, 320, 16, 1024, 24, 64, 4.0, 768, 12, 12, False, 0.0),
+    "ViT-H-14": (1024, 224, 14, 1280, 32, 80, 4.0, 1024, 16, 24, False, 0.0),
+    "ViT-H-14-quickgelu": (1024, 224, 14, 1280, 32, 80, 4.0, 1024, 16, 24, True, 0.0),
+    "ViT-H-14-378": (1024, 378, 14, 1280, 32, 80, 4.0, 1024, 16, 24, False, 0.0),
+    "ViT-H-14-378-quickgelu": (1024, 378, 14, 1280, 32, 80, 4.0, 1024, 16, 24, True, 0.0),
+    "ViT-H-16": (1024, 224, 16, 1280, 32, 80, 4.0, 1024, 16, 24, False, 0.0),
+    "ViT-g-14": (1024, 224, 14, 1408, 40, 88, 4.3637, 1024, 16, 24, False, 0.0),
+    "ViT-bigG-14": (1280, 224, 14, 1664, 48, 104, 4.9231, 1280, 20, 32, False, 0.0),
+    "ViT-bigG-14-quickgelu": (1280, 224, 14, 1664, 48, 104, 4.9231, 1280, 20, 32, True, 0.0),
+    "ViT-e-14": (1280, 224, 14, 1792, 56, 112, 8.5715, 1280, 20, 36, False, 0.0),
+}
+
+
+def _openclip(name, embed, image, patch, v_width, v_depth, v_head_width, v_mlp_ratio,
+              t_width, t_heads, t_depth, quick_gelu, ls_init) -> ModelConfig:
+    act = "quick_gelu" if quick_gelu else "gelu"
+    return ModelConfig(
+        name=name,
+        embed_dim=embed,
+        vision=VisionConfig(
+            image_size=image, patch_size=patch, width=v_width, depth=v_depth, heads=v_width // v_head_width,
+            mlp_dim=int(v_width * v_mlp_ratio), act=act, ls_init=ls_init,
+        ),
+        text=TextConfig(width=t_width, heads=t_heads, depth=t_depth, mlp_dim=t_width * 4, act=act),
+        preprocess=PreprocessConfig(image_size=image),
+    )
+
+
+def _tiny(name: str, **vision) -> ModelConfig:
+    image = vision.pop("image_size", 32)
+    return ModelConfig(
+        name=name,
+        embed_dim=48,
+        vision=VisionConfig(image_size=image, patch_size=8, width=64, depth=2, heads=4, mlp_dim=256, **vision),
+        text=TextConfig(width=32, depth=2, heads=2, mlp_dim=128, act=vision.get("act", "gelu")),
+        preprocess=PreprocessConfig(image_size=image),
+    )
+
+
+_TINY = {
+    "tiny": _tiny("tiny"),
+    "tiny-quickgelu": _tiny("tiny-quickgelu", act="quick_gelu"),
+    "tiny-ls-mean": _tiny("tiny-ls-mean", ls_init=0.1, pool="mean", final_norm="after_pool", image_size=40),
+    "tiny-post-rms": _tiny("tiny-post-rms", post_norm=True, norm="rmsnorm", act="gelu_tanh", norm_pre=False,
+                           head_bias=True, patch_bias=True),
+}
+
+REGISTRY: dict[str, ModelConfig] = {**{n: _openclip(n, *row) for n, row in _OPENCLIP_ROWS.items()}, **_TINY}
+
+
+def get_config(name: str) -> ModelConfig:
+    if name not in REGISTRY:
+        raise KeyError(f"unknown architecture {name!r}; known: {', '.join(sorted(REGISTRY))}")
+    return REGISTRY[name]
+
+
+def list_architectures() -> list[str]:
+    return sorted(REGISTRY)

@@ -1,0 +1,148 @@
+"""Small frozen configs: one per tower, one for preprocessing, one for the whole model.
+
+Every field that changes the numbers has a name and a value; there is no "None means the architecture
+default". `ModelConfig.to_dict()` / `ModelConfig.from_dict()` round-trip through JSON, and `from_dict`
+refuses keys it does not know, so a checkpoint never carries settings that were silently ignored.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from dataclasses import dataclass, field
+
+ACTIVATIONS = ("gelu", "gelu_tanh", "quick_gelu")
+NORMS = ("layernorm", "rmsnorm")
+
+# OpenAI CLIP's image statistics, used by every open_clip ViT config that does not override them.
+OPENAI_MEAN = (0.48145466, 0.4578275, 0.40821073)
+OPENAI_STD = (0.26862954, 0.26130258, 0.27577711)
+
+
+@dataclass(frozen=True)
+class VisionConfig:
+    image_size: int = 224
+    patch_size: int = 32
+    width: int = 768
+    depth: int = 12
+    heads: int = 12
+    mlp_dim: int = 3072
+    act: str = "gelu"
+    norm: str = "layernorm"
+    norm_eps: float = 1e-5
+    post_norm: bool = False  # norm after the residual add (original Transformer) instead of before
+    ls_init: float = 0.0  # layer scale init value; 0 = no layer scale
+    qkv_bias: bool = True
+    proj_bias: bool = True  # attention output projection
+    mlp_bias: bool = True
+    patch_bias: bool = False
+    norm_pre: bool = True  # norm on the tokens before the transformer
+    pool: str = "cls"  # "cls" (class token) or "mean" (mean over patch tokens)
+    final_norm: str = "before_pool"  # "before_pool", "after_pool" or "none"
+    head_bias: bool = False
+
+    def __post_init__(self):
+        _check(self.act in ACTIVATIONS, f"vision act {self.act!r} is not one of {ACTIVATIONS}")
+        _check(self.norm in NORMS, f"vision norm {self.norm!r} is not one of {NORMS}")
+        _check(self.pool in ("cls", "mean"), f"vision pool {self.pool!r} is not 'cls' or 'mean'")
+        _check(self.final_norm in ("before_pool", "after_pool", "none"),
+               f"vision final_norm {self.final_norm!r} is not 'before_pool', 'after_pool' or 'none'")
+        _check(self.width % self.heads == 0, f"vision width {self.width} is not divisible by heads {self.heads}")
+        _check(self.image_size % self.patch_size == 0,
+               f"image_size {self.image_size} is not a multiple of patch_size {self.patch_size}")
+
+    @property
+    def grid(self) -> int:
+        return self.image_size // self.patch_size
+
+
+@dataclass(frozen=True)
+class TextConfig:
+    vocab_size: int = 49408
+    context_length: int = 77
+    width: int = 512
+    depth: int = 12
+    heads: int = 8
+    mlp_dim: int = 2048
+    act: str = "gelu"
+    norm: str = "layernorm"
+    norm_eps: float = 1e-5
+    post_norm: bool = False
+    ls_init: float = 0.0
+    qkv_bias: bool = True
+    proj_bias: bool = True
+    mlp_bias: bool = True
+    head_bias: bool = False
+    eot_id: int = 49407  # pooling reads the hidden state at the first end-of-text token
+    pad_id: int = 0
+
+    def __post_init__(self):
+        _check(self.act in ACTIVATIONS, f"text act {self.act!r} is not one of {ACTIVATIONS}")
+        _check(self.norm in NORMS, f"text norm {self.norm!r} is not one of {NORMS}")
+        _check(self.width % self.heads == 0, f"text width {self.width} is not divisible by heads {self.heads}")
+        _check(0 <= self.eot_id < self.vocab_size, f"eot_id {self.eot_id} is outside the vocabulary")
+
+
+@dataclass(frozen=True)
+class PreprocessConfig:
+    image_size: int = 224
+    mean: tuple[float, float, float] = OPENAI_MEAN
+    std: tuple[float, float, float] = OPENAI_STD
+    interpolation: str = "bicubic"
+    resize_mode: str = "shortest"  # resize the shortest side to image_size, then center crop
+
+    def __post_init__(self):
+        _check(self.interpolation in ("bicubic", "bilinear"), f"interpolation {self.interpolation!r} unknown")
+        _check(self.resize_mode == "shortest", f"resize_mode {self.resize_mode!r} unknown")
+        object.__setattr__(self, "mean", tuple(float(v) for v in self.mean))
+        object.__setattr__(self, "std", tuple(float(v) for v in self.std))
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    name: str = "custom"
+    embed_dim: int = 512
+    vision: VisionConfig = field(default_factory=VisionConfig)
+    text: TextConfig = field(default_factory=TextConfig)
+    preprocess: PreprocessConfig = field(default_factory=PreprocessConfig)
+    tokenizer: str = "clip-bpe"
+    # CLIP (Radford et al. 2021): temperature 0.07 at init, learned in log space.
+    init_logit_scale: float = math.log(1 / 0.07)
+    init_logit_bias: float | None = None  # None: the model has no logit bias (SigLIP-style models set one)
+
+    def __post_init__(self):
+        _check(self.tokenizer == "clip-bpe", f"tokenizer {self.tokenizer!r} unknown (known: 'clip-bpe')")
+        _check(self.preprocess.image_size == self.vision.image_size,
+               f"preprocess image_size {self.preprocess.image_size} differs from the vision tower's "
+               f"{self.vision.image_size}")
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict) -> "ModelConfig":
+        data = dict(data)
+        parts = {"vision": VisionConfig, "text": TextConfig, "preprocess": PreprocessConfig}
+        for key, part in parts.items():
+            if key in data:
+                data[key] = _build(part, data[key], f"config.{key}")
+        return _build(cls, data, "config")
+
+    def replace(self, **changes) -> "ModelConfig":
+        return dataclasses.replace(self, **changes)
+
+
+def _build(cls, data: dict, where: str):
+    if not isinstance(data, dict):
+        raise ValueError(f"{where} must be a JSON object, got {type(data).__name__}")
+    known = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(data) - known)
+    if unknown:
+        raise ValueError(f"{where} has unknown keys {unknown}; known keys: {sorted(known)}")
+    data = {k: tuple(v) if isinstance(v, list) else v for k, v in data.items()}
+    return cls(**data)
+
+
+def _check(ok: bool, message: str) -> None:
+    if not ok:
+        raise ValueError(message)

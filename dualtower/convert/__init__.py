@@ -1,0 +1,3 @@
+from .remap import ConversionError
+
+__all__ = ["ConversionError"]

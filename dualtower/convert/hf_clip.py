@@ -1,0 +1,177 @@
+"""HF transformers `CLIPModel` directories: config.json + model.safetensors (or pytorch_model.bin), both ways."""
+
+from __future__ import annotations
+
+import json
+
+import torch
+
+from ..config import OPENAI_MEAN, OPENAI_STD, ModelConfig, PreprocessConfig, TextConfig, VisionConfig
+from .remap import ConversionError, Rule, expand, from_ours, rule, to_ours
+
+_BLOCK = [
+    ("norm1.weight", "layer_norm1.weight"), ("norm1.bias", "layer_norm1.bias"),
+    ("attn.proj.weight", "self_attn.out_proj.weight"), ("attn.proj.bias", "self_attn.out_proj.bias"),
+    ("norm2.weight", "layer_norm2.weight"), ("norm2.bias", "layer_norm2.bias"),
+    ("mlp.fc1.weight", "mlp.fc1.weight"), ("mlp.fc1.bias", "mlp.fc1.bias"),
+    ("mlp.fc2.weight", "mlp.fc2.weight"), ("mlp.fc2.bias", "mlp.fc2.bias"),
+]
+
+
+def _blocks(ours: str, theirs: str) -> list[Rule]:
+    attn = f"{theirs}.{{i}}.self_attn"
+    return [
+        *[rule(f"{ours}.{{i}}.{o}", f"{theirs}.{{i}}.{t}") for o, t in _BLOCK],
+        rule(f"{ours}.{{i}}.attn.qkv.weight", f"{attn}.q_proj.weight", f"{attn}.k_proj.weight", f"{attn}.v_proj.weight"),
+        rule(f"{ours}.{{i}}.attn.qkv.bias", f"{attn}.q_proj.bias", f"{attn}.k_proj.bias", f"{attn}.v_proj.bias"),
+    ]
+
+
+TABLE: list[Rule] = [
+    rule("visual.patch_embed.weight", "vision_model.embeddings.patch_embedding.weight"),
+    rule("visual.cls_token", "vision_model.embeddings.class_embedding"),
+    rule("visual.pos_embed", "vision_model.embeddings.position_embedding.weight"),
+    rule("visual.norm_pre.weight", "vision_model.pre_layrnorm.weight"),
+    rule("visual.norm_pre.bias", "vision_model.pre_layrnorm.bias"),
+    *_blocks("visual.transformer.blocks", "vision_model.encoder.layers"),
+    rule("visual.norm_pooled.weight", "vision_model.post_layernorm.weight"),  # HF: pool the class token, then norm
+    rule("visual.norm_pooled.bias", "vision_model.post_layernorm.bias"),
+    # The same result for a class-token model whose norm runs before pooling (open_clip's layout).
+    rule("visual.norm_tokens.weight", "vision_model.post_layernorm.weight"),
+    rule("visual.norm_tokens.bias", "vision_model.post_layernorm.bias"),
+    rule("visual.head.weight", "visual_projection.weight"),
+    rule("text.token_embed.weight", "text_model.embeddings.token_embedding.weight"),
+    rule("text.pos_embed", "text_model.embeddings.position_embedding.weight"),
+    *_blocks("text.transformer.blocks", "text_model.encoder.layers"),
+    rule("text.norm.weight", "text_model.final_layer_norm.weight"),
+    rule("text.norm.bias", "text_model.final_layer_norm.bias"),
+    rule("text.head.weight", "text_projection.weight"),
+    rule("logit_scale", "logit_scale"),
+]
+
+DROPPED = {"text_model.embeddings.position_ids", "vision_model.embeddings.position_ids"}
+
+_ACT_FROM_HF = {"quick_gelu": "quick_gelu", "gelu": "gelu", "gelu_new": "gelu_tanh", "gelu_pytorch_tanh": "gelu_tanh"}
+_ACT_TO_HF = {"quick_gelu": "quick_gelu", "gelu": "gelu", "gelu_tanh": "gelu_pytorch_tanh"}
+CLIP_VOCAB_SIZE = 49408
+CLIP_EOT_ID = 49407
+CLIP_SOT_ID = 49406
+
+
+def _rules(cfg: ModelConfig) -> list[Rule]:
+    return expand(TABLE, {"visual.": cfg.vision.depth, "text.": cfg.text.depth})
+
+
+def config_from_hf(hf: dict, preprocessor: dict | None, name: str) -> ModelConfig:
+    """Our config from an HF CLIPConfig dict (and its preprocessor_config.json, when there is one)."""
+    if hf.get("model_type") != "clip":
+        raise ConversionError(f"{name}: config.json has model_type {hf.get('model_type')!r}, expected 'clip'")
+    v, t = hf.get("vision_config", {}), hf.get("text_config", {})
+    try:
+        def act(c, tower):
+            a = c.get("hidden_act", "quick_gelu")
+            if a not in _ACT_FROM_HF:
+                raise ConversionError(f"{name}: {tower} hidden_act {a!r} is not supported")
+            return _ACT_FROM_HF[a]
+
+        vocab = t.get("vocab_size", CLIP_VOCAB_SIZE)
+        eot = t.get("eos_token_id", CLIP_EOT_ID)
+        if eot == 2 and vocab == CLIP_VOCAB_SIZE:
+            # Configs from before transformers PR #24773 say 2 and pool at argmax(ids), which with the CLIP
+            # vocabulary is the first end-of-text token (the largest id): the same as pooling at 49407.
+            eot = CLIP_EOT_ID
+        image_size = v.get("image_size", 224)
+        vision = VisionConfig(
+            image_size=image_size, patch_size=v.get("patch_size", 32), width=v.get("hidden_size", 768),
+            depth=v.get("num_hidden_layers", 12), heads=v.get("num_attention_heads", 12),
+            mlp_dim=v.get("intermediate_size", 3072), act=act(v, "vision"), norm_eps=v.get("layer_norm_eps", 1e-5),
+            final_norm="after_pool",
+        )
+        text = TextConfig(
+            vocab_size=vocab, context_length=t.get("max_position_embeddings", 77), width=t.get("hidden_size", 512),
+            depth=t.get("num_hidden_layers", 12), heads=t.get("num_attention_heads", 8),
+            mlp_dim=t.get("intermediate_size", 2048), act=act(t, "text"), norm_eps=t.get("layer_norm_eps", 1e-5),
+            eot_id=eot,
+        )
+    except (TypeError, ValueError) as e:
+        if isinstance(e, ConversionError):
+            raise
+        raise ConversionError(f"{name}: config.json is not a CLIP config we can build: {e}") from e
+    pre = preprocessor or {}
+    crop = pre.get("crop_size", image_size)
+    crop = crop.get("height", image_size) if isinstance(crop, dict) else crop
+    if crop != image_size:
+        raise ConversionError(f"{name}: preprocessor crop_size {crop} differs from the model's image_size {image_size}")
+    return ModelConfig(
+        name=hf.get("_name_or_path") or "hf-clip",
+        embed_dim=hf.get("projection_dim", 512),
+        vision=vision,
+        text=text,
+        preprocess=PreprocessConfig(image_size=image_size, mean=tuple(pre.get("image_mean", OPENAI_MEAN)),
+                                    std=tuple(pre.get("image_std", OPENAI_STD))),
+        init_logit_scale=hf.get("logit_scale_init_value", 2.6592),
+    )
+
+
+def check_exportable(cfg: ModelConfig) -> None:
+    problems = []
+    for tower, c in (("vision", cfg.vision), ("text", cfg.text)):
+        if c.norm != "layernorm" or c.post_norm or c.ls_init:
+            problems.append(f"{tower}: HF CLIP blocks are pre-norm LayerNorm without layer scale")
+        if not (c.qkv_bias and c.proj_bias and c.mlp_bias) or c.head_bias:
+            problems.append(f"{tower}: HF CLIP has all block biases and no projection bias")
+    v = cfg.vision
+    if v.patch_bias or not v.norm_pre or v.pool != "cls" or v.final_norm == "none":
+        problems.append("vision: HF CLIP has a bias-free patch embedding, a pre-norm, class-token pooling and a final norm")
+    if cfg.init_logit_bias is not None:
+        problems.append("HF CLIP has no logit bias")
+    if problems:
+        raise ConversionError(f"{cfg.name} cannot be written as an HF CLIPModel: " + "; ".join(problems))
+
+
+def config_to_hf(cfg: ModelConfig) -> dict:
+    v, t = cfg.vision, cfg.text
+    return {
+        "architectures": ["CLIPModel"],
+        "model_type": "clip",
+        "projection_dim": cfg.embed_dim,
+        "logit_scale_init_value": cfg.init_logit_scale,
+        "text_config": {
+            "vocab_size": t.vocab_size, "max_position_embeddings": t.context_length, "hidden_size": t.width,
+            "num_hidden_layers": t.depth, "num_attention_heads": t.heads, "intermediate_size": t.mlp_dim,
+            "hidden_act": _ACT_TO_HF[t.act], "layer_norm_eps": t.norm_eps, "projection_dim": cfg.embed_dim,
+            "bos_token_id": CLIP_SOT_ID, "eos_token_id": t.eot_id, "pad_token_id": t.pad_id,
+        },
+        "vision_config": {
+            "image_size": v.image_size, "patch_size": v.patch_size, "hidden_size": v.width,
+            "num_hidden_layers": v.depth, "num_attention_heads": v.heads, "intermediate_size": v.mlp_dim,
+            "hidden_act": _ACT_TO_HF[v.act], "layer_norm_eps": v.norm_eps, "projection_dim": cfg.embed_dim,
+        },
+    }
+
+
+def preprocessor_to_hf(cfg: ModelConfig) -> dict:
+    p = cfg.preprocess
+    return {
+        "image_processor_type": "CLIPImageProcessor", "do_resize": True, "size": {"shortest_edge": p.image_size},
+        "resample": 3 if p.interpolation == "bicubic" else 2, "do_center_crop": True,
+        "crop_size": {"height": p.image_size, "width": p.image_size}, "do_rescale": True, "rescale_factor": 1 / 255,
+        "do_normalize": True, "image_mean": list(p.mean), "image_std": list(p.std), "do_convert_rgb": True,
+    }
+
+
+def import_state_dict(state: dict, cfg: ModelConfig, our_keys: set[str], source: str) -> dict[str, torch.Tensor]:
+    return to_ours(state, _rules(cfg), our_keys, DROPPED, source)
+
+
+def export_state_dict(ours: dict[str, torch.Tensor], cfg: ModelConfig) -> dict[str, torch.Tensor]:
+    check_exportable(cfg)
+    return from_ours(ours, _rules(cfg))
+
+
+def read_json(path, name: str) -> dict:
+    try:
+        with open(path, encoding="utf-8") as f:
+            return json.load(f)
+    except json.JSONDecodeError as e:
+        raise ConversionError(f"{name}: {path} is not valid JSON ({e})") from e

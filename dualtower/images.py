@@ -1,0 +1,106 @@
+"""Safe image decoding and the eval preprocessing, on Pillow and torch alone (no torchvision).
+
+Decoding keeps Pillow's decompression-bomb limit, applies the EXIF orientation, composites transparency over
+white, scales 16-bit and float images to 8 bits (never clips them), and converts every other mode to RGB.
+A file that is empty, truncated or not an image raises `ImageDecodeError` naming the file.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+
+import numpy as np
+import torch
+from PIL import Image, ImageOps
+
+from .config import PreprocessConfig
+
+_RESAMPLE = {"bicubic": Image.Resampling.BICUBIC, "bilinear": Image.Resampling.BILINEAR}
+
+
+class ImageDecodeError(ValueError):
+    """A file could not be decoded as an image; the message names the file and the reason."""
+
+
+def open_image(source: "str | os.PathLike | bytes", name: str | None = None) -> Image.Image:
+    """Decode a path or raw bytes into an RGB PIL image, upright per its EXIF orientation."""
+    label = name or (f"<{len(source)} bytes>" if isinstance(source, bytes) else os.fspath(source))
+    try:
+        if isinstance(source, bytes):
+            if not source:
+                raise ImageDecodeError(f"{label}: empty data, not an image")
+            image = Image.open(io.BytesIO(source))
+        else:
+            if os.path.getsize(source) == 0:
+                raise ImageDecodeError(f"{label}: empty file, not an image")
+            image = Image.open(source)
+        image.load()  # decode now, so a truncated file fails here and not later
+        image = ImageOps.exif_transpose(image)
+    except ImageDecodeError:
+        raise
+    except Image.DecompressionBombError as e:
+        raise ImageDecodeError(f"{label}: refused, {e}") from e
+    except FileNotFoundError as e:
+        raise ImageDecodeError(f"{label}: no such file") from e
+    except Image.UnidentifiedImageError as e:
+        raise ImageDecodeError(f"{label}: not an image Pillow can read") from e
+    except (OSError, SyntaxError, ValueError) as e:  # Pillow reports truncated and corrupt data this way
+        raise ImageDecodeError(f"{label}: corrupt or truncated image ({e})") from e
+    return to_rgb(image)
+
+
+def to_rgb(image: Image.Image) -> Image.Image:
+    """Any Pillow mode to 8-bit RGB: transparency over white, high bit depths scaled to 0..255."""
+    mode = image.mode
+    if mode == "RGB":
+        return image
+    if mode in ("I;16", "I;16L", "I;16B", "I;16N", "I"):
+        # 16-bit samples (Pillow widens 16-bit PNGs to "I"): 65535 maps to 255.
+        return _gray_array_to_rgb(np.asarray(image, dtype=np.float64) / 257.0)
+    if mode == "F":
+        # Float images are taken to span 0..1.
+        return _gray_array_to_rgb(np.asarray(image, dtype=np.float64) * 255.0)
+    if mode == "P" and "transparency" in image.info or mode in ("PA", "La"):
+        image = image.convert("RGBA")
+        mode = "RGBA"
+    if mode in ("RGBA", "LA", "RGBa"):
+        rgba = image.convert("RGBA")
+        background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+        return Image.alpha_composite(background, rgba).convert("RGB")
+    return image.convert("RGB")  # L, 1, P, CMYK, YCbCr, LAB, HSV
+
+
+def _gray_array_to_rgb(values: np.ndarray) -> Image.Image:
+    gray = np.clip(np.rint(values), 0, 255).astype(np.uint8)
+    return Image.fromarray(gray, mode="L").convert("RGB")
+
+
+class ImageTransform:
+    """PIL image -> FloatTensor (3, S, S): resize the shortest side to S, center crop, scale to 0..1, normalise."""
+
+    def __init__(self, cfg: PreprocessConfig):
+        self.cfg = cfg
+        self.mean = torch.tensor(cfg.mean).view(3, 1, 1)
+        self.std = torch.tensor(cfg.std).view(3, 1, 1)
+
+    def resize_and_crop(self, image: Image.Image) -> Image.Image:
+        size = self.cfg.image_size
+        width, height = image.size
+        if width <= height:
+            new = (size, int(size * height / width))
+        else:
+            new = (int(size * width / height), size)
+        if new != (width, height):
+            image = image.resize(new, _RESAMPLE[self.cfg.interpolation])
+        left = int(round((new[0] - size) / 2.0))
+        top = int(round((new[1] - size) / 2.0))
+        return image.crop((left, top, left + size, top + size))
+
+    def __call__(self, image: Image.Image) -> torch.Tensor:
+        image = self.resize_and_crop(to_rgb(image))
+        pixels = torch.from_numpy(np.asarray(image, dtype=np.uint8).copy()).permute(2, 0, 1)  # (3, S, S)
+        return (pixels.float() / 255.0 - self.mean) / self.std
+
+    def __repr__(self) -> str:
+        return f"ImageTransform({self.cfg})"

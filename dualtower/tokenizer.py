@@ -1,0 +1,163 @@
+"""The CLIP byte-level BPE tokenizer (Radford et al. 2021), ids identical to OpenAI's and open_clip's.
+
+Text cleaning (ftfy, HTML unescape twice, whitespace collapse, lower case) and the word split are done with the
+same libraries and pattern as the reference, so every input splits into the same words; the byte-level BPE of
+the words runs in the Rust `tokenizers` library, in batches. The vocabulary file is OpenAI's
+`bpe_simple_vocab_16e6.txt.gz` (MIT; see assets/NOTICE).
+"""
+
+from __future__ import annotations
+
+import gzip
+import html
+import json
+from functools import lru_cache
+from importlib import resources
+from typing import Sequence
+
+import numpy as np
+import torch
+
+SOT = "<start_of_text>"
+EOT = "<end_of_text>"
+# The word split of OpenAI's CLIP: the special tokens, English contractions, runs of letters, single digits,
+# runs of anything else that is not whitespace. Whitespace separates words and is dropped.
+WORD_PATTERN = SOT + "|" + EOT + r"""|'s|'t|'re|'ve|'m|'ll|'d|[\p{L}]+|[\p{N}]|[^\s\p{L}\p{N}]+"""
+NUM_MERGES = 49152 - 256 - 2  # the published vocabulary uses the first 48,894 merges of the file
+
+
+@lru_cache(maxsize=None)
+def bytes_to_unicode() -> dict[int, str]:
+    """GPT-2's reversible map from bytes to printable characters, so BPE never sees whitespace or controls."""
+    printable = [*range(ord("!"), ord("~") + 1), *range(ord("¡"), ord("¬") + 1), *range(ord("®"), ord("ÿ") + 1)]
+    extra = [b for b in range(256) if b not in printable]
+    chars = printable + [256 + i for i in range(len(extra))]
+    return dict(zip(printable + extra, map(chr, chars)))
+
+
+def clean_text(text: str) -> str:
+    """ftfy's repairs, HTML entities unescaped twice, whitespace runs collapsed, lower case."""
+    import ftfy
+
+    text = html.unescape(html.unescape(ftfy.fix_text(text))).strip()
+    return " ".join(text.split()).lower()
+
+
+class ClipTokenizer:
+    """Strings -> (B, context_length) LongTensor: start token, BPE ids, end token, zero padding.
+
+    Text longer than the context is truncated with the end token kept in the last slot.
+    """
+
+    def __init__(self, context_length: int = 77, vocab_path: str | None = None):
+        import regex
+        from tokenizers import Tokenizer, models, pre_tokenizers
+
+        if context_length < 2:
+            raise ValueError(f"context_length must be at least 2 (start and end tokens), got {context_length}")
+        self.context_length = context_length
+        merges = _read_merges(vocab_path)
+        units = list(bytes_to_unicode().values())
+        vocab = units + [u + "</w>" for u in units] + ["".join(m) for m in merges] + [SOT, EOT]
+        self.encoder = {tok: i for i, tok in enumerate(vocab)}
+        self.decoder = vocab
+        self.sot_id, self.eot_id = self.encoder[SOT], self.encoder[EOT]
+        self.merges = merges
+        self.vocab_size = len(vocab)
+
+        bpe = models.BPE(vocab=self.encoder, merges=merges, end_of_word_suffix="</w>", continuing_subword_prefix="")
+        self._rust = Tokenizer(bpe)
+        self._rust.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)
+        self._rust.add_special_tokens([SOT, EOT])
+        self._words = regex.compile(WORD_PATTERN, regex.IGNORECASE)
+
+    def words(self, text: str) -> list[str]:
+        return self._words.findall(clean_text(text))
+
+    def encode(self, text: str) -> list[int]:
+        """BPE ids of one text, without start and end tokens and without truncation."""
+        return self.encode_batch([text])[0]
+
+    def encode_batch(self, texts: Sequence[str]) -> list[list[int]]:
+        words = [self.words(t) for t in texts]
+        out: list[list[int]] = [[] for _ in texts]
+        nonempty = [i for i, w in enumerate(words) if w]
+        encodings = self._rust.encode_batch([words[i] for i in nonempty], is_pretokenized=True,
+                                            add_special_tokens=False)
+        for i, enc in zip(nonempty, encodings):
+            out[i] = enc.ids
+        return out
+
+    def __call__(self, texts: str | Sequence[str], context_length: int | None = None) -> torch.Tensor:
+        if isinstance(texts, str):
+            texts = [texts]
+        for i, t in enumerate(texts):
+            if not isinstance(t, str):
+                raise TypeError(f"texts[{i}] is {type(t).__name__}, not str")
+        length = context_length or self.context_length
+        result = np.zeros((len(texts), length), dtype=np.int64)
+        for row, ids in enumerate(self.encode_batch(texts)):
+            tokens = [self.sot_id, *ids[: length - 2], self.eot_id]
+            result[row, : len(tokens)] = tokens
+        return torch.from_numpy(result)
+
+    def decode(self, ids: Sequence[int]) -> str:
+        """Text of the ids up to the first end token (BPE does not keep case or whitespace runs)."""
+        byte_of = {c: b for b, c in bytes_to_unicode().items()}
+        out = bytearray()
+        for i in ids:
+            if i == self.eot_id:
+                break
+            if i == self.sot_id or not 0 <= i < self.vocab_size:
+                continue
+            token = self.decoder[i]
+            word_end = token.endswith("</w>")
+            out += bytes(byte_of[c] for c in token.removesuffix("</w>"))
+            out += b" " if word_end else b""
+        return out.decode("utf-8", errors="replace").strip()
+
+
+    def hf_files(self) -> dict[str, str]:
+        """vocab.json, merges.txt and tokenizer_config.json for transformers' CLIPTokenizer (its special-token
+        spellings differ from OpenAI's; the ids are the same)."""
+        hf_names = {SOT: "<|startoftext|>", EOT: "<|endoftext|>"}
+        vocab = {hf_names.get(tok, tok): i for tok, i in self.encoder.items()}
+        config = {
+            "tokenizer_class": "CLIPTokenizer", "model_max_length": self.context_length, "do_lower_case": True,
+            "bos_token": "<|startoftext|>", "eos_token": "<|endoftext|>", "unk_token": "<|endoftext|>",
+            "pad_token": "<|endoftext|>", "errors": "replace",
+        }
+        return {
+            "vocab.json": json.dumps(vocab, ensure_ascii=False),
+            "merges.txt": "#version: 0.2\n" + "\n".join(" ".join(m) for m in self.merges) + "\n",
+            "tokenizer_config.json": json.dumps(config, indent=2) + "\n",
+        }
+
+
+def _read_merges(path: str | None) -> list[tuple[str, str]]:
+    if path is None:
+        data = resources.files("dualtower").joinpath("assets/bpe_simple_vocab_16e6.txt.gz").read_bytes()
+    else:
+        with open(path, "rb") as f:
+            data = f.read()
+    lines = gzip.decompress(data).decode("utf-8").split("\n")[1 : NUM_MERGES + 1]
+    return [tuple(line.split()) for line in lines]
+
+
+@lru_cache(maxsize=8)
+def _tokenizer(context_length: int) -> ClipTokenizer:
+    return ClipTokenizer(context_length)
+
+
+def get_tokenizer(name_or_model="ViT-B-32") -> ClipTokenizer:
+    """The tokenizer of an architecture name, a ModelConfig or a model (context length per architecture)."""
+    from .archs import get_config
+    from .config import ModelConfig
+
+    if isinstance(name_or_model, str):
+        cfg = get_config(name_or_model)
+    elif isinstance(name_or_model, ModelConfig):
+        cfg = name_or_model
+    else:
+        cfg = name_or_model.cfg
+    return _tokenizer(cfg.text.context_length)
