@@ -1,0 +1,52 @@
+"""Shared helpers. Parity tolerance: max |ours - reference| <= 1e-5 x max |reference| (fp32)."""
+
+import os
+import warnings
+
+import numpy as np
+import pytest
+import torch
+
+RTOL = 1e-5
+
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+warnings.filterwarnings("ignore", message="No pretrained weights loaded")
+torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
+
+
+def rel_diff(ours: torch.Tensor, ref: torch.Tensor) -> float:
+    """max |ours - ref| relative to the output scale max |ref|."""
+    ours, ref = ours.detach().double(), ref.detach().double()
+    assert ours.shape == ref.shape, (ours.shape, ref.shape)
+    return float((ours - ref).abs().max() / ref.abs().max())
+
+
+def assert_close(ours, ref, what: str, rtol: float = RTOL) -> float:
+    d = rel_diff(ours, ref)
+    assert d <= rtol, f"{what}: relative max difference {d:.3g} > {rtol}"
+    return d
+
+
+CAPTIONS = [
+    "a photo of a cat",
+    "A diagram of the Krebs cycle, drawn by hand on a whiteboard.",
+    "",
+    "two dogs playing in the snow 🐕🐕 near a frozen lake",
+    "東京の夜景",
+    " ".join(["a very long caption that will be truncated"] * 20),
+]
+
+
+@pytest.fixture(scope="session")
+def photos():
+    """Real photos: scikit-image's bundled ones (several shapes, one grayscale) and scikit-learn's samples."""
+    from PIL import Image
+    from skimage import data
+    from sklearn.datasets import load_sample_images
+
+    arrays = {n: getattr(data, n)() for n in ("astronaut", "coffee", "chelsea", "rocket", "camera", "motorcycle_left")
+              if hasattr(data, n)}
+    if "motorcycle_left" not in arrays:
+        arrays["stereo_left"] = data.stereo_motorcycle()[0]
+    arrays.update({f"sklearn_{i}": im for i, im in enumerate(load_sample_images().images)})
+    return {n: Image.fromarray(np.asarray(a)) for n, a in arrays.items()}

@@ -1,0 +1,115 @@
+"""Parity with HF transformers' CLIPModel on random weights, both directions."""
+
+import json
+
+import pytest
+import torch
+import transformers
+
+import dualtower
+from dualtower import checkpoint
+from dualtower.checkpoint import CheckpointError
+
+from .conftest import CAPTIONS, assert_close
+
+CONTEXT = 32
+
+
+def _features(out):
+    """transformers 4 returns the projected features; 5 returns an output whose pooler_output holds them."""
+    return out if isinstance(out, torch.Tensor) else out.pooler_output
+
+
+def _hf_config(**text_overrides):
+    # An odd image size (60, patch 12), GELU instead of QuickGELU, projection dim unlike either width.
+    text = dict(vocab_size=49408, hidden_size=48, intermediate_size=100, num_hidden_layers=2, num_attention_heads=4,
+                max_position_embeddings=CONTEXT, hidden_act="gelu", eos_token_id=49407, bos_token_id=49406)
+    text.update(text_overrides)
+    vision = dict(hidden_size=64, intermediate_size=120, num_hidden_layers=3, num_attention_heads=4, image_size=60,
+                  patch_size=12, hidden_act="gelu")
+    return transformers.CLIPConfig(text_config=text, vision_config=vision, projection_dim=40)
+
+
+def _random_hf(config, seed=0):
+    torch.manual_seed(seed)
+    model = transformers.CLIPModel(config).eval()
+    with torch.no_grad():  # move the norms and biases off their constant init so they are tested
+        for name, p in model.named_parameters():
+            if "norm" in name or name.endswith("bias"):
+                p.add_(torch.randn_like(p) * 0.1)
+    return model
+
+
+def _compare(hf, ours, image_size=60):
+    pixels = torch.randn(3, 3, image_size, image_size, generator=torch.Generator().manual_seed(1))
+    ids = dualtower.get_tokenizer("tiny")(CAPTIONS, context_length=CONTEXT)
+    with torch.no_grad():
+        ref_img = _features(hf.get_image_features(pixel_values=pixels))
+        ref_txt = _features(hf.get_text_features(input_ids=ids))
+        ref_logits = hf(input_ids=ids, pixel_values=pixels).logits_per_image
+        out = ours(pixels, ids)
+        return (assert_close(ours.encode_image(pixels), ref_img, "image embeddings"),
+                assert_close(ours.encode_text(ids), ref_txt, "text embeddings"),
+                assert_close(out.logits_per_image, ref_logits, "logits"))
+
+
+@pytest.mark.parametrize("act", ["gelu", "quick_gelu", "gelu_pytorch_tanh"])
+def test_hf_directory_loads_with_equal_outputs(tmp_path, act):
+    config = _hf_config(hidden_act=act)
+    config.vision_config.hidden_act = act
+    hf = _random_hf(config)
+    hf.save_pretrained(tmp_path / "hf")
+    ours = dualtower.load(tmp_path / "hf")
+    assert ours.cfg.vision.image_size == 60 and ours.cfg.embed_dim == 40
+    print(act, _compare(hf, ours))
+
+
+def test_legacy_eos_token_id_pools_at_end_of_text(tmp_path):
+    hf = _random_hf(_hf_config(eos_token_id=2))
+    hf.save_pretrained(tmp_path / "hf")
+    ours = dualtower.load(tmp_path / "hf")
+    assert ours.cfg.text.eot_id == 49407
+    _compare(hf, ours)
+
+
+def test_export_to_hf_then_from_pretrained(tmp_path):
+    hf = _random_hf(_hf_config())
+    hf.save_pretrained(tmp_path / "hf")
+    ours = dualtower.load(tmp_path / "hf")
+    with torch.no_grad():
+        for p in ours.parameters():  # new weights, so the exported copy cannot pass by being the original
+            p.add_(torch.randn_like(p) * 0.01)
+    checkpoint.export_hf(ours, tmp_path / "exported")
+    reloaded = transformers.CLIPModel.from_pretrained(tmp_path / "exported").eval()
+    _compare(reloaded, ours)
+
+
+def test_registry_model_exports_to_hf(tmp_path):
+    ours = dualtower.create_model("tiny", seed=0)  # open_clip layout: norm before pooling the class token
+    checkpoint.export_hf(ours, tmp_path / "exported")
+    hf = transformers.CLIPModel.from_pretrained(tmp_path / "exported").eval()
+    _compare(hf, ours, image_size=32)
+    tok = transformers.CLIPTokenizer.from_pretrained(tmp_path / "exported")
+    ids = tok(["a photo of a cat"]).input_ids[0]
+    assert ids == dualtower.get_tokenizer("tiny")(["a photo of a cat"])[0, :len(ids)].tolist()
+    processor = json.loads((tmp_path / "exported" / "preprocessor_config.json").read_text())
+    assert processor["crop_size"] == {"height": 32, "width": 32}
+
+
+def test_unsupported_config_is_refused_for_hf(tmp_path):
+    ours = dualtower.create_model("tiny-ls-mean", seed=0)
+    with pytest.raises(ValueError, match="HF CLIP"):
+        checkpoint.export_hf(ours, tmp_path / "out")
+    assert not (tmp_path / "out").exists()
+
+
+def test_unmatched_hf_key_is_named(tmp_path):
+    hf = _random_hf(_hf_config())
+    hf.save_pretrained(tmp_path / "hf")
+    from safetensors.torch import load_file, save_file
+
+    state = load_file(tmp_path / "hf" / "model.safetensors")
+    state["vision_model.extra_head.weight"] = torch.zeros(2)
+    save_file(state, tmp_path / "hf" / "model.safetensors")
+    with pytest.raises(CheckpointError, match="vision_model.extra_head.weight"):
+        dualtower.load(tmp_path / "hf")

@@ -1,0 +1,94 @@
+"""Tokenizer ids identical to open_clip's SimpleTokenizer on a varied corpus and on arbitrary text."""
+
+import glob
+import os
+import random
+import sys
+import unicodedata
+
+import open_clip
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+import dualtower
+from dualtower.tokenizer import ClipTokenizer
+
+
+@pytest.fixture(scope="module")
+def ref():
+    return open_clip.tokenizer.SimpleTokenizer()
+
+
+@pytest.fixture(scope="module")
+def ours():
+    return ClipTokenizer()
+
+
+def _corpus() -> list[str]:
+    """Real prose from installed packages' metadata, plus strings built to hit every cleaning rule."""
+    lines = []
+    for path in sorted(glob.glob(os.path.join(sys.prefix, "lib", "python3*", "site-packages", "*.dist-info",
+                                              "METADATA")))[:60]:
+        with open(path, encoding="utf-8", errors="replace") as f:
+            lines += [ln.strip() for ln in f if len(ln.strip()) > 3][:40]
+    rng = random.Random(0)
+    letters = [chr(c) for c in range(0x20, 0x3000) if unicodedata.category(chr(c))[0] in "LMNPSZC"]
+    made = [
+        "", " ", "\t\n", "a", "A PHOTO OF A CAT", "it's they're we've I'm you'll he'd", "&amp;lt;b&amp;gt; &quot;q&quot;",
+        "<start_of_text>", "x<end_of_text>y", "a <<start_of_text> b", "<END_OF_TEXT>", "naïve café résumé", "e\u0301",
+        "ﬁ ligature and ｆｕｌｌｗｉｄｔｈ", "日本語のテキストと中文", "한국어", "😀👍🏽👨‍👩‍👧 emoji", "\x00\x07\x1b[31mred\x1b[0m",
+        "Ã©tÃ© mojibake", "\u200b\u180e\u2028\u3000 spaces", "İstanbul ΣΊΣΥΦΟΣ", "\u0345 ypogegrammeni",
+        "123456789 3.14159 1e-9", "word " * 200, "x" * 1000, "\ud800 lone surrogate",
+    ]
+    made += ["".join(rng.choice(letters) for _ in range(rng.randint(1, 40))) for _ in range(400)]
+    corpus = made + lines
+    assert len(corpus) >= 1000, len(corpus)
+    return corpus
+
+
+def _reference_ids(ref, texts, length=77):
+    return open_clip.tokenizer.SimpleTokenizer.__call__(ref, texts, context_length=length)
+
+
+def test_ids_equal_open_clip_on_corpus(ref, ours):
+    corpus = _corpus()
+    a, b = _reference_ids(ref, corpus), ours(corpus)
+    bad = [corpus[i] for i in range(len(corpus)) if not torch.equal(a[i], b[i])]
+    assert not bad, f"{len(bad)} of {len(corpus)} differ, e.g. {bad[:3]!r}"
+
+
+@pytest.mark.parametrize("length", [2, 5, 77, 100])
+def test_truncation_keeps_end_token_last(ref, ours, length):
+    texts = ["one two three four five six seven", "", "a " * 150]
+    assert torch.equal(ours(texts, context_length=length), _reference_ids(ref, texts, length))
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.text(max_size=120))
+def test_arbitrary_text_matches_reference_and_is_well_formed(text):
+    ours = dualtower.get_tokenizer("ViT-B-32")
+    ids = ours([text])[0]
+    assert ids.shape == (77,)
+    assert ids[0] == ours.sot_id
+    assert int((ids == ours.eot_id).sum()) == 1 or text.lower().count("<end_of_text>") > 0
+    assert torch.equal(ids, _reference_ids(_REF, [text])[0])
+
+
+_REF = open_clip.tokenizer.SimpleTokenizer()
+
+
+def test_context_length_per_architecture():
+    tok = dualtower.get_tokenizer(dualtower.get_config("tiny").replace(
+        text=dualtower.TextConfig(context_length=16, width=32, depth=1, heads=2, mlp_dim=64)))
+    assert tok(["hello"]).shape == (1, 16)
+
+
+def test_decode_roundtrip(ours):
+    assert ours.decode(ours(["A photo of a cat, on a mat!"])[0].tolist()) == "a photo of a cat , on a mat !"
+
+
+def test_non_string_is_a_clear_error(ours):
+    with pytest.raises(TypeError, match=r"texts\[1\] is int"):
+        ours(["ok", 3])
