@@ -80,7 +80,18 @@ _TINY = {
                            head_bias=True, patch_bias=True),
 }
 
-REGISTRY: dict[str, ModelConfig] = {**{n: _openclip(n, *row) for n, row in _OPENCLIP_ROWS.items()}, **_TINY}
+# A small model for the built-in 8x8 digits (upscaled to 32 px): trains in about a minute on 2 CPU cores.
+_SMALL = {
+    "small-digits": ModelConfig(
+        name="small-digits",
+        embed_dim=128,
+        vision=VisionConfig(image_size=32, patch_size=4, width=128, depth=3, heads=4, mlp_dim=512),
+        text=TextConfig(context_length=32, width=128, depth=3, heads=4, mlp_dim=512),
+        preprocess=PreprocessConfig(image_size=32),
+    ),
+}
+
+REGISTRY: dict[str, ModelConfig] = {**{n: _openclip(n, *row) for n, row in _OPENCLIP_ROWS.items()}, **_TINY, **_SMALL}
 
 
 def get_config(name: str) -> ModelConfig:

@@ -94,13 +94,18 @@ def _state(model: DualEncoder) -> dict[str, torch.Tensor]:
     return {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
 
 
-def save(model: DualEncoder, directory: "str | os.PathLike") -> None:
+def write_files(model: DualEncoder, directory: Path) -> None:
+    """config.json and model.safetensors into an existing (temporary) directory."""
     from safetensors.torch import save_file
 
     meta = {"format": FORMAT, "version": VERSION, "model": model.cfg.to_dict()}
+    (directory / CONFIG_FILE).write_text(json.dumps(meta, indent=2) + "\n", encoding="utf-8")
+    save_file(_state(model), directory / WEIGHTS_FILE, metadata={"format": "pt"})
+
+
+def save(model: DualEncoder, directory: "str | os.PathLike") -> None:
     with atomic_directory(directory) as tmp:
-        (tmp / CONFIG_FILE).write_text(json.dumps(meta, indent=2) + "\n", encoding="utf-8")
-        save_file(_state(model), tmp / WEIGHTS_FILE, metadata={"format": "pt"})
+        write_files(model, tmp)
 
 
 def _read_json(path: Path) -> dict:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import logging
 import sys
 
 
@@ -33,6 +34,22 @@ def _cmd_smoke(args) -> int:
     return 0
 
 
+def _cmd_train(args, overrides: list[str]) -> int:
+    from . import configtree
+    from .train.config import TrainConfig
+    from .train.loop import resume_config, train
+
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    if args.resume:
+        if args.config:
+            raise ValueError("--resume continues a run with its own saved config; give no CONFIG file")
+        cfg = resume_config(args.resume, overrides)
+    else:
+        cfg = configtree.load(TrainConfig, args.config, overrides)
+    train(cfg, resume=args.resume)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="dualtower", description="CLIP-style dual-encoder vision-text models.")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -47,6 +64,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--to", choices=["dualtower", "hf", "open_clip"], default="dualtower")
     p.set_defaults(func=_cmd_convert)
 
+    p = sub.add_parser("train", help="train or fine-tune (CONFIG: .toml/.yaml; --section.key=value overrides)")
+    p.add_argument("config", nargs="?", help="a TOML or YAML config; without one, a small model on builtin:digits")
+    p.add_argument("--resume", metavar="DIR", help="continue a run exactly from its latest checkpoint")
+    p.set_defaults(func=_cmd_train, takes_overrides=True)
+
     p = sub.add_parser("smoke", help="encode sample photos and captions with a small random model")
     p.add_argument("--arch", default="tiny")
     p.add_argument("--seed", type=int, default=0)
@@ -55,10 +77,15 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args, rest = parser.parse_known_args(argv)
+    if rest and not getattr(args, "takes_overrides", False):
+        parser.error(f"unrecognized arguments: {' '.join(rest)}")
+    from .train.loop import TrainingError
+
     try:
-        return args.func(args)
-    except (ValueError, KeyError, FileNotFoundError) as e:
+        return args.func(args, rest) if getattr(args, "takes_overrides", False) else args.func(args)
+    except (ValueError, KeyError, FileNotFoundError, TrainingError) as e:
         print(f"dualtower {args.command}: error: {e}", file=sys.stderr)
         return 2
 

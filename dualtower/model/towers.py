@@ -25,6 +25,25 @@ def _norm_or_identity(on: bool, cfg) -> nn.Module:
     return make_norm(cfg.norm, cfg.width, cfg.norm_eps) if on else nn.Identity()
 
 
+class PatchDropout(nn.Module):
+    """FLIP (Li et al. 2023): in training, keep a random subset of the patch tokens (the class token always)."""
+
+    def __init__(self, prob: float):
+        super().__init__()
+        if not 0.0 <= prob < 1.0:
+            raise ValueError(f"patch dropout {prob} is not in [0, 1)")
+        self.prob = prob
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not self.training or self.prob == 0.0:
+            return x
+        cls, patches = x[:, :1], x[:, 1:]  # (B, 1, D), (B, N, D)
+        keep = max(1, int(patches.shape[1] * (1 - self.prob)))
+        order = torch.rand(patches.shape[:2], device=x.device).argsort(dim=1)[:, :keep]  # (B, keep)
+        kept = patches.gather(1, order.unsqueeze(-1).expand(-1, -1, patches.shape[2]))
+        return torch.cat([cls, kept], dim=1)
+
+
 class VisionTower(nn.Module):
     def __init__(self, cfg: VisionConfig, embed_dim: int):
         super().__init__()
@@ -32,12 +51,16 @@ class VisionTower(nn.Module):
         self.patch_embed = nn.Conv2d(3, cfg.width, cfg.patch_size, stride=cfg.patch_size, bias=cfg.patch_bias)
         self.cls_token = nn.Parameter(torch.zeros(cfg.width))
         self.pos_embed = nn.Parameter(torch.zeros(cfg.grid * cfg.grid + 1, cfg.width))
+        self.patch_dropout: nn.Module = nn.Identity()  # set for training with `set_patch_dropout`
         self.norm_pre = _norm_or_identity(cfg.norm_pre, cfg)
         self.transformer = build_transformer(cfg, causal=False)
         self.norm_tokens = _norm_or_identity(cfg.final_norm == "before_pool", cfg)
         self.pool = ClsPool() if cfg.pool == "cls" else MeanPool()
         self.norm_pooled = _norm_or_identity(cfg.final_norm == "after_pool", cfg)
         self.head = nn.Linear(cfg.width, embed_dim, bias=cfg.head_bias)
+
+    def set_patch_dropout(self, prob: float) -> None:
+        self.patch_dropout = PatchDropout(prob) if prob > 0 else nn.Identity()
 
     def embed(self, pixels: torch.Tensor) -> torch.Tensor:
         if pixels.ndim != 4 or pixels.shape[1] != 3:
@@ -50,7 +73,7 @@ class VisionTower(nn.Module):
         return torch.cat([cls, x], dim=1) + self.pos_embed.to(x.dtype)  # (B, 1 + N, D)
 
     def forward(self, pixels: torch.Tensor) -> torch.Tensor:
-        x = self.norm_pre(self.embed(pixels))
+        x = self.norm_pre(self.patch_dropout(self.embed(pixels)))
         x = self.norm_tokens(self.transformer(x))
         return self.head(self.norm_pooled(self.pool(x)))  # (B, E)
 
@@ -81,7 +104,7 @@ class TextTower(nn.Module):
         eot = self.eot_positions(ids)
         # Under the causal mask nothing after a row's end-of-text token changes its pooled state, so the
         # batch is computed only up to its longest sequence.
-        length = int(eot.max()) + 1
+        length = int(eot.max()) + 1 if eot.numel() else 1
         x = self.token_embed(ids[:, :length]) + self.pos_embed[:length]  # (B, L, D)
         x = self.transformer(x)
         pooled = x[torch.arange(x.shape[0], device=x.device), eot]  # (B, D)

@@ -1,0 +1,39 @@
+"""Data sources (one interface; each yields image + caption) and the batch loader."""
+
+from __future__ import annotations
+
+import os
+
+from .base import BadSample, Sample, SkipStats, Source
+
+
+def open_source(spec: str, image_key: str = "image", caption_key: str = "caption") -> Source:
+    """A source from a spec: `builtin:digits`, `builtin:digits:test`, `builtin:fashion-mnist[:test]`,
+    a .csv/.tsv/.jsonl captions file, a folder of images with .txt captions, or tar shards (`shards-{0..9}.tar`)."""
+    if spec.startswith("builtin:"):
+        from . import builtin
+
+        name, _, split = spec[len("builtin:"):].partition(":")
+        split = split or "train"
+        if split not in ("train", "test"):
+            raise ValueError(f"{spec}: split {split!r} is not 'train' or 'test'")
+        makers = {"digits": builtin.digits, "fashion-mnist": builtin.fashion_mnist}
+        if name not in makers:
+            raise ValueError(f"{spec}: unknown built-in data; known: {', '.join('builtin:' + n for n in makers)}")
+        return makers[name](split)
+    if ".tar" in spec:
+        from .webdataset import TarShards
+
+        return TarShards(spec)
+    if os.path.isdir(spec):
+        from .files import ImageFolder
+
+        return ImageFolder(spec)
+    if spec.endswith((".csv", ".tsv", ".jsonl")):
+        from .files import CaptionsFile
+
+        return CaptionsFile(spec, image_key=image_key, caption_key=caption_key)
+    raise ValueError(f"{spec}: not a built-in name, a folder, a .csv/.tsv/.jsonl captions file or .tar shards")
+
+
+__all__ = ["BadSample", "Sample", "SkipStats", "Source", "open_source"]

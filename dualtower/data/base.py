@@ -1,0 +1,94 @@
+"""The one interface every data source implements, and the accounting of bad samples.
+
+A source is map-style: `len(source)` records, `source.load(i)` decodes record i into a `Sample` or raises
+`BadSample(reason)`. Map-style sources make exact resume a matter of remembering a position, and let loader
+workers decode in parallel without changing the order.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections import Counter
+from dataclasses import dataclass
+
+from PIL import Image
+
+log = logging.getLogger("dualtower.data")
+
+
+class BadSample(Exception):
+    """A record that cannot be used; `reason` is one of a few short names, counted per reason."""
+
+    def __init__(self, reason: str, detail: str = ""):
+        super().__init__(f"{reason}: {detail}" if detail else reason)
+        self.reason, self.detail = reason, detail
+
+
+@dataclass
+class Sample:
+    image: Image.Image  # RGB
+    caption: str
+    id: str
+    label: int = -1  # class index where the source has classes (built-in data), else -1
+
+
+class Source:
+    name: str = "source"
+    classes: list[str] | None = None  # class names, for sources with labels
+
+    def __len__(self) -> int:
+        raise NotImplementedError
+
+    def load(self, index: int) -> Sample:
+        raise NotImplementedError
+
+    def sample_id(self, index: int) -> str:
+        return f"{self.name}:{index}"
+
+
+def require_caption(caption, where: str) -> str:
+    if not isinstance(caption, str) or not caption.strip():
+        raise BadSample("empty caption", where)
+    return caption.strip()
+
+
+class SkipStats:
+    """Counts of seen, accepted and skipped samples (per reason); logs skips at a bounded rate."""
+
+    def __init__(self, first_per_reason: int = 5, interval_s: float = 30.0):
+        self.accepted = 0
+        self.skipped: Counter[str] = Counter()
+        self.first_per_reason = first_per_reason
+        self.interval_s = interval_s
+        self._last_summary = 0.0
+        self._unlogged = 0
+
+    @property
+    def seen(self) -> int:
+        return self.accepted + sum(self.skipped.values())
+
+    def add(self, accepted: int, skips: list[tuple[str, str]]) -> None:
+        self.accepted += accepted
+        for reason, detail in skips:
+            self.skipped[reason] += 1
+            if self.skipped[reason] <= self.first_per_reason:
+                log.warning("skipped a sample (%s): %s", reason, detail)
+            else:
+                self._unlogged += 1
+        now = time.monotonic()
+        if self._unlogged and now - self._last_summary >= self.interval_s:
+            log.warning("skipped %d more samples since the last report; totals %s", self._unlogged,
+                        dict(self.skipped))
+            self._unlogged, self._last_summary = 0, now
+
+    def state(self) -> dict:
+        return {"accepted": self.accepted, "skipped": dict(self.skipped)}
+
+    def restore(self, state: dict) -> None:
+        self.accepted = int(state["accepted"])
+        self.skipped = Counter({k: int(v) for k, v in state["skipped"].items()})
+
+    def summary(self) -> str:
+        parts = ", ".join(f"{n} {r}" for r, n in sorted(self.skipped.items())) or "none"
+        return f"samples seen {self.seen} = accepted {self.accepted} + skipped {sum(self.skipped.values())} ({parts})"

@@ -1,0 +1,103 @@
+"""Sources on plain files: a captions file (CSV or JSONL) and a folder of images with same-named .txt captions."""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+from pathlib import Path
+
+from ..images import ImageDecodeError, open_image
+from .base import BadSample, Sample, Source, require_caption
+
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff")
+
+
+def _load_image(path: Path):
+    if not path.is_file():
+        raise BadSample("missing image", str(path))
+    try:
+        return open_image(path)
+    except ImageDecodeError as e:
+        raise BadSample("unreadable image", str(e)) from e
+
+
+class CaptionsFile(Source):
+    """Rows of (image path, caption); paths are relative to the file. Column names are configurable."""
+
+    def __init__(self, path: str, image_key: str = "image", caption_key: str = "caption"):
+        self.path = Path(path)
+        self.name = self.path.name
+        if not self.path.is_file():
+            raise FileNotFoundError(f"{path}: no such captions file")
+        rows = self._read_rows()
+        first = next((r for r in rows if "__bad__" not in r), None)
+        if first is not None:
+            missing = [k for k in (image_key, caption_key) if k not in first]
+            if missing:
+                raise ValueError(f"{path}: no column {missing} (columns: {sorted(first)}); set image_key / "
+                                 "caption_key")
+        self.rows = [r.get("__bad__") or (r.get(image_key), r.get(caption_key)) for r in rows]
+
+    def _read_rows(self) -> list[dict]:
+        with open(self.path, encoding="utf-8", newline="") as f:
+            if self.path.suffix == ".csv":
+                return list(csv.DictReader(f))
+            if self.path.suffix in (".tsv",):
+                return list(csv.DictReader(f, delimiter="\t"))
+            rows = []
+            for n, line in enumerate(f, 1):
+                if not line.strip():
+                    continue
+                try:
+                    row = json.loads(line)
+                except json.JSONDecodeError:
+                    row = None
+                rows.append(row if isinstance(row, dict) else {"__bad__": f"{self.path}:{n}: not a JSON object"})
+            return rows
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def load(self, index: int) -> Sample:
+        row = self.rows[index]
+        if isinstance(row, str):
+            raise BadSample("unreadable row", row)
+        image, caption = row
+        where = f"{self.path}:{index}"
+        if not isinstance(image, str) or not image:
+            raise BadSample("missing image", f"{where}: no image path")
+        caption = require_caption(caption, where)
+        return Sample(_load_image(self.path.parent / image), caption, self.sample_id(index))
+
+    def sample_id(self, index: int) -> str:
+        return f"{self.name}:{index}"
+
+
+class ImageFolder(Source):
+    """Every image under a folder (recursively) whose caption is the same-named .txt file beside it."""
+
+    def __init__(self, root: str):
+        self.root = Path(root)
+        self.name = self.root.name
+        if not self.root.is_dir():
+            raise FileNotFoundError(f"{root}: no such folder")
+        self.images = sorted(p for p in self.root.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def load(self, index: int) -> Sample:
+        path = self.images[index]
+        text = path.with_suffix(".txt")
+        if not text.is_file():
+            raise BadSample("missing caption", str(text))
+        try:
+            caption = text.read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError) as e:
+            raise BadSample("unreadable caption", f"{text}: {e}") from e
+        caption = require_caption(caption, str(text))
+        return Sample(_load_image(path), caption, self.sample_id(index))
+
+    def sample_id(self, index: int) -> str:
+        return os.fspath(self.images[index].relative_to(self.root))

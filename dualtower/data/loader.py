@@ -1,0 +1,105 @@
+"""Batches by step: which records a step reads is a pure function of (seed, step, rank), so a run resumes at
+any step by starting from it, and loader workers decode whole batches in parallel without changing the order.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+
+from .base import BadSample, Source
+
+
+class ShuffledPlan:
+    """Each epoch a fresh permutation (seeded by seed and epoch); the last partial global batch is dropped.
+    Global batch j of an epoch is split into `world` equal contiguous parts, one per rank, without overlap."""
+
+    def __init__(self, n: int, global_batch: int, seed: int, rank: int = 0, world: int = 1):
+        if global_batch % world:
+            raise ValueError(f"global batch {global_batch} is not divisible by the {world} processes")
+        if n < global_batch:
+            raise ValueError(f"the data has {n} records, fewer than one global batch of {global_batch}")
+        self.n, self.global_batch, self.seed, self.rank, self.world = n, global_batch, seed, rank, world
+        self.steps_per_epoch = n // global_batch
+        self._epoch, self._perm = -1, None
+
+    def indices(self, step: int) -> list[int]:
+        epoch, j = divmod(step, self.steps_per_epoch)
+        if epoch != self._epoch:
+            g = torch.Generator().manual_seed(self.seed * 1_000_003 + epoch)
+            self._epoch, self._perm = epoch, torch.randperm(self.n, generator=g)
+        local = self.global_batch // self.world
+        start = j * self.global_batch + self.rank * local
+        return self._perm[start : start + local].tolist()
+
+
+class SequentialPlan:
+    """Every record once, in order, in batches (the last one may be short): for evaluation and embedding."""
+
+    def __init__(self, n: int, batch: int):
+        self.n, self.batch = n, batch
+        self.steps = -(-n // batch)
+
+    def indices(self, step: int) -> list[int]:
+        return list(range(step * self.batch, min((step + 1) * self.batch, self.n)))
+
+
+@dataclass
+class Batch:
+    step: int
+    pixels: torch.Tensor  # (B, 3, S, S); B may be below the planned size when samples were skipped
+    ids: torch.Tensor  # (B, L)
+    sample_ids: list[str]
+    captions: list[str]
+    labels: torch.Tensor  # (B,), -1 where the source has no classes
+    skips: list[tuple[str, str]] = field(default_factory=list)  # (reason, detail) of each skipped record
+
+    def __len__(self) -> int:
+        return len(self.sample_ids)
+
+
+class StepBatches(torch.utils.data.Dataset):
+    """Item k is this rank's batch of step `start + k`."""
+
+    def __init__(self, source: Source, plan, transform, tokenizer, start: int, stop: int):
+        self.source, self.plan, self.transform, self.tokenizer = source, plan, transform, tokenizer
+        self.start, self.stop = start, stop
+
+    def __len__(self) -> int:
+        return self.stop - self.start
+
+    def __getitem__(self, k: int) -> Batch:
+        step = self.start + k
+        pixels, captions, sample_ids, labels, skips = [], [], [], [], []
+        for i in self.plan.indices(step):
+            try:
+                sample = self.source.load(i)
+                pixels.append(self.transform(sample.image))
+            except BadSample as e:
+                skips.append((e.reason, e.detail or self.source.sample_id(i)))
+                continue
+            except Exception as e:  # one bad record must never stop a run: count it and go on
+                skips.append(("error", f"{self.source.sample_id(i)}: {type(e).__name__}: {e}"))
+                continue
+            captions.append(sample.caption)
+            sample_ids.append(sample.id)
+            labels.append(sample.label)
+        size = self.transform.cfg.image_size
+        return Batch(
+            step=step,
+            pixels=torch.stack(pixels) if pixels else torch.zeros(0, 3, size, size),
+            ids=self.tokenizer(captions) if captions else torch.zeros(0, self.tokenizer.context_length,
+                                                                      dtype=torch.long),
+            sample_ids=sample_ids,
+            captions=captions,
+            labels=torch.tensor(labels, dtype=torch.long),
+            skips=skips,
+        )
+
+
+def batches(source: Source, plan, transform, tokenizer, start: int, stop: int, workers: int = 0):
+    """An iterator over the batches of steps start..stop-1, decoded by `workers` processes ahead of use."""
+    dataset = StepBatches(source, plan, transform, tokenizer, start, stop)
+    return iter(torch.utils.data.DataLoader(dataset, batch_size=None, shuffle=False, num_workers=workers,
+                                            prefetch_factor=4 if workers else None))

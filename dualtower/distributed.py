@@ -1,0 +1,83 @@
+"""Process-group helpers: set-up from torchrun's environment, gathering with gradient, gradient averaging."""
+
+from __future__ import annotations
+
+import datetime
+import os
+from dataclasses import dataclass
+
+import torch
+import torch.distributed as dist
+
+
+@dataclass(frozen=True)
+class Dist:
+    rank: int = 0
+    world: int = 1
+    local_rank: int = 0
+    device: torch.device = torch.device("cpu")
+
+    @property
+    def enabled(self) -> bool:
+        return self.world > 1
+
+    @property
+    def main(self) -> bool:
+        return self.rank == 0
+
+
+def init(timeout_s: float = 120.0) -> Dist:
+    """One process, or the group torchrun describes (gloo on CPU, nccl on CUDA). A collective that waits
+    longer than `timeout_s` (a peer died) raises instead of hanging."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    cuda = torch.cuda.is_available()
+    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+    device = torch.device("cuda", local_rank) if cuda else torch.device("cpu")
+    if world == 1:
+        return Dist(device=device)
+    if cuda:
+        torch.cuda.set_device(device)
+    if not dist.is_initialized():
+        dist.init_process_group("nccl" if cuda else "gloo", timeout=datetime.timedelta(seconds=timeout_s))
+    return Dist(rank=dist.get_rank(), world=dist.get_world_size(), local_rank=local_rank, device=device)
+
+
+def gather_features(image: torch.Tensor, text: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, int]:
+    """(all images, all texts, offset of this process's rows). Gradients flow back to every process's rows.
+
+    Processes may hold different numbers of rows (skipped samples); rows are padded to the largest count for
+    the collective and the padding removed after.
+    """
+    from torch.distributed.nn.functional import all_gather
+
+    n = torch.tensor([image.shape[0]], device=image.device)
+    sizes = [torch.zeros_like(n) for _ in range(dist.get_world_size())]
+    dist.all_gather(sizes, n)
+    sizes = [int(s) for s in sizes]
+    most = max(sizes)
+
+    def gather(x: torch.Tensor) -> torch.Tensor:
+        padded = torch.cat([x, x.new_zeros(most - x.shape[0], *x.shape[1:])]) if x.shape[0] < most else x
+        parts = all_gather(padded)
+        return torch.cat([p[:s] for p, s in zip(parts, sizes)])
+
+    return gather(image), gather(text), sum(sizes[: dist.get_rank()])
+
+
+def average_gradients(params: list[torch.nn.Parameter], world: int) -> None:
+    """Mean of each gradient over processes, in one flat buffer (one collective per step)."""
+    grads = [p.grad for p in params if p.grad is not None]
+    if not grads:
+        return
+    flat = torch.cat([g.reshape(-1) for g in grads])
+    dist.all_reduce(flat)
+    flat /= world
+    offset = 0
+    for g in grads:
+        g.copy_(flat[offset : offset + g.numel()].view_as(g))
+        offset += g.numel()
+
+
+def broadcast_params(module: torch.nn.Module) -> None:
+    for t in list(module.parameters()) + list(module.buffers()):
+        dist.broadcast(t.data, src=0)
