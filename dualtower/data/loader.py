@@ -101,5 +101,9 @@ class StepBatches(torch.utils.data.Dataset):
 def batches(source: Source, plan, transform, tokenizer, start: int, stop: int, workers: int = 0):
     """An iterator over the batches of steps start..stop-1, decoded by `workers` processes ahead of use."""
     dataset = StepBatches(source, plan, transform, tokenizer, start, stop)
-    return iter(torch.utils.data.DataLoader(dataset, batch_size=None, shuffle=False, num_workers=workers,
-                                            prefetch_factor=4 if workers else None))
+    # Its own generator: creating the loader must not draw from the global one, or a resumed run's random
+    # state would be one draw ahead of the uninterrupted run's.
+    loader = torch.utils.data.DataLoader(dataset, batch_size=None, shuffle=False, num_workers=workers,
+                                         prefetch_factor=4 if workers else None,
+                                         generator=torch.Generator().manual_seed(start))
+    return iter(loader)

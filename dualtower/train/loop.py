@@ -173,7 +173,7 @@ def train(cfg: TrainConfig, resume: str | None = None) -> dict:
             optimizer.zero_grad(set_to_none=True)
             nonfinite_total, nonfinite_run = nonfinite_total + 1, nonfinite_run + 1
             log.warning("step %d: non-finite loss or gradient (loss %s, grad norm %s); update skipped",
-                        step, float(loss), float(grad_norm))
+                        step, float(loss.detach()), float(grad_norm))
             if nonfinite_run >= t.max_nonfinite:
                 raise TrainingError(f"{nonfinite_run} non-finite steps in a row (last at step {step}); "
                                     "stopping. Lower optim.lr, raise optim.warmup_steps or use train.precision=fp32.")

@@ -1,0 +1,132 @@
+"""The train loop: exact resume after SIGKILL, torchrun with 2 processes, a dying rank, configs, bad steps."""
+
+import json
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+import dualtower
+from dualtower import configtree
+from dualtower.train.config import TrainConfig
+from dualtower.train.loop import TrainingError, train
+
+ROOT = Path(__file__).resolve().parents[1]
+TORCHRUN = str(Path(sys.executable).with_name("torchrun"))
+FAST = ["--model.arch=tiny", "--data.batch_size=32", "--train.log_every=1", "--train.progress=false",
+        "--optim.warmup_steps=3"]
+
+
+def _run(args, **kw):
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    return subprocess.run([sys.executable, "-m", "dualtower", "train", *args], capture_output=True, text=True,
+                          env=env, cwd=ROOT, **kw)
+
+
+def _losses(out):
+    return {r["step"]: r["loss"] for r in map(json.loads, (Path(out) / "metrics.jsonl").read_text().splitlines())}
+
+
+def _samples(out, rank=0):
+    lines = (Path(out) / f"samples.rank{rank}.jsonl").read_text().splitlines()
+    return {r["step"]: r["ids"] for r in map(json.loads, lines)}
+
+
+def test_resume_after_sigkill_is_exact(tmp_path):
+    steps = 14
+    common = FAST + [f"--train.steps={steps}", "--train.save_every=3", "--train.deterministic=true",
+                     "--train.log_samples=true", "--model.patch_dropout=0.25", "--data.workers=1"]
+    full = tmp_path / "full"
+    assert _run(common + [f"--train.out={full}"], check=True).returncode == 0
+
+    killed = tmp_path / "killed"
+    kill_after = random.Random().randint(4, 11)
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    proc = subprocess.Popen([sys.executable, "-m", "dualtower", "train", *common, f"--train.out={killed}"],
+                            cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    metrics = killed / "metrics.jsonl"
+    deadline = time.time() + 120
+    while time.time() < deadline and proc.poll() is None:
+        if metrics.exists() and len(metrics.read_text().splitlines()) > kill_after:
+            proc.send_signal(signal.SIGKILL)
+            break
+        time.sleep(0.02)
+    proc.wait()
+    assert proc.returncode == -signal.SIGKILL, "the run ended before it could be killed"
+
+    resumed = _run([f"--resume={killed}", "--train.progress=false"])
+    assert resumed.returncode == 0, resumed.stderr
+    assert "resumed at step" in resumed.stdout
+    assert _losses(killed) == _losses(full)  # bitwise: the floats are equal, not close
+    assert _samples(killed) == _samples(full)  # each remaining sample seen exactly once, in the same order
+    summary = json.loads((killed / "summary.json").read_text())
+    assert summary["data"]["seen"] == summary["data"]["accepted"] == steps * 32
+
+
+def test_torchrun_two_processes_split_the_data(tmp_path):
+    out = tmp_path / "run"
+    cmd = [TORCHRUN, "--nproc_per_node=2", "--master_port", str(29500 + random.randint(0, 400)), "-m", "dualtower",
+           "train", *FAST, "--train.steps=4", "--train.log_samples=true", "--data.workers=0", f"--train.out={out}"]
+    done = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT, timeout=300,
+                          env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert done.returncode == 0, done.stderr[-3000:]
+    r0, r1 = _samples(out, 0), _samples(out, 1)
+    for step in range(4):
+        assert len(r0[step]) == len(r1[step]) == 16
+        assert not set(r0[step]) & set(r1[step])
+    assert dualtower.load(out / "checkpoints" / "step_000004").cfg.name == "tiny"
+
+
+def test_a_dying_rank_does_not_leave_the_other_hanging(tmp_path):
+    cmd = [TORCHRUN, "--nproc_per_node=2", "--master_port", str(29900 + random.randint(0, 90)),
+           str(ROOT / "tests" / "helpers" / "dying_rank.py"), *FAST, "--train.steps=50", "--data.workers=0",
+           "--train.dist_timeout_s=30", f"--train.out={tmp_path / 'run'}"]
+    start = time.time()
+    done = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT, timeout=240,
+                          env={**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)})
+    assert done.returncode != 0
+    assert time.time() - start < 120
+    assert "exitcode" in done.stderr and "17" in done.stderr  # torchrun names the failed rank and its exit code
+
+
+def test_non_finite_steps_are_skipped_then_abort(tmp_path, monkeypatch):
+    import dualtower.train.loop as loop
+
+    monkeypatch.setattr(loop, "clip_loss", lambda *a, **k: torch.tensor(float("nan"), requires_grad=True))
+    cfg = configtree.load(TrainConfig, None, FAST + ["--train.steps=10", "--train.max_nonfinite=3",
+                                                     "--data.workers=0", f"--train.out={tmp_path}"])
+    with pytest.raises(TrainingError, match="3 non-finite steps in a row"):
+        train(cfg)
+
+
+def test_unknown_config_keys_are_errors(tmp_path):
+    with pytest.raises(ValueError, match="train.stepz"):
+        configtree.load(TrainConfig, None, ["--train.stepz=3"])
+    toml = tmp_path / "run.toml"
+    toml.write_text('[train]\nsteps = 7\n[optim]\nlr = 0.01\n[model]\narch = "tiny"\ncolour = "red"\n')
+    with pytest.raises(ValueError, match="model.colour"):
+        configtree.load(TrainConfig, toml, [])
+    toml.write_text('[train]\nsteps = 7\n[optim]\nlr = 0.01\n')
+    cfg = configtree.load(TrainConfig, toml, ["--train.steps=9"])
+    assert cfg.train.steps == 9 and cfg.optim.lr == 0.01
+    with pytest.raises(ValueError, match="must be an integer"):
+        configtree.load(TrainConfig, None, ["--train.steps=many"])
+
+
+def test_siglip_lit_and_bf16_train(tmp_path):
+    cfg = configtree.load(TrainConfig, None, FAST + [
+        "--train.steps=3", "--train.loss=siglip", "--model.lock_image=true", "--train.precision=bf16",
+        "--model.grad_checkpointing=true", "--data.workers=0", f"--train.out={tmp_path}"])
+    before = dualtower.create_model("tiny", seed=0).visual.state_dict()
+    summary = train(cfg)
+    model = dualtower.load(summary["checkpoint"])
+    assert model.logit_bias is not None
+    after = model.visual.state_dict()
+    assert all(torch.equal(before[k], after[k]) for k in before)  # the locked tower did not move
+    assert (tmp_path / "loss.png").stat().st_size > 0
