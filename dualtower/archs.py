@@ -94,6 +94,9 @@ _SMALL = {
 REGISTRY: dict[str, ModelConfig] = {**{n: _openclip(n, *row) for n, row in _OPENCLIP_ROWS.items()}, **_TINY, **_SMALL}
 
 
+OPENCLIP_NAMES = tuple(_OPENCLIP_ROWS)  # the names shared with open_clip's model configs
+
+
 def get_config(name: str) -> ModelConfig:
     if name not in REGISTRY:
         raise KeyError(f"unknown architecture {name!r}; known: {', '.join(sorted(REGISTRY))}")
