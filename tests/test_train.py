@@ -115,6 +115,10 @@ def test_unknown_config_keys_are_errors(tmp_path):
     toml.write_text('[train]\nsteps = 7\n[optim]\nlr = 0.01\n')
     cfg = configtree.load(TrainConfig, toml, ["--train.steps=9"])
     assert cfg.train.steps == 9 and cfg.optim.lr == 0.01
+    yaml_file = tmp_path / "run.yaml"
+    yaml_file.write_text("train:\n  steps: 11\n  loss: siglip\ndata:\n  batch_size: 64\n")
+    cfg = configtree.load(TrainConfig, yaml_file, [])
+    assert (cfg.train.steps, cfg.train.loss, cfg.data.batch_size) == (11, "siglip", 64)
     with pytest.raises(ValueError, match="must be an integer"):
         configtree.load(TrainConfig, None, ["--train.steps=many"])
 

@@ -11,18 +11,23 @@ import torch.nn.functional as F
 from torch import nn
 
 
+def _at_least_fp32(t: torch.Tensor) -> torch.Tensor:
+    return t.to(torch.promote_types(t.dtype, torch.float32))
+
+
 class LayerNormFp32(nn.LayerNorm):
-    """LayerNorm computed in fp32 whatever the input dtype, cast back to it (open_clip and OpenAI CLIP do the same)."""
+    """LayerNorm computed in at least fp32 whatever the input dtype, cast back to it (as open_clip and OpenAI
+    CLIP do for fp16/bf16)."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        weight = self.weight.float() if self.weight is not None else None
-        bias = self.bias.float() if self.bias is not None else None
-        return F.layer_norm(x.float(), self.normalized_shape, weight, bias, self.eps).to(x.dtype)
+        weight = _at_least_fp32(self.weight) if self.weight is not None else None
+        bias = _at_least_fp32(self.bias) if self.bias is not None else None
+        return F.layer_norm(_at_least_fp32(x), self.normalized_shape, weight, bias, self.eps).to(x.dtype)
 
 
 class RMSNormFp32(nn.RMSNorm):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return F.rms_norm(x.float(), self.normalized_shape, self.weight.float(), self.eps).to(x.dtype)
+        return F.rms_norm(_at_least_fp32(x), self.normalized_shape, _at_least_fp32(self.weight), self.eps).to(x.dtype)
 
 
 class QuickGELU(nn.Module):
