@@ -8,7 +8,9 @@ A file that is empty, truncated or not an image raises `ImageDecodeError` naming
 from __future__ import annotations
 
 import io
+import math
 import os
+import random
 
 import numpy as np
 import torch
@@ -97,10 +99,44 @@ class ImageTransform:
         top = int(round((new[1] - size) / 2.0))
         return image.crop((left, top, left + size, top + size))
 
-    def __call__(self, image: Image.Image) -> torch.Tensor:
-        image = self.resize_and_crop(to_rgb(image))
+    def to_tensor(self, image: Image.Image) -> torch.Tensor:
         pixels = torch.from_numpy(np.asarray(image, dtype=np.uint8).copy()).permute(2, 0, 1)  # (3, S, S)
         return (pixels.float() / 255.0 - self.mean) / self.std
 
+    def __call__(self, image: Image.Image, seed: int | None = None) -> torch.Tensor:
+        return self.to_tensor(self.resize_and_crop(to_rgb(image)))
+
     def __repr__(self) -> str:
-        return f"ImageTransform({self.cfg})"
+        return f"{type(self).__name__}({self.cfg})"
+
+
+class TrainTransform(ImageTransform):
+    """Random resized crop (area `scale`, log-uniform aspect `ratio`, as in Inception and CLIP training), then
+    scale and normalise. The crop is drawn from `seed`, so a sample's augmentation is fixed by (run seed, step,
+    record): the same on resume and whichever loader worker decodes it."""
+
+    def __init__(self, cfg: PreprocessConfig, scale: tuple[float, float] = (0.9, 1.0),
+                 ratio: tuple[float, float] = (3 / 4, 4 / 3)):
+        super().__init__(cfg)
+        self.scale, self.ratio = scale, ratio
+
+    def crop_box(self, width: int, height: int, rng: random.Random) -> tuple[int, int, int, int]:
+        area = width * height
+        for _ in range(10):
+            target = area * rng.uniform(*self.scale)
+            aspect = math.exp(rng.uniform(math.log(self.ratio[0]), math.log(self.ratio[1])))
+            w, h = round(math.sqrt(target * aspect)), round(math.sqrt(target / aspect))
+            if 0 < w <= width and 0 < h <= height:
+                left, top = rng.randint(0, width - w), rng.randint(0, height - h)
+                return left, top, left + w, top + h
+        side = min(width, height)  # fall back to the central square
+        left, top = (width - side) // 2, (height - side) // 2
+        return left, top, left + side, top + side
+
+    def __call__(self, image: Image.Image, seed: int | None = None) -> torch.Tensor:
+        if seed is None:
+            raise ValueError("TrainTransform needs a seed per sample")
+        image = to_rgb(image)
+        box = self.crop_box(*image.size, random.Random(seed))
+        size = self.cfg.image_size
+        return self.to_tensor(image.resize((size, size), _RESAMPLE[self.cfg.interpolation], box=box))

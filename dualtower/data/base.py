@@ -31,6 +31,10 @@ class Sample:
     caption: str
     id: str
     label: int = -1  # class index where the source has classes (built-in data), else -1
+    image_key: str = ""  # records with the same key show the same image (several captions per image)
+
+    def __post_init__(self):
+        self.image_key = self.image_key or self.id
 
 
 class Source:

@@ -19,35 +19,51 @@ FASHION_NAMES = ["t-shirt", "trouser", "pullover", "dress", "coat", "sandal", "s
                  "ankle boot"]
 
 TRAIN_TEMPLATES = {
-    "digits": ["a photo of the digit {}", "a picture of the number {}", "the handwritten digit {}",
-               "{} written by hand", "a scan of a handwritten {}"],
-    "fashion-mnist": ["a photo of a {}", "a picture of a {}", "a product photo of a {}", "a {} on a plain background",
-                      "a small grayscale photo of a {}"],
+    "digits": ["a photo of the digit {c}", "a picture of the number {c}", "the handwritten digit {c}",
+               "{c} written by hand", "a scan of a handwritten {c}", "{c}", "the digit {c}", "a {c}",
+               "a handwritten number: {c}", "someone wrote the number {c}", "a small scan showing {c}",
+               "an 8 by 8 pixel digit {c}"],
+    "fashion-mnist": ["a photo of a {c}", "a picture of a {c}", "a product photo of a {c}",
+                      "a {c} on a plain background", "a small grayscale photo of a {c}", "{c}", "a {c}",
+                      "a catalogue photo of a {c}", "a low resolution photo of a {c}", "this is a {c}",
+                      "a {c} for sale", "a centered photo of a {c}"],
 }
 FASHION_DIR = "/usr/share/datasets/fashion-mnist"
 HELD_OUT_FRACTION = 0.2  # digits: the last 20% of a fixed permutation (seed 0) is held out
 
 
 class ArraySource(Source):
-    """Grayscale images in a uint8 array (N, H, W) with integer labels; captions from templates."""
+    """Grayscale images in a uint8 array (N, H, W) with integer labels; captions from templates.
+
+    By default record i is image i with one template (rotating with the image id, so every record has one
+    fixed caption). With `every_template`, each image appears once per template (several captions per image,
+    for retrieval).
+    """
 
     def __init__(self, name: str, images: np.ndarray, labels: np.ndarray, classes: list[str],
-                 templates: list[str], ids: np.ndarray):
+                 templates: list[str], ids: np.ndarray, every_template: bool = False):
         self.name, self.images, self.labels, self.classes = name, images, labels, classes
         self.templates, self.ids = templates, ids
+        self.per_image = len(templates) if every_template else 1
+
+    def with_templates(self, templates: list[str], every_template: bool = True) -> "ArraySource":
+        return ArraySource(self.name, self.images, self.labels, self.classes, templates, self.ids, every_template)
 
     def __len__(self) -> int:
-        return len(self.labels)
+        return len(self.labels) * self.per_image
 
     def load(self, index: int) -> Sample:
-        label = int(self.labels[index])
-        # The template rotates with the record, so every record has one fixed caption (exact resume needs that).
-        caption = self.templates[int(self.ids[index]) % len(self.templates)].format(self.classes[label])
-        image = Image.fromarray(self.images[index], mode="L").convert("RGB")
-        return Sample(image=image, caption=caption, id=self.sample_id(index), label=label)
+        image_index, t = divmod(index, self.per_image)
+        label = int(self.labels[image_index])
+        template = self.templates[t if self.per_image > 1 else int(self.ids[image_index]) % len(self.templates)]
+        image = Image.fromarray(self.images[image_index], mode="L").convert("RGB")
+        return Sample(image=image, caption=template.format(c=self.classes[label]), id=self.sample_id(index),
+                      label=label, image_key=f"{self.name}:{int(self.ids[image_index])}")
 
     def sample_id(self, index: int) -> str:
-        return f"{self.name}:{int(self.ids[index])}"
+        image_index, t = divmod(index, self.per_image)
+        suffix = f"#{t}" if self.per_image > 1 else ""
+        return f"{self.name}:{int(self.ids[image_index])}{suffix}"
 
 
 def digits(split: str = "train") -> ArraySource:

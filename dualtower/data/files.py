@@ -68,7 +68,7 @@ class CaptionsFile(Source):
         if not isinstance(image, str) or not image:
             raise BadSample("missing image", f"{where}: no image path")
         caption = require_caption(caption, where)
-        return Sample(_load_image(self.path.parent / image), caption, self.sample_id(index))
+        return Sample(_load_image(self.path.parent / image), caption, self.sample_id(index), image_key=image)
 
     def sample_id(self, index: int) -> str:
         return f"{self.name}:{index}"

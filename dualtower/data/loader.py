@@ -53,6 +53,7 @@ class Batch:
     sample_ids: list[str]
     captions: list[str]
     labels: torch.Tensor  # (B,), -1 where the source has no classes
+    image_keys: list[str] = field(default_factory=list)  # equal keys: the same image
     skips: list[tuple[str, str]] = field(default_factory=list)  # (reason, detail) of each skipped record
 
     def __len__(self) -> int:
@@ -71,11 +72,13 @@ class StepBatches(torch.utils.data.Dataset):
 
     def __getitem__(self, k: int) -> Batch:
         step = self.start + k
-        pixels, captions, sample_ids, labels, skips = [], [], [], [], []
+        pixels, captions, sample_ids, labels, image_keys, skips = [], [], [], [], [], []
         for i in self.plan.indices(step):
             try:
                 sample = self.source.load(i)
-                pixels.append(self.transform(sample.image))
+                # A seed per (run, step, record): augmentation is the same on resume and in any worker.
+                seed = (getattr(self.plan, "seed", 0) * 1_000_003 + step) * 1_000_003 + i
+                pixels.append(self.transform(sample.image, seed=seed))
             except BadSample as e:
                 skips.append((e.reason, e.detail or self.source.sample_id(i)))
                 continue
@@ -85,6 +88,7 @@ class StepBatches(torch.utils.data.Dataset):
             captions.append(sample.caption)
             sample_ids.append(sample.id)
             labels.append(sample.label)
+            image_keys.append(sample.image_key)
         size = self.transform.cfg.image_size
         return Batch(
             step=step,
@@ -94,6 +98,7 @@ class StepBatches(torch.utils.data.Dataset):
             sample_ids=sample_ids,
             captions=captions,
             labels=torch.tensor(labels, dtype=torch.long),
+            image_keys=image_keys,
             skips=skips,
         )
 

@@ -23,6 +23,7 @@ class DataSection:
     caption_key: str = "caption"
     batch_size: int = 128  # global, over all processes
     workers: int = 1  # loader processes per training process
+    crop_scale: float = 0.9  # random resized crops of this much of the area and up; 1 = the eval transform
 
 
 @dataclass(frozen=True)

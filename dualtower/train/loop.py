@@ -18,7 +18,7 @@ from ..checkpoint import load
 from ..configtree import build, to_dict
 from ..data import SkipStats, open_source
 from ..data.loader import ShuffledPlan, batches
-from ..images import ImageTransform
+from ..images import ImageTransform, TrainTransform
 from ..losses import SIGLIP_INIT_LOGIT_BIAS, SIGLIP_INIT_LOGIT_SCALE, clip_loss, siglip_loss
 from ..model import DualEncoder
 from ..tokenizer import get_tokenizer
@@ -120,7 +120,9 @@ def train(cfg: TrainConfig, resume: str | None = None) -> dict:
     # Data: which records a step reads depends only on (seed, step, rank), so resuming is starting at `start`.
     source = open_source(cfg.data.train, cfg.data.image_key, cfg.data.caption_key)
     plan = ShuffledPlan(len(source), cfg.data.batch_size, t.seed, d.rank, d.world)
-    transform, tokenizer = ImageTransform(model.cfg.preprocess), get_tokenizer(model.cfg)
+    transform = (TrainTransform(model.cfg.preprocess, scale=(cfg.data.crop_scale, 1.0)) if cfg.data.crop_scale < 1
+                 else ImageTransform(model.cfg.preprocess))
+    tokenizer = get_tokenizer(model.cfg)
     stream = batches(source, plan, transform, tokenizer, start, t.steps, cfg.data.workers)
 
     out.mkdir(parents=True, exist_ok=True)

@@ -1,0 +1,70 @@
+"""Embedding whole sources and lists of texts, in batches, with loader workers for image decoding."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn.functional as F
+
+from ..data import SkipStats, Source
+from ..data.loader import SequentialPlan, batches
+from ..images import ImageTransform
+from ..tokenizer import get_tokenizer
+
+
+@dataclass
+class ImageEmbeddings:
+    features: torch.Tensor  # (N, E), L2-normalised
+    labels: torch.Tensor  # (N,)
+    ids: list[str]
+    captions: list[str]
+    image_keys: list[str]
+    stats: SkipStats = field(default_factory=SkipStats)
+
+
+@torch.inference_mode()
+def embed_source(model, source: Source, batch_size: int = 64, workers: int = 2, progress: bool = False,
+                 with_text: bool = False) -> tuple[ImageEmbeddings, torch.Tensor | None]:
+    """Image embeddings of every readable record (bad ones skipped and counted), and optionally of its captions."""
+    model.eval()
+    device = next(model.parameters()).device
+    plan = SequentialPlan(len(source), batch_size)
+    stream = batches(source, plan, ImageTransform(model.cfg.preprocess), get_tokenizer(model.cfg), 0, plan.steps,
+                     workers)
+    if progress:
+        from tqdm import tqdm
+
+        stream = tqdm(stream, total=plan.steps, desc="embed", unit="batch", dynamic_ncols=True)
+    feats, texts, labels, ids, captions, keys, stats = [], [], [], [], [], [], SkipStats()
+    for batch in stream:
+        stats.add(len(batch), batch.skips)
+        if not len(batch):
+            continue
+        feats.append(model.encode_image(batch.pixels.to(device), normalize=True).float().cpu())
+        if with_text:
+            texts.append(model.encode_text(batch.ids.to(device), normalize=True).float().cpu())
+        labels.append(batch.labels)
+        ids += batch.sample_ids
+        captions += batch.captions
+        keys += batch.image_keys
+    dim = model.cfg.embed_dim
+    out = ImageEmbeddings(torch.cat(feats) if feats else torch.zeros(0, dim),
+                          torch.cat(labels) if labels else torch.zeros(0, dtype=torch.long), ids, captions, keys,
+                          stats)
+    return out, (torch.cat(texts) if texts else torch.zeros(0, dim)) if with_text else None
+
+
+@torch.inference_mode()
+def embed_texts(model, texts: list[str], batch_size: int = 256) -> torch.Tensor:
+    """(N, E) L2-normalised. Texts are encoded sorted by length, so each batch stops at its longest text."""
+    model.eval()
+    device = next(model.parameters()).device
+    ids = get_tokenizer(model.cfg)(texts)
+    lengths = (ids == model.cfg.text.eot_id).int().argmax(dim=1)
+    order = lengths.argsort(descending=True)
+    out = torch.empty(len(texts), model.cfg.embed_dim)
+    for start in range(0, len(texts), batch_size):
+        chunk = order[start : start + batch_size]
+        out[chunk] = model.encode_text(ids[chunk].to(device), normalize=True).float().cpu()
+    return F.normalize(out, dim=-1)

@@ -1,0 +1,48 @@
+"""Zero-shot classification: class names x prompt templates -> a text classifier; top-1/5, per-class recall."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from .embed import ImageEmbeddings, embed_texts
+from .templates import fill
+
+
+def build_classifier(model, classnames: list[str], templates: list[str]) -> torch.Tensor:
+    """(C, E): per class, the mean of its normalised template embeddings, renormalised (CLIP's prompt ensemble)."""
+    texts = [fill(t, name) for name in classnames for t in templates]
+    emb = embed_texts(model, texts).view(len(classnames), len(templates), -1)  # (C, T, E)
+    return F.normalize(emb.mean(dim=1), dim=-1)
+
+
+def classify(features: torch.Tensor, classifier: torch.Tensor) -> torch.Tensor:
+    return features @ classifier.T  # (N, C) cosine similarities
+
+
+def scores(logits: torch.Tensor, labels: torch.Tensor, classnames: list[str]) -> dict:
+    n, c = logits.shape
+    topk = logits.topk(min(5, c), dim=1).indices  # (N, k)
+    hit = topk == labels[:, None]
+    pred = topk[:, 0]
+    confusion = torch.zeros(c, c, dtype=torch.long)
+    confusion.index_put_((labels, pred), torch.ones(n, dtype=torch.long), accumulate=True)
+    support = confusion.sum(dim=1)
+    recall = confusion.diagonal() / support.clamp(min=1)
+    present = support > 0
+    return {
+        "top1": float(hit[:, 0].float().mean()) if n else float("nan"),
+        "top5": float(hit.any(dim=1).float().mean()) if n and c >= 5 else float("nan"),
+        "mean_per_class_recall": float(recall[present].mean()) if n else float("nan"),
+        "per_class_recall": {name: float(r) for name, r, p in zip(classnames, recall, present) if p},
+        "confusion": confusion.tolist(),
+        "classes": classnames,
+        "n": n,
+    }
+
+
+def zeroshot(model, images: ImageEmbeddings, classnames: list[str], templates: list[str]) -> dict:
+    if (images.labels < 0).any():
+        raise ValueError("zero-shot classification needs labelled data (a source with classes)")
+    logits = classify(images.features, build_classifier(model, classnames, templates))
+    return {**scores(logits, images.labels, classnames), "templates": templates}
