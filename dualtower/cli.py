@@ -50,6 +50,129 @@ def _cmd_train(args, overrides: list[str]) -> int:
     return 0
 
 
+def _cmd_demo(args) -> int:
+    from .demo import run
+
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    run(data=args.data, out=args.out, steps=args.steps, workers=args.workers, seed=args.seed)
+    return 0
+
+
+def _model(args):
+    """--model: a checkpoint (anything dualtower.load reads) or a registry name (random weights, said so)."""
+    import os
+
+    import dualtower
+
+    if not os.path.exists(args.model) and args.model in dualtower.list_architectures():
+        print(f"note: {args.model} is an architecture name; using random weights", file=sys.stderr)
+        return dualtower.create_model(args.model)
+    return dualtower.load(args.model, arch=args.arch)
+
+
+def _templates(args, source_name: str) -> list[str]:
+    from .eval.templates import read_templates, templates_for
+
+    return read_templates(args.templates) if args.templates else templates_for(source_name)
+
+
+def _write_json(path: str | None, result: dict) -> None:
+    import json
+
+    from .checkpoint import atomic_file
+
+    if path:
+        with atomic_file(path) as tmp:
+            tmp.write_text(json.dumps(result, indent=2) + "\n")
+        print(f"results: {path}")
+
+
+def _cmd_eval(args) -> int:
+    from .data import open_source
+    from .eval import embed_source, linear_probe, retrieval, zeroshot
+
+    model = _model(args)
+    source = open_source(args.data, args.image_key, args.caption_key)
+    images, _ = embed_source(model, source, args.batch_size, args.workers, progress=True)
+    if args.task in ("zeroshot", "linear-probe") and not source.classes:
+        raise ValueError(f"{args.data}: {args.task} needs data with classes (for example builtin:digits:test)")
+    if args.task == "zeroshot":
+        result = zeroshot(model, images, source.classes, _templates(args, source.name))
+        rows = [("top-1", result["top1"]), ("top-5", result["top5"]),
+                ("mean per-class recall", result["mean_per_class_recall"])]
+    elif args.task == "retrieval":
+        result = retrieval(model, images)
+        rows = [(f"image->text {k}", v) for k, v in result["image_to_text"].items()]
+        rows += [(f"text->image {k}", v) for k, v in result["text_to_image"].items()]
+    else:
+        if not args.train:
+            raise ValueError("linear-probe needs --train DATA (the probe's training data)")
+        train_source = open_source(args.train, args.image_key, args.caption_key)
+        train_images, _ = embed_source(model, train_source, args.batch_size, args.workers, progress=True)
+        result = linear_probe(train_images, images, source.classes)
+        rows = [("top-1", result["top1"]), ("top-5", result["top5"]),
+                ("mean per-class recall", result["mean_per_class_recall"]), ("weight decay", result["weight_decay"])]
+    result = {"task": args.task, "model": args.model, "data": args.data, **result,
+              "images": {"accepted": images.stats.accepted, "skipped": dict(images.stats.skipped)}}
+    print(f"{args.task} on {args.data} ({images.stats.accepted} images, "
+          f"{sum(images.stats.skipped.values())} skipped)")
+    for name, value in rows:
+        print(f"  {name:<24} {value:.4g}")
+    _write_json(args.out, result)
+    return 0
+
+
+def _cmd_classify(args) -> int:
+    import torch
+
+    from .eval import build_classifier
+    from .images import open_image
+
+    model = _model(args)
+    labels = [x.strip() for x in args.labels.split(",") if x.strip()]
+    if len(labels) < 2:
+        raise ValueError("--labels needs at least two comma-separated labels")
+    classifier = build_classifier(model, labels, _templates(args, ""))
+    transform = __import__("dualtower").get_transform(model)
+    status = 0
+    for path in args.images:
+        try:
+            pixels = transform(open_image(path))[None]
+        except ValueError as e:
+            print(f"{path}: error: {e}", file=sys.stderr)
+            status = 2
+            continue
+        with torch.inference_mode():
+            probs = (model.scale() * model.encode_image(pixels, normalize=True) @ classifier.T).softmax(-1)[0]
+        top = probs.topk(min(args.top_k, len(labels)))
+        print(path + ": " + ", ".join(f"{labels[i]} {p:.3f}" for p, i in zip(top.values.tolist(),
+                                                                             top.indices.tolist())))
+    return status
+
+
+def _cmd_embed(args) -> int:
+    from .data import open_source
+    from .eval import embed_source
+    from .eval.output import write_embeddings
+
+    model = _model(args)
+    source = open_source(args.data, args.image_key, args.caption_key)
+    images, texts = embed_source(model, source, args.batch_size, args.workers, progress=True, with_text=args.text)
+    write_embeddings(args.out, images.features, images.ids, texts, images.captions if args.text else None)
+    print(f"wrote {len(images.ids)} embeddings to {args.out}; {images.stats.summary()}")
+    return 0
+
+
+def _data_args(p, data_help: str = "a data spec (builtin:digits:test, a captions file, a folder, tar shards)"):
+    p.add_argument("--model", required=True, help="a checkpoint, or an architecture name for random weights")
+    p.add_argument("--arch", help="the architecture of a bare state dict checkpoint")
+    p.add_argument("--data", required=True, help=data_help)
+    p.add_argument("--image-key", default="image")
+    p.add_argument("--caption-key", default="caption")
+    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--workers", type=int, default=2)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="dualtower", description="CLIP-style dual-encoder vision-text models.")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -68,6 +191,37 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("config", nargs="?", help="a TOML or YAML config; without one, a small model on builtin:digits")
     p.add_argument("--resume", metavar="DIR", help="continue a run exactly from its latest checkpoint")
     p.set_defaults(func=_cmd_train, takes_overrides=True)
+
+    p = sub.add_parser("demo", help="train a small CLIP on built-in data, evaluate it, write a report")
+    p.add_argument("--data", default="builtin:digits", help="builtin:digits or builtin:fashion-mnist")
+    p.add_argument("--out", default="demo-out", help="the report directory")
+    p.add_argument("--steps", type=int, help="training steps (default: the data set's recipe)")
+    p.add_argument("--workers", type=int, default=1)
+    p.add_argument("--seed", type=int, default=0)
+    p.set_defaults(func=_cmd_demo)
+
+    p = sub.add_parser("eval", help="zero-shot classification, retrieval or linear probe")
+    p.add_argument("task", choices=["zeroshot", "retrieval", "linear-probe"])
+    _data_args(p)
+    p.add_argument("--train", help="linear-probe: the data the probe is fitted on")
+    p.add_argument("--templates", help="zeroshot: a file of prompt templates, one per line, {c} for the class")
+    p.add_argument("--out", help="write the results as JSON here")
+    p.set_defaults(func=_cmd_eval)
+
+    p = sub.add_parser("classify", help="top-k labels for images, zero-shot")
+    p.add_argument("--model", required=True)
+    p.add_argument("--arch")
+    p.add_argument("--labels", required=True, help='comma-separated, e.g. "cat,dog,car"')
+    p.add_argument("--templates", help="a file of prompt templates ({c} for the label)")
+    p.add_argument("--top-k", type=int, default=3)
+    p.add_argument("images", nargs="+")
+    p.set_defaults(func=_cmd_classify)
+
+    p = sub.add_parser("embed", help="embed every image of a data source to .npz or .safetensors")
+    _data_args(p)
+    p.add_argument("--out", required=True, help="FILE.npz or FILE.safetensors")
+    p.add_argument("--text", action="store_true", help="also embed the captions")
+    p.set_defaults(func=_cmd_embed)
 
     p = sub.add_parser("smoke", help="encode sample photos and captions with a small random model")
     p.add_argument("--arch", default="tiny")

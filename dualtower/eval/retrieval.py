@@ -17,7 +17,7 @@ def recall_at_k(scores: torch.Tensor, positives: torch.Tensor, ks: tuple[int, ..
     """scores, positives: (queries, items); the fraction of queries with a positive in their top k."""
     ranked = scores.topk(min(max(ks), scores.shape[1]), dim=1).indices
     hits = positives.gather(1, ranked)  # (Q, kmax) bool
-    return {f"R@{k}": float(hits[:, :k].any(dim=1).float().mean()) for k in ks}
+    return {f"R@{k}": int(hits[:, :k].any(dim=1).sum()) / len(hits) for k in ks}
 
 
 def retrieval(model, images: ImageEmbeddings, ks: tuple[int, ...] = (1, 5, 10)) -> dict:

@@ -28,12 +28,12 @@ def scores(logits: torch.Tensor, labels: torch.Tensor, classnames: list[str]) ->
     confusion = torch.zeros(c, c, dtype=torch.long)
     confusion.index_put_((labels, pred), torch.ones(n, dtype=torch.long), accumulate=True)
     support = confusion.sum(dim=1)
-    recall = confusion.diagonal() / support.clamp(min=1)
+    recall = confusion.diagonal().double() / support.clamp(min=1)
     present = support > 0
     return {
-        "top1": float(hit[:, 0].float().mean()) if n else float("nan"),
-        "top5": float(hit.any(dim=1).float().mean()) if n and c >= 5 else float("nan"),
-        "mean_per_class_recall": float(recall[present].mean()) if n else float("nan"),
+        "top1": int(hit[:, 0].sum()) / n if n else float("nan"),
+        "top5": int(hit.any(dim=1).sum()) / n if n and c >= 5 else float("nan"),
+        "mean_per_class_recall": float(recall[present].double().mean()) if n else float("nan"),
         "per_class_recall": {name: float(r) for name, r, p in zip(classnames, recall, present) if p},
         "confusion": confusion.tolist(),
         "classes": classnames,

@@ -1,0 +1,153 @@
+"""Evaluation on built-in data: each eval command, classify, embed; CLIP_benchmark's own code agrees with ours."""
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+import dualtower
+from dualtower.cli import main
+from dualtower.data import open_source
+from dualtower.eval import embed_source, linear_probe, retrieval, zeroshot
+from dualtower.eval.retrieval import recall_at_k
+from dualtower.eval.templates import HELD_OUT
+from dualtower.eval.zeroshot import scores
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    """A small model trained briefly on the digits, so the metrics are away from chance and ties."""
+    from dualtower import configtree
+    from dualtower.train.config import TrainConfig
+    from dualtower.train.loop import train
+
+    out = tmp_path_factory.mktemp("trained")
+    cfg = configtree.load(TrainConfig, None, ["--train.steps=60", "--train.progress=false", f"--train.out={out}",
+                                              "--data.workers=0"])
+    path = train(cfg)["checkpoint"]
+    return path, dualtower.load(path)
+
+
+def test_scores_by_hand():
+    logits = torch.tensor([[0.9, 0.1, 0.0], [0.2, 0.7, 0.1], [0.6, 0.3, 0.1], [0.1, 0.2, 0.7]])
+    labels = torch.tensor([0, 1, 1, 2])
+    s = scores(logits, labels, ["a", "b", "c"])
+    assert s["top1"] == 0.75 and s["confusion"] == [[1, 0, 0], [1, 1, 0], [0, 0, 1]]
+    assert s["mean_per_class_recall"] == pytest.approx((1 + 0.5 + 1) / 3)
+
+
+def test_recall_at_k_by_hand():
+    scores_ = torch.tensor([[0.9, 0.5, 0.1], [0.2, 0.3, 0.8]])
+    positives = torch.tensor([[False, True, False], [False, False, True]])
+    assert recall_at_k(scores_, positives, (1, 2)) == {"R@1": 0.5, "R@2": 1.0}
+
+
+def test_eval_commands_on_builtin_data(trained, tmp_path, capsys):
+    path, _ = trained
+    for task, extra in (("zeroshot", []), ("retrieval", []), ("linear-probe", ["--train", "builtin:digits"])):
+        out = tmp_path / f"{task}.json"
+        assert main(["eval", task, "--model", path, "--data", "builtin:digits:test", "--workers", "0",
+                     "--out", str(out), *extra]) == 0
+        result = json.loads(out.read_text())
+        assert result["images"]["accepted"] == 360
+        printed = capsys.readouterr().out
+        if task == "retrieval":
+            assert 0 < result["image_to_text"]["R@1"] <= result["image_to_text"]["R@5"] <= 1
+            assert "image->text R@1" in printed
+        else:
+            assert result["top1"] > 0.5 and len(result["confusion"]) == 10 and "top-1" in printed
+    assert 0.0 < json.loads((tmp_path / "linear-probe.json").read_text())["weight_decay"] <= 1.0
+
+
+def test_classify_and_embed(trained, tmp_path, capsys):
+    path, model = trained
+    source = open_source("builtin:digits:test")
+    for i in range(3):
+        source.load(i).image.save(tmp_path / f"digit{i}.png")
+    (tmp_path / "bad.png").write_bytes(b"not an image")
+    status = main(["classify", "--model", path, "--labels", "zero,one,two,three,four,five,six,seven,eight,nine",
+                   str(tmp_path / "digit0.png"), str(tmp_path / "bad.png"), str(tmp_path / "digit1.png")])
+    captured = capsys.readouterr()
+    assert status == 2 and "bad.png" in captured.err
+    assert captured.out.count("digit") == 2
+
+    for suffix in (".npz", ".safetensors"):
+        out = tmp_path / f"emb{suffix}"
+        assert main(["embed", "--model", path, "--data", "builtin:digits:test", "--out", str(out), "--text",
+                     "--workers", "2"]) == 0
+        if suffix == ".npz":
+            data = np.load(out)
+            feats, ids = data["image_embeds"], list(data["ids"])
+            assert data["text_embeds"].shape == feats.shape
+        else:
+            from safetensors import safe_open
+
+            with safe_open(out, "pt") as f:
+                feats, ids = f.get_tensor("image_embeds").numpy(), json.loads(f.metadata()["ids"])
+        assert feats.shape == (360, model.cfg.embed_dim) and len(ids) == 360 and len(set(ids)) == 360
+        direct, _ = embed_source(model, source, workers=0)
+        assert np.allclose(feats, direct.features.numpy(), atol=1e-5)
+
+
+def test_clip_benchmark_agrees_with_dualtower(trained):
+    """CLIP_benchmark's own zero-shot and retrieval code, on a model from our loader, gives our numbers."""
+    from clip_benchmark.metrics import zeroshot_classification, zeroshot_retrieval
+
+    from dualtower.compat.clip_benchmark import load_dualtower, register
+
+    path, _ = trained
+    register()
+    import clip_benchmark.models as cb_models
+
+    model, transform, tokenizer = cb_models.load_clip("dualtower", "small-digits", path, cache_dir=None,
+                                                      device="cpu")
+    source = open_source("builtin:digits:test")
+    templates = HELD_OUT["digits"]
+
+    class Classes(torch.utils.data.Dataset):
+        classes = source.classes
+
+        def __len__(self):
+            return len(source)
+
+        def __getitem__(self, i):
+            s = source.load(i)
+            return transform(s.image), s.label
+
+    theirs = zeroshot_classification.evaluate(model, torch.utils.data.DataLoader(Classes(), batch_size=50),
+                                              tokenizer, source.classes, templates, "cpu", amp=False)
+    images, _ = embed_source(model, source, workers=0)
+    ours = zeroshot(model, images, source.classes, templates)
+    assert theirs["acc1"] == pytest.approx(ours["top1"], abs=1e-9)
+    assert theirs["acc5"] == pytest.approx(ours["top5"], abs=1e-9)
+    assert theirs["mean_per_class_recall"] == pytest.approx(ours["mean_per_class_recall"], abs=1e-9)
+
+    # Retrieval with unique captions (COCO-style): two captions per image naming the image's own id.
+    class Captions(torch.utils.data.Dataset):
+        def __len__(self):
+            return len(source)
+
+        def captions(self, i):
+            s = source.load(i)
+            name = source.classes[s.label]
+            return [f"{templates[0].format(c=name)}, image {s.id}", f"{templates[1].format(c=name)} no. {s.id}"]
+
+        def __getitem__(self, i):
+            return transform(source.load(i).image), self.captions(i)
+
+    dataset = Captions()
+    loader = torch.utils.data.DataLoader(dataset, batch_size=64, collate_fn=lambda b: (
+        torch.stack([x for x, _ in b]), [c for _, c in b]))
+    theirs = zeroshot_retrieval.evaluate(model, loader, tokenizer, "cpu", amp=False, recall_k_list=[1, 5, 10])
+    expanded = images.__class__(
+        features=images.features.repeat_interleave(2, dim=0), labels=images.labels.repeat_interleave(2),
+        ids=[i for i in images.ids for _ in range(2)],
+        captions=[c for i in range(len(source)) for c in dataset.captions(i)],
+        image_keys=[k for k in images.image_keys for _ in range(2)])
+    ours = retrieval(model, expanded)
+    n_images, n_texts = ours["n_images"], ours["n_texts"]
+    assert (n_images, n_texts) == (360, 720)
+    for k in (1, 5, 10):  # CLIP_benchmark averages in float32: compare the counts of hits
+        assert round(theirs[f"text_retrieval_recall@{k}"] * n_images) == round(ours["image_to_text"][f"R@{k}"] * n_images)
+        assert round(theirs[f"image_retrieval_recall@{k}"] * n_texts) == round(ours["text_to_image"][f"R@{k}"] * n_texts)
