@@ -54,6 +54,7 @@ class Batch:
     captions: list[str]
     labels: torch.Tensor  # (B,), -1 where the source has no classes
     image_keys: list[str] = field(default_factory=list)  # equal keys: the same image
+    indices: list[int] = field(default_factory=list)  # the source record of each sample
     skips: list[tuple[str, str]] = field(default_factory=list)  # (reason, detail) of each skipped record
 
     def __len__(self) -> int:
@@ -72,7 +73,7 @@ class StepBatches(torch.utils.data.Dataset):
 
     def __getitem__(self, k: int) -> Batch:
         step = self.start + k
-        pixels, captions, sample_ids, labels, image_keys, skips = [], [], [], [], [], []
+        pixels, captions, sample_ids, labels, image_keys, indices, skips = [], [], [], [], [], [], []
         for i in self.plan.indices(step):
             try:
                 sample = self.source.load(i)
@@ -89,6 +90,7 @@ class StepBatches(torch.utils.data.Dataset):
             sample_ids.append(sample.id)
             labels.append(sample.label)
             image_keys.append(sample.image_key)
+            indices.append(i)
         size = self.transform.cfg.image_size
         return Batch(
             step=step,
@@ -99,6 +101,7 @@ class StepBatches(torch.utils.data.Dataset):
             captions=captions,
             labels=torch.tensor(labels, dtype=torch.long),
             image_keys=image_keys,
+            indices=indices,
             skips=skips,
         )
 

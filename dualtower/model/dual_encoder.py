@@ -11,6 +11,7 @@ from torch import nn
 
 from ..config import ModelConfig
 from .layers import Attention, Mlp
+from .noise import KeyedDropout
 from .towers import TextTower, VisionTower
 
 # CLIP (Radford et al. 2021) clips the learned temperature so logits are scaled by at most 100.
@@ -61,6 +62,13 @@ class DualEncoder(nn.Module):
             logit_scale=self.scale(),
             logit_bias=self.logit_bias,
         )
+
+    def set_dropout(self, prob: float) -> None:
+        """Dropout on every residual branch of both towers (keyed per sample, see model.noise); 0 removes it."""
+        blocks = [*self.visual.transformer.blocks, *self.text.transformer.blocks]
+        for i, block in enumerate(blocks):
+            block.drop1 = KeyedDropout(prob, salt=2 + 2 * i) if prob > 0 else nn.Identity()
+            block.drop2 = KeyedDropout(prob, salt=3 + 2 * i) if prob > 0 else nn.Identity()
 
     def set_grad_checkpointing(self, enable: bool = True) -> None:
         self.visual.transformer.grad_checkpointing = enable

@@ -97,18 +97,20 @@ class Block(nn.Module):
         super().__init__()
         self.norm1, self.attn, self.ls1 = norm1, attn, ls1
         self.norm2, self.mlp, self.ls2 = norm2, mlp, ls2
+        self.drop1: nn.Module = nn.Identity()  # residual-branch dropout, set for training (DualEncoder.set_dropout)
+        self.drop2: nn.Module = nn.Identity()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = x + self.ls1(self.attn(self.norm1(x)))
-        return x + self.ls2(self.mlp(self.norm2(x)))
+        x = x + self.drop1(self.ls1(self.attn(self.norm1(x))))
+        return x + self.drop2(self.ls2(self.mlp(self.norm2(x))))
 
 
 class PostNormBlock(Block):
     """Post-norm residual block (the original Transformer's placement): norm(x + ls(attn(x)))."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = self.norm1(x + self.ls1(self.attn(x)))
-        return self.norm2(x + self.ls2(self.mlp(x)))
+        x = self.norm1(x + self.drop1(self.ls1(self.attn(x))))
+        return self.norm2(x + self.drop2(self.ls2(self.mlp(x))))
 
 
 class Transformer(nn.Module):

@@ -6,6 +6,7 @@ import torch
 from torch import nn
 
 from ..config import TextConfig, VisionConfig
+from . import noise
 from .layers import build_transformer, make_norm
 
 
@@ -28,6 +29,8 @@ def _norm_or_identity(on: bool, cfg) -> nn.Module:
 class PatchDropout(nn.Module):
     """FLIP (Li et al. 2023): in training, keep a random subset of the patch tokens (the class token always)."""
 
+    SALT = 1  # distinct from every KeyedDropout's salt
+
     def __init__(self, prob: float):
         super().__init__()
         if not 0.0 <= prob < 1.0:
@@ -39,7 +42,7 @@ class PatchDropout(nn.Module):
             return x
         cls, patches = x[:, :1], x[:, 1:]  # (B, 1, D), (B, N, D)
         keep = max(1, int(patches.shape[1] * (1 - self.prob)))
-        order = torch.rand(patches.shape[:2], device=x.device).argsort(dim=1)[:, :keep]  # (B, keep)
+        order = noise.uniform(tuple(patches.shape[:2]), self.SALT, x.device).argsort(dim=1)[:, :keep]  # (B, keep)
         kept = patches.gather(1, order.unsqueeze(-1).expand(-1, -1, patches.shape[2]))
         return torch.cat([cls, kept], dim=1)
 

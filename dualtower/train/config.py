@@ -11,6 +11,7 @@ class ModelSection:
     init: str = ""  # a checkpoint to fine-tune from (anything `dualtower.load` reads); empty: random init
     init_arch: str = ""  # the architecture of `init` when it is a bare open_clip state dict
     patch_dropout: float = 0.0  # FLIP: fraction of patch tokens dropped in training
+    dropout: float = 0.0  # on every residual branch of both towers, in training
     grad_checkpointing: bool = False
     lock_image: bool = False  # LiT: freeze the image tower
     lock_text: bool = False
@@ -41,6 +42,8 @@ class TrainSection:
     steps: int = 300
     loss: str = "clip"  # "clip" (softmax) or "siglip" (sigmoid)
     label_smoothing: float = 0.0
+    loss_chunk: int = 0  # > 0: compute the loss in tiles of this many rows/columns (dualtower.chunked_losses)
+    micro_batch: int = 0  # > 0: gradient-cache steps, encoding this many samples at a time (train.gradcache)
     precision: str = "fp32"  # "fp32" or "bf16" (autocast)
     grad_clip: float = 1.0  # max gradient norm; 0 turns clipping off
     seed: int = 0

@@ -19,10 +19,12 @@ from ..configtree import build, to_dict
 from ..data import SkipStats, open_source
 from ..data.loader import ShuffledPlan, batches
 from ..images import ImageTransform, TrainTransform
+from ..chunked_losses import chunked_clip_loss, chunked_siglip_loss
 from ..losses import SIGLIP_INIT_LOGIT_BIAS, SIGLIP_INIT_LOGIT_SCALE, clip_loss, siglip_loss
 from ..model import DualEncoder
 from ..tokenizer import get_tokenizer
 from .config import TrainConfig
+from .gradcache import encode, grad_cache_step
 from .optim import lr_at, param_groups
 from .state import find_checkpoint, load_training, save_training, set_rng_state
 
@@ -51,6 +53,7 @@ def build_model(cfg: TrainConfig) -> DualEncoder:
 
 def _prepare(model: DualEncoder, cfg: TrainConfig) -> list[torch.nn.Parameter]:
     model.visual.set_patch_dropout(cfg.model.patch_dropout)
+    model.set_dropout(cfg.model.dropout)
     model.set_grad_checkpointing(cfg.model.grad_checkpointing)
     for tower, locked in ((model.visual, cfg.model.lock_image), (model.text, cfg.model.lock_text)):
         tower.requires_grad_(not locked)
@@ -138,6 +141,16 @@ def train(cfg: TrainConfig, resume: str | None = None) -> dict:
     window_start, window_samples = time.perf_counter(), 0
     run_start = time.perf_counter()
 
+    def loss_fn(image, text, all_image, all_text, offset):
+        if t.loss == "clip":
+            if t.loss_chunk:
+                return chunked_clip_loss(image, text, model.scale(), all_image, all_text, offset, t.label_smoothing,
+                                         t.loss_chunk)
+            return clip_loss(image, text, model.scale(), all_image, all_text, offset, t.label_smoothing)
+        if t.loss_chunk:
+            return chunked_siglip_loss(image, text, model.scale(), model.logit_bias, all_text, offset, t.loss_chunk)
+        return siglip_loss(image, text, model.scale(), model.logit_bias, all_text, offset)
+
     model.train()
     for step in range(start, t.steps):
         batch = next(stream)
@@ -147,21 +160,20 @@ def train(cfg: TrainConfig, resume: str | None = None) -> dict:
             group["lr"] = lr
         pixels, ids = batch.pixels.to(d.device), batch.ids.to(d.device)
 
-        # Forward: embed locally, then (several processes) gather every process's embeddings with gradient.
-        with autocast:
-            image = model.encode_image(pixels, normalize=True)
-            text = model.encode_text(ids, normalize=True)
-        image, text = image.float(), text.float()
-        all_image, all_text, offset = (distributed.gather_features(image, text) if d.enabled
-                                       else (image, text, 0))
-        if t.loss == "clip":
-            loss = clip_loss(image, text, model.scale(), all_image, all_text, offset, t.label_smoothing)
-        else:
-            loss = siglip_loss(image, text, model.scale(), model.logit_bias, all_text, offset)
-
-        # Backward, average over processes, clip; a non-finite loss or gradient skips the update.
+        # Forward and backward. Noise (dropout, patch dropout) is keyed per sample by (seed, step, record).
+        keys = (t.seed & 0x7FF) << 52 | step << 32 | torch.tensor(batch.indices, dtype=torch.int64)
         optimizer.zero_grad(set_to_none=True)
-        loss.backward()
+        if t.micro_batch:
+            loss = grad_cache_step(model, pixels, ids, keys, t.micro_batch, loss_fn, d.enabled, autocast)
+        else:
+            image, text = encode(model, pixels, ids, keys, autocast)
+            # Several processes: gather every process's embeddings with gradient (local rows, global columns).
+            all_image, all_text, offset = (distributed.gather_features(image, text) if d.enabled
+                                           else (image, text, 0))
+            loss = loss_fn(image, text, all_image, all_text, offset)
+            loss.backward()
+
+        # Average gradients over processes once, clip; a non-finite loss or gradient skips the update.
         if d.enabled:
             distributed.average_gradients(params, d.world)
         grad_norm = torch.nn.utils.clip_grad_norm_(params, t.grad_clip if t.grad_clip > 0 else float("inf"))
