@@ -118,7 +118,7 @@ def train(cfg: TrainConfig, resume: str | None = None) -> dict:
         nonfinite_total = int(state["nonfinite"])
         set_rng_state(state["rng"])
     else:
-        torch.manual_seed(t.seed * 7919 + d.rank)  # training randomness (patch dropout), distinct per process
+        torch.manual_seed(t.seed * 7919 + d.rank)  # randomness not keyed per sample, distinct per process
 
     # Data: which records a step reads depends only on (seed, step, rank), so resuming is starting at `start`.
     source = open_source(cfg.data.train, cfg.data.image_key, cfg.data.caption_key)
