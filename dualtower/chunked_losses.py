@@ -43,8 +43,9 @@ class _SoftmaxDirections(torch.autograd.Function):
                 lses.append(torch.full((q.shape[0],), float("-inf"), dtype=q.dtype, device=q.device))
             total = torch.zeros((), dtype=q.dtype, device=q.device)
             for r0, r1 in _tiles(q.shape[0], chunk):
+                q_scaled = scale * q[r0:r1]
                 for c0, c1 in _tiles(k.shape[0], chunk):
-                    logits = scale * q[r0:r1] @ k[c0:c1].T  # (r, c): the only logits in memory
+                    logits = q_scaled @ k[c0:c1].T  # (r, c): the only logits in memory
                     lses[d][r0:r1] = torch.logaddexp(lses[d][r0:r1], logits.logsumexp(dim=1))
                     if shared:
                         lses[1][c0:c1] = torch.logaddexp(lses[1][c0:c1], logits.logsumexp(dim=0))
@@ -68,25 +69,29 @@ class _SoftmaxDirections(torch.autograd.Function):
         g_scale = torch.zeros((), dtype=q1.dtype, device=q1.device)
         half = grad_out / 2
 
-        def tile_grad(raw, lse_rows, n_q, n_k, r0, r1, c0, c1):
-            """d loss / d logits of one direction's tile (queries along rows)."""
-            grad = torch.exp(scale * raw - lse_rows[:, None]) - eps / n_k
-            i, j = _targets(grad, r0, r1, c0, c1, offset)
-            grad[i, j] -= 1 - eps
-            return grad * (half / n_q)
-
         directions = [("q1", "k1", q1, k1, lse1)] if shared else [("q1", "k1", q1, k1, lse1),
                                                                    ("q2", "k2", q2, k2, lse2)]
         for qn, kn, q, k, lse in directions:
-            for r0, r1 in _tiles(q.shape[0], chunk):
-                for c0, c1 in _tiles(k.shape[0], chunk):
-                    raw = q[r0:r1] @ k[c0:c1].T  # (r, c) cosine similarities, recomputed
-                    grad = tile_grad(raw, lse[r0:r1], q.shape[0], k.shape[0], r0, r1, c0, c1)
-                    if shared:  # the transposed direction: its queries are the columns here
-                        grad += tile_grad(raw.T, lse2[c0:c1], k.shape[0], q.shape[0], c0, c1, r0, r1).T
-                    g[qn][r0:r1] += scale * grad @ k[c0:c1]
-                    g[kn][c0:c1] += scale * grad.T @ q[r0:r1]
-                    g_scale += (grad * raw).sum()
+            n_q, n_k = q.shape[0], k.shape[0]
+            for r0, r1 in _tiles(n_q, chunk):
+                q_scaled = scale * q[r0:r1]
+                for c0, c1 in _tiles(n_k, chunk):
+                    logits = q_scaled @ k[c0:c1].T  # (r, c), recomputed
+                    # d loss / d logits = (softmax - smoothed one-hot) / queries, for each direction.
+                    grad = (logits - lse[r0:r1, None]).exp_()
+                    i, j = _targets(grad, r0, r1, c0, c1, offset)
+                    if shared:  # the transposed direction (texts as queries): same tile, column-wise softmax
+                        grad += logits.sub_(lse2[None, c0:c1]).exp_()
+                        grad -= 2 * eps / n_k
+                        grad[i, j] -= 2 * (1 - eps)
+                    else:
+                        grad -= eps / n_k
+                        grad[i, j] -= 1 - eps
+                    grad *= half / n_q
+                    g_q_tile = grad @ k[c0:c1]  # (r, D)
+                    g_scale += (q[r0:r1] * g_q_tile).sum()  # sum of grad * cosine, without the (r, c) product
+                    g[qn][r0:r1] += scale * g_q_tile
+                    g[kn][c0:c1] += scale * (grad.T @ q[r0:r1])
         return g["q1"], g["k1"], g["q2"], g["k2"], g_scale, None, None, None, None
 
 
@@ -108,9 +113,10 @@ class _SiglipLossFn(torch.autograd.Function):
         b = rows.shape[0]
         total = torch.zeros((), dtype=rows.dtype, device=rows.device)
         for r0, r1 in _tiles(b, chunk):
+            rows_scaled = scale * rows[r0:r1]
             for c0, c1 in _tiles(cols.shape[0], chunk):
-                logits = scale * rows[r0:r1] @ cols[c0:c1].T + bias
-                total += torch.nn.functional.logsigmoid(-logits).sum()  # every pair as a negative ...
+                logits = torch.addmm(bias, rows_scaled, cols[c0:c1].T)
+                total -= torch.nn.functional.softplus(logits).sum()  # log sigmoid(-x): every pair as a negative ...
         target = scale * (rows * cols[offset : offset + b]).sum(dim=1) + bias
         # ... then the positives corrected: log sigmoid(x) - log sigmoid(-x) = x.
         total += target.sum()
@@ -127,18 +133,17 @@ class _SiglipLossFn(torch.autograd.Function):
         g_scale = torch.zeros((), dtype=rows.dtype, device=rows.device)
         g_bias = torch.zeros((), dtype=rows.dtype, device=rows.device)
         for r0, r1 in _tiles(b, chunk):
+            rows_scaled = scale * rows[r0:r1]
             for c0, c1 in _tiles(cols.shape[0], chunk):
-                raw = rows[r0:r1] @ cols[c0:c1].T
-                g = torch.sigmoid(scale * raw + bias)  # d(-log sigmoid(-x))/dx for a negative
-                rr = torch.arange(r0, r1, device=rows.device)
-                cc = rr + offset
-                inside = (cc >= c0) & (cc < c1)
-                g[rr[inside] - r0, cc[inside] - c0] -= 1.0  # a positive: sigmoid(x) - 1
-                g *= grad_out / b
-                g_rows[r0:r1] += scale * g @ cols[c0:c1]
-                g_cols[c0:c1] += scale * g.T @ rows[r0:r1]
-                g_scale += (g * raw).sum()
-                g_bias += g.sum()
+                grad = torch.addmm(bias, rows_scaled, cols[c0:c1].T).sigmoid_()  # a negative's
+                i, j = _targets(grad, r0, r1, c0, c1, offset)
+                grad[i, j] -= 1.0  # a positive: sigmoid(x) - 1
+                grad *= grad_out / b
+                g_rows_tile = grad @ cols[c0:c1]  # (r, D)
+                g_scale += (rows[r0:r1] * g_rows_tile).sum()
+                g_bias += grad.sum()
+                g_rows[r0:r1] += scale * g_rows_tile
+                g_cols[c0:c1] += scale * (grad.T @ rows[r0:r1])
         return g_rows, g_cols, g_scale, g_bias, None, None
 
 

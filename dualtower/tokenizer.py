@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import gzip
 import html
+import itertools
 import json
+import re
 from functools import lru_cache
 from importlib import resources
 from typing import Sequence
@@ -24,6 +26,13 @@ EOT = "<end_of_text>"
 # runs of anything else that is not whitespace. Whitespace separates words and is dropped.
 WORD_PATTERN = SOT + "|" + EOT + r"""|'s|'t|'re|'ve|'m|'ll|'d|[\p{L}]+|[\p{N}]|[^\s\p{L}\p{N}]+"""
 NUM_MERGES = 49152 - 256 - 2  # the published vocabulary uses the first 48,894 merges of the file
+
+# The fast path. Text of printable ASCII, tabs and newlines, without "&" (HTML entities) and "<" (the special
+# tokens), is left unchanged by ftfy and HTML unescaping; on ASCII the word pattern's classes are plain ASCII
+# classes. Such text is cleaned with str methods and split by the Rust pre-tokenizer with the same pattern,
+# everything in one batched call. Everything else takes the reference's own cleaning and split.
+_PLAIN = re.compile(r"[\t\n\x20-\x25\x27-\x3b\x3d-\x7e]*")
+ASCII_WORD_PATTERN = r"""'s|'t|'re|'ve|'m|'ll|'d|[A-Za-z]+|[0-9]|[^\sA-Za-z0-9]+"""
 
 
 @lru_cache(maxsize=None)
@@ -51,7 +60,7 @@ class ClipTokenizer:
 
     def __init__(self, context_length: int = 77, vocab_path: str | None = None):
         import regex
-        from tokenizers import Tokenizer, models, pre_tokenizers
+        from tokenizers import Regex, Tokenizer, models, pre_tokenizers
 
         if context_length < 2:
             raise ValueError(f"context_length must be at least 2 (start and end tokens), got {context_length}")
@@ -70,6 +79,12 @@ class ClipTokenizer:
         self._rust.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)
         self._rust.add_special_tokens([SOT, EOT])
         self._words = regex.compile(WORD_PATTERN, regex.IGNORECASE)
+        self._rust_plain = Tokenizer(models.BPE(vocab=self.encoder, merges=merges, end_of_word_suffix="</w>",
+                                                continuing_subword_prefix=""))
+        self._rust_plain.pre_tokenizer = pre_tokenizers.Sequence([
+            pre_tokenizers.Split(Regex(ASCII_WORD_PATTERN), behavior="removed", invert=True),
+            pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False),
+        ])
 
     def words(self, text: str) -> list[str]:
         return self._words.findall(clean_text(text))
@@ -79,12 +94,15 @@ class ClipTokenizer:
         return self.encode_batch([text])[0]
 
     def encode_batch(self, texts: Sequence[str]) -> list[list[int]]:
-        words = [self.words(t) for t in texts]
         out: list[list[int]] = [[] for _ in texts]
-        nonempty = [i for i, w in enumerate(words) if w]
-        encodings = self._rust.encode_batch([words[i] for i in nonempty], is_pretokenized=True,
-                                            add_special_tokens=False)
-        for i, enc in zip(nonempty, encodings):
+        plain = [i for i, t in enumerate(texts) if _PLAIN.fullmatch(t)]
+        cleaned = [" ".join(texts[i].split()).lower() for i in plain]
+        for i, enc in zip(plain, self._rust_plain.encode_batch(cleaned, add_special_tokens=False)):
+            out[i] = enc.ids
+        plain_set = set(plain)
+        other = [(i, w) for i, t in enumerate(texts) if i not in plain_set and (w := self.words(t))]
+        encodings = self._rust.encode_batch([w for _, w in other], is_pretokenized=True, add_special_tokens=False)
+        for (i, _), enc in zip(other, encodings):
             out[i] = enc.ids
         return out
 
@@ -95,10 +113,17 @@ class ClipTokenizer:
             if not isinstance(t, str):
                 raise TypeError(f"texts[{i}] is {type(t).__name__}, not str")
         length = context_length or self.context_length
+        if length < 2:
+            raise ValueError(f"context_length must be at least 2 (start and end tokens), got {length}")
+        ids = [x[: length - 2] for x in self.encode_batch(texts)]  # truncated: the end token keeps the last slot
+        counts = np.fromiter(map(len, ids), dtype=np.int64, count=len(ids))
+        flat = np.fromiter(itertools.chain.from_iterable(ids), dtype=np.int64, count=int(counts.sum()))
+        rows = np.repeat(np.arange(len(ids)), counts)
+        cols = 1 + np.arange(len(flat)) - np.repeat(np.cumsum(counts) - counts, counts)
         result = np.zeros((len(texts), length), dtype=np.int64)
-        for row, ids in enumerate(self.encode_batch(texts)):
-            tokens = [self.sot_id, *ids[: length - 2], self.eot_id]
-            result[row, : len(tokens)] = tokens
+        result[:, 0] = self.sot_id
+        result[rows, cols] = flat
+        result[np.arange(len(ids)), counts + 1] = self.eot_id
         return torch.from_numpy(result)
 
     def decode(self, ids: Sequence[int]) -> str:

@@ -79,6 +79,14 @@ def test_arbitrary_text_matches_reference_and_is_well_formed(text):
 _REF = open_clip.tokenizer.SimpleTokenizer()
 
 
+@settings(max_examples=400, deadline=None)
+@given(st.text(alphabet=st.characters(min_codepoint=0, max_codepoint=127), max_size=120))
+def test_ascii_text_matches_reference(text):
+    """ASCII takes the fast path when it can: the same ids as the reference either way."""
+    ours = dualtower.get_tokenizer("ViT-B-32")
+    assert torch.equal(ours([text])[0], _reference_ids(_REF, [text])[0])
+
+
 def test_context_length_per_architecture():
     tok = dualtower.get_tokenizer(dualtower.get_config("tiny").replace(
         text=dualtower.TextConfig(context_length=16, width=32, depth=1, heads=2, mlp_dim=64)))
