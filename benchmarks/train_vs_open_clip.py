@@ -23,7 +23,7 @@ from pathlib import Path
 
 OPEN_CLIP_CONFIG = {  # small-digits in open_clip's terms
     "embed_dim": 128,
-    "vision_cfg": {"image_size": 32, "layers": 3, "width": 128, "head_width": 32, "patch_size": 4},
+    "vision_cfg": {"image_size": 32, "layers": 3, "width": 128, "head_width": 32, "patch_size": 8},
     "text_cfg": {"context_length": 32, "vocab_size": 49408, "width": 128, "heads": 4, "layers": 3},
 }
 RUN_OPEN_CLIP = (
