@@ -25,7 +25,7 @@ from .eval.embed import ImageEmbeddings, embed_source, embed_texts
 from .eval.retrieval import retrieval
 from .eval.templates import HELD_OUT, fill
 from .eval.zeroshot import build_classifier, classify, scores
-from .plots import _font, _save, heat_map
+from .plots import default_font, heat_map, save_png
 from .train.config import TrainConfig
 from .train.loop import train
 
@@ -122,7 +122,7 @@ def _prediction_grid(source, images: ImageEmbeddings, probs: torch.Tensor, path:
     cols, cell, text_h = 6, 96, 52
     rows = -(-min(n, len(images.ids)) // cols)
     canvas = Image.new("RGB", (cols * (cell + 12), rows * (cell + text_h + 8)), "white")
-    draw, font = ImageDraw.Draw(canvas), _font(11)
+    draw, font = ImageDraw.Draw(canvas), default_font(11)
     index = {source.sample_id(i): i for i in range(len(source))}
     for k, sample_id in enumerate(images.ids[:n]):
         r, c = divmod(k, cols)
@@ -135,7 +135,7 @@ def _prediction_grid(source, images: ImageEmbeddings, probs: torch.Tensor, path:
                        width=2)
         for j, (p, ci) in enumerate(zip(top.values.tolist(), top.indices.tolist())):
             draw.text((x, y + cell + 3 + 15 * j), f"{source.classes[ci][:11]} {p:.2f}", fill="black", font=font)
-    _save(canvas, path)
+    save_png(canvas, path)
 
 
 def _similarity(model, source, images: ImageEmbeddings, template: str, path: Path) -> dict:

@@ -3,26 +3,22 @@
 from __future__ import annotations
 
 import math
+from functools import lru_cache
 from pathlib import Path
 
 from PIL import Image, ImageDraw, ImageFont
 
 from .checkpoint import atomic_file
 
-_FONT = None
+@lru_cache(maxsize=4)
+def default_font(size: int = 13):
+    try:
+        return ImageFont.load_default(size=size)
+    except TypeError:  # Pillow < 10.1 has one fixed-size default font
+        return ImageFont.load_default()
 
 
-def _font(size: int = 13):
-    global _FONT
-    if _FONT is None:
-        try:
-            _FONT = ImageFont.load_default(size=size)
-        except TypeError:  # Pillow < 10.1 has one fixed-size default font
-            _FONT = ImageFont.load_default()
-    return _FONT
-
-
-def _save(image: Image.Image, path: "str | Path") -> None:
+def save_png(image: Image.Image, path: "str | Path") -> None:
     with atomic_file(path) as tmp:
         image.save(tmp, format="PNG")
 
@@ -33,7 +29,7 @@ def line_chart(xs: list[float], ys: list[float], path: "str | Path", title: str,
     left, right, top, bottom = 64, 16, 32, 44
     image = Image.new("RGB", size, "white")
     draw = ImageDraw.Draw(image)
-    font = _font()
+    font = default_font()
     draw.text((left, 8), title, fill="black", font=font)
     points = [(x, y) for x, y in zip(xs, ys) if math.isfinite(y)]
     if points:
@@ -55,7 +51,7 @@ def line_chart(xs: list[float], ys: list[float], path: "str | Path", title: str,
     draw.rectangle([left, top, w - right, h - bottom], outline="black")
     draw.text((w // 2 - 20, h - 20), xlabel, fill="black", font=font)
     draw.text((4, top - 18), ylabel, fill="black", font=font)
-    _save(image, path)
+    save_png(image, path)
 
 
 def heat_map(matrix: list[list[float]], path: "str | Path", title: str, row_labels: list[str],
@@ -64,7 +60,7 @@ def heat_map(matrix: list[list[float]], path: "str | Path", title: str, row_labe
     label_w, top = 110, 110
     image = Image.new("RGB", (label_w + cols * cell + 10, top + rows * cell + 10), "white")
     draw = ImageDraw.Draw(image)
-    font = _font()
+    font = default_font()
     draw.text((8, 8), title, fill="black", font=font)
     flat = [v for r in matrix for v in r]
     lo, hi = (min(flat), max(flat)) if flat else (0.0, 1.0)
@@ -85,4 +81,4 @@ def heat_map(matrix: list[list[float]], path: "str | Path", title: str, row_labe
                 v = matrix[i][j]
                 text = f"{v:.0f}" if float(v).is_integer() else f"{v:.2f}"
                 draw.text((x + 4, y + cell // 2 - 7), text, fill="white" if t > 0.6 else "black", font=font)
-    _save(image, path)
+    save_png(image, path)
