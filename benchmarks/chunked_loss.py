@@ -10,8 +10,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import platform
 import resource
 import statistics
 import subprocess
@@ -63,12 +61,10 @@ def main() -> None:
         kind, impl, b, d, repeats, chunk = args.one
         print(json.dumps(measure(kind, impl, int(b), int(d), int(repeats), int(chunk))))
         return
-    import torch
+    from dualtower.machine import describe
 
-    cpu = next((ln.split(":", 1)[1].strip() for ln in open("/proc/cpuinfo") if ln.startswith("model name")),
-               platform.processor())
-    print(f"machine: {cpu}, {os.cpu_count()} cores, torch {torch.__version__} with {torch.get_num_threads()} "
-          f"threads; fp32, D={args.dim}, chunk {args.chunk}, forward+backward, median of {args.repeats}")
+    print(f"machine: {describe()}; "
+          f"fp32, D={args.dim}, chunk {args.chunk}, forward+backward, median of {args.repeats}")
     print(f"{'loss':<7} {'B':>6} {'plain s':>9} {'chunked s':>10} {'time ratio':>10} {'plain GB':>9} {'chunked GB':>10}")
     for kind in ("clip", "siglip"):
         p, c = (run(kind, impl, args.small, args.dim, args.repeats, args.chunk) for impl in ("plain", "chunked"))

@@ -12,8 +12,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
-import os
-import platform
 import resource
 import statistics
 import subprocess
@@ -72,12 +70,10 @@ def main() -> None:
     if args.one:
         print(json.dumps(measure(*args.one)))
         return
-    import torch
+    from dualtower.machine import describe
 
-    cpu = next((ln.split(":", 1)[1].strip() for ln in open("/proc/cpuinfo") if ln.startswith("model name")),
-               platform.processor())
-    print(f"machine: {cpu}, {os.cpu_count()} cores, torch {torch.__version__} with {torch.get_num_threads()} "
-          f"threads; small-digits, fp32, dropout 0.1, patch dropout 0.5, median of {args.repeats} steps")
+    print(f"machine: {describe()}; "
+          f"small-digits, fp32, dropout 0.1, patch dropout 0.5, median of {args.repeats} steps")
     rows = [(f"plain, batch {args.micro}", run(args.micro, 0, args.repeats)),
             (f"gradient cache, batch {args.batch} in {args.micro}s", run(args.batch, args.micro, args.repeats)),
             (f"plain, batch {args.batch}", run(args.batch, 0, args.repeats))]

@@ -13,13 +13,14 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import re
 import statistics
 import subprocess
 import sys
 import tempfile
 from pathlib import Path
+
+from dualtower.machine import cpu_name
 
 OPEN_CLIP_CONFIG = {  # small-digits in open_clip's terms
     "embed_dim": 128,
@@ -30,16 +31,6 @@ RUN_OPEN_CLIP = (
     "import sys, open_clip; open_clip.add_model_config(sys.argv[1]); "
     "from open_clip_train.main import main; main(sys.argv[2:])"
 )
-
-
-def cpu_name() -> str:
-    try:
-        for line in open("/proc/cpuinfo"):
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown CPU"
 
 
 def write_digits(root: Path) -> Path:
@@ -99,7 +90,7 @@ def main() -> None:
         ours = run_ours(csv, work, args.steps, args.batch, env)
         theirs = run_open_clip(csv, work, args.steps, args.batch, env)
     o, t = statistics.median(ours), statistics.median(theirs)
-    print(f"machine: {cpu_name()}, {os.cpu_count()} cores, {args.threads} threads; torch "
+    print(f"machine: {cpu_name()}, {os.cpu_count()} cores, {args.threads} threads per trainer; torch "
           f"{__import__('torch').__version__}")
     print(f"small-digits, batch {args.batch}, fp32, {args.steps} steps, median after 5 warm-up steps")
     print(f"{'trainer':<12} {'samples/s':>10}")

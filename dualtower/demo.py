@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import os
-import platform
 import shutil
 import time
 from pathlib import Path
@@ -25,6 +24,7 @@ from .eval.embed import ImageEmbeddings, embed_source, embed_texts
 from .eval.retrieval import retrieval
 from .eval.templates import HELD_OUT, fill
 from .eval.zeroshot import build_classifier, classify, scores
+from .machine import cpu_name
 from .plots import default_font, heat_map, save_png
 from .train.config import TrainConfig
 from .train.loop import train
@@ -33,13 +33,6 @@ RECIPES = {  # steps and batch per built-in data set (the small-digits architect
     "digits": {"steps": 300, "batch": 128},
     "fashion-mnist": {"steps": 600, "batch": 128},
 }
-
-
-def _cpu() -> str:
-    try:
-        return next(ln.split(":", 1)[1].strip() for ln in open("/proc/cpuinfo") if ln.startswith("model name"))
-    except (OSError, StopIteration):
-        return platform.processor() or "unknown CPU"
 
 
 def run(data: str = "builtin:digits", out: str = "demo-out", steps: int | None = None, workers: int = 1,
@@ -107,7 +100,7 @@ def run(data: str = "builtin:digits", out: str = "demo-out", steps: int | None =
         "templates": {"train": TRAIN_TEMPLATES[name], "eval": templates},
         "model": {"arch": "small-digits", "steps": cfg.train.steps, "batch_size": cfg.data.batch_size,
                   "parameters": sum(p.numel() for p in model.parameters()), "checkpoint": summary["checkpoint"]},
-        "machine": {"cpu": _cpu(), "threads": torch.get_num_threads(), "torch": torch.__version__},
+        "machine": {"cpu": cpu_name(), "threads": torch.get_num_threads(), "torch": torch.__version__},
         "similarity_example": sims,
     }
     with atomic_file(out_dir / "results.json") as tmp:

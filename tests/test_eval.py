@@ -9,7 +9,7 @@ import torch
 import dualtower
 from dualtower.cli import main
 from dualtower.data import open_source
-from dualtower.eval import embed_source, linear_probe, retrieval, zeroshot
+from dualtower.eval import embed_source, retrieval, zeroshot
 from dualtower.eval.retrieval import recall_at_k
 from dualtower.eval.templates import HELD_OUT
 from dualtower.eval.zeroshot import scores
@@ -94,7 +94,7 @@ def test_clip_benchmark_agrees_with_dualtower(trained):
     """CLIP_benchmark's own zero-shot and retrieval code, on a model from our loader, gives our numbers."""
     from clip_benchmark.metrics import zeroshot_classification, zeroshot_retrieval
 
-    from dualtower.compat.clip_benchmark import load_dualtower, register
+    from dualtower.compat.clip_benchmark import register
 
     path, _ = trained
     register()

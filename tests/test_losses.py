@@ -1,6 +1,5 @@
 """Losses equal open_clip's on the same inputs; 2 processes x B/2 equal 1 process x B (loss and gradients)."""
 
-import os
 import tempfile
 
 import open_clip.loss as oc_loss

@@ -5,7 +5,6 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
-import math
 import time
 from dataclasses import replace
 from pathlib import Path
