@@ -44,8 +44,10 @@ class DualEncoder(nn.Module):
         self.logit_scale = nn.Parameter(torch.tensor(float(cfg.init_logit_scale)))
         self.logit_bias = None if cfg.init_logit_bias is None else nn.Parameter(torch.tensor(float(cfg.init_logit_bias)))
 
-    def encode_image(self, pixels: torch.Tensor, normalize: bool = False) -> torch.Tensor:
-        x = self.visual(pixels)
+    def encode_image(self, pixels: torch.Tensor, normalize: bool = False, interpolate_pos: bool = False
+                     ) -> torch.Tensor:
+        """(B, E). `interpolate_pos=True` takes other image sizes (positional embeddings resized bicubically)."""
+        x = self.visual(pixels, interpolate_pos)
         return F.normalize(x, dim=-1) if normalize else x
 
     def encode_text(self, ids: torch.Tensor, normalize: bool = False) -> torch.Tensor:

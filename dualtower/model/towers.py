@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from ..config import TextConfig, VisionConfig
@@ -61,24 +62,70 @@ class VisionTower(nn.Module):
         self.pool = ClsPool() if cfg.pool == "cls" else MeanPool()
         self.norm_pooled = _norm_or_identity(cfg.final_norm == "after_pool", cfg)
         self.head = nn.Linear(cfg.width, embed_dim, bias=cfg.head_bias)
+        self._pos_cache: dict[tuple, torch.Tensor] = {}
 
     def set_patch_dropout(self, prob: float) -> None:
         self.patch_dropout = PatchDropout(prob) if prob > 0 else nn.Identity()
 
-    def embed(self, pixels: torch.Tensor) -> torch.Tensor:
+    def pos_embed_for(self, grid_h: int, grid_w: int) -> torch.Tensor:
+        """(1 + gh * gw, D): the learned positional embeddings for another patch grid, the patch part resized
+        bicubically (align_corners=False, as HF's `interpolate_pos_encoding`). Cached per grid while the
+        weights are unchanged and no gradient is wanted, so a repeated size costs nothing."""
+        g = self.cfg.grid
+        if (grid_h, grid_w) == (g, g):
+            return self.pos_embed
+        track = torch.is_grad_enabled() and self.pos_embed.requires_grad
+        key = (grid_h, grid_w, self.pos_embed._version, self.pos_embed.device, self.pos_embed.dtype)
+        if not track and key in self._pos_cache:
+            return self._pos_cache[key]
+        patches = self.pos_embed[1:].reshape(1, g, g, -1).permute(0, 3, 1, 2)  # (1, D, g, g)
+        patches = F.interpolate(patches, size=(grid_h, grid_w), mode="bicubic", align_corners=False)
+        resized = torch.cat([self.pos_embed[:1], patches.permute(0, 2, 3, 1).reshape(grid_h * grid_w, -1)])
+        if not track:
+            if len(self._pos_cache) >= 16:
+                self._pos_cache.clear()
+            resized = self._pos_cache[key] = resized.detach()
+        return resized
+
+    def embed(self, pixels: torch.Tensor, interpolate_pos: bool = False) -> torch.Tensor:
         if pixels.ndim != 4 or pixels.shape[1] != 3:
             raise ValueError(f"pixels must be (B, 3, H, W), got {tuple(pixels.shape)}")
         size = self.cfg.image_size
-        if pixels.shape[-2:] != (size, size):
-            raise ValueError(f"pixels are {tuple(pixels.shape[-2:])}, this model takes {size}x{size}")
-        x = self.patch_embed(pixels).flatten(2).transpose(1, 2)  # (B, N, D)
+        if pixels.shape[-2:] != (size, size) and not interpolate_pos:
+            raise ValueError(f"pixels are {tuple(pixels.shape[-2:])}, this model takes {size}x{size} "
+                             "(interpolate_pos=True resizes the positional embeddings to other sizes)")
+        x = self.patch_embed(pixels)  # (B, D, gh, gw)
+        pos = self.pos_embed_for(x.shape[2], x.shape[3])
+        x = x.flatten(2).transpose(1, 2)  # (B, N, D)
         cls = self.cls_token.to(x.dtype).expand(x.shape[0], 1, -1)  # (B, 1, D)
-        return torch.cat([cls, x], dim=1) + self.pos_embed.to(x.dtype)  # (B, 1 + N, D)
+        return torch.cat([cls, x], dim=1) + pos.to(x.dtype)  # (B, 1 + N, D)
 
-    def forward(self, pixels: torch.Tensor) -> torch.Tensor:
-        x = self.norm_pre(self.patch_dropout(self.embed(pixels)))
+    def forward(self, pixels: torch.Tensor, interpolate_pos: bool = False) -> torch.Tensor:
+        x = self.norm_pre(self.patch_dropout(self.embed(pixels, interpolate_pos)))
         x = self.norm_tokens(self.transformer(x))
         return self.head(self.norm_pooled(self.pool(x)))  # (B, E)
+
+    def features(self, pixels: torch.Tensor, layers: tuple[int, ...] = (-1,), keep_cls: bool = True,
+                 final_norm: bool = False, interpolate_pos: bool = False) -> list[torch.Tensor]:
+        """Hidden states for a multimodal LLM: one (B, L, D) tensor per requested layer.
+
+        Layers are numbered like HF's `hidden_states`: 0 is the transformer's input (after the pre-norm), i the
+        output of block i, negative from the end (-1 the last block, -2 the one before, LLaVA's choice).
+        `final_norm` applies the tower's final norm to every token; `keep_cls=False` drops the class token.
+        """
+        depth = len(self.transformer.blocks)
+        wanted = [layer + depth + 1 if layer < 0 else layer for layer in layers]
+        bad = [layer for layer, w in zip(layers, wanted) if not 0 <= w <= depth]
+        if bad:
+            raise ValueError(f"layers {bad} are outside this tower's hidden states 0..{depth} (or -{depth + 1}..-1)")
+        x = self.norm_pre(self.patch_dropout(self.embed(pixels, interpolate_pos)))
+        states = [x]
+        for block in self.transformer.blocks[: max(wanted)]:
+            x = block(x)
+            states.append(x)
+        norm = self.norm_tokens if self.cfg.final_norm == "before_pool" else self.norm_pooled
+        out = [norm(states[w]) if final_norm else states[w] for w in wanted]
+        return out if keep_cls else [t[:, 1:] for t in out]
 
 
 class TextTower(nn.Module):
