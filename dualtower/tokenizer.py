@@ -28,9 +28,10 @@ WORD_PATTERN = SOT + "|" + EOT + r"""|'s|'t|'re|'ve|'m|'ll|'d|[\p{L}]+|[\p{N}]|[
 NUM_MERGES = 49152 - 256 - 2  # the published vocabulary uses the first 48,894 merges of the file
 
 # The fast path. Text of printable ASCII, tabs and newlines, without "&" (HTML entities) and "<" (the special
-# tokens), is left unchanged by ftfy and HTML unescaping; on ASCII the word pattern's classes are plain ASCII
-# classes. Such text is cleaned with str methods and split by the Rust pre-tokenizer with the same pattern,
-# everything in one batched call. Everything else takes the reference's own cleaning and split.
+# tokens), is left unchanged by ftfy and HTML unescaping, and on ASCII the word pattern's classes are plain
+# ASCII classes: such text is lower-cased and split with the ASCII pattern (whitespace runs drop out of the
+# split, so they need no collapsing), and each distinct word is BPE-encoded once (Rust, batched) and cached.
+# Everything else takes the reference's own cleaning and split.
 _PLAIN = re.compile(r"[\t\n\x20-\x25\x27-\x3b\x3d-\x7e]*")
 ASCII_WORD_PATTERN = r"""'s|'t|'re|'ve|'m|'ll|'d|[A-Za-z]+|[0-9]|[^\sA-Za-z0-9]+"""
 
@@ -60,7 +61,7 @@ class ClipTokenizer:
 
     def __init__(self, context_length: int = 77, vocab_path: str | None = None):
         import regex
-        from tokenizers import Regex, Tokenizer, models, pre_tokenizers
+        from tokenizers import Tokenizer, models, pre_tokenizers
 
         if context_length < 2:
             raise ValueError(f"context_length must be at least 2 (start and end tokens), got {context_length}")
@@ -79,12 +80,8 @@ class ClipTokenizer:
         self._rust.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)
         self._rust.add_special_tokens([SOT, EOT])
         self._words = regex.compile(WORD_PATTERN, regex.IGNORECASE)
-        self._rust_plain = Tokenizer(models.BPE(vocab=self.encoder, merges=merges, end_of_word_suffix="</w>",
-                                                continuing_subword_prefix=""))
-        self._rust_plain.pre_tokenizer = pre_tokenizers.Sequence([
-            pre_tokenizers.Split(Regex(ASCII_WORD_PATTERN), behavior="removed", invert=True),
-            pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False),
-        ])
+        self._ascii_words = re.compile(ASCII_WORD_PATTERN)
+        self._word_ids: dict[str, list[int]] = {}  # BPE ids of each plain word seen, filled in batches
 
     def words(self, text: str) -> list[str]:
         return self._words.findall(clean_text(text))
@@ -96,9 +93,16 @@ class ClipTokenizer:
     def encode_batch(self, texts: Sequence[str]) -> list[list[int]]:
         out: list[list[int]] = [[] for _ in texts]
         plain = [i for i, t in enumerate(texts) if _PLAIN.fullmatch(t)]
-        cleaned = [" ".join(texts[i].split()).lower() for i in plain]
-        for i, enc in zip(plain, self._rust_plain.encode_batch(cleaned, add_special_tokens=False)):
-            out[i] = enc.ids
+        words = [self._ascii_words.findall(texts[i].lower()) for i in plain]
+        cache = self._word_ids
+        if len(cache) > 1_000_000:
+            cache.clear()
+        new = list({w for ws in words for w in ws if w not in cache})
+        for word, enc in zip(new, self._rust.encode_batch([[w] for w in new], is_pretokenized=True,
+                                                          add_special_tokens=False)):
+            cache[word] = enc.ids
+        for i, ws in zip(plain, words):
+            out[i] = [t for w in ws for t in cache[w]]
         plain_set = set(plain)
         other = [(i, w) for i, t in enumerate(texts) if i not in plain_set and (w := self.words(t))]
         encodings = self._rust.encode_batch([w for _, w in other], is_pretokenized=True, add_special_tokens=False)
