@@ -163,6 +163,49 @@ def _cmd_embed(args) -> int:
     return 0
 
 
+def _cmd_features(args) -> int:
+    import json
+
+    import torch
+
+    import dualtower
+    from .checkpoint import atomic_file
+    from .images import ImageDecodeError, open_image
+
+    model = _model(args)
+    transform = dualtower.get_transform(model)
+    layers = tuple(int(x) for x in args.layer.split(","))
+    names, skipped, outputs = [], [], [[] for _ in layers]
+    for start in range(0, len(args.images), args.batch_size):
+        pixels = []
+        for path in args.images[start : start + args.batch_size]:
+            try:
+                pixels.append(transform(open_image(path)))
+                names.append(path)
+            except ImageDecodeError as e:
+                print(f"skipped: {e}", file=sys.stderr)
+                skipped.append(path)
+        if not pixels:
+            continue
+        with torch.inference_mode():
+            feats = model.visual.features(torch.stack(pixels), layers=layers, keep_cls=not args.no_cls,
+                                          final_norm=args.final_norm)
+        for out, f in zip(outputs, feats):
+            out.append(f)
+    if not names:
+        raise ValueError("no image could be read")
+    from safetensors.torch import save_file
+
+    tensors = {f"layer{layer}": torch.cat(out).contiguous() for layer, out in zip(layers, outputs)}
+    meta = {"images": json.dumps(names), "skipped": json.dumps(skipped), "layers": json.dumps(layers),
+            "class_token": str(not args.no_cls).lower(), "final_norm": str(args.final_norm).lower()}
+    with atomic_file(args.out) as tmp:
+        save_file(tensors, tmp, metadata=meta)
+    shapes = ", ".join(f"{k} {tuple(v.shape)}" for k, v in tensors.items())
+    print(f"wrote {args.out}: {shapes}; {len(skipped)} image(s) skipped")
+    return 2 if skipped else 0
+
+
 def _data_args(p, data_help: str = "a data spec (builtin:digits:test, a captions file, a folder, tar shards)"):
     p.add_argument("--model", required=True, help="a checkpoint, or an architecture name for random weights")
     p.add_argument("--arch", help="the architecture of a bare state dict checkpoint")
@@ -222,6 +265,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, help="FILE.npz or FILE.safetensors")
     p.add_argument("--text", action="store_true", help="also embed the captions")
     p.set_defaults(func=_cmd_embed)
+
+    p = sub.add_parser("features", help="hidden states of chosen vision layers, for multimodal LLMs")
+    p.add_argument("--model", required=True)
+    p.add_argument("--arch")
+    p.add_argument("--layer", default="-2", help="hidden-state indices (HF numbering), comma-separated; write negative ones as --layer=-2")
+    p.add_argument("--no-cls", action="store_true", help="drop the class token")
+    p.add_argument("--final-norm", action="store_true", help="apply the tower's final norm to every token")
+    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--out", required=True, help="FILE.safetensors: tensors layer<N> (images, tokens, width)")
+    p.add_argument("images", nargs="+")
+    p.set_defaults(func=_cmd_features)
 
     p = sub.add_parser("smoke", help="encode sample photos and captions with a small random model")
     p.add_argument("--arch", default="tiny")

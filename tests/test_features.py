@@ -79,3 +79,26 @@ def test_other_sizes_need_the_flag_and_layers_are_checked(pair):
     with pytest.raises(ValueError, match="outside"):
         ours.visual.features(torch.randn(1, 3, 60, 60), layers=(5,))
     assert ours.encode_image(torch.randn(1, 3, 72, 96), interpolate_pos=True).shape == (1, 24)
+
+
+def test_features_command_writes_chosen_layers(tmp_path, capsys):
+    from PIL import Image
+    from safetensors import safe_open
+
+    from dualtower.cli import main
+
+    model = dualtower.create_model("tiny", seed=0)
+    dualtower.save(model, tmp_path / "ckpt")
+    for i in range(3):
+        Image.new("RGB", (40 + 10 * i, 30), (40 * i, 90, 200)).save(tmp_path / f"im{i}.png")
+    (tmp_path / "broken.png").write_bytes(b"nope")
+    images = [str(tmp_path / f"im{i}.png") for i in range(3)] + [str(tmp_path / "broken.png")]
+    status = main(["features", "--model", str(tmp_path / "ckpt"), "--layer=-2,-1", "--no-cls", "--out",
+                   str(tmp_path / "f.safetensors"), *images])
+    assert status == 2 and "broken.png" in capsys.readouterr().err  # reported, and the others still written
+    with safe_open(tmp_path / "f.safetensors", "pt") as f:
+        assert f.get_tensor("layer-2").shape == (3, 16, 64) and f.get_tensor("layer-1").shape == (3, 16, 64)
+        first = f.get_tensor("layer-2")[0]
+    pixels = dualtower.get_transform(model)(Image.open(images[0]))[None]
+    with torch.no_grad():
+        assert torch.allclose(model.visual.features(pixels, layers=(-2,), keep_cls=False)[0][0], first, atol=1e-6)
