@@ -131,3 +131,16 @@ def test_shuffled_plan_covers_each_record_once_per_epoch_across_ranks():
     seen = [i for step in range(5) for p in plans for i in p.indices(step)]
     assert sorted(seen) == list(range(100))
     assert plans[0].indices(5) != plans[0].indices(0)  # a new permutation next epoch
+
+
+def test_class_folders_give_labelled_samples(tmp_path):
+    for name in ("ankle_boot", "bag"):
+        (tmp_path / name).mkdir()
+        for i in range(2):
+            Image.new("RGB", (12, 12), (i * 100, 0, 0)).save(tmp_path / name / f"{i}.png")
+    (tmp_path / "bag" / "bad.jpg").write_bytes(b"junk")
+    source = open_source(f"classes:{tmp_path}")
+    assert source.classes == ["ankle boot", "bag"]
+    captions, stats = _drain(source)
+    assert sorted(captions) == ["a photo of a ankle boot"] * 2 + ["a photo of a bag"] * 2
+    assert dict(stats.skipped) == {"unreadable image": 1}

@@ -59,6 +59,18 @@ def test_eval_commands_on_builtin_data(trained, tmp_path, capsys):
             assert result["top1"] > 0.5 and len(result["confusion"]) == 10 and "top-1" in printed
     assert 0.0 < json.loads((tmp_path / "linear-probe.json").read_text())["weight_decay"] <= 1.0
 
+    # A user's own labelled folders: classes:DIR, one sub-folder per class.
+    source = open_source("builtin:digits:test")
+    for i in range(40):
+        sample = source.load(i)
+        folder = tmp_path / "mine" / source.classes[sample.label]
+        folder.mkdir(parents=True, exist_ok=True)
+        sample.image.save(folder / f"{i}.png")
+    out = tmp_path / "mine.json"
+    assert main(["eval", "zeroshot", "--model", path, "--data", f"classes:{tmp_path / 'mine'}", "--workers", "0",
+                 "--out", str(out)]) == 0
+    assert json.loads(out.read_text())["n"] == 40
+
 
 def test_classify_and_embed(trained, tmp_path, capsys):
     path, model = trained

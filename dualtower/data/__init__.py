@@ -9,7 +9,8 @@ from .base import BadSample, Sample, SkipStats, Source
 
 def open_source(spec: str, image_key: str = "image", caption_key: str = "caption") -> Source:
     """A source from a spec: `builtin:digits`, `builtin:digits:test`, `builtin:fashion-mnist[:test]`,
-    a .csv/.tsv/.jsonl captions file, a folder of images with .txt captions, or tar shards (`shards-{0..9}.tar`)."""
+    a .csv/.tsv/.jsonl captions file, a folder of images with .txt captions, tar shards (`shards-{0..9}.tar`),
+    or `classes:DIR` (one sub-folder of images per class)."""
     if spec.startswith("builtin:"):
         from . import builtin
 
@@ -21,6 +22,10 @@ def open_source(spec: str, image_key: str = "image", caption_key: str = "caption
         if name not in makers:
             raise ValueError(f"{spec}: unknown built-in data; known: {', '.join('builtin:' + n for n in makers)}")
         return makers[name](split)
+    if spec.startswith("classes:"):
+        from .files import ClassFolders
+
+        return ClassFolders(spec[len("classes:"):])
     if ".tar" in spec:
         from .webdataset import TarShards
 
@@ -33,7 +38,8 @@ def open_source(spec: str, image_key: str = "image", caption_key: str = "caption
         from .files import CaptionsFile
 
         return CaptionsFile(spec, image_key=image_key, caption_key=caption_key)
-    raise ValueError(f"{spec}: not a built-in name, a folder, a .csv/.tsv/.jsonl captions file or .tar shards")
+    raise ValueError(f"{spec}: not a built-in name, classes:DIR, a folder, a .csv/.tsv/.jsonl captions file or "
+                     ".tar shards")
 
 
 __all__ = ["BadSample", "Sample", "SkipStats", "Source", "open_source"]

@@ -101,3 +101,30 @@ class ImageFolder(Source):
 
     def sample_id(self, index: int) -> str:
         return os.fspath(self.images[index].relative_to(self.root))
+
+
+class ClassFolders(Source):
+    """`root/<class name>/<image>`: labelled images for zero-shot and linear-probe evaluation (and training,
+    with the caption "a photo of a <class name>"). Class names are the folder names, underscores as spaces."""
+
+    def __init__(self, root: str):
+        self.root = Path(root)
+        self.name = self.root.name
+        if not self.root.is_dir():
+            raise FileNotFoundError(f"{root}: no such folder")
+        folders = sorted(p for p in self.root.iterdir() if p.is_dir())
+        if not folders:
+            raise ValueError(f"{root}: no class folders inside")
+        self.classes = [p.name.replace("_", " ") for p in folders]
+        self.items = [(p, label) for label, folder in enumerate(folders)
+                      for p in sorted(folder.rglob("*")) if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file()]
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def load(self, index: int) -> Sample:
+        path, label = self.items[index]
+        return Sample(_load_image(path), f"a photo of a {self.classes[label]}", self.sample_id(index), label=label)
+
+    def sample_id(self, index: int) -> str:
+        return os.fspath(self.items[index][0].relative_to(self.root))
