@@ -1,6 +1,6 @@
 """dualtower: CLIP-style dual-encoder vision-text models."""
 
-from .archs import get_config, list_architectures
+from .archs import config_of, get_config, list_architectures
 from .config import ModelConfig, PreprocessConfig, TextConfig, VisionConfig
 from .model import DualEncoder, DualEncoderOutput
 from .tokenizer import ClipTokenizer, get_tokenizer
@@ -12,14 +12,11 @@ def create_model(name_or_config: "str | ModelConfig", seed: int | None = None) -
     """A model of a named architecture (or a ModelConfig), randomly initialised with open_clip's scheme."""
     import torch
 
-    cfg = get_config(name_or_config) if isinstance(name_or_config, str) else name_or_config
-    generator_state = torch.random.get_rng_state() if seed is not None else None
-    if seed is not None:
-        torch.manual_seed(seed)
-    model = DualEncoder(cfg)
-    model.init_weights()
-    if generator_state is not None:
-        torch.random.set_rng_state(generator_state)
+    with torch.random.fork_rng(devices=[], enabled=seed is not None):  # a seed leaves the global generator as it was
+        if seed is not None:
+            torch.manual_seed(seed)
+        model = DualEncoder(config_of(name_or_config))
+        model.init_weights()
     return model.eval()
 
 
@@ -27,7 +24,7 @@ def get_transform(name_or_model="ViT-B-32"):
     """PIL image -> FloatTensor (3, H, W): the eval preprocessing of an architecture, model or ModelConfig."""
     from .images import ImageTransform
 
-    return ImageTransform(_config_of(name_or_model).preprocess)
+    return ImageTransform(config_of(name_or_model).preprocess)
 
 
 def save(model: DualEncoder, directory) -> None:
@@ -41,14 +38,6 @@ def load(path, arch: str | None = None) -> DualEncoder:
     from .checkpoint import load as _load
 
     return _load(path, arch=arch)
-
-
-def _config_of(name_or_model) -> ModelConfig:
-    if isinstance(name_or_model, str):
-        return get_config(name_or_model)
-    if isinstance(name_or_model, ModelConfig):
-        return name_or_model
-    return name_or_model.cfg
 
 
 __all__ = [

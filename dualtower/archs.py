@@ -104,5 +104,14 @@ def get_config(name: str) -> ModelConfig:
     return REGISTRY[name]
 
 
+def config_of(name_or_model) -> ModelConfig:
+    """The ModelConfig of an architecture name, a ModelConfig, or a model (anything with `.cfg`)."""
+    if isinstance(name_or_model, str):
+        return get_config(name_or_model)
+    if isinstance(name_or_model, ModelConfig):
+        return name_or_model
+    return name_or_model.cfg
+
+
 def list_architectures() -> list[str]:
     return sorted(REGISTRY)

@@ -180,13 +180,6 @@ def _tokenizer(context_length: int) -> ClipTokenizer:
 
 def get_tokenizer(name_or_model="ViT-B-32") -> ClipTokenizer:
     """The tokenizer of an architecture name, a ModelConfig or a model (context length per architecture)."""
-    from .archs import get_config
-    from .config import ModelConfig
+    from .archs import config_of
 
-    if isinstance(name_or_model, str):
-        cfg = get_config(name_or_model)
-    elif isinstance(name_or_model, ModelConfig):
-        cfg = name_or_model
-    else:
-        cfg = name_or_model.cfg
-    return _tokenizer(cfg.text.context_length)
+    return _tokenizer(config_of(name_or_model).text.context_length)
