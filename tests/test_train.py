@@ -39,14 +39,14 @@ def _samples(out, rank=0):
 
 
 def test_resume_after_sigkill_is_exact(tmp_path):
-    steps = 14
+    steps = 24
     common = FAST + [f"--train.steps={steps}", "--train.save_every=3", "--train.deterministic=true",
                      "--train.log_samples=true", "--model.patch_dropout=0.25", "--data.workers=1"]
     full = tmp_path / "full"
     assert _run(common + [f"--train.out={full}"], check=True).returncode == 0
 
     killed = tmp_path / "killed"
-    kill_after = random.Random().randint(4, 11)
+    kill_after = random.Random().randint(4, 16)  # at least 8 steps before the end: the kill lands mid-run
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     proc = subprocess.Popen([sys.executable, "-m", "dualtower", "train", *common, f"--train.out={killed}"],
                             cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
