@@ -1,0 +1,89 @@
+"""Pieces that turn a vision tower into the visual front end of a multimodal LLM, as InternVL does it:
+dynamic high-resolution tiling of the input image, pixel shuffle of the patch tokens, and the projector.
+"""
+
+from __future__ import annotations
+
+import torch
+from PIL import Image
+from torch import nn
+
+
+def tile_grids(min_tiles: int, max_tiles: int) -> list[tuple[int, int]]:
+    """Every (columns, rows) with min_tiles <= columns * rows <= max_tiles, fewest tiles first."""
+    grids = [(c, r) for c in range(1, max_tiles + 1) for r in range(1, max_tiles + 1)
+             if min_tiles <= c * r <= max_tiles]
+    return sorted(grids, key=lambda g: g[0] * g[1])  # stable: equal counts keep (columns, rows) order
+
+
+def tile_grid(width: int, height: int, tile: int, min_tiles: int = 1, max_tiles: int = 12) -> tuple[int, int]:
+    """The (columns, rows) whose aspect ratio is closest to the image's. On a tie, the grid with more tiles wins
+    while the image is larger than half the tiles' area (InternVL's rule: no needless upscaling)."""
+    aspect = width / height
+    best, best_diff = (1, 1), float("inf")
+    for cols, rows in tile_grids(min_tiles, max_tiles):
+        diff = abs(aspect - cols / rows)
+        if diff < best_diff:
+            best, best_diff = (cols, rows), diff
+        elif diff == best_diff and width * height > 0.5 * tile * tile * cols * rows:
+            best = (cols, rows)
+    return best
+
+
+def dynamic_tiles(image: Image.Image, tile: int, min_tiles: int = 1, max_tiles: int = 12,
+                  thumbnail: bool = True) -> list[Image.Image]:
+    """Resize to the best grid of tile x tile squares (bicubic), cut it row by row; with more than one tile, add
+    the whole image resized to one tile (the thumbnail)."""
+    cols, rows = tile_grid(image.width, image.height, tile, min_tiles, max_tiles)
+    canvas = image.resize((cols * tile, rows * tile), Image.Resampling.BICUBIC)
+    tiles = [canvas.crop((c * tile, r * tile, (c + 1) * tile, (r + 1) * tile)) for r in range(rows)
+             for c in range(cols)]
+    if thumbnail and len(tiles) > 1:
+        tiles.append(image.resize((tile, tile), Image.Resampling.BICUBIC))
+    return tiles
+
+
+def pixel_shuffle(x: torch.Tensor, scale: float = 0.5) -> torch.Tensor:
+    """(B, H, W, C) -> (B, H * scale, W * scale, C / scale^2): each output token packs a 1/scale x 1/scale block
+    of neighbours, in InternVL's (v2) channel order. The token count drops by 1/scale^2 (4x at 0.5)."""
+    B, H, W, C = x.shape
+    k = round(1 / scale)
+    if H % k or W % k:
+        raise ValueError(f"a {H}x{W} token grid cannot be shuffled by {scale}: both sides must divide by {k}")
+    x = x.reshape(B, H, W // k, C * k).transpose(1, 2)  # merge k neighbours along W, then swap the axes
+    x = x.reshape(B, W // k, H // k, C * k * k).transpose(1, 2)  # merge k neighbours along H, swap back
+    return x.contiguous()  # (B, H/k, W/k, C k^2)
+
+
+class Projector(nn.Module):
+    """InternVL's vision-to-language projector: LayerNorm, Linear, GELU, Linear."""
+
+    def __init__(self, in_dim: int, out_dim: int, eps: float = 1e-5):
+        super().__init__()
+        self.norm = nn.LayerNorm(in_dim, eps=eps)
+        self.fc1 = nn.Linear(in_dim, out_dim)
+        self.act = nn.GELU()
+        self.fc2 = nn.Linear(out_dim, out_dim)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc2(self.act(self.fc1(self.norm(x))))
+
+
+# Key tables for the projector: transformers' InternVLModel and the original InternVL checkpoints (mlp1).
+PROJECTOR_KEYS = {
+    "hf": {"norm": "multi_modal_projector.layer_norm", "fc1": "multi_modal_projector.linear_1",
+           "fc2": "multi_modal_projector.linear_2"},
+    "internvl": {"norm": "mlp1.0", "fc1": "mlp1.1", "fc2": "mlp1.3"},
+}
+
+
+def load_projector(state: dict[str, torch.Tensor], layout: str) -> Projector:
+    """A Projector from a state dict in `layout` ("hf" or "internvl"); a missing key is an error naming it."""
+    names = PROJECTOR_KEYS[layout]
+    missing = [f"{names[p]}.{w}" for p in names for w in ("weight", "bias") if f"{names[p]}.{w}" not in state]
+    if missing:
+        raise KeyError(f"projector keys missing from the {layout} state dict: {missing}")
+    fc1 = state[f"{names['fc1']}.weight"]
+    projector = Projector(fc1.shape[1], fc1.shape[0])
+    projector.load_state_dict({f"{p}.{w}": state[f"{names[p]}.{w}"] for p in names for w in ("weight", "bias")})
+    return projector
