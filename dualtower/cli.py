@@ -172,19 +172,30 @@ def _cmd_features(args) -> int:
     from .checkpoint import atomic_file
     from .images import ImageDecodeError, open_image
 
+    from .mllm import dynamic_tiles
+
     model = _model(args)
     transform = dualtower.get_transform(model)
     layers = tuple(int(x) for x in args.layer.split(","))
-    names, skipped, outputs = [], [], [[] for _ in layers]
+    lo, _, hi = (args.tiles or "1-1").partition("-")
+    min_tiles, max_tiles = int(lo), int(hi or lo)
+    if not 1 <= min_tiles <= max_tiles:
+        raise ValueError(f"--tiles {args.tiles!r}: expected MIN-MAX with 1 <= MIN <= MAX, e.g. 1-12")
+    names, skipped, counts, outputs = [], [], [], [[] for _ in layers]
     for start in range(0, len(args.images), args.batch_size):
         pixels = []
         for path in args.images[start : start + args.batch_size]:
             try:
-                pixels.append(transform(open_image(path)))
-                names.append(path)
+                image = open_image(path)
             except ImageDecodeError as e:
                 print(f"skipped: {e}", file=sys.stderr)
                 skipped.append(path)
+                continue
+            tiles = (dynamic_tiles(image, model.cfg.vision.image_size, min_tiles, max_tiles) if args.tiles
+                     else [image])
+            pixels += [transform(t) for t in tiles]
+            names.append(path)
+            counts.append(len(tiles))
         if not pixels:
             continue
         with torch.inference_mode():
@@ -197,7 +208,8 @@ def _cmd_features(args) -> int:
     from safetensors.torch import save_file
 
     tensors = {f"layer{layer}": torch.cat(out).contiguous() for layer, out in zip(layers, outputs)}
-    meta = {"images": json.dumps(names), "skipped": json.dumps(skipped), "layers": json.dumps(layers),
+    meta = {"images": json.dumps(names), "tiles_per_image": json.dumps(counts), "skipped": json.dumps(skipped),
+            "layers": json.dumps(layers),
             "class_token": str(not args.no_cls).lower(), "final_norm": str(args.final_norm).lower()}
     with atomic_file(args.out) as tmp:
         save_file(tensors, tmp, metadata=meta)
@@ -272,8 +284,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--layer", default="-2", help="hidden-state indices (HF numbering), comma-separated; write negative ones as --layer=-2")
     p.add_argument("--no-cls", action="store_true", help="drop the class token")
     p.add_argument("--final-norm", action="store_true", help="apply the tower's final norm to every token")
+    p.add_argument("--tiles", help="MIN-MAX: cut each image into InternVL's dynamic tiles (plus a thumbnail)")
     p.add_argument("--batch-size", type=int, default=32)
-    p.add_argument("--out", required=True, help="FILE.safetensors: tensors layer<N> (images, tokens, width)")
+    p.add_argument("--out", required=True,
+                   help="FILE.safetensors: tensors layer<N> (tiles, tokens, width); metadata images, tiles_per_image")
     p.add_argument("images", nargs="+")
     p.set_defaults(func=_cmd_features)
 

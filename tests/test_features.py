@@ -102,3 +102,20 @@ def test_features_command_writes_chosen_layers(tmp_path, capsys):
     pixels = dualtower.get_transform(model)(Image.open(images[0]))[None]
     with torch.no_grad():
         assert torch.allclose(model.visual.features(pixels, layers=(-2,), keep_cls=False)[0][0], first, atol=1e-6)
+
+
+def test_features_command_with_dynamic_tiles(tmp_path):
+    from PIL import Image
+    from safetensors import safe_open
+
+    from dualtower.cli import main
+    import json
+
+    dualtower.save(dualtower.create_model("tiny", seed=0), tmp_path / "ckpt")
+    Image.new("RGB", (96, 32), (10, 200, 30)).save(tmp_path / "wide.png")  # 3x1 tiles of 32 px, plus a thumbnail
+    Image.new("RGB", (32, 32), (10, 200, 30)).save(tmp_path / "square.png")  # one tile, no thumbnail
+    assert main(["features", "--model", str(tmp_path / "ckpt"), "--tiles", "1-6", "--out",
+                 str(tmp_path / "t.safetensors"), str(tmp_path / "wide.png"), str(tmp_path / "square.png")]) == 0
+    with safe_open(tmp_path / "t.safetensors", "pt") as f:
+        assert json.loads(f.metadata()["tiles_per_image"]) == [4, 1]
+        assert f.get_tensor("layer-2").shape == (5, 17, 64)
