@@ -10,11 +10,10 @@ from __future__ import annotations
 
 import argparse
 import json
-import resource
 import statistics
-import subprocess
-import sys
 import time
+
+from isolated import peak_rss_gb, run_isolated
 
 
 def measure(kind: str, impl: str, b: int, d: int, repeats: int, chunk: int) -> dict:
@@ -39,13 +38,11 @@ def measure(kind: str, impl: str, b: int, d: int, repeats: int, chunk: int) -> d
         times.append(time.perf_counter() - start)
         img.grad = txt.grad = scale.grad = bias.grad = None
     return {"seconds": statistics.median(times),
-            "peak_rss_gb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20}
+            "peak_rss_gb": peak_rss_gb()}
 
 
 def run(kind, impl, b, d, repeats, chunk) -> dict:
-    out = subprocess.run([sys.executable, __file__, "--one", kind, impl, str(b), str(d), str(repeats), str(chunk)],
-                         capture_output=True, text=True, check=True)
-    return json.loads(out.stdout.strip().splitlines()[-1])
+    return run_isolated(__file__, kind, impl, b, d, repeats, chunk)
 
 
 def main() -> None:

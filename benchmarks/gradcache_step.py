@@ -12,11 +12,10 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
-import resource
 import statistics
-import subprocess
-import sys
 import time
+
+from isolated import peak_rss_gb, run_isolated
 
 
 def measure(batch: int, micro: int, repeats: int) -> dict:
@@ -51,13 +50,11 @@ def measure(batch: int, micro: int, repeats: int) -> dict:
         optimizer.step()
         times.append(time.perf_counter() - start)
     return {"ms_per_sample": 1000 * statistics.median(times) / batch,
-            "peak_rss_gb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20}
+            "peak_rss_gb": peak_rss_gb()}
 
 
 def run(batch: int, micro: int, repeats: int) -> dict:
-    out = subprocess.run([sys.executable, __file__, "--one", str(batch), str(micro), str(repeats)],
-                         capture_output=True, text=True, check=True)
-    return json.loads(out.stdout.strip().splitlines()[-1])
+    return run_isolated(__file__, batch, micro, repeats)
 
 
 def main() -> None:

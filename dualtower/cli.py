@@ -133,7 +133,9 @@ def _cmd_classify(args) -> int:
     if len(labels) < 2:
         raise ValueError("--labels needs at least two comma-separated labels")
     classifier = build_classifier(model, labels, _templates(args, ""))
-    transform = __import__("dualtower").get_transform(model)
+    from . import get_transform
+
+    transform = get_transform(model)
     status = 0
     for path in args.images:
         try:

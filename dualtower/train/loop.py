@@ -96,7 +96,7 @@ def train(cfg: TrainConfig, resume: str | None = None) -> dict:
     start, state = 0, None
     if resume:
         directory = find_checkpoint(Path(resume))
-        model, state, _ = load_training(directory)
+        model, state = load_training(directory)
         start = int(state["step"])
         out = directory.parent.parent
         cfg = replace(cfg, train=replace(t, out=str(out)))

@@ -69,11 +69,12 @@ def find_checkpoint(path: Path) -> Path:
     raise CheckpointError(f"{path}: no training checkpoint to resume (expected checkpoints/latest or train_state.pt)")
 
 
-def load_training(directory: Path) -> tuple[DualEncoder, dict, dict]:
+def load_training(directory: Path) -> tuple[DualEncoder, dict]:
+    """The model and the training state (optimizer, step, random generators, data accounting) of a checkpoint;
+    its config is read by `loop.resume_config`."""
     model = load(directory)
     try:
         state = torch.load(directory / "train_state.pt", map_location="cpu", weights_only=True)
     except Exception as e:
         raise CheckpointError(f"{directory / 'train_state.pt'}: unreadable ({e})") from e
-    train_config = json.loads((directory / "train_config.json").read_text())
-    return model, state, train_config
+    return model, state
