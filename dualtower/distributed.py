@@ -16,6 +16,7 @@ class Dist:
     world: int = 1
     local_rank: int = 0
     device: torch.device = torch.device("cpu")
+    owns_group: bool = False  # init() created the process group, so shutdown() tears it down
 
     @property
     def enabled(self) -> bool:
@@ -37,9 +38,19 @@ def init(timeout_s: float = 120.0) -> Dist:
         return Dist(device=device)
     if cuda:
         torch.cuda.set_device(device)
-    if not dist.is_initialized():
+    owns = not dist.is_initialized()
+    if owns:
         dist.init_process_group("nccl" if cuda else "gloo", timeout=datetime.timedelta(seconds=timeout_s))
-    return Dist(rank=dist.get_rank(), world=dist.get_world_size(), local_rank=local_rank, device=device)
+    return Dist(rank=dist.get_rank(), world=dist.get_world_size(), local_rank=local_rank, device=device,
+                owns_group=owns)
+
+
+def shutdown(d: Dist) -> None:
+    """Tear down a group that init() created, after every rank has arrived: a rank that destroys gloo while a
+    peer is still finishing its last collective can abort at exit (SIGABRT, seen on CPU)."""
+    if d.owns_group and dist.is_initialized():
+        dist.barrier()
+        dist.destroy_process_group()
 
 
 def gather_features(image: torch.Tensor, text: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, int]:

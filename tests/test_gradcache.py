@@ -87,6 +87,7 @@ def _worker(rank, world, init_file, kind, out_file):
     torch.distributed.all_reduce(loss)
     if rank == 0:
         torch.save({"loss": loss / world, "grads": _grads(model)}, out_file)
+    torch.distributed.barrier()
     torch.distributed.destroy_process_group()
 
 

@@ -74,6 +74,7 @@ def _worker(rank, world, init_file, kind, dtype, out_file):
     loss, grads = _model_step(kind, dtype, rank, world)
     if rank == 0:
         torch.save({"loss": loss, "grads": grads}, out_file)
+    torch.distributed.barrier()  # no rank tears down gloo while another still talks to it
     torch.distributed.destroy_process_group()
 
 

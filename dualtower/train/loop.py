@@ -232,6 +232,7 @@ def train(cfg: TrainConfig, resume: str | None = None) -> dict:
                "checkpoint": str(out / "checkpoints" / f"step_{t.steps:06d}")}
     if d.main:
         _finish(out, summary)
+    distributed.shutdown(d)
     return summary
 
 
