@@ -13,8 +13,14 @@ from dataclasses import dataclass, field
 
 ACTIVATIONS = ("gelu", "gelu_tanh", "quick_gelu")
 NORMS = ("layernorm", "rmsnorm")
+QK_NORMS = ("none", "head", "full")  # per head (timm), or over the full width before the heads split (InternViT-6B)
+MLP_TYPES = ("mlp", "swiglu")
 
 # OpenAI CLIP's image statistics, used by every open_clip ViT config that does not override them.
+# "clip-bpe": OpenAI's CLIP BPE (bundled). "external": the model's own tokenizer is not bundled (SigLIP's
+# SentencePiece vocabulary); texts must come as token ids, or from a tokenizer.json beside the weights.
+TOKENIZERS = ("clip-bpe", "external")
+
 OPENAI_MEAN = (0.48145466, 0.4578275, 0.40821073)
 OPENAI_STD = (0.26862954, 0.26130258, 0.27577711)
 
@@ -33,21 +39,36 @@ class VisionConfig:
     post_norm: bool = False  # norm after the residual add (original Transformer) instead of before
     ls_init: float = 0.0  # layer scale init value; 0 = no layer scale
     qkv_bias: bool = True
+    k_bias: bool = True  # False: q and v have biases, k none (EVA)
     proj_bias: bool = True  # attention output projection
     mlp_bias: bool = True
+    qk_norm: str = "none"  # one of QK_NORMS
+    attn_norm: bool = False  # norm on the attention output before its projection (EVA-02 sub-LN)
+    mlp_type: str = "mlp"  # one of MLP_TYPES
+    mlp_norm: bool = False  # norm on the MLP's hidden layer (EVA-02 sub-LN)
     patch_bias: bool = False
+    class_token: bool = True
     norm_pre: bool = True  # norm on the tokens before the transformer
-    pool: str = "cls"  # "cls" (class token) or "mean" (mean over patch tokens)
+    rope: bool = False  # 2-D rotary position embedding on the patch tokens (EVA-02), beside the learned one
+    rope_ref_grid: int = 0  # the grid rotary positions are scaled to; 0 = this tower's grid
+    rope_temperature: float = 10000.0
+    pool: str = "cls"  # "cls" (class token), "mean" (mean over patch tokens) or "map" (attention pooling)
     final_norm: str = "before_pool"  # "before_pool", "after_pool" or "none"
+    head: bool = True  # False: no projection, the pooled features are the embedding (SigLIP)
     head_bias: bool = False
 
     def __post_init__(self):
         _check(self.act in ACTIVATIONS, f"vision act {self.act!r} is not one of {ACTIVATIONS}")
         _check(self.norm in NORMS, f"vision norm {self.norm!r} is not one of {NORMS}")
-        _check(self.pool in ("cls", "mean"), f"vision pool {self.pool!r} is not 'cls' or 'mean'")
+        _check(self.qk_norm in QK_NORMS, f"vision qk_norm {self.qk_norm!r} is not one of {QK_NORMS}")
+        _check(self.mlp_type in MLP_TYPES, f"vision mlp_type {self.mlp_type!r} is not one of {MLP_TYPES}")
+        _check(self.pool in ("cls", "mean", "map"), f"vision pool {self.pool!r} is not 'cls', 'mean' or 'map'")
+        _check(self.class_token or self.pool != "cls", "vision pool 'cls' needs class_token=True")
         _check(self.final_norm in ("before_pool", "after_pool", "none"),
                f"vision final_norm {self.final_norm!r} is not 'before_pool', 'after_pool' or 'none'")
         _check(self.width % self.heads == 0, f"vision width {self.width} is not divisible by heads {self.heads}")
+        _check(not self.rope or (self.width // self.heads) % 4 == 0,
+               f"vision rope needs a head width divisible by 4, got {self.width // self.heads}")
         _check(self.image_size % self.patch_size == 0,
                f"image_size {self.image_size} is not a multiple of patch_size {self.patch_size}")
 
@@ -70,15 +91,26 @@ class TextConfig:
     post_norm: bool = False
     ls_init: float = 0.0
     qkv_bias: bool = True
+    k_bias: bool = True
     proj_bias: bool = True
     mlp_bias: bool = True
+    qk_norm: str = "none"
+    attn_norm: bool = False
+    mlp_type: str = "mlp"
+    mlp_norm: bool = False
+    causal: bool = True  # False: every token sees the whole sequence (SigLIP)
+    pool: str = "eot"  # "eot": the first end-of-text token; "last": the last position (SigLIP)
+    head: bool = True
     head_bias: bool = False
-    eot_id: int = 49407  # pooling reads the hidden state at the first end-of-text token
+    eot_id: int = 49407  # "eot" pooling reads the hidden state at the first end-of-text token
     pad_id: int = 0
 
     def __post_init__(self):
         _check(self.act in ACTIVATIONS, f"text act {self.act!r} is not one of {ACTIVATIONS}")
         _check(self.norm in NORMS, f"text norm {self.norm!r} is not one of {NORMS}")
+        _check(self.qk_norm in QK_NORMS, f"text qk_norm {self.qk_norm!r} is not one of {QK_NORMS}")
+        _check(self.mlp_type in MLP_TYPES, f"text mlp_type {self.mlp_type!r} is not one of {MLP_TYPES}")
+        _check(self.pool in ("eot", "last"), f"text pool {self.pool!r} is not 'eot' or 'last'")
         _check(self.width % self.heads == 0, f"text width {self.width} is not divisible by heads {self.heads}")
         _check(0 <= self.eot_id < self.vocab_size, f"eot_id {self.eot_id} is outside the vocabulary")
 
@@ -103,15 +135,20 @@ class ModelConfig:
     name: str = "custom"
     embed_dim: int = 512
     vision: VisionConfig = field(default_factory=VisionConfig)
-    text: TextConfig = field(default_factory=TextConfig)
+    text: TextConfig | None = field(default_factory=TextConfig)  # None: a vision-only model (InternViT)
     preprocess: PreprocessConfig = field(default_factory=PreprocessConfig)
     tokenizer: str = "clip-bpe"
     # CLIP (Radford et al. 2021): temperature 0.07 at init, learned in log space.
     init_logit_scale: float = math.log(1 / 0.07)
     init_logit_bias: float | None = None  # None: the model has no logit bias (SigLIP-style models set one)
+    max_logit_scale: float | None = math.log(100)  # CLIP clamps the learned log scale; None: no clamp (SigLIP)
 
     def __post_init__(self):
-        _check(self.tokenizer == "clip-bpe", f"tokenizer {self.tokenizer!r} unknown (known: 'clip-bpe')")
+        _check(self.tokenizer in TOKENIZERS, f"tokenizer {self.tokenizer!r} unknown (known: {TOKENIZERS})")
+        for tower, c in (("vision", self.vision), ("text", self.text)):
+            _check(c is None or c.head or c.width == self.embed_dim,
+                   f"{tower} has no projection head, so its width {c and c.width} must equal embed_dim "
+                   f"{self.embed_dim}")
         _check(self.preprocess.image_size == self.vision.image_size,
                f"preprocess image_size {self.preprocess.image_size} differs from the vision tower's "
                f"{self.vision.image_size}")
@@ -124,7 +161,7 @@ class ModelConfig:
         data = dict(data)
         parts = {"vision": VisionConfig, "text": TextConfig, "preprocess": PreprocessConfig}
         for key, part in parts.items():
-            if key in data:
+            if data.get(key) is not None:
                 data[key] = _build(part, data[key], f"config.{key}")
         return _build(cls, data, "config")
 

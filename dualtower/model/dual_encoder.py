@@ -10,12 +10,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..config import ModelConfig
-from .layers import Attention, Mlp
-from .noise import KeyedDropout
-from .towers import TextTower, VisionTower
-
-# CLIP (Radford et al. 2021) clips the learned temperature so logits are scaled by at most 100.
-MAX_LOGIT_SCALE = math.log(100)
+from .layers import Attention
+from .noise import KeyedDropout, KeyedDropPath
+from .towers import AttentionPool, TextTower, VisionTower
 
 
 @dataclass
@@ -40,7 +37,7 @@ class DualEncoder(nn.Module):
         super().__init__()
         self.cfg = cfg
         self.visual = VisionTower(cfg.vision, cfg.embed_dim)
-        self.text = TextTower(cfg.text, cfg.embed_dim)
+        self.text = TextTower(cfg.text, cfg.embed_dim) if cfg.text is not None else None
         self.logit_scale = nn.Parameter(torch.tensor(float(cfg.init_logit_scale)))
         self.logit_bias = None if cfg.init_logit_bias is None else nn.Parameter(torch.tensor(float(cfg.init_logit_bias)))
 
@@ -51,11 +48,14 @@ class DualEncoder(nn.Module):
         return F.normalize(x, dim=-1) if normalize else x
 
     def encode_text(self, ids: torch.Tensor, normalize: bool = False) -> torch.Tensor:
+        if self.text is None:
+            raise ValueError(f"{self.cfg.name} is a vision-only model: it has no text tower")
         x = self.text(ids)
         return F.normalize(x, dim=-1) if normalize else x
 
     def scale(self) -> torch.Tensor:
-        return self.logit_scale.clamp(max=MAX_LOGIT_SCALE).exp()
+        top = self.cfg.max_logit_scale
+        return (self.logit_scale if top is None else self.logit_scale.clamp(max=top)).exp()
 
     def forward(self, pixels: torch.Tensor, ids: torch.Tensor) -> DualEncoderOutput:
         return DualEncoderOutput(
@@ -65,16 +65,33 @@ class DualEncoder(nn.Module):
             logit_bias=self.logit_bias,
         )
 
+    def _towers(self) -> list[nn.Module]:
+        return [t for t in (self.visual, self.text) if t is not None]
+
     def set_dropout(self, prob: float) -> None:
         """Dropout on every residual branch of both towers (keyed per sample, see model.noise); 0 removes it."""
-        blocks = [*self.visual.transformer.blocks, *self.text.transformer.blocks]
+        blocks = [b for t in self._towers() for b in t.transformer.blocks]
         for i, block in enumerate(blocks):
             block.drop1 = KeyedDropout(prob, salt=2 + 2 * i) if prob > 0 else nn.Identity()
             block.drop2 = KeyedDropout(prob, salt=3 + 2 * i) if prob > 0 else nn.Identity()
 
+    def set_drop_path(self, vision: float, text: float = 0.0) -> None:
+        """Stochastic depth on each tower, rising linearly from 0 at the first block to the given rate at the
+        last (the rule of timm, EVA and InternViT); keyed per sample like dropout. 0 removes it."""
+        salt = 1 << 20  # above every dropout salt
+        for tower, rate in ((self.visual, vision), (self.text, text)):
+            if tower is None:
+                continue
+            blocks = tower.transformer.blocks
+            for i, block in enumerate(blocks):
+                p = rate * i / max(len(blocks) - 1, 1)
+                block.path1 = KeyedDropPath(p, salt) if p > 0 else nn.Identity()
+                block.path2 = KeyedDropPath(p, salt + 1) if p > 0 else nn.Identity()
+                salt += 2
+
     def set_grad_checkpointing(self, enable: bool = True) -> None:
-        self.visual.transformer.grad_checkpointing = enable
-        self.text.transformer.grad_checkpointing = enable
+        for tower in self._towers():
+            tower.transformer.grad_checkpointing = enable
 
     @torch.no_grad()
     def init_weights(self) -> None:
@@ -82,12 +99,18 @@ class DualEncoder(nn.Module):
         the text tower's blocks scaled by depth (as in OpenAI's CLIP `initialize_parameters`)."""
         v, t = self.visual, self.text
         scale = v.cfg.width ** -0.5
-        v.cls_token.normal_(std=scale)
+        if v.cls_token is not None:
+            v.cls_token.normal_(std=scale)
         v.pos_embed.normal_(std=scale)
-        v.head.weight.normal_(std=scale)
+        if isinstance(v.head, nn.Linear):
+            v.head.weight.normal_(std=scale)
+        if isinstance(v.pool, AttentionPool):
+            v.pool.latent.normal_(std=scale)
         for block in v.transformer.blocks:
             nn.init.xavier_uniform_(block.attn.qkv.weight)
             _zero_bias(block.attn.qkv, block.attn.proj)
+        if t is None:
+            return
 
         t.token_embed.weight.normal_(std=0.02)
         t.pos_embed.normal_(std=0.01)
@@ -95,18 +118,20 @@ class DualEncoder(nn.Module):
         proj_std = width ** -0.5 * (2 * depth) ** -0.5
         for block in t.transformer.blocks:
             attn, mlp = block.attn, block.mlp
-            assert isinstance(attn, Attention) and isinstance(mlp, Mlp)
+            assert isinstance(attn, Attention)
             attn.qkv.weight.normal_(std=width ** -0.5)
             attn.proj.weight.normal_(std=proj_std)
-            mlp.fc1.weight.normal_(std=(2 * width) ** -0.5)
+            for fc in [getattr(mlp, n) for n in ("fc1", "fc1_g", "fc1_x") if hasattr(mlp, n)]:
+                fc.weight.normal_(std=(2 * width) ** -0.5)
             mlp.fc2.weight.normal_(std=proj_std)
             _zero_bias(attn.qkv, attn.proj)
-        t.head.weight.normal_(std=width ** -0.5)
+        if isinstance(t.head, nn.Linear):
+            t.head.weight.normal_(std=width ** -0.5)
         for head in (v.head, t.head):
             _zero_bias(head)
 
 
-def _zero_bias(*linears: nn.Linear) -> None:
+def _zero_bias(*linears: nn.Module) -> None:
     for linear in linears:
-        if linear.bias is not None:
+        if getattr(linear, "bias", None) is not None:
             linear.bias.zero_()

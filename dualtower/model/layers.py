@@ -61,56 +61,148 @@ class LayerScale(nn.Module):
         return x * self.gamma
 
 
-class Attention(nn.Module):
-    """Multi-head self-attention with a fused qkv projection, through `scaled_dot_product_attention`."""
+class QVBiasLinear(nn.Module):
+    """The fused qkv projection with biases on q and v only (EVA, BEiT): k's bias is a fixed zero."""
 
-    def __init__(self, dim: int, heads: int, qkv_bias: bool, proj_bias: bool, causal: bool):
+    def __init__(self, dim: int, out: int):
+        super().__init__()
+        self.weight = nn.Parameter(torch.empty(out, dim))
+        self.q_bias = nn.Parameter(torch.zeros(out // 3))
+        self.v_bias = nn.Parameter(torch.zeros(out // 3))
+        nn.init.kaiming_uniform_(self.weight, a=5 ** 0.5)  # nn.Linear's default
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        bias = torch.cat([self.q_bias, torch.zeros_like(self.q_bias), self.v_bias])
+        return F.linear(x, self.weight, bias)
+
+
+def apply_rope(x: torch.Tensor, rope: tuple[torch.Tensor, torch.Tensor], prefix: int) -> torch.Tensor:
+    """Rotate (B, H, L, hd) queries or keys by 2-D rotary angles; the first `prefix` tokens (class token) are
+    left as they are. `rope` is (sin, cos), each (N, hd) or (B, 1, N, hd), channels in interleaved pairs."""
+    sin, cos = rope
+    head, rest = x[:, :, :prefix], x[:, :, prefix:]
+    pairs = rest.unflatten(-1, (-1, 2))
+    rotated = torch.stack([-pairs[..., 1], pairs[..., 0]], dim=-1).flatten(-2)  # (x0, x1) -> (-x1, x0)
+    out = (rest * cos + rotated * sin).to(x.dtype)
+    return torch.cat([head, out], dim=2) if prefix else out
+
+
+class Rope2D(nn.Module):
+    """Axial 2-D rotary position embedding for the patch grid (EVA-02): half the channel pairs rotate with the
+    row, half with the column. Positions are rescaled to `ref_grid` (the pretraining grid), so other image
+    sizes keep the same angular range. Angles are computed in fp32 and cached per grid."""
+
+    def __init__(self, head_dim: int, ref_grid: int, temperature: float):
+        super().__init__()
+        if head_dim % 4:
+            raise ValueError(f"2-D rotary embedding needs a head width divisible by 4, got {head_dim}")
+        bands = head_dim // 4
+        self.freqs = 1.0 / temperature ** (torch.arange(bands, dtype=torch.float32) / bands)
+        self.ref_grid = ref_grid
+        self._cache: dict[tuple, tuple[torch.Tensor, torch.Tensor]] = {}
+
+    def forward(self, grid_h: int, grid_w: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+        key = (grid_h, grid_w, device)
+        if key not in self._cache:
+            rows = torch.arange(grid_h, dtype=torch.float32) / grid_h * self.ref_grid
+            cols = torch.arange(grid_w, dtype=torch.float32) / grid_w * self.ref_grid
+            grid = torch.stack(torch.meshgrid(rows, cols, indexing="ij"), dim=-1)  # (gh, gw, 2)
+            angles = (grid[..., None] * self.freqs).flatten(0, 1).flatten(1)  # (N, 2 * bands): rows, then columns
+            angles = angles.repeat_interleave(2, dim=-1)  # (N, head_dim): both channels of a pair share an angle
+            self._cache[key] = (angles.sin().to(device), angles.cos().to(device))
+        return self._cache[key]
+
+
+class Attention(nn.Module):
+    """Multi-head self-attention through `scaled_dot_product_attention`.
+
+    Parts (Identity when off): `q_norm`/`k_norm` over the full width before the heads split (InternViT-6B),
+    `q_head_norm`/`k_head_norm` per head, `inner_norm` on the heads' output before the projection (EVA-02's
+    sub-LN). `qkv` is one fused projection (nn.Linear, or QVBiasLinear). Rotary angles, when given, rotate the
+    queries and keys of every token after the first `rope_prefix`.
+    """
+
+    def __init__(self, dim: int, heads: int, qkv: nn.Module, proj: nn.Module, causal: bool,
+                 q_norm: nn.Module | None = None, k_norm: nn.Module | None = None,
+                 q_head_norm: nn.Module | None = None, k_head_norm: nn.Module | None = None,
+                 inner_norm: nn.Module | None = None, rope_prefix: int = 0):
         super().__init__()
         self.heads = heads
         self.causal = causal
-        self.qkv = nn.Linear(dim, 3 * dim, bias=qkv_bias)
-        self.proj = nn.Linear(dim, dim, bias=proj_bias)
+        self.rope_prefix = rope_prefix
+        self.qkv, self.proj = qkv, proj
+        self.q_norm, self.k_norm = q_norm or nn.Identity(), k_norm or nn.Identity()
+        self.q_head_norm, self.k_head_norm = q_head_norm or nn.Identity(), k_head_norm or nn.Identity()
+        self.inner_norm = inner_norm or nn.Identity()
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, rope: tuple[torch.Tensor, torch.Tensor] | None = None) -> torch.Tensor:
         B, L, D = x.shape
-        qkv = self.qkv(x).view(B, L, 3, self.heads, D // self.heads).permute(2, 0, 3, 1, 4)  # (3, B, H, L, hd)
-        out = F.scaled_dot_product_attention(qkv[0], qkv[1], qkv[2], is_causal=self.causal)  # (B, H, L, hd)
-        return self.proj(out.transpose(1, 2).reshape(B, L, D))
+        H = self.heads
+        qkv = self.qkv(x).view(B, L, 3, D)
+        q = self.q_head_norm(self.q_norm(qkv[:, :, 0]).view(B, L, H, D // H).transpose(1, 2))  # (B, H, L, hd)
+        k = self.k_head_norm(self.k_norm(qkv[:, :, 1]).view(B, L, H, D // H).transpose(1, 2))
+        v = qkv[:, :, 2].view(B, L, H, D // H).transpose(1, 2)
+        if rope is not None:
+            q, k = apply_rope(q, rope, self.rope_prefix), apply_rope(k, rope, self.rope_prefix)
+        out = F.scaled_dot_product_attention(q, k, v, is_causal=self.causal)  # (B, H, L, hd)
+        return self.proj(self.inner_norm(out.transpose(1, 2).reshape(B, L, D)))
 
 
 class Mlp(nn.Module):
-    def __init__(self, dim: int, hidden: int, act: nn.Module, bias: bool):
+    """fc1 -> act -> norm (Identity unless sub-LN) -> fc2."""
+
+    def __init__(self, dim: int, hidden: int, act: nn.Module, bias: bool, norm: nn.Module | None = None):
         super().__init__()
         self.fc1 = nn.Linear(dim, hidden, bias=bias)
         self.act = act
+        self.norm = norm or nn.Identity()
         self.fc2 = nn.Linear(hidden, dim, bias=bias)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.fc2(self.act(self.fc1(x)))
+        return self.fc2(self.norm(self.act(self.fc1(x))))
+
+
+class SwiGLU(nn.Module):
+    """Gated MLP (Shazeer 2020): fc2(norm(silu(fc1_g x) * fc1_x x)); EVA-02 puts a norm (sub-LN) before fc2."""
+
+    def __init__(self, dim: int, hidden: int, bias: bool, norm: nn.Module | None = None):
+        super().__init__()
+        self.fc1_g = nn.Linear(dim, hidden, bias=bias)
+        self.fc1_x = nn.Linear(dim, hidden, bias=bias)
+        self.norm = norm or nn.Identity()
+        self.fc2 = nn.Linear(hidden, dim, bias=bias)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc2(self.norm(F.silu(self.fc1_g(x)) * self.fc1_x(x)))
 
 
 class Block(nn.Module):
-    """Pre-norm residual block: x + ls(attn(norm(x))), then x + ls(mlp(norm(x)))."""
+    """Pre-norm residual block: x + ls(attn(norm(x))), then x + ls(mlp(norm(x))).
+
+    `drop1`/`drop2` (residual dropout) and `path1`/`path2` (drop path) are Identity until training sets them.
+    """
 
     def __init__(self, attn: nn.Module, mlp: nn.Module, norm1: nn.Module, norm2: nn.Module,
                  ls1: nn.Module, ls2: nn.Module):
         super().__init__()
         self.norm1, self.attn, self.ls1 = norm1, attn, ls1
         self.norm2, self.mlp, self.ls2 = norm2, mlp, ls2
-        self.drop1: nn.Module = nn.Identity()  # residual-branch dropout, set for training (DualEncoder.set_dropout)
+        self.drop1: nn.Module = nn.Identity()  # residual-branch dropout (DualEncoder.set_dropout)
         self.drop2: nn.Module = nn.Identity()
+        self.path1: nn.Module = nn.Identity()  # drop path (DualEncoder.set_drop_path)
+        self.path2: nn.Module = nn.Identity()
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = x + self.drop1(self.ls1(self.attn(self.norm1(x))))
-        return x + self.drop2(self.ls2(self.mlp(self.norm2(x))))
+    def forward(self, x: torch.Tensor, rope: tuple[torch.Tensor, torch.Tensor] | None = None) -> torch.Tensor:
+        x = x + self.path1(self.drop1(self.ls1(self.attn(self.norm1(x), rope))))
+        return x + self.path2(self.drop2(self.ls2(self.mlp(self.norm2(x)))))
 
 
 class PostNormBlock(Block):
     """Post-norm residual block (the original Transformer's placement): norm(x + ls(attn(x)))."""
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = self.norm1(x + self.drop1(self.ls1(self.attn(x))))
-        return self.norm2(x + self.drop2(self.ls2(self.mlp(x))))
+    def forward(self, x: torch.Tensor, rope: tuple[torch.Tensor, torch.Tensor] | None = None) -> torch.Tensor:
+        x = self.norm1(x + self.path1(self.drop1(self.ls1(self.attn(x, rope)))))
+        return self.norm2(x + self.path2(self.drop2(self.ls2(self.mlp(x)))))
 
 
 class Transformer(nn.Module):
@@ -119,28 +211,42 @@ class Transformer(nn.Module):
         self.blocks = nn.ModuleList(blocks)
         self.grad_checkpointing = False
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, rope: tuple[torch.Tensor, torch.Tensor] | None = None) -> torch.Tensor:
         for block in self.blocks:
             if self.grad_checkpointing and self.training:
-                x = torch.utils.checkpoint.checkpoint(block, x, use_reentrant=False)
+                x = torch.utils.checkpoint.checkpoint(block, x, rope, use_reentrant=False)
             else:
-                x = block(x)
+                x = block(x, rope)
         return x
 
 
-def build_transformer(cfg, causal: bool) -> Transformer:
-    """One Transformer from a tower config (VisionConfig or TextConfig share these field names)."""
+def build_block(cfg, causal: bool, rope_prefix: int = 0) -> Block:
+    """One block from a tower config (VisionConfig and TextConfig share these field names)."""
+    D, H = cfg.width, cfg.heads
 
-    def block() -> nn.Module:
-        cls = PostNormBlock if cfg.post_norm else Block
-        ls = (lambda: LayerScale(cfg.width, cfg.ls_init)) if cfg.ls_init else nn.Identity
-        return cls(
-            attn=Attention(cfg.width, cfg.heads, cfg.qkv_bias, cfg.proj_bias, causal),
-            mlp=Mlp(cfg.width, cfg.mlp_dim, make_act(cfg.act), cfg.mlp_bias),
-            norm1=make_norm(cfg.norm, cfg.width, cfg.norm_eps),
-            norm2=make_norm(cfg.norm, cfg.width, cfg.norm_eps),
-            ls1=ls(),
-            ls2=ls(),
-        )
+    def norm(dim: int) -> nn.Module:
+        return make_norm(cfg.norm, dim, cfg.norm_eps)
 
-    return Transformer([block() for _ in range(cfg.depth)])
+    if cfg.qkv_bias and not cfg.k_bias:
+        qkv: nn.Module = QVBiasLinear(D, 3 * D)
+    else:
+        qkv = nn.Linear(D, 3 * D, bias=cfg.qkv_bias)
+    full, head = cfg.qk_norm == "full", cfg.qk_norm == "head"
+    attn = Attention(
+        D, H, qkv, nn.Linear(D, D, bias=cfg.proj_bias), causal,
+        q_norm=norm(D) if full else None, k_norm=norm(D) if full else None,
+        q_head_norm=norm(D // H) if head else None, k_head_norm=norm(D // H) if head else None,
+        inner_norm=norm(D) if cfg.attn_norm else None, rope_prefix=rope_prefix,
+    )
+    mlp_norm = norm(cfg.mlp_dim) if cfg.mlp_norm else None
+    if cfg.mlp_type == "swiglu":
+        mlp: nn.Module = SwiGLU(D, cfg.mlp_dim, cfg.mlp_bias, mlp_norm)
+    else:
+        mlp = Mlp(D, cfg.mlp_dim, make_act(cfg.act), cfg.mlp_bias, mlp_norm)
+    ls = (lambda: LayerScale(D, cfg.ls_init)) if cfg.ls_init else nn.Identity
+    cls = PostNormBlock if cfg.post_norm else Block
+    return cls(attn=attn, mlp=mlp, norm1=norm(D), norm2=norm(D), ls1=ls(), ls2=ls())
+
+
+def build_transformer(cfg, causal: bool, rope_prefix: int = 0) -> Transformer:
+    return Transformer([build_block(cfg, causal, rope_prefix) for _ in range(cfg.depth)])

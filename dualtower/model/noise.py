@@ -65,3 +65,19 @@ class KeyedDropout(nn.Module):
             return x
         keep = uniform(tuple(x.shape), self.salt, x.device) >= self.prob
         return x * keep.to(x.dtype) / (1 - self.prob)
+
+
+class KeyedDropPath(nn.Module):
+    """Stochastic depth (Huang et al. 2016): drop a sample's whole residual branch, keyed like KeyedDropout."""
+
+    def __init__(self, prob: float, salt: int):
+        super().__init__()
+        if not 0.0 <= prob < 1.0:
+            raise ValueError(f"drop path {prob} is not in [0, 1)")
+        self.prob, self.salt = prob, salt
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not self.training or self.prob == 0.0:
+            return x
+        keep = uniform((x.shape[0],), self.salt, x.device) >= self.prob  # (B,)
+        return x * (keep.to(x.dtype) / (1 - self.prob)).view(-1, *([1] * (x.ndim - 1)))

@@ -8,7 +8,7 @@ from torch import nn
 
 from ..config import TextConfig, VisionConfig
 from . import noise
-from .layers import build_transformer, make_norm
+from .layers import Mlp, Rope2D, build_transformer, make_act, make_norm
 
 
 class ClsPool(nn.Module):
@@ -17,58 +17,107 @@ class ClsPool(nn.Module):
 
 
 class MeanPool(nn.Module):
-    """Mean over the patch tokens (the class token is left out)."""
+    """Mean over the patch tokens (a class token is left out)."""
+
+    def __init__(self, prefix: int):
+        super().__init__()
+        self.prefix = prefix
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return x[:, 1:].mean(dim=1)
+        return x[:, self.prefix:].mean(dim=1)
+
+
+class AttentionPool(nn.Module):
+    """Multi-head attention pooling (MAP, Lee et al. 2019; SigLIP's head): one learned query attends over all
+    tokens, then a residual MLP: y = attn(latent, x); y + mlp(norm(y))."""
+
+    def __init__(self, dim: int, heads: int, mlp_dim: int, act: nn.Module, norm: nn.Module):
+        super().__init__()
+        self.heads = heads
+        self.latent = nn.Parameter(torch.zeros(dim))
+        self.q = nn.Linear(dim, dim)
+        self.kv = nn.Linear(dim, 2 * dim)
+        self.proj = nn.Linear(dim, dim)
+        self.norm = norm
+        self.mlp = Mlp(dim, mlp_dim, act, bias=True)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        B, L, D = x.shape
+        H = self.heads
+        q = self.q(self.latent.to(x.dtype)).view(1, H, 1, D // H).expand(B, -1, -1, -1)  # (B, H, 1, hd)
+        kv = self.kv(x).view(B, L, 2, H, D // H).permute(2, 0, 3, 1, 4)  # (2, B, H, L, hd)
+        y = F.scaled_dot_product_attention(q, kv[0], kv[1])  # (B, H, 1, hd)
+        y = self.proj(y.reshape(B, D))
+        return y + self.mlp(self.norm(y))
 
 
 def _norm_or_identity(on: bool, cfg) -> nn.Module:
     return make_norm(cfg.norm, cfg.width, cfg.norm_eps) if on else nn.Identity()
 
 
+def _make_pool(cfg: VisionConfig, prefix: int) -> nn.Module:
+    if cfg.pool == "cls":
+        return ClsPool()
+    if cfg.pool == "mean":
+        return MeanPool(prefix)
+    return AttentionPool(cfg.width, cfg.heads, cfg.mlp_dim, make_act(cfg.act),
+                         make_norm(cfg.norm, cfg.width, cfg.norm_eps))
+
+
 class PatchDropout(nn.Module):
-    """FLIP (Li et al. 2023): in training, keep a random subset of the patch tokens (the class token always)."""
+    """FLIP (Li et al. 2023): in training, keep a random subset of the patch tokens (a class token always).
+    Returns the tokens and the kept patch indices (B, keep), or None when nothing was dropped."""
 
     SALT = 1  # distinct from every KeyedDropout's salt
 
-    def __init__(self, prob: float):
+    def __init__(self, prob: float, prefix: int = 1):
         super().__init__()
         if not 0.0 <= prob < 1.0:
             raise ValueError(f"patch dropout {prob} is not in [0, 1)")
-        self.prob = prob
+        self.prob, self.prefix = prob, prefix
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
         if not self.training or self.prob == 0.0:
-            return x
-        cls, patches = x[:, :1], x[:, 1:]  # (B, 1, D), (B, N, D)
+            return x, None
+        head, patches = x[:, :self.prefix], x[:, self.prefix:]  # (B, prefix, D), (B, N, D)
         keep = max(1, int(patches.shape[1] * (1 - self.prob)))
         order = noise.uniform(tuple(patches.shape[:2]), self.SALT, x.device).argsort(dim=1)[:, :keep]  # (B, keep)
         kept = patches.gather(1, order.unsqueeze(-1).expand(-1, -1, patches.shape[2]))
-        return torch.cat([cls, kept], dim=1)
+        return torch.cat([head, kept], dim=1), order
+
+
+class NoPatchDropout(nn.Module):
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, None]:
+        return x, None
 
 
 class VisionTower(nn.Module):
     def __init__(self, cfg: VisionConfig, embed_dim: int):
         super().__init__()
         self.cfg = cfg
+        self.prefix = 1 if cfg.class_token else 0  # tokens before the patches
         self.patch_embed = nn.Conv2d(3, cfg.width, cfg.patch_size, stride=cfg.patch_size, bias=cfg.patch_bias)
-        self.cls_token = nn.Parameter(torch.zeros(cfg.width))
-        self.pos_embed = nn.Parameter(torch.zeros(cfg.grid * cfg.grid + 1, cfg.width))
-        self.patch_dropout: nn.Module = nn.Identity()  # set for training with `set_patch_dropout`
+        if cfg.class_token:
+            self.cls_token = nn.Parameter(torch.zeros(cfg.width))
+        else:
+            self.register_parameter("cls_token", None)
+        self.pos_embed = nn.Parameter(torch.zeros(self.prefix + cfg.grid * cfg.grid, cfg.width))
+        self.rope = Rope2D(cfg.width // cfg.heads, cfg.rope_ref_grid or cfg.grid, cfg.rope_temperature) \
+            if cfg.rope else None
+        self.patch_dropout: nn.Module = NoPatchDropout()  # set for training with `set_patch_dropout`
         self.norm_pre = _norm_or_identity(cfg.norm_pre, cfg)
-        self.transformer = build_transformer(cfg, causal=False)
+        self.transformer = build_transformer(cfg, causal=False, rope_prefix=self.prefix)
         self.norm_tokens = _norm_or_identity(cfg.final_norm == "before_pool", cfg)
-        self.pool = ClsPool() if cfg.pool == "cls" else MeanPool()
+        self.pool = _make_pool(cfg, self.prefix)
         self.norm_pooled = _norm_or_identity(cfg.final_norm == "after_pool", cfg)
-        self.head = nn.Linear(cfg.width, embed_dim, bias=cfg.head_bias)
+        self.head = nn.Linear(cfg.width, embed_dim, bias=cfg.head_bias) if cfg.head else nn.Identity()
         self._pos_cache: dict[tuple, torch.Tensor] = {}
 
     def set_patch_dropout(self, prob: float) -> None:
-        self.patch_dropout = PatchDropout(prob) if prob > 0 else nn.Identity()
+        self.patch_dropout = PatchDropout(prob, self.prefix) if prob > 0 else NoPatchDropout()
 
     def pos_embed_for(self, grid_h: int, grid_w: int) -> torch.Tensor:
-        """(1 + gh * gw, D): the learned positional embeddings for another patch grid, the patch part resized
+        """(prefix + gh * gw, D): the learned positional embeddings for another patch grid, the patch part resized
         bicubically (align_corners=False, as HF's `interpolate_pos_encoding`). Cached per grid while the
         weights are unchanged and no gradient is wanted, so a repeated size costs nothing."""
         g = self.cfg.grid
@@ -78,16 +127,19 @@ class VisionTower(nn.Module):
         key = (grid_h, grid_w, self.pos_embed._version, self.pos_embed.device, self.pos_embed.dtype)
         if not track and key in self._pos_cache:
             return self._pos_cache[key]
-        patches = self.pos_embed[1:].reshape(1, g, g, -1).permute(0, 3, 1, 2)  # (1, D, g, g)
+        p = self.prefix
+        patches = self.pos_embed[p:].reshape(1, g, g, -1).permute(0, 3, 1, 2)  # (1, D, g, g)
         patches = F.interpolate(patches, size=(grid_h, grid_w), mode="bicubic", align_corners=False)
-        resized = torch.cat([self.pos_embed[:1], patches.permute(0, 2, 3, 1).reshape(grid_h * grid_w, -1)])
+        resized = torch.cat([self.pos_embed[:p], patches.permute(0, 2, 3, 1).reshape(grid_h * grid_w, -1)])
         if not track:
             if len(self._pos_cache) >= 16:
                 self._pos_cache.clear()
             resized = self._pos_cache[key] = resized.detach()
         return resized
 
-    def embed(self, pixels: torch.Tensor, interpolate_pos: bool = False) -> torch.Tensor:
+    def embed(self, pixels: torch.Tensor, interpolate_pos: bool = False
+              ) -> tuple[torch.Tensor, tuple[torch.Tensor, torch.Tensor] | None]:
+        """Tokens (B, prefix + N, D) and the rotary angles of the patch grid (None without rotary embedding)."""
         if pixels.ndim != 4 or pixels.shape[1] != 3:
             raise ValueError(f"pixels must be (B, 3, H, W), got {tuple(pixels.shape)}")
         size = self.cfg.image_size
@@ -95,14 +147,25 @@ class VisionTower(nn.Module):
             raise ValueError(f"pixels are {tuple(pixels.shape[-2:])}, this model takes {size}x{size} "
                              "(interpolate_pos=True resizes the positional embeddings to other sizes)")
         x = self.patch_embed(pixels)  # (B, D, gh, gw)
-        pos = self.pos_embed_for(x.shape[2], x.shape[3])
+        gh, gw = x.shape[2], x.shape[3]
+        pos = self.pos_embed_for(gh, gw)
         x = x.flatten(2).transpose(1, 2)  # (B, N, D)
-        cls = self.cls_token.to(x.dtype).expand(x.shape[0], 1, -1)  # (B, 1, D)
-        return torch.cat([cls, x], dim=1) + pos.to(x.dtype)  # (B, 1 + N, D)
+        if self.cls_token is not None:
+            x = torch.cat([self.cls_token.to(x.dtype).expand(x.shape[0], 1, -1), x], dim=1)  # (B, 1 + N, D)
+        rope = self.rope(gh, gw, x.device) if self.rope is not None else None
+        return x + pos.to(x.dtype), rope
+
+    def _tokens(self, pixels: torch.Tensor, interpolate_pos: bool):
+        """Embedded, patch-dropped and pre-normed tokens, with the rotary angles of the kept patches."""
+        x, rope = self.embed(pixels, interpolate_pos)
+        x, kept = self.patch_dropout(x)
+        if rope is not None and kept is not None:
+            rope = tuple(r[kept].unsqueeze(1) for r in rope)  # (B, 1, keep, hd) per sample
+        return self.norm_pre(x), rope
 
     def forward(self, pixels: torch.Tensor, interpolate_pos: bool = False) -> torch.Tensor:
-        x = self.norm_pre(self.patch_dropout(self.embed(pixels, interpolate_pos)))
-        x = self.norm_tokens(self.transformer(x))
+        x, rope = self._tokens(pixels, interpolate_pos)
+        x = self.norm_tokens(self.transformer(x, rope))
         return self.head(self.norm_pooled(self.pool(x)))  # (B, E)
 
     def features(self, pixels: torch.Tensor, layers: tuple[int, ...] = (-1,), keep_cls: bool = True,
@@ -118,14 +181,14 @@ class VisionTower(nn.Module):
         bad = [layer for layer, w in zip(layers, wanted) if not 0 <= w <= depth]
         if bad:
             raise ValueError(f"layers {bad} are outside this tower's hidden states 0..{depth} (or -{depth + 1}..-1)")
-        x = self.norm_pre(self.patch_dropout(self.embed(pixels, interpolate_pos)))
+        x, rope = self._tokens(pixels, interpolate_pos)
         states = [x]
         for block in self.transformer.blocks[: max(wanted)]:
-            x = block(x)
+            x = block(x, rope)
             states.append(x)
         norm = self.norm_tokens if self.cfg.final_norm == "before_pool" else self.norm_pooled
         out = [norm(states[w]) if final_norm else states[w] for w in wanted]
-        return out if keep_cls else [t[:, 1:] for t in out]
+        return out if keep_cls else [t[:, self.prefix:] for t in out]
 
 
 class TextTower(nn.Module):
@@ -134,9 +197,9 @@ class TextTower(nn.Module):
         self.cfg = cfg
         self.token_embed = nn.Embedding(cfg.vocab_size, cfg.width)
         self.pos_embed = nn.Parameter(torch.zeros(cfg.context_length, cfg.width))
-        self.transformer = build_transformer(cfg, causal=True)
+        self.transformer = build_transformer(cfg, causal=cfg.causal)
         self.norm = make_norm(cfg.norm, cfg.width, cfg.norm_eps)
-        self.head = nn.Linear(cfg.width, embed_dim, bias=cfg.head_bias)
+        self.head = nn.Linear(cfg.width, embed_dim, bias=cfg.head_bias) if cfg.head else nn.Identity()
 
     def eot_positions(self, ids: torch.Tensor) -> torch.Tensor:
         """Index of the first end-of-text token of each row; a row without one is an error."""
@@ -150,12 +213,22 @@ class TextTower(nn.Module):
             raise ValueError(f"text rows {missing.tolist()} have no end-of-text token (id {self.cfg.eot_id})")
         return is_eot.int().argmax(dim=1)  # argmax returns the first maximum
 
+    def pool_positions(self, ids: torch.Tensor) -> torch.Tensor:
+        """The position each row is pooled at: its first end-of-text token, or the last position."""
+        if self.cfg.pool == "eot":
+            return self.eot_positions(ids)
+        if ids.ndim != 2:
+            raise ValueError(f"token ids must be (B, L), got {tuple(ids.shape)}")
+        if ids.shape[1] > self.cfg.context_length:
+            raise ValueError(f"token ids have length {ids.shape[1]}, the context length is {self.cfg.context_length}")
+        return torch.full((ids.shape[0],), ids.shape[1] - 1, dtype=torch.long, device=ids.device)
+
     def forward(self, ids: torch.Tensor) -> torch.Tensor:
-        eot = self.eot_positions(ids)
-        # Under the causal mask nothing after a row's end-of-text token changes its pooled state, so the
-        # batch is computed only up to its longest sequence.
-        length = int(eot.max()) + 1 if eot.numel() else 1
+        at = self.pool_positions(ids)
+        # Under the causal mask nothing after a row's pooled token changes its state, so the batch is
+        # computed only up to its longest sequence. Without the mask every position counts.
+        length = (int(at.max()) + 1 if at.numel() else 1) if self.cfg.causal else ids.shape[1]
         x = self.token_embed(ids[:, :length]) + self.pos_embed[:length]  # (B, L, D)
         x = self.transformer(x)
-        pooled = x[torch.arange(x.shape[0], device=x.device), eot]  # (B, D)
+        pooled = x[torch.arange(x.shape[0], device=x.device), at]  # (B, D)
         return self.head(self.norm(pooled))  # (B, E); the norm is per token, so pooling first is the same
