@@ -7,7 +7,12 @@ keep tests fast and cover the options no published config uses.
 
 from __future__ import annotations
 
+import math
+
 from .config import ModelConfig, PreprocessConfig, TextConfig, VisionConfig
+
+INCEPTION_MEAN = INCEPTION_STD = (0.5, 0.5, 0.5)
+IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 
 # name: (embed_dim, image_size, patch, vision width, vision depth, vision head width, vision mlp ratio,
 #        text width, text heads, text depth, QuickGELU, vision layer-scale init)
@@ -61,6 +66,75 @@ def _openclip(name, embed, image, patch, v_width, v_depth, v_head_width, v_mlp_r
     )
 
 
+def _eva02(name, embed, image, patch, width, depth, heads, t_width, t_heads) -> ModelConfig:
+    """open_clip's EVA02-* (timm `eva02_*_clip_*` vision trunk, open_clip's text tower)."""
+    return ModelConfig(
+        name=name,
+        embed_dim=embed,
+        vision=VisionConfig(
+            image_size=image, patch_size=patch, width=width, depth=depth, heads=heads,
+            mlp_dim=int(width * 4 * 2 / 3), norm_eps=1e-6, patch_bias=True, norm_pre=False, k_bias=False,
+            attn_norm=True, mlp_type="swiglu", mlp_norm=True, rope=True, rope_ref_grid=16, head_bias=True,
+        ),
+        text=TextConfig(width=t_width, heads=t_heads, depth=12, mlp_dim=4 * t_width),
+        preprocess=PreprocessConfig(image_size=image),
+    )
+
+
+def _siglip(name, image, patch, width, depth, heads, mlp_dim, context) -> ModelConfig:
+    """open_clip's *-SigLIP (timm `vit_*_siglip_*` vision trunk with MAP pooling, bidirectional text tower
+    pooled at the last token). SigLIP's SentencePiece tokenizer is not bundled: texts come as ids."""
+    return ModelConfig(
+        name=name,
+        embed_dim=width,
+        vision=VisionConfig(
+            image_size=image, patch_size=patch, width=width, depth=depth, heads=heads, mlp_dim=mlp_dim,
+            norm_eps=1e-6, patch_bias=True, norm_pre=False, class_token=False, pool="map", head=False,
+        ),
+        text=TextConfig(
+            vocab_size=32000, context_length=context, width=width, depth=depth, heads=heads, mlp_dim=mlp_dim,
+            norm_eps=1e-6, causal=False, pool="last", head_bias=True, eot_id=1, pad_id=1,
+        ),
+        preprocess=PreprocessConfig(image_size=image, mean=INCEPTION_MEAN, std=INCEPTION_STD, resize_mode="squash"),
+        tokenizer="external",
+        init_logit_scale=math.log(10),  # SigLIP (Zhai et al. 2023): t' = log 10, b = -10 at init
+        init_logit_bias=-10.0,
+        max_logit_scale=None,
+    )
+
+
+def _internvit(name, width, depth, heads, mlp_dim, six_b: bool) -> ModelConfig:
+    """InternViT (InternVL's vision encoder, vision only): layer scale 0.1, no final norm, class token out.
+    The 6B uses RMSNorm, QK-norm over the full width and no qkv bias; the 300M LayerNorm with qkv bias."""
+    return ModelConfig(
+        name=name,
+        embed_dim=width,
+        vision=VisionConfig(
+            image_size=448, patch_size=14, width=width, depth=depth, heads=heads, mlp_dim=mlp_dim,
+            norm="rmsnorm" if six_b else "layernorm", norm_eps=1e-6, qkv_bias=not six_b,
+            qk_norm="full" if six_b else "none", ls_init=0.1, patch_bias=True, norm_pre=False,
+            final_norm="none", head=False,
+        ),
+        text=None,
+        preprocess=PreprocessConfig(image_size=448, mean=IMAGENET_MEAN, std=IMAGENET_STD, resize_mode="squash"),
+    )
+
+
+_FAMILIES = {
+    "EVA02-B-16": _eva02("EVA02-B-16", 512, 224, 16, 768, 12, 12, 512, 8),
+    "EVA02-L-14": _eva02("EVA02-L-14", 768, 224, 14, 1024, 24, 16, 768, 12),
+    "EVA02-L-14-336": _eva02("EVA02-L-14-336", 768, 336, 14, 1024, 24, 16, 768, 12),
+    "ViT-B-16-SigLIP": _siglip("ViT-B-16-SigLIP", 224, 16, 768, 12, 12, 3072, 64),
+    "ViT-B-16-SigLIP-256": _siglip("ViT-B-16-SigLIP-256", 256, 16, 768, 12, 12, 3072, 64),
+    "ViT-B-16-SigLIP-384": _siglip("ViT-B-16-SigLIP-384", 384, 16, 768, 12, 12, 3072, 64),
+    "ViT-L-16-SigLIP-256": _siglip("ViT-L-16-SigLIP-256", 256, 16, 1024, 24, 16, 4096, 64),
+    "ViT-SO400M-14-SigLIP": _siglip("ViT-SO400M-14-SigLIP", 224, 14, 1152, 27, 16, 4304, 16),
+    "ViT-SO400M-14-SigLIP-384": _siglip("ViT-SO400M-14-SigLIP-384", 384, 14, 1152, 27, 16, 4304, 64),
+    "InternViT-300M-448px": _internvit("InternViT-300M-448px", 1024, 24, 16, 4096, six_b=False),
+    "InternViT-6B-448px": _internvit("InternViT-6B-448px", 3200, 45, 25, 12800, six_b=True),
+}
+
+
 def _tiny(name: str, **vision) -> ModelConfig:
     image = vision.pop("image_size", 32)
     return ModelConfig(
@@ -92,10 +166,12 @@ _SMALL = {
     ),
 }
 
-REGISTRY: dict[str, ModelConfig] = {**{n: _openclip(n, *row) for n, row in _OPENCLIP_ROWS.items()}, **_TINY, **_SMALL}
+REGISTRY: dict[str, ModelConfig] = {**{n: _openclip(n, *row) for n, row in _OPENCLIP_ROWS.items()}, **_FAMILIES,
+                                    **_TINY, **_SMALL}
 
 
-OPENCLIP_NAMES = tuple(_OPENCLIP_ROWS)  # the names shared with open_clip's model configs
+OPENCLIP_NAMES = tuple(_OPENCLIP_ROWS)  # open_clip's own ViT configs
+OPENCLIP_TIMM_NAMES = tuple(n for n in _FAMILIES if not n.startswith("InternViT"))  # open_clip's timm-trunk configs
 
 
 def get_config(name: str) -> ModelConfig:

@@ -69,12 +69,12 @@ class VisionConfig:
         _check(self.width % self.heads == 0, f"vision width {self.width} is not divisible by heads {self.heads}")
         _check(not self.rope or (self.width // self.heads) % 4 == 0,
                f"vision rope needs a head width divisible by 4, got {self.width // self.heads}")
-        _check(self.image_size % self.patch_size == 0,
-               f"image_size {self.image_size} is not a multiple of patch_size {self.patch_size}")
+        _check(self.image_size >= self.patch_size,
+               f"image_size {self.image_size} is smaller than patch_size {self.patch_size}")
 
     @property
     def grid(self) -> int:
-        return self.image_size // self.patch_size
+        return self.image_size // self.patch_size  # pixels past the last whole patch are unused (as timm, HF)
 
 
 @dataclass(frozen=True)
@@ -121,11 +121,11 @@ class PreprocessConfig:
     mean: tuple[float, float, float] = OPENAI_MEAN
     std: tuple[float, float, float] = OPENAI_STD
     interpolation: str = "bicubic"
-    resize_mode: str = "shortest"  # resize the shortest side to image_size, then center crop
+    resize_mode: str = "shortest"  # "shortest": resize the shortest side, then center crop; "squash": resize to a square
 
     def __post_init__(self):
         _check(self.interpolation in ("bicubic", "bilinear"), f"interpolation {self.interpolation!r} unknown")
-        _check(self.resize_mode == "shortest", f"resize_mode {self.resize_mode!r} unknown")
+        _check(self.resize_mode in ("shortest", "squash"), f"resize_mode {self.resize_mode!r} unknown")
         object.__setattr__(self, "mean", tuple(float(v) for v in self.mean))
         object.__setattr__(self, "std", tuple(float(v) for v in self.std))
 

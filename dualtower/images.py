@@ -79,7 +79,8 @@ def _gray_array_to_rgb(values: np.ndarray) -> Image.Image:
 
 
 class ImageTransform:
-    """PIL image -> FloatTensor (3, S, S): resize the shortest side to S, center crop, scale to 0..1, normalise."""
+    """PIL image -> FloatTensor (3, S, S): resize the shortest side to S and center crop ("shortest"), or resize
+    to S x S ignoring the aspect ratio ("squash", SigLIP and InternVL); scale to 0..1, normalise."""
 
     def __init__(self, cfg: PreprocessConfig):
         self.cfg = cfg
@@ -89,6 +90,9 @@ class ImageTransform:
     def resize_and_crop(self, image: Image.Image) -> Image.Image:
         size = self.cfg.image_size
         width, height = image.size
+        if self.cfg.resize_mode == "squash":
+            return image.resize((size, size), _RESAMPLE[self.cfg.interpolation]) if image.size != (size, size) \
+                else image
         if width <= height:
             new = (size, int(size * height / width))
         else:

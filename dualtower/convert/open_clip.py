@@ -1,6 +1,10 @@
 """open_clip and OpenAI CLIP state dicts (`open_clip_pytorch_model.bin`, `.safetensors`, OpenAI's state dict).
 
 These files carry no config, so the architecture is named by the caller (`arch="ViT-B-32"`).
+
+Two layouts. open_clip's own VisionTransformer (`visual.conv1`, ...; text tower at the top level), and its
+CustomTextCLIP with a timm vision trunk (`visual.trunk.*`, text under `text.`), used by EVA02-* and *-SigLIP.
+A config selects the second when its patch embedding has a bias: every timm ViT has one, open_clip's never.
 """
 
 from __future__ import annotations
@@ -8,6 +12,7 @@ from __future__ import annotations
 import torch
 
 from ..config import ModelConfig
+from . import timm_vit
 from .remap import ConversionError, Rule, expand, from_ours, rule, to_ours
 
 _BLOCK = [
@@ -20,7 +25,7 @@ _BLOCK = [
     ("ls1.gamma", "ls_1.gamma"), ("ls2.gamma", "ls_2.gamma"),
 ]
 
-TABLE: list[Rule] = [
+VISION_TABLE: list[Rule] = [
     rule("visual.patch_embed.weight", "visual.conv1.weight"),
     rule("visual.cls_token", "visual.class_embedding"),
     rule("visual.pos_embed", "visual.positional_embedding"),
@@ -32,40 +37,74 @@ TABLE: list[Rule] = [
     rule("visual.norm_pooled.weight", "visual.ln_post.weight"),  # final_ln_after_pool=True
     rule("visual.norm_pooled.bias", "visual.ln_post.bias"),
     rule("visual.head.weight", "visual.proj", transpose=True),
-    rule("text.token_embed.weight", "token_embedding.weight"),
-    rule("text.pos_embed", "positional_embedding"),
-    *[rule(f"text.transformer.blocks.{{i}}.{o}", f"transformer.resblocks.{{i}}.{t}") for o, t in _BLOCK],
-    rule("text.norm.weight", "ln_final.weight"),
-    rule("text.norm.bias", "ln_final.bias"),
-    rule("text.head.weight", "text_projection", transpose=True),
-    rule("logit_scale", "logit_scale"),
-    rule("logit_bias", "logit_bias"),
 ]
+
+
+def text_table(p: str, linear_head: bool) -> list[Rule]:
+    """The text tower under prefix `p` ("" in CLIP, "text." in CustomTextCLIP); its projection is a matrix
+    (width, embed) or, with a bias, an nn.Linear."""
+    head = [rule("text.head.weight", f"{p}text_projection.weight"), rule("text.head.bias", f"{p}text_projection.bias")] \
+        if linear_head else [rule("text.head.weight", f"{p}text_projection", transpose=True)]
+    return [
+        rule("text.token_embed.weight", f"{p}token_embedding.weight"),
+        rule("text.pos_embed", f"{p}positional_embedding"),
+        *[rule(f"text.transformer.blocks.{{i}}.{o}", f"{p}transformer.resblocks.{{i}}.{t}") for o, t in _BLOCK],
+        rule("text.norm.weight", f"{p}ln_final.weight"),
+        rule("text.norm.bias", f"{p}ln_final.bias"),
+        *head,
+        rule("logit_scale", "logit_scale"),
+        rule("logit_bias", "logit_bias"),
+    ]
+
+
+TABLE: list[Rule] = VISION_TABLE + text_table("", linear_head=False)  # open_clip's CLIP class
 
 # Not weights: OpenAI's archives store their hyper-parameters beside the tensors; old open_clip saved the mask.
 DROPPED = {"input_resolution", "context_length", "vocab_size", "attn_mask"}
 
 
+def timm_trunk(cfg: ModelConfig) -> bool:
+    return cfg.vision.patch_bias
+
+
 def check_exportable(cfg: ModelConfig) -> None:
-    """open_clip's VisionTransformer/TextTransformer can express only some of our options."""
+    """open_clip's own towers can express only some of our options; the timm trunk the rest of the vision side."""
     problems = []
-    for tower, c in (("vision", cfg.vision), ("text", cfg.text)):
+    if cfg.text is None:
+        problems.append("open_clip models have a text tower")
+    towers = [("text", cfg.text)] if cfg.text is not None else []
+    if not timm_trunk(cfg):
+        towers.append(("vision", cfg.vision))
+        if cfg.vision.final_norm == "none":
+            problems.append("vision: open_clip's ViT always has ln_post")
+        if not cfg.vision.head or not cfg.vision.class_token or cfg.vision.pool == "map":
+            problems.append("vision: open_clip's ViT has a class token, a projection and cls/mean pooling")
+    for tower, c in towers:
         if c.norm != "layernorm" or c.post_norm:
             problems.append(f"{tower}: open_clip blocks are pre-norm LayerNorm")
-        if not (c.qkv_bias and c.proj_bias and c.mlp_bias) or c.head_bias:
-            problems.append(f"{tower}: open_clip has all block biases and no projection bias")
+        if not (c.qkv_bias and c.k_bias and c.proj_bias and c.mlp_bias):
+            problems.append(f"{tower}: open_clip blocks have all their biases")
+        if c.qk_norm != "none" or c.attn_norm or c.mlp_norm or c.mlp_type != "mlp":
+            problems.append(f"{tower}: open_clip blocks have no QK-norm, sub-LN or SwiGLU")
         if c.act == "gelu_tanh":
-            problems.append(f"{tower}: open_clip's ViT uses GELU or QuickGELU")
-    if cfg.vision.patch_bias:
-        problems.append("vision: open_clip's patch embedding has no bias")
-    if cfg.vision.final_norm == "none":
-        problems.append("vision: open_clip always has ln_post")
+            problems.append(f"{tower}: open_clip's towers use GELU or QuickGELU")
+    if cfg.text is not None and (cfg.text.head_bias and not timm_trunk(cfg)):
+        problems.append("text: open_clip's CLIP class has no text projection bias")
     if problems:
         raise ConversionError(f"{cfg.name} cannot be written as an open_clip state dict: " + "; ".join(problems))
 
 
-def _rules(cfg: ModelConfig) -> list[Rule]:
-    return expand(TABLE, {"visual.": cfg.vision.depth, "text.": cfg.text.depth})
+def _rules(cfg: ModelConfig, state: dict | None = None) -> list[Rule]:
+    """The table for this config; on import the timm layout is read from the state dict itself."""
+    if timm_trunk(cfg):
+        layout = timm_vit.layout_of_state(state, "visual.trunk.") if state is not None else \
+            timm_vit.layout_of_config(cfg.vision)
+        table = timm_vit.table(layout, "visual.trunk.")
+        table += text_table("text.", linear_head=cfg.text is not None and cfg.text.head_bias)
+    else:
+        table = TABLE
+    depths = {"visual.": cfg.vision.depth, "text.": cfg.text.depth if cfg.text is not None else 0}
+    return expand(table, depths)
 
 
 def unwrap(state: dict, source: str) -> dict[str, torch.Tensor]:
@@ -81,7 +120,9 @@ def unwrap(state: dict, source: str) -> dict[str, torch.Tensor]:
 
 
 def import_state_dict(state: dict, cfg: ModelConfig, our_keys: set[str], source: str) -> dict[str, torch.Tensor]:
-    return to_ours(unwrap(state, source), _rules(cfg), our_keys, DROPPED, source)
+    state = unwrap(state, source)
+    dropped = DROPPED | {f"text.{k}" for k in DROPPED} | timm_vit.dropped("visual.trunk.", cfg.vision.depth)
+    return to_ours(state, _rules(cfg, state), our_keys, dropped, source)
 
 
 def export_state_dict(ours: dict[str, torch.Tensor], cfg: ModelConfig) -> dict[str, torch.Tensor]:

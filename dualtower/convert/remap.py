@@ -22,10 +22,12 @@ class Rule:
     ours: str
     theirs: tuple[str, ...]  # one key for a copy, several for a fused tensor (split along dim 0 on export)
     transpose: bool = False  # theirs is stored as (in, out), ours as nn.Linear's (out, in)
+    lead: int = 0  # theirs has this many leading dimensions of size 1 that ours has not ((1, 1, D) vs (D,))
+    parts: tuple[int, ...] = ()  # relative sizes of the fused pieces along dim 0; () = equal
 
 
-def rule(ours: str, *theirs: str, transpose: bool = False) -> Rule:
-    return Rule(ours, tuple(theirs), transpose)
+def rule(ours: str, *theirs: str, transpose: bool = False, lead: int = 0, parts: tuple[int, ...] = ()) -> Rule:
+    return Rule(ours, tuple(theirs), transpose, lead, parts)
 
 
 def expand(table: list[Rule], depths: dict[str, int]) -> list[Rule]:
@@ -37,7 +39,8 @@ def expand(table: list[Rule], depths: dict[str, int]) -> list[Rule]:
             continue
         depth = next(d for prefix, d in depths.items() if r.ours.startswith(prefix))
         for i in range(depth):
-            out.append(Rule(r.ours.format(i=i), tuple(t.format(i=i) for t in r.theirs), r.transpose))
+            out.append(Rule(r.ours.format(i=i), tuple(t.format(i=i) for t in r.theirs), r.transpose, r.lead,
+                            r.parts))
     return out
 
 
@@ -55,6 +58,11 @@ def to_ours(theirs: dict[str, torch.Tensor], rules: list[Rule], our_keys: set[st
     for r in rules:
         parts = [theirs[k] for k in r.theirs]
         tensor = torch.cat(parts, dim=0) if len(parts) > 1 else parts[0]
+        if r.lead:
+            if tuple(tensor.shape[: r.lead]) != (1,) * r.lead:
+                raise ConversionError(f"{source}: {r.theirs[0]} has shape {tuple(tensor.shape)}, expected "
+                                      f"{r.lead} leading dimensions of size 1")
+            tensor = tensor.reshape(tensor.shape[r.lead:])
         out[r.ours] = tensor.T.contiguous() if r.transpose else tensor
     not_made = sorted(our_keys - set(out))
     if not_made:
@@ -70,7 +78,14 @@ def from_ours(ours: dict[str, torch.Tensor], rules: list[Rule]) -> dict[str, tor
     out = {}
     for r in rules:
         tensor = ours[r.ours].T if r.transpose else ours[r.ours]
-        pieces = tensor.chunk(len(r.theirs), dim=0) if len(r.theirs) > 1 else (tensor,)
+        tensor = tensor.reshape((1,) * r.lead + tuple(tensor.shape))
+        if len(r.theirs) == 1:
+            pieces: tuple[torch.Tensor, ...] = (tensor,)
+        elif r.parts:
+            unit = tensor.shape[0] // sum(r.parts)
+            pieces = tensor.split([unit * p for p in r.parts], dim=0)
+        else:
+            pieces = tensor.chunk(len(r.theirs), dim=0)
         for key, piece in zip(r.theirs, pieces):
             out[key] = piece.contiguous()
     return out

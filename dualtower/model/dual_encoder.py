@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 
 import torch
@@ -38,8 +37,11 @@ class DualEncoder(nn.Module):
         self.cfg = cfg
         self.visual = VisionTower(cfg.vision, cfg.embed_dim)
         self.text = TextTower(cfg.text, cfg.embed_dim) if cfg.text is not None else None
-        self.logit_scale = nn.Parameter(torch.tensor(float(cfg.init_logit_scale)))
-        self.logit_bias = None if cfg.init_logit_bias is None else nn.Parameter(torch.tensor(float(cfg.init_logit_bias)))
+        # A vision-only model compares nothing, so it has no temperature either.
+        contrastive = cfg.text is not None
+        self.logit_scale = nn.Parameter(torch.tensor(float(cfg.init_logit_scale))) if contrastive else None
+        self.logit_bias = None if cfg.init_logit_bias is None or not contrastive else \
+            nn.Parameter(torch.tensor(float(cfg.init_logit_bias)))
 
     def encode_image(self, pixels: torch.Tensor, normalize: bool = False, interpolate_pos: bool = False
                      ) -> torch.Tensor:

@@ -96,18 +96,17 @@ class Rope2D(nn.Module):
         super().__init__()
         if head_dim % 4:
             raise ValueError(f"2-D rotary embedding needs a head width divisible by 4, got {head_dim}")
-        bands = head_dim // 4
-        self.freqs = 1.0 / temperature ** (torch.arange(bands, dtype=torch.float32) / bands)
-        self.ref_grid = ref_grid
+        self.bands, self.temperature, self.ref_grid = head_dim // 4, temperature, ref_grid
         self._cache: dict[tuple, tuple[torch.Tensor, torch.Tensor]] = {}
 
     def forward(self, grid_h: int, grid_w: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
         key = (grid_h, grid_w, device)
-        if key not in self._cache:
-            rows = torch.arange(grid_h, dtype=torch.float32) / grid_h * self.ref_grid
-            cols = torch.arange(grid_w, dtype=torch.float32) / grid_w * self.ref_grid
+        if key not in self._cache:  # computed on the CPU in fp32 (never on the meta device a model is built on)
+            freqs = 1.0 / self.temperature ** (torch.arange(self.bands, dtype=torch.float32, device="cpu") / self.bands)
+            rows = torch.arange(grid_h, dtype=torch.float32, device="cpu") / grid_h * self.ref_grid
+            cols = torch.arange(grid_w, dtype=torch.float32, device="cpu") / grid_w * self.ref_grid
             grid = torch.stack(torch.meshgrid(rows, cols, indexing="ij"), dim=-1)  # (gh, gw, 2)
-            angles = (grid[..., None] * self.freqs).flatten(0, 1).flatten(1)  # (N, 2 * bands): rows, then columns
+            angles = (grid[..., None] * freqs).flatten(0, 1).flatten(1)  # (N, 2 * bands): rows, then columns
             angles = angles.repeat_interleave(2, dim=-1)  # (N, head_dim): both channels of a pair share an angle
             self._cache[key] = (angles.sin().to(device), angles.cos().to(device))
         return self._cache[key]

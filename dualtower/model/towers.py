@@ -35,8 +35,7 @@ class AttentionPool(nn.Module):
         super().__init__()
         self.heads = heads
         self.latent = nn.Parameter(torch.zeros(dim))
-        self.q = nn.Linear(dim, dim)
-        self.kv = nn.Linear(dim, 2 * dim)
+        self.qkv = nn.Linear(dim, 3 * dim)  # rows: the query's projection, then the keys' and the values'
         self.proj = nn.Linear(dim, dim)
         self.norm = norm
         self.mlp = Mlp(dim, mlp_dim, act, bias=True)
@@ -44,8 +43,9 @@ class AttentionPool(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         B, L, D = x.shape
         H = self.heads
-        q = self.q(self.latent.to(x.dtype)).view(1, H, 1, D // H).expand(B, -1, -1, -1)  # (B, H, 1, hd)
-        kv = self.kv(x).view(B, L, 2, H, D // H).permute(2, 0, 3, 1, 4)  # (2, B, H, L, hd)
+        w, b = self.qkv.weight, self.qkv.bias
+        q = F.linear(self.latent.to(x.dtype), w[:D], b[:D]).view(1, H, 1, D // H).expand(B, -1, -1, -1)  # (B, H, 1, hd)
+        kv = F.linear(x, w[D:], b[D:]).view(B, L, 2, H, D // H).permute(2, 0, 3, 1, 4)  # (2, B, H, L, hd)
         y = F.scaled_dot_product_attention(q, kv[0], kv[1])  # (B, H, 1, hd)
         y = self.proj(y.reshape(B, D))
         return y + self.mlp(self.norm(y))

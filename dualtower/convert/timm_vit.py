@@ -1,0 +1,111 @@
+"""timm vision transformers (`VisionTransformer` and `Eva`) as vision towers: bare timm state dicts, and the
+`visual.trunk.` of open_clip's timm-based models (EVA02-*, *-SigLIP).
+
+Three layouts: "vit" (timm's VisionTransformer: fused qkv, `ls1.gamma`), "eva" (Eva with separate q/k/v
+projections, k without bias, `gamma_1`; EVA-02 CLIP) and "eva_fused" (Eva with fused qkv and `q_bias`/`v_bias`).
+"""
+
+from __future__ import annotations
+
+from ..config import VisionConfig
+from .remap import Rule, rule
+
+LAYOUTS = ("vit", "eva", "eva_fused")
+
+_COMMON_BLOCK = [
+    ("norm1.weight", "norm1.weight"), ("norm1.bias", "norm1.bias"),
+    ("attn.q_head_norm.weight", "attn.q_norm.weight"), ("attn.q_head_norm.bias", "attn.q_norm.bias"),
+    ("attn.k_head_norm.weight", "attn.k_norm.weight"), ("attn.k_head_norm.bias", "attn.k_norm.bias"),
+    ("attn.inner_norm.weight", "attn.norm.weight"), ("attn.inner_norm.bias", "attn.norm.bias"),
+    ("attn.proj.weight", "attn.proj.weight"), ("attn.proj.bias", "attn.proj.bias"),
+    ("norm2.weight", "norm2.weight"), ("norm2.bias", "norm2.bias"),
+    ("mlp.fc1.weight", "mlp.fc1.weight"), ("mlp.fc1.bias", "mlp.fc1.bias"),
+    ("mlp.fc1_g.weight", "mlp.fc1_g.weight"), ("mlp.fc1_g.bias", "mlp.fc1_g.bias"),
+    ("mlp.fc1_x.weight", "mlp.fc1_x.weight"), ("mlp.fc1_x.bias", "mlp.fc1_x.bias"),
+    ("mlp.norm.weight", "mlp.norm.weight"), ("mlp.norm.bias", "mlp.norm.bias"),
+    ("mlp.fc2.weight", "mlp.fc2.weight"), ("mlp.fc2.bias", "mlp.fc2.bias"),
+]
+
+_LAYOUT_BLOCK = {
+    "vit": [
+        ("attn.qkv.weight", ("attn.qkv.weight",)), ("attn.qkv.bias", ("attn.qkv.bias",)),
+        ("ls1.gamma", ("ls1.gamma",)), ("ls2.gamma", ("ls2.gamma",)),
+    ],
+    "eva": [
+        ("attn.qkv.weight", ("attn.q_proj.weight", "attn.k_proj.weight", "attn.v_proj.weight")),
+        ("attn.qkv.q_bias", ("attn.q_proj.bias",)), ("attn.qkv.v_bias", ("attn.v_proj.bias",)),
+        ("ls1.gamma", ("gamma_1",)), ("ls2.gamma", ("gamma_2",)),
+    ],
+    "eva_fused": [
+        ("attn.qkv.weight", ("attn.qkv.weight",)),
+        ("attn.qkv.q_bias", ("attn.q_bias",)), ("attn.qkv.v_bias", ("attn.v_bias",)),
+        ("ls1.gamma", ("gamma_1",)), ("ls2.gamma", ("gamma_2",)),
+    ],
+}
+
+
+def table(layout: str, prefix: str = "", ours: str = "visual.") -> list[Rule]:
+    """Rules from our vision tower (keys under `ours`) to a timm trunk whose keys start with `prefix`."""
+    if layout not in LAYOUTS:
+        raise ValueError(f"unknown timm layout {layout!r}; known: {LAYOUTS}")
+    p, o = prefix, ours
+    block = [(a, (b,)) for a, b in _COMMON_BLOCK] + _LAYOUT_BLOCK[layout]
+    return [
+        rule(f"{o}patch_embed.weight", f"{p}patch_embed.proj.weight"),
+        rule(f"{o}patch_embed.bias", f"{p}patch_embed.proj.bias"),
+        rule(f"{o}cls_token", f"{p}cls_token", lead=2),
+        rule(f"{o}pos_embed", f"{p}pos_embed", lead=1),
+        rule(f"{o}norm_pre.weight", f"{p}norm_pre.weight"),
+        rule(f"{o}norm_pre.bias", f"{p}norm_pre.bias"),
+        *[rule(f"{o}transformer.blocks.{{i}}.{a}", *[f"{p}blocks.{{i}}.{t}" for t in b]) for a, b in block],
+        rule(f"{o}norm_tokens.weight", f"{p}norm.weight"),
+        rule(f"{o}norm_tokens.bias", f"{p}norm.bias"),
+        rule(f"{o}pool.latent", f"{p}attn_pool.latent", lead=2),
+        rule(f"{o}pool.qkv.weight", f"{p}attn_pool.q.weight", f"{p}attn_pool.kv.weight", parts=(1, 2)),
+        rule(f"{o}pool.qkv.bias", f"{p}attn_pool.q.bias", f"{p}attn_pool.kv.bias", parts=(1, 2)),
+        rule(f"{o}pool.proj.weight", f"{p}attn_pool.proj.weight"),
+        rule(f"{o}pool.proj.bias", f"{p}attn_pool.proj.bias"),
+        rule(f"{o}pool.norm.weight", f"{p}attn_pool.norm.weight"),
+        rule(f"{o}pool.norm.bias", f"{p}attn_pool.norm.bias"),
+        rule(f"{o}pool.mlp.fc1.weight", f"{p}attn_pool.mlp.fc1.weight"),
+        rule(f"{o}pool.mlp.fc1.bias", f"{p}attn_pool.mlp.fc1.bias"),
+        rule(f"{o}pool.mlp.fc2.weight", f"{p}attn_pool.mlp.fc2.weight"),
+        rule(f"{o}pool.mlp.fc2.bias", f"{p}attn_pool.mlp.fc2.bias"),
+        rule(f"{o}norm_pooled.weight", f"{p}fc_norm.weight"),
+        rule(f"{o}norm_pooled.bias", f"{p}fc_norm.bias"),
+        rule(f"{o}head.weight", f"{p}head.weight"),
+        rule(f"{o}head.bias", f"{p}head.bias"),
+    ]
+
+
+def layout_of_state(keys, prefix: str = "") -> str:
+    """Which timm layout a state dict uses, from its first block's keys."""
+    if f"{prefix}blocks.0.attn.q_proj.weight" in keys:
+        return "eva"
+    if f"{prefix}blocks.0.attn.q_bias" in keys or f"{prefix}blocks.0.gamma_1" in keys:
+        return "eva_fused"
+    return "vit"
+
+
+def layout_of_config(v: VisionConfig) -> str:
+    """The timm class that builds this tower: EVA's q/v-only bias or SwiGLU need `Eva` (unfused, as EVA-02 CLIP)."""
+    return "eva" if (v.qkv_bias and not v.k_bias) or v.mlp_type == "swiglu" or v.rope else "vit"
+
+
+# Rotary angles and EVA's zero k bias are computed, not stored; older timm versions saved these buffers.
+def dropped(prefix: str, depth: int) -> set[str]:
+    return {f"{prefix}rope.pos_embed", *(f"{prefix}blocks.{i}.attn.k_bias" for i in range(depth))}
+
+
+def import_state_dict(state: dict, cfg, our_keys: set[str], source: str, prefix: str = "") -> dict:
+    """A bare timm state dict (keys under `prefix`) into a vision-only model of config `cfg`."""
+    from .remap import expand, to_ours
+
+    rules = expand(table(layout_of_state(state, prefix), prefix), {"visual.": cfg.vision.depth})
+    return to_ours(state, rules, our_keys, dropped(prefix, cfg.vision.depth), source)
+
+
+def export_state_dict(ours: dict, cfg, prefix: str = "") -> dict:
+    from .remap import expand, from_ours
+
+    return from_ours(ours, expand(table(layout_of_config(cfg.vision), prefix), {"visual.": cfg.vision.depth}))
