@@ -19,7 +19,7 @@ import torch
 
 from .archs import get_config
 from .config import ModelConfig
-from .convert import hf_clip, open_clip
+from .convert import hf_clip, hf_siglip, internvl, open_clip, timm_vit
 from .convert.remap import ConversionError
 from .model import DualEncoder
 
@@ -197,11 +197,8 @@ def read_state_file(path: "str | os.PathLike") -> dict:
     return state
 
 
-def _load_hf(directory: Path, hf_config: dict) -> DualEncoder:
-    name = str(directory)
-    pre_path = directory / "preprocessor_config.json"
-    pre = _read_json(pre_path) if pre_path.is_file() else None
-    cfg = hf_clip.config_from_hf(hf_config, pre, name)
+def _read_weights(directory: Path) -> dict:
+    """The tensors of an HF-style directory: sharded safetensors, model.safetensors or pytorch_model.bin."""
     state: dict = {}
     index = directory / "model.safetensors.index.json"
     if index.is_file():
@@ -212,13 +209,50 @@ def _load_hf(directory: Path, hf_config: dict) -> DualEncoder:
     elif (directory / "pytorch_model.bin").is_file():
         state = read_state_file(directory / "pytorch_model.bin")
     else:
-        raise CheckpointError(f"{directory}: an HF CLIP directory without model.safetensors or pytorch_model.bin")
+        raise CheckpointError(f"{directory}: an HF directory without model.safetensors or pytorch_model.bin")
+    return state
+
+
+# model_type in config.json -> the converter that reads the directory
+HF_MODEL_TYPES = ("clip", "siglip", "internvl_vision", "internvl", "internvl_chat")
+
+
+def _load_hf(directory: Path, hf_config: dict) -> DualEncoder:
+    name = str(directory)
+    pre_path = directory / "preprocessor_config.json"
+    pre = _read_json(pre_path) if pre_path.is_file() else None
+    kind = hf_config.get("model_type")
+    if kind == "clip":
+        cfg, importer = hf_clip.config_from_hf(hf_config, pre, name), hf_clip.import_state_dict
+    elif kind == "siglip":
+        cfg, importer = hf_siglip.config_from_hf(hf_config, pre, name), hf_siglip.import_state_dict
+    else:  # InternViT alone, or the vision tower of a whole InternVL model
+        vision = hf_config if kind == "internvl_vision" else hf_config.get("vision_config")
+        if not isinstance(vision, dict):
+            raise CheckpointError(f"{name}: config.json of model_type {kind!r} has no vision_config")
+        cfg, importer = internvl.config_from_hf(vision, name), internvl.import_state_dict
+    state = _read_weights(directory)
     our_keys = set(_empty_model(cfg).state_dict())
-    return _finish(cfg, hf_clip.import_state_dict(state, cfg, our_keys, name), name)
+    return _finish(cfg, importer(state, cfg, our_keys, name), name)
+
+
+def _import_state_file(path: Path, arch: str) -> DualEncoder:
+    """A bare state dict: InternViT (either layout, any prefix), a bare timm ViT, or open_clip/OpenAI CLIP."""
+    cfg = get_config(arch)
+    state = read_state_file(path)
+    our_keys = set(_empty_model(cfg).state_dict())
+    if internvl.find_layout(state) is not None:
+        importer = internvl.import_state_dict
+    elif "patch_embed.proj.weight" in state:
+        importer = timm_vit.import_state_dict
+    else:
+        importer = open_clip.import_state_dict
+    return _finish(cfg, importer(state, cfg, our_keys, str(path)), str(path))
 
 
 def load(path: "str | os.PathLike", arch: str | None = None) -> DualEncoder:
-    """Our checkpoint directory, an HF CLIPModel directory, or an open_clip/OpenAI state dict file with `arch`."""
+    """Our checkpoint directory; an HF CLIPModel, SiglipModel or InternVL(Vision)Model directory; or a state
+    dict file with `arch`: open_clip/OpenAI (EVA02-* and *-SigLIP too), a bare timm ViT, or InternViT."""
     path = Path(path)
     try:
         if path.is_dir():
@@ -228,31 +262,28 @@ def load(path: "str | os.PathLike", arch: str | None = None) -> DualEncoder:
             meta = _read_json(config_path)
             if meta.get("format") == FORMAT:
                 return _load_ours(path, meta)
-            if meta.get("model_type") == "clip":
+            if meta.get("model_type") in HF_MODEL_TYPES:
                 return _load_hf(path, meta)
-            raise CheckpointError(f"{config_path}: neither a dualtower checkpoint nor an HF CLIP config "
-                                  f"(model_type {meta.get('model_type')!r})")
+            raise CheckpointError(f"{config_path}: neither a dualtower checkpoint nor an HF config of a known "
+                                  f"model_type ({', '.join(HF_MODEL_TYPES)}); got {meta.get('model_type')!r}")
         if path.suffix not in STATE_DICT_SUFFIXES:
             raise CheckpointError(f"{path}: not a checkpoint directory nor a {'/'.join(STATE_DICT_SUFFIXES)} file")
         if arch is None:
             raise CheckpointError(f"{path}: a bare state dict does not name its architecture; pass arch= "
                                   "(for example arch='ViT-B-32')")
-        cfg = get_config(arch)
-        state = read_state_file(path)
-        our_keys = set(_empty_model(cfg).state_dict())
-        return _finish(cfg, open_clip.import_state_dict(state, cfg, our_keys, str(path)), str(path))
+        return _import_state_file(path, arch)
     except ConversionError as e:
         raise CheckpointError(str(e)) from e
 
 
 # ----------------------------------------------------------------------------------------- foreign formats out
 
-def export_open_clip(model: DualEncoder, path: "str | os.PathLike") -> None:
-    """An open_clip state dict (.safetensors, or .bin/.pt for torch.save) for `open_clip.create_model(name)`."""
+def _write_state_file(make_state, path: "str | os.PathLike") -> None:
+    """`make_state()` written atomically as .safetensors, or with torch.save for .bin/.pt/.pth."""
     path = Path(path)
     if path.suffix not in STATE_DICT_SUFFIXES:
         raise CheckpointError(f"{path}: name the file .safetensors, .bin, .pt or .pth")
-    state = open_clip.export_state_dict(_state(model), model.cfg)
+    state = make_state()
     path.parent.mkdir(parents=True, exist_ok=True)
     with atomic_file(path) as tmp:
         if path.suffix == ".safetensors":
@@ -263,26 +294,49 @@ def export_open_clip(model: DualEncoder, path: "str | os.PathLike") -> None:
             torch.save(state, tmp)
 
 
+def export_open_clip(model: DualEncoder, path: "str | os.PathLike") -> None:
+    """An open_clip state dict (.safetensors, or .bin/.pt for torch.save) for `open_clip.create_model(name)`."""
+    _write_state_file(lambda: open_clip.export_state_dict(_state(model), model.cfg), path)
+
+
 def export_hf(model: DualEncoder, directory: "str | os.PathLike") -> None:
-    """An HF CLIPModel directory: config, weights, image processor and tokenizer files."""
+    """An HF directory for transformers: CLIPModel (config, weights, image processor, tokenizer files),
+    SiglipModel for a SigLIP-style model (no tokenizer files: SigLIP's is not bundled), or InternVLVisionModel
+    for a vision-only InternViT."""
     from safetensors.torch import save_file
 
     from .tokenizer import get_tokenizer
 
     cfg = model.cfg
-    state = hf_clip.export_state_dict(_state(model), cfg)
-    tokenizer = get_tokenizer(cfg)
+    files: dict[str, str] = {}
+    if cfg.text is None:
+        state = internvl.export_state_dict(_state(model), cfg, layout="hf")
+        hf_config = internvl.config_to_hf(cfg)
+    elif cfg.vision.pool == "map":
+        state = hf_siglip.export_state_dict(_state(model), cfg)
+        hf_config = hf_siglip.config_to_hf(cfg)
+        files["preprocessor_config.json"] = json.dumps(hf_siglip.preprocessor_to_hf(cfg), indent=2) + "\n"
+    else:
+        state = hf_clip.export_state_dict(_state(model), cfg)
+        hf_config = hf_clip.config_to_hf(cfg)
+        files["preprocessor_config.json"] = json.dumps(hf_clip.preprocessor_to_hf(cfg), indent=2) + "\n"
+        files.update(get_tokenizer(cfg).hf_files())
     with atomic_directory(directory) as tmp:
-        (tmp / CONFIG_FILE).write_text(json.dumps(hf_clip.config_to_hf(cfg), indent=2) + "\n", encoding="utf-8")
+        (tmp / CONFIG_FILE).write_text(json.dumps(hf_config, indent=2) + "\n", encoding="utf-8")
         save_file(state, tmp / WEIGHTS_FILE, metadata={"format": "pt"})
-        (tmp / "preprocessor_config.json").write_text(json.dumps(hf_clip.preprocessor_to_hf(cfg), indent=2) + "\n")
-        for name, text in tokenizer.hf_files().items():
+        for name, text in files.items():
             (tmp / name).write_text(text, encoding="utf-8")
+
+
+def export_internvl(model: DualEncoder, path: "str | os.PathLike") -> None:
+    """An InternViT state dict in InternVL's own layout (`embeddings.patch_embedding`, `encoder.layers.N.attn.qkv`,
+    ...), as InternVL's `InternVisionModel.load_state_dict` takes it."""
+    _write_state_file(lambda: internvl.export_state_dict(_state(model), model.cfg, layout="internvl"), path)
 
 
 def convert(src: "str | os.PathLike", dst: "str | os.PathLike", arch: str | None = None,
             to: str = "dualtower") -> DualEncoder:
-    writers = {"dualtower": save, "hf": export_hf, "open_clip": export_open_clip}
+    writers = {"dualtower": save, "hf": export_hf, "open_clip": export_open_clip, "internvl": export_internvl}
     if to not in writers:
         raise ValueError(f"unknown target format {to!r}; choose one of {sorted(writers)}")
     model = load(src, arch=arch)

@@ -10,12 +10,13 @@ import sys
 def _cmd_archs(args) -> int:
     from .archs import REGISTRY
 
-    print(f"{'name':<24} {'image':>5} {'patch':>5} {'vis w/d':>9} {'txt w/d':>9} {'embed':>5}  act")
+    print(f"{'name':<24} {'image':>5} {'patch':>5} {'vis w/d':>9} {'txt w/d':>9} {'embed':>5}  {'act':<10} pool")
     for name in sorted(REGISTRY):
         c = REGISTRY[name]
         v, t = c.vision, c.text
-        print(f"{name:<24} {v.image_size:>5} {v.patch_size:>5} {v.width:>5}/{v.depth:<3} {t.width:>5}/{t.depth:<3} "
-              f"{c.embed_dim:>5}  {v.act}")
+        text = f"{t.width:>5}/{t.depth:<3}" if t is not None else f"{'-':>9}"
+        print(f"{name:<24} {v.image_size:>5} {v.patch_size:>5} {v.width:>5}/{v.depth:<3} {text} "
+              f"{c.embed_dim:>5}  {v.act:<10} {v.pool}")
     return 0
 
 
@@ -238,10 +239,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=_cmd_archs)
 
     p = sub.add_parser("convert", help="convert a checkpoint between formats")
-    p.add_argument("src", help="our checkpoint directory, an HF CLIP directory, or an open_clip/OpenAI state dict")
-    p.add_argument("dst", help="output directory (dualtower, hf) or file (open_clip: .safetensors or .bin)")
-    p.add_argument("--arch", help="architecture of a bare state dict, e.g. ViT-B-32")
-    p.add_argument("--to", choices=["dualtower", "hf", "open_clip"], default="dualtower")
+    p.add_argument("src", help="our checkpoint directory; an HF CLIP, SigLIP or InternVL(Vision) directory; or a "
+                               "state dict (open_clip/OpenAI, bare timm ViT, InternViT) with --arch")
+    p.add_argument("dst", help="output directory (dualtower, hf) or file (open_clip, internvl: .safetensors or .bin)")
+    p.add_argument("--arch", help="architecture of a bare state dict, e.g. ViT-B-32, EVA02-B-16, InternViT-300M-448px")
+    p.add_argument("--to", choices=["dualtower", "hf", "open_clip", "internvl"], default="dualtower")
     p.set_defaults(func=_cmd_convert)
 
     p = sub.add_parser("train", help="train or fine-tune (CONFIG: .toml/.yaml; --section.key=value overrides)")

@@ -78,12 +78,28 @@ PROJECTOR_KEYS = {
 
 
 def load_projector(state: dict[str, torch.Tensor], layout: str) -> Projector:
-    """A Projector from a state dict in `layout` ("hf" or "internvl"); a missing key is an error naming it."""
+    """A Projector from a state dict in `layout` ("hf" or "internvl"), under any prefix (`model.` in a whole
+    transformers InternVLModel); a missing key is an error naming it."""
     names = PROJECTOR_KEYS[layout]
-    missing = [f"{names[p]}.{w}" for p in names for w in ("weight", "bias") if f"{names[p]}.{w}" not in state]
+    anchor = f"{names['fc1']}.weight"
+    prefix = next((k[: -len(anchor)] for k in state if k.endswith(anchor) and (k == anchor or
+                                                                            k[: -len(anchor)].endswith("."))), "")
+    missing = [f"{prefix}{names[p]}.{w}" for p in names for w in ("weight", "bias")
+               if f"{prefix}{names[p]}.{w}" not in state]
     if missing:
         raise KeyError(f"projector keys missing from the {layout} state dict: {missing}")
-    fc1 = state[f"{names['fc1']}.weight"]
+    fc1 = state[prefix + anchor]
     projector = Projector(fc1.shape[1], fc1.shape[0])
-    projector.load_state_dict({f"{p}.{w}": state[f"{names[p]}.{w}"] for p in names for w in ("weight", "bias")})
+    projector.load_state_dict({f"{p}.{w}": state[f"{prefix}{names[p]}.{w}"] for p in names for w in ("weight", "bias")})
     return projector
+
+
+def image_tokens(model, pixels: torch.Tensor, projector: Projector | None = None, layer: int = -1,
+                 scale: float = 0.5) -> torch.Tensor:
+    """InternVL's visual tokens for a batch of tiles (B, 3, S, S): the hidden states of `layer`, class token
+    dropped, pixel-shuffled by `scale`, then projected (when a projector is given): (B, N * scale^2, out)."""
+    x = model.visual.features(pixels, layers=(layer,), keep_cls=False, interpolate_pos=True)[0]  # (B, N, D)
+    B, N, D = x.shape
+    gh, gw = pixels.shape[-2] // model.cfg.vision.patch_size, pixels.shape[-1] // model.cfg.vision.patch_size
+    x = pixel_shuffle(x.reshape(B, gh, gw, D), scale).reshape(B, -1, round(D / scale ** 2))
+    return projector(x) if projector is not None else x

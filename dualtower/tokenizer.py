@@ -182,4 +182,10 @@ def get_tokenizer(name_or_model="ViT-B-32") -> ClipTokenizer:
     """The tokenizer of an architecture name, a ModelConfig or a model (context length per architecture)."""
     from .archs import config_of
 
-    return _tokenizer(config_of(name_or_model).text.context_length)
+    cfg = config_of(name_or_model)
+    if cfg.text is None:
+        raise ValueError(f"{cfg.name} is a vision-only model: it has no text tower and no tokenizer")
+    if cfg.tokenizer != "clip-bpe":
+        raise ValueError(f"{cfg.name} uses its own tokenizer ({cfg.tokenizer}: not bundled with dualtower); "
+                         "tokenize with it and pass token ids to encode_text")
+    return _tokenizer(cfg.text.context_length)

@@ -1,5 +1,6 @@
 """Gradient-cache steps equal one plain full-batch step, with dropout and patch dropout on, on 1 and 2 processes."""
 
+import dataclasses
 import tempfile
 
 import pytest
@@ -16,11 +17,17 @@ B = 12
 RTOL = 1e-5
 
 
-def _model():
+def _model(eva: bool = False):
     cfg = dualtower.get_config("tiny").replace(init_logit_bias=-5.0)
+    if eva:  # EVA-02 blocks: q/v bias, sub-LNs, SwiGLU, 2-D RoPE (its angles follow the kept patches), layer scale
+        cfg = cfg.replace(vision=dataclasses.replace(
+            cfg.vision, k_bias=False, attn_norm=True, mlp_type="swiglu", mlp_norm=True, rope=True, ls_init=0.1,
+            patch_bias=True, norm_pre=False))
     model = dualtower.create_model(cfg, seed=0).train()
     model.set_dropout(0.1)
     model.visual.set_patch_dropout(0.5)
+    if eva:
+        model.set_drop_path(0.3, text=0.2)
     return model
 
 
@@ -44,8 +51,8 @@ def _grads(model):
     return torch.cat([(p.grad if p.grad is not None else torch.zeros_like(p)).reshape(-1) for p in model.parameters()])
 
 
-def _plain(kind):
-    model = _model()
+def _plain(kind, eva=False):
+    model = _model(eva)
     pixels, ids, keys = _batch()
     image, text = encode(model, pixels, ids, keys, torch.autocast("cpu", enabled=False))
     loss = _loss_fn(model, kind, 0)(image, text, image, text, 0)
@@ -65,6 +72,28 @@ def test_grad_cache_step_equals_plain_step(kind, micro, chunk):
     pixels, ids, keys = _batch()
     loss = grad_cache_step(model, pixels, ids, keys, micro, _loss_fn(model, kind, chunk), gather=False)
     assert _close(loss, ref_loss) and _close(_grads(model), ref_grads)
+
+
+def test_grad_cache_step_with_eva_blocks_drop_path_and_rope():
+    ref_loss, ref_grads = _plain("clip", eva=True)
+    model = _model(eva=True)
+    assert isinstance(model.visual.transformer.blocks[0].path1, torch.nn.Identity)  # rate 0 at the first block
+    assert model.visual.transformer.blocks[-1].path1.prob == pytest.approx(0.3)
+    pixels, ids, keys = _batch()
+    loss = grad_cache_step(model, pixels, ids, keys, 5, _loss_fn(model, "clip", 4), gather=False)
+    assert _close(loss, ref_loss) and _close(_grads(model), ref_grads)
+
+
+def test_drop_path_is_really_on():
+    model = _model(eva=True)
+    pixels, ids, keys = _batch()
+    model.visual.set_patch_dropout(0.0)
+    model.set_dropout(0.0)
+    a, _ = encode(model, pixels, ids, keys, torch.autocast("cpu", enabled=False))
+    b, _ = encode(model, pixels, ids, keys + 1000, torch.autocast("cpu", enabled=False))
+    model.set_drop_path(0.0)
+    c, _ = encode(model, pixels, ids, keys + 1000, torch.autocast("cpu", enabled=False))
+    assert not torch.allclose(a, b) and not torch.allclose(b, c)
 
 
 def test_noise_is_really_on():

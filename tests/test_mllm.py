@@ -83,3 +83,33 @@ def test_projector_shapes_through_the_pipeline():
     tokens = torch.randn(2, 16 * 16, 64)  # (B, N, C) patch tokens of a 16x16 grid, class token dropped
     packed = pixel_shuffle(tokens.view(2, 16, 16, 64)).flatten(1, 2)  # (B, 64, 256)
     assert Projector(256, 96)(packed).shape == (2, 64, 96)
+
+
+@pytest.mark.parametrize("layer", [-1, -2])
+def test_image_tokens_equal_internvl_model(layer, tmp_path):
+    """A whole transformers InternVLModel saved to disk: our load of its vision tower, pixel shuffle and
+    projector give its `get_image_features`, at the last layer and the one before."""
+    from dualtower import load
+    from dualtower.mllm import image_tokens
+
+    config = transformers.InternVLConfig(
+        vision_config={"hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 2, "num_attention_heads": 2,
+                       "image_size": 56, "patch_size": 14, "norm_type": "rms_norm", "use_qk_norm": True},
+        text_config={"model_type": "qwen2", "hidden_size": 48, "intermediate_size": 64, "num_hidden_layers": 1,
+                     "num_attention_heads": 2, "num_key_value_heads": 2, "vocab_size": 300},
+        vision_feature_layer=layer)
+    torch.manual_seed(0)
+    ref = transformers.InternVLModel(config).eval()
+    with torch.no_grad():
+        for p in ref.parameters():
+            p.add_(torch.randn_like(p) * 0.05)
+    ref.save_pretrained(tmp_path)
+    from safetensors.torch import load_file
+
+    projector = load_projector(load_file(tmp_path / "model.safetensors"), "hf")
+    ours = load(tmp_path)
+    pixels = torch.randn(2, 3, 56, 56, generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        want = ref.get_image_features(pixel_values=pixels, vision_feature_layer=layer,
+                                      vision_feature_select_strategy="default").pooler_output
+        assert_close(image_tokens(ours, pixels, projector, layer=layer), want, f"image tokens at layer {layer}")

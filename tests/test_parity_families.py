@@ -163,3 +163,190 @@ def test_eva_rope_follows_other_image_sizes():
     pixels = _pixels(96)
     with torch.no_grad():
         assert_close(ours.encode_image(pixels, interpolate_pos=True), ref(pixels), "image embeddings at 96 px")
+
+
+# ------------------------------------------------------------------------------------- transformers SigLIP
+
+
+def _siglip_config(**vision_overrides):
+    import transformers
+
+    text = dict(vocab_size=500, hidden_size=48, intermediate_size=96, num_hidden_layers=2, num_attention_heads=4,
+                max_position_embeddings=16, pad_token_id=1, eos_token_id=1, bos_token_id=None)
+    vision = dict(hidden_size=48, intermediate_size=80, num_hidden_layers=2, num_attention_heads=4, image_size=48,
+                  patch_size=12, **vision_overrides)
+    return transformers.SiglipConfig(text_config=text, vision_config=vision)
+
+
+def _compare_siglip(hf, ours, image_size=48):
+    pixels = _pixels(image_size, n=3)
+    ids = torch.randint(2, 500, (4, 16), generator=torch.Generator().manual_seed(2))
+    ids[:, 10:] = 1  # padded to the context with the pad id, as SigLIP's tokenizer does
+    with torch.no_grad():
+        ref = hf(input_ids=ids, pixel_values=pixels)
+        out = ours(pixels, ids)
+        return (assert_close(ours.encode_image(pixels), hf.vision_model(pixel_values=pixels).pooler_output, "image"),
+                assert_close(ours.encode_text(ids), hf.text_model(input_ids=ids).pooler_output, "text"),
+                assert_close(out.logits_per_image, ref.logits_per_image, "logits"))
+
+
+def test_hf_siglip_loads_and_exports_with_equal_outputs(tmp_path):
+    import transformers
+
+    torch.manual_seed(0)
+    hf = perturb(transformers.SiglipModel(_siglip_config()).eval())
+    hf.save_pretrained(tmp_path / "hf")
+    ours = dualtower.load(tmp_path / "hf")
+    assert ours.cfg.vision.act == "gelu_tanh" and ours.cfg.text.pool == "last" and ours.cfg.tokenizer == "external"
+    diffs = _compare_siglip(hf, ours)
+    print(f"HF SiglipModel: image {diffs[0]:.2e} text {diffs[1]:.2e} logits {diffs[2]:.2e}")
+
+    # Export: SiglipModel.from_pretrained takes our directory and gives the same outputs.
+    checkpoint.convert(tmp_path / "hf", tmp_path / "back", to="hf")
+    again = transformers.SiglipModel.from_pretrained(tmp_path / "back").eval()
+    _compare_siglip(again, ours)
+    assert json_of(tmp_path / "back" / "preprocessor_config.json")["size"] == {"height": 48, "width": 48}
+
+
+def test_open_clip_siglip_exports_to_hf_siglip(tmp_path):
+    """open_clip's timm SigLIP (exact GELU) -> ours -> HF SigLIP directory: one set of weights, three codebases."""
+    import transformers
+
+    from dataclasses import replace
+
+    cfg = get_config("ViT-B-16-SigLIP")
+    small = dict(width=64, depth=2, heads=4, mlp_dim=128)
+    cfg = cfg.replace(embed_dim=64, vision=replace(cfg.vision, image_size=32, **small),
+                      text=replace(cfg.text, vocab_size=300, context_length=12, **small),
+                      preprocess=replace(cfg.preprocess, image_size=32))
+    torch.manual_seed(0)
+    ours = dualtower.DualEncoder(cfg).eval()
+    ours.init_weights()
+    perturb(ours)
+    checkpoint.export_hf(ours, tmp_path / "hf")
+    hf = transformers.SiglipModel.from_pretrained(tmp_path / "hf").eval()
+    assert hf.config.vision_config.hidden_act == "gelu"
+    pixels = _pixels(32)
+    ids = torch.randint(2, 300, (3, 12), generator=torch.Generator().manual_seed(4))
+    with torch.no_grad():
+        assert_close(ours(pixels, ids).logits_per_image, hf(input_ids=ids, pixel_values=pixels).logits_per_image,
+                     "logits")
+
+
+def json_of(path):
+    import json
+
+    return json.loads(path.read_text())
+
+
+# ------------------------------------------------------------------------------------------------ InternViT
+
+
+def _internvl_vision_config(six_b: bool, **overrides):
+    import transformers
+
+    args = dict(hidden_size=64, intermediate_size=128, num_hidden_layers=3, num_attention_heads=4, image_size=56,
+                patch_size=14, layer_norm_eps=1e-6)
+    if six_b:
+        args.update(norm_type="rms_norm", use_qk_norm=True, attention_bias=False)
+    else:
+        args.update(norm_type="layer_norm", use_qk_norm=False, attention_bias=True)
+    args.update(overrides)
+    return transformers.InternVLVisionConfig(**args)
+
+
+@pytest.mark.parametrize("six_b", [False, True], ids=["300m-style", "6b-style"])
+def test_hf_internvl_vision_matches_at_two_sizes(six_b, tmp_path):
+    """RMSNorm, full-width QK-norm, no qkv bias (6B) or LayerNorm with qkv bias (300M); layer scale; no final
+    norm. Hidden states of every layer, at the config's size and at another (positions resized bicubically)."""
+    import transformers
+
+    torch.manual_seed(0)
+    hf = perturb(transformers.InternVLVisionModel(_internvl_vision_config(six_b)).eval())
+    hf.save_pretrained(tmp_path / "hf")
+    ours = dualtower.load(tmp_path / "hf")
+    v = ours.cfg.vision
+    assert ours.text is None and v.qk_norm == ("full" if six_b else "none") and v.norm == ("rmsnorm" if six_b
+                                                                                             else "layernorm")
+    for size in (56, 84):
+        pixels = _pixels(size)
+        with torch.no_grad():
+            ref = hf(pixel_values=pixels, output_hidden_states=True)
+            mine = ours.visual.features(pixels, layers=tuple(range(4)), interpolate_pos=True)
+            for i, (a, b) in enumerate(zip(mine, ref.hidden_states)):
+                assert_close(a, b, f"hidden state {i} at {size} px")
+            diff = assert_close(ours.encode_image(pixels, interpolate_pos=True), ref.last_hidden_state[:, 0], "cls")
+        print(f"HF InternVLVisionModel {'6B' if six_b else '300M'} style at {size}px: cls {diff:.2e}")
+
+    # Back to transformers, and to InternVL's own layout and in again.
+    checkpoint.convert(tmp_path / "hf", tmp_path / "back", to="hf")
+    again = transformers.InternVLVisionModel.from_pretrained(tmp_path / "back").eval()
+    checkpoint.convert(tmp_path / "hf", tmp_path / "internvl.safetensors", to="internvl")
+    from safetensors.torch import load_file
+
+    own = load_file(tmp_path / "internvl.safetensors")
+    assert "encoder.layers.0.attn.qkv.weight" in own and "embeddings.class_embedding" in own
+    name = "InternViT-6B-like" if six_b else "InternViT-300M-like"
+    from dualtower.convert import internvl
+
+    cfg = ours.cfg.replace(name=name)
+    via_own = dualtower.DualEncoder(cfg).eval()
+    via_own.load_state_dict(internvl.import_state_dict({"vision_model." + k: t for k, t in own.items()}, cfg,
+                                                       set(via_own.state_dict()), "internvl"))
+    pixels = _pixels(56)
+    with torch.no_grad():
+        ref = hf(pixel_values=pixels).last_hidden_state
+        assert_close(again(pixel_values=pixels).last_hidden_state, ref, "re-exported")
+        assert_close(via_own.visual.features(pixels)[0], ref, "through InternVL's layout")
+
+
+def test_internvit_registry_configs_build_on_meta():
+    """The 6B is not built for real here; on the meta device its parameter count is InternViT-6B's (5.9B)."""
+    with torch.device("meta"):
+        six = dualtower.DualEncoder(get_config("InternViT-6B-448px"))
+        small = dualtower.DualEncoder(get_config("InternViT-300M-448px"))
+    count = lambda m: sum(p.numel() for p in m.parameters())  # noqa: E731
+    assert 5.5e9 < count(six) < 6.0e9 and 3.0e8 < count(small) < 3.1e8
+    blk = six.visual.transformer.blocks[0]
+    assert blk.attn.q_norm.weight.shape == (3200,) and blk.attn.qkv.bias is None and blk.ls1.gamma.shape == (3200,)
+
+
+# ------------------------------------------------------------------------------------------------ refusals
+
+
+def test_unmatched_or_missing_keys_are_errors_in_every_new_layout(tmp_path):
+    from safetensors.torch import save_file
+
+    from dualtower.checkpoint import CheckpointError
+
+    torch.manual_seed(0)
+    ref = open_clip.create_model("EVA02-B-16").eval()
+    state = {k: v.contiguous() for k, v in ref.state_dict().items()}
+    save_file({**state, "visual.trunk.blocks.0.attn.extra": torch.zeros(1)}, tmp_path / "extra.safetensors")
+    with pytest.raises(CheckpointError, match="visual.trunk.blocks.0.attn.extra"):
+        dualtower.load(tmp_path / "extra.safetensors", arch="EVA02-B-16")
+    del state["visual.trunk.blocks.3.mlp.fc1_g.weight"]
+    save_file(state, tmp_path / "missing.safetensors")
+    with pytest.raises(CheckpointError, match="missing keys .*blocks.3"):
+        dualtower.load(tmp_path / "missing.safetensors", arch="EVA02-B-16")
+    with pytest.raises(CheckpointError, match="missing keys"):  # an open_clip CLIP file under a SigLIP name
+        save_file({k: v.contiguous() for k, v in open_clip.create_model("ViT-B-32").state_dict().items()},
+                  tmp_path / "b32.safetensors")
+        dualtower.load(tmp_path / "b32.safetensors", arch="ViT-B-16-SigLIP")
+
+
+def test_vision_only_and_external_tokenizer_models_say_so():
+    with torch.device("meta"):
+        intern = dualtower.DualEncoder(get_config("InternViT-300M-448px"))
+    with pytest.raises(ValueError, match="vision-only"):
+        intern.encode_text(torch.zeros(1, 4, dtype=torch.long))
+    with pytest.raises(ValueError, match="vision-only"):
+        dualtower.get_tokenizer("InternViT-300M-448px")
+    with pytest.raises(ValueError, match="own tokenizer"):
+        dualtower.get_tokenizer("ViT-B-16-SigLIP")
+    from dualtower.convert.remap import ConversionError
+
+    with pytest.raises(ConversionError, match="open_clip models have a text tower"):
+        from dualtower.convert import open_clip as oc
+
+        oc.check_exportable(get_config("InternViT-300M-448px"))

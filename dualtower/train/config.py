@@ -12,6 +12,7 @@ class ModelSection:
     init_arch: str = ""  # the architecture of `init` when it is a bare open_clip state dict
     patch_dropout: float = 0.0  # FLIP: fraction of patch tokens dropped in training
     dropout: float = 0.0  # on every residual branch of both towers, in training
+    drop_path: float = 0.0  # stochastic depth of the vision tower, rising linearly to this at the last block
     grad_checkpointing: bool = False
     lock_image: bool = False  # LiT: freeze the image tower
     lock_text: bool = False

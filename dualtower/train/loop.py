@@ -45,6 +45,8 @@ def build_model(cfg: TrainConfig) -> DualEncoder:
         from .. import create_model
 
         model = create_model(model_cfg, seed=cfg.train.seed)
+    if model.text is None:
+        raise TrainingError(f"{model.cfg.name} is a vision-only model; contrastive training needs a text tower")
     if cfg.train.loss == "siglip" and model.logit_bias is None:
         raise TrainingError(f"train.loss=siglip needs a model with a logit bias; {cfg.model.init} has none")
     return model
@@ -53,6 +55,7 @@ def build_model(cfg: TrainConfig) -> DualEncoder:
 def _prepare(model: DualEncoder, cfg: TrainConfig) -> list[torch.nn.Parameter]:
     model.visual.set_patch_dropout(cfg.model.patch_dropout)
     model.set_dropout(cfg.model.dropout)
+    model.set_drop_path(cfg.model.drop_path)
     model.set_grad_checkpointing(cfg.model.grad_checkpointing)
     for tower, locked in ((model.visual, cfg.model.lock_image), (model.text, cfg.model.lock_text)):
         tower.requires_grad_(not locked)

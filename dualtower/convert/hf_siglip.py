@@ -1,0 +1,178 @@
+"""HF transformers `SiglipModel` directories: config.json + model.safetensors, both ways.
+
+SigLIP's towers: no class token, attention-pooling head (`vision_model.head`: probe, nn.MultiheadAttention,
+layernorm, mlp), no vision projection; a bidirectional text tower pooled at the last position with a biased
+projection (`text_model.head`); a learned logit bias. Its SentencePiece tokenizer is not converted: our config
+says tokenizer "external", and texts are given as ids.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+from ..config import ModelConfig, PreprocessConfig, TextConfig, VisionConfig
+from .hf_clip import _blocks
+from .remap import ConversionError, Rule, expand, from_ours, rule, to_ours
+
+TABLE: list[Rule] = [
+    rule("visual.patch_embed.weight", "vision_model.embeddings.patch_embedding.weight"),
+    rule("visual.patch_embed.bias", "vision_model.embeddings.patch_embedding.bias"),
+    rule("visual.pos_embed", "vision_model.embeddings.position_embedding.weight"),
+    *_blocks("visual.transformer.blocks", "vision_model.encoder.layers"),
+    rule("visual.norm_tokens.weight", "vision_model.post_layernorm.weight"),
+    rule("visual.norm_tokens.bias", "vision_model.post_layernorm.bias"),
+    rule("visual.pool.latent", "vision_model.head.probe", lead=2),
+    rule("visual.pool.qkv.weight", "vision_model.head.attention.in_proj_weight"),
+    rule("visual.pool.qkv.bias", "vision_model.head.attention.in_proj_bias"),
+    rule("visual.pool.proj.weight", "vision_model.head.attention.out_proj.weight"),
+    rule("visual.pool.proj.bias", "vision_model.head.attention.out_proj.bias"),
+    rule("visual.pool.norm.weight", "vision_model.head.layernorm.weight"),
+    rule("visual.pool.norm.bias", "vision_model.head.layernorm.bias"),
+    rule("visual.pool.mlp.fc1.weight", "vision_model.head.mlp.fc1.weight"),
+    rule("visual.pool.mlp.fc1.bias", "vision_model.head.mlp.fc1.bias"),
+    rule("visual.pool.mlp.fc2.weight", "vision_model.head.mlp.fc2.weight"),
+    rule("visual.pool.mlp.fc2.bias", "vision_model.head.mlp.fc2.bias"),
+    rule("text.token_embed.weight", "text_model.embeddings.token_embedding.weight"),
+    rule("text.pos_embed", "text_model.embeddings.position_embedding.weight"),
+    *_blocks("text.transformer.blocks", "text_model.encoder.layers"),
+    rule("text.norm.weight", "text_model.final_layer_norm.weight"),
+    rule("text.norm.bias", "text_model.final_layer_norm.bias"),
+    rule("text.head.weight", "text_model.head.weight"),
+    rule("text.head.bias", "text_model.head.bias"),
+    rule("logit_scale", "logit_scale", lead=1),
+    rule("logit_bias", "logit_bias", lead=1),
+]
+
+DROPPED = {"text_model.embeddings.position_ids", "vision_model.embeddings.position_ids"}
+
+_ACT_FROM_HF = {"gelu_pytorch_tanh": "gelu_tanh", "gelu_new": "gelu_tanh", "gelu": "gelu", "quick_gelu": "quick_gelu"}
+_ACT_TO_HF = {"gelu_tanh": "gelu_pytorch_tanh", "gelu": "gelu", "quick_gelu": "quick_gelu"}
+_RESAMPLE_FROM_HF = {2: "bilinear", 3: "bicubic"}
+_RESAMPLE_TO_HF = {"bilinear": 2, "bicubic": 3}
+
+
+def _rules(cfg: ModelConfig) -> list[Rule]:
+    return expand(TABLE, {"visual.": cfg.vision.depth, "text.": cfg.text.depth})
+
+
+def config_from_hf(hf: dict, preprocessor: dict | None, name: str) -> ModelConfig:
+    if hf.get("model_type") != "siglip":
+        raise ConversionError(f"{name}: config.json has model_type {hf.get('model_type')!r}, expected 'siglip'")
+    v, t = hf.get("vision_config", {}), hf.get("text_config", {})
+    if not v.get("vision_use_head", True):
+        raise ConversionError(f"{name}: a SigLIP vision tower without its attention-pooling head is not supported")
+
+    def act(c: dict, tower: str) -> str:
+        a = c.get("hidden_act", "gelu_pytorch_tanh")
+        if a not in _ACT_FROM_HF:
+            raise ConversionError(f"{name}: {tower} hidden_act {a!r} is not supported")
+        return _ACT_FROM_HF[a]
+
+    try:
+        width = v.get("hidden_size", 768)
+        image = v.get("image_size", 224)
+        vocab = t.get("vocab_size", 32000)
+        pad = t.get("pad_token_id", 1)
+        eos = t.get("eos_token_id", 1)
+        vision = VisionConfig(
+            image_size=image, patch_size=v.get("patch_size", 16), width=width,
+            depth=v.get("num_hidden_layers", 12), heads=v.get("num_attention_heads", 12),
+            mlp_dim=v.get("intermediate_size", 3072), act=act(v, "vision"), norm_eps=v.get("layer_norm_eps", 1e-6),
+            patch_bias=True, norm_pre=False, class_token=False, pool="map", head=False,
+        )
+        text = TextConfig(
+            vocab_size=vocab, context_length=t.get("max_position_embeddings", 64), width=t.get("hidden_size", 768),
+            depth=t.get("num_hidden_layers", 12), heads=t.get("num_attention_heads", 12),
+            mlp_dim=t.get("intermediate_size", 3072), act=act(t, "text"), norm_eps=t.get("layer_norm_eps", 1e-6),
+            causal=False, pool="last", head_bias=True,
+            eot_id=eos if isinstance(eos, int) and 0 <= eos < vocab else 1,
+            pad_id=pad if isinstance(pad, int) and 0 <= pad < vocab else 0,
+        )
+        pre = preprocessor or {}
+        size = pre.get("size", {})
+        if isinstance(size, dict) and size.get("height", image) != image:
+            raise ConversionError(f"{name}: preprocessor size {size} differs from the vision image_size {image}")
+        preprocess = PreprocessConfig(
+            image_size=image, mean=tuple(pre.get("image_mean", (0.5, 0.5, 0.5))),
+            std=tuple(pre.get("image_std", (0.5, 0.5, 0.5))),
+            interpolation=_RESAMPLE_FROM_HF.get(pre.get("resample", 2), "bicubic"), resize_mode="squash",
+        )
+        embed = t.get("projection_size", text.width)
+        if embed != width:
+            raise ConversionError(f"{name}: text projection_size {embed} differs from the vision width {width}")
+        return ModelConfig(name=name, embed_dim=width, vision=vision, text=text, preprocess=preprocess,
+                           tokenizer="external", init_logit_scale=math.log(10), init_logit_bias=-10.0,
+                           max_logit_scale=None)
+    except (TypeError, ValueError) as e:
+        if isinstance(e, ConversionError):
+            raise
+        raise ConversionError(f"{name}: config.json does not describe a model dualtower can build ({e})") from e
+
+
+def check_exportable(cfg: ModelConfig) -> None:
+    v, t = cfg.vision, cfg.text
+    problems = []
+    if t is None:
+        problems.append("SiglipModel has a text tower")
+    else:
+        if t.causal or t.pool != "last" or not t.head or not t.head_bias:
+            problems.append("text: SigLIP's is bidirectional, pooled at the last token, with a biased projection")
+        if cfg.embed_dim != t.width:
+            problems.append("text: SigLIP's projection keeps the text width")
+    if v.class_token or v.pool != "map" or v.head or not v.patch_bias or v.norm_pre or v.final_norm != "before_pool":
+        problems.append("vision: SigLIP's has no class token, MAP pooling after the final norm, no projection")
+    for tower, c in (("vision", v), ("text", t)):
+        if c is None:
+            continue
+        if c.norm != "layernorm" or c.post_norm or c.ls_init or c.qk_norm != "none" or c.attn_norm or c.mlp_norm \
+                or c.mlp_type != "mlp" or not (c.qkv_bias and c.k_bias and c.proj_bias and c.mlp_bias):
+            problems.append(f"{tower}: SigLIP's blocks are plain pre-norm LayerNorm blocks with all biases")
+    if cfg.init_logit_bias is None:
+        problems.append("SigLIP has a logit bias")
+    if cfg.preprocess.resize_mode != "squash":
+        problems.append("SigLIP's image processor resizes to a square without cropping")
+    if problems:
+        raise ConversionError(f"{cfg.name} cannot be written as an HF SiglipModel: " + "; ".join(problems))
+
+
+def config_to_hf(cfg: ModelConfig) -> dict:
+    check_exportable(cfg)
+    v, t = cfg.vision, cfg.text
+    return {
+        "architectures": ["SiglipModel"],
+        "model_type": "siglip",
+        "text_config": {
+            "model_type": "siglip_text_model", "vocab_size": t.vocab_size, "hidden_size": t.width,
+            "intermediate_size": t.mlp_dim, "num_hidden_layers": t.depth, "num_attention_heads": t.heads,
+            "max_position_embeddings": t.context_length, "hidden_act": _ACT_TO_HF[t.act],
+            "layer_norm_eps": t.norm_eps, "pad_token_id": t.pad_id, "eos_token_id": t.eot_id,
+            "projection_size": cfg.embed_dim,
+        },
+        "vision_config": {
+            "model_type": "siglip_vision_model", "hidden_size": v.width, "intermediate_size": v.mlp_dim,
+            "num_hidden_layers": v.depth, "num_attention_heads": v.heads, "num_channels": 3,
+            "image_size": v.image_size, "patch_size": v.patch_size, "hidden_act": _ACT_TO_HF[v.act],
+            "layer_norm_eps": v.norm_eps, "vision_use_head": True,
+        },
+    }
+
+
+def preprocessor_to_hf(cfg: ModelConfig) -> dict:
+    p = cfg.preprocess
+    return {
+        "image_processor_type": "SiglipImageProcessor", "do_resize": True,
+        "size": {"height": p.image_size, "width": p.image_size}, "resample": _RESAMPLE_TO_HF[p.interpolation],
+        "do_rescale": True, "rescale_factor": 1 / 255, "do_normalize": True,
+        "image_mean": list(p.mean), "image_std": list(p.std),
+    }
+
+
+def import_state_dict(state: dict, cfg: ModelConfig, our_keys: set[str], source: str) -> dict[str, torch.Tensor]:
+    return to_ours(state, _rules(cfg), our_keys, DROPPED, source)
+
+
+def export_state_dict(ours: dict[str, torch.Tensor], cfg: ModelConfig) -> dict[str, torch.Tensor]:
+    check_exportable(cfg)
+    return from_ours(ours, _rules(cfg))

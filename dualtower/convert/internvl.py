@@ -1,0 +1,165 @@
+"""InternViT vision towers, in InternVL's own checkpoint layout and in transformers' `InternVLVisionModel`.
+
+Layouts (found by their patch-embedding key under any prefix, e.g. `vision_model.` in an InternVL chat
+checkpoint or `model.vision_tower.` in transformers' InternVLModel; keys outside the prefix, the language
+model and projector, are not read):
+- "internvl": `embeddings.patch_embedding`, `embeddings.class_embedding`, `embeddings.position_embedding`,
+  `encoder.layers.N.attn.qkv`, `attn.q_norm`/`k_norm` (full width), `attn.proj`, `norm1`/`norm2`, `ls1`/`ls2`.
+- "hf": `embeddings.patch_embeddings.projection`, `embeddings.cls_token`, `embeddings.position_embeddings`,
+  `encoder.layer.N.attention.{q,k,v}_proj`, `q_norm`/`k_norm`, `projection_layer`, `layernorm_before`/`_after`,
+  `lambda_1`/`lambda_2`.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from ..config import ModelConfig, PreprocessConfig, VisionConfig
+from .remap import ConversionError, Rule, expand, from_ours, rule, to_ours
+
+_OURS = "visual.transformer.blocks.{i}."
+
+_INTERNVL_BLOCK = [
+    ("norm1.weight", "norm1.weight"), ("norm1.bias", "norm1.bias"),
+    ("attn.qkv.weight", "attn.qkv.weight"), ("attn.qkv.bias", "attn.qkv.bias"),
+    ("attn.q_norm.weight", "attn.q_norm.weight"), ("attn.k_norm.weight", "attn.k_norm.weight"),
+    ("attn.q_norm.bias", "attn.q_norm.bias"), ("attn.k_norm.bias", "attn.k_norm.bias"),
+    ("attn.proj.weight", "attn.proj.weight"), ("attn.proj.bias", "attn.proj.bias"),
+    ("ls1.gamma", "ls1"), ("ls2.gamma", "ls2"),
+    ("norm2.weight", "norm2.weight"), ("norm2.bias", "norm2.bias"),
+    ("mlp.fc1.weight", "mlp.fc1.weight"), ("mlp.fc1.bias", "mlp.fc1.bias"),
+    ("mlp.fc2.weight", "mlp.fc2.weight"), ("mlp.fc2.bias", "mlp.fc2.bias"),
+]
+
+_HF_BLOCK = [
+    ("norm1.weight", "layernorm_before.weight"), ("norm1.bias", "layernorm_before.bias"),
+    ("attn.q_norm.weight", "attention.q_norm.weight"), ("attn.k_norm.weight", "attention.k_norm.weight"),
+    ("attn.proj.weight", "attention.projection_layer.weight"), ("attn.proj.bias", "attention.projection_layer.bias"),
+    ("ls1.gamma", "lambda_1"), ("ls2.gamma", "lambda_2"),
+    ("norm2.weight", "layernorm_after.weight"), ("norm2.bias", "layernorm_after.bias"),
+    ("mlp.fc1.weight", "mlp.fc1.weight"), ("mlp.fc1.bias", "mlp.fc1.bias"),
+    ("mlp.fc2.weight", "mlp.fc2.weight"), ("mlp.fc2.bias", "mlp.fc2.bias"),
+]
+
+PATCH_KEYS = {"internvl": "embeddings.patch_embedding.weight", "hf": "embeddings.patch_embeddings.projection.weight"}
+
+
+def table(layout: str, p: str = "") -> list[Rule]:
+    if layout == "internvl":
+        return [
+            rule("visual.patch_embed.weight", f"{p}embeddings.patch_embedding.weight"),
+            rule("visual.patch_embed.bias", f"{p}embeddings.patch_embedding.bias"),
+            rule("visual.cls_token", f"{p}embeddings.class_embedding", lead=2),
+            rule("visual.pos_embed", f"{p}embeddings.position_embedding", lead=1),
+            *[rule(_OURS + o, f"{p}encoder.layers.{{i}}.{t}") for o, t in _INTERNVL_BLOCK],
+        ]
+    if layout == "hf":
+        a = f"{p}encoder.layer.{{i}}.attention."
+        return [
+            rule("visual.patch_embed.weight", f"{p}embeddings.patch_embeddings.projection.weight"),
+            rule("visual.patch_embed.bias", f"{p}embeddings.patch_embeddings.projection.bias"),
+            rule("visual.cls_token", f"{p}embeddings.cls_token", lead=2),
+            rule("visual.pos_embed", f"{p}embeddings.position_embeddings", lead=1),
+            *[rule(_OURS + o, f"{p}encoder.layer.{{i}}.{t}") for o, t in _HF_BLOCK],
+            rule(_OURS + "attn.qkv.weight", f"{a}q_proj.weight", f"{a}k_proj.weight", f"{a}v_proj.weight"),
+            rule(_OURS + "attn.qkv.bias", f"{a}q_proj.bias", f"{a}k_proj.bias", f"{a}v_proj.bias"),
+        ]
+    raise ValueError(f"unknown InternViT layout {layout!r}")
+
+
+def find_layout(keys) -> tuple[str, str] | None:
+    """(layout, prefix) of the InternViT tower in a state dict, or None."""
+    for key in keys:
+        for layout, suffix in PATCH_KEYS.items():
+            if key.endswith(suffix):
+                return layout, key[: -len(suffix)]
+    return None
+
+
+def check_config(cfg: ModelConfig) -> None:
+    v = cfg.vision
+    problems = []
+    if cfg.text is not None:
+        problems.append("InternViT is a vision-only model")
+    if not v.class_token or v.pool != "cls" or v.head or v.final_norm != "none" or v.norm_pre or not v.patch_bias:
+        problems.append("InternViT has a class token, no pre-norm, no final norm and no projection")
+    if v.qk_norm == "head" or v.attn_norm or v.mlp_norm or v.mlp_type != "mlp" or not v.ls_init or v.post_norm \
+            or not v.k_bias or v.rope:
+        problems.append("InternViT blocks: pre-norm, layer scale, full-width QK-norm or none, plain MLP")
+    if problems:
+        raise ConversionError(f"{cfg.name} is not an InternViT: " + "; ".join(problems))
+
+
+def import_state_dict(state: dict, cfg: ModelConfig, our_keys: set[str], source: str) -> dict[str, torch.Tensor]:
+    check_config(cfg)
+    found = find_layout(state)
+    if found is None:
+        raise ConversionError(f"{source}: no InternViT patch embedding ({' or '.join(PATCH_KEYS.values())})")
+    layout, prefix = found
+    mine = {k: v for k, v in state.items() if k.startswith(prefix)}
+    # transformers' final norm is Identity when use_mean_pooling (InternViT has none); anything else is an error.
+    return to_ours(mine, expand(table(layout, prefix), {"visual.": cfg.vision.depth}), our_keys, set(), source)
+
+
+def export_state_dict(ours: dict[str, torch.Tensor], cfg: ModelConfig, layout: str = "internvl",
+                      prefix: str = "") -> dict[str, torch.Tensor]:
+    check_config(cfg)
+    return from_ours(ours, expand(table(layout, prefix), {"visual.": cfg.vision.depth}))
+
+
+def _pair(value, what: str, name: str) -> int:
+    if isinstance(value, (list, tuple)):
+        if len(set(value)) != 1:
+            raise ConversionError(f"{name}: non-square {what} {value} is not supported")
+        value = value[0]
+    return int(value)
+
+
+def config_from_hf(vision: dict, name: str) -> ModelConfig:
+    """Our config from transformers' InternVLVisionConfig dict, or InternVL's own InternVisionConfig dict."""
+    hf = "layer_scale_init_value" in vision or "use_qk_norm" in vision
+    try:
+        if hf and not vision.get("use_mean_pooling", True):
+            raise ConversionError(f"{name}: use_mean_pooling=False adds a final LayerNorm InternViT does not have")
+        width = int(vision.get("hidden_size", 1024))
+        image = _pair(vision.get("image_size", 448), "image_size", name)
+        norm = {"rms_norm": "rmsnorm", "layer_norm": "layernorm"}.get(vision.get("norm_type", "layer_norm"))
+        if norm is None:
+            raise ConversionError(f"{name}: norm_type {vision.get('norm_type')!r} is not supported")
+        act = vision.get("hidden_act", "gelu")
+        if act != "gelu":
+            raise ConversionError(f"{name}: hidden_act {act!r} is not supported (InternViT uses gelu)")
+        qk_norm = vision.get("use_qk_norm" if hf else "qk_normalization", False)
+        v = VisionConfig(
+            image_size=image, patch_size=_pair(vision.get("patch_size", 14), "patch_size", name), width=width,
+            depth=int(vision.get("num_hidden_layers", 24)), heads=int(vision.get("num_attention_heads", 16)),
+            mlp_dim=int(vision.get("intermediate_size", 4 * width)), norm=norm,
+            norm_eps=float(vision.get("layer_norm_eps", 1e-6)),
+            qkv_bias=bool(vision.get("attention_bias" if hf else "qkv_bias", False)),
+            qk_norm="full" if qk_norm else "none",
+            ls_init=float(vision.get("layer_scale_init_value" if hf else "initializer_factor", 0.1)),
+            patch_bias=True, norm_pre=False, final_norm="none", head=False,
+        )
+        return ModelConfig(name=name, embed_dim=width, vision=v, text=None,
+                           preprocess=PreprocessConfig(image_size=image, mean=(0.485, 0.456, 0.406),
+                                                       std=(0.229, 0.224, 0.225), resize_mode="squash"))
+    except (TypeError, ValueError) as e:
+        if isinstance(e, ConversionError):
+            raise
+        raise ConversionError(f"{name}: vision config does not describe an InternViT dualtower can build ({e})") from e
+
+
+def config_to_hf(cfg: ModelConfig) -> dict:
+    """transformers' InternVLVisionConfig for this tower."""
+    check_config(cfg)
+    v = cfg.vision
+    if v.norm_eps != 1e-6 and v.qk_norm == "full":
+        raise ConversionError(f"{cfg.name}: transformers' InternVL QK-norm has eps 1e-6, this tower {v.norm_eps}")
+    return {
+        "architectures": ["InternVLVisionModel"], "model_type": "internvl_vision", "hidden_size": v.width,
+        "num_hidden_layers": v.depth, "num_attention_heads": v.heads, "intermediate_size": v.mlp_dim,
+        "attention_bias": v.qkv_bias, "use_qk_norm": v.qk_norm == "full", "hidden_act": "gelu",
+        "norm_type": "rms_norm" if v.norm == "rmsnorm" else "layer_norm", "layer_norm_eps": v.norm_eps,
+        "image_size": [v.image_size, v.image_size], "patch_size": [v.patch_size, v.patch_size],
+        "layer_scale_init_value": v.ls_init, "use_mean_pooling": True, "use_absolute_position_embeddings": True,
+    }
