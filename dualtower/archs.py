@@ -103,20 +103,23 @@ def _siglip(name, image, patch, width, depth, heads, mlp_dim, context) -> ModelC
     )
 
 
-def _internvit(name, width, depth, heads, mlp_dim, six_b: bool) -> ModelConfig:
+def _internvit(name, width, depth, heads, mlp_dim, six_b: bool, image: int = 448, clip_head: int = 0
+               ) -> ModelConfig:
     """InternViT (InternVL's vision encoder, vision only): layer scale 0.1, no final norm, class token out.
-    The 6B uses RMSNorm, QK-norm over the full width and no qkv bias; the 300M LayerNorm with qkv bias."""
+    The 6B uses RMSNorm, QK-norm over the full width and no qkv bias; the 300M LayerNorm with qkv bias.
+    `clip_head`: InternVL-C's image head instead (16-head mean-query attention pooling, projected to it)."""
+    head = dict(pool="mean_query", pool_heads=16, head=True, head_bias=True) if clip_head else dict(head=False)
     return ModelConfig(
         name=name,
-        embed_dim=width,
+        embed_dim=clip_head or width,
         vision=VisionConfig(
-            image_size=448, patch_size=14, width=width, depth=depth, heads=heads, mlp_dim=mlp_dim,
+            image_size=image, patch_size=14, width=width, depth=depth, heads=heads, mlp_dim=mlp_dim,
             norm="rmsnorm" if six_b else "layernorm", norm_eps=1e-6, qkv_bias=not six_b,
             qk_norm="full" if six_b else "none", ls_init=0.1, patch_bias=True, norm_pre=False,
-            final_norm="none", head=False,
+            final_norm="none", **head,
         ),
         text=None,
-        preprocess=PreprocessConfig(image_size=448, mean=IMAGENET_MEAN, std=IMAGENET_STD, resize_mode="squash"),
+        preprocess=PreprocessConfig(image_size=image, mean=IMAGENET_MEAN, std=IMAGENET_STD, resize_mode="squash"),
     )
 
 
@@ -132,6 +135,8 @@ _FAMILIES = {
     "ViT-SO400M-14-SigLIP-384": _siglip("ViT-SO400M-14-SigLIP-384", 384, 14, 1152, 27, 16, 4304, 64),
     "InternViT-300M-448px": _internvit("InternViT-300M-448px", 1024, 24, 16, 4096, six_b=False),
     "InternViT-6B-448px": _internvit("InternViT-6B-448px", 3200, 45, 25, 12800, six_b=True),
+    # InternVL-C's image side: InternViT-6B-224px (48 blocks) and its attention-pooling head to 768.
+    "InternVL-C-vision": _internvit("InternVL-C-vision", 3200, 48, 25, 12800, six_b=True, image=224, clip_head=768),
 }
 
 

@@ -15,6 +15,7 @@ ACTIVATIONS = ("gelu", "gelu_tanh", "quick_gelu")
 NORMS = ("layernorm", "rmsnorm")
 QK_NORMS = ("none", "head", "full")  # per head (timm), or over the full width before the heads split (InternViT-6B)
 MLP_TYPES = ("mlp", "swiglu")
+VISION_POOLS = ("cls", "mean", "map", "mean_query")
 
 # OpenAI CLIP's image statistics, used by every open_clip ViT config that does not override them.
 # "clip-bpe": OpenAI's CLIP BPE (bundled). "external": the model's own tokenizer is not bundled (SigLIP's
@@ -52,7 +53,11 @@ class VisionConfig:
     rope: bool = False  # 2-D rotary position embedding on the patch tokens (EVA-02), beside the learned one
     rope_ref_grid: int = 0  # the grid rotary positions are scaled to; 0 = this tower's grid
     rope_temperature: float = 10000.0
-    pool: str = "cls"  # "cls" (class token), "mean" (mean over patch tokens) or "map" (attention pooling)
+    # "cls" (class token), "mean" (mean over patch tokens), "map" (a learned query attends; SigLIP) or
+    # "mean_query" (the mean token attends over all tokens, InternVL-C's image head; the head is its projection)
+    pool: str = "cls"
+    pool_heads: int = 0  # heads of a "map"/"mean_query" pool; 0 = the tower's
+    pool_norm_eps: float = 1e-5  # eps of the "mean_query" pool's LayerNorms
     final_norm: str = "before_pool"  # "before_pool", "after_pool" or "none"
     head: bool = True  # False: no projection, the pooled features are the embedding (SigLIP)
     head_bias: bool = False
@@ -62,11 +67,13 @@ class VisionConfig:
         _check(self.norm in NORMS, f"vision norm {self.norm!r} is not one of {NORMS}")
         _check(self.qk_norm in QK_NORMS, f"vision qk_norm {self.qk_norm!r} is not one of {QK_NORMS}")
         _check(self.mlp_type in MLP_TYPES, f"vision mlp_type {self.mlp_type!r} is not one of {MLP_TYPES}")
-        _check(self.pool in ("cls", "mean", "map"), f"vision pool {self.pool!r} is not 'cls', 'mean' or 'map'")
+        _check(self.pool in VISION_POOLS, f"vision pool {self.pool!r} is not one of {VISION_POOLS}")
         _check(self.class_token or self.pool != "cls", "vision pool 'cls' needs class_token=True")
         _check(self.final_norm in ("before_pool", "after_pool", "none"),
                f"vision final_norm {self.final_norm!r} is not 'before_pool', 'after_pool' or 'none'")
         _check(self.width % self.heads == 0, f"vision width {self.width} is not divisible by heads {self.heads}")
+        _check(self.width % (self.pool_heads or self.heads) == 0,
+               f"vision width {self.width} is not divisible by pool_heads {self.pool_heads}")
         _check(not self.rope or (self.width // self.heads) % 4 == 0,
                f"vision rope needs a head width divisible by 4, got {self.width // self.heads}")
         _check(self.image_size >= self.patch_size,

@@ -350,3 +350,65 @@ def test_vision_only_and_external_tokenizer_models_say_so():
         from dualtower.convert import open_clip as oc
 
         oc.check_exportable(get_config("InternViT-300M-448px"))
+
+
+def test_internvl_c_image_head_matches_its_published_computation():
+    """InternVL-C's image head (no reference package on PyPI): the tower from transformers' InternVLVisionModel,
+    the head recomputed here step by step from InternVL's AttentionPoolingBlock (mean token as the query,
+    LayerNorm eps 1e-5 on query/key/value inputs, biased q/k/v, 2 heads unlike the tower's 4, output projection).
+    Both come from one checkpoint in InternVL-C's layout (`vision_model.*`, `clip_projector.*`)."""
+    import dataclasses
+
+    import torch.nn.functional as F
+    import transformers
+
+    from dualtower.convert import internvl
+
+    torch.manual_seed(0)
+    tower = perturb(transformers.InternVLVisionModel(_internvl_vision_config(six_b=True)).eval())
+    D, E, heads = 64, 24, 2
+    g = torch.Generator().manual_seed(5)
+    head = {f"clip_projector.norm1_{x}.{w}": (1.0 if w == "weight" else 0.0) + 0.1 * torch.randn(D, generator=g)
+            for x in "qkv" for w in ("weight", "bias")}
+    for x in "qkv":
+        head[f"clip_projector.cross_attn.{x}.weight"] = torch.randn(D, D, generator=g) * D ** -0.5
+        head[f"clip_projector.cross_attn.{x}_bias"] = torch.randn(D, generator=g) * 0.1
+    head["clip_projector.cross_attn.proj.weight"] = torch.randn(E, D, generator=g) * D ** -0.5
+    head["clip_projector.cross_attn.proj.bias"] = torch.randn(E, generator=g) * 0.1
+    state = {**{f"vision_model.{k}": v for k, v in tower.state_dict().items()}, **head}
+
+    base = internvl.config_from_hf(tower.config.to_dict(), "tower")
+    cfg = base.replace(name="InternVL-C-like", embed_dim=E, vision=dataclasses.replace(
+        base.vision, pool="mean_query", pool_heads=heads, head=True, head_bias=True))
+    ours = dualtower.DualEncoder(cfg).eval()
+    ours.load_state_dict(internvl.import_state_dict(state, cfg, set(ours.state_dict()), "internvl-c"))
+
+    pixels = _pixels(56)
+    with torch.no_grad():
+        x = tower(pixel_values=pixels).last_hidden_state  # (B, L, D): every token, class token included
+        B, L, _ = x.shape
+
+        def ln(t, name):
+            return F.layer_norm(t, (D,), head[f"clip_projector.norm1_{name}.weight"],
+                                head[f"clip_projector.norm1_{name}.bias"], eps=1e-5)
+
+        def proj(t, name):
+            w, b = head[f"clip_projector.cross_attn.{name}.weight"], head[f"clip_projector.cross_attn.{name}_bias"]
+            return (t @ w.T + b).reshape(B, t.shape[1], heads, D // heads).permute(0, 2, 1, 3)
+
+        q = proj(ln(x.mean(1, keepdim=True), "q"), "q")
+        k, v = proj(ln(x, "k"), "k"), proj(ln(x, "v"), "v")
+        attn = ((q * (D // heads) ** -0.5) @ k.transpose(-2, -1)).softmax(-1)
+        pooled = (attn @ v).transpose(1, 2).reshape(B, D)
+        want = pooled @ head["clip_projector.cross_attn.proj.weight"].T + head["clip_projector.cross_attn.proj.bias"]
+        diff = assert_close(ours.encode_image(pixels), want, "InternVL-C image embeddings")
+    print(f"InternVL-C head: image {diff:.2e}")
+    back = internvl.export_state_dict(dict(ours.state_dict()), cfg, layout="internvl", prefix="vision_model.")
+    assert set(head) <= set(back) and all(torch.equal(back[k], head[k]) for k in head)
+
+
+def test_internvl_c_registry_config():
+    with torch.device("meta"):
+        model = dualtower.DualEncoder(get_config("InternVL-C-vision"))
+    assert model.visual.pool.heads == 16 and model.visual.head.weight.shape == (768, 3200)
+    assert len(model.visual.transformer.blocks) == 48 and model.cfg.vision.image_size == 224

@@ -41,6 +41,16 @@ _HF_BLOCK = [
     ("mlp.fc2.weight", "mlp.fc2.weight"), ("mlp.fc2.bias", "mlp.fc2.bias"),
 ]
 
+# InternVL-C's image head (`clip_projector`, an AttentionPoolingBlock beside `vision_model`).
+CLIP_HEAD = "clip_projector."
+_CLIP_HEAD_RULES = [
+    *[rule(f"visual.pool.norm_{x}.{w}", f"{CLIP_HEAD}norm1_{x}.{w}") for x in "qkv" for w in ("weight", "bias")],
+    *[rule(f"visual.pool.{x}.weight", f"{CLIP_HEAD}cross_attn.{x}.weight") for x in "qkv"],
+    *[rule(f"visual.pool.{x}.bias", f"{CLIP_HEAD}cross_attn.{x}_bias") for x in "qkv"],
+    rule("visual.head.weight", f"{CLIP_HEAD}cross_attn.proj.weight"),
+    rule("visual.head.bias", f"{CLIP_HEAD}cross_attn.proj.bias"),
+]
+
 PATCH_KEYS = {"internvl": "embeddings.patch_embedding.weight", "hf": "embeddings.patch_embeddings.projection.weight"}
 
 
@@ -81,8 +91,11 @@ def check_config(cfg: ModelConfig) -> None:
     problems = []
     if cfg.text is not None:
         problems.append("InternViT is a vision-only model")
-    if not v.class_token or v.pool != "cls" or v.head or v.final_norm != "none" or v.norm_pre or not v.patch_bias:
-        problems.append("InternViT has a class token, no pre-norm, no final norm and no projection")
+    clip_head = v.pool == "mean_query" and v.head and v.head_bias
+    if not v.class_token or not (v.pool == "cls" and not v.head or clip_head) or v.final_norm != "none" \
+            or v.norm_pre or not v.patch_bias:
+        problems.append("InternViT has a class token, no pre-norm, no final norm, and either no projection or "
+                        "InternVL-C's mean-query attention-pooling head")
     if v.qk_norm == "head" or v.attn_norm or v.mlp_norm or v.mlp_type != "mlp" or not v.ls_init or v.post_norm \
             or not v.k_bias or v.rope:
         problems.append("InternViT blocks: pre-norm, layer scale, full-width QK-norm or none, plain MLP")
@@ -96,15 +109,21 @@ def import_state_dict(state: dict, cfg: ModelConfig, our_keys: set[str], source:
     if found is None:
         raise ConversionError(f"{source}: no InternViT patch embedding ({' or '.join(PATCH_KEYS.values())})")
     layout, prefix = found
-    mine = {k: v for k, v in state.items() if k.startswith(prefix)}
+    clip_head = cfg.vision.pool == "mean_query"
+    mine = {k: v for k, v in state.items() if k.startswith(prefix) or clip_head and k.startswith(CLIP_HEAD)}
+    rules = table(layout, prefix) + (_CLIP_HEAD_RULES if clip_head else [])
     # transformers' final norm is Identity when use_mean_pooling (InternViT has none); anything else is an error.
-    return to_ours(mine, expand(table(layout, prefix), {"visual.": cfg.vision.depth}), our_keys, set(), source)
+    return to_ours(mine, expand(rules, {"visual.": cfg.vision.depth}), our_keys, set(), source)
 
 
 def export_state_dict(ours: dict[str, torch.Tensor], cfg: ModelConfig, layout: str = "internvl",
                       prefix: str = "") -> dict[str, torch.Tensor]:
     check_config(cfg)
-    return from_ours(ours, expand(table(layout, prefix), {"visual.": cfg.vision.depth}))
+    clip_head = cfg.vision.pool == "mean_query"
+    if clip_head and layout != "internvl":
+        raise ConversionError(f"{cfg.name}: transformers has no InternVL-C image head; export it with to='internvl'")
+    rules = table(layout, prefix) + (_CLIP_HEAD_RULES if clip_head else [])
+    return from_ours(ours, expand(rules, {"visual.": cfg.vision.depth}))
 
 
 def _pair(value, what: str, name: str) -> int:

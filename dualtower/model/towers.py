@@ -8,7 +8,7 @@ from torch import nn
 
 from ..config import TextConfig, VisionConfig
 from . import noise
-from .layers import Mlp, Rope2D, build_transformer, make_act, make_norm
+from .layers import LayerNormFp32, Mlp, Rope2D, build_transformer, make_act, make_norm
 
 
 class ClsPool(nn.Module):
@@ -51,6 +51,26 @@ class AttentionPool(nn.Module):
         return y + self.mlp(self.norm(y))
 
 
+class MeanQueryPool(nn.Module):
+    """InternVL-C's image head (its AttentionPoolingBlock): the mean of the tokens queries all tokens, with a
+    LayerNorm on each of query, key and value input and biased q/k/v projections. Returns the heads' output
+    (B, D); the tower's head is the block's output projection."""
+
+    def __init__(self, dim: int, heads: int, eps: float):
+        super().__init__()
+        self.heads = heads
+        self.norm_q, self.norm_k, self.norm_v = (LayerNormFp32(dim, eps=eps) for _ in range(3))
+        self.q, self.k, self.v = nn.Linear(dim, dim), nn.Linear(dim, dim), nn.Linear(dim, dim)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        B, L, D = x.shape
+        H = self.heads
+        q = self.q(self.norm_q(x.mean(dim=1, keepdim=True))).view(B, 1, H, D // H).transpose(1, 2)  # (B, H, 1, hd)
+        k = self.k(self.norm_k(x)).view(B, L, H, D // H).transpose(1, 2)
+        v = self.v(self.norm_v(x)).view(B, L, H, D // H).transpose(1, 2)
+        return F.scaled_dot_product_attention(q, k, v).reshape(B, D)
+
+
 def _norm_or_identity(on: bool, cfg) -> nn.Module:
     return make_norm(cfg.norm, cfg.width, cfg.norm_eps) if on else nn.Identity()
 
@@ -60,7 +80,9 @@ def _make_pool(cfg: VisionConfig, prefix: int) -> nn.Module:
         return ClsPool()
     if cfg.pool == "mean":
         return MeanPool(prefix)
-    return AttentionPool(cfg.width, cfg.heads, cfg.mlp_dim, make_act(cfg.act),
+    if cfg.pool == "mean_query":
+        return MeanQueryPool(cfg.width, cfg.pool_heads or cfg.heads, cfg.pool_norm_eps)
+    return AttentionPool(cfg.width, cfg.pool_heads or cfg.heads, cfg.mlp_dim, make_act(cfg.act),
                          make_norm(cfg.norm, cfg.width, cfg.norm_eps))
 
 
