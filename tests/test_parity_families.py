@@ -47,7 +47,7 @@ def _ids_for(cfg, n: int = 4) -> torch.Tensor:
     g = torch.Generator().manual_seed(3)
     ids = torch.full((n, cfg.text.context_length), cfg.text.pad_id)
     for row in range(n):
-        length = 5 + 7 * row
+        length = min(5 + 7 * row, cfg.text.context_length)
         ids[row, :length] = torch.randint(2, cfg.text.vocab_size, (length,), generator=g)
     return ids
 
