@@ -163,3 +163,27 @@ def test_clip_benchmark_agrees_with_dualtower(trained):
     for k in (1, 5, 10):  # CLIP_benchmark averages in float32: compare the counts of hits
         assert round(theirs[f"text_retrieval_recall@{k}"] * n_images) == round(ours["image_to_text"][f"R@{k}"] * n_images)
         assert round(theirs[f"image_retrieval_recall@{k}"] * n_texts) == round(ours["text_to_image"][f"R@{k}"] * n_texts)
+
+
+def test_length_batches_respect_rows_and_token_budget():
+    from dualtower.eval.embed import length_batches
+
+    lengths = torch.tensor([77, 5, 12, 30, 9, 9, 60, 3] * 20)
+    batches = length_batches(lengths, batch_size=32, token_budget=256)
+    seen = torch.cat(batches)
+    assert sorted(seen.tolist()) == list(range(len(lengths)))  # every text once
+    for b in batches:
+        assert len(b) <= 32 and len(b) * int(lengths[b].max()) <= max(256, int(lengths[b].max()))
+
+
+def test_embed_texts_equals_one_plain_batch():
+    import dualtower
+    from dualtower.eval.embed import embed_texts
+
+    model = dualtower.create_model("tiny", seed=0).eval()
+    texts = [("a photo of " + "many " * (i % 13) + f"thing {i}") for i in range(70)] + ["x " * 40]
+    ids = dualtower.get_tokenizer(model)(texts)
+    with torch.no_grad():
+        want = model.encode_text(ids, normalize=True)
+    got = embed_texts(model, texts, batch_size=16, token_budget=64)
+    assert float((got - want).abs().max()) <= 1e-5
