@@ -3,10 +3,12 @@
 Measures, alternating the implementations in one process (warm-up, then the median of several repetitions):
 - the tokenizer on 10,000 English sentences (from the installed packages' descriptions), ids checked identical;
 - the text tower (ViT-B-32) on those sentences, batch 256, outputs checked within 1e-5 relative;
-- the image tower (ViT-B-32), batch 32 at 224 px, fp32, outputs checked within 1e-5 relative; and with bf16
-  autocast (cosine similarity to the fp32 embeddings reported).
+- the image tower (ViT-B-32 and ViT-B-16), batch 32 at 224 px: fp32 against open_clip and HF transformers
+  (outputs checked within 1e-5 relative), and with the weights in bf16 against open_clip fp32 (cosine
+  similarity to the fp32 embeddings reported);
+- the fp32 and bf16 matrix-multiply ceiling of this machine, and the GFLOP/s each image tower reaches.
 
-    .venv/bin/python benchmarks/cpu_speed.py [--repeats 5]
+    .venv/bin/python benchmarks/cpu_speed.py [--repeats 5] [--archs ViT-B-32,ViT-B-16]
 """
 
 from __future__ import annotations
@@ -52,9 +54,25 @@ def rel(a: torch.Tensor, b: torch.Tensor) -> float:
     return float((a - b).abs().max() / b.abs().max())
 
 
+def gemm_ceiling(dtype: torch.dtype, repeats: int) -> float:
+    """GFLOP/s of one large matrix multiply (ViT-B's MLP shape at batch 32 x 50 tokens)."""
+    a, b = torch.randn(1600, 768, dtype=dtype), torch.randn(768, 3072, dtype=dtype)
+    a @ b
+    return 2 * 1600 * 768 * 3072 / timed(lambda: a @ b, repeats) / 1e9
+
+
+def image_gflop(model, pixels) -> float:
+    from torch.utils.flop_counter import FlopCounterMode
+
+    with FlopCounterMode(display=False) as counter, torch.inference_mode():
+        model.encode_image(pixels)
+    return counter.get_total_flops() / 1e9
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--archs", default="ViT-B-32,ViT-B-16")
     args = parser.parse_args()
     import open_clip
 
@@ -93,29 +111,71 @@ def main() -> None:
         t_ours = timed(lambda: embed_texts(ours, batch, batch_size=256), args.repeats)
     rows.append(("text tower ViT-B-32, batch 256", 1024 / t_ref, 1024 / t_ours, "texts/s"))
 
+    os.remove(path)
+    for dtype in (torch.float32, torch.bfloat16):
+        rows.append((f"matmul ceiling {str(dtype)[6:]} (1600x768 @ 768x3072)", None, gemm_ceiling(dtype, args.repeats),
+                     "GFLOP/s"))
+    for arch in args.archs.split(","):
+        rows += image_rows(arch, args.repeats)
+    print(f"{'what':<56} {'peer':>10} {'dualtower':>10} {'ratio':>7}")
+    for name, r, o, unit in rows:
+        if r is None:
+            print(f"{name:<56} {'':>10} {o:>10.1f} {'':>7}  {unit}")
+        else:
+            print(f"{name:<56} {r:>10.1f} {o:>10.1f} {o / r:>6.2f}x  {unit}")
+
+
+def image_rows(arch: str, repeats: int) -> list[tuple]:
+    """open_clip fp32, HF fp32 and ours fp32 / bf16 weights on one set of random weights, alternated."""
+    import copy
+
+    import open_clip
+    import transformers
+
+    import dualtower
+    from dualtower import checkpoint
+
+    torch.manual_seed(0)
+    ref = open_clip.create_model(arch).eval()
+    path = f"/tmp/dualtower-bench-{arch}.safetensors"
+    from safetensors.torch import save_file
+
+    save_file({k: v.contiguous() for k, v in ref.state_dict().items()}, path)
+    ours = dualtower.load(path, arch=arch).eval()
+    os.remove(path)
+    hf_dir = f"/tmp/dualtower-bench-{arch}-hf"
+    checkpoint.export_hf(ours, hf_dir)
+    hf = transformers.CLIPModel.from_pretrained(hf_dir).eval()
+    bf16 = copy.deepcopy(ours).to(torch.bfloat16)
+
     pixels = torch.randn(32, 3, 224, 224)
     with torch.inference_mode():
         a, b = ref.encode_image(pixels), ours.encode_image(pixels)
-        print(f"image embeddings fp32: max relative difference {rel(b, a):.2e}")
-        with torch.autocast("cpu", dtype=torch.bfloat16):
-            c = ours.encode_image(pixels).float()
-        cos = torch.nn.functional.cosine_similarity(c, a, dim=-1).min()
-        print(f"image embeddings bf16: min cosine similarity to fp32 {float(cos):.5f}")
-        t_ref = timed(lambda: ref.encode_image(pixels), args.repeats)
-        t_ours = timed(lambda: ours.encode_image(pixels), args.repeats)
+        h = hf.get_image_features(pixel_values=pixels)
+        h = h if isinstance(h, torch.Tensor) else h.pooler_output
+        c = bf16.encode_image(pixels).float()
+        print(f"{arch} image embeddings fp32: max relative difference {rel(b, a):.2e} (HF {rel(h, a):.2e}); "
+              f"bf16 weights: min cosine similarity to fp32 "
+              f"{float(torch.nn.functional.cosine_similarity(c, a, dim=-1).min()):.5f}")
+        times = {name: [] for name in ("open_clip", "hf", "ours", "bf16")}
+        calls = {"open_clip": lambda: ref.encode_image(pixels), "hf": lambda: hf.get_image_features(pixel_values=pixels),
+                 "ours": lambda: ours.encode_image(pixels), "bf16": lambda: bf16.encode_image(pixels)}
+        for fn in calls.values():
+            fn()
+        for _ in range(repeats):  # alternate, so drifts in the machine's speed hit all four alike
+            for name, fn in calls.items():
+                times[name].append(timed(fn, 1))
+    t = {name: statistics.median(v) for name, v in times.items()}
+    gflop = image_gflop(ours, pixels)
+    import shutil
 
-        def bf16():
-            with torch.autocast("cpu", dtype=torch.bfloat16):
-                ours.encode_image(pixels)
-
-        t_bf16 = timed(bf16, args.repeats)
-    rows.append(("image tower ViT-B-32 fp32, batch 32", 32 / t_ref, 32 / t_ours, "images/s"))
-    rows.append(("image tower ViT-B-32 bf16 vs open_clip fp32", 32 / t_ref, 32 / t_bf16, "images/s"))
-    os.remove(path)
-
-    print(f"{'what':<46} {'open_clip':>10} {'dualtower':>10} {'ratio':>7}")
-    for name, r, o, unit in rows:
-        print(f"{name:<46} {r:>10.1f} {o:>10.1f} {o / r:>6.2f}x  {unit}")
+    shutil.rmtree(hf_dir)
+    return [
+        (f"image tower {arch} fp32 vs open_clip, batch 32", 32 / t["open_clip"], 32 / t["ours"], "images/s"),
+        (f"image tower {arch} fp32 vs HF transformers", 32 / t["hf"], 32 / t["ours"], "images/s"),
+        (f"image tower {arch} bf16 weights vs open_clip fp32", 32 / t["open_clip"], 32 / t["bf16"], "images/s"),
+        (f"image tower {arch} fp32 arithmetic rate", gflop / t["open_clip"], gflop / t["ours"], "GFLOP/s"),
+    ]
 
 
 if __name__ == "__main__":

@@ -187,3 +187,36 @@ def test_embed_texts_equals_one_plain_batch():
         want = model.encode_text(ids, normalize=True)
     got = embed_texts(model, texts, batch_size=16, token_budget=64)
     assert float((got - want).abs().max()) <= 1e-5
+
+
+def test_bf16_precision_agrees_with_fp32(trained, tmp_path, capsys):
+    """--precision bf16 holds the weights in bfloat16 (norms still in fp32): embeddings within cosine 0.999."""
+    path, model = trained
+    out = tmp_path / "bf16.npz"
+    assert main(["embed", "--model", path, "--data", "builtin:digits:test", "--out", str(out), "--text",
+                 "--workers", "0", "--precision", "bf16"]) == 0
+    data = np.load(out)
+    direct, texts = embed_source(model, open_source("builtin:digits:test"), workers=0, with_text=True)
+    for got, want in ((data["image_embeds"], direct.features), (data["text_embeds"], texts)):
+        cos = torch.nn.functional.cosine_similarity(torch.from_numpy(got).float(), want, dim=-1)
+        assert float(cos.min()) >= 0.999
+    source = open_source("builtin:digits:test")
+    source.load(0).image.save(tmp_path / "digit0.png")
+    assert main(["classify", "--model", path, "--precision", "bf16", "--labels", "zero,one,two",
+                 str(tmp_path / "digit0.png")]) == 0
+    assert "digit0.png:" in capsys.readouterr().out
+
+
+def test_embed_a_folder_of_images_without_captions(trained, tmp_path, capsys):
+    path, _ = trained
+    source = open_source("builtin:digits:test")
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    for i in range(3):
+        source.load(i).image.save(folder / f"img{i}.png")
+    out = tmp_path / "emb.npz"
+    assert main(["embed", "--model", path, "--data", str(folder), "--out", str(out), "--workers", "0"]) == 0
+    assert np.load(out)["image_embeds"].shape[0] == 3
+    # With --text the captions are needed: each image without one is skipped and counted.
+    assert main(["embed", "--model", path, "--data", str(folder), "--out", str(out), "--text", "--workers", "0"]) == 0
+    assert "missing caption" in capsys.readouterr().out

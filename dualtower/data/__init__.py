@@ -7,10 +7,10 @@ import os
 from .base import BadSample, Sample, SkipStats, Source
 
 
-def open_source(spec: str, image_key: str = "image", caption_key: str = "caption") -> Source:
+def open_source(spec: str, image_key: str = "image", caption_key: str = "caption", captions: bool = True) -> Source:
     """A source from a spec: `builtin:digits`, `builtin:digits:test`, `builtin:fashion-mnist[:test]`,
     a .csv/.tsv/.jsonl captions file, a folder of images with .txt captions, tar shards (`shards-{0..9}.tar`),
-    or `classes:DIR` (one sub-folder of images per class)."""
+    or `classes:DIR` (one sub-folder of images per class). `captions=False`: a folder's images need no .txt."""
     if spec.startswith("builtin:"):
         from . import builtin
 
@@ -33,7 +33,7 @@ def open_source(spec: str, image_key: str = "image", caption_key: str = "caption
     if os.path.isdir(spec):
         from .files import ImageFolder
 
-        return ImageFolder(spec)
+        return ImageFolder(spec, captions=captions)
     if spec.endswith((".csv", ".tsv", ".jsonl")):
         from .files import CaptionsFile
 

@@ -75,9 +75,11 @@ class CaptionsFile(Source):
 
 
 class ImageFolder(Source):
-    """Every image under a folder (recursively) whose caption is the same-named .txt file beside it."""
+    """Every image under a folder (recursively) whose caption is the same-named .txt file beside it. With
+    `captions=False` (embedding images only) an image without a .txt is kept, with an empty caption."""
 
-    def __init__(self, root: str):
+    def __init__(self, root: str, captions: bool = True):
+        self.captions = captions
         self.root = Path(root)
         self.name = self.root.name
         if not self.root.is_dir():
@@ -91,6 +93,8 @@ class ImageFolder(Source):
         path = self.images[index]
         text = path.with_suffix(".txt")
         if not text.is_file():
+            if not self.captions:
+                return Sample(_load_image(path), "", self.sample_id(index))
             raise BadSample("missing caption", str(text))
         try:
             caption = text.read_text(encoding="utf-8")

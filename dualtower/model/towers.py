@@ -168,7 +168,7 @@ class VisionTower(nn.Module):
         if pixels.shape[-2:] != (size, size) and not interpolate_pos:
             raise ValueError(f"pixels are {tuple(pixels.shape[-2:])}, this model takes {size}x{size} "
                              "(interpolate_pos=True resizes the positional embeddings to other sizes)")
-        x = self.patch_embed(pixels)  # (B, D, gh, gw)
+        x = self.patch_embed(pixels.to(self.patch_embed.weight.dtype))  # (B, D, gh, gw); a bf16 model takes fp32
         gh, gw = x.shape[2], x.shape[3]
         pos = self.pos_embed_for(gh, gw)
         x = x.flatten(2).transpose(1, 2)  # (B, N, D)
