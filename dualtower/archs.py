@@ -176,7 +176,7 @@ REGISTRY: dict[str, ModelConfig] = {**{n: _openclip(n, *row) for n, row in _OPEN
 
 
 OPENCLIP_NAMES = tuple(_OPENCLIP_ROWS)  # open_clip's own ViT configs
-OPENCLIP_TIMM_NAMES = tuple(n for n in _FAMILIES if not n.startswith("InternViT"))  # open_clip's timm-trunk configs
+OPENCLIP_TIMM_NAMES = tuple(n for n in _FAMILIES if not n.startswith("Intern"))  # open_clip's timm-trunk configs
 
 
 def get_config(name: str) -> ModelConfig:
