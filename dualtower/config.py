@@ -128,7 +128,8 @@ class PreprocessConfig:
     mean: tuple[float, float, float] = OPENAI_MEAN
     std: tuple[float, float, float] = OPENAI_STD
     interpolation: str = "bicubic"
-    resize_mode: str = "shortest"  # "shortest": resize the shortest side, then center crop; "squash": resize to a square
+    # "shortest": resize the shortest side, then center crop; "squash": resize to a square (no crop)
+    resize_mode: str = "shortest"
 
     def __post_init__(self):
         _check(self.interpolation in ("bicubic", "bilinear"), f"interpolation {self.interpolation!r} unknown")

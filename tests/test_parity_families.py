@@ -79,6 +79,7 @@ def test_open_clip_timm_models_match(name, tmp_path):
 
     save_file({k: v.contiguous() for k, v in ref.state_dict().items()}, path)
     ours = dualtower.load(path, arch=name)
+    path.unlink()  # full-size files add up to many GB across runs
     diffs = _compare_open_clip(ref, ours, get_config(name))
     print(f"{name}: image {diffs[0]:.2e} text {diffs[1]:.2e} logits {diffs[2]:.2e}")
 
@@ -89,6 +90,7 @@ def test_open_clip_timm_models_match(name, tmp_path):
 
     again = open_clip.create_model(name).eval()
     again.load_state_dict(load_file(out), strict=True)
+    out.unlink()
     _compare_open_clip(again, ours, get_config(name))
 
 

@@ -40,7 +40,10 @@ def _compare(ref, ours, image_size, seed=0):
 def _roundtrip(ref, name, tmp_path):
     path = tmp_path / "open_clip_model.bin"
     torch.save(ref.state_dict(), path)
-    return dualtower.load(path, arch=name)
+    try:
+        return dualtower.load(path, arch=name)
+    finally:
+        path.unlink()  # full-size files add up to many GB across runs
 
 
 @pytest.mark.parametrize("name", ["tiny", "tiny-quickgelu", "tiny-ls-mean"])

@@ -43,8 +43,11 @@ VISION_TABLE: list[Rule] = [
 def text_table(p: str, linear_head: bool) -> list[Rule]:
     """The text tower under prefix `p` ("" in CLIP, "text." in CustomTextCLIP); its projection is a matrix
     (width, embed) or, with a bias, an nn.Linear."""
-    head = [rule("text.head.weight", f"{p}text_projection.weight"), rule("text.head.bias", f"{p}text_projection.bias")] \
-        if linear_head else [rule("text.head.weight", f"{p}text_projection", transpose=True)]
+    if linear_head:
+        head = [rule("text.head.weight", f"{p}text_projection.weight"),
+                rule("text.head.bias", f"{p}text_projection.bias")]
+    else:
+        head = [rule("text.head.weight", f"{p}text_projection", transpose=True)]
     return [
         rule("text.token_embed.weight", f"{p}token_embedding.weight"),
         rule("text.pos_embed", f"{p}positional_embedding"),
