@@ -9,10 +9,8 @@ from __future__ import annotations
 
 import math
 
-from .config import ModelConfig, PreprocessConfig, TextConfig, VisionConfig
-
-INCEPTION_MEAN = INCEPTION_STD = (0.5, 0.5, 0.5)
-IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
+from .config import (IMAGENET_MEAN, IMAGENET_STD, INCEPTION_MEAN, INCEPTION_STD, ModelConfig, PreprocessConfig,
+                     TextConfig, VisionConfig)
 
 # name: (embed_dim, image_size, patch, vision width, vision depth, vision head width, vision mlp ratio,
 #        text width, text heads, text depth, QuickGELU, vision layer-scale init)

@@ -82,8 +82,7 @@ def load_projector(state: dict[str, torch.Tensor], layout: str) -> Projector:
     transformers InternVLModel); a missing key is an error naming it."""
     names = PROJECTOR_KEYS[layout]
     anchor = f"{names['fc1']}.weight"
-    prefix = next((k[: -len(anchor)] for k in state if k.endswith(anchor) and (k == anchor or
-                                                                            k[: -len(anchor)].endswith("."))), "")
+    prefix = next((k[: -len(anchor)] for k in state if k == anchor or k.endswith("." + anchor)), "")
     missing = [f"{prefix}{names[p]}.{w}" for p in names for w in ("weight", "bias")
                if f"{prefix}{names[p]}.{w}" not in state]
     if missing:

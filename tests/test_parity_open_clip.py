@@ -6,7 +6,7 @@ import torch
 
 import dualtower
 from dualtower import checkpoint
-from dualtower.archs import OPENCLIP_NAMES, get_config
+from dualtower.archs import OPENCLIP_NAMES, OPENCLIP_TIMM_NAMES, get_config
 
 from .conftest import CAPTIONS, assert_close
 
@@ -74,7 +74,7 @@ def test_registry_configs_match_open_clip(name, tmp_path, record_property):
     print(f"{name}: image {diffs[0]:.2e} text {diffs[1]:.2e} logits {diffs[2]:.2e}")
 
 
-@pytest.mark.parametrize("name", sorted(OPENCLIP_NAMES))
+@pytest.mark.parametrize("name", sorted(OPENCLIP_NAMES + OPENCLIP_TIMM_NAMES))
 def test_every_registry_config_has_open_clip_keys_and_shapes(name):
     """Built on the meta device (no memory, no compute): our export has exactly open_clip's keys and shapes."""
     with torch.device("meta"):

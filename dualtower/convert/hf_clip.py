@@ -18,7 +18,8 @@ _BLOCK = [
 ]
 
 
-def _blocks(ours: str, theirs: str) -> list[Rule]:
+def blocks(ours: str, theirs: str) -> list[Rule]:
+    """Rules for HF encoder layers (CLIP and SigLIP share them): separate q/k/v into our fused qkv."""
     attn = f"{theirs}.{{i}}.self_attn"
     return [
         *[rule(f"{ours}.{{i}}.{o}", f"{theirs}.{{i}}.{t}") for o, t in _BLOCK],
@@ -33,7 +34,7 @@ TABLE: list[Rule] = [
     rule("visual.pos_embed", "vision_model.embeddings.position_embedding.weight"),
     rule("visual.norm_pre.weight", "vision_model.pre_layrnorm.weight"),
     rule("visual.norm_pre.bias", "vision_model.pre_layrnorm.bias"),
-    *_blocks("visual.transformer.blocks", "vision_model.encoder.layers"),
+    *blocks("visual.transformer.blocks", "vision_model.encoder.layers"),
     rule("visual.norm_pooled.weight", "vision_model.post_layernorm.weight"),  # HF: pool the class token, then norm
     rule("visual.norm_pooled.bias", "vision_model.post_layernorm.bias"),
     # The same result for a class-token model whose norm runs before pooling (open_clip's layout).
@@ -42,7 +43,7 @@ TABLE: list[Rule] = [
     rule("visual.head.weight", "visual_projection.weight"),
     rule("text.token_embed.weight", "text_model.embeddings.token_embedding.weight"),
     rule("text.pos_embed", "text_model.embeddings.position_embedding.weight"),
-    *_blocks("text.transformer.blocks", "text_model.encoder.layers"),
+    *blocks("text.transformer.blocks", "text_model.encoder.layers"),
     rule("text.norm.weight", "text_model.final_layer_norm.weight"),
     rule("text.norm.bias", "text_model.final_layer_norm.bias"),
     rule("text.head.weight", "text_projection.weight"),

@@ -12,15 +12,15 @@ import math
 
 import torch
 
-from ..config import ModelConfig, PreprocessConfig, TextConfig, VisionConfig
-from .hf_clip import _blocks
+from ..config import INCEPTION_MEAN, INCEPTION_STD, ModelConfig, PreprocessConfig, TextConfig, VisionConfig
+from .hf_clip import blocks
 from .remap import ConversionError, Rule, expand, from_ours, rule, to_ours
 
 TABLE: list[Rule] = [
     rule("visual.patch_embed.weight", "vision_model.embeddings.patch_embedding.weight"),
     rule("visual.patch_embed.bias", "vision_model.embeddings.patch_embedding.bias"),
     rule("visual.pos_embed", "vision_model.embeddings.position_embedding.weight"),
-    *_blocks("visual.transformer.blocks", "vision_model.encoder.layers"),
+    *blocks("visual.transformer.blocks", "vision_model.encoder.layers"),
     rule("visual.norm_tokens.weight", "vision_model.post_layernorm.weight"),
     rule("visual.norm_tokens.bias", "vision_model.post_layernorm.bias"),
     rule("visual.pool.latent", "vision_model.head.probe", lead=2),
@@ -36,7 +36,7 @@ TABLE: list[Rule] = [
     rule("visual.pool.mlp.fc2.bias", "vision_model.head.mlp.fc2.bias"),
     rule("text.token_embed.weight", "text_model.embeddings.token_embedding.weight"),
     rule("text.pos_embed", "text_model.embeddings.position_embedding.weight"),
-    *_blocks("text.transformer.blocks", "text_model.encoder.layers"),
+    *blocks("text.transformer.blocks", "text_model.encoder.layers"),
     rule("text.norm.weight", "text_model.final_layer_norm.weight"),
     rule("text.norm.bias", "text_model.final_layer_norm.bias"),
     rule("text.head.weight", "text_model.head.weight"),
@@ -95,8 +95,8 @@ def config_from_hf(hf: dict, preprocessor: dict | None, name: str) -> ModelConfi
         if isinstance(size, dict) and size.get("height", image) != image:
             raise ConversionError(f"{name}: preprocessor size {size} differs from the vision image_size {image}")
         preprocess = PreprocessConfig(
-            image_size=image, mean=tuple(pre.get("image_mean", (0.5, 0.5, 0.5))),
-            std=tuple(pre.get("image_std", (0.5, 0.5, 0.5))),
+            image_size=image, mean=tuple(pre.get("image_mean", INCEPTION_MEAN)),
+            std=tuple(pre.get("image_std", INCEPTION_STD)),
             interpolation=_RESAMPLE_FROM_HF.get(pre.get("resample", 2), "bicubic"), resize_mode="squash",
         )
         embed = t.get("projection_size", text.width)

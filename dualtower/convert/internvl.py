@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import torch
 
-from ..config import ModelConfig, PreprocessConfig, VisionConfig
+from ..config import IMAGENET_MEAN, IMAGENET_STD, ModelConfig, PreprocessConfig, VisionConfig
 from .remap import ConversionError, Rule, expand, from_ours, rule, to_ours
 
 _OURS = "visual.transformer.blocks.{i}."
@@ -160,8 +160,8 @@ def config_from_hf(vision: dict, name: str) -> ModelConfig:
             patch_bias=True, norm_pre=False, final_norm="none", head=False,
         )
         return ModelConfig(name=name, embed_dim=width, vision=v, text=None,
-                           preprocess=PreprocessConfig(image_size=image, mean=(0.485, 0.456, 0.406),
-                                                       std=(0.229, 0.224, 0.225), resize_mode="squash"))
+                           preprocess=PreprocessConfig(image_size=image, mean=IMAGENET_MEAN, std=IMAGENET_STD,
+                                                       resize_mode="squash"))
     except (TypeError, ValueError) as e:
         if isinstance(e, ConversionError):
             raise

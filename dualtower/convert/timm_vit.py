@@ -8,7 +8,7 @@ projections, k without bias, `gamma_1`; EVA-02 CLIP) and "eva_fused" (Eva with f
 from __future__ import annotations
 
 from ..config import VisionConfig
-from .remap import Rule, rule
+from .remap import Rule, expand, from_ours, rule, to_ours
 
 LAYOUTS = ("vit", "eva", "eva_fused")
 
@@ -99,13 +99,9 @@ def dropped(prefix: str, depth: int) -> set[str]:
 
 def import_state_dict(state: dict, cfg, our_keys: set[str], source: str, prefix: str = "") -> dict:
     """A bare timm state dict (keys under `prefix`) into a vision-only model of config `cfg`."""
-    from .remap import expand, to_ours
-
     rules = expand(table(layout_of_state(state, prefix), prefix), {"visual.": cfg.vision.depth})
     return to_ours(state, rules, our_keys, dropped(prefix, cfg.vision.depth), source)
 
 
 def export_state_dict(ours: dict, cfg, prefix: str = "") -> dict:
-    from .remap import expand, from_ours
-
     return from_ours(ours, expand(table(layout_of_config(cfg.vision), prefix), {"visual.": cfg.vision.depth}))

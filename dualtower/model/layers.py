@@ -102,6 +102,8 @@ class Rope2D(nn.Module):
     def forward(self, grid_h: int, grid_w: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
         key = (grid_h, grid_w, device)
         if key not in self._cache:  # computed on the CPU in fp32 (never on the meta device a model is built on)
+            if len(self._cache) >= 16:  # bounded, like the tower's resized positional embeddings
+                self._cache.clear()
             freqs = 1.0 / self.temperature ** (torch.arange(self.bands, dtype=torch.float32, device="cpu") / self.bands)
             rows = torch.arange(grid_h, dtype=torch.float32, device="cpu") / grid_h * self.ref_grid
             cols = torch.arange(grid_w, dtype=torch.float32, device="cpu") / grid_w * self.ref_grid

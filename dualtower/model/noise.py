@@ -54,30 +54,29 @@ def uniform(shape: tuple[int, ...], salt: int, device: torch.device) -> torch.Te
 class KeyedDropout(nn.Module):
     """Dropout whose mask for each sample comes from that sample's key (see module doc)."""
 
+    WHAT = "dropout"
+
     def __init__(self, prob: float, salt: int):
         super().__init__()
         if not 0.0 <= prob < 1.0:
-            raise ValueError(f"dropout {prob} is not in [0, 1)")
+            raise ValueError(f"{self.WHAT} {prob} is not in [0, 1)")
         self.prob, self.salt = prob, salt
+
+    def mask_shape(self, x: torch.Tensor) -> tuple[int, ...]:
+        return tuple(x.shape)  # one draw per element
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if not self.training or self.prob == 0.0:
             return x
-        keep = uniform(tuple(x.shape), self.salt, x.device) >= self.prob
-        return x * keep.to(x.dtype) / (1 - self.prob)
+        shape = self.mask_shape(x)
+        keep = uniform(shape, self.salt, x.device) >= self.prob
+        return x * keep.to(x.dtype).view(*shape, *([1] * (x.ndim - len(shape)))) / (1 - self.prob)
 
 
-class KeyedDropPath(nn.Module):
+class KeyedDropPath(KeyedDropout):
     """Stochastic depth (Huang et al. 2016): drop a sample's whole residual branch, keyed like KeyedDropout."""
 
-    def __init__(self, prob: float, salt: int):
-        super().__init__()
-        if not 0.0 <= prob < 1.0:
-            raise ValueError(f"drop path {prob} is not in [0, 1)")
-        self.prob, self.salt = prob, salt
+    WHAT = "drop path"
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if not self.training or self.prob == 0.0:
-            return x
-        keep = uniform((x.shape[0],), self.salt, x.device) >= self.prob  # (B,)
-        return x * (keep.to(x.dtype) / (1 - self.prob)).view(-1, *([1] * (x.ndim - 1)))
+    def mask_shape(self, x: torch.Tensor) -> tuple[int, ...]:
+        return (x.shape[0],)  # one draw per sample

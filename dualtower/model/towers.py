@@ -223,27 +223,20 @@ class TextTower(nn.Module):
         self.norm = make_norm(cfg.norm, cfg.width, cfg.norm_eps)
         self.head = nn.Linear(cfg.width, embed_dim, bias=cfg.head_bias) if cfg.head else nn.Identity()
 
-    def eot_positions(self, ids: torch.Tensor) -> torch.Tensor:
-        """Index of the first end-of-text token of each row; a row without one is an error."""
+    def pool_positions(self, ids: torch.Tensor) -> torch.Tensor:
+        """The position each row is pooled at: its first end-of-text token ("eot"; a row without one is an
+        error), or the last position ("last")."""
         if ids.ndim != 2:
             raise ValueError(f"token ids must be (B, L), got {tuple(ids.shape)}")
         if ids.shape[1] > self.cfg.context_length:
             raise ValueError(f"token ids have length {ids.shape[1]}, the context length is {self.cfg.context_length}")
+        if self.cfg.pool == "last":
+            return torch.full((ids.shape[0],), ids.shape[1] - 1, dtype=torch.long, device=ids.device)
         is_eot = ids == self.cfg.eot_id
         missing = (~is_eot.any(dim=1)).nonzero().flatten()
         if missing.numel():
             raise ValueError(f"text rows {missing.tolist()} have no end-of-text token (id {self.cfg.eot_id})")
         return is_eot.int().argmax(dim=1)  # argmax returns the first maximum
-
-    def pool_positions(self, ids: torch.Tensor) -> torch.Tensor:
-        """The position each row is pooled at: its first end-of-text token, or the last position."""
-        if self.cfg.pool == "eot":
-            return self.eot_positions(ids)
-        if ids.ndim != 2:
-            raise ValueError(f"token ids must be (B, L), got {tuple(ids.shape)}")
-        if ids.shape[1] > self.cfg.context_length:
-            raise ValueError(f"token ids have length {ids.shape[1]}, the context length is {self.cfg.context_length}")
-        return torch.full((ids.shape[0],), ids.shape[1] - 1, dtype=torch.long, device=ids.device)
 
     def forward(self, ids: torch.Tensor) -> torch.Tensor:
         at = self.pool_positions(ids)
