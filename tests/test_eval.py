@@ -47,7 +47,7 @@ def test_eval_commands_on_builtin_data(trained, tmp_path, capsys):
     path, _ = trained
     for task, extra in (("zeroshot", []), ("retrieval", []), ("linear-probe", ["--train", "builtin:digits"])):
         out = tmp_path / f"{task}.json"
-        assert main(["eval", task, "--model", path, "--data", "builtin:digits:test", "--workers", "0",
+        assert main(["eval", "--device", "cpu", task, "--model", path, "--data", "builtin:digits:test", "--workers", "0",
                      "--out", str(out), *extra]) == 0
         result = json.loads(out.read_text())
         assert result["images"]["accepted"] == 360
@@ -67,7 +67,7 @@ def test_eval_commands_on_builtin_data(trained, tmp_path, capsys):
         folder.mkdir(parents=True, exist_ok=True)
         sample.image.save(folder / f"{i}.png")
     out = tmp_path / "mine.json"
-    assert main(["eval", "zeroshot", "--model", path, "--data", f"classes:{tmp_path / 'mine'}", "--workers", "0",
+    assert main(["eval", "--device", "cpu", "zeroshot", "--model", path, "--data", f"classes:{tmp_path / 'mine'}", "--workers", "0",
                  "--out", str(out)]) == 0
     assert json.loads(out.read_text())["n"] == 40
 
@@ -78,7 +78,7 @@ def test_classify_and_embed(trained, tmp_path, capsys):
     for i in range(3):
         source.load(i).image.save(tmp_path / f"digit{i}.png")
     (tmp_path / "bad.png").write_bytes(b"not an image")
-    status = main(["classify", "--model", path, "--labels", "zero,one,two,three,four,five,six,seven,eight,nine",
+    status = main(["classify", "--device", "cpu", "--model", path, "--labels", "zero,one,two,three,four,five,six,seven,eight,nine",
                    str(tmp_path / "digit0.png"), str(tmp_path / "bad.png"), str(tmp_path / "digit1.png")])
     captured = capsys.readouterr()
     assert status == 2 and "bad.png" in captured.err
@@ -86,7 +86,7 @@ def test_classify_and_embed(trained, tmp_path, capsys):
 
     for suffix in (".npz", ".safetensors"):
         out = tmp_path / f"emb{suffix}"
-        assert main(["embed", "--model", path, "--data", "builtin:digits:test", "--out", str(out), "--text",
+        assert main(["embed", "--device", "cpu", "--model", path, "--data", "builtin:digits:test", "--out", str(out), "--text",
                      "--workers", "2"]) == 0
         if suffix == ".npz":
             data = np.load(out)
@@ -193,7 +193,7 @@ def test_bf16_precision_agrees_with_fp32(trained, tmp_path, capsys):
     """--precision bf16 holds the weights in bfloat16 (norms still in fp32): embeddings within cosine 0.999."""
     path, model = trained
     out = tmp_path / "bf16.npz"
-    assert main(["embed", "--model", path, "--data", "builtin:digits:test", "--out", str(out), "--text",
+    assert main(["embed", "--device", "cpu", "--model", path, "--data", "builtin:digits:test", "--out", str(out), "--text",
                  "--workers", "0", "--precision", "bf16"]) == 0
     data = np.load(out)
     direct, texts = embed_source(model, open_source("builtin:digits:test"), workers=0, with_text=True)
@@ -202,7 +202,7 @@ def test_bf16_precision_agrees_with_fp32(trained, tmp_path, capsys):
         assert float(cos.min()) >= 0.999
     source = open_source("builtin:digits:test")
     source.load(0).image.save(tmp_path / "digit0.png")
-    assert main(["classify", "--model", path, "--precision", "bf16", "--labels", "zero,one,two",
+    assert main(["classify", "--device", "cpu", "--model", path, "--precision", "bf16", "--labels", "zero,one,two",
                  str(tmp_path / "digit0.png")]) == 0
     assert "digit0.png:" in capsys.readouterr().out
 
@@ -215,8 +215,39 @@ def test_embed_a_folder_of_images_without_captions(trained, tmp_path, capsys):
     for i in range(3):
         source.load(i).image.save(folder / f"img{i}.png")
     out = tmp_path / "emb.npz"
-    assert main(["embed", "--model", path, "--data", str(folder), "--out", str(out), "--workers", "0"]) == 0
+    assert main(["embed", "--device", "cpu", "--model", path, "--data", str(folder), "--out", str(out), "--workers", "0"]) == 0
     assert np.load(out)["image_embeds"].shape[0] == 3
     # With --text the captions are needed: each image without one is skipped and counted.
-    assert main(["embed", "--model", path, "--data", str(folder), "--out", str(out), "--text", "--workers", "0"]) == 0
+    assert main(["embed", "--device", "cpu", "--model", path, "--data", str(folder), "--out", str(out), "--text", "--workers", "0"]) == 0
     assert "missing caption" in capsys.readouterr().out
+
+
+def test_device_option(trained, tmp_path, capsys):
+    """--device: an explicit cpu gives the same embeddings; a device this torch lacks is refused by name."""
+    path, model = trained
+    out = tmp_path / "cpu.npz"
+    assert main(["embed", "--model", path, "--data", "builtin:digits:test", "--out", str(out), "--workers", "0",
+                 "--device", "cpu"]) == 0
+    direct, _ = embed_source(model, open_source("builtin:digits:test"), workers=0)
+    assert np.abs(np.load(out)["image_embeds"] - direct.features.numpy()).max() <= 1e-6
+    for bad, says in (("tpu", "not a device name"), ("mps", "only cpu and cuda"),
+                      ("cuda:7", "CUDA GPU")):
+        assert main(["embed", "--model", path, "--data", "builtin:digits:test", "--out", str(out),
+                     "--device", bad]) == 2
+        assert says in capsys.readouterr().err
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_embed_and_classify_on_cuda_match_cpu(trained, tmp_path, capsys):
+    path, model = trained
+    out = tmp_path / "cuda.npz"
+    assert main(["embed", "--model", path, "--data", "builtin:digits:test", "--out", str(out), "--text",
+                 "--workers", "0", "--device", "cuda"]) == 0
+    direct, texts = embed_source(model, open_source("builtin:digits:test"), workers=0, with_text=True)
+    data = np.load(out)
+    assert np.abs(data["image_embeds"] - direct.features.numpy()).max() <= 1e-4  # TF32 may be on
+    assert np.abs(data["text_embeds"] - texts.numpy()).max() <= 1e-4
+    open_source("builtin:digits:test").load(0).image.save(tmp_path / "digit0.png")
+    assert main(["classify", "--model", path, "--device", "cuda", "--labels", "zero,one,two",
+                 str(tmp_path / "digit0.png")]) == 0
+    assert "digit0.png:" in capsys.readouterr().out

@@ -93,7 +93,7 @@ def test_features_command_writes_chosen_layers(tmp_path, capsys):
         Image.new("RGB", (40 + 10 * i, 30), (40 * i, 90, 200)).save(tmp_path / f"im{i}.png")
     (tmp_path / "broken.png").write_bytes(b"nope")
     images = [str(tmp_path / f"im{i}.png") for i in range(3)] + [str(tmp_path / "broken.png")]
-    status = main(["features", "--model", str(tmp_path / "ckpt"), "--layer=-2,-1", "--no-cls", "--out",
+    status = main(["features", "--device", "cpu", "--model", str(tmp_path / "ckpt"), "--layer=-2,-1", "--no-cls", "--out",
                    str(tmp_path / "f.safetensors"), *images])
     assert status == 2 and "broken.png" in capsys.readouterr().err  # reported, and the others still written
     with safe_open(tmp_path / "f.safetensors", "pt") as f:
@@ -114,7 +114,7 @@ def test_features_command_with_dynamic_tiles(tmp_path):
     dualtower.save(dualtower.create_model("tiny", seed=0), tmp_path / "ckpt")
     Image.new("RGB", (96, 32), (10, 200, 30)).save(tmp_path / "wide.png")  # 3x1 tiles of 32 px, plus a thumbnail
     Image.new("RGB", (32, 32), (10, 200, 30)).save(tmp_path / "square.png")  # one tile, no thumbnail
-    assert main(["features", "--model", str(tmp_path / "ckpt"), "--tiles", "1-6", "--out",
+    assert main(["features", "--device", "cpu", "--model", str(tmp_path / "ckpt"), "--tiles", "1-6", "--out",
                  str(tmp_path / "t.safetensors"), str(tmp_path / "wide.png"), str(tmp_path / "square.png")]) == 0
     with safe_open(tmp_path / "t.safetensors", "pt") as f:
         assert json.loads(f.metadata()["tiles_per_image"]) == [4, 1]
