@@ -1,7 +1,8 @@
 """CPU speed against open_clip (and HF where it has the same model), same random weights, same outputs.
 
 Measures, alternating the implementations in one process (warm-up, then the median of several repetitions):
-- the tokenizer on 10,000 English sentences (from the installed packages' descriptions), ids checked identical;
+- the tokenizer on 10,000 distinct English sentences (the installed packages' descriptions and docstrings), and
+  on 10,000 drawn with repeats from the descriptions alone (more non-ASCII text); ids checked identical;
 - the text tower (ViT-B-32) on those sentences, batch 256, outputs checked within 1e-5 relative;
 - the image tower (ViT-B-32 and ViT-B-16), batch 32 at 224 px: fp32 against open_clip and HF transformers
   (outputs checked within 1e-5 relative), and with the weights in bf16 against open_clip fp32 (cosine
@@ -9,7 +10,7 @@ Measures, alternating the implementations in one process (warm-up, then the medi
   call, which compiles, timed apart);
 - the fp32 and bf16 matrix-multiply ceiling of this machine, and the GFLOP/s each image tower reaches.
 
-    .venv/bin/python benchmarks/cpu_speed.py [--repeats 5] [--archs ViT-B-32,ViT-B-16]
+    .venv/bin/python benchmarks/cpu_speed.py [--repeats 5] [--archs ViT-B-32,ViT-B-16] [--tokenizer-only]
 """
 
 from __future__ import annotations
@@ -30,6 +31,8 @@ warnings.filterwarnings("ignore")
 
 
 def sentences(n: int) -> list[str]:
+    """n sentences drawn with repeats from the installed packages' descriptions (about 840 distinct, 3% of
+    them with non-ASCII characters)."""
     found = []
     for path in sorted(glob.glob(os.path.join(sys.prefix, "lib", "python3*", "site-packages", "*.dist-info",
                                               "METADATA"))):
@@ -40,6 +43,50 @@ def sentences(n: int) -> list[str]:
                 found.append(s)
     rng = random.Random(0)
     return [rng.choice(found) for _ in range(n)]
+
+
+def distinct_sentences(n: int) -> list[str]:
+    """n different sentences of 5-25 words: the descriptions above, then the docstrings of Python's standard
+    library and of the installed packages, as many as needed."""
+    found = dict.fromkeys(sentences(20_000))
+    docstring = re.compile(r'"""(.*?)"""', re.S)
+    roots = [os.path.join(sys.base_prefix, "lib", "python3*"), os.path.join(sys.prefix, "lib", "python3*",
+                                                                            "site-packages")]
+    for root in roots:
+        for path in sorted(glob.glob(os.path.join(root, "**", "*.py"), recursive=True)):
+            if len(found) >= 2 * n:
+                break
+            if "site-packages" in path and root == roots[0] or os.sep + "test" in path:
+                continue
+            for doc in docstring.findall(open(path, encoding="utf-8", errors="replace").read()):
+                for s in re.split(r"(?<=[.!?])\s+", doc):
+                    s = " ".join(s.split())
+                    if (5 <= len(s.split()) <= 25 and s[0].isupper()
+                            and not re.search(r"[<>{}\[\]`|#=_()*:]|http|\.\.", s)):
+                        found[s] = None
+    if len(found) < n:
+        raise RuntimeError(f"only {len(found)} distinct sentences found, {n} wanted")
+    return random.Random(0).sample(list(found), n)
+
+
+def tokenizer_rows(repeats: int) -> list[tuple]:
+    import open_clip
+
+    import dualtower
+
+    rows = []
+    for name, texts in (("10k distinct sentences", distinct_sentences(10_000)),
+                        ("10k sentences drawn from ~840", sentences(10_000))):
+        share = sum(not t.isascii() for t in texts) / len(texts)
+        ref_tok, our_tok = open_clip.tokenizer.SimpleTokenizer(), dualtower.tokenizer.ClipTokenizer()
+        assert torch.equal(ref_tok(texts), our_tok(texts)), "tokenizer ids differ"
+        label = f"tokenizer, {name} ({share:.1%} non-ASCII)"
+        t_ref = timed(lambda: open_clip.tokenizer.SimpleTokenizer()(texts), 1)  # fresh: no warm word cache
+        t_ours = timed(lambda: dualtower.tokenizer.ClipTokenizer()(texts), 1)
+        rows.append((f"{label}, fresh", len(texts) / t_ref, len(texts) / t_ours, "texts/s"))
+        t_ref, t_ours = timed(lambda: ref_tok(texts), repeats), timed(lambda: our_tok(texts), repeats)
+        rows.append((f"{label}, warm", len(texts) / t_ref, len(texts) / t_ours, "texts/s"))
+    return rows
 
 
 def timed(fn, repeats: int) -> float:
@@ -74,6 +121,7 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--archs", default="ViT-B-32,ViT-B-16")
+    parser.add_argument("--tokenizer-only", action="store_true")
     args = parser.parse_args()
     import open_clip
 
@@ -84,14 +132,11 @@ def main() -> None:
     print(f"machine: {describe()}; median of {args.repeats}")
     rows = []
 
+    rows += tokenizer_rows(args.repeats)
+    if args.tokenizer_only:
+        return print_rows(rows)
     texts = sentences(10_000)
-    ref_tok, our_tok = open_clip.tokenizer.SimpleTokenizer(), dualtower.get_tokenizer("ViT-B-32")
-    assert torch.equal(ref_tok(texts[:2000]), our_tok(texts[:2000])), "tokenizer ids differ"
-    t_ref = timed(lambda: open_clip.tokenizer.SimpleTokenizer()(texts), 1)  # a fresh one: no warm word cache
-    t_ours = timed(lambda: dualtower.tokenizer.ClipTokenizer()(texts), 1)
-    rows.append(("tokenizer, 10k sentences, fresh", len(texts) / t_ref, len(texts) / t_ours, "texts/s"))
-    t_ref, t_ours = timed(lambda: ref_tok(texts), args.repeats), timed(lambda: our_tok(texts), args.repeats)
-    rows.append(("tokenizer, 10k sentences, warm", len(texts) / t_ref, len(texts) / t_ours, "texts/s"))
+    our_tok = dualtower.get_tokenizer("ViT-B-32")
 
     torch.manual_seed(0)
     ref = open_clip.create_model("ViT-B-32").eval()
@@ -118,12 +163,17 @@ def main() -> None:
                      "GFLOP/s"))
     for arch in args.archs.split(","):
         rows += image_rows(arch, args.repeats)
-    print(f"{'what':<56} {'peer':>10} {'dualtower':>10} {'ratio':>7}")
+    print_rows(rows)
+
+
+def print_rows(rows: list[tuple]) -> None:
+    width = max(56, *(len(r[0]) for r in rows))
+    print(f"{'what':<{width}} {'peer':>10} {'dualtower':>10} {'ratio':>7}")
     for name, r, o, unit in rows:
         if r is None:
-            print(f"{name:<56} {'':>10} {o:>10.1f} {'':>7}  {unit}")
+            print(f"{name:<{width}} {'':>10} {o:>10.1f} {'':>7}  {unit}")
         else:
-            print(f"{name:<56} {r:>10.1f} {o:>10.1f} {o / r:>6.2f}x  {unit}")
+            print(f"{name:<{width}} {r:>10.1f} {o:>10.1f} {o / r:>6.2f}x  {unit}")
 
 
 def image_rows(arch: str, repeats: int) -> list[tuple]:

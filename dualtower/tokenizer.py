@@ -2,17 +2,20 @@
 
 Text cleaning (ftfy, HTML unescape twice, whitespace collapse, lower case) and the word split are done with the
 same libraries and pattern as the reference, so every input splits into the same words; the byte-level BPE of
-the words runs in the Rust `tokenizers` library, in batches. The vocabulary file is OpenAI's
-`bpe_simple_vocab_16e6.txt.gz` (MIT; see assets/NOTICE).
-"""
+new words runs in the Rust `tokenizers` library. A batch is handled as a whole: text that cleaning would not
+change is only lower-cased, all texts are split at whitespace in one call, and the ids of each distinct chunk
+(and word) are kept in flat arrays, so a batch of seen chunks costs a few dictionary lookups and array
+operations per text. The vocabulary file is OpenAI's `bpe_simple_vocab_16e6.txt.gz` (MIT; see assets/NOTICE)."""
 
 from __future__ import annotations
 
+import bisect
 import gzip
 import html
 import itertools
 import json
 import re
+import threading
 from functools import lru_cache
 from importlib import resources
 from typing import Sequence
@@ -27,13 +30,15 @@ EOT = "<end_of_text>"
 WORD_PATTERN = SOT + "|" + EOT + r"""|'s|'t|'re|'ve|'m|'ll|'d|[\p{L}]+|[\p{N}]|[^\s\p{L}\p{N}]+"""
 NUM_MERGES = 49152 - 256 - 2  # the published vocabulary uses the first 48,894 merges of the file
 
-# The fast path. Text of printable ASCII, tabs and newlines, without "&" (HTML entities) and "<" (the special
-# tokens), is left unchanged by ftfy and HTML unescaping, and on ASCII the word pattern's classes are plain
-# ASCII classes: such text is lower-cased and split with the ASCII pattern (whitespace runs drop out of the
-# split, so they need no collapsing), and each distinct word is BPE-encoded once (Rust, batched) and cached.
-# Everything else takes the reference's own cleaning and split.
-_PLAIN = re.compile(r"[\t\n\x20-\x25\x27-\x3b\x3d-\x7e]*")
-ASCII_WORD_PATTERN = r"""'s|'t|'re|'ve|'m|'ll|'d|[A-Za-z]+|[0-9]|[^\sA-Za-z0-9]+"""
+# Text that cleaning provably leaves alone, up to case and whitespace: printable ASCII, tabs and newlines (ftfy
+# changes none of these; a "\r" it would), with no "&" that could open an HTML entity (one followed by anything
+# but whitespace or "&"). Such text needs only lower case; anything this finds takes the full cleaning. Either
+# way the words are then split with the reference's own pattern (special tokens included).
+_NEEDS_CLEANING = re.compile(r"[^\t\n\x20-\x7e]|&[^\t\n &]")
+_PLAIN_BYTES = bytes([9, 10, *range(0x20, 0x7F)])
+_MAY_NEED_CLEANING = re.compile(r"[^\t\n\x20-\x25\x27-\x7e]")  # its first characters, in one class
+_SEPARATOR = "\n\x00\n"  # between texts in one split; a chunk of its own, as whitespace surrounds it
+_CACHE_LIMIT = 250_000  # distinct chunks kept per process (up to about 70 MB); when full, it starts afresh
 
 
 @lru_cache(maxsize=None)
@@ -51,6 +56,52 @@ def clean_text(text: str) -> str:
 
     text = html.unescape(html.unescape(ftfy.fix_text(text))).strip()
     return " ".join(text.split()).lower()
+
+
+def _text_ends(ends: np.ndarray, rows: np.ndarray, expected: int) -> np.ndarray:
+    """The running id totals at each separator (row 0): where each text ends."""
+    at = ends[rows == 0]
+    if len(at) != expected:  # cleaned text never holds U+0000, so this would be a bug, not bad input
+        raise RuntimeError(f"tokenizer: found {len(at)} separators for {expected} texts")
+    return at
+
+
+class _IdTable:
+    """Strings -> their token ids, all ids in one growing array (ragged rows), so that looking up many strings
+    makes no Python object per string: with hundreds of thousands of objects alive (torch imported), making
+    many sets off the garbage collector's full passes, which cost more than the lookups."""
+
+    def __init__(self, empty: str):
+        self.index: dict[str, int] = {empty: 0}  # row 0: a string with no ids (the separator)
+        self.start = np.zeros(1024, dtype=np.int64)
+        self.len = np.zeros(1024, dtype=np.int64)
+        self.flat = np.zeros(4096, dtype=np.int64)
+        self.used = 0
+
+    def rows(self, keys: list[str]) -> tuple[np.ndarray, np.ndarray]:
+        """Each key's row, -1 where unknown; and the positions of the unknown ones."""
+        rows = np.fromiter(map(self.index.get, keys, itertools.repeat(-1)), dtype=np.int64, count=len(keys))
+        return rows, np.flatnonzero(rows < 0)
+
+    def add(self, keys: list[str], ids: np.ndarray, lens: np.ndarray) -> None:
+        first, n, size = len(self.index), len(keys), len(ids)
+        if first + n > len(self.len):
+            self.len = np.resize(self.len, max(2 * len(self.len), first + n))
+            self.start = np.resize(self.start, len(self.len))
+        if self.used + size > len(self.flat):
+            self.flat = np.resize(self.flat, max(2 * len(self.flat), self.used + size))
+        self.len[first : first + n] = lens
+        self.start[first : first + n] = self.used + np.cumsum(lens) - lens
+        self.flat[self.used : self.used + size] = ids
+        self.used += size
+        self.index.update(zip(keys, range(first, first + n)))
+
+    def gather(self, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """The ids of the rows, concatenated, and the running total of ids at the end of each row."""
+        lens = self.len[rows]
+        ends = np.cumsum(lens)
+        total = int(ends[-1]) if len(ends) else 0
+        return self.flat[np.arange(total) - np.repeat(ends - lens - self.start[rows], lens)], ends
 
 
 class ClipTokenizer:
@@ -80,8 +131,25 @@ class ClipTokenizer:
         self._rust.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)
         self._rust.add_special_tokens([SOT, EOT])
         self._words = regex.compile(WORD_PATTERN, regex.IGNORECASE)
-        self._ascii_words = re.compile(ASCII_WORD_PATTERN)
-        self._word_ids: dict[str, list[int]] = {}  # BPE ids of each plain word seen, filled in batches
+        self._lock = threading.Lock()  # the cache below is shared by threads that tokenize at once
+        self._clear_cache()
+
+    _PER_PROCESS = ("_lock", "_chunks", "_words_seen")
+
+    def __getstate__(self) -> dict:
+        # Sent to loader worker processes without the lock and the cache: each process builds its own.
+        return {k: v for k, v in self.__dict__.items() if k not in self._PER_PROCESS}
+
+    def __setstate__(self, state: dict) -> None:
+        self.__dict__.update(state)
+        self._lock = threading.Lock()
+        self._clear_cache()
+
+    def _clear_cache(self) -> None:
+        # The ids of each distinct whitespace-separated chunk of cleaned text (a chunk's ids do not depend on
+        # its neighbours: the word split never crosses whitespace), and of each distinct word.
+        self._chunks = _IdTable(_SEPARATOR.strip())
+        self._words_seen = _IdTable(_SEPARATOR.strip())
 
     def words(self, text: str) -> list[str]:
         return self._words.findall(clean_text(text))
@@ -91,43 +159,80 @@ class ClipTokenizer:
         return self.encode_batch([text])[0]
 
     def encode_batch(self, texts: Sequence[str]) -> list[list[int]]:
-        out: list[list[int]] = [[] for _ in texts]
-        plain = [i for i, t in enumerate(texts) if _PLAIN.fullmatch(t)]
-        words = [self._ascii_words.findall(texts[i].lower()) for i in plain]
-        cache = self._word_ids
-        if len(cache) > 1_000_000:
-            cache.clear()
-        new = list({w for ws in words for w in ws if w not in cache})
-        for word, enc in zip(new, self._rust.encode_batch([[w] for w in new], is_pretokenized=True,
-                                                          add_special_tokens=False)):
-            cache[word] = enc.ids
-        for i, ws in zip(plain, words):
-            out[i] = [t for w in ws for t in cache[w]]
-        plain_set = set(plain)
-        other = [(i, w) for i, t in enumerate(texts) if i not in plain_set and (w := self.words(t))]
-        encodings = self._rust.encode_batch([w for _, w in other], is_pretokenized=True, add_special_tokens=False)
-        for (i, _), enc in zip(other, encodings):
-            out[i] = enc.ids
-        return out
+        flat, counts = self._encode_flat(texts)
+        return [x.tolist() for x in np.split(flat, np.cumsum(counts)[:-1])] if len(texts) else []
+
+    def _joined(self, texts: Sequence[str]) -> str:
+        """All texts as the word split sees them (up to whitespace, which only separates words), each followed
+        by the separator."""
+        joined = "\n".join(texts)  # a newline can neither hide nor make a match across two texts
+        if joined.isascii() and "&" not in joined and not joined.encode().translate(None, _PLAIN_BYTES):
+            return (_SEPARATOR.join(texts) + _SEPARATOR).lower()  # nothing to clean: the common case
+        out = [t.lower() for t in texts]
+        found = _MAY_NEED_CLEANING.search(joined)
+        ends = list(itertools.accumulate(len(t) + 1 for t in texts)) if found else []
+        while found:
+            at = found.start()
+            if _NEEDS_CLEANING.match(joined, at):
+                i = bisect.bisect_right(ends, at)
+                out[i] = clean_text(texts[i])
+                found = _MAY_NEED_CLEANING.search(joined, ends[i])
+            else:
+                found = _MAY_NEED_CLEANING.search(joined, at + 1)
+        return _SEPARATOR.join(out) + _SEPARATOR
+
+    def _encode_flat(self, texts: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
+        """All texts' BPE ids in one array, and the number of ids of each text."""
+        # One split of all texts, each followed by the separator chunk. Cleaned text never holds U+0000 (ftfy
+        # removes it, HTML unescaping cannot make it, and text that has it is cleaned), so the separators
+        # counted are exactly the texts' ends.
+        chunks = self._joined(texts).split() if len(texts) else []
+        with self._lock:
+            if len(self._chunks.index) > _CACHE_LIMIT:
+                self._clear_cache()
+            rows, missing = self._chunks.rows(chunks)
+            if missing.size:
+                self._add_chunks(list(dict.fromkeys(map(chunks.__getitem__, missing.tolist()))))
+                rows, _ = self._chunks.rows(chunks)
+            flat, ends = self._chunks.gather(rows)
+        return flat, np.diff(_text_ends(ends, rows, len(texts)), prepend=0)
+
+    def _add_chunks(self, chunks: list[str]) -> None:
+        # One word split of all the new chunks, each followed by the separator, and one call of the Rust BPE
+        # for the words not seen before.
+        words = self._words.findall(_SEPARATOR.join(chunks) + _SEPARATOR)
+        rows, missing = self._words_seen.rows(words)
+        if missing.size:
+            new = list(dict.fromkeys(map(words.__getitem__, missing.tolist())))
+            encoding = self._rust.encode(new, is_pretokenized=True, add_special_tokens=False)
+            ids = np.array(encoding.ids, dtype=np.int64)
+            self._words_seen.add(new, ids, np.bincount(np.array(encoding.word_ids, dtype=np.int64),
+                                                       minlength=len(new)))
+            rows, _ = self._words_seen.rows(words)
+        flat, ends = self._words_seen.gather(rows)
+        self._chunks.add(chunks, flat, np.diff(_text_ends(ends, rows, len(chunks)), prepend=0))
 
     def __call__(self, texts: str | Sequence[str], context_length: int | None = None) -> torch.Tensor:
         if isinstance(texts, str):
             texts = [texts]
-        for i, t in enumerate(texts):
-            if not isinstance(t, str):
-                raise TypeError(f"texts[{i}] is {type(t).__name__}, not str")
+        if not set(map(type, texts)) <= {str}:
+            for i, t in enumerate(texts):
+                if not isinstance(t, str):
+                    raise TypeError(f"texts[{i}] is {type(t).__name__}, not str")
         length = context_length or self.context_length
         if length < 2:
             raise ValueError(f"context_length must be at least 2 (start and end tokens), got {length}")
-        ids = [x[: length - 2] for x in self.encode_batch(texts)]  # truncated: the end token keeps the last slot
-        counts = np.fromiter(map(len, ids), dtype=np.int64, count=len(ids))
-        flat = np.fromiter(itertools.chain.from_iterable(ids), dtype=np.int64, count=int(counts.sum()))
-        rows = np.repeat(np.arange(len(ids)), counts)
-        cols = 1 + np.arange(len(flat)) - np.repeat(np.cumsum(counts) - counts, counts)
+        flat, counts = self._encode_flat(texts)
+        starts = np.cumsum(counts) - counts
+        # Each id's place in the flattened (B, length) result: its row's start, 1 for the start token, its column.
+        place = np.arange(len(flat)) + np.repeat(np.arange(len(texts)) * length + 1 - starts, counts)
         result = np.zeros((len(texts), length), dtype=np.int64)
         result[:, 0] = self.sot_id
-        result[rows, cols] = flat
-        result[np.arange(len(ids)), counts + 1] = self.eot_id
+        if len(flat) and counts.max() > length - 2:  # truncated: the end token keeps the last slot
+            keep = np.arange(len(flat)) - np.repeat(starts, counts) < length - 2
+            place, flat = place[keep], flat[keep]
+        result.reshape(-1)[place] = flat
+        result[np.arange(len(texts)), np.minimum(counts, length - 2) + 1] = self.eot_id
         return torch.from_numpy(result)
 
     def decode(self, ids: Sequence[int]) -> str:

@@ -100,3 +100,62 @@ def test_decode_roundtrip(ours):
 def test_non_string_is_a_clear_error(ours):
     with pytest.raises(TypeError, match=r"texts\[1\] is int"):
         ours(["ok", 3])
+
+
+# Text that is plain except for "&" and "<": lower case alone is right unless an "&" may open an HTML entity or
+# a special token is spelled out, which the fast path must notice.
+ENTITY_AND_TAG_CASES = [
+    "black & white", "a&b", "&", "a &", "& &", "&& and &", "&amp; &amp &lt;3 &LT; &#39; &#x27; &#39 &copy x",
+    "fish &chips", "rock&roll", "&;", "&#;", "5 < 6 & 7 > 3", "<b>bold</b> & <i>it</i>", "a<b", "<<", "x <3 y",
+    "<start_of_text>", "the <END_OF_TEXT> end", "<start_of_text", "<Start_Of_Text>x", "a\t&\tb", "&\n<",
+]
+
+
+def test_ampersands_and_angle_brackets_match_reference(ref, ours):
+    a, b = _reference_ids(ref, ENTITY_AND_TAG_CASES), ours(ENTITY_AND_TAG_CASES)
+    bad = [t for t, x, y in zip(ENTITY_AND_TAG_CASES, a, b) if not torch.equal(x, y)]
+    assert not bad
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(st.text(alphabet="&<>#;/x aAmpltTgqou\t\n_ofsrtendEXS0123", max_size=40), min_size=1, max_size=6))
+def test_entity_and_tag_fragments_in_batches_match_reference(texts):
+    """Batches mixing text that needs cleaning with text that does not: each text keeps its own ids."""
+    ours = dualtower.get_tokenizer("ViT-B-32")
+    assert torch.equal(ours(texts), _reference_ids(_REF, texts))
+
+
+def test_fresh_warm_threaded_pickled_and_cleared_caches_agree(ref, monkeypatch):
+    import pickle
+    import threading
+
+    from dualtower import tokenizer as tokenizer_module
+
+    corpus = _corpus()
+    want = _reference_ids(ref, corpus)
+    tok = ClipTokenizer()
+    assert torch.equal(tok(corpus), want)  # fresh
+    assert torch.equal(tok(corpus), want)  # warm
+    assert torch.equal(pickle.loads(pickle.dumps(tok))(corpus[:200]), want[:200])
+
+    shared, results = ClipTokenizer(), {}
+
+    def work(k):
+        results[k] = [shared(corpus[i : i + 37]) for i in range(k, len(corpus), 37 * 4)]
+
+    threads = [threading.Thread(target=work, args=(37 * k,)) for k in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    for k in range(4):
+        for j, i in enumerate(range(37 * k, len(corpus), 37 * 4)):
+            assert torch.equal(results[37 * k][j], want[i : i + 37])
+
+    monkeypatch.setattr(tokenizer_module, "_CACHE_LIMIT", 50)  # the cache is emptied again and again
+    small = ClipTokenizer()
+    assert torch.equal(torch.cat([small(corpus[i : i + 64]) for i in range(0, len(corpus), 64)]), want)
+
+
+def test_empty_batch(ours):
+    assert ours([]).shape == (0, 77) and ours.encode_batch([]) == []
