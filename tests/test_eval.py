@@ -1,5 +1,6 @@
 """Evaluation on built-in data: each eval command, classify, embed; CLIP_benchmark's own code agrees with ours."""
 
+import copy
 import json
 
 import numpy as np
@@ -251,3 +252,8 @@ def test_embed_and_classify_on_cuda_match_cpu(trained, tmp_path, capsys):
     assert main(["classify", "--model", path, "--device", "cuda", "--labels", "zero,one,two",
                  str(tmp_path / "digit0.png")]) == 0
     assert "digit0.png:" in capsys.readouterr().out
+    # Token ids may stay on the CPU for a tower on the GPU: the same embeddings as ids moved by hand.
+    ids = dualtower.get_tokenizer(model)(["a photo of a seven", "a handwritten digit zero on a white card"])
+    on_gpu = copy.deepcopy(model).to("cuda")
+    with torch.no_grad():
+        assert torch.equal(on_gpu.encode_text(ids), on_gpu.encode_text(ids.cuda()))

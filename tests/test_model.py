@@ -40,6 +40,22 @@ def test_batch_computed_to_longest_sequence_equals_full_length(model):
     assert (alone - together).abs().max() <= 1e-5 * together.abs().max()
 
 
+def test_cpu_ids_for_a_tower_elsewhere_are_trimmed_then_moved():
+    """A tower on another device takes ids from the CPU: checked and trimmed there, so only the used positions
+    travel (here the meta device stands in for an accelerator: shapes and devices are computed, not values)."""
+    on_meta = dualtower.create_model("tiny", seed=0).to("meta")
+    tok = dualtower.get_tokenizer(on_meta)
+    seen = []
+    on_meta.text.token_embed.register_forward_hook(lambda module, args, out: seen.append(args[0]))
+    out = on_meta.encode_text(tok(["a cat", "a cat on a mat"]))
+    assert out.device.type == "meta" and out.shape == (2, on_meta.cfg.embed_dim)
+    assert seen[0].device.type == "meta" and seen[0].shape == (2, 7)  # start, 5 words, end
+    bad = tok(["a cat"])
+    bad[0, bad[0] == tok.eot_id] = 0
+    with pytest.raises(ValueError, match="no end-of-text token"):
+        on_meta.encode_text(bad)
+
+
 def test_forward_returns_one_dataclass_with_normalised_embeddings(model):
     out = model(torch.randn(3, 3, 32, 32), dualtower.get_tokenizer(model)(["a", "b"]))
     assert out.image_embeds.shape == (3, 48) and out.text_embeds.shape == (2, 48)

@@ -43,7 +43,7 @@ def embed_source(model, source: Source, batch_size: int = 64, workers: int = 2, 
             continue
         feats.append(model.encode_image(batch.pixels.to(device), normalize=True).float().cpu())
         if with_text:
-            texts.append(model.encode_text(batch.ids.to(device), normalize=True).float().cpu())
+            texts.append(model.encode_text(batch.ids, normalize=True).float().cpu())  # moved by the tower
         labels.append(batch.labels)
         ids += batch.sample_ids
         captions += batch.captions
@@ -76,7 +76,6 @@ def embed_texts(model, texts: list[str], batch_size: int = 256, token_budget: in
     its longest text and a few long texts do not pad many short ones. Under a causal mask the result is the
     same as one plain batch (tested); a bidirectional text tower gets plain batches."""
     model.eval()
-    device = next(model.parameters()).device
     ids = get_tokenizer(model.cfg)(texts)
     out = torch.empty(len(texts), model.cfg.embed_dim)
     if model.cfg.text.causal:
@@ -85,5 +84,5 @@ def embed_texts(model, texts: list[str], batch_size: int = 256, token_budget: in
     else:  # every position counts: plain batches
         batches = [torch.arange(i, min(i + batch_size, len(texts))) for i in range(0, len(texts), batch_size)]
     for chunk in batches:
-        out[chunk] = model.encode_text(ids[chunk].to(device), normalize=True).float().cpu()
+        out[chunk] = model.encode_text(ids[chunk], normalize=True).float().cpu()  # moved by the tower
     return F.normalize(out, dim=-1)

@@ -239,11 +239,16 @@ class TextTower(nn.Module):
         return is_eot.int().argmax(dim=1)  # argmax returns the first maximum
 
     def forward(self, ids: torch.Tensor) -> torch.Tensor:
+        """ids: (B, L) on any device. Ids on the CPU for a tower elsewhere are checked and trimmed on the CPU
+        and moved after, so that nothing waits on the accelerator (on one, the checks must read back)."""
         at = self.pool_positions(ids)
         # Under the causal mask nothing after a row's pooled token changes its state, so the batch is
         # computed only up to its longest sequence. Without the mask every position counts.
         length = (int(at.max()) + 1 if at.numel() else 1) if self.cfg.causal else ids.shape[1]
-        x = self.token_embed(ids[:, :length]) + self.pos_embed[:length]  # (B, L, D)
+        ids = ids[:, :length]
+        if ids.device != self.pos_embed.device:
+            ids, at = ids.to(self.pos_embed.device), at.to(self.pos_embed.device)
+        x = self.token_embed(ids) + self.pos_embed[:length]  # (B, L, D)
         x = self.transformer(x)
         pooled = x[torch.arange(x.shape[0], device=x.device), at]  # (B, D)
         return self.head(self.norm(pooled))  # (B, E); the norm is per token, so pooling first is the same

@@ -160,7 +160,7 @@ def train(cfg: TrainConfig, resume: str | None = None) -> dict:
         lr = lr_at(step, cfg.optim.lr, cfg.optim.warmup_steps, t.steps)
         for group in optimizer.param_groups:
             group["lr"] = lr
-        pixels, ids = batch.pixels.to(d.device), batch.ids.to(d.device)
+        pixels, ids = batch.pixels.to(d.device), batch.ids  # the text tower checks and moves the ids itself
 
         # Forward and backward. Noise (dropout, patch dropout) is keyed per sample by (seed, step, record).
         keys = (t.seed & 0x7FF) << 52 | step << 32 | torch.tensor(batch.indices, dtype=torch.int64)
