@@ -9,7 +9,7 @@ Model FLOPs are counted by torch's FlopCounterMode on one real step of each impl
 attention, forward and backward); utilisation = FLOPs per second / the card's dense bf16 peak (a table of known
 cards below, or --peak-tflops). The captions are real-length (mostly 8-20 tokens): our text tower computes only
 up to the longest caption of a batch, open_clip and HF always run all 77 positions, so the counted FLOPs differ
-and each row's utilisation uses its own count. A few minutes on one H100.
+and each row's utilisation uses its own count. About 3 minutes on an H200, most of it in the --compile rows.
 """
 
 from __future__ import annotations
