@@ -56,7 +56,7 @@ def distinct_sentences(n: int) -> list[str]:
         for path in sorted(glob.glob(os.path.join(root, "**", "*.py"), recursive=True)):
             if len(found) >= 2 * n:
                 break
-            if "site-packages" in path and root == roots[0] or os.sep + "test" in path:
+            if ("site-packages" in path and root == roots[0]) or os.sep + "test" in path:
                 continue
             for doc in docstring.findall(open(path, encoding="utf-8", errors="replace").read()):
                 for s in re.split(r"(?<=[.!?])\s+", doc):

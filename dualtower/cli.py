@@ -258,10 +258,10 @@ def _data_args(p, data_help: str = "a data spec (builtin:digits:test, a captions
     p.add_argument("--caption-key", default="caption")
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--workers", type=int, default=2)
-    _precision_arg(p)
+    _inference_args(p)
 
 
-def _precision_arg(p) -> None:
+def _inference_args(p) -> None:
     p.add_argument("--precision", choices=["fp32", "bf16"], default="fp32",
                    help="bf16: weights in bfloat16 (about 2x faster on CPUs with AVX512-BF16 or AMX; embeddings "
                         "within cosine 0.999 of fp32)")
@@ -311,7 +311,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--labels", required=True, help='comma-separated, e.g. "cat,dog,car"')
     p.add_argument("--templates", help="a file of prompt templates ({c} for the label)")
     p.add_argument("--top-k", type=int, default=3)
-    _precision_arg(p)
+    _inference_args(p)
     p.add_argument("images", nargs="+")
     p.set_defaults(func=_cmd_classify)
 
@@ -329,7 +329,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--final-norm", action="store_true", help="apply the tower's final norm to every token")
     p.add_argument("--tiles", help="MIN-MAX: cut each image into InternVL's dynamic tiles (plus a thumbnail)")
     p.add_argument("--batch-size", type=int, default=32)
-    _precision_arg(p)
+    _inference_args(p)
     p.add_argument("--out", required=True,
                    help="FILE.safetensors: tensors layer<N> (tiles, tokens, width); metadata images, tiles_per_image")
     p.add_argument("images", nargs="+")

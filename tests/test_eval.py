@@ -238,6 +238,7 @@ def test_device_option(trained, tmp_path, capsys):
         assert says in capsys.readouterr().err
 
 
+@pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 def test_embed_and_classify_on_cuda_match_cpu(trained, tmp_path, capsys):
     path, model = trained
