@@ -58,7 +58,7 @@ def main() -> None:
         kind, impl, b, d, repeats, chunk = args.one
         print(json.dumps(measure(kind, impl, int(b), int(d), int(repeats), int(chunk))))
         return
-    from dualtower.machine import describe
+    from dualtower.apps.machine import describe
 
     print(f"machine: {describe()}; "
           f"fp32, D={args.dim}, chunk {args.chunk}, forward+backward, median of {args.repeats}")

@@ -127,7 +127,7 @@ def main() -> None:
 
     import dualtower
     from dualtower.eval.embed import embed_texts
-    from dualtower.machine import describe
+    from dualtower.apps.machine import describe
 
     print(f"machine: {describe()}; median of {args.repeats}")
     rows = []
@@ -184,7 +184,7 @@ def image_rows(arch: str, repeats: int) -> list[tuple]:
     import transformers
 
     import dualtower
-    from dualtower import checkpoint
+    from dualtower import convert
 
     torch.manual_seed(0)
     ref = open_clip.create_model(arch).eval()
@@ -195,7 +195,7 @@ def image_rows(arch: str, repeats: int) -> list[tuple]:
     ours = dualtower.load(path, arch=arch).eval()
     os.remove(path)
     hf_dir = f"/tmp/dualtower-bench-{arch}-hf"
-    checkpoint.export_hf(ours, hf_dir)
+    convert.export(ours, hf_dir, "hf")
     hf = transformers.CLIPModel.from_pretrained(hf_dir).eval()
     bf16 = copy.deepcopy(ours).to(torch.bfloat16)
     import torch._inductor.config as inductor_config

@@ -62,7 +62,7 @@ def main() -> None:
     import dualtower
     from dualtower.data import open_source
     from dualtower.eval.embed import embed_source
-    from dualtower.machine import describe
+    from dualtower.apps.machine import describe
 
     folder = Path(f"/tmp/dualtower-bench-jpegs-{args.images}")
     paths = make_folder(folder, args.images)

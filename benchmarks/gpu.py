@@ -119,10 +119,10 @@ def main() -> None:
     try:
         import transformers
 
-        from dualtower import checkpoint
+        from dualtower import convert
 
         hf_dir = tempfile.mkdtemp(prefix="dualtower-gpu-hf-")
-        checkpoint.export_hf(ours.cpu(), hf_dir)
+        convert.export(ours.cpu(), hf_dir, "hf")
         ours.to(device)
         hf = transformers.CLIPModel.from_pretrained(hf_dir, attn_implementation="sdpa").to(device).eval()
     except Exception as e:  # HF is an optional peer here

@@ -67,7 +67,7 @@ def main() -> None:
     if args.one:
         print(json.dumps(measure(*args.one)))
         return
-    from dualtower.machine import describe
+    from dualtower.apps.machine import describe
 
     print(f"machine: {describe()}; "
           f"small-digits, fp32, dropout 0.1, patch dropout 0.5, median of {args.repeats} steps")

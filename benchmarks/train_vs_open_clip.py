@@ -20,7 +20,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-from dualtower.machine import cpu_name
+from dualtower.apps.machine import cpu_name
 
 OPEN_CLIP_CONFIG = {  # small-digits in open_clip's terms
     "embed_dim": 128,

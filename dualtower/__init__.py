@@ -1,4 +1,10 @@
-"""dualtower: CLIP-style dual-encoder vision-text models."""
+"""dualtower: CLIP-style dual-encoder vision-text models.
+
+The public API is here: create_model, load, save, get_config, get_tokenizer, get_transform. One room per job:
+config / archs (what a model is), model/ (the towers), checkpoint (our format) and convert/ (every other format,
+through one registry), rundir (a training run's layout), io (atomic writes), data/, train/, eval/, mllm, and
+apps/ (demo, smoke) on top. The README's layout section has the map.
+"""
 
 from .archs import config_of, get_config, list_architectures
 from .config import ModelConfig, PreprocessConfig, TextConfig, VisionConfig
@@ -33,11 +39,14 @@ def save(model: DualEncoder, directory) -> None:
     _save(model, directory)
 
 
-def load(path, arch: str | None = None) -> DualEncoder:
-    """Load our checkpoint directory, an HF CLIPModel directory, or an open_clip / OpenAI state dict (with arch)."""
-    from .checkpoint import load as _load
+def load(path, arch: str | None = None, source: str | None = None, towers: str | None = None) -> DualEncoder:
+    """A model from our checkpoint (or a training run's directory: its latest checkpoint), a transformers
+    CLIPModel / SiglipModel / InternVL directory, or a bare state dict (open_clip / OpenAI, timm, InternViT) of
+    architecture `arch`. `source` names the format instead of detecting it (`dualtower.convert.names()`);
+    `towers="vision"` loads the vision tower alone."""
+    from .convert import load as _load
 
-    return _load(path, arch=arch)
+    return _load(path, arch=arch, source=source, towers=towers)
 
 
 __all__ = [

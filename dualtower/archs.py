@@ -7,10 +7,8 @@ keep tests fast and cover the options no published config uses.
 
 from __future__ import annotations
 
-import math
-
-from .config import (IMAGENET_MEAN, IMAGENET_STD, INCEPTION_MEAN, INCEPTION_STD, ModelConfig, PreprocessConfig,
-                     TextConfig, VisionConfig)
+from .config import (IMAGENET_MEAN, IMAGENET_STD, INCEPTION_MEAN, INCEPTION_STD, SIGLIP_INIT_LOGIT_BIAS,
+                     SIGLIP_INIT_LOGIT_SCALE, ModelConfig, PreprocessConfig, TextConfig, VisionConfig)
 
 # name: (embed_dim, image_size, patch, vision width, vision depth, vision head width, vision mlp ratio,
 #        text width, text heads, text depth, QuickGELU, vision layer-scale init)
@@ -95,8 +93,8 @@ def _siglip(name, image, patch, width, depth, heads, mlp_dim, context) -> ModelC
         ),
         preprocess=PreprocessConfig(image_size=image, mean=INCEPTION_MEAN, std=INCEPTION_STD, resize_mode="squash"),
         tokenizer="external",
-        init_logit_scale=math.log(10),  # SigLIP (Zhai et al. 2023): t' = log 10, b = -10 at init
-        init_logit_bias=-10.0,
+        init_logit_scale=SIGLIP_INIT_LOGIT_SCALE,
+        init_logit_bias=SIGLIP_INIT_LOGIT_BIAS,
         max_logit_scale=None,
     )
 

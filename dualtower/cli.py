@@ -21,15 +21,15 @@ def _cmd_archs(args) -> int:
 
 
 def _cmd_convert(args) -> int:
-    from .checkpoint import convert
+    from .convert import convert
 
-    model = convert(args.src, args.dst, arch=args.arch, to=args.to)
+    model = convert(args.src, args.dst, arch=args.arch, to=args.to, source=args.source, towers=args.towers)
     print(f"wrote {args.dst} ({args.to} format, architecture {model.cfg.name})")
     return 0
 
 
 def _cmd_smoke(args) -> int:
-    from .smoke import run
+    from .apps.smoke import run
 
     run(arch=args.arch, seed=args.seed)
     return 0
@@ -52,7 +52,7 @@ def _cmd_train(args, overrides: list[str]) -> int:
 
 
 def _cmd_demo(args) -> int:
-    from .demo import run
+    from .apps.demo import run
 
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     run(data=args.data, out=args.out, steps=args.steps, workers=args.workers, seed=args.seed)
@@ -69,7 +69,8 @@ def _model(args):
         print(f"note: {args.model} is an architecture name; using random weights", file=sys.stderr)
         model = dualtower.create_model(args.model)
     else:
-        model = dualtower.load(args.model, arch=args.arch)
+        model = dualtower.load(args.model, arch=args.arch, source=getattr(args, "source", None),
+                               towers=getattr(args, "towers", None))
     import torch
 
     if getattr(args, "precision", "fp32") == "bf16":
@@ -104,13 +105,10 @@ def _templates(args, source_name: str) -> list[str]:
 
 
 def _write_json(path: str | None, result: dict) -> None:
-    import json
-
-    from .checkpoint import atomic_file
+    from .io import write_json
 
     if path:
-        with atomic_file(path) as tmp:
-            tmp.write_text(json.dumps(result, indent=2) + "\n")
+        write_json(path, result)
         print(f"results: {path}")
 
 
@@ -150,34 +148,22 @@ def _cmd_eval(args) -> int:
 
 
 def _cmd_classify(args) -> int:
-    import torch
-
-    from .eval import build_classifier
+    from .eval import ZeroShotClassifier
     from .images import open_image
 
-    model = _model(args)
     labels = [x.strip() for x in args.labels.split(",") if x.strip()]
     if len(labels) < 2:
         raise ValueError("--labels needs at least two comma-separated labels")
-    classifier = build_classifier(model, labels, _templates(args, ""))
-    device = next(model.parameters()).device
-    from . import get_transform
-
-    transform = get_transform(model)
+    classifier = ZeroShotClassifier(_model(args), labels, _templates(args, ""))
     status = 0
     for path in args.images:
         try:
-            pixels = transform(open_image(path))[None]
+            top = classifier.top(open_image(path), args.top_k)
         except ValueError as e:
             print(f"{path}: error: {e}", file=sys.stderr)
             status = 2
             continue
-        with torch.inference_mode():
-            image = model.encode_image(pixels.to(device), normalize=True).float().cpu()
-            probs = (model.scale().float().cpu() * image @ classifier.float().T).softmax(-1)[0]
-        top = probs.topk(min(args.top_k, len(labels)))
-        print(path + ": " + ", ".join(f"{labels[i]} {p:.3f}" for p, i in zip(top.values.tolist(),
-                                                                             top.indices.tolist())))
+        print(path + ": " + ", ".join(f"{label} {p:.3f}" for label, p in top))
     return status
 
 
@@ -195,64 +181,39 @@ def _cmd_embed(args) -> int:
 
 
 def _cmd_features(args) -> int:
-    import json
+    from .mllm import extract_features
 
-    import torch
-
-    import dualtower
-    from .checkpoint import atomic_file
-    from .images import ImageDecodeError, open_image
-
-    from .mllm import dynamic_tiles
-
-    model = _model(args)
-    device = next(model.parameters()).device
-    transform = dualtower.get_transform(model)
-    layers = tuple(int(x) for x in args.layer.split(","))
     lo, _, hi = (args.tiles or "1-1").partition("-")
-    min_tiles, max_tiles = int(lo), int(hi or lo)
-    if not 1 <= min_tiles <= max_tiles:
+    try:
+        tiles = (int(lo), int(hi or lo)) if args.tiles else None
+    except ValueError:
+        tiles = (0, 0)
+    if tiles is not None and not 1 <= tiles[0] <= tiles[1]:
         raise ValueError(f"--tiles {args.tiles!r}: expected MIN-MAX with 1 <= MIN <= MAX, e.g. 1-12")
-    names, skipped, counts, outputs = [], [], [], [[] for _ in layers]
-    for start in range(0, len(args.images), args.batch_size):
-        pixels = []
-        for path in args.images[start : start + args.batch_size]:
-            try:
-                image = open_image(path)
-            except ImageDecodeError as e:
-                print(f"skipped: {e}", file=sys.stderr)
-                skipped.append(path)
-                continue
-            tiles = (dynamic_tiles(image, model.cfg.vision.image_size, min_tiles, max_tiles) if args.tiles
-                     else [image])
-            pixels += [transform(t) for t in tiles]
-            names.append(path)
-            counts.append(len(tiles))
-        if not pixels:
-            continue
-        with torch.inference_mode():
-            feats = model.visual.features(torch.stack(pixels).to(device), layers=layers, keep_cls=not args.no_cls,
-                                          final_norm=args.final_norm)
-        for out, f in zip(outputs, feats):
-            out.append(f.cpu())
-    if not names:
-        raise ValueError("no image could be read")
-    from safetensors.torch import save_file
+    result = extract_features(_model(args), args.images, layers=tuple(int(x) for x in args.layer.split(",")),
+                              keep_cls=not args.no_cls, final_norm=args.final_norm, tiles=tiles,
+                              batch_size=args.batch_size, on_skip=lambda message: print(message, file=sys.stderr))
+    result.save(args.out)
+    shapes = ", ".join(f"{k} {tuple(v.shape)}" for k, v in result.tensors.items())
+    print(f"wrote {args.out}: {shapes}; {len(result.skipped)} image(s) skipped")
+    return 2 if result.skipped else 0
 
-    tensors = {f"layer{layer}": torch.cat(out).contiguous() for layer, out in zip(layers, outputs)}
-    meta = {"images": json.dumps(names), "tiles_per_image": json.dumps(counts), "skipped": json.dumps(skipped),
-            "layers": json.dumps(layers),
-            "class_token": str(not args.no_cls).lower(), "final_norm": str(args.final_norm).lower()}
-    with atomic_file(args.out) as tmp:
-        save_file(tensors, tmp, metadata=meta)
-    shapes = ", ".join(f"{k} {tuple(v.shape)}" for k, v in tensors.items())
-    print(f"wrote {args.out}: {shapes}; {len(skipped)} image(s) skipped")
-    return 2 if skipped else 0
+
+_FORMATS = "dualtower, open_clip (or openai), timm, internvl, hf-clip, hf-siglip, hf-internvl"
+
+
+def _model_args(p) -> None:
+    p.add_argument("--model", required=True, help="a checkpoint (or a training run's directory: its latest "
+                                                  "checkpoint), or an architecture name for random weights")
+    p.add_argument("--arch", help="the architecture of a bare state dict checkpoint")
+    p.add_argument("--source", "--from", dest="source", help=f"the checkpoint's format when it should not be "
+                                                                f"detected: {_FORMATS}")
+    p.add_argument("--towers", choices=["both", "vision"],
+                   help="vision: load the vision tower alone (tower-only formats such as timm's always do)")
 
 
 def _data_args(p, data_help: str = "a data spec (builtin:digits:test, a captions file, a folder, tar shards)"):
-    p.add_argument("--model", required=True, help="a checkpoint, or an architecture name for random weights")
-    p.add_argument("--arch", help="the architecture of a bare state dict checkpoint")
+    _model_args(p)
     p.add_argument("--data", required=True, help=data_help)
     p.add_argument("--image-key", default="image")
     p.add_argument("--caption-key", default="caption")
@@ -277,11 +238,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=_cmd_archs)
 
     p = sub.add_parser("convert", help="convert a checkpoint between formats")
-    p.add_argument("src", help="our checkpoint directory; an HF CLIP, SigLIP or InternVL(Vision) directory; or a "
-                               "state dict (open_clip/OpenAI, bare timm ViT, InternViT) with --arch")
-    p.add_argument("dst", help="output directory (dualtower, hf) or file (open_clip, internvl: .safetensors or .bin)")
+    p.add_argument("src", help="our checkpoint directory or a run directory; an HF CLIP, SigLIP or InternVL(Vision) "
+                               "directory; or a state dict (open_clip/OpenAI, bare timm ViT/EVA, InternViT) with "
+                               "--arch")
+    p.add_argument("dst", help="output directory (dualtower, hf) or file (open_clip, timm, internvl: .safetensors "
+                               "or .bin)")
     p.add_argument("--arch", help="architecture of a bare state dict, e.g. ViT-B-32, EVA02-B-16, InternViT-300M-448px")
-    p.add_argument("--to", choices=["dualtower", "hf", "open_clip", "internvl"], default="dualtower")
+    p.add_argument("--from", dest="source", help=f"the source's format when it should not be detected: {_FORMATS}")
+    p.add_argument("--towers", choices=["both", "vision"], help="vision: convert the vision tower alone")
+    p.add_argument("--to", default="dualtower", help=f"the format to write: {_FORMATS}, or hf (the transformers "
+                                                    "class that fits the model)")
     p.set_defaults(func=_cmd_convert)
 
     p = sub.add_parser("train", help="train or fine-tune (CONFIG: .toml/.yaml; --section.key=value overrides)")
@@ -306,8 +272,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=_cmd_eval)
 
     p = sub.add_parser("classify", help="top-k labels for images, zero-shot")
-    p.add_argument("--model", required=True)
-    p.add_argument("--arch")
+    _model_args(p)
     p.add_argument("--labels", required=True, help='comma-separated, e.g. "cat,dog,car"')
     p.add_argument("--templates", help="a file of prompt templates ({c} for the label)")
     p.add_argument("--top-k", type=int, default=3)
@@ -322,8 +287,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=_cmd_embed)
 
     p = sub.add_parser("features", help="hidden states of chosen vision layers, for multimodal LLMs")
-    p.add_argument("--model", required=True)
-    p.add_argument("--arch")
+    _model_args(p)
     p.add_argument("--layer", default="-2", help="hidden-state indices (HF numbering), comma-separated; write negative ones as --layer=-2")
     p.add_argument("--no-cls", action="store_true", help="drop the class token")
     p.add_argument("--final-norm", action="store_true", help="apply the tower's final norm to every token")

@@ -1,8 +1,11 @@
 """Small frozen configs: one per tower, one for preprocessing, one for the whole model.
 
 Every field that changes the numbers has a name and a value; there is no "None means the architecture
-default". `ModelConfig.to_dict()` / `ModelConfig.from_dict()` round-trip through JSON, and `from_dict`
-refuses keys it does not know, so a checkpoint never carries settings that were silently ignored.
+default". Both towers share one transformer, so its 17 fields (`BlockConfig`) are defined and checked once and
+each tower's config extends them with its embedding and pooling. `ModelConfig.to_dict()` /
+`ModelConfig.from_dict()` round-trip through JSON (the block fields nested under "block", format version 2;
+version 1 wrote them flat and is still read), and `from_dict` refuses keys it does not know, so a checkpoint
+never carries settings that were silently ignored.
 """
 
 from __future__ import annotations
@@ -10,6 +13,7 @@ from __future__ import annotations
 import dataclasses
 import math
 from dataclasses import dataclass, field
+from typing import ClassVar
 
 ACTIVATIONS = ("gelu", "gelu_tanh", "quick_gelu")
 NORMS = ("layernorm", "rmsnorm")
@@ -17,21 +21,32 @@ QK_NORMS = ("none", "head", "full")  # per head (timm), or over the full width b
 MLP_TYPES = ("mlp", "swiglu")
 VISION_POOLS = ("cls", "mean", "map", "mean_query")
 
-# OpenAI CLIP's image statistics, used by every open_clip ViT config that does not override them.
 # "clip-bpe": OpenAI's CLIP BPE (bundled). "external": the model's own tokenizer is not bundled (SigLIP's
 # SentencePiece vocabulary); texts must come as token ids, or from a tokenizer.json beside the weights.
 TOKENIZERS = ("clip-bpe", "external")
 
+# Image statistics. OpenAI CLIP's are used by every open_clip ViT config that does not override them.
 OPENAI_MEAN = (0.48145466, 0.4578275, 0.40821073)
 OPENAI_STD = (0.26862954, 0.26130258, 0.27577711)
 INCEPTION_MEAN = INCEPTION_STD = (0.5, 0.5, 0.5)  # SigLIP's
 IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)  # InternViT's
 
+# OpenAI's CLIP BPE vocabulary: 49,406 merges and bytes, then the two special tokens.
+CLIP_VOCAB_SIZE, CLIP_SOT_ID, CLIP_EOT_ID = 49408, 49406, 49407
+
+# CLIP (Radford et al. 2021): temperature 0.07 at init, learned in log space, clamped at 100.
+CLIP_INIT_LOGIT_SCALE, CLIP_MAX_LOGIT_SCALE = math.log(1 / 0.07), math.log(100)
+# SigLIP (Zhai et al. 2023): t' = log 10 and b = -10 at init, so early logits match the rare positives.
+SIGLIP_INIT_LOGIT_SCALE, SIGLIP_INIT_LOGIT_BIAS = math.log(10), -10.0
+
+CONFIG_VERSION = 2  # the layout of ModelConfig.to_dict(); 1: block fields flat in each tower
+
 
 @dataclass(frozen=True)
-class VisionConfig:
-    image_size: int = 224
-    patch_size: int = 32
+class BlockConfig:
+    """The transformer of a tower: its size and the parts of every block (see model.layers.build_block)."""
+
+    TOWER: ClassVar[str] = "block"
     width: int = 768
     depth: int = 12
     heads: int = 12
@@ -49,6 +64,24 @@ class VisionConfig:
     attn_norm: bool = False  # norm on the attention output before its projection (EVA-02 sub-LN)
     mlp_type: str = "mlp"  # one of MLP_TYPES
     mlp_norm: bool = False  # norm on the MLP's hidden layer (EVA-02 sub-LN)
+
+    def __post_init__(self):
+        t = self.TOWER
+        _check(self.act in ACTIVATIONS, f"{t} act {self.act!r} is not one of {ACTIVATIONS}")
+        _check(self.norm in NORMS, f"{t} norm {self.norm!r} is not one of {NORMS}")
+        _check(self.qk_norm in QK_NORMS, f"{t} qk_norm {self.qk_norm!r} is not one of {QK_NORMS}")
+        _check(self.mlp_type in MLP_TYPES, f"{t} mlp_type {self.mlp_type!r} is not one of {MLP_TYPES}")
+        _check(self.width % self.heads == 0, f"{t} width {self.width} is not divisible by heads {self.heads}")
+
+
+BLOCK_FIELDS = tuple(f.name for f in dataclasses.fields(BlockConfig))
+
+
+@dataclass(frozen=True)
+class VisionConfig(BlockConfig):
+    TOWER: ClassVar[str] = "vision"
+    image_size: int = 224
+    patch_size: int = 32
     patch_bias: bool = False
     class_token: bool = True
     norm_pre: bool = True  # norm on the tokens before the transformer
@@ -65,15 +98,11 @@ class VisionConfig:
     head_bias: bool = False
 
     def __post_init__(self):
-        _check(self.act in ACTIVATIONS, f"vision act {self.act!r} is not one of {ACTIVATIONS}")
-        _check(self.norm in NORMS, f"vision norm {self.norm!r} is not one of {NORMS}")
-        _check(self.qk_norm in QK_NORMS, f"vision qk_norm {self.qk_norm!r} is not one of {QK_NORMS}")
-        _check(self.mlp_type in MLP_TYPES, f"vision mlp_type {self.mlp_type!r} is not one of {MLP_TYPES}")
+        super().__post_init__()
         _check(self.pool in VISION_POOLS, f"vision pool {self.pool!r} is not one of {VISION_POOLS}")
         _check(self.class_token or self.pool != "cls", "vision pool 'cls' needs class_token=True")
         _check(self.final_norm in ("before_pool", "after_pool", "none"),
                f"vision final_norm {self.final_norm!r} is not 'before_pool', 'after_pool' or 'none'")
-        _check(self.width % self.heads == 0, f"vision width {self.width} is not divisible by heads {self.heads}")
         _check(self.width % (self.pool_heads or self.heads) == 0,
                f"vision width {self.width} is not divisible by pool_heads {self.pool_heads}")
         _check(not self.rope or (self.width // self.heads) % 4 == 0,
@@ -87,40 +116,23 @@ class VisionConfig:
 
 
 @dataclass(frozen=True)
-class TextConfig:
-    vocab_size: int = 49408
-    context_length: int = 77
-    width: int = 512
-    depth: int = 12
+class TextConfig(BlockConfig):
+    TOWER: ClassVar[str] = "text"
+    width: int = 512  # CLIP's text transformer is narrower than its vision one
     heads: int = 8
     mlp_dim: int = 2048
-    act: str = "gelu"
-    norm: str = "layernorm"
-    norm_eps: float = 1e-5
-    post_norm: bool = False
-    ls_init: float = 0.0
-    qkv_bias: bool = True
-    k_bias: bool = True
-    proj_bias: bool = True
-    mlp_bias: bool = True
-    qk_norm: str = "none"
-    attn_norm: bool = False
-    mlp_type: str = "mlp"
-    mlp_norm: bool = False
+    vocab_size: int = CLIP_VOCAB_SIZE
+    context_length: int = 77
     causal: bool = True  # False: every token sees the whole sequence (SigLIP)
     pool: str = "eot"  # "eot": the first end-of-text token; "last": the last position (SigLIP)
     head: bool = True
     head_bias: bool = False
-    eot_id: int = 49407  # "eot" pooling reads the hidden state at the first end-of-text token
+    eot_id: int = CLIP_EOT_ID  # "eot" pooling reads the hidden state at the first end-of-text token
     pad_id: int = 0
 
     def __post_init__(self):
-        _check(self.act in ACTIVATIONS, f"text act {self.act!r} is not one of {ACTIVATIONS}")
-        _check(self.norm in NORMS, f"text norm {self.norm!r} is not one of {NORMS}")
-        _check(self.qk_norm in QK_NORMS, f"text qk_norm {self.qk_norm!r} is not one of {QK_NORMS}")
-        _check(self.mlp_type in MLP_TYPES, f"text mlp_type {self.mlp_type!r} is not one of {MLP_TYPES}")
+        super().__post_init__()
         _check(self.pool in ("eot", "last"), f"text pool {self.pool!r} is not 'eot' or 'last'")
-        _check(self.width % self.heads == 0, f"text width {self.width} is not divisible by heads {self.heads}")
         _check(0 <= self.eot_id < self.vocab_size, f"eot_id {self.eot_id} is outside the vocabulary")
 
 
@@ -148,10 +160,9 @@ class ModelConfig:
     text: TextConfig | None = field(default_factory=TextConfig)  # None: a vision-only model (InternViT)
     preprocess: PreprocessConfig = field(default_factory=PreprocessConfig)
     tokenizer: str = "clip-bpe"
-    # CLIP (Radford et al. 2021): temperature 0.07 at init, learned in log space.
-    init_logit_scale: float = math.log(1 / 0.07)
+    init_logit_scale: float = CLIP_INIT_LOGIT_SCALE
     init_logit_bias: float | None = None  # None: the model has no logit bias (SigLIP-style models set one)
-    max_logit_scale: float | None = math.log(100)  # CLIP clamps the learned log scale; None: no clamp (SigLIP)
+    max_logit_scale: float | None = CLIP_MAX_LOGIT_SCALE  # CLIP clamps the learned log scale; None: no clamp
 
     def __post_init__(self):
         _check(self.tokenizer in TOKENIZERS, f"tokenizer {self.tokenizer!r} unknown (known: {TOKENIZERS})")
@@ -164,19 +175,45 @@ class ModelConfig:
                f"{self.vision.image_size}")
 
     def to_dict(self) -> dict:
-        return dataclasses.asdict(self)
+        """JSON-ready, in the layout of CONFIG_VERSION: each tower's block fields under "block"."""
+        data = dataclasses.asdict(self)
+        for tower in ("vision", "text"):
+            if data[tower] is not None:
+                flat = data[tower]
+                data[tower] = {"block": {k: flat.pop(k) for k in BLOCK_FIELDS}, **flat}
+        return data
 
     @classmethod
-    def from_dict(cls, data: dict) -> "ModelConfig":
+    def from_dict(cls, data: dict, version: int = CONFIG_VERSION) -> "ModelConfig":
+        """From `to_dict()`'s layout of `version` (1: block fields flat in each tower, 2: nested)."""
+        if version not in (1, CONFIG_VERSION):
+            raise ValueError(f"config version {version!r} is not supported (1 or {CONFIG_VERSION})")
+        _check(isinstance(data, dict), f"config must be a JSON object, got {type(data).__name__}")
         data = dict(data)
         parts = {"vision": VisionConfig, "text": TextConfig, "preprocess": PreprocessConfig}
         for key, part in parts.items():
-            if data.get(key) is not None:
-                data[key] = _build(part, data[key], f"config.{key}")
+            value = data.get(key)
+            if value is None:
+                continue
+            if version >= 2 and key != "preprocess":
+                value = _unnest_block(value, f"config.{key}")
+            data[key] = _build(part, value, f"config.{key}")
         return _build(cls, data, "config")
 
     def replace(self, **changes) -> "ModelConfig":
         return dataclasses.replace(self, **changes)
+
+
+def _unnest_block(tower: dict, where: str) -> dict:
+    _check(isinstance(tower, dict), f"{where} must be a JSON object, got {type(tower).__name__}")
+    tower = dict(tower)
+    block = tower.pop("block", None)
+    _check(isinstance(block, dict), f"{where}.block must be a JSON object")
+    unknown = sorted(set(block) - set(BLOCK_FIELDS))
+    _check(not unknown, f"{where}.block has unknown keys {unknown}; known keys: {sorted(BLOCK_FIELDS)}")
+    clash = sorted(set(block) & set(tower))
+    _check(not clash, f"{where} has block fields outside its block: {clash}")
+    return {**block, **tower}
 
 
 def _build(cls, data: dict, where: str):

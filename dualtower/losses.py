@@ -8,16 +8,8 @@ per-process gradients then equals the single-process loss on the whole batch.
 
 from __future__ import annotations
 
-import math
-
 import torch
 import torch.nn.functional as F
-
-# SigLIP (Zhai et al. 2023): the sigmoid loss starts at scale 10 and bias -10, so early logits favour the
-# many negatives (one positive per row among B).
-SIGLIP_INIT_LOGIT_SCALE = math.log(10)
-SIGLIP_INIT_LOGIT_BIAS = -10.0
-
 
 def clip_loss(image: torch.Tensor, text: torch.Tensor, logit_scale: torch.Tensor,
               all_image: torch.Tensor | None = None, all_text: torch.Tensor | None = None, offset: int = 0,

@@ -1,8 +1,13 @@
 """Pieces that turn a vision tower into the visual front end of a multimodal LLM, as InternVL does it:
-dynamic high-resolution tiling of the input image, pixel shuffle of the patch tokens, and the projector.
+dynamic high-resolution tiling of the input image, pixel shuffle of the patch tokens, and the projector; and
+the hidden states of chosen layers for a list of image files (`extract_features`, `dualtower features`).
 """
 
 from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass, field
 
 import torch
 from PIL import Image
@@ -102,3 +107,67 @@ def image_tokens(model, pixels: torch.Tensor, projector: Projector | None = None
     gh, gw = pixels.shape[-2] // model.cfg.vision.patch_size, pixels.shape[-1] // model.cfg.vision.patch_size
     x = pixel_shuffle(x.reshape(B, gh, gw, D), scale).reshape(B, -1, round(D / scale ** 2))
     return projector(x) if projector is not None else x
+
+
+@dataclass
+class VisionFeatures:
+    """Hidden states of chosen layers for a list of images (each cut into tiles, or one tile)."""
+
+    layers: tuple[int, ...]
+    tensors: dict[str, torch.Tensor]  # "layer<N>": (tiles, tokens, width), the tiles of every image in order
+    images: list[str]  # the images read, in order
+    tiles_per_image: list[int]
+    skipped: list[str] = field(default_factory=list)  # images that could not be decoded
+    keep_cls: bool = True
+    final_norm: bool = False
+
+    def save(self, path: "str | os.PathLike") -> None:
+        """One safetensors file: tensors layer<N>; metadata images, tiles_per_image, skipped, layers (JSON)."""
+        from safetensors.torch import save_file
+
+        from .io import atomic_file
+
+        meta = {"images": json.dumps(self.images), "tiles_per_image": json.dumps(self.tiles_per_image),
+                "skipped": json.dumps(self.skipped), "layers": json.dumps(self.layers),
+                "class_token": str(self.keep_cls).lower(), "final_norm": str(self.final_norm).lower()}
+        with atomic_file(path) as tmp:
+            save_file(self.tensors, tmp, metadata=meta)
+
+
+@torch.inference_mode()
+def extract_features(model, paths: list[str], layers: tuple[int, ...] = (-2,), keep_cls: bool = True,
+                     final_norm: bool = False, tiles: tuple[int, int] | None = None, batch_size: int = 32,
+                     on_skip=None) -> VisionFeatures:
+    """Hidden states of `layers` (HF numbering) for each image file, in batches of `batch_size` images; with
+    `tiles=(min, max)` each image is cut into InternVL's dynamic tiles (plus a thumbnail). An image that cannot
+    be decoded is skipped, listed, and reported to `on_skip(message)`."""
+    from . import get_transform
+    from .images import ImageDecodeError, open_image
+
+    device = next(model.parameters()).device
+    transform = get_transform(model)
+    result = VisionFeatures(tuple(layers), {}, [], [], keep_cls=keep_cls, final_norm=final_norm)
+    outputs: list[list[torch.Tensor]] = [[] for _ in layers]
+    for start in range(0, len(paths), batch_size):
+        pixels = []
+        for path in paths[start: start + batch_size]:
+            try:
+                image = open_image(path)
+            except ImageDecodeError as e:
+                result.skipped.append(path)
+                if on_skip is not None:
+                    on_skip(f"skipped: {e}")
+                continue
+            cut = dynamic_tiles(image, model.cfg.vision.image_size, *tiles) if tiles else [image]
+            pixels += [transform(t) for t in cut]
+            result.images.append(path)
+            result.tiles_per_image.append(len(cut))
+        if pixels:
+            feats = model.visual.features(torch.stack(pixels).to(device), layers=tuple(layers), keep_cls=keep_cls,
+                                          final_norm=final_norm)
+            for out, f in zip(outputs, feats):
+                out.append(f.cpu())
+    if not result.images:
+        raise ValueError("no image could be read")
+    result.tensors = {f"layer{layer}": torch.cat(out).contiguous() for layer, out in zip(layers, outputs)}
+    return result

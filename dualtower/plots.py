@@ -8,7 +8,7 @@ from pathlib import Path
 
 from PIL import Image, ImageDraw, ImageFont
 
-from .checkpoint import atomic_file
+from .io import atomic_file
 
 @lru_cache(maxsize=4)
 def default_font(size: int = 13):

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 import dualtower
-from dualtower import checkpoint
+from dualtower import convert
 from dualtower.checkpoint import CheckpointError
 
 
@@ -87,12 +87,12 @@ def test_bad_checkpoints_are_refused_before_anything_runs(tmp_path):
     dualtower.save(model, tmp_path / "ckpt")
     meta = json.loads((tmp_path / "ckpt" / "config.json").read_text())
 
-    meta["model"]["vision"]["width"] = 96
+    meta["model"]["vision"]["block"]["width"] = 96  # version 2: block fields nested
     (tmp_path / "ckpt" / "config.json").write_text(json.dumps(meta))
     with pytest.raises(CheckpointError, match="wrong shapes"):
         dualtower.load(tmp_path / "ckpt")
 
-    meta["model"]["vision"]["width"] = 64
+    meta["model"]["vision"]["block"]["width"] = 64
     meta["model"]["vision"]["colour"] = "red"
     (tmp_path / "ckpt" / "config.json").write_text(json.dumps(meta))
     with pytest.raises(CheckpointError, match="colour"):
@@ -112,10 +112,10 @@ def test_bad_checkpoints_are_refused_before_anything_runs(tmp_path):
 def test_bare_state_dict_needs_arch_and_unmatched_keys_are_named(tmp_path):
     model = dualtower.create_model("tiny")
     path = tmp_path / "model.safetensors"
-    checkpoint.export_open_clip(model, path)
+    convert.export(model, path, "open_clip")
     with pytest.raises(CheckpointError, match="arch="):
         dualtower.load(path)
-    state = checkpoint.read_state_file(path)
+    state = convert.read_state_file(path)
     state["visual.mystery"] = torch.zeros(1)
     from safetensors.torch import save_file
 
@@ -126,3 +126,75 @@ def test_bare_state_dict_needs_arch_and_unmatched_keys_are_named(tmp_path):
     save_file(state, path)
     with pytest.raises(CheckpointError, match="visual.proj"):
         dualtower.load(path, arch="tiny")
+
+
+DATA = os.path.join(os.path.dirname(__file__), "data")
+
+
+def test_a_version_1_checkpoint_still_loads_with_its_outputs(tmp_path):
+    """tests/data/checkpoint-v1 was written by the version-1 writer (block fields flat in each tower), with its
+    outputs on fixed inputs beside it. It loads to the same config and bit-identical outputs, and is rewritten as
+    version 2 with the block fields nested."""
+    from safetensors.torch import load_file
+
+    old = json.loads(open(os.path.join(DATA, "checkpoint-v1", "config.json")).read())
+    assert old["version"] == 1 and "norm" in old["model"]["vision"]
+    model = dualtower.load(os.path.join(DATA, "checkpoint-v1"))
+    assert model.cfg.vision.norm == "rmsnorm" and model.cfg.vision.post_norm and model.cfg.text.vocab_size == 300
+    want = load_file(os.path.join(DATA, "checkpoint-v1-outputs.safetensors"))
+    with torch.no_grad():
+        assert torch.equal(model.encode_image(want["pixels"]), want["image_embeds"])
+        assert torch.equal(model.encode_text(want["ids"]), want["text_embeds"])
+        assert torch.equal(model(want["pixels"], want["ids"]).logits_per_image, want["logits"])
+    dualtower.save(model, tmp_path / "v2")
+    new = json.loads((tmp_path / "v2" / "config.json").read_text())
+    assert new["version"] == 2 and new["model"]["vision"]["block"]["norm"] == "rmsnorm"
+    assert "norm" not in new["model"]["vision"] and new["model"]["text"]["block"]["width"] == 32
+    assert dualtower.load(tmp_path / "v2").cfg == model.cfg
+
+    new["model"]["text"]["block"]["colour"] = "red"
+    (tmp_path / "v2" / "config.json").write_text(json.dumps(new))
+    with pytest.raises(CheckpointError, match="block has unknown keys .'colour'"):
+        dualtower.load(tmp_path / "v2")
+    new["version"] = 3
+    (tmp_path / "v2" / "config.json").write_text(json.dumps(new))
+    with pytest.raises(CheckpointError, match="version 3 is not supported"):
+        dualtower.load(tmp_path / "v2")
+
+
+def test_block_fields_are_defined_and_checked_once():
+    from dataclasses import fields
+
+    from dualtower.config import BLOCK_FIELDS, BlockConfig, TextConfig, VisionConfig
+
+    assert len(BLOCK_FIELDS) == 17
+    for tower in (VisionConfig, TextConfig):
+        assert issubclass(tower, BlockConfig)
+        assert [f.name for f in fields(tower)][:17] == list(BLOCK_FIELDS)
+    with pytest.raises(ValueError, match="text act 'relu'"):
+        TextConfig(act="relu")
+    with pytest.raises(ValueError, match="vision width 100 is not divisible by heads 12"):
+        VisionConfig(width=100)
+
+
+def test_a_run_directory_stands_for_its_latest_checkpoint(tmp_path):
+    from dualtower.rundir import RunDir, resolve
+
+    run = RunDir(tmp_path / "run")
+    for step, seed in ((2, 1), (4, 2), (6, 3)):
+        dualtower.save(dualtower.create_model("tiny", seed=seed), run.step(step))
+        run.publish(run.step(step), keep=2)
+    assert [p.name for p in run.steps()] == ["step_000004", "step_000006"]  # the oldest pruned
+    latest = run.checkpoints / "latest"
+    assert latest.is_symlink() and os.readlink(latest) == "step_000006"
+    want = dualtower.create_model("tiny", seed=3)
+    for given in (run.root, run.checkpoints, latest):
+        assert resolve(given) == run.step(6)
+        assert _equal_state(dualtower.load(given), want)
+    # Where there are no symlinks, `latest` is a file naming the checkpoint; runs written so are still read.
+    latest.unlink()
+    latest.write_text("step_000004\n")
+    assert resolve(run.root) == run.step(4) and resolve(latest) == run.step(4)
+    latest.write_text("step_000099\n")
+    with pytest.raises(FileNotFoundError, match="names no complete checkpoint"):
+        dualtower.load(run.root)

@@ -26,10 +26,10 @@ def _drain(source, batch=4):
     transform = ImageTransform(dualtower.get_config("tiny").preprocess)
     plan = SequentialPlan(len(source), batch)
     stats, captions = SkipStats(), []
-    for b in batches(source, plan, transform, dualtower.get_tokenizer("tiny"), 0, plan.steps, workers=1):
+    for b in batches(source, plan, transform, 0, plan.steps, workers=1):
         stats.add(len(b), b.skips)
         captions += b.captions
-        assert b.pixels.shape == (len(b), 3, 32, 32) and b.ids.shape[0] == len(b)
+        assert b.pixels.shape == (len(b), 3, 32, 32) and len(b.captions) == len(b)
     return captions, stats
 
 

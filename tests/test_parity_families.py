@@ -9,7 +9,7 @@ import timm
 import torch
 
 import dualtower
-from dualtower import checkpoint
+from dualtower import convert
 from dualtower.archs import get_config
 from dualtower.config import ModelConfig, PreprocessConfig, VisionConfig
 from dualtower.convert import timm_vit
@@ -85,7 +85,7 @@ def test_open_clip_timm_models_match(name, tmp_path):
 
     # And back: our open_clip export loads into open_clip with the same weights.
     out = tmp_path / "exported.safetensors"
-    checkpoint.export_open_clip(ours, out)
+    convert.export(ours, out, "open_clip")
     from safetensors.torch import load_file
 
     again = open_clip.create_model(name).eval()
@@ -192,7 +192,7 @@ def test_hf_siglip_loads_and_exports_with_equal_outputs(tmp_path):
     print(f"HF SiglipModel: image {diffs[0]:.2e} text {diffs[1]:.2e} logits {diffs[2]:.2e}")
 
     # Export: SiglipModel.from_pretrained takes our directory and gives the same outputs.
-    checkpoint.convert(tmp_path / "hf", tmp_path / "back", to="hf")
+    convert.convert(tmp_path / "hf", tmp_path / "back", to="hf")
     again = transformers.SiglipModel.from_pretrained(tmp_path / "back").eval()
     _compare_siglip(again, ours)
     assert json_of(tmp_path / "back" / "preprocessor_config.json")["size"] == {"height": 48, "width": 48}
@@ -213,7 +213,7 @@ def test_open_clip_siglip_exports_to_hf_siglip(tmp_path):
     ours = dualtower.DualEncoder(cfg).eval()
     ours.init_weights()
     perturb(ours)
-    checkpoint.export_hf(ours, tmp_path / "hf")
+    convert.export(ours, tmp_path / "hf", "hf")
     hf = transformers.SiglipModel.from_pretrained(tmp_path / "hf").eval()
     assert hf.config.vision_config.hidden_act == "gelu"
     pixels = _pixels(32)
@@ -269,9 +269,9 @@ def test_hf_internvl_vision_matches_at_two_sizes(six_b, tmp_path):
         print(f"HF InternVLVisionModel {'6B' if six_b else '300M'} style at {size}px: cls {diff:.2e}")
 
     # Back to transformers, and to InternVL's own layout and in again.
-    checkpoint.convert(tmp_path / "hf", tmp_path / "back", to="hf")
+    convert.convert(tmp_path / "hf", tmp_path / "back", to="hf")
     again = transformers.InternVLVisionModel.from_pretrained(tmp_path / "back").eval()
-    checkpoint.convert(tmp_path / "hf", tmp_path / "internvl.safetensors", to="internvl")
+    convert.convert(tmp_path / "hf", tmp_path / "internvl.safetensors", to="internvl")
     from safetensors.torch import load_file
 
     own = load_file(tmp_path / "internvl.safetensors")

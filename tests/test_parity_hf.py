@@ -7,7 +7,7 @@ import torch
 import transformers
 
 import dualtower
-from dualtower import checkpoint
+from dualtower import convert
 from dualtower.checkpoint import CheckpointError
 
 from .conftest import CAPTIONS, assert_close
@@ -79,14 +79,14 @@ def test_export_to_hf_then_from_pretrained(tmp_path):
     with torch.no_grad():
         for p in ours.parameters():  # new weights, so the exported copy cannot pass by being the original
             p.add_(torch.randn_like(p) * 0.01)
-    checkpoint.export_hf(ours, tmp_path / "exported")
+    convert.export(ours, tmp_path / "exported", "hf")
     reloaded = transformers.CLIPModel.from_pretrained(tmp_path / "exported").eval()
     _compare(reloaded, ours)
 
 
 def test_registry_model_exports_to_hf(tmp_path):
     ours = dualtower.create_model("tiny", seed=0)  # open_clip layout: norm before pooling the class token
-    checkpoint.export_hf(ours, tmp_path / "exported")
+    convert.export(ours, tmp_path / "exported", "hf")
     hf = transformers.CLIPModel.from_pretrained(tmp_path / "exported").eval()
     _compare(hf, ours, image_size=32)
     tok = transformers.CLIPTokenizer.from_pretrained(tmp_path / "exported")
@@ -99,7 +99,7 @@ def test_registry_model_exports_to_hf(tmp_path):
 def test_unsupported_config_is_refused_for_hf(tmp_path):
     ours = dualtower.create_model("tiny-ls-mean", seed=0)
     with pytest.raises(ValueError, match="HF CLIP"):
-        checkpoint.export_hf(ours, tmp_path / "out")
+        convert.export(ours, tmp_path / "out", "hf")
     assert not (tmp_path / "out").exists()
 
 

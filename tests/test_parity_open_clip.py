@@ -5,7 +5,7 @@ import pytest
 import torch
 
 import dualtower
-from dualtower import checkpoint
+from dualtower import convert
 from dualtower.archs import OPENCLIP_NAMES, OPENCLIP_TIMM_NAMES, get_config
 
 from .conftest import CAPTIONS, assert_close
@@ -81,7 +81,7 @@ def test_every_registry_config_has_open_clip_keys_and_shapes(name):
         ref = open_clip.create_model(name, device="meta")
         ours = dualtower.DualEncoder(get_config(name))
     ref_shapes = {k: tuple(v.shape) for k, v in ref.state_dict().items()}
-    exported = checkpoint.open_clip.export_state_dict(dict(ours.state_dict()), ours.cfg)
+    exported = convert.open_clip.export_state_dict(dict(ours.state_dict()), ours.cfg)
     assert {k: tuple(v.shape) for k, v in exported.items()} == ref_shapes
 
 
@@ -90,9 +90,9 @@ def test_export_loads_into_open_clip_strictly(tmp_path):
     ours = dualtower.create_model(name, seed=3)
     for suffix in (".safetensors", ".bin"):
         path = tmp_path / f"exported{suffix}"
-        checkpoint.export_open_clip(ours, path)
+        convert.export(ours, path, "open_clip")
         ref = open_clip.create_model(name).eval()
-        state = checkpoint.read_state_file(path)
+        state = convert.read_state_file(path)
         ref.load_state_dict(state, strict=True)
         _compare(ref, ours, 224)
 

@@ -1,3 +1,66 @@
+"""Foreign checkpoint formats, in and out, through one registry (`registry.FORMATS`).
+
+    load(path, arch=None, source=None, towers=None) -> DualEncoder
+    export(model, dst, to="dualtower")
+    convert(src, dst, arch=None, to="dualtower", source=None, towers=None)
+
+Each format is one module exporting one `Format` object (ours, open_clip, hf_clip, hf_siglip, hf_internvl,
+internvl, timm_vit); `remap` holds the shared key-table code, `files` the safe reading and writing of state dicts.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from .. import rundir
+from ..checkpoint import CheckpointError, build, empty_model
+from . import hf_clip, hf_internvl, hf_siglip, internvl, open_clip, ours, timm_vit  # noqa: F401 (they register)
+from .files import Probe, read_state_file
+from .registry import FORMATS, detect, get_format, names, writer_for
 from .remap import ConversionError
 
-__all__ = ["ConversionError"]
+TOWERS = ("both", "vision")
+
+
+def load(path: "str | os.PathLike", arch: str | None = None, source: str | None = None,
+         towers: str | None = None):
+    """A model from any registered format. `source` names the format (otherwise it is detected); `arch` names the
+    architecture of a bare state dict; `towers="vision"` keeps only the vision tower (tower-only formats such as
+    timm's and InternViT's always load that way)."""
+    if towers is not None and towers not in TOWERS:
+        raise ValueError(f"towers={towers!r}: expected one of {TOWERS}")
+    path = rundir.resolve(Path(path))
+    probe = Probe.of(path)
+    fmt = get_format(source) if source else detect(probe)
+    try:
+        cfg = fmt.read_config(probe, arch)
+        if towers == "both" and cfg.text is None:
+            raise CheckpointError(f"{path}: a {fmt.name} checkpoint holds no text tower; load it with "
+                                  "towers='vision'")
+        state = fmt.to_ours(fmt.read_state(probe, cfg), cfg, set(empty_model(cfg).state_dict()), str(path))
+    except ConversionError as e:
+        raise CheckpointError(str(e)) from e
+    if towers == "vision" and cfg.text is not None:
+        cfg = cfg.replace(text=None)
+        state = {k: v for k, v in state.items() if k.startswith("visual.")}
+    return build(cfg, state, str(path))
+
+
+def export(model, dst: "str | os.PathLike", to: str = "dualtower") -> None:
+    """Write `model` in format `to` (a registry name, or "hf" for the transformers class that fits it)."""
+    try:
+        writer_for(to, model.cfg).write(model, Path(dst))
+    except ConversionError as e:
+        raise CheckpointError(str(e)) from e
+
+
+def convert(src: "str | os.PathLike", dst: "str | os.PathLike", arch: str | None = None, to: str = "dualtower",
+            source: str | None = None, towers: str | None = None):
+    model = load(src, arch=arch, source=source, towers=towers)
+    export(model, dst, to)
+    return model
+
+
+__all__ = ["FORMATS", "ConversionError", "Probe", "convert", "detect", "export", "get_format", "load", "names",
+           "read_state_file"]

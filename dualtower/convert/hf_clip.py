@@ -6,7 +6,9 @@ import json
 
 import torch
 
-from ..config import OPENAI_MEAN, OPENAI_STD, ModelConfig, PreprocessConfig, TextConfig, VisionConfig
+from ..config import (CLIP_EOT_ID, CLIP_SOT_ID, CLIP_VOCAB_SIZE, OPENAI_MEAN, OPENAI_STD, ModelConfig,
+                      PreprocessConfig, TextConfig, VisionConfig)
+from .registry import HFDirectory, register
 from .remap import ConversionError, Rule, expand, from_ours, rule, to_ours
 
 _BLOCK = [
@@ -54,9 +56,6 @@ DROPPED = {"text_model.embeddings.position_ids", "vision_model.embeddings.positi
 
 _ACT_FROM_HF = {"quick_gelu": "quick_gelu", "gelu": "gelu", "gelu_new": "gelu_tanh", "gelu_pytorch_tanh": "gelu_tanh"}
 _ACT_TO_HF = {"quick_gelu": "quick_gelu", "gelu": "gelu", "gelu_tanh": "gelu_pytorch_tanh"}
-CLIP_VOCAB_SIZE = 49408
-CLIP_EOT_ID = 49407
-CLIP_SOT_ID = 49406
 
 
 def _rules(cfg: ModelConfig) -> list[Rule]:
@@ -110,7 +109,7 @@ def config_from_hf(hf: dict, preprocessor: dict | None, name: str) -> ModelConfi
         text=text,
         preprocess=PreprocessConfig(image_size=image_size, mean=tuple(pre.get("image_mean", OPENAI_MEAN)),
                                     std=tuple(pre.get("image_std", OPENAI_STD))),
-        init_logit_scale=hf.get("logit_scale_init_value", 2.6592),
+        init_logit_scale=hf.get("logit_scale_init_value", 2.6592)  # transformers CLIPConfig default,
     )
 
 
@@ -170,9 +169,27 @@ def export_state_dict(ours: dict[str, torch.Tensor], cfg: ModelConfig) -> dict[s
     return from_ours(ours, _rules(cfg))
 
 
-def read_json(path, name: str) -> dict:
-    try:
-        with open(path, encoding="utf-8") as f:
-            return json.load(f)
-    except json.JSONDecodeError as e:
-        raise ConversionError(f"{name}: {path} is not valid JSON ({e})") from e
+def _check_writable(cfg: ModelConfig) -> None:
+    if cfg.text is None:
+        raise ConversionError(f"{cfg.name}: CLIPModel has a text tower")
+    check_exportable(cfg)
+
+
+class HFClip(HFDirectory):
+    name = "hf-clip"
+    summary = "a transformers CLIPModel directory (config.json model_type 'clip')"
+    model_type = "clip"
+    config_from_hf = staticmethod(config_from_hf)
+    to_ours = staticmethod(import_state_dict)
+    from_ours = staticmethod(export_state_dict)
+    check = staticmethod(_check_writable)
+
+    def hf_files(self, cfg: ModelConfig) -> tuple[dict, dict[str, str]]:
+        from ..tokenizer import get_tokenizer
+
+        files = {"preprocessor_config.json": json.dumps(preprocessor_to_hf(cfg), indent=2) + "\n",
+                 **get_tokenizer(cfg).hf_files()}
+        return config_to_hf(cfg), files
+
+
+FORMAT = register(HFClip())

@@ -8,12 +8,14 @@ says tokenizer "external", and texts are given as ids.
 
 from __future__ import annotations
 
-import math
+import json
 
 import torch
 
-from ..config import INCEPTION_MEAN, INCEPTION_STD, ModelConfig, PreprocessConfig, TextConfig, VisionConfig
+from ..config import (INCEPTION_MEAN, INCEPTION_STD, SIGLIP_INIT_LOGIT_BIAS, SIGLIP_INIT_LOGIT_SCALE, ModelConfig,
+                      PreprocessConfig, TextConfig, VisionConfig)
 from .hf_clip import blocks
+from .registry import HFDirectory, register
 from .remap import ConversionError, Rule, expand, from_ours, rule, to_ours
 
 TABLE: list[Rule] = [
@@ -103,7 +105,8 @@ def config_from_hf(hf: dict, preprocessor: dict | None, name: str) -> ModelConfi
         if embed != width:
             raise ConversionError(f"{name}: text projection_size {embed} differs from the vision width {width}")
         return ModelConfig(name=name, embed_dim=width, vision=vision, text=text, preprocess=preprocess,
-                           tokenizer="external", init_logit_scale=math.log(10), init_logit_bias=-10.0,
+                           tokenizer="external", init_logit_scale=SIGLIP_INIT_LOGIT_SCALE,
+                           init_logit_bias=SIGLIP_INIT_LOGIT_BIAS,
                            max_logit_scale=None)
     except (TypeError, ValueError) as e:
         if isinstance(e, ConversionError):
@@ -176,3 +179,20 @@ def import_state_dict(state: dict, cfg: ModelConfig, our_keys: set[str], source:
 def export_state_dict(ours: dict[str, torch.Tensor], cfg: ModelConfig) -> dict[str, torch.Tensor]:
     check_exportable(cfg)
     return from_ours(ours, _rules(cfg))
+
+
+class HFSiglip(HFDirectory):
+    name = "hf-siglip"
+    summary = "a transformers SiglipModel directory (config.json model_type 'siglip')"
+    model_type = "siglip"
+    config_from_hf = staticmethod(config_from_hf)
+    to_ours = staticmethod(import_state_dict)
+    from_ours = staticmethod(export_state_dict)
+    check = staticmethod(check_exportable)
+
+    def hf_files(self, cfg: ModelConfig) -> tuple[dict, dict[str, str]]:
+        # No tokenizer files: SigLIP's SentencePiece vocabulary is not bundled.
+        return config_to_hf(cfg), {"preprocessor_config.json": json.dumps(preprocessor_to_hf(cfg), indent=2) + "\n"}
+
+
+FORMAT = register(HFSiglip())

@@ -15,6 +15,8 @@ from __future__ import annotations
 import torch
 
 from ..config import IMAGENET_MEAN, IMAGENET_STD, ModelConfig, PreprocessConfig, VisionConfig
+from .files import Probe
+from .registry import Format, register
 from .remap import ConversionError, Rule, expand, from_ours, rule, to_ours
 
 _OURS = "visual.transformer.blocks.{i}."
@@ -77,12 +79,17 @@ def table(layout: str, p: str = "") -> list[Rule]:
     raise ValueError(f"unknown InternViT layout {layout!r}")
 
 
-def find_layout(keys) -> tuple[str, str] | None:
-    """(layout, prefix) of the InternViT tower in a state dict, or None."""
+def find_layout(keys, layout: str | None = None) -> tuple[str, str] | None:
+    """(layout, prefix) of the InternViT tower in a state dict (of `layout` when given), or None. The patch
+    embedding names the layout; the first block's attention confirms it (HF CLIP shares InternVL's patch key)."""
+    confirm = {"internvl": "encoder.layers.0.attn.qkv.weight", "hf": "encoder.layer.0.attention.q_proj.weight"}
+    keys = set(keys)
     for key in keys:
-        for layout, suffix in PATCH_KEYS.items():
-            if key.endswith(suffix):
-                return layout, key[: -len(suffix)]
+        for name, suffix in PATCH_KEYS.items():
+            if layout in (None, name) and key.endswith(suffix):
+                prefix = key[: -len(suffix)]
+                if prefix + confirm[name] in keys:
+                    return name, prefix
     return None
 
 
@@ -103,9 +110,10 @@ def check_config(cfg: ModelConfig) -> None:
         raise ConversionError(f"{cfg.name} is not an InternViT: " + "; ".join(problems))
 
 
-def import_state_dict(state: dict, cfg: ModelConfig, our_keys: set[str], source: str) -> dict[str, torch.Tensor]:
+def import_state_dict(state: dict, cfg: ModelConfig, our_keys: set[str], source: str, layout: str | None = None
+                      ) -> dict[str, torch.Tensor]:
     check_config(cfg)
-    found = find_layout(state)
+    found = find_layout(state, layout)
     if found is None:
         raise ConversionError(f"{source}: no InternViT patch embedding ({' or '.join(PATCH_KEYS.values())})")
     layout, prefix = found
@@ -182,3 +190,39 @@ def config_to_hf(cfg: ModelConfig) -> dict:
         "image_size": [v.image_size, v.image_size], "patch_size": [v.patch_size, v.patch_size],
         "layer_scale_init_value": v.ls_init, "use_mean_pooling": True, "use_absolute_position_embeddings": True,
     }
+
+
+class InternVL(Format):
+    """InternVL's own layout: its repos' directories (config.json model_type 'internvl_chat', custom code never
+    run) and bare state dicts of InternViT or InternVL-C's image side, under any prefix."""
+
+    name = "internvl"
+    summary = "InternVL's own layout (embeddings.patch_embedding, encoder.layers.N.attn.qkv; any prefix)"
+    vision_only = True
+    layout = "internvl"
+    model_types = ("internvl_chat",)
+
+    def detect(self, probe: Probe) -> bool:
+        if probe.is_directory:
+            return probe.model_type in self.model_types
+        return find_layout(probe.keys(), self.layout) is not None
+
+    def read_config(self, probe: Probe, arch: str | None) -> ModelConfig:
+        if not probe.is_directory:
+            return super().read_config(probe, arch)
+        kind = probe.model_type
+        vision = probe.config if kind == "internvl_vision" else probe.config.get("vision_config")
+        if not isinstance(vision, dict):
+            raise ConversionError(f"{probe.path}: config.json of model_type {kind!r} has no vision_config")
+        return config_from_hf(vision, str(probe.path))
+
+    def to_ours(self, state, cfg, our_keys, source):
+        return import_state_dict(state, cfg, our_keys, source, layout=self.layout)
+
+    def from_ours(self, state, cfg):
+        return export_state_dict(state, cfg, layout=self.layout)
+
+    check = staticmethod(check_config)
+
+
+FORMAT = register(InternVL())

@@ -12,7 +12,8 @@ from __future__ import annotations
 import torch
 
 from ..config import ModelConfig
-from . import timm_vit
+from . import files, timm_vit
+from .registry import Format, register
 from .remap import ConversionError, Rule, expand, from_ours, rule, to_ours
 
 _BLOCK = [
@@ -60,8 +61,6 @@ def text_table(p: str, linear_head: bool) -> list[Rule]:
     ]
 
 
-TABLE: list[Rule] = VISION_TABLE + text_table("", linear_head=False)  # open_clip's CLIP class
-
 # Not weights: OpenAI's archives store their hyper-parameters beside the tensors; old open_clip saved the mask.
 DROPPED = {"input_resolution", "context_length", "vocab_size", "attn_mask"}
 
@@ -98,24 +97,23 @@ def check_exportable(cfg: ModelConfig) -> None:
 
 
 def _rules(cfg: ModelConfig, state: dict | None = None) -> list[Rule]:
-    """The table for this config; on import the timm layout is read from the state dict itself."""
+    """The table for this config. On import two layout variants are read from the state dict itself: the timm
+    trunk's block layout, and whether the text tower sits under `text.` (CustomTextCLIP, e.g. a plain ViT built
+    with force_custom_text=True) or at the top (CLIP)."""
     if timm_trunk(cfg):
         layout = timm_vit.layout_of_state(state, "visual.trunk.") if state is not None else \
             timm_vit.layout_of_config(cfg.vision)
-        table = timm_vit.table(layout, "visual.trunk.")
-        table += text_table("text.", linear_head=cfg.text is not None and cfg.text.head_bias)
+        table, custom_text = timm_vit.table(layout, "visual.trunk."), True
     else:
-        table = TABLE
+        table, custom_text = list(VISION_TABLE), state is not None and "text.token_embedding.weight" in state
+    table += text_table("text." if custom_text else "", linear_head=cfg.text is not None and cfg.text.head_bias)
     depths = {"visual.": cfg.vision.depth, "text.": cfg.text.depth if cfg.text is not None else 0}
     return expand(table, depths)
 
 
 def unwrap(state: dict, source: str) -> dict[str, torch.Tensor]:
-    """A training checkpoint's `state_dict` entry, with a DistributedDataParallel `module.` prefix removed."""
-    if "state_dict" in state and isinstance(state["state_dict"], dict):
-        state = state["state_dict"]
-    if state and all(k.startswith("module.") for k in state):
-        state = {k[len("module."):]: v for k, v in state.items()}
+    """A training checkpoint's `state_dict` entry without a `module.` prefix; every entry must be a tensor."""
+    state = files.unwrap(state, source)
     bad = sorted(k for k, v in state.items() if not isinstance(v, torch.Tensor) and k not in DROPPED)
     if bad:
         raise ConversionError(f"{source}: entries that are not tensors: {bad[:8]}")
@@ -131,3 +129,20 @@ def import_state_dict(state: dict, cfg: ModelConfig, our_keys: set[str], source:
 def export_state_dict(ours: dict[str, torch.Tensor], cfg: ModelConfig) -> dict[str, torch.Tensor]:
     check_exportable(cfg)
     return from_ours(ours, _rules(cfg))
+
+
+class OpenClip(Format):
+    name = "open_clip"
+    summary = ("an open_clip or OpenAI CLIP state dict (visual.conv1 / visual.trunk; CLIP or CustomTextCLIP), "
+               "architecture named by arch=")
+
+    def detect(self, probe) -> bool:
+        keys = probe.keys()
+        return "visual.conv1.weight" in keys or "visual.trunk.patch_embed.proj.weight" in keys
+
+    to_ours = staticmethod(import_state_dict)
+    from_ours = staticmethod(export_state_dict)
+    check = staticmethod(check_exportable)
+
+
+FORMAT = register(OpenClip())

@@ -7,8 +7,11 @@ projections, k without bias, `gamma_1`; EVA-02 CLIP) and "eva_fused" (Eva with f
 
 from __future__ import annotations
 
+import torch
+
 from ..config import VisionConfig
-from .remap import Rule, expand, from_ours, rule, to_ours
+from .registry import Format, register
+from .remap import ConversionError, Rule, expand, from_ours, rule, to_ours
 
 LAYOUTS = ("vit", "eva", "eva_fused")
 
@@ -98,10 +101,41 @@ def dropped(prefix: str, depth: int) -> set[str]:
 
 
 def import_state_dict(state: dict, cfg, our_keys: set[str], source: str, prefix: str = "") -> dict:
-    """A bare timm state dict (keys under `prefix`) into a vision-only model of config `cfg`."""
-    rules = expand(table(layout_of_state(state, prefix), prefix), {"visual.": cfg.vision.depth})
-    return to_ours(state, rules, our_keys, dropped(prefix, cfg.vision.depth), source)
+    """A bare timm state dict (keys under `prefix`) into a vision-only model of config `cfg`.
+
+    timm's classifier head is an nn.Linear with a bias; a tower whose projection has none (CLIP ViTs, whose bias
+    timm fills with zeros when it converts them) takes the head only when that bias is all zeros."""
+    head_bias = f"{prefix}head.bias"
+    v = cfg.vision
+    if head_bias in state and v.head and not v.head_bias:
+        if torch.count_nonzero(state[head_bias]):
+            raise ConversionError(f"{source}: {head_bias} is not zero, and {cfg.name}'s projection has no bias")
+        state = {k: t for k, t in state.items() if k != head_bias}
+    rules = expand(table(layout_of_state(state, prefix), prefix), {"visual.": v.depth})
+    return to_ours(state, rules, our_keys, dropped(prefix, v.depth), source)
 
 
 def export_state_dict(ours: dict, cfg, prefix: str = "") -> dict:
-    return from_ours(ours, expand(table(layout_of_config(cfg.vision), prefix), {"visual.": cfg.vision.depth}))
+    out = from_ours(ours, expand(table(layout_of_config(cfg.vision), prefix), {"visual.": cfg.vision.depth}))
+    head = f"{prefix}head.weight"
+    if head in out and f"{prefix}head.bias" not in out:  # timm's head always has a bias (see import)
+        out[f"{prefix}head.bias"] = torch.zeros(out[head].shape[0], dtype=out[head].dtype)
+    return out
+
+
+class Timm(Format):
+    name = "timm"
+    summary = "a bare timm VisionTransformer or Eva state dict (patch_embed.proj, blocks.N), architecture by arch="
+    vision_only = True
+
+    def detect(self, probe) -> bool:
+        keys = probe.keys()
+        return "patch_embed.proj.weight" in keys and "blocks.0.norm1.weight" in keys
+
+    to_ours = staticmethod(import_state_dict)
+
+    def from_ours(self, state, cfg):
+        return export_state_dict({k: t for k, t in state.items() if k.startswith("visual.")}, cfg)
+
+
+FORMAT = register(Timm())

@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 
 import torch
 
+from ..model.seeds import augment_seed, epoch_seed
 from .base import BadSample, Source
 
 
@@ -27,7 +28,7 @@ class ShuffledPlan:
     def indices(self, step: int) -> list[int]:
         epoch, j = divmod(step, self.steps_per_epoch)
         if epoch != self._epoch:
-            g = torch.Generator().manual_seed(self.seed * 1_000_003 + epoch)
+            g = torch.Generator().manual_seed(epoch_seed(self.seed, epoch))
             self._epoch, self._perm = epoch, torch.randperm(self.n, generator=g)
         local = self.global_batch // self.world
         start = j * self.global_batch + self.rank * local
@@ -49,9 +50,8 @@ class SequentialPlan:
 class Batch:
     step: int
     pixels: torch.Tensor  # (B, 3, S, S); B may be below the planned size when samples were skipped
-    ids: torch.Tensor  # (B, L)
     sample_ids: list[str]
-    captions: list[str]
+    captions: list[str]  # tokenized by the consumer, which knows its model's tokenizer (and whether it needs one)
     labels: torch.Tensor  # (B,), -1 where the source has no classes
     image_keys: list[str] = field(default_factory=list)  # equal keys: the same image
     indices: list[int] = field(default_factory=list)  # the source record of each sample
@@ -64,8 +64,8 @@ class Batch:
 class StepBatches(torch.utils.data.Dataset):
     """Item k is this rank's batch of step `start + k`."""
 
-    def __init__(self, source: Source, plan, transform, tokenizer, start: int, stop: int):
-        self.source, self.plan, self.transform, self.tokenizer = source, plan, transform, tokenizer
+    def __init__(self, source: Source, plan, transform, start: int, stop: int):
+        self.source, self.plan, self.transform = source, plan, transform
         self.start, self.stop = start, stop
 
     def __len__(self) -> int:
@@ -78,8 +78,7 @@ class StepBatches(torch.utils.data.Dataset):
             try:
                 sample = self.source.load(i)
                 # A seed per (run, step, record): augmentation is the same on resume and in any worker.
-                seed = (getattr(self.plan, "seed", 0) * 1_000_003 + step) * 1_000_003 + i
-                pixels.append(self.transform(sample.image, seed=seed))
+                pixels.append(self.transform(sample.image, seed=augment_seed(getattr(self.plan, "seed", 0), step, i)))
             except BadSample as e:
                 skips.append((e.reason, e.detail or self.source.sample_id(i)))
                 continue
@@ -95,8 +94,6 @@ class StepBatches(torch.utils.data.Dataset):
         return Batch(
             step=step,
             pixels=torch.stack(pixels) if pixels else torch.zeros(0, 3, size, size),
-            ids=self.tokenizer(captions) if captions else torch.zeros(0, self.tokenizer.context_length,
-                                                                      dtype=torch.long),
             sample_ids=sample_ids,
             captions=captions,
             labels=torch.tensor(labels, dtype=torch.long),
@@ -106,9 +103,9 @@ class StepBatches(torch.utils.data.Dataset):
         )
 
 
-def batches(source: Source, plan, transform, tokenizer, start: int, stop: int, workers: int = 0):
+def batches(source: Source, plan, transform, start: int, stop: int, workers: int = 0):
     """An iterator over the batches of steps start..stop-1, decoded by `workers` processes ahead of use."""
-    dataset = StepBatches(source, plan, transform, tokenizer, start, stop)
+    dataset = StepBatches(source, plan, transform, start, stop)
     # Its own generator: creating the loader must not draw from the global one, or a resumed run's random
     # state would be one draw ahead of the uninterrupted run's.
     loader = torch.utils.data.DataLoader(dataset, batch_size=None, shuffle=False, num_workers=workers,

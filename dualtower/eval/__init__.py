@@ -3,6 +3,7 @@
 from .embed import embed_source, embed_texts
 from .linear_probe import linear_probe
 from .retrieval import retrieval
-from .zeroshot import build_classifier, zeroshot
+from .zeroshot import ZeroShotClassifier, build_classifier, zeroshot
 
-__all__ = ["build_classifier", "embed_source", "embed_texts", "linear_probe", "retrieval", "zeroshot"]
+__all__ = ["ZeroShotClassifier", "build_classifier", "embed_source", "embed_texts", "linear_probe", "retrieval",
+           "zeroshot"]

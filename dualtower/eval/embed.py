@@ -26,12 +26,13 @@ class ImageEmbeddings:
 @torch.inference_mode()
 def embed_source(model, source: Source, batch_size: int = 64, workers: int = 2, progress: bool = False,
                  with_text: bool = False) -> tuple[ImageEmbeddings, torch.Tensor | None]:
-    """Image embeddings of every readable record (bad ones skipped and counted), and optionally of its captions."""
+    """Image embeddings of every readable record (bad ones skipped and counted), and optionally of its captions
+    (only then is the model's tokenizer needed)."""
     model.eval()
     device = next(model.parameters()).device
+    tokenizer = get_tokenizer(model.cfg) if with_text else None
     plan = SequentialPlan(len(source), batch_size)
-    stream = batches(source, plan, ImageTransform(model.cfg.preprocess), get_tokenizer(model.cfg), 0, plan.steps,
-                     workers)
+    stream = batches(source, plan, ImageTransform(model.cfg.preprocess), 0, plan.steps, workers)
     if progress:
         from tqdm import tqdm
 
@@ -43,7 +44,8 @@ def embed_source(model, source: Source, batch_size: int = 64, workers: int = 2, 
             continue
         feats.append(model.encode_image(batch.pixels.to(device), normalize=True).float().cpu())
         if with_text:
-            texts.append(model.encode_text(batch.ids, normalize=True).float().cpu())  # moved by the tower
+            ids = tokenizer(batch.captions)  # the text tower moves them to its device
+            texts.append(model.encode_text(ids, normalize=True).float().cpu())
         labels.append(batch.labels)
         ids += batch.sample_ids
         captions += batch.captions

@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..checkpoint import atomic_file
+from ..io import atomic_file
 
 
 def write_embeddings(path: "str | Path", image_embeds: torch.Tensor, ids: list[str],

@@ -46,3 +46,31 @@ def zeroshot(model, images: ImageEmbeddings, classnames: list[str], templates: l
         raise ValueError("zero-shot classification needs labelled data (a source with classes)")
     logits = classify(images.features, build_classifier(model, classnames, templates))
     return {**scores(logits, images.labels, classnames), "templates": templates}
+
+
+class ZeroShotClassifier:
+    """Labels x prompt templates -> class probabilities for images: the softmax over the model's scaled cosine
+    similarities (CLIP's zero-shot classification, as `dualtower classify` prints it)."""
+
+    def __init__(self, model, labels: list[str], templates: list[str]):
+        from .. import get_transform
+
+        if len(labels) < 2:
+            raise ValueError(f"zero-shot classification needs at least two labels, got {labels}")
+        self.model, self.labels = model, list(labels)
+        self.transform = get_transform(model)
+        self.classifier = build_classifier(model, self.labels, templates).float()  # (C, E)
+
+    @torch.inference_mode()
+    def probs(self, images: list) -> torch.Tensor:
+        """(B, C) for a list of PIL images."""
+        device = next(self.model.parameters()).device
+        pixels = torch.stack([self.transform(im) for im in images]).to(device)
+        image = self.model.encode_image(pixels, normalize=True).float().cpu()
+        return (self.model.scale().float().cpu() * image @ self.classifier.T).softmax(-1)
+
+    def top(self, image, k: int = 3) -> list[tuple[str, float]]:
+        """The k most probable labels of one image, with their probabilities."""
+        probs = self.probs([image])[0]
+        top = probs.topk(min(k, len(self.labels)))
+        return [(self.labels[i], p) for p, i in zip(top.values.tolist(), top.indices.tolist())]

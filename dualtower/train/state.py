@@ -1,26 +1,27 @@
 """Training checkpoints: the model in our format plus everything needed to continue exactly.
 
-`OUT/checkpoints/step_000100/` holds config.json + model.safetensors (a normal checkpoint `dualtower.load`
-reads), `train_config.json`, and `train_state.pt` with the optimizer, the step, every random generator's
-state and the data accounting. The data position is the step itself (batches are a function of the step).
-`OUT/checkpoints/latest` names the newest complete checkpoint; every file is written atomically, so a kill at
-any moment leaves the previous checkpoint usable.
+A run's step directory (see `rundir`) holds config.json + model.safetensors (a normal checkpoint
+`dualtower.load` reads), `train_config.json`, and `train_state.pt` with the optimizer, the step, every random
+generator's state and the bookkeeping. The data position is the step itself (batches are a function of the step).
+Every file is written atomically and `latest` moves only to a complete checkpoint, so a kill at any moment
+leaves the previous checkpoint usable.
 """
 
 from __future__ import annotations
 
 import json
 import random
-import shutil
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from ..checkpoint import CheckpointError, atomic_directory, atomic_file, load, write_files
+from .. import rundir
+from ..checkpoint import CheckpointError, is_checkpoint, load, write_files
+from ..io import atomic_directory
 from ..model import DualEncoder
 
-LATEST = "latest"
+TRAIN_STATE, TRAIN_CONFIG = "train_state.pt", "train_config.json"
 
 
 def rng_state() -> dict:
@@ -40,41 +41,37 @@ def set_rng_state(state: dict) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
-def save_training(out: Path, step: int, model: DualEncoder, optimizer, extra: dict, train_config: dict,
+def save_training(run: rundir.RunDir, step: int, model: DualEncoder, optimizer, extra: dict, train_config: dict,
                   keep: int) -> Path:
-    root = out / "checkpoints"
-    directory = root / f"step_{step:06d}"
-    with atomic_directory(directory) as tmp:
+    directory = run.step(step)
+    with atomic_directory(directory, replaceable=is_checkpoint) as tmp:
         write_files(model, tmp)
-        (tmp / "train_config.json").write_text(json.dumps(train_config, indent=2) + "\n")
+        (tmp / TRAIN_CONFIG).write_text(json.dumps(train_config, indent=2) + "\n")
         torch.save({"step": step, "optimizer": optimizer.state_dict(), "rng": rng_state(), **extra},
-                   tmp / "train_state.pt")
-    with atomic_file(root / LATEST) as tmp:
-        tmp.write_text(directory.name + "\n")
-    old = sorted(p for p in root.glob("step_*") if p.is_dir() and p != directory)
-    for p in old[: max(0, len(old) - (keep - 1))]:
-        shutil.rmtree(p, ignore_errors=True)
+                   tmp / TRAIN_STATE)
+    run.publish(directory, keep)
     return directory
 
 
-def find_checkpoint(path: Path) -> Path:
-    """A run directory (its latest checkpoint) or a checkpoint directory."""
-    if (path / "train_state.pt").is_file():
-        return path
-    latest = path / "checkpoints" / LATEST
-    if latest.is_file():
-        directory = path / "checkpoints" / latest.read_text().strip()
-        if (directory / "train_state.pt").is_file():
-            return directory
-    raise CheckpointError(f"{path}: no training checkpoint to resume (expected checkpoints/latest or train_state.pt)")
+def find_checkpoint(path: "str | Path") -> Path:
+    """A training checkpoint: the one given, or the latest of a run directory."""
+    directory = rundir.resolve(path)
+    if not (directory / TRAIN_STATE).is_file():
+        raise CheckpointError(f"{path}: no training checkpoint to resume (expected a run directory with "
+                              f"checkpoints/latest, or a checkpoint with {TRAIN_STATE})")
+    return directory
 
 
 def load_training(directory: Path) -> tuple[DualEncoder, dict]:
-    """The model and the training state (optimizer, step, random generators, data accounting) of a checkpoint;
+    """The model and the training state (optimizer, step, random generators, bookkeeping) of a checkpoint;
     its config is read by `loop.resume_config`."""
     model = load(directory)
     try:
-        state = torch.load(directory / "train_state.pt", map_location="cpu", weights_only=True)
+        state = torch.load(directory / TRAIN_STATE, map_location="cpu", weights_only=True)
     except Exception as e:
-        raise CheckpointError(f"{directory / 'train_state.pt'}: unreadable ({e})") from e
+        raise CheckpointError(f"{directory / TRAIN_STATE}: unreadable ({e})") from e
     return model, state
+
+
+def saved_config(directory: Path) -> dict:
+    return json.loads((directory / TRAIN_CONFIG).read_text())

@@ -21,7 +21,7 @@ def sample_photos() -> dict[str, "object"]:
         raise RuntimeError("the sample photos come with scikit-learn: pip install scikit-learn") from e
     from pathlib import Path
 
-    from .images import open_image
+    from ..images import open_image
 
     return {Path(p).name: open_image(p) for p in load_sample_images().filenames}
 

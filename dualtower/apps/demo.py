@@ -16,18 +16,18 @@ from pathlib import Path
 import torch
 from PIL import Image, ImageDraw
 
-from . import configtree
-from .checkpoint import atomic_file, load
-from .data import open_source
-from .data.builtin import TRAIN_TEMPLATES
-from .eval.embed import ImageEmbeddings, embed_source, embed_texts
-from .eval.retrieval import retrieval
-from .eval.templates import HELD_OUT, fill
-from .eval.zeroshot import build_classifier, classify, scores
+from .. import configtree, load
+from ..data import open_source
+from ..data.builtin import TRAIN_TEMPLATES
+from ..eval.embed import ImageEmbeddings, embed_source, embed_texts
+from ..eval.retrieval import retrieval
+from ..eval.templates import HELD_OUT, fill
+from ..eval.zeroshot import build_classifier, classify, scores
+from ..io import atomic_file
+from ..plots import default_font, heat_map, save_png
+from ..train.config import TrainConfig
+from ..train.loop import train
 from .machine import cpu_name
-from .plots import default_font, heat_map, save_png
-from .train.config import TrainConfig
-from .train.loop import train
 
 RECIPES = {  # steps and batch per built-in data set (the small-digits architecture for both)
     "digits": {"steps": 300, "batch": 128},

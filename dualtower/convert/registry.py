@@ -1,0 +1,143 @@
+"""The registry of checkpoint formats: each format is one object with one interface, and callers ask here.
+
+A format answers five questions (after timm's model registry and torchtitan's state-dict adapters):
+- `detect(probe)`: does this directory or state dict file hold this format? Asked in one place only, `detect`
+  below; with `source=` the caller names the format and nothing is guessed.
+- `read_config(probe, arch)`: our ModelConfig for it (from the directory's own config, or from the
+  architecture named by the caller for a bare state dict).
+- `to_ours(state, cfg, source)` / `from_ours(state, cfg)`: the key tables, both ways.
+- `can_write(cfg)`: None when this format can hold a model of `cfg`, else the reason it cannot.
+- `write(model, dst)`: the files, atomically.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+from ..archs import get_config
+from ..checkpoint import CheckpointError, state_of
+from ..config import ModelConfig
+from .files import Probe, write_hf_directory, write_state_file
+from .remap import ConversionError
+
+
+class Format:
+    name: str = ""
+    summary: str = ""  # one line for error messages and `dualtower convert --help`
+    writes: str = "file"  # what `write` makes: "file" (a state dict) or "directory"
+    vision_only: bool = False  # holds a vision tower and no text tower, whatever the architecture has
+
+    def detect(self, probe: Probe) -> bool:
+        raise NotImplementedError
+
+    def read_config(self, probe: Probe, arch: str | None) -> ModelConfig:
+        """A bare state dict carries no config: the caller names the architecture."""
+        if arch is None:
+            raise CheckpointError(f"{probe.path}: a bare {self.name} state dict does not name its architecture; "
+                                  "pass arch= (for example arch='ViT-B-32')")
+        cfg = get_config(arch)
+        return cfg.replace(text=None) if self.vision_only else cfg
+
+    def read_state(self, probe: Probe, cfg: ModelConfig) -> dict:
+        return probe.state()
+
+    # The key tables, usually the module's import_state_dict / export_state_dict, set as staticmethods.
+    def to_ours(self, state: dict, cfg: ModelConfig, our_keys: set[str], source: str) -> dict[str, torch.Tensor]:
+        raise NotImplementedError
+
+    def from_ours(self, state: dict[str, torch.Tensor], cfg: ModelConfig) -> dict[str, torch.Tensor]:
+        raise NotImplementedError
+
+    def check(self, cfg: ModelConfig) -> None:
+        """Raises ConversionError naming what of `cfg` this format cannot hold."""
+
+    def can_write(self, cfg: ModelConfig) -> str | None:
+        return reason(self.check, cfg)
+
+    def write(self, model, dst: Path) -> None:
+        write_state_file(self.from_ours(state_of(model), model.cfg), dst)
+
+
+class HFDirectory(Format):
+    """A transformers model directory of one model_type: config.json (+ preprocessor_config.json) and weights."""
+
+    writes = "directory"
+    model_type = ""
+
+    def detect(self, probe: Probe) -> bool:
+        return probe.model_type == self.model_type
+
+    def read_config(self, probe: Probe, arch: str | None) -> ModelConfig:
+        return self.config_from_hf(probe.config, probe.read_json("preprocessor_config.json"), str(probe.path))
+
+    def config_from_hf(self, hf: dict, preprocessor: dict | None, name: str) -> ModelConfig:
+        raise NotImplementedError
+
+    def hf_files(self, cfg: ModelConfig) -> tuple[dict, dict[str, str]]:
+        """config.json's content and the other text files of the directory."""
+        raise NotImplementedError
+
+    def write(self, model, dst: Path) -> None:
+        hf_config, files = self.hf_files(model.cfg)
+        write_hf_directory(dst, hf_config, self.from_ours(state_of(model), model.cfg), files)
+
+
+def reason(check, cfg: ModelConfig) -> str | None:
+    """`check(cfg)` raises ConversionError when a format cannot hold `cfg`: its message, else None."""
+    try:
+        check(cfg)
+    except ConversionError as e:
+        return str(e)
+    return None
+
+
+FORMATS: dict[str, Format] = {}  # filled by the format modules as dualtower.convert imports them
+ALIASES = {"openai": "open_clip", "ours": "dualtower"}  # OpenAI's state dicts are open_clip's CLIP layout
+HF_FORMATS = ("hf-clip", "hf-siglip", "hf-internvl")  # what `to="hf"` chooses among, by the model
+
+
+def register(fmt: Format) -> Format:
+    FORMATS[fmt.name] = fmt
+    return fmt
+
+
+def names() -> list[str]:
+    return sorted(FORMATS)
+
+
+def get_format(name: str) -> Format:
+    formats = FORMATS
+    name = ALIASES.get(name, name)
+    if name not in formats:
+        raise ValueError(f"unknown format {name!r}; known: {', '.join(sorted(formats))} (and aliases "
+                         f"{', '.join(sorted(ALIASES))})")
+    return formats[name]
+
+
+def detect(probe: Probe) -> Format:
+    """The one format that claims `probe`; an error listing the candidates when none or several do."""
+    found = [f for f in FORMATS.values() if f.detect(probe)]
+    if len(found) == 1:
+        return found[0]
+    what = "directory" if probe.is_directory else "state dict"
+    if not found:
+        detail = f" (config.json model_type {probe.model_type!r})" if probe.is_directory else ""
+        raise CheckpointError(f"{probe.path}: no known format recognises this {what}{detail}; known formats: "
+                              + "; ".join(f"{n}: {FORMATS[n].summary}" for n in sorted(FORMATS)))
+    candidates = ", ".join(sorted(f.name for f in found))
+    raise CheckpointError(f"{probe.path}: this {what} matches several formats ({candidates}); name one with source= "
+                          "(dualtower convert --from)")
+
+
+def writer_for(target: str, cfg: ModelConfig) -> Format:
+    """The format `target` names; "hf" picks the transformers format that can hold this model."""
+    candidates = [get_format(n) for n in HF_FORMATS] if target == "hf" else [get_format(target)]
+    reasons = []
+    for fmt in candidates:
+        reason = fmt.can_write(cfg)
+        if reason is None:
+            return fmt
+        reasons.append(f"{fmt.name}: {reason}")
+    raise ConversionError(f"{cfg.name} cannot be written as {target}: " + "; ".join(reasons))

@@ -1,0 +1,111 @@
+"""Atomic writes: a file or a directory is either the old one or the new one, whole, whatever kills the writer.
+
+Every module that publishes a file (checkpoints, embeddings, eval results, plots, reports) writes through these.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import uuid
+from contextlib import contextmanager
+from pathlib import Path
+
+
+def fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _temporary_name(path: Path, kind: str) -> Path:
+    return path.with_name(f".{path.name}.{kind}-{uuid.uuid4().hex[:8]}")
+
+
+@contextmanager
+def atomic_file(path: "str | os.PathLike"):
+    """Yields a temporary path beside `path`; on success it is fsynced and renamed over `path`."""
+    path = Path(path)
+    tmp = _temporary_name(path, "tmp")
+    try:
+        yield tmp
+        with open(tmp, "rb+") as f:
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+        fsync_dir(path.parent)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def write_text(path: "str | os.PathLike", text: str) -> None:
+    with atomic_file(path) as tmp:
+        tmp.write_text(text, encoding="utf-8")
+
+
+def write_json(path: "str | os.PathLike", data) -> None:
+    write_text(path, json.dumps(data, indent=2) + "\n")
+
+
+@contextmanager
+def atomic_directory(path: "str | os.PathLike", replaceable=lambda existing: False):
+    """Yields a temporary directory; on success its files are fsynced and it takes the place of `path`.
+
+    An existing `path` is replaced only if it is empty or `replaceable(path)` says so, and is moved aside before
+    the new one is renamed in, so a crash at any point leaves either the old or the new one whole.
+    """
+    path = Path(path)
+    if path.exists() and (not path.is_dir() or (any(path.iterdir()) and not replaceable(path))):
+        raise FileExistsError(f"{path}: exists and is not a directory this writer may replace; refusing to "
+                              "replace it")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = _temporary_name(path, "tmp")
+    tmp.mkdir()
+    try:
+        yield tmp
+        for f in tmp.iterdir():
+            if f.is_file():
+                with open(f, "rb") as fh:
+                    os.fsync(fh.fileno())
+        fsync_dir(tmp)
+        old = None
+        if path.exists():
+            old = _temporary_name(path, "old")
+            os.rename(path, old)
+        os.rename(tmp, path)
+        fsync_dir(path.parent)
+        if old is not None:
+            shutil.rmtree(old)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def atomic_symlink(link: "str | os.PathLike", target: str) -> bool:
+    """Points `link` at `target` (relative) in one rename; False where the filesystem has no symlinks."""
+    link = Path(link)
+    tmp = _temporary_name(link, "tmp")
+    try:
+        os.symlink(target, tmp, target_is_directory=True)
+    except (OSError, NotImplementedError):
+        return False
+    try:
+        os.replace(tmp, link)
+    except OSError:
+        tmp.unlink(missing_ok=True)
+        return False
+    fsync_dir(link.parent)
+    return True
+
+
+def read_json(path: "str | os.PathLike") -> dict:
+    """A JSON object from a file; ValueError naming the file when it is unreadable or not an object."""
+    path = Path(path)
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise ValueError(f"{path}: not a readable JSON file ({e})") from e
+    if not isinstance(data, dict):
+        raise ValueError(f"{path}: expected a JSON object")
+    return data

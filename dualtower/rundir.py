@@ -1,0 +1,89 @@
+"""A training run's directory, in one place:
+
+    OUT/metrics.jsonl, OUT/samples.rank{R}.jsonl, OUT/summary.json, OUT/loss.png
+    OUT/checkpoints/step_000100/     a checkpoint (config.json, model.safetensors, train_config.json, train_state.pt)
+    OUT/checkpoints/latest           -> step_000100 (a symlink; a file naming it where there are no symlinks)
+
+`resolve(path)` turns a run directory, its `checkpoints/` folder or `latest` into the newest complete checkpoint,
+so anything that accepts a checkpoint accepts a run too.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+
+from .io import atomic_symlink, write_text
+
+CHECKPOINTS, LATEST = "checkpoints", "latest"
+
+
+class RunDir:
+    def __init__(self, root: "str | os.PathLike"):
+        self.root = Path(root)
+        self.checkpoints = self.root / CHECKPOINTS
+
+    @classmethod
+    def of_checkpoint(cls, checkpoint: Path) -> "RunDir":
+        """The run a step directory belongs to."""
+        checkpoint = Path(checkpoint).resolve()
+        if checkpoint.parent.name != CHECKPOINTS:
+            raise ValueError(f"{checkpoint}: not a checkpoint inside a run's {CHECKPOINTS}/ folder")
+        return cls(checkpoint.parent.parent)
+
+    def file(self, name: str) -> Path:
+        return self.root / name
+
+    def samples_file(self, rank: int) -> Path:
+        return self.root / f"samples.rank{rank}.jsonl"
+
+    def step(self, step: int) -> Path:
+        return self.checkpoints / f"step_{step:06d}"
+
+    def steps(self) -> list[Path]:
+        return sorted(p for p in self.checkpoints.glob("step_*") if p.is_dir() and not p.is_symlink())
+
+    def latest(self) -> Path | None:
+        """The checkpoint `latest` names, or None when the run has none yet."""
+        link = self.checkpoints / LATEST
+        if link.is_symlink():
+            target = self.checkpoints / os.readlink(link)
+        elif link.is_file():  # filesystems without symlinks, and runs written before `latest` was one
+            target = self.checkpoints / link.read_text().strip()
+        else:
+            return None
+        return target if target.is_dir() else None
+
+    def publish(self, checkpoint: Path, keep: int) -> None:
+        """Point `latest` at a complete checkpoint, then drop all but the newest `keep`."""
+        link = self.checkpoints / LATEST
+        if link.is_dir() and not link.is_symlink():
+            raise ValueError(f"{link}: a directory where the run's latest link belongs")
+        if not atomic_symlink(link, checkpoint.name):
+            write_text(link, checkpoint.name + "\n")
+        old = [p for p in self.steps() if p != checkpoint]
+        for p in old[: max(0, len(old) - (keep - 1))]:
+            shutil.rmtree(p, ignore_errors=True)
+
+
+def _exists(path: Path) -> bool:
+    return path.exists() or path.is_symlink()
+
+
+def resolve(path: "str | os.PathLike") -> Path:
+    """A checkpoint directory as given, or the latest checkpoint of a run directory, its checkpoints/ folder or
+    its `latest` link."""
+    path = Path(path)
+    if path.name == LATEST and path.parent.name == CHECKPOINTS:
+        run = RunDir(path.parent.parent)
+    elif path.name == CHECKPOINTS and _exists(path / LATEST):
+        run = RunDir(path.parent)
+    elif _exists(path / CHECKPOINTS / LATEST):
+        run = RunDir(path)
+    else:
+        return path
+    latest = run.latest()
+    if latest is None:
+        raise FileNotFoundError(f"{path}: the run's {CHECKPOINTS}/{LATEST} names no complete checkpoint")
+    return latest

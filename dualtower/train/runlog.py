@@ -1,0 +1,142 @@
+"""The bookkeeping beside the train loop: metrics, the progress bar, the sample log, skipped samples and
+non-finite steps, and the run's summary. The loop calls it; it never changes what the loop computes."""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+
+import torch
+
+from ..data import SkipStats
+from ..io import write_json
+from ..rundir import RunDir
+
+log = logging.getLogger("dualtower.train")
+
+
+class TrainingError(RuntimeError):
+    """The run cannot go on (for example, too many non-finite steps in a row); the message says why."""
+
+
+def _append_from(path, keep_through_step: int):
+    """Open `path` for appending, first dropping records after `keep_through_step` (left by a killed run)."""
+    if path.exists():
+        lines = [ln for ln in path.read_text().splitlines() if ln.strip()]
+        kept = [ln for ln in lines if json.loads(ln)["step"] <= keep_through_step]
+        path.write_text("".join(ln + "\n" for ln in kept))
+    return open(path, "a", encoding="utf-8")
+
+
+class RunLog:
+    def __init__(self, run: RunDir, t, d, start: int):
+        self.run, self.t, self.d, self.start = run, t, d, start
+        self.stats = SkipStats()
+        self.nonfinite_total, self.nonfinite_run = 0, 0
+        run.root.mkdir(parents=True, exist_ok=True)
+        self.metrics = _append_from(run.file("metrics.jsonl"), start) if d.main else None
+        self.samples = _append_from(run.samples_file(d.rank), start) if t.log_samples else None
+        self.progress = None
+        if d.main and t.progress:
+            from tqdm import tqdm
+
+            self.progress = tqdm(total=t.steps, initial=start, desc="train", unit="step", dynamic_ncols=True)
+        self.window_start, self.window_samples = time.perf_counter(), 0
+        self.run_start = time.perf_counter()
+
+    def state(self) -> dict:
+        """What a checkpoint keeps of the bookkeeping."""
+        return {"data": self.stats.state(), "nonfinite": self.nonfinite_total}
+
+    def restore(self, state: dict) -> None:
+        self.stats.restore(state["data"])
+        self.nonfinite_total = int(state["nonfinite"])
+
+    def batch(self, batch) -> None:
+        self.stats.add(len(batch), batch.skips)
+
+    def update_skipped(self, step: int, loss: torch.Tensor, grad_norm: torch.Tensor) -> None:
+        """A non-finite loss or gradient: the update was skipped. Too many in a row end the run."""
+        self.nonfinite_total, self.nonfinite_run = self.nonfinite_total + 1, self.nonfinite_run + 1
+        log.warning("step %d: non-finite loss or gradient (loss %s, grad norm %s); update skipped",
+                    step, float(loss.detach()), float(grad_norm))
+        if self.nonfinite_run >= self.t.max_nonfinite:
+            raise TrainingError(f"{self.nonfinite_run} non-finite steps in a row (last at step {step}); stopping. "
+                                "Lower optim.lr, raise optim.warmup_steps or use train.precision=fp32.")
+
+    def step(self, step: int, batch, loss: torch.Tensor, lr: float, grad_norm, updated: bool, scale) -> None:
+        """After each step; `scale()` (the logit scale) is read only when a record is written."""
+        if updated:
+            self.nonfinite_run = 0
+        loss_value = loss.detach()
+        if self.d.enabled:
+            torch.distributed.all_reduce(loss_value)
+            loss_value /= self.d.world
+        self.window_samples += len(batch) * self.d.world
+        if self.samples is not None:
+            self.samples.write(json.dumps({"step": step, "ids": batch.sample_ids}) + "\n")
+        done = step + 1
+        if self.metrics is not None and (done % self.t.log_every == 0 or done == self.t.steps):
+            now = time.perf_counter()
+            record = {"step": step, "loss": loss_value.item(), "lr": lr, "logit_scale": scale().item(),
+                      "grad_norm": float(grad_norm), "samples_per_s": self.window_samples / (now - self.window_start),
+                      "skipped": sum(self.stats.skipped.values()), "nonfinite": self.nonfinite_total}
+            self.metrics.write(json.dumps(record) + "\n")
+            self.metrics.flush()
+            if self.progress is not None:
+                self.progress.set_postfix(loss=f"{record['loss']:.4f}", lr=f"{lr:.2e}",
+                                          samples_s=f"{record['samples_per_s']:.0f}")
+            self.window_start, self.window_samples = now, 0
+        if self.progress is not None:
+            self.progress.update(1)
+
+    def flush(self) -> None:
+        if self.samples is not None:
+            self.samples.flush()
+
+    def close(self) -> dict:
+        """Close the files; on the main process write summary.json and the loss curve, print the summary."""
+        if self.progress is not None:
+            self.progress.close()
+        for f in (self.metrics, self.samples):
+            if f is not None:
+                f.close()
+        t = self.t
+        summary = {"steps": t.steps, "resumed_from": self.start, "seconds": time.perf_counter() - self.run_start,
+                   "data": self._global_stats(), "nonfinite_steps": self.nonfinite_total,
+                   "checkpoint": str(self.run.step(t.steps))}
+        if self.d.main:
+            self._report(summary)
+        return summary
+
+    def _global_stats(self) -> dict:
+        state = self.stats.state()
+        if not self.d.enabled:
+            return {**state, "seen": self.stats.seen}
+        gathered = [None] * self.d.world
+        torch.distributed.all_gather_object(gathered, state)
+        skipped: dict[str, int] = {}
+        for s in gathered:
+            for reason, n in s["skipped"].items():
+                skipped[reason] = skipped.get(reason, 0) + n
+        accepted = sum(s["accepted"] for s in gathered)
+        return {"accepted": accepted, "skipped": skipped, "seen": accepted + sum(skipped.values())}
+
+    def _report(self, summary: dict) -> None:
+        from ..plots import line_chart
+
+        out = self.run.root
+        records = [json.loads(ln) for ln in self.run.file("metrics.jsonl").read_text().splitlines() if ln.strip()]
+        if records:
+            line_chart([r["step"] for r in records], [r["loss"] for r in records], out / "loss.png",
+                       title="training loss", xlabel="step", ylabel="loss")
+        write_json(out / "summary.json", summary)
+        data = summary["data"]
+        skipped = ", ".join(f"{n} {r}" for r, n in sorted(data["skipped"].items())) or "none"
+        print(f"trained {summary['steps']} steps in {summary['seconds']:.1f}s"
+              + (f" (resumed at step {summary['resumed_from']})" if summary["resumed_from"] else "")
+              + f"; final loss {records[-1]['loss']:.4f}" * bool(records))
+        print(f"samples seen {data['seen']} = accepted {data['accepted']} + skipped "
+              f"{sum(data['skipped'].values())} ({skipped}); non-finite steps skipped: {summary['nonfinite_steps']}")
+        print(f"checkpoint: {summary['checkpoint']}  metrics: {out / 'metrics.jsonl'}  loss curve: {out / 'loss.png'}")
