@@ -24,7 +24,8 @@ def _cmd_convert(args) -> int:
     from .convert import convert
 
     model = convert(args.src, args.dst, arch=args.arch, to=args.to, source=args.source, towers=args.towers)
-    print(f"wrote {args.dst} ({args.to} format, architecture {model.cfg.name})")
+    towers = "vision tower only" if model.text is None else "both towers"
+    print(f"wrote {args.dst} ({args.to} format, architecture {model.cfg.name}, {towers})")
     return 0
 
 

@@ -27,7 +27,9 @@ class RunDir:
     @classmethod
     def of_checkpoint(cls, checkpoint: Path) -> "RunDir":
         """The run a step directory belongs to."""
-        checkpoint = Path(checkpoint).resolve()
+        checkpoint = Path(checkpoint)
+        if checkpoint.parent.name != CHECKPOINTS:  # "." or a link: the real path tells
+            checkpoint = checkpoint.resolve()
         if checkpoint.parent.name != CHECKPOINTS:
             raise ValueError(f"{checkpoint}: not a checkpoint inside a run's {CHECKPOINTS}/ folder")
         return cls(checkpoint.parent.parent)

@@ -36,7 +36,7 @@ class Format:
         """A bare state dict carries no config: the caller names the architecture."""
         if arch is None:
             raise CheckpointError(f"{probe.path}: a bare {self.name} state dict does not name its architecture; "
-                                  "pass arch= (for example arch='ViT-B-32')")
+                                  "pass arch= (--arch on the command line), for example ViT-B-32 (`dualtower archs` lists them)")
         cfg = get_config(arch)
         return cfg.replace(text=None) if self.vision_only else cfg
 
