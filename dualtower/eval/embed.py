@@ -44,8 +44,8 @@ def embed_source(model, source: Source, batch_size: int = 64, workers: int = 2, 
             continue
         feats.append(model.encode_image(batch.pixels.to(device), normalize=True).float().cpu())
         if with_text:
-            ids = tokenizer(batch.captions)  # the text tower moves them to its device
-            texts.append(model.encode_text(ids, normalize=True).float().cpu())
+            tokens = tokenizer(batch.captions)  # the text tower moves them to its device
+            texts.append(model.encode_text(tokens, normalize=True).float().cpu())
         labels.append(batch.labels)
         ids += batch.sample_ids
         captions += batch.captions
