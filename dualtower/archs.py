@@ -174,6 +174,24 @@ REGISTRY: dict[str, ModelConfig] = {**{n: _openclip(n, *row) for n, row in _OPEN
 OPENCLIP_NAMES = tuple(_OPENCLIP_ROWS)  # open_clip's own ViT configs
 OPENCLIP_TIMM_NAMES = tuple(n for n in _FAMILIES if not n.startswith("Intern"))  # open_clip's timm-trunk configs
 
+# The timm model that builds each architecture's vision tower (timm's hub layout names it in config.json;
+# open_clip's timm-trunk configs name it as vision_cfg.timm_model_name).
+TIMM_NAMES = {
+    "ViT-B-32": "vit_base_patch32_clip_224", "ViT-B-32-quickgelu": "vit_base_patch32_clip_quickgelu_224",
+    "ViT-B-16": "vit_base_patch16_clip_224", "ViT-B-16-quickgelu": "vit_base_patch16_clip_quickgelu_224",
+    "ViT-L-14": "vit_large_patch14_clip_224", "ViT-L-14-quickgelu": "vit_large_patch14_clip_quickgelu_224",
+    "ViT-L-14-336": "vit_large_patch14_clip_336", "ViT-L-14-336-quickgelu": "vit_large_patch14_clip_quickgelu_336",
+    "ViT-H-14": "vit_huge_patch14_clip_224", "ViT-H-14-quickgelu": "vit_huge_patch14_clip_quickgelu_224",
+    "ViT-H-14-378": "vit_huge_patch14_clip_378", "ViT-bigG-14": "vit_gigantic_patch14_clip_224",
+    "EVA02-B-16": "eva02_base_patch16_clip_224", "EVA02-L-14": "eva02_large_patch14_clip_224",
+    "EVA02-L-14-336": "eva02_large_patch14_clip_336",
+    "ViT-B-16-SigLIP": "vit_base_patch16_siglip_224", "ViT-B-16-SigLIP-256": "vit_base_patch16_siglip_256",
+    "ViT-B-16-SigLIP-384": "vit_base_patch16_siglip_384", "ViT-L-16-SigLIP-256": "vit_large_patch16_siglip_256",
+    "ViT-SO400M-14-SigLIP": "vit_so400m_patch14_siglip_224",
+    "ViT-SO400M-14-SigLIP-384": "vit_so400m_patch14_siglip_384",
+    "InternViT-300M-448px": "vit_intern300m_patch14_448",
+}
+
 
 def get_config(name: str) -> ModelConfig:
     if name not in REGISTRY:

@@ -20,6 +20,18 @@ def _cmd_archs(args) -> int:
     return 0
 
 
+def _cmd_models(args) -> int:
+    from .hub import known_models
+
+    rows = known_models()
+    print(f"{'name':<38} {'params':>7}  {'layout':<14} {'licence':<12} repo")
+    for r in rows:
+        print(f"{r['name']:<38} {r['params'] / 1e6:>6.0f}M  {r['layout']:<14} {r['licence'] or '-':<12} {r['repo']}")
+    print("load one with dualtower.load(NAME) or --model NAME; any repo with hf-hub:ORG/NAME[@REVISION]. "
+          "Licences show once a model card is cached; weights carry their own licences.")
+    return 0
+
+
 def _cmd_convert(args) -> int:
     from .convert import convert
 
@@ -205,7 +217,8 @@ _FORMATS = "dualtower, open_clip (or openai), timm, internvl, hf-clip, hf-siglip
 
 def _model_args(p) -> None:
     p.add_argument("--model", required=True, help="a checkpoint (or a training run's directory: its latest "
-                                                  "checkpoint), or an architecture name for random weights")
+                                                  "checkpoint), hf-hub:ORG/NAME[@REVISION] or a name from "
+                                                  "`dualtower models`, or an architecture name for random weights")
     p.add_argument("--arch", help="the architecture of a bare state dict checkpoint")
     p.add_argument("--source", "--from", dest="source", help=f"the checkpoint's format when it should not be "
                                                                 f"detected: {_FORMATS}")
@@ -237,6 +250,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("archs", help="list the named architectures")
     p.set_defaults(func=_cmd_archs)
+
+    p = sub.add_parser("models", help="list the well-known pretrained models (loaded from the Hugging Face Hub)")
+    p.set_defaults(func=_cmd_models)
 
     p = sub.add_parser("convert", help="convert a checkpoint between formats")
     p.add_argument("src", help="our checkpoint directory or a run directory; an HF CLIP, SigLIP or InternVL(Vision) "

@@ -144,8 +144,11 @@ class PreprocessConfig:
     interpolation: str = "bicubic"
     # "shortest": resize the shortest side, then center crop; "squash": resize to a square (no crop)
     resize_mode: str = "shortest"
+    # timm's eval transform: resize to floor(image_size / crop_pct), then center crop image_size (1: no margin)
+    crop_pct: float = 1.0
 
     def __post_init__(self):
+        _check(0 < self.crop_pct <= 1, f"crop_pct {self.crop_pct} is not in (0, 1]")
         _check(self.interpolation in ("bicubic", "bilinear"), f"interpolation {self.interpolation!r} unknown")
         _check(self.resize_mode in ("shortest", "squash"), f"resize_mode {self.resize_mode!r} unknown")
         object.__setattr__(self, "mean", tuple(float(v) for v in self.mean))

@@ -80,7 +80,8 @@ def _gray_array_to_rgb(values: np.ndarray) -> Image.Image:
 
 class ImageTransform:
     """PIL image -> FloatTensor (3, S, S): resize the shortest side to S and center crop ("shortest"), or resize
-    to S x S ignoring the aspect ratio ("squash", SigLIP and InternVL); scale to 0..1, normalise."""
+    to S x S ignoring the aspect ratio ("squash", SigLIP and InternVL); scale to 0..1, normalise. With
+    crop_pct < 1 (timm's eval transform) the resize goes to floor(S / crop_pct) and the center crop takes S."""
 
     def __init__(self, cfg: PreprocessConfig):
         self.cfg = cfg
@@ -89,16 +90,18 @@ class ImageTransform:
 
     def resize_and_crop(self, image: Image.Image) -> Image.Image:
         size = self.cfg.image_size
+        scale = size if self.cfg.crop_pct == 1 else math.floor(size / self.cfg.crop_pct)  # timm's crop_pct
         width, height = image.size
         if self.cfg.resize_mode == "squash":
-            return image.resize((size, size), _RESAMPLE[self.cfg.interpolation]) if image.size != (size, size) \
-                else image
-        if width <= height:
-            new = (size, int(size * height / width))
+            new = (scale, scale)
+        elif width <= height:
+            new = (scale, int(scale * height / width))
         else:
-            new = (int(size * width / height), size)
+            new = (int(scale * width / height), scale)
         if new != (width, height):
             image = image.resize(new, _RESAMPLE[self.cfg.interpolation])
+        if new == (size, size):
+            return image
         left = int(round((new[0] - size) / 2.0))
         top = int(round((new[1] - size) / 2.0))
         return image.crop((left, top, left + size, top + size))

@@ -116,8 +116,8 @@ def test_detection_names_the_candidates_and_source_decides(tmp_path):
 
 
 def test_every_format_answers_the_same_interface():
-    assert convert.names() == sorted(["dualtower", "open_clip", "timm", "internvl", "hf-clip", "hf-siglip",
-                                      "hf-internvl"])
+    assert convert.names() == sorted(["dualtower", "open_clip", "open_clip_hub", "timm", "timm_hub", "internvl",
+                                      "hf-clip", "hf-siglip", "hf-internvl"])
     cfg = dualtower.get_config("tiny")
     for name, fmt in convert.FORMATS.items():
         assert fmt.name == name and fmt.summary
@@ -127,3 +127,21 @@ def test_every_format_answers_the_same_interface():
     assert "vision-only" in convert.get_format("internvl").can_write(cfg)
     with pytest.raises(CheckpointError, match="cannot be written as hf"):
         convert.export(dualtower.create_model("tiny-post-rms"), "/nonexistent/x", "hf")
+
+
+def test_timm_hub_preprocessing_equals_timms_eval_transform(photos):
+    """timm's hub layout carries timm's eval transform (crop_pct 0.9 for its CLIP towers: resize to
+    floor(224 / 0.9), center crop 224); ours from that config equals timm's own on real photos."""
+    from timm.data import create_transform, resolve_data_config
+
+    from dualtower.convert.timm_hub import config_from_timm
+
+    model = timm.create_model("vit_base_patch16_clip_224.openai", pretrained=False, num_classes=512)
+    data = {"architecture": "vit_base_patch16_clip_224", "num_classes": 512,
+            "pretrained_cfg": dict(model.pretrained_cfg)}
+    cfg = config_from_timm(data, "timm-hub")
+    assert cfg.preprocess.crop_pct == model.pretrained_cfg["crop_pct"] == 0.9
+    ours, theirs = dualtower.get_transform(cfg), create_transform(**resolve_data_config({}, model=model))
+    for name, image in photos.items():
+        image = image.convert("RGB")
+        assert_close(ours(image), theirs(image), f"{name} pixels", rtol=1e-6)

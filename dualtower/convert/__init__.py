@@ -4,8 +4,9 @@
     export(model, dst, to="dualtower")
     convert(src, dst, arch=None, to="dualtower", source=None, towers=None)
 
-Each format is one module exporting one `Format` object (ours, open_clip, hf_clip, hf_siglip, hf_internvl,
-internvl, timm_vit); `remap` holds the shared key-table code, `files` the safe reading and writing of state dicts.
+Each format is one module exporting one `Format` object (ours, open_clip, open_clip_hub, hf_clip, hf_siglip,
+hf_internvl, internvl, timm_vit, timm_hub); `remap` holds the shared key-table code, `files` the safe reading
+and writing of state dicts. `dualtower.hub` fetches a repo's files and names the format they are in.
 """
 
 from __future__ import annotations
@@ -13,9 +14,10 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from .. import rundir
+from .. import hub, rundir
 from ..checkpoint import CheckpointError, build, empty_model
-from . import hf_clip, hf_internvl, hf_siglip, internvl, open_clip, ours, timm_vit  # noqa: F401 (they register)
+from . import (hf_clip, hf_internvl, hf_siglip, internvl, open_clip, open_clip_hub, ours,  # noqa: F401 (they register)
+               timm_hub, timm_vit)
 from .files import Probe, read_state_file
 from .registry import FORMATS, detect, get_format, names, writer_for
 from .remap import ConversionError
@@ -25,16 +27,23 @@ TOWERS = ("both", "vision")
 
 def load(path: "str | os.PathLike", arch: str | None = None, source: str | None = None,
          towers: str | None = None):
-    """A model from any registered format. `source` names the format (otherwise it is detected); `arch` names the
+    """A model from any registered format, from a local path or the Hub (`hf-hub:ORG/NAME[@REVISION]` or a short
+    name of `hub.KNOWN`). `source` names the format (otherwise it is detected); `arch` names the
     architecture of a bare state dict; `towers="vision"` keeps only the vision tower (tower-only formats such as
     timm's and InternViT's always load that way)."""
     if towers is not None and towers not in TOWERS:
         raise ValueError(f"towers={towers!r}: expected one of {TOWERS}")
+    name = None
+    if hub.is_hub_name(path) and not os.path.exists(path):  # hf-hub:ORG/NAME[@REV] or a known short name
+        name = str(path).removeprefix(hub.PREFIX)
+        path, layout = hub.fetch(path)
+        source = source or layout
     path = rundir.resolve(Path(path))
     probe = Probe.of(path)
     fmt = get_format(source) if source else detect(probe)
     try:
         cfg = fmt.read_config(probe, arch)
+        cfg = cfg if name is None else cfg.replace(name=name)  # a snapshot's folder is a commit hash: name the repo
         if towers == "both" and cfg.text is None:
             raise CheckpointError(f"{path}: a {fmt.name} checkpoint holds no text tower; load it with "
                                   "towers='vision'")

@@ -91,12 +91,15 @@ class Probe:
     @classmethod
     def of(cls, path: Path) -> "Probe":
         if path.is_dir():
-            if not (path / CONFIG_FILE).is_file():
-                raise CheckpointError(f"{path}: a directory without {CONFIG_FILE} is not a checkpoint")
-            try:
-                return cls(path, config=read_json(path / CONFIG_FILE))
-            except ValueError as e:
-                raise CheckpointError(str(e)) from e
+            if (path / CONFIG_FILE).is_file():
+                try:
+                    return cls(path, config=read_json(path / CONFIG_FILE))
+                except ValueError as e:
+                    raise CheckpointError(str(e)) from e
+            if (path / "open_clip_config.json").is_file():  # open_clip's hub layout has no config.json
+                return cls(path, config={})
+            raise CheckpointError(f"{path}: a directory without {CONFIG_FILE} (or open_clip_config.json) is not a "
+                                  "checkpoint")
         if path.suffix not in STATE_DICT_SUFFIXES:
             raise CheckpointError(f"{path}: not a checkpoint directory nor a {'/'.join(STATE_DICT_SUFFIXES)} file")
         return cls(path)

@@ -200,7 +200,7 @@ class InternVL(Format):
     summary = "InternVL's own layout (embeddings.patch_embedding, encoder.layers.N.attn.qkv; any prefix)"
     vision_only = True
     layout = "internvl"
-    model_types = ("internvl_chat",)
+    model_types = ("internvl_chat", "intern_vit_6b")  # an InternVL chat model; InternViT alone
 
     def detect(self, probe: Probe) -> bool:
         if probe.is_directory:
@@ -211,7 +211,7 @@ class InternVL(Format):
         if not probe.is_directory:
             return super().read_config(probe, arch)
         kind = probe.model_type
-        vision = probe.config if kind == "internvl_vision" else probe.config.get("vision_config")
+        vision = probe.config if kind in ("internvl_vision", "intern_vit_6b") else probe.config.get("vision_config")
         if not isinstance(vision, dict):
             raise ConversionError(f"{probe.path}: config.json of model_type {kind!r} has no vision_config")
         return config_from_hf(vision, str(probe.path))

@@ -36,7 +36,8 @@ class Format:
         """A bare state dict carries no config: the caller names the architecture."""
         if arch is None:
             raise CheckpointError(f"{probe.path}: a bare {self.name} state dict does not name its architecture; "
-                                  "pass arch= (--arch on the command line), for example ViT-B-32 (`dualtower archs` lists them)")
+                                  "pass arch= (--arch on the command line), for example ViT-B-32 (`dualtower archs` "
+                                  "lists them)")
         cfg = get_config(arch)
         return cfg.replace(text=None) if self.vision_only else cfg
 
@@ -58,6 +59,18 @@ class Format:
 
     def write(self, model, dst: Path) -> None:
         write_state_file(self.from_ours(state_of(model), model.cfg), dst)
+
+
+class ReadOnlyFormat(Format):
+    """A layout read but not written (a hub layout of a format whose state dict we do write)."""
+
+    write_with = ""  # the format that writes the same weights
+
+    def check(self, cfg: ModelConfig) -> None:
+        raise ConversionError(f"writing {self.name} is not supported; write the weights with to={self.write_with!r}")
+
+    def write(self, model, dst: Path) -> None:
+        self.check(model.cfg)
 
 
 class HFDirectory(Format):

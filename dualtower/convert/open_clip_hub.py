@@ -1,0 +1,138 @@
+"""open_clip's hub layout: a directory with `open_clip_config.json` ({"model_cfg": ..., "preprocess_cfg": ...})
+and `open_clip_model.safetensors` or `open_clip_pytorch_model.bin` (open_clip's state dict, see `open_clip`).
+
+`model_cfg` defines the architecture, also when its name is in no registry: open_clip's own ViT configs are
+decoded field by field (a field that changes the numbers and that we do not build is refused, never ignored);
+a timm-trunk config (`vision_cfg.timm_model_name`) is matched to the one registry entry with that trunk and the
+same text tower. `preprocess_cfg` sets mean, std, interpolation and resize mode.
+"""
+
+from __future__ import annotations
+
+from ..archs import REGISTRY, TIMM_NAMES
+from ..config import CLIP_VOCAB_SIZE, ModelConfig, PreprocessConfig, TextConfig, VisionConfig
+from . import open_clip
+from .files import Probe, read_state_file
+from .registry import ReadOnlyFormat, register
+from .remap import ConversionError
+
+CONFIG = "open_clip_config.json"
+WEIGHTS = ("open_clip_model.safetensors", "open_clip_pytorch_model.bin")
+
+# Fields that only matter in training or for outputs we do not produce; any value is fine.
+_IGNORED = {"patch_dropout", "output_tokens", "timm_model_pretrained", "timm_drop", "timm_drop_path",
+            "hf_tokenizer_name", "tokenizer_kwargs", "eos_id", "pad_id"}
+# Fields we do not build, with the value they must have.
+_VISION_DEFAULTS = {"attentional_pool": False, "no_ln_pre": False, "pos_embed_type": "learnable", "act_kwargs": None,
+                    "norm_kwargs": None, "block_type": None, "qk_norm": False, "scaled_cosine_attn": False,
+                    "scale_heads": False, "scale_attn_inner": False, "scale_attn": False, "scale_fc": False,
+                    "timm_model_name": None}
+_TEXT_DEFAULTS = {"embed_cls": False, "no_causal_mask": False, "pool_type": "argmax", "proj_bias": False,
+                  "proj_type": "linear", "act_kwargs": None, "norm_kwargs": None, "block_type": None,
+                  "qk_norm": False, "scaled_cosine_attn": False, "scale_heads": False, "scale_attn_inner": False,
+                  "scale_attn": False, "scale_fc": False, "hf_model_name": None, "tokenizer_mode": None,
+                  "final_ln_after_pool": False, "vocab_size": CLIP_VOCAB_SIZE}
+
+
+def _refuse_unbuilt(cfg: dict, defaults: dict, known: set[str], where: str) -> None:
+    unknown = sorted(set(cfg) - known - set(defaults) - _IGNORED)
+    other = sorted(f"{k}={cfg[k]!r}" for k in defaults if k in cfg and cfg[k] != defaults[k])
+    if unknown or other:
+        raise ConversionError(f"{where}: fields dualtower does not build: {', '.join(unknown + other)}")
+
+
+def decode_model_cfg(model_cfg: dict, name: str) -> ModelConfig:
+    """Our config from open_clip's `model_cfg` dict."""
+    v, t = model_cfg.get("vision_cfg", {}), model_cfg.get("text_cfg", {})
+    if v.get("timm_model_name"):
+        return _timm_trunk_config(model_cfg, name)
+    _refuse_unbuilt(v, _VISION_DEFAULTS, {"layers", "width", "head_width", "mlp_ratio", "patch_size", "image_size",
+                                          "ls_init_value", "final_ln_after_pool", "pool_type"}, f"{name} vision_cfg")
+    _refuse_unbuilt(t, _TEXT_DEFAULTS, {"context_length", "width", "heads", "layers", "mlp_ratio", "ls_init_value"},
+                    f"{name} text_cfg")
+    unknown = sorted(set(model_cfg) - {"embed_dim", "vision_cfg", "text_cfg", "quick_gelu", "custom_text",
+                                       "init_logit_scale", "init_logit_bias"})
+    if unknown:
+        raise ConversionError(f"{name} model_cfg: fields dualtower does not build: {', '.join(unknown)}")
+    if v.get("pool_type", "tok") not in ("tok", "avg"):
+        raise ConversionError(f"{name} vision_cfg: pool_type {v['pool_type']!r} is not built (tok or avg)")
+    act = "quick_gelu" if model_cfg.get("quick_gelu", False) else "gelu"
+    width, twidth = int(v.get("width", 768)), int(t.get("width", 512))
+    try:
+        vision = VisionConfig(
+            image_size=int(v.get("image_size", 224)), patch_size=int(v.get("patch_size", 16)), width=width,
+            depth=int(v.get("layers", 12)), heads=width // int(v.get("head_width", 64)),
+            mlp_dim=int(width * float(v.get("mlp_ratio", 4.0))), act=act, ls_init=float(v.get("ls_init_value") or 0),
+            pool="mean" if v.get("pool_type", "tok") == "avg" else "cls",
+            final_norm="after_pool" if v.get("final_ln_after_pool") else "before_pool")
+        text = TextConfig(
+            context_length=int(t.get("context_length", 77)), width=twidth, heads=int(t.get("heads", 8)),
+            depth=int(t.get("layers", 12)), mlp_dim=int(twidth * float(t.get("mlp_ratio", 4.0))), act=act,
+            ls_init=float(t.get("ls_init_value") or 0))
+        extra = {k: float(model_cfg[k]) for k in ("init_logit_scale", "init_logit_bias") if k in model_cfg}
+        return ModelConfig(name=name, embed_dim=int(model_cfg.get("embed_dim", 512)), vision=vision, text=text,
+                           preprocess=PreprocessConfig(image_size=vision.image_size), **extra)
+    except (TypeError, ValueError) as e:
+        raise ConversionError(f"{name}: model_cfg does not describe a model dualtower can build ({e})") from e
+
+
+def _timm_trunk_config(model_cfg: dict, name: str) -> ModelConfig:
+    v, t = model_cfg["vision_cfg"], model_cfg.get("text_cfg", {})
+    trunk = v["timm_model_name"]
+    matches = [a for a, tn in TIMM_NAMES.items() if tn == trunk and REGISTRY[a].text is not None
+               and REGISTRY[a].embed_dim == model_cfg.get("embed_dim")
+               and REGISTRY[a].text.context_length == t.get("context_length", 77)
+               and REGISTRY[a].text.width == t.get("width", 512) and REGISTRY[a].text.depth == t.get("layers", 12)]
+    if len(matches) != 1:
+        raise ConversionError(f"{name}: no single architecture has the timm trunk {trunk!r} with this text tower "
+                              f"(candidates: {matches or 'none'})")
+    return REGISTRY[matches[0]]
+
+
+def apply_preprocess_cfg(cfg: ModelConfig, pre: dict, name: str) -> ModelConfig:
+    from dataclasses import replace
+
+    p = cfg.preprocess
+    mode = {"shortest": "shortest", "squash": "squash"}.get(pre.get("resize_mode", p.resize_mode))
+    if mode is None:
+        raise ConversionError(f"{name}: preprocess_cfg resize_mode {pre.get('resize_mode')!r} is not built "
+                              "(shortest or squash)")
+    size = pre.get("size", p.image_size)
+    if (size[0] if isinstance(size, (list, tuple)) else size) != cfg.vision.image_size:
+        raise ConversionError(f"{name}: preprocess_cfg size {size} differs from the model's "
+                              f"{cfg.vision.image_size}")
+    try:
+        return cfg.replace(preprocess=replace(p, mean=tuple(pre.get("mean", p.mean)), std=tuple(pre.get("std", p.std)),
+                                              interpolation=pre.get("interpolation", p.interpolation),
+                                              resize_mode=mode))
+    except ValueError as e:
+        raise ConversionError(f"{name}: preprocess_cfg: {e}") from e
+
+
+class OpenClipHub(ReadOnlyFormat):
+    name = "open_clip_hub"
+    summary = "open_clip's hub layout (open_clip_config.json + open_clip_model.safetensors or .bin)"
+    writes = "directory"
+    write_with = "open_clip"
+
+    def detect(self, probe: Probe) -> bool:
+        return probe.is_directory and (probe.path / CONFIG).is_file()
+
+    def read_config(self, probe: Probe, arch: str | None) -> ModelConfig:
+        data = probe.read_json(CONFIG) or {}
+        name = arch or probe.path.name
+        if not isinstance(data.get("model_cfg"), dict):
+            raise ConversionError(f"{probe.path / CONFIG}: no model_cfg object")
+        cfg = decode_model_cfg(data["model_cfg"], name)
+        return apply_preprocess_cfg(cfg, data.get("preprocess_cfg") or {}, name)
+
+    def read_state(self, probe: Probe, cfg: ModelConfig) -> dict:
+        for weights in WEIGHTS:
+            if (probe.path / weights).is_file():
+                return read_state_file(probe.path / weights)
+        raise ConversionError(f"{probe.path}: neither {' nor '.join(WEIGHTS)}")
+
+    to_ours = staticmethod(open_clip.import_state_dict)
+
+
+FORMAT = register(OpenClipHub())

@@ -1,0 +1,94 @@
+"""timm's hub layout: a directory with `config.json` ({"architecture", "num_classes", "pretrained_cfg", ...}) and
+`model.safetensors` or `pytorch_model.bin` (a bare timm state dict, see `timm_vit`). The architecture is the
+registry entry whose vision tower timm's `architecture` builds (`archs.TIMM_NAMES`); `num_classes` sets the
+projection (0: none); `pretrained_cfg` sets timm's eval preprocessing (mean, std, interpolation, crop_pct,
+crop_mode)."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+from ..archs import REGISTRY, TIMM_NAMES
+from ..config import ModelConfig
+from . import timm_vit
+from .files import Probe
+from .registry import ReadOnlyFormat, register
+from .remap import ConversionError
+
+_CROP_MODES = {"center": "shortest", "squash": "squash"}
+_POOLS = {"token": "cls", "map": "map", "avg": "mean"}
+
+
+def _apply_model_args(v, args: dict, name: str):
+    """timm's `model_args` (the keyword arguments the model was built with) over the architecture's defaults."""
+    if args.pop("in_chans", 3) != 3:
+        raise ConversionError(f"{name}: model_args in_chans must be 3")
+    args.pop("num_classes", None)  # config.json's num_classes decides the projection
+    pool = args.pop("global_pool", None)
+    if pool is not None and _POOLS.get(pool) != v.pool:
+        raise ConversionError(f"{name}: model_args global_pool {pool!r} is not this tower's pooling ({v.pool})")
+    size = args.pop("img_size", v.image_size)
+    size = size if isinstance(size, int) else (size[0] if len(set(size)) == 1 else None)
+    if size is None:
+        raise ConversionError(f"{name}: a non-square img_size is not supported")
+    width = int(args.pop("embed_dim", v.width))
+    ratio = float(args.pop("mlp_ratio", v.mlp_dim / v.width))
+    changes = dict(width=width, mlp_dim=int(width * ratio), depth=int(args.pop("depth", v.depth)),
+                   heads=int(args.pop("num_heads", v.heads)), patch_size=int(args.pop("patch_size", v.patch_size)),
+                   image_size=int(size))
+    if args:
+        raise ConversionError(f"{name}: model_args dualtower does not build: {sorted(args)}")
+    try:
+        return replace(v, **changes)
+    except ValueError as e:
+        raise ConversionError(f"{name}: model_args: {e}") from e
+
+
+def config_from_timm(data: dict, name: str) -> ModelConfig:
+    arch = data.get("architecture")
+    found = [a for a, tn in TIMM_NAMES.items() if tn == arch]
+    if not found:
+        raise ConversionError(f"{name}: timm architecture {arch!r} is not one dualtower builds; known: "
+                              f"{', '.join(sorted(set(TIMM_NAMES.values())))}")
+    cfg = REGISTRY[found[0]]
+    v = _apply_model_args(cfg.vision, dict(data.get("model_args") or {}), name)
+    classes = int(data.get("num_classes", cfg.embed_dim if v.head else 0))
+    if classes == 0:
+        v, embed = replace(v, head=False, head_bias=False), v.width
+    else:
+        v, embed = replace(v, head=True), classes
+    pre = data.get("pretrained_cfg") or {}
+    size = pre.get("input_size", [3, v.image_size, v.image_size])
+    if list(size[1:]) != [v.image_size, v.image_size]:
+        raise ConversionError(f"{name}: pretrained_cfg input_size {size} differs from {arch}'s {v.image_size} px")
+    mode = _CROP_MODES.get(pre.get("crop_mode", "center"))
+    if mode is None:
+        raise ConversionError(f"{name}: pretrained_cfg crop_mode {pre.get('crop_mode')!r} is not built "
+                              f"({', '.join(_CROP_MODES)})")
+    p = cfg.preprocess
+    try:
+        preprocess = replace(p, image_size=v.image_size, mean=tuple(pre.get("mean", p.mean)),
+                             std=tuple(pre.get("std", p.std)), interpolation=pre.get("interpolation", p.interpolation),
+                             resize_mode=mode, crop_pct=float(pre.get("crop_pct", 1.0)))
+        return cfg.replace(name=arch, embed_dim=embed, vision=v, text=None, preprocess=preprocess)
+    except ValueError as e:
+        raise ConversionError(f"{name}: config.json does not describe a tower dualtower can build ({e})") from e
+
+
+class TimmHub(ReadOnlyFormat):
+    name = "timm_hub"
+    summary = "timm's hub layout (config.json with architecture and pretrained_cfg, model.safetensors)"
+    writes = "directory"
+    write_with = "timm"
+    vision_only = True
+
+    def detect(self, probe: Probe) -> bool:
+        return probe.is_directory and "architecture" in probe.config and "pretrained_cfg" in probe.config
+
+    def read_config(self, probe: Probe, arch: str | None) -> ModelConfig:
+        return config_from_timm(probe.config, str(probe.path))
+
+    to_ours = staticmethod(timm_vit.import_state_dict)
+
+
+FORMAT = register(TimmHub())

@@ -1,0 +1,237 @@
+"""Pretrained models by name: `hf-hub:ORG/NAME[@REVISION]`, or a short name from `KNOWN` ("ViT-B-32/openai").
+
+Files come through `huggingface_hub` (its cache, HF_HOME, HF_TOKEN, HF_ENDPOINT and HF_HUB_OFFLINE are its own),
+and only the files the repo's layout needs: its config files first, then the weights of that layout,
+safetensors before a pickle (which is read with `weights_only=True` only). A weight file whose ETag is a sha256
+(the Hub's ETag for LFS files) is checked against it after download; a mismatch removes it from the cache.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+PREFIX = "hf-hub:"
+
+# The files that say what a repo holds; all small.
+META_FILES = ("open_clip_config.json", "config.json", "preprocessor_config.json")
+# The weights of each layout, in order of preference; an index names the shards of a sharded checkpoint.
+WEIGHTS = {
+    "open_clip_hub": ("open_clip_model.safetensors", "open_clip_pytorch_model.bin"),
+    "directory": ("model.safetensors.index.json", "model.safetensors", "pytorch_model.bin.index.json",
+                  "pytorch_model.bin"),
+}
+# Small files fetched beside the weights: the tokenizer's, and the model card (its licence field).
+EXTRA_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "vocab.json", "merges.txt",
+               "spiece.model", "tokenizer.model", "README.md")
+
+
+class HubError(FileNotFoundError):
+    """A model could not be fetched; the message names the repo, the files and what to do."""
+
+
+@dataclass(frozen=True)
+class Known:
+    """A well-known pretrained model: where it lives and in which layout (a format of dualtower.convert)."""
+
+    name: str
+    repo: str
+    layout: str
+    arch: str  # our architecture of the same shape (for `dualtower models`)
+
+
+KNOWN = {k.name: k for k in [
+    Known("ViT-B-32/openai", "openai/clip-vit-base-patch32", "hf-clip", "ViT-B-32-quickgelu"),
+    Known("ViT-B-16/openai", "openai/clip-vit-base-patch16", "hf-clip", "ViT-B-16-quickgelu"),
+    Known("ViT-L-14/openai", "openai/clip-vit-large-patch14", "hf-clip", "ViT-L-14-quickgelu"),
+    Known("ViT-L-14-336/openai", "openai/clip-vit-large-patch14-336", "hf-clip", "ViT-L-14-336-quickgelu"),
+    Known("ViT-B-32/laion2b_s34b_b79k", "laion/CLIP-ViT-B-32-laion2B-s34B-b79K", "open_clip_hub", "ViT-B-32"),
+    Known("ViT-B-16/laion2b_s34b_b88k", "laion/CLIP-ViT-B-16-laion2B-s34B-b88K", "open_clip_hub", "ViT-B-16"),
+    Known("ViT-L-14/laion2b_s32b_b82k", "laion/CLIP-ViT-L-14-laion2B-s32B-b82K", "open_clip_hub", "ViT-L-14"),
+    Known("ViT-H-14/laion2b_s32b_b79k", "laion/CLIP-ViT-H-14-laion2B-s32B-b79K", "open_clip_hub", "ViT-H-14"),
+    Known("ViT-bigG-14/laion2b_s39b_b160k", "laion/CLIP-ViT-bigG-14-laion2B-39B-b160k", "open_clip_hub",
+          "ViT-bigG-14"),
+    Known("ViT-B-32/datacomp_xl_s13b_b90k", "laion/CLIP-ViT-B-32-DataComp.XL-s13B-b90K", "open_clip_hub",
+          "ViT-B-32"),
+    Known("ViT-B-16/datacomp_xl_s13b_b90k", "laion/CLIP-ViT-B-16-DataComp.XL-s13B-b90K", "open_clip_hub",
+          "ViT-B-16"),
+    Known("ViT-L-14/datacomp_xl_s13b_b90k", "laion/CLIP-ViT-L-14-DataComp.XL-s13B-b90K", "open_clip_hub",
+          "ViT-L-14"),
+    Known("EVA02-B-16/merged2b_s8b_b131k", "timm/eva02_base_patch16_clip_224.merged2b_s8b_b131k",
+          "open_clip_hub", "EVA02-B-16"),
+    Known("EVA02-L-14/merged2b_s4b_b131k", "timm/eva02_large_patch14_clip_224.merged2b_s4b_b131k",
+          "open_clip_hub", "EVA02-L-14"),
+    Known("ViT-B-16-SigLIP/webli", "google/siglip-base-patch16-224", "hf-siglip", "ViT-B-16-SigLIP"),
+    Known("ViT-L-16-SigLIP-256/webli", "google/siglip-large-patch16-256", "hf-siglip", "ViT-L-16-SigLIP-256"),
+    Known("ViT-SO400M-14-SigLIP-384/webli", "google/siglip-so400m-patch14-384", "hf-siglip",
+          "ViT-SO400M-14-SigLIP-384"),
+    Known("InternViT-300M-448px/opengvlab", "OpenGVLab/InternViT-300M-448px", "internvl", "InternViT-300M-448px"),
+    Known("InternViT-6B-448px/v1-5", "OpenGVLab/InternViT-6B-448px-V1-5", "internvl", "InternViT-6B-448px"),
+    Known("InternVL-C-vision/internvl-14b-224px", "OpenGVLab/InternVL-14B-224px", "internvl", "InternVL-C-vision"),
+]}
+
+
+def is_hub_name(spec) -> bool:
+    return isinstance(spec, str) and (spec.startswith(PREFIX) or spec in KNOWN)
+
+
+def parse(spec: str) -> tuple[str, str | None, str | None]:
+    """(repo, revision, layout) of `hf-hub:ORG/NAME[@REVISION]` or a known short name."""
+    if spec in KNOWN:
+        known = KNOWN[spec]
+        return known.repo, None, known.layout
+    repo, _, revision = spec[len(PREFIX):].partition("@")
+    if not re.fullmatch(r"[\w.-]+/[\w.-]+", repo):
+        raise ValueError(f"{spec!r}: expected hf-hub:ORG/NAME or hf-hub:ORG/NAME@REVISION")
+    return repo, revision or None, None
+
+
+class _Repo:
+    """Downloads one repo's files at one revision, remembering what is absent."""
+
+    def __init__(self, repo: str, revision: str | None):
+        self.repo, self.revision = repo, revision
+        self.missing: list[str] = []  # not cached and not reachable
+
+    def get(self, name: str) -> Path | None:
+        """The local path of `name`, downloaded if needed; None when the repo has no such file."""
+        from huggingface_hub import hf_hub_download, try_to_load_from_cache
+        from huggingface_hub.errors import EntryNotFoundError, LocalEntryNotFoundError
+
+        try:
+            return Path(hf_hub_download(self.repo, name, revision=self.revision))
+        except LocalEntryNotFoundError:  # offline (or the Hub unreachable) and not in the cache
+            if try_to_load_from_cache(self.repo, name, revision=self.revision) is None:
+                self.missing.append(name)
+            return None
+        except EntryNotFoundError:  # the repo has no such file
+            return None
+
+    def first(self, names: tuple[str, ...]) -> Path | None:
+        for name in names:
+            path = self.get(name)
+            if path is not None:
+                return path
+        return None
+
+
+def fetch(spec: str) -> tuple[Path, str | None]:
+    """The local snapshot directory holding what the model needs, and the format it is in (None: detect it)."""
+    try:
+        import huggingface_hub  # noqa: F401
+    except ImportError as e:
+        raise HubError(f"{spec}: loading from the Hub needs huggingface_hub (pip install huggingface_hub)") from e
+    from huggingface_hub.errors import HfHubHTTPError, RepositoryNotFoundError, RevisionNotFoundError
+
+    repo_id, revision, layout = parse(spec)
+    repo = _Repo(repo_id, revision)
+    try:
+        meta = {name: repo.get(name) for name in META_FILES}
+        found = [p for p in meta.values() if p is not None]
+        if not found:
+            raise HubError(_missing_message(spec, repo, "its config (open_clip_config.json or config.json)"))
+        snapshot = found[0].parent
+        if layout is None and meta["open_clip_config.json"] is not None:
+            layout = "open_clip_hub"  # a repo with both layouts (LAION's): open_clip's files are the originals
+        weights = repo.first(WEIGHTS["open_clip_hub" if layout == "open_clip_hub" else "directory"])
+        if weights is None:
+            raise HubError(_missing_message(spec, repo, "weights (" + ", ".join(
+                WEIGHTS["open_clip_hub" if layout == "open_clip_hub" else "directory"]) + ")"))
+        files = [weights]
+        if weights.name.endswith(".index.json"):
+            files = [_shard(repo, spec, name) for name in _shards(weights)]
+        for path in files:
+            verify(path)
+        for name in EXTRA_FILES:
+            repo.get(name)
+    except HubError:
+        raise
+    except (RepositoryNotFoundError, RevisionNotFoundError) as e:
+        raise HubError(f"{spec}: {type(e).__name__}: {str(e).splitlines()[0]}") from e
+    except HfHubHTTPError as e:
+        raise HubError(f"{spec}: the Hub answered {str(e).splitlines()[0]}") from e
+    except Exception as e:  # the connection broke mid-file, a size check failed, ...: nothing was cached
+        raise HubError(f"{spec}: downloading from {repo_id} failed ({type(e).__name__}: "
+                       f"{str(e).splitlines()[0] if str(e) else ''}); the file was not added to the cache. "
+                       "Try again.") from e
+    return snapshot, layout
+
+
+def _shards(index: Path) -> list[str]:
+    import json
+
+    names = sorted(set(json.loads(index.read_text()).get("weight_map", {}).values()))
+    bad = [n for n in names if "/" in n or "\\" in n or n.startswith(".")]
+    if bad:
+        raise HubError(f"{index}: shard names outside the repo's top folder: {bad[:3]}")
+    return names
+
+
+def _shard(repo: _Repo, spec: str, name: str) -> Path:
+    path = repo.get(name)
+    if path is None:
+        raise HubError(_missing_message(spec, repo, f"the shard {name} its index names"))
+    return path
+
+
+def _missing_message(spec: str, repo: _Repo, what: str) -> str:
+    if repo.missing:
+        return (f"{spec}: {what} not found: {', '.join(repo.missing)} are not in the Hugging Face cache and the Hub "
+                f"cannot be reached (HF_HUB_OFFLINE={os.environ.get('HF_HUB_OFFLINE', '0')}). Download them where "
+                f"there is a network: `hf download {repo.repo}"
+                + (f" --revision {repo.revision}" if repo.revision else "")
+                + "` (`huggingface-cli download` before huggingface_hub 1.0), then copy the cache (HF_HOME).")
+    return f"{spec}: the repo {repo.repo} has no {what}"
+
+
+def verify(path: Path) -> None:
+    """Check a cached file against its sha256 ETag (the blob's name in the cache); remove it on a mismatch."""
+    blob = Path(os.path.realpath(path))
+    etag = blob.name
+    if not re.fullmatch(r"[0-9a-f]{64}", etag):
+        return  # a git-sha ETag (small files): huggingface_hub checked the size
+    digest = hashlib.sha256()
+    with open(blob, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 22), b""):
+            digest.update(chunk)
+    if digest.hexdigest() != etag:
+        blob.unlink(missing_ok=True)
+        Path(path).unlink(missing_ok=True)
+        raise HubError(f"{path.name}: the downloaded file's sha256 is {digest.hexdigest()}, not {etag} as the Hub "
+                       "says; it was removed from the cache. Try again.")
+
+
+def licence(repo: str) -> str:
+    """The `license:` of a repo's model card when the card is in the local cache, else "" (no network used)."""
+    try:
+        from huggingface_hub import try_to_load_from_cache
+    except ImportError:
+        return ""
+    card = try_to_load_from_cache(repo, "README.md")
+    if not isinstance(card, str):
+        return ""
+    text = Path(card).read_text(encoding="utf-8", errors="replace")
+    if not text.startswith("---"):
+        return ""
+    front = text[3:].split("\n---", 1)[0]
+    found = re.search(r"^licen[cs]e:\s*(\S+)", front, flags=re.MULTILINE)
+    return found.group(1).strip("'\"") if found else ""
+
+
+def known_models() -> list[dict]:
+    """The well-known names: repo, layout, parameter count of the architecture, licence when the card is cached."""
+    import torch
+
+    from .archs import get_config
+    from .model import DualEncoder
+
+    rows = []
+    for known in KNOWN.values():
+        with torch.device("meta"):
+            params = sum(p.numel() for p in DualEncoder(get_config(known.arch)).parameters())
+        rows.append({"name": known.name, "repo": known.repo, "layout": known.layout, "arch": known.arch,
+                     "params": params, "licence": licence(known.repo)})
+    return rows
