@@ -145,3 +145,33 @@ def test_timm_hub_preprocessing_equals_timms_eval_transform(photos):
     for name, image in photos.items():
         image = image.convert("RGB")
         assert_close(ours(image), theirs(image), f"{name} pixels", rtol=1e-6)
+
+
+@pytest.mark.parametrize("cls", ["CLIPVisionModelWithProjection", "CLIPVisionModel"])
+def test_hf_clip_vision_tower_directories(cls, tmp_path):
+    import transformers
+
+    from .test_parity_hf import _hf_config
+
+    config = _hf_config().vision_config
+    config.projection_dim = 40
+    torch.manual_seed(0)
+    hf = perturb(getattr(transformers, cls)(config).eval())
+    hf.save_pretrained(tmp_path / "hf")
+    ours = dualtower.load(tmp_path / "hf")
+    assert ours.text is None and ours.cfg.vision.head == (cls == "CLIPVisionModelWithProjection")
+    pixels = _pixels(60)
+    with torch.no_grad():
+        out = hf(pixel_values=pixels)
+        want = out.image_embeds if cls == "CLIPVisionModelWithProjection" else out.pooler_output
+        assert_close(ours.encode_image(pixels), want, f"{cls} image embeddings")
+
+
+def test_hf_clip_text_tower_alone_is_refused_by_name(tmp_path):
+    import transformers
+
+    from .test_parity_hf import _hf_config
+
+    transformers.CLIPTextModel(_hf_config().text_config).save_pretrained(tmp_path / "hf")
+    with pytest.raises(CheckpointError, match="text tower alone"):
+        dualtower.load(tmp_path / "hf")

@@ -59,44 +59,65 @@ _ACT_TO_HF = {"quick_gelu": "quick_gelu", "gelu": "gelu", "gelu_tanh": "gelu_pyt
 
 
 def _rules(cfg: ModelConfig) -> list[Rule]:
-    return expand(TABLE, {"visual.": cfg.vision.depth, "text.": cfg.text.depth})
+    return expand(TABLE, {"visual.": cfg.vision.depth, "text.": cfg.text.depth if cfg.text is not None else 0})
+
+
+MODEL_TYPES = ("clip", "clip_vision_model", "clip_text_model")
+
+
+def _act(c: dict, tower: str, name: str) -> str:
+    a = c.get("hidden_act", "quick_gelu")
+    if a not in _ACT_FROM_HF:
+        raise ConversionError(f"{name}: {tower} hidden_act {a!r} is not supported")
+    return _ACT_FROM_HF[a]
+
+
+def _vision(v: dict, name: str, head: bool = True) -> VisionConfig:
+    return VisionConfig(
+        image_size=v.get("image_size", 224), patch_size=v.get("patch_size", 32), width=v.get("hidden_size", 768),
+        depth=v.get("num_hidden_layers", 12), heads=v.get("num_attention_heads", 12),
+        mlp_dim=v.get("intermediate_size", 3072), act=_act(v, "vision", name), norm_eps=v.get("layer_norm_eps", 1e-5),
+        final_norm="after_pool", head=head,
+    )
+
+
+def _text(t: dict, name: str) -> TextConfig:
+    vocab = t.get("vocab_size", CLIP_VOCAB_SIZE)
+    eot = t.get("eos_token_id", CLIP_EOT_ID)
+    if eot == 2 and vocab == CLIP_VOCAB_SIZE:
+        # Configs from before transformers PR #24773 say 2 and pool at argmax(ids), which with the CLIP
+        # vocabulary is the first end-of-text token (the largest id): the same as pooling at 49407.
+        eot = CLIP_EOT_ID
+    return TextConfig(
+        vocab_size=vocab, context_length=t.get("max_position_embeddings", 77), width=t.get("hidden_size", 512),
+        depth=t.get("num_hidden_layers", 12), heads=t.get("num_attention_heads", 8),
+        mlp_dim=t.get("intermediate_size", 2048), act=_act(t, "text", name), norm_eps=t.get("layer_norm_eps", 1e-5),
+        eot_id=eot,
+    )
 
 
 def config_from_hf(hf: dict, preprocessor: dict | None, name: str) -> ModelConfig:
-    """Our config from an HF CLIPConfig dict (and its preprocessor_config.json, when there is one)."""
-    if hf.get("model_type") != "clip":
-        raise ConversionError(f"{name}: config.json has model_type {hf.get('model_type')!r}, expected 'clip'")
-    v, t = hf.get("vision_config", {}), hf.get("text_config", {})
+    """Our config from an HF CLIPConfig dict, or a CLIPVisionConfig one (CLIPVisionModel, with or without its
+    projection), and its preprocessor_config.json when there is one."""
+    kind = hf.get("model_type")
+    if kind not in MODEL_TYPES:
+        raise ConversionError(f"{name}: config.json has model_type {kind!r}, expected one of {MODEL_TYPES}")
+    if kind == "clip_text_model":
+        raise ConversionError(f"{name}: a CLIP text tower alone (CLIPTextModel) is not a model dualtower builds: "
+                              "every model has a vision tower; load the whole CLIPModel")
     try:
-        def act(c, tower):
-            a = c.get("hidden_act", "quick_gelu")
-            if a not in _ACT_FROM_HF:
-                raise ConversionError(f"{name}: {tower} hidden_act {a!r} is not supported")
-            return _ACT_FROM_HF[a]
-
-        vocab = t.get("vocab_size", CLIP_VOCAB_SIZE)
-        eot = t.get("eos_token_id", CLIP_EOT_ID)
-        if eot == 2 and vocab == CLIP_VOCAB_SIZE:
-            # Configs from before transformers PR #24773 say 2 and pool at argmax(ids), which with the CLIP
-            # vocabulary is the first end-of-text token (the largest id): the same as pooling at 49407.
-            eot = CLIP_EOT_ID
-        image_size = v.get("image_size", 224)
-        vision = VisionConfig(
-            image_size=image_size, patch_size=v.get("patch_size", 32), width=v.get("hidden_size", 768),
-            depth=v.get("num_hidden_layers", 12), heads=v.get("num_attention_heads", 12),
-            mlp_dim=v.get("intermediate_size", 3072), act=act(v, "vision"), norm_eps=v.get("layer_norm_eps", 1e-5),
-            final_norm="after_pool",
-        )
-        text = TextConfig(
-            vocab_size=vocab, context_length=t.get("max_position_embeddings", 77), width=t.get("hidden_size", 512),
-            depth=t.get("num_hidden_layers", 12), heads=t.get("num_attention_heads", 8),
-            mlp_dim=t.get("intermediate_size", 2048), act=act(t, "text"), norm_eps=t.get("layer_norm_eps", 1e-5),
-            eot_id=eot,
-        )
+        if kind == "clip_vision_model":  # the vision config at the top; the projection only "WithProjection"
+            projected = any("WithProjection" in a for a in hf.get("architectures") or [])
+            vision, text = _vision(hf, name, head=projected), None
+            embed = hf.get("projection_dim", 512) if projected else vision.width
+        else:
+            vision, text = _vision(hf.get("vision_config", {}), name), _text(hf.get("text_config", {}), name)
+            embed = hf.get("projection_dim", 512)
     except (TypeError, ValueError) as e:
         if isinstance(e, ConversionError):
             raise
         raise ConversionError(f"{name}: config.json is not a CLIP config we can build: {e}") from e
+    image_size = vision.image_size
     pre = preprocessor or {}
     crop = pre.get("crop_size", image_size)
     crop = crop.get("height", image_size) if isinstance(crop, dict) else crop
@@ -104,12 +125,12 @@ def config_from_hf(hf: dict, preprocessor: dict | None, name: str) -> ModelConfi
         raise ConversionError(f"{name}: preprocessor crop_size {crop} differs from the model's image_size {image_size}")
     return ModelConfig(
         name=hf.get("_name_or_path") or "hf-clip",
-        embed_dim=hf.get("projection_dim", 512),
+        embed_dim=embed,
         vision=vision,
         text=text,
         preprocess=PreprocessConfig(image_size=image_size, mean=tuple(pre.get("image_mean", OPENAI_MEAN)),
                                     std=tuple(pre.get("image_std", OPENAI_STD))),
-        init_logit_scale=hf.get("logit_scale_init_value", 2.6592)  # transformers CLIPConfig default,
+        init_logit_scale=hf.get("logit_scale_init_value", 2.6592),  # transformers' CLIPConfig default
     )
 
 
@@ -161,6 +182,9 @@ def preprocessor_to_hf(cfg: ModelConfig) -> dict:
 
 
 def import_state_dict(state: dict, cfg: ModelConfig, our_keys: set[str], source: str) -> dict[str, torch.Tensor]:
+    if cfg.text is None and "embeddings.patch_embedding.weight" in state:
+        # transformers 5 saves a CLIPVisionModel without its `vision_model.` prefix (4.x kept it)
+        state = {f"vision_model.{k}": v for k, v in state.items()}
     return to_ours(state, _rules(cfg), our_keys, DROPPED, source)
 
 
@@ -177,9 +201,12 @@ def _check_writable(cfg: ModelConfig) -> None:
 
 class HFClip(HFDirectory):
     name = "hf-clip"
-    summary = "a transformers CLIPModel directory (config.json model_type 'clip')"
+    summary = "a transformers CLIPModel or CLIPVisionModel(WithProjection) directory (model_type 'clip', ...)"
     model_type = "clip"
     config_from_hf = staticmethod(config_from_hf)
+
+    def detect(self, probe) -> bool:
+        return probe.model_type in MODEL_TYPES
     to_ours = staticmethod(import_state_dict)
     from_ours = staticmethod(export_state_dict)
     check = staticmethod(_check_writable)
