@@ -113,3 +113,24 @@ def test_unmatched_hf_key_is_named(tmp_path):
     save_file(state, tmp_path / "hf" / "model.safetensors")
     with pytest.raises(CheckpointError, match="vision_model.extra_head.weight"):
         dualtower.load(tmp_path / "hf")
+
+
+def test_exported_tokenizer_files_match_ours_on_plain_text_and_our_loader_keeps_ours(tmp_path):
+    """transformers' CLIPTokenizer, from our export's vocab.json/merges.txt, gives our ids on ordinary text
+    (up to the end token; it pads with the end token where we pad with 0, which pooling at the first end token
+    ignores). It does not repair mojibake, unescape HTML or map special-token spellings as OpenAI's CLIP
+    preprocessing does (README), so loading that directory back keeps our tokenizer."""
+    ours = dualtower.create_model("tiny", seed=0)
+    convert.export(ours, tmp_path / "hf", "hf")
+    hf_tok = transformers.AutoTokenizer.from_pretrained(tmp_path / "hf")
+    ours_tok = dualtower.get_tokenizer(ours)
+
+    def upto_end(ids):
+        ids = list(ids)
+        return ids[: ids.index(49407) + 1]
+
+    plain = CAPTIONS[:5] + ["Two dogs, three cats; one bird!", "東京の夜景 at night", "ÉCOLE élève"]
+    assert [upto_end(r) for r in ours_tok(plain).tolist()] == [upto_end(r) for r in hf_tok(plain)["input_ids"]]
+    repaired = ["fish &amp; chips", "cafÃ© au lait"]  # ours: "fish & chips", "café au lait"
+    assert [upto_end(r) for r in ours_tok(repaired).tolist()] != [upto_end(r) for r in hf_tok(repaired)["input_ids"]]
+    assert dualtower.load(tmp_path / "hf").cfg.tokenizer == "clip-bpe"
