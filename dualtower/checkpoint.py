@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 from pathlib import Path
 
 import torch
@@ -21,6 +22,8 @@ from .model import DualEncoder
 
 FORMAT, VERSION, READABLE_VERSIONS = "dualtower", CONFIG_VERSION, (1, CONFIG_VERSION)
 CONFIG_FILE, WEIGHTS_FILE = "config.json", "model.safetensors"
+# A model's own tokenizer files (SigLIP's), kept beside the weights when the model came with them.
+TOKENIZER_FILES = ("spiece.model", "tokenizer_config.json")
 
 
 class CheckpointError(ValueError):
@@ -44,6 +47,10 @@ def write_files(model: DualEncoder, directory: Path) -> None:
     meta = {"format": FORMAT, "version": VERSION, "model": model.cfg.to_dict()}
     (directory / CONFIG_FILE).write_text(json.dumps(meta, indent=2) + "\n", encoding="utf-8")
     save_file(state_of(model), directory / WEIGHTS_FILE, metadata={"format": "pt"})
+    files = getattr(model, "tokenizer_files", None)
+    for name in TOKENIZER_FILES if files is not None and model.cfg.tokenizer != "clip-bpe" else ():
+        if (files / name).is_file():
+            shutil.copyfile(files / name, directory / name)
 
 
 def save(model: DualEncoder, directory: "str | os.PathLike") -> None:

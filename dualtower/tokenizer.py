@@ -283,14 +283,22 @@ def _tokenizer(context_length: int) -> ClipTokenizer:
     return ClipTokenizer(context_length)
 
 
-def get_tokenizer(name_or_model="ViT-B-32") -> ClipTokenizer:
-    """The tokenizer of an architecture name, a ModelConfig or a model (context length per architecture)."""
+def get_tokenizer(name_or_model="ViT-B-32"):
+    """The tokenizer of an architecture name, a ModelConfig or a model (context length per architecture). A model
+    with its own tokenizer (SigLIP's SentencePiece) takes it from the files it was loaded with (`spiece.model`
+    beside the weights, or in the Hub repo)."""
     from .archs import config_of
 
     cfg = config_of(name_or_model)
     if cfg.text is None:
         raise ValueError(f"{cfg.name} is a vision-only model: it has no text tower and no tokenizer")
-    if cfg.tokenizer != "clip-bpe":
-        raise ValueError(f"{cfg.name} uses its own tokenizer ({cfg.tokenizer}: not bundled with dualtower); "
-                         "tokenize with it and pass token ids to encode_text")
-    return _tokenizer(cfg.text.context_length)
+    if cfg.tokenizer == "clip-bpe":
+        return _tokenizer(cfg.text.context_length)
+    files = getattr(name_or_model, "tokenizer_files", None)
+    if files is not None and (files / "spiece.model").is_file():
+        from .tokenizer_sp import SentencePieceTokenizer
+
+        return SentencePieceTokenizer.from_directory(files, cfg.text.context_length)
+    raise ValueError(f"{cfg.name} uses its own tokenizer, and no spiece.model came with it; load the model from "
+                     "a directory or hub repo that has its spiece.model, or tokenize with it yourself and pass "
+                     "token ids to encode_text")

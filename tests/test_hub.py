@@ -56,6 +56,15 @@ def refs(tmp_path_factory):
     torch.manual_seed(0)
     sig = perturb(transformers.SiglipModel(_siglip_config()).eval())
     sig.save_pretrained(root / "siglip")
+    import sentencepiece
+
+    from .test_tokenizer_sp import _words
+
+    (root / "corpus.txt").write_text("\n".join(_words()), encoding="utf-8")
+    sentencepiece.SentencePieceTrainer.train(
+        input=str(root / "corpus.txt"), model_prefix=str(root / "siglip" / "spiece"), vocab_size=500,
+        model_type="unigram", pad_id=0, eos_id=1, unk_id=2, bos_id=-1, minloglevel=2)
+    (root / "siglip" / "spiece.vocab").unlink()
     made["google-like/siglip-tiny"] = ("siglip", sig)
 
     (root / "oc-cfg").mkdir()
@@ -175,6 +184,8 @@ def test_every_layout_loads_from_the_hub_and_matches_its_reference(refs, hub, tm
     assert ("laion-like/open-clip-tiny", "open_clip_model.safetensors") in served
     assert ("laion-like/open-clip-tiny", "open_clip_pytorch_model.bin") not in served
     assert sum(name.endswith(".safetensors") for repo, name in served if repo == "acme/clip-sharded") > 1
+    siglip = dualtower.load(specs["hf-hub:google-like/siglip-tiny"])  # its spiece.model came along
+    assert dualtower.get_tokenizer(siglip)(["a photo of a cat"]).shape == (1, 16)
     oc = dualtower.load(specs["hf-hub:laion-like/open-clip-tiny"]).cfg  # preprocess_cfg and model_cfg honoured
     assert (oc.preprocess.mean, oc.preprocess.interpolation, oc.preprocess.resize_mode) == \
         ((0.5, 0.4, 0.3), "bilinear", "squash")

@@ -15,7 +15,7 @@ import os
 from pathlib import Path
 
 from .. import hub, rundir
-from ..checkpoint import CheckpointError, build, empty_model
+from ..checkpoint import TOKENIZER_FILES, CheckpointError, build, empty_model
 from . import (hf_clip, hf_internvl, hf_siglip, internvl, open_clip, open_clip_hub, ours,  # noqa: F401 (they register)
                timm_hub, timm_vit)
 from .files import Probe, read_state_file
@@ -53,7 +53,10 @@ def load(path: "str | os.PathLike", arch: str | None = None, source: str | None 
     if towers == "vision" and cfg.text is not None:
         cfg = cfg.replace(text=None)
         state = {k: v for k, v in state.items() if k.startswith("visual.")}
-    return build(cfg, state, str(path))
+    model = build(cfg, state, str(path))
+    if path.is_dir() and any((path / name).is_file() for name in TOKENIZER_FILES):
+        model.tokenizer_files = path  # the model's own tokenizer (SigLIP's spiece.model) lives here
+    return model
 
 
 def export(model, dst: "str | os.PathLike", to: str = "dualtower") -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
@@ -42,6 +43,7 @@ class DualEncoder(nn.Module):
         self.logit_scale = nn.Parameter(torch.tensor(float(cfg.init_logit_scale))) if contrastive else None
         self.logit_bias = None if cfg.init_logit_bias is None or not contrastive else \
             nn.Parameter(torch.tensor(float(cfg.init_logit_bias)))
+        self.tokenizer_files: Path | None = None  # a folder with the model's own tokenizer files, set by loaders
 
     def encode_image(self, pixels: torch.Tensor, normalize: bool = False, interpolate_pos: bool = False
                      ) -> torch.Tensor:
