@@ -97,10 +97,28 @@ def refs(tmp_path_factory):
     dualtower.save(ours, root / "ours")
     made["acme/ours-tiny"] = ("ours", ours)
 
+    # InternVL's own repo layout (config.json model_type intern_vit_6b, InternVL's key names). InternVL's code
+    # is not on PyPI: the weights are transformers' InternVLVisionModel's, written in InternVL's layout by our
+    # converter, whose InternVL layout is tested against InternVL's published computation.
+    from .test_parity_families import _internvl_vision_config
+
+    torch.manual_seed(0)
+    intern = perturb(transformers.InternVLVisionModel(_internvl_vision_config(six_b=True)).eval())
+    intern.save_pretrained(root / "intern-hf")
+    dualtower.convert.convert(root / "intern-hf", root / "internvit" / "model.safetensors", to="internvl")
+    c = intern.config
+    (root / "internvit" / "config.json").write_text(json.dumps({
+        "architectures": ["InternVisionModel"], "model_type": "intern_vit_6b", "hidden_size": c.hidden_size,
+        "image_size": c.image_size[0], "patch_size": c.patch_size[0], "intermediate_size": c.intermediate_size,
+        "num_attention_heads": c.num_attention_heads, "num_hidden_layers": c.num_hidden_layers,
+        "layer_norm_eps": c.layer_norm_eps, "norm_type": "rms_norm", "qk_normalization": True, "qkv_bias": False,
+        "initializer_factor": c.layer_scale_init_value, "hidden_act": "gelu", "use_flash_attn": False}))
+    made["OpenGVLab-like/internvit-tiny"] = ("internvit", intern)
+
     dirs = {"acme/clip-tiny": "clip", "acme/clip-tiny@v1": "clip-v1", "acme/clip-sharded": "clip-sharded",
             "google-like/siglip-tiny": "siglip", "laion-like/open-clip-tiny": "open_clip",
             "timm-like/vit-clip-tiny": "timm-like/vit-clip-tiny", "timm-like/eva02-tiny": "timm-like/eva02-tiny",
-            "acme/ours-tiny": "ours"}
+            "acme/ours-tiny": "ours", "OpenGVLab-like/internvit-tiny": "internvit"}
     return root, made, dirs
 
 
@@ -165,6 +183,9 @@ def _compare(kind: str, ref, ours) -> float:
             return assert_close(ours.encode_image(pixels), ref.encode_image(pixels), "image")
         if kind == "timm":
             return assert_close(ours.encode_image(pixels), ref(pixels), "image")
+        if kind == "internvit":
+            return assert_close(ours.encode_image(pixels), ref(pixel_values=pixels).last_hidden_state[:, 0],
+                                "image")
         assert torch.equal(ours.encode_image(pixels), ref.encode_image(pixels))
         return 0.0
 
