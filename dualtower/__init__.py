@@ -6,21 +6,42 @@ through one registry), rundir (a training run's layout), io (atomic writes), dat
 apps/ (demo, smoke) on top. The README's layout section has the map.
 """
 
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
 from .archs import config_of, get_config, list_architectures
 from .config import ModelConfig, PreprocessConfig, TextConfig, VisionConfig
-from .model import DualEncoder, DualEncoderOutput
-from .tokenizer import ClipTokenizer, get_tokenizer
+
+if TYPE_CHECKING:
+    from .model import DualEncoder
 
 __version__ = "0.1.0"
 
+# Imported on first use, so that `import dualtower` (and the command line's parsing and help) needs no torch.
+_LAZY = {"DualEncoder": "model", "DualEncoderOutput": "model", "ClipTokenizer": "tokenizer",
+         "get_tokenizer": "tokenizer"}
 
-def create_model(name_or_config: "str | ModelConfig", seed: int | None = None) -> DualEncoder:
+
+def __getattr__(name: str):
+    if name in _LAZY:
+        import importlib
+
+        value = getattr(importlib.import_module(f".{_LAZY[name]}", __name__), name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module 'dualtower' has no attribute {name!r}")
+
+
+def create_model(name_or_config: "str | ModelConfig", seed: int | None = None) -> "DualEncoder":
     """A model of a named architecture (or a ModelConfig), randomly initialised with open_clip's scheme."""
     import torch
 
     with torch.random.fork_rng(devices=[], enabled=seed is not None):  # a seed leaves the global generator as it was
         if seed is not None:
             torch.manual_seed(seed)
+        from .model import DualEncoder
+
         model = DualEncoder(config_of(name_or_config))
         model.init_weights()
     return model.eval()
@@ -33,13 +54,13 @@ def get_transform(name_or_model="ViT-B-32"):
     return ImageTransform(config_of(name_or_model).preprocess)
 
 
-def save(model: DualEncoder, directory) -> None:
+def save(model: "DualEncoder", directory) -> None:
     from .checkpoint import save as _save
 
     _save(model, directory)
 
 
-def load(path, arch: str | None = None, source: str | None = None, towers: str | None = None) -> DualEncoder:
+def load(path, arch: str | None = None, source: str | None = None, towers: str | None = None) -> "DualEncoder":
     """A model from our checkpoint (or a training run's directory: its latest checkpoint), a transformers
     CLIPModel / SiglipModel / InternVL directory, or a bare state dict (open_clip / OpenAI, timm, InternViT) of
     architecture `arch`. `source` names the format instead of detecting it (`dualtower.convert.names()`);

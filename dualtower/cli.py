@@ -136,8 +136,9 @@ def _cmd_eval(args) -> int:
         raise ValueError(f"{args.data}: {args.task} needs data with classes (for example builtin:digits:test)")
     if args.task == "zeroshot":
         result = zeroshot(model, images, source.classes, _templates(args, source.name))
-        rows = [("top-1", result["top1"]), ("top-5", result["top5"]),
-                ("mean per-class recall", result["mean_per_class_recall"])]
+        rows = [(name, result[key]) for name, key in (("top-1", "top1"), ("top-5", "top5"),
+                                                      ("mean per-class recall", "mean_per_class_recall"))
+                if key in result]
     elif args.task == "retrieval":
         result = retrieval(model, images)
         rows = [(f"image->text {k}", v) for k, v in result["image_to_text"].items()]
@@ -148,8 +149,9 @@ def _cmd_eval(args) -> int:
         train_source = open_source(args.train, args.image_key, args.caption_key)
         train_images, _ = embed_source(model, train_source, args.batch_size, args.workers, progress=True)
         result = linear_probe(train_images, images, source.classes)
-        rows = [("top-1", result["top1"]), ("top-5", result["top5"]),
-                ("mean per-class recall", result["mean_per_class_recall"]), ("weight decay", result["weight_decay"])]
+        rows = [(name, result[key]) for name, key in (("top-1", "top1"), ("top-5", "top5"),
+                                                      ("mean per-class recall", "mean_per_class_recall"),
+                                                      ("weight decay", "weight_decay")) if key in result]
     result = {"task": args.task, "model": args.model, "data": args.data, **result,
               "images": {"accepted": images.stats.accepted, "skipped": dict(images.stats.skipped)}}
     print(f"{args.task} on {args.data} ({images.stats.accepted} images, "
@@ -188,14 +190,17 @@ def _cmd_embed(args) -> int:
     model = _model(args)
     source = open_source(args.data, args.image_key, args.caption_key, captions=args.text)
     images, texts = embed_source(model, source, args.batch_size, args.workers, progress=True, with_text=args.text)
+    if not images.ids:
+        raise ValueError(f"{args.data}: nothing to embed, so nothing was written; {images.stats.summary()}")
     write_embeddings(args.out, images.features, images.ids, texts, images.captions if args.text else None)
     print(f"wrote {len(images.ids)} embeddings to {args.out}; {images.stats.summary()}")
     return 0
 
 
 def _cmd_features(args) -> int:
-    from .mllm import extract_features
+    from .mllm import check_features_path, extract_features
 
+    check_features_path(args.out)  # before any work
     lo, _, hi = (args.tiles or "1-1").partition("-")
     try:
         tiles = (int(lo), int(hi or lo)) if args.tiles else None
@@ -245,7 +250,10 @@ def _inference_args(p) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from . import __version__
+
     parser = argparse.ArgumentParser(prog="dualtower", description="CLIP-style dual-encoder vision-text models.")
+    parser.add_argument("--version", action="version", version=f"dualtower {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("archs", help="list the named architectures")
@@ -328,12 +336,13 @@ def main(argv: list[str] | None = None) -> int:
     args, rest = parser.parse_known_args(argv)
     if rest and not getattr(args, "takes_overrides", False):
         parser.error(f"unrecognized arguments: {' '.join(rest)}")
-    from .train.loop import TrainingError
+    from .train.errors import TrainingError
 
     try:
         return args.func(args, rest) if getattr(args, "takes_overrides", False) else args.func(args)
     except (ValueError, KeyError, FileNotFoundError, TrainingError) as e:
-        print(f"dualtower {args.command}: error: {e}", file=sys.stderr)
+        message = e.args[0] if isinstance(e, KeyError) and e.args else e  # a KeyError's str() adds quotes
+        print(f"dualtower {args.command}: error: {message}", file=sys.stderr)
         return 2
 
 

@@ -20,6 +20,7 @@ NORMS = ("layernorm", "rmsnorm")
 QK_NORMS = ("none", "head", "full")  # per head (timm), or over the full width before the heads split (InternViT-6B)
 MLP_TYPES = ("mlp", "swiglu")
 VISION_POOLS = ("cls", "mean", "map", "mean_query")
+TEXT_POOLS = ("eot", "last", "argmax", "first")
 
 # "clip-bpe": OpenAI's CLIP BPE (bundled). "external": the model's own tokenizer is not bundled (SigLIP's
 # SentencePiece vocabulary); texts must come as token ids, or from a tokenizer.json beside the weights.
@@ -124,7 +125,10 @@ class TextConfig(BlockConfig):
     vocab_size: int = CLIP_VOCAB_SIZE
     context_length: int = 77
     causal: bool = True  # False: every token sees the whole sequence (SigLIP)
-    pool: str = "eot"  # "eot": the first end-of-text token; "last": the last position (SigLIP)
+    # "eot": the first end-of-text token; "last": the last position (SigLIP); "argmax": the largest id's first
+    # position (transformers' rule for CLIP text configs whose eos_token_id is the legacy 2); "first": position 0
+    # (where transformers' eos_token_id lies outside the vocabulary, it never finds one and pools there)
+    pool: str = "eot"
     head: bool = True
     head_bias: bool = False
     eot_id: int = CLIP_EOT_ID  # "eot" pooling reads the hidden state at the first end-of-text token
@@ -132,8 +136,9 @@ class TextConfig(BlockConfig):
 
     def __post_init__(self):
         super().__post_init__()
-        _check(self.pool in ("eot", "last"), f"text pool {self.pool!r} is not 'eot' or 'last'")
-        _check(0 <= self.eot_id < self.vocab_size, f"eot_id {self.eot_id} is outside the vocabulary")
+        _check(self.pool in TEXT_POOLS, f"text pool {self.pool!r} is not one of {TEXT_POOLS}")
+        _check(self.pool != "eot" or 0 <= self.eot_id < self.vocab_size,
+               f"eot_id {self.eot_id} is outside the vocabulary")
 
 
 @dataclass(frozen=True)

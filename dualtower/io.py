@@ -10,6 +10,7 @@ import os
 import shutil
 import uuid
 from contextlib import contextmanager
+from functools import lru_cache
 from pathlib import Path
 
 
@@ -19,6 +20,21 @@ def fsync_dir(path: Path) -> None:
         os.fsync(fd)
     finally:
         os.close(fd)
+
+
+@lru_cache(maxsize=1)
+def _file_mode() -> int:
+    """The mode a newly created file gets here (0666 less the umask). Writers that create private temporary files
+    (safetensors does) would otherwise publish 0600 files beside 0644 ones."""
+    umask = os.umask(0o022)
+    os.umask(umask)
+    return 0o666 & ~umask
+
+
+def _publishable(path: Path) -> None:
+    os.chmod(path, _file_mode())
+    with open(path, "rb") as f:
+        os.fsync(f.fileno())
 
 
 def _temporary_name(path: Path, kind: str) -> Path:
@@ -32,8 +48,7 @@ def atomic_file(path: "str | os.PathLike"):
     tmp = _temporary_name(path, "tmp")
     try:
         yield tmp
-        with open(tmp, "rb+") as f:
-            os.fsync(f.fileno())
+        _publishable(tmp)
         os.replace(tmp, path)
         fsync_dir(path.parent)
     finally:
@@ -46,7 +61,7 @@ def write_text(path: "str | os.PathLike", text: str) -> None:
 
 
 def write_json(path: "str | os.PathLike", data) -> None:
-    write_text(path, json.dumps(data, indent=2) + "\n")
+    write_text(path, json.dumps(data, indent=2, allow_nan=False) + "\n")  # NaN is not JSON
 
 
 @contextmanager
@@ -67,8 +82,7 @@ def atomic_directory(path: "str | os.PathLike", replaceable=lambda existing: Fal
         yield tmp
         for f in tmp.iterdir():
             if f.is_file():
-                with open(f, "rb") as fh:
-                    os.fsync(fh.fileno())
+                _publishable(f)
         fsync_dir(tmp)
         old = None
         if path.exists():

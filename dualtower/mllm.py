@@ -127,11 +127,17 @@ class VisionFeatures:
 
         from .io import atomic_file
 
+        check_features_path(path)
         meta = {"images": json.dumps(self.images), "tiles_per_image": json.dumps(self.tiles_per_image),
                 "skipped": json.dumps(self.skipped), "layers": json.dumps(self.layers),
                 "class_token": str(self.keep_cls).lower(), "final_norm": str(self.final_norm).lower()}
         with atomic_file(path) as tmp:
             save_file(self.tensors, tmp, metadata=meta)
+
+
+def check_features_path(path: "str | os.PathLike") -> None:
+    if not str(path).endswith(".safetensors"):
+        raise ValueError(f"{path}: features are written as safetensors; name the output FILE.safetensors")
 
 
 @torch.inference_mode()

@@ -83,16 +83,16 @@ def _vision(v: dict, name: str, head: bool = True) -> VisionConfig:
 
 def _text(t: dict, name: str) -> TextConfig:
     vocab = t.get("vocab_size", CLIP_VOCAB_SIZE)
+    # transformers' rule: configs from before its PR #24773 say eos_token_id 2 and pool at argmax(ids) (with the
+    # CLIP vocabulary: the first end-of-text token, the largest id); others pool at the first eos_token_id, or at
+    # position 0 in a row without one (always, when the id lies outside the vocabulary).
     eot = t.get("eos_token_id", CLIP_EOT_ID)
-    if eot == 2 and vocab == CLIP_VOCAB_SIZE:
-        # Configs from before transformers PR #24773 say 2 and pool at argmax(ids), which with the CLIP
-        # vocabulary is the first end-of-text token (the largest id): the same as pooling at 49407.
-        eot = CLIP_EOT_ID
+    pool = "argmax" if eot == 2 else "eot" if 0 <= eot < vocab else "first"
     return TextConfig(
         vocab_size=vocab, context_length=t.get("max_position_embeddings", 77), width=t.get("hidden_size", 512),
         depth=t.get("num_hidden_layers", 12), heads=t.get("num_attention_heads", 8),
         mlp_dim=t.get("intermediate_size", 2048), act=_act(t, "text", name), norm_eps=t.get("layer_norm_eps", 1e-5),
-        eot_id=eot,
+        eot_id=eot, pool=pool,
     )
 
 
@@ -146,6 +146,11 @@ def check_exportable(cfg: ModelConfig) -> None:
         problems.append("vision: HF CLIP has a bias-free patch embedding, a pre-norm, class-token pooling and a final norm")
     if cfg.init_logit_bias is not None:
         problems.append("HF CLIP has no logit bias")
+    t = cfg.text
+    expected = "argmax" if t.eot_id == 2 else "eot" if 0 <= t.eot_id < t.vocab_size else "first"
+    if t.pool != expected:
+        problems.append("text: HF CLIP pools at argmax(ids) when eos_token_id is 2, at the first eos_token_id when "
+                        "it is in the vocabulary, else at position 0")
     if problems:
         raise ConversionError(f"{cfg.name} cannot be written as an HF CLIPModel: " + "; ".join(problems))
 

@@ -30,10 +30,13 @@ def scores(logits: torch.Tensor, labels: torch.Tensor, classnames: list[str]) ->
     support = confusion.sum(dim=1)
     recall = confusion.diagonal().double() / support.clamp(min=1)
     present = support > 0
+    if not n:
+        raise ValueError("no images to score (every sample was skipped, or the data is empty)")
+    topk = {"top5": int(hit.any(dim=1).sum()) / n} if c > 5 else {}  # top-k only where k < classes
     return {
-        "top1": int(hit[:, 0].sum()) / n if n else float("nan"),
-        "top5": int(hit.any(dim=1).sum()) / n if n and c >= 5 else float("nan"),
-        "mean_per_class_recall": float(recall[present].double().mean()) if n else float("nan"),
+        "top1": int(hit[:, 0].sum()) / n,
+        **topk,
+        "mean_per_class_recall": float(recall[present].double().mean()),
         "per_class_recall": {name: float(r) for name, r, p in zip(classnames, recall, present) if p},
         "confusion": confusion.tolist(),
         "classes": classnames,

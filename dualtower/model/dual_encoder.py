@@ -49,13 +49,13 @@ class DualEncoder(nn.Module):
                      ) -> torch.Tensor:
         """(B, E). `interpolate_pos=True` takes other image sizes (positional embeddings resized bicubically)."""
         x = self.visual(pixels, interpolate_pos)
-        return F.normalize(x, dim=-1) if normalize else x
+        return F.normalize(x.float(), dim=-1) if normalize else x  # in fp32: bf16 rows are unit length too
 
     def encode_text(self, ids: torch.Tensor, normalize: bool = False) -> torch.Tensor:
         if self.text is None:
             raise ValueError(f"{self.cfg.name} is a vision-only model: it has no text tower")
         x = self.text(ids)
-        return F.normalize(x, dim=-1) if normalize else x
+        return F.normalize(x.float(), dim=-1) if normalize else x
 
     def scale(self) -> torch.Tensor:
         top = self.cfg.max_logit_scale

@@ -225,13 +225,15 @@ class TextTower(nn.Module):
 
     def pool_positions(self, ids: torch.Tensor) -> torch.Tensor:
         """The position each row is pooled at: its first end-of-text token ("eot"; a row without one is an
-        error), or the last position ("last")."""
+        error), the last position ("last"), the first position of its largest id ("argmax"), or 0 ("first")."""
         if ids.ndim != 2:
             raise ValueError(f"token ids must be (B, L), got {tuple(ids.shape)}")
         if ids.shape[1] > self.cfg.context_length:
             raise ValueError(f"token ids have length {ids.shape[1]}, the context length is {self.cfg.context_length}")
         if self.cfg.pool == "last":
             return torch.full((ids.shape[0],), ids.shape[1] - 1, dtype=torch.long, device=ids.device)
+        if self.cfg.pool in ("argmax", "first"):
+            return ids.argmax(dim=1) if self.cfg.pool == "argmax" else torch.zeros_like(ids[:, 0])
         is_eot = ids == self.cfg.eot_id
         missing = (~is_eot.any(dim=1)).nonzero().flatten()
         if missing.numel():

@@ -24,7 +24,8 @@ from ..tokenizer import get_tokenizer
 from .config import TrainConfig
 from .gradcache import encode, grad_cache_step
 from .optim import lr_at, param_groups
-from .runlog import RunLog, TrainingError
+from .errors import TrainingError
+from .runlog import RunLog
 from .state import find_checkpoint, load_training, save_training, saved_config, set_rng_state
 
 __all__ = ["TrainingError", "build_model", "resume_config", "train"]

@@ -12,12 +12,9 @@ import torch
 from ..data import SkipStats
 from ..io import write_json
 from ..rundir import RunDir
+from .errors import TrainingError
 
 log = logging.getLogger("dualtower.train")
-
-
-class TrainingError(RuntimeError):
-    """The run cannot go on (for example, too many non-finite steps in a row); the message says why."""
 
 
 def _append_from(path, keep_through_step: int):

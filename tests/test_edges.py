@@ -1,0 +1,139 @@
+"""Edges where real files and real tools meet the library (issue 18); each test failed before its fix."""
+
+import json
+import os
+import stat
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+import transformers
+from PIL import Image
+
+import dualtower
+from dualtower.cli import main
+
+from .conftest import CAPTIONS, assert_close
+from .test_parity_hf import _features, _hf_config, _random_hf
+
+
+# ------------------------------------------------------------------------------------------- HF interop
+
+
+@pytest.mark.parametrize("vocab", [49409, 300])
+def test_legacy_eos_token_id_2_pools_at_argmax_as_transformers_does(vocab, tmp_path):
+    """eos_token_id 2 (transformers' default, and every config before its PR #24773): transformers pools at
+    argmax(ids). We pooled at the first id 2: an error with 49,409 ids, wrong embeddings with a small vocabulary."""
+    hf = _random_hf(_hf_config(vocab_size=vocab, eos_token_id=2))
+    hf.save_pretrained(tmp_path / "hf")
+    ours = dualtower.load(tmp_path / "hf")
+    assert ours.cfg.text.pool == "argmax"
+    ids = torch.randint(3, vocab, (4, 20), generator=torch.Generator().manual_seed(0))
+    if vocab > 49407:
+        ids = dualtower.get_tokenizer("tiny")(CAPTIONS[:4], context_length=32)
+    with torch.no_grad():
+        assert_close(ours.encode_text(ids), _features(hf.get_text_features(input_ids=ids)), "text embeddings")
+    # And back: transformers reads our export the same way.
+    dualtower.convert.export(ours, tmp_path / "back", "hf")
+    again = transformers.CLIPModel.from_pretrained(tmp_path / "back").eval()
+    with torch.no_grad():
+        assert_close(ours.encode_text(ids), _features(again.get_text_features(input_ids=ids)), "re-exported")
+
+
+def test_transformers_own_clip_test_configuration_loads(tmp_path):
+    """transformers' CLIP test setup: image 30, patch 2, hidden 32, 4 heads, intermediate 37, projection 64,
+    vocabulary 99, 512 positions (eos_token_id left at its default 2)."""
+    tower = dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=37)
+    config = transformers.CLIPConfig(text_config=dict(vocab_size=99, max_position_embeddings=512, **tower),
+                                     vision_config=dict(image_size=30, patch_size=2, **tower), projection_dim=64)
+    hf = _random_hf(config)
+    hf.save_pretrained(tmp_path / "hf")
+    ours = dualtower.load(tmp_path / "hf")
+    ids = torch.randint(0, 99, (3, 7), generator=torch.Generator().manual_seed(1))
+    pixels = torch.randn(2, 3, 30, 30, generator=torch.Generator().manual_seed(2))
+    with torch.no_grad():
+        assert_close(ours.encode_text(ids), _features(hf.get_text_features(input_ids=ids)), "text")
+        assert_close(ours.encode_image(pixels), _features(hf.get_image_features(pixel_values=pixels)), "image")
+        assert_close(ours(pixels, ids).logits_per_image, hf(input_ids=ids, pixel_values=pixels).logits_per_image,
+                     "logits")
+
+
+# --------------------------------------------------------------------------------------- CLI and outputs
+
+
+@pytest.fixture()
+def images(tmp_path):
+    folder = tmp_path / "images"
+    folder.mkdir()
+    rng = np.random.default_rng(0)
+    for i in range(3):
+        Image.fromarray(rng.integers(0, 255, (40, 30, 3), dtype=np.uint8)).save(folder / f"im{i}.png")
+    return folder
+
+
+def test_features_refuses_an_output_name_it_would_not_honour(images, tmp_path, capsys):
+    dualtower.save(dualtower.create_model("tiny"), tmp_path / "ckpt")
+    assert main(["features", "--device", "cpu", "--model", str(tmp_path / "ckpt"), "--out", str(tmp_path / "x.npz"),
+                 str(images / "im0.png")]) == 2
+    assert "FILE.safetensors" in capsys.readouterr().err and not (tmp_path / "x.npz").exists()
+
+
+def test_bf16_embeddings_are_unit_length(images, tmp_path):
+    dualtower.save(dualtower.create_model("tiny", seed=1), tmp_path / "ckpt")
+    out = tmp_path / "emb.npz"
+    assert main(["embed", "--device", "cpu", "--workers", "0", "--precision", "bf16", "--model",
+                 str(tmp_path / "ckpt"), "--data", str(images), "--out", str(out)]) == 0
+    norms = np.linalg.norm(np.load(out)["image_embeds"], axis=1)
+    assert np.abs(norms - 1).max() < 1e-6, norms
+
+
+def test_an_output_with_no_rows_is_an_error(images, tmp_path, capsys):
+    dualtower.save(dualtower.create_model("tiny"), tmp_path / "ckpt")
+    out = tmp_path / "emb.npz"  # --text on images without captions: every sample is skipped
+    assert main(["embed", "--device", "cpu", "--workers", "0", "--model", str(tmp_path / "ckpt"), "--data",
+                 str(images), "--out", str(out), "--text"]) == 2
+    err = capsys.readouterr().err
+    assert "nothing to embed" in err and "skipped 3" in err and not out.exists()
+
+
+def test_zero_shot_with_few_classes_has_no_top5_and_writes_valid_json(tmp_path, capsys):
+    for name in ("cat", "dog"):
+        (tmp_path / "classes" / name).mkdir(parents=True)
+        for i in range(2):
+            Image.new("RGB", (32, 32), (40 * i, 200 if name == "cat" else 20, 90)).save(
+                tmp_path / "classes" / name / f"{i}.png")
+    out = tmp_path / "zs.json"
+    assert main(["eval", "zeroshot", "--device", "cpu", "--workers", "0", "--model", "tiny", "--data",
+                 f"classes:{tmp_path / 'classes'}", "--out", str(out)]) == 0
+    text = out.read_text()
+    result = json.loads(text)  # strict JSON: no NaN
+    assert "NaN" not in text and "top5" not in result and "top1" in result
+    assert "top-5" not in capsys.readouterr().out
+
+
+def test_saved_files_follow_the_umask(tmp_path):
+    old = os.umask(0o022)
+    try:
+        dualtower.save(dualtower.create_model("tiny"), tmp_path / "ckpt")
+    finally:
+        os.umask(old)
+    modes = {p.name: stat.S_IMODE(p.stat().st_mode) for p in (tmp_path / "ckpt").iterdir()}
+    assert modes == {"config.json": 0o644, "model.safetensors": 0o644}, modes
+
+
+def test_help_and_errors_answer_without_torch_and_without_stray_quotes(tmp_path):
+    code = ("import sys, contextlib, io\nfrom dualtower.cli import main\n"
+            "with contextlib.redirect_stdout(io.StringIO()):\n"
+            "    for argv in (['--help'], ['train', '--help'], ['--version']):\n"
+            "        try:\n            main(argv)\n        except SystemExit:\n            pass\n"
+            "print('torch' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert out.stdout.strip() == "False", out.stderr[-2000:]
+    version = subprocess.run([sys.executable, "-m", "dualtower", "--version"], capture_output=True, text=True)
+    assert version.stdout.strip() == f"dualtower {dualtower.__version__}"
+    dualtower.convert.export(dualtower.create_model("tiny"), tmp_path / "oc.safetensors", "open_clip")
+    err = subprocess.run([sys.executable, "-m", "dualtower", "convert", str(tmp_path / "oc.safetensors"),
+                          str(tmp_path / "out"), "--arch", "ViT-Q-99"], capture_output=True, text=True).stderr
+    assert err.startswith("dualtower convert: error: unknown architecture 'ViT-Q-99'"), err
