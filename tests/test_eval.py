@@ -218,9 +218,13 @@ def test_embed_a_folder_of_images_without_captions(trained, tmp_path, capsys):
     out = tmp_path / "emb.npz"
     assert main(["embed", "--device", "cpu", "--model", path, "--data", str(folder), "--out", str(out), "--workers", "0"]) == 0
     assert np.load(out)["image_embeds"].shape[0] == 3
-    # With --text the captions are needed: each image without one is skipped and counted.
-    assert main(["embed", "--device", "cpu", "--model", path, "--data", str(folder), "--out", str(out), "--text", "--workers", "0"]) == 0
-    assert "missing caption" in capsys.readouterr().out
+    # With --text the captions are needed: each image without one is skipped and counted, and an output with no
+    # rows is an error (issue 18), leaving the earlier file in place.
+    capsys.readouterr()
+    assert main(["embed", "--device", "cpu", "--model", path, "--data", str(folder), "--out", str(out), "--text",
+                 "--workers", "0"]) == 2
+    assert "3 missing caption" in capsys.readouterr().err
+    assert np.load(out)["image_embeds"].shape[0] == 3
 
 
 def test_device_option(trained, tmp_path, capsys):
