@@ -137,3 +137,30 @@ def test_help_and_errors_answer_without_torch_and_without_stray_quotes(tmp_path)
     err = subprocess.run([sys.executable, "-m", "dualtower", "convert", str(tmp_path / "oc.safetensors"),
                           str(tmp_path / "out"), "--arch", "ViT-Q-99"], capture_output=True, text=True).stderr
     assert err.startswith("dualtower convert: error: unknown architecture 'ViT-Q-99'"), err
+
+
+@pytest.mark.parametrize("arch", ["small-digits", "tiny-ls-mean"])
+def test_open_clip_export_of_an_unnamed_architecture_carries_its_config(arch, tmp_path, photos):
+    """open_clip names neither architecture: written to a folder, the export is open_clip's hub layout, which
+    `open_clip.create_model_and_transforms("local-dir:...")` loads with no hand-written config."""
+    import open_clip
+
+    from .test_parity_families import perturb
+
+    ours = perturb(dualtower.create_model(arch, seed=2))
+    dualtower.save(ours, tmp_path / "ours")
+    assert main(["convert", str(tmp_path / "ours"), str(tmp_path / "oc"), "--to", "open_clip"]) == 0
+    assert (tmp_path / "oc" / "open_clip_config.json").is_file()
+    ref, _, preprocess = open_clip.create_model_and_transforms(f"local-dir:{tmp_path / 'oc'}")
+    ref.eval()
+    size = ours.cfg.vision.image_size
+    pixels = torch.randn(2, 3, size, size, generator=torch.Generator().manual_seed(0))
+    ids = dualtower.get_tokenizer(ours)(CAPTIONS[:4])
+    with torch.no_grad():
+        assert_close(ours.encode_image(pixels), ref.encode_image(pixels), "image")
+        assert_close(ours.encode_text(ids), ref.encode_text(ids), "text")
+    transform = dualtower.get_transform(ours)
+    for name, image in list(photos.items())[:3]:
+        image = image.convert("RGB")
+        assert_close(transform(image), preprocess(image), f"{name} pixels", rtol=1e-6)
+    assert dualtower.load(tmp_path / "oc").cfg.vision == ours.cfg.vision  # and read back by us

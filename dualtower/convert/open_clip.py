@@ -9,6 +9,8 @@ A config selects the second when its patch embedding has a bias: every timm ViT 
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import torch
 
 from ..config import ModelConfig
@@ -132,6 +134,9 @@ def export_state_dict(ours: dict[str, torch.Tensor], cfg: ModelConfig) -> dict[s
 
 
 class OpenClip(Format):
+    """Written to a .safetensors/.bin name: the state dict `open_clip.create_model(NAME)` loads. Written to a
+    folder: open_clip's hub layout with its model config (for architectures open_clip does not name)."""
+
     name = "open_clip"
     summary = ("an open_clip or OpenAI CLIP state dict (visual.conv1 / visual.trunk; CLIP or CustomTextCLIP), "
                "architecture named by arch=")
@@ -143,6 +148,14 @@ class OpenClip(Format):
     to_ours = staticmethod(import_state_dict)
     from_ours = staticmethod(export_state_dict)
     check = staticmethod(check_exportable)
+
+    def write(self, model, dst) -> None:
+        if Path(dst).suffix in files.STATE_DICT_SUFFIXES:
+            super().write(model, dst)
+        else:
+            from .open_clip_hub import write_directory
+
+            write_directory(model, dst)
 
 
 FORMAT = register(OpenClip())

@@ -13,7 +13,7 @@ from ..archs import REGISTRY, TIMM_NAMES
 from ..config import CLIP_VOCAB_SIZE, ModelConfig, PreprocessConfig, TextConfig, VisionConfig
 from . import open_clip
 from .files import Probe, read_state_file
-from .registry import ReadOnlyFormat, register
+from .registry import Format, register
 from .remap import ConversionError
 
 CONFIG = "open_clip_config.json"
@@ -89,6 +89,59 @@ def _timm_trunk_config(model_cfg: dict, name: str) -> ModelConfig:
     return REGISTRY[matches[0]]
 
 
+def encode_model_cfg(cfg: ModelConfig) -> dict:
+    """open_clip's `model_cfg` for a model its own ViT and text towers build (the inverse of decode_model_cfg)."""
+    v, t = cfg.vision, cfg.text
+    problems = []
+    if v.patch_bias:
+        problems.append("its vision tower is a timm trunk: name it by an open_clip architecture instead")
+    if t is None or v.act != t.act or v.act not in ("gelu", "quick_gelu"):
+        problems.append("open_clip's CLIP has both towers with one activation, GELU or QuickGELU")
+    for tower, c in (("vision", v), ("text", t)):
+        if c is not None and int(c.width * (c.mlp_dim / c.width)) != c.mlp_dim:
+            problems.append(f"{tower}: its MLP width is not width x a ratio open_clip reproduces")
+    if t is not None and (t.vocab_size != CLIP_VOCAB_SIZE or t.pool not in ("eot", "argmax")):
+        problems.append("text: open_clip's CLIP text tower has the CLIP vocabulary and pools at the end token")
+    if cfg.preprocess.crop_pct != 1 or v.pool not in ("cls", "mean"):
+        problems.append("open_clip resizes without a crop margin and pools the class token or the mean")
+    if problems:
+        raise ConversionError(f"{cfg.name} cannot be written as an open_clip model config: " + "; ".join(problems))
+    vision_cfg = {"image_size": v.image_size, "layers": v.depth, "width": v.width, "head_width": v.width // v.heads,
+                  "mlp_ratio": v.mlp_dim / v.width, "patch_size": v.patch_size, "ls_init_value": v.ls_init or None,
+                  "pool_type": "avg" if v.pool == "mean" else "tok",
+                  "final_ln_after_pool": v.final_norm == "after_pool"}
+    text_cfg = {"context_length": t.context_length, "vocab_size": t.vocab_size, "width": t.width, "heads": t.heads,
+                "layers": t.depth, "mlp_ratio": t.mlp_dim / t.width, "ls_init_value": t.ls_init or None}
+    model_cfg = {"embed_dim": cfg.embed_dim, "quick_gelu": v.act == "quick_gelu", "vision_cfg": vision_cfg,
+                 "text_cfg": text_cfg, "init_logit_scale": cfg.init_logit_scale}
+    if cfg.init_logit_bias is not None:
+        model_cfg["init_logit_bias"] = cfg.init_logit_bias
+    return model_cfg
+
+
+def preprocess_cfg(cfg: ModelConfig) -> dict:
+    p = cfg.preprocess
+    return {"size": p.image_size, "mean": list(p.mean), "std": list(p.std), "interpolation": p.interpolation,
+            "resize_mode": p.resize_mode}
+
+
+def write_directory(model, dst) -> None:
+    """open_clip's hub layout: open_clip_config.json + open_clip_model.safetensors, which
+    `open_clip.create_model_and_transforms("local-dir:DST")` loads with its preprocessing."""
+    import json
+
+    from safetensors.torch import save_file
+
+    from ..checkpoint import state_of
+    from ..io import atomic_directory
+
+    data = {"model_cfg": encode_model_cfg(model.cfg), "preprocess_cfg": preprocess_cfg(model.cfg)}
+    state = open_clip.export_state_dict(state_of(model), model.cfg)
+    with atomic_directory(dst, replaceable=lambda d: (d / CONFIG).is_file()) as tmp:
+        (tmp / CONFIG).write_text(json.dumps(data, indent=2) + "\n", encoding="utf-8")
+        save_file(state, tmp / WEIGHTS[0], metadata={"format": "pt"})
+
+
 def apply_preprocess_cfg(cfg: ModelConfig, pre: dict, name: str) -> ModelConfig:
     from dataclasses import replace
 
@@ -109,11 +162,10 @@ def apply_preprocess_cfg(cfg: ModelConfig, pre: dict, name: str) -> ModelConfig:
         raise ConversionError(f"{name}: preprocess_cfg: {e}") from e
 
 
-class OpenClipHub(ReadOnlyFormat):
+class OpenClipHub(Format):
     name = "open_clip_hub"
     summary = "open_clip's hub layout (open_clip_config.json + open_clip_model.safetensors or .bin)"
     writes = "directory"
-    write_with = "open_clip"
 
     def detect(self, probe: Probe) -> bool:
         return probe.is_directory and (probe.path / CONFIG).is_file()
@@ -133,6 +185,13 @@ class OpenClipHub(ReadOnlyFormat):
         raise ConversionError(f"{probe.path}: neither {' nor '.join(WEIGHTS)}")
 
     to_ours = staticmethod(open_clip.import_state_dict)
+
+    def check(self, cfg: ModelConfig) -> None:
+        open_clip.check_exportable(cfg)
+        encode_model_cfg(cfg)
+
+    def write(self, model, dst) -> None:
+        write_directory(model, dst)
 
 
 FORMAT = register(OpenClipHub())
