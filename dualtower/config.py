@@ -151,8 +151,12 @@ class PreprocessConfig:
     resize_mode: str = "shortest"
     # timm's eval transform: resize to floor(image_size / crop_pct), then center crop image_size (1: no margin)
     crop_pct: float = 1.0
+    # where a center crop starts: "round" (torchvision, open_clip, timm: round((H - h) / 2)) or "floor" (HF's
+    # image processors: (H - h) // 2); they differ by a pixel when H - h is odd
+    center_crop: str = "round"
 
     def __post_init__(self):
+        _check(self.center_crop in ("round", "floor"), f"center_crop {self.center_crop!r} is not 'round' or 'floor'")
         _check(0 < self.crop_pct <= 1, f"crop_pct {self.crop_pct} is not in (0, 1]")
         _check(self.interpolation in ("bicubic", "bilinear"), f"interpolation {self.interpolation!r} unknown")
         _check(self.resize_mode in ("shortest", "squash"), f"resize_mode {self.resize_mode!r} unknown")

@@ -102,8 +102,10 @@ class ImageTransform:
             image = image.resize(new, _RESAMPLE[self.cfg.interpolation])
         if new == (size, size):
             return image
-        left = int(round((new[0] - size) / 2.0))
-        top = int(round((new[1] - size) / 2.0))
+        if self.cfg.center_crop == "floor":  # HF's rule
+            left, top = (new[0] - size) // 2, (new[1] - size) // 2
+        else:  # torchvision's (open_clip, timm)
+            left, top = int(round((new[0] - size) / 2.0)), int(round((new[1] - size) / 2.0))
         return image.crop((left, top, left + size, top + size))
 
     def to_tensor(self, image: Image.Image) -> torch.Tensor:

@@ -164,3 +164,33 @@ def test_open_clip_export_of_an_unnamed_architecture_carries_its_config(arch, tm
         image = image.convert("RGB")
         assert_close(transform(image), preprocess(image), f"{name} pixels", rtol=1e-6)
     assert dualtower.load(tmp_path / "oc").cfg.vision == ours.cfg.vision  # and read back by us
+
+
+def test_an_hf_clip_model_classifies_as_transformers_pipeline_does(tmp_path, photos):
+    """A model loaded from an HF directory crops as HF's image processor does ((H - h) // 2, not round), so its
+    zero-shot probabilities equal transformers' zero-shot-image-classification pipeline on real photos (one of
+    them 640x427, where the two crop rules differ by a pixel)."""
+    from dualtower.eval import ZeroShotClassifier
+
+    config = _hf_config()
+    config.vision_config.image_size, config.vision_config.patch_size = 224, 32  # 640x427 -> 335x224: 111 to crop
+    hf = _random_hf(config)
+    hf.save_pretrained(tmp_path / "hf")
+    dualtower.convert.export(dualtower.load(tmp_path / "hf"), tmp_path / "hf2", "hf")  # with tokenizer files
+    ours = dualtower.load(tmp_path / "hf2")
+    assert ours.cfg.preprocess.center_crop == "floor"
+    processor = transformers.CLIPImageProcessorPil.from_pretrained(tmp_path / "hf2")
+    pipe = transformers.pipeline("zero-shot-image-classification", model=str(tmp_path / "hf2"),
+                                 image_processor=processor, device="cpu")
+    labels = ["cat", "rocket", "coffee", "astronaut"]
+    classifier = ZeroShotClassifier(ours, labels, ["This is a photo of {c}."])  # the pipeline's template
+    assert any(im.size == (640, 427) for im in photos.values())
+    transform = dualtower.get_transform(ours)
+    for name, image in photos.items():
+        image = image.convert("RGB")
+        pixels = torch.as_tensor(processor(image, return_tensors="pt")["pixel_values"][0])
+        assert (transform(image) - pixels).abs().max() < 1e-5, f"{name}: pixels differ from HF's processor"
+        theirs = {r["label"]: r["score"] for r in pipe(image, candidate_labels=labels)}
+        mine = classifier.probs([image])[0]
+        for label, p in zip(labels, mine.tolist()):
+            assert abs(p - theirs[label]) <= 1e-5, (name, label, p, theirs[label])
