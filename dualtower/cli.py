@@ -54,6 +54,7 @@ def _cmd_train(args, overrides: list[str]) -> int:
     from .train.loop import resume_config, train
 
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    overrides = configtree.pair_overrides(overrides)
     if args.resume:
         if args.config:
             raise ValueError("--resume continues a run with its own saved config; give no CONFIG file")
@@ -163,22 +164,28 @@ def _cmd_eval(args) -> int:
 
 
 def _cmd_classify(args) -> int:
+    from .data.files import image_paths
     from .eval import ZeroShotClassifier
+    from .eval.output import write_predictions
     from .images import open_image
 
     labels = [x.strip() for x in args.labels.split(",") if x.strip()]
     if len(labels) < 2:
         raise ValueError("--labels needs at least two comma-separated labels")
     classifier = ZeroShotClassifier(_model(args), labels, _templates(args, ""))
-    status = 0
-    for path in args.images:
+    status, rows = 0, []
+    for path in image_paths(args.images):
         try:
             top = classifier.top(open_image(path), args.top_k)
         except ValueError as e:
             print(f"{path}: error: {e}", file=sys.stderr)
             status = 2
             continue
+        rows.append({"image": path, "top": [{"label": label, "prob": p} for label, p in top]})
         print(path + ": " + ", ".join(f"{label} {p:.3f}" for label, p in top))
+    if args.out:
+        write_predictions(args.out, rows)
+        print(f"results: {args.out}")
     return status
 
 
@@ -249,6 +256,17 @@ def _inference_args(p) -> None:
                    help="auto (a CUDA GPU when there is one, else the CPU), cpu, cuda or cuda:N")
 
 
+def _train_keys() -> str:
+    """The config keys for `dualtower train --help`, from the config classes themselves."""
+    from .configtree import describe
+    from .train.config import TrainConfig
+
+    rows = describe(TrainConfig)
+    width = max(len(k) + len(d) for k, d, _ in rows) + 4
+    lines = [f"  --{k}={d}".ljust(width + 5) + h for k, d, h in rows]
+    return "config keys (in a TOML/YAML file, or as --section.key=value or --section.key value):\n" + "\n".join(lines)
+
+
 def build_parser() -> argparse.ArgumentParser:
     from . import __version__
 
@@ -275,7 +293,8 @@ def build_parser() -> argparse.ArgumentParser:
                                                     "class that fits the model)")
     p.set_defaults(func=_cmd_convert)
 
-    p = sub.add_parser("train", help="train or fine-tune (CONFIG: .toml/.yaml; --section.key=value overrides)")
+    p = sub.add_parser("train", help="train or fine-tune (CONFIG: .toml/.yaml; --section.key=value overrides)",
+                       epilog=_train_keys(), formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("config", nargs="?", help="a TOML or YAML config; without one, a small model on builtin:digits")
     p.add_argument("--resume", metavar="DIR", help="continue a run exactly from its latest checkpoint")
     p.set_defaults(func=_cmd_train, takes_overrides=True)
@@ -300,9 +319,10 @@ def build_parser() -> argparse.ArgumentParser:
     _model_args(p)
     p.add_argument("--labels", required=True, help='comma-separated, e.g. "cat,dog,car"')
     p.add_argument("--templates", help="a file of prompt templates ({c} for the label)")
-    p.add_argument("--top-k", type=int, default=3)
+    p.add_argument("--top-k", type=int, default=3, help="labels printed per image (default: 3)")
+    p.add_argument("--out", help="also write the results: FILE.json or FILE.csv")
     _inference_args(p)
-    p.add_argument("images", nargs="+")
+    p.add_argument("images", nargs="+", help="image files, or folders (their images, recursively)")
     p.set_defaults(func=_cmd_classify)
 
     p = sub.add_parser("embed", help="embed every image of a data source to .npz or .safetensors")

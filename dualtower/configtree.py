@@ -83,6 +83,32 @@ def read_file(path: str | Path) -> dict:
     raise ValueError(f"{path}: config files are .toml, .yaml or .yml")
 
 
+def pair_overrides(args: list[str]) -> list[str]:
+    """`--train.steps 100` written as `--train.steps=100`: a key without `=` takes the next word as its value."""
+    out, i = [], 0
+    while i < len(args):
+        item = args[i]
+        if item.startswith("--") and "=" not in item and i + 1 < len(args) and not args[i + 1].startswith("--"):
+            out.append(f"{item}={args[i + 1]}")
+            i += 2
+        else:
+            out.append(item)
+            i += 1
+    return out
+
+
+def describe(cls, prefix: str = "") -> list[tuple[str, str, str]]:
+    """(dotted key, default, help) for every leaf of a config tree, from the fields' defaults and help metadata."""
+    rows = []
+    for f in dataclasses.fields(cls):
+        if dataclasses.is_dataclass(f.default_factory):  # a section
+            rows += describe(f.default_factory, f"{prefix}{f.name}.")
+            continue
+        default = str(f.default).lower() if isinstance(f.default, bool) else str(f.default) or "''"
+        rows.append((f"{prefix}{f.name}", default, f.metadata.get("help", "")))
+    return rows
+
+
 def apply_overrides(data: dict, overrides: list[str]) -> dict:
     """`train.steps=100` or `--train.steps=100` set data["train"]["steps"] = "100" (typed later by `build`)."""
     data = {k: dict(v) if isinstance(v, dict) else v for k, v in data.items()}

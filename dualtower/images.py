@@ -34,6 +34,8 @@ def open_image(source: "str | os.PathLike | bytes", name: str | None = None) -> 
                 raise ImageDecodeError(f"{label}: empty data, not an image")
             image = Image.open(io.BytesIO(source))
         else:
+            if os.path.isdir(source):
+                raise ImageDecodeError(f"{label}: is a directory, not an image")
             if os.path.getsize(source) == 0:
                 raise ImageDecodeError(f"{label}: empty file, not an image")
             image = Image.open(source)

@@ -194,3 +194,41 @@ def test_an_hf_clip_model_classifies_as_transformers_pipeline_does(tmp_path, pho
         mine = classifier.probs([image])[0]
         for label, p in zip(labels, mine.tolist()):
             assert abs(p - theirs[label]) <= 1e-5, (name, label, p, theirs[label])
+
+
+def test_train_help_lists_every_config_key_and_overrides_take_a_separate_value(capsys, tmp_path):
+    from dataclasses import fields
+
+    from dualtower import configtree
+    from dualtower.train.config import TrainConfig
+
+    with pytest.raises(SystemExit):
+        main(["train", "--help"])
+    out = capsys.readouterr().out
+    for section in fields(TrainConfig):
+        for f in fields(section.default_factory):
+            assert f"--{section.name}.{f.name}=" in out and f.metadata["help"] in out
+    assert "--train.steps=300" in out and "--train.progress=true" in out
+    cfg = configtree.load(TrainConfig, None, configtree.pair_overrides(
+        ["--train.steps", "7", "--model.arch=tiny", "--train.progress", "false"]))
+    assert (cfg.train.steps, cfg.model.arch, cfg.train.progress) == (7, "tiny", False)
+
+
+def test_classify_takes_folders_writes_results_and_names_a_directory(images, tmp_path, capsys):
+    (images / "sub").mkdir()
+    Image.new("RGB", (20, 20), (9, 9, 9)).save(images / "sub" / "deep.png")
+    out = tmp_path / "preds.csv"
+    assert main(["classify", "--device", "cpu", "--model", "tiny", "--labels", "a,b,c", "--out", str(out),
+                 str(images)]) == 0
+    lines = out.read_text().splitlines()
+    assert lines[0] == "image,rank,label,prob" and len(lines) == 1 + 4 * 3  # 4 images, top 3 each
+    assert main(["classify", "--device", "cpu", "--model", "tiny", "--labels", "a,b", "--out",
+                 str(tmp_path / "p.json"), str(images / "im0.png")]) == 0
+    rows = json.loads((tmp_path / "p.json").read_text())
+    assert rows[0]["image"].endswith("im0.png") and abs(sum(r["prob"] for r in rows[0]["top"]) - 1) < 1e-5
+    # A folder where an image is expected (here the folder has no images of its own: an empty one).
+    (tmp_path / "empty").mkdir()
+    from dualtower.images import ImageDecodeError, open_image
+
+    with pytest.raises(ImageDecodeError, match="is a directory"):
+        open_image(tmp_path / "empty")

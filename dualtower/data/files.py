@@ -13,6 +13,19 @@ from .base import BadSample, Sample, Source, require_caption
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff")
 
 
+def folder_images(folder: Path) -> list[Path]:
+    """The image files under `folder`, recursively, in a stable order."""
+    return sorted(p for p in folder.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
+
+
+def image_paths(items: list[str]) -> list[str]:
+    """Files as given, and for each folder the image files inside it."""
+    out = []
+    for item in items:
+        out += [str(p) for p in folder_images(Path(item))] if Path(item).is_dir() else [item]
+    return out
+
+
 def _load_image(path: Path):
     if not path.is_file():
         raise BadSample("missing image", str(path))
@@ -84,7 +97,7 @@ class ImageFolder(Source):
         self.name = self.root.name
         if not self.root.is_dir():
             raise FileNotFoundError(f"{root}: no such folder")
-        self.images = sorted(p for p in self.root.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
+        self.images = folder_images(self.root)
 
     def __len__(self) -> int:
         return len(self.images)
@@ -120,8 +133,7 @@ class ClassFolders(Source):
         if not folders:
             raise ValueError(f"{root}: no class folders inside")
         self.classes = [p.name.replace("_", " ") for p in folders]
-        self.items = [(p, label) for label, folder in enumerate(folders)
-                      for p in sorted(folder.rglob("*")) if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file()]
+        self.items = [(p, label) for label, folder in enumerate(folders) for p in folder_images(folder)]
 
     def __len__(self) -> int:
         return len(self.items)

@@ -11,6 +11,30 @@ import torch
 from ..io import atomic_file
 
 
+def write_predictions(path: "str | Path", rows: list[dict]) -> None:
+    """`rows`: {"image": path, "top": [{"label", "prob"}, ...]} per image. `.json`: that list; `.csv`: one row per
+    (image, rank) with columns image, rank, label, prob."""
+    import csv
+    import io
+
+    path = Path(path)
+    if path.suffix == ".json":
+        from ..io import write_json
+
+        write_json(path, rows)
+        return
+    if path.suffix != ".csv":
+        raise ValueError(f"{path}: name the output .json or .csv")
+    buffer = io.StringIO()
+    writer = csv.writer(buffer)
+    writer.writerow(["image", "rank", "label", "prob"])
+    for row in rows:
+        for rank, item in enumerate(row["top"], 1):
+            writer.writerow([row["image"], rank, item["label"], f"{item['prob']:.6f}"])
+    with atomic_file(path) as tmp:
+        tmp.write_text(buffer.getvalue(), encoding="utf-8")
+
+
 def write_embeddings(path: "str | Path", image_embeds: torch.Tensor, ids: list[str],
                      text_embeds: torch.Tensor | None = None, captions: list[str] | None = None) -> None:
     """`.npz`: arrays image_embeds (N, E) float32, ids (N,) str, and text_embeds / captions when given.

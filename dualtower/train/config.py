@@ -1,62 +1,69 @@
-"""The training config tree. Its defaults train a small model on `builtin:digits` in about a minute on 2 cores."""
+"""The training config tree. Its defaults train a small model on `builtin:digits` in about a minute on 2 cores.
+
+Each field carries its help text (`opt(default, help)`), so `dualtower train --help` lists every key with its
+default and meaning from this one definition."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 
 
+def opt(default, help: str):
+    return field(default=default, metadata={"help": help})
+
+
 @dataclass(frozen=True)
 class ModelSection:
-    arch: str = "small-digits"  # a registry name
-    init: str = ""  # a checkpoint to fine-tune from (anything `dualtower.load` reads); empty: random init
-    init_arch: str = ""  # the architecture of `init` when it is a bare open_clip state dict
-    patch_dropout: float = 0.0  # FLIP: fraction of patch tokens dropped in training
-    dropout: float = 0.0  # on every residual branch of both towers, in training
-    drop_path: float = 0.0  # stochastic depth of the vision tower, rising linearly to this at the last block
-    grad_checkpointing: bool = False
-    lock_image: bool = False  # LiT: freeze the image tower
-    lock_text: bool = False
+    arch: str = opt("small-digits", "a registry name (dualtower archs)")
+    init: str = opt("", "a checkpoint to fine-tune from (anything dualtower.load reads); empty: random init")
+    init_arch: str = opt("", "the architecture of `init` when it is a bare open_clip state dict")
+    patch_dropout: float = opt(0.0, "FLIP: fraction of patch tokens dropped in training")
+    dropout: float = opt(0.0, "dropout on every residual branch of both towers, in training")
+    drop_path: float = opt(0.0, "stochastic depth of the vision tower, rising linearly to this at the last block")
+    grad_checkpointing: bool = opt(False, "recompute activations in the backward pass (less memory)")
+    lock_image: bool = opt(False, "LiT: freeze the image tower")
+    lock_text: bool = opt(False, "freeze the text tower")
 
 
 @dataclass(frozen=True)
 class DataSection:
-    train: str = "builtin:digits"  # see dualtower.data.open_source
-    image_key: str = "image"
-    caption_key: str = "caption"
-    batch_size: int = 128  # global, over all processes
-    workers: int = 1  # loader processes per training process
-    crop_scale: float = 0.9  # random resized crops of this much of the area and up; 1 = the eval transform
+    train: str = opt("builtin:digits", "a data spec (see dualtower.data.open_source)")
+    image_key: str = opt("image", "the image column of a captions file")
+    caption_key: str = opt("caption", "the caption column of a captions file")
+    batch_size: int = opt(128, "the global batch, over all processes")
+    workers: int = opt(1, "loader processes per training process")
+    crop_scale: float = opt(0.9, "random resized crops of this much of the area and up; 1 = the eval transform")
 
 
 @dataclass(frozen=True)
 class OptimSection:
-    lr: float = 2e-3
-    weight_decay: float = 0.1
-    beta1: float = 0.9
-    beta2: float = 0.98
-    eps: float = 1e-6
-    warmup_steps: int = 30
+    lr: float = opt(2e-3, "peak learning rate (AdamW)")
+    weight_decay: float = opt(0.1, "on matrices only")
+    beta1: float = opt(0.9, "AdamW beta1")
+    beta2: float = opt(0.98, "AdamW beta2")
+    eps: float = opt(1e-6, "AdamW epsilon")
+    warmup_steps: int = opt(30, "linear warmup, then cosine decay to zero")
 
 
 @dataclass(frozen=True)
 class TrainSection:
-    steps: int = 300
-    loss: str = "clip"  # "clip" (softmax) or "siglip" (sigmoid)
-    label_smoothing: float = 0.0
-    loss_chunk: int = 0  # > 0: compute the loss in tiles of this many rows/columns (dualtower.chunked_losses)
-    micro_batch: int = 0  # > 0: gradient-cache steps, encoding this many samples at a time (train.gradcache)
-    precision: str = "fp32"  # "fp32" or "bf16" (autocast)
-    grad_clip: float = 1.0  # max gradient norm; 0 turns clipping off
-    seed: int = 0
-    deterministic: bool = False  # torch.use_deterministic_algorithms: bitwise-repeatable on CPU
-    out: str = "runs/train"
-    log_every: int = 10
-    save_every: int = 0  # 0: a checkpoint at the end only
-    keep_checkpoints: int = 2
-    max_nonfinite: int = 5  # this many non-finite steps in a row abort the run
-    dist_timeout_s: float = 120.0  # a collective waiting longer than this (a dead peer) raises
-    log_samples: bool = False  # write the ids of every step's samples to samples.jsonl
-    progress: bool = True
+    steps: int = opt(300, "optimizer steps in all")
+    loss: str = opt("clip", "clip (softmax) or siglip (sigmoid)")
+    label_smoothing: float = opt(0.0, "of the clip loss")
+    loss_chunk: int = opt(0, "> 0: compute the loss in tiles of this many rows/columns (dualtower.chunked_losses)")
+    micro_batch: int = opt(0, "> 0: gradient-cache steps, encoding this many samples at a time (train.gradcache)")
+    precision: str = opt("fp32", "fp32 or bf16 (autocast)")
+    grad_clip: float = opt(1.0, "max gradient norm; 0 turns clipping off")
+    seed: int = opt(0, "every random draw of the run derives from it (model.seeds)")
+    deterministic: bool = opt(False, "torch.use_deterministic_algorithms: bitwise-repeatable on CPU")
+    out: str = opt("runs/train", "the run directory")
+    log_every: int = opt(10, "steps between metrics records")
+    save_every: int = opt(0, "steps between checkpoints; 0: a checkpoint at the end only")
+    keep_checkpoints: int = opt(2, "checkpoints kept, newest first")
+    max_nonfinite: int = opt(5, "this many non-finite steps in a row abort the run")
+    dist_timeout_s: float = opt(120.0, "a collective waiting longer than this (a dead peer) raises")
+    log_samples: bool = opt(False, "write the ids of every step's samples to samples.rank<R>.jsonl")
+    progress: bool = opt(True, "show a progress bar")
 
     def __post_init__(self):
         if self.loss not in ("clip", "siglip"):
