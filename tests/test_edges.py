@@ -232,3 +232,18 @@ def test_classify_takes_folders_writes_results_and_names_a_directory(images, tmp
 
     with pytest.raises(ImageDecodeError, match="is a directory"):
         open_image(tmp_path / "empty")
+
+
+def test_plots_use_round_ticks_a_signed_scale_and_never_minus_zero(tmp_path):
+    from dualtower.plots import cell_text, heat_map, nice_ticks
+
+    assert nice_ticks(1, 300) == [100.0, 200.0, 300.0]
+    assert nice_ticks(3.71, 4.93) == [4.0, 4.5]
+    assert nice_ticks(-0.61, 0.61) == [-0.5, 0.0, 0.5]
+    assert [cell_text(v) for v in (-0.001, -0.004, 0.25, 3.0, -0.2)] == ["0.00", "0.00", "0.25", "3", "-0.20"]
+    heat_map([[0.5, 0.1], [0.2, 0.4]], tmp_path / "plain.png", "t", ["a", "b"], ["c", "d"])
+    heat_map([[0.5, -0.1], [-0.2, 0.4]], tmp_path / "signed.png", "t", ["a", "b"], ["c", "d"])
+    plain, signed = Image.open(tmp_path / "plain.png"), Image.open(tmp_path / "signed.png")
+    assert signed.width == plain.width + 80  # the colour bar
+    bar = np.asarray(signed.convert("RGB"))[110:190, plain.width + 18]  # top (positive) to bottom (negative)
+    assert bar[0][0] > bar[0][2] and bar[-1][2] > bar[-1][0]  # red above, blue below

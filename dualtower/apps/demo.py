@@ -112,7 +112,7 @@ def run(data: str = "builtin:digits", out: str = "demo-out", steps: int | None =
 
 def _prediction_grid(source, images: ImageEmbeddings, probs: torch.Tensor, path: Path, n: int = 24) -> None:
     """Held-out images (the first n) with their top-3 zero-shot predictions; green when the top one is right."""
-    cols, cell, text_h = 6, 96, 52
+    cols, cell, text_h = 6, 96, 66
     rows = -(-min(n, len(images.ids)) // cols)
     canvas = Image.new("RGB", (cols * (cell + 12), rows * (cell + text_h + 8)), "white")
     draw, font = ImageDraw.Draw(canvas), default_font(11)
@@ -128,6 +128,9 @@ def _prediction_grid(source, images: ImageEmbeddings, probs: torch.Tensor, path:
                        width=2)
         for j, (p, ci) in enumerate(zip(top.values.tolist(), top.indices.tolist())):
             draw.text((x, y + cell + 3 + 15 * j), f"{source.classes[ci][:11]} {p:.2f}", fill="black", font=font)
+        if not right:  # the true label beside the wrong prediction
+            draw.text((x, y + cell + 3 + 15 * 3), f"true: {source.classes[int(images.labels[k])][:11]}",
+                      fill=(200, 0, 0), font=font)
     save_png(canvas, path)
 
 

@@ -126,7 +126,7 @@ class RunLog:
         out = self.run.root
         records = [json.loads(ln) for ln in self.run.file("metrics.jsonl").read_text().splitlines() if ln.strip()]
         if records:
-            line_chart([r["step"] for r in records], [r["loss"] for r in records], out / "loss.png",
+            line_chart([r["step"] + 1 for r in records], [r["loss"] for r in records], out / "loss.png",
                        title="training loss", xlabel="step", ylabel="loss")
         write_json(out / "summary.json", summary)
         data = summary["data"]
