@@ -245,5 +245,5 @@ def test_plots_use_round_ticks_a_signed_scale_and_never_minus_zero(tmp_path):
     heat_map([[0.5, -0.1], [-0.2, 0.4]], tmp_path / "signed.png", "t", ["a", "b"], ["c", "d"])
     plain, signed = Image.open(tmp_path / "plain.png"), Image.open(tmp_path / "signed.png")
     assert signed.width == plain.width + 80  # the colour bar
-    bar = np.asarray(signed.convert("RGB"))[110:190, plain.width + 18]  # top (positive) to bottom (negative)
+    bar = np.asarray(signed.convert("RGB"))[112:179, plain.width + 18]  # top (positive) to bottom (negative)
     assert bar[0][0] > bar[0][2] and bar[-1][2] > bar[-1][0]  # red above, blue below
