@@ -241,10 +241,10 @@ def _model_args(p) -> None:
 def _data_args(p, data_help: str = "a data spec (builtin:digits:test, a captions file, a folder, tar shards)"):
     _model_args(p)
     p.add_argument("--data", required=True, help=data_help)
-    p.add_argument("--image-key", default="image")
-    p.add_argument("--caption-key", default="caption")
-    p.add_argument("--batch-size", type=int, default=64)
-    p.add_argument("--workers", type=int, default=2)
+    p.add_argument("--image-key", default="image", help="the image column of a captions file")
+    p.add_argument("--caption-key", default="caption", help="the caption column of a captions file")
+    p.add_argument("--batch-size", type=int, default=64, help="images per batch")
+    p.add_argument("--workers", type=int, default=2, help="image-decoding processes")
     _inference_args(p)
 
 
@@ -267,12 +267,24 @@ def _train_keys() -> str:
     return "config keys (in a TOML/YAML file, or as --section.key=value or --section.key value):\n" + "\n".join(lines)
 
 
+class _Help(argparse.RawDescriptionHelpFormatter):
+    """An option's help ends with its default when it has one; epilogs keep their line breaks."""
+
+    def _get_help_string(self, action):
+        text = action.help or ""
+        if action.default not in (None, False, argparse.SUPPRESS) and "default" not in text and action.option_strings:
+            text += " (default: %(default)s)"
+        return text
+
+
 def build_parser() -> argparse.ArgumentParser:
     from . import __version__
 
     parser = argparse.ArgumentParser(prog="dualtower", description="CLIP-style dual-encoder vision-text models.")
     parser.add_argument("--version", action="version", version=f"dualtower {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
+    add = sub.add_parser
+    sub.add_parser = lambda *a, **k: add(*a, **{"formatter_class": _Help, **k})  # type: ignore[method-assign]
 
     p = sub.add_parser("archs", help="list the named architectures")
     p.set_defaults(func=_cmd_archs)
@@ -294,7 +306,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=_cmd_convert)
 
     p = sub.add_parser("train", help="train or fine-tune (CONFIG: .toml/.yaml; --section.key=value overrides)",
-                       epilog=_train_keys(), formatter_class=argparse.RawDescriptionHelpFormatter)
+                       epilog=_train_keys())
     p.add_argument("config", nargs="?", help="a TOML or YAML config; without one, a small model on builtin:digits")
     p.add_argument("--resume", metavar="DIR", help="continue a run exactly from its latest checkpoint")
     p.set_defaults(func=_cmd_train, takes_overrides=True)
@@ -303,12 +315,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data", default="builtin:digits", help="builtin:digits or builtin:fashion-mnist")
     p.add_argument("--out", default="demo-out", help="the report directory")
     p.add_argument("--steps", type=int, help="training steps (default: the data set's recipe)")
-    p.add_argument("--workers", type=int, default=1)
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--workers", type=int, default=1, help="image-decoding processes")
+    p.add_argument("--seed", type=int, default=0, help="the run's seed")
     p.set_defaults(func=_cmd_demo)
 
     p = sub.add_parser("eval", help="zero-shot classification, retrieval or linear probe")
-    p.add_argument("task", choices=["zeroshot", "retrieval", "linear-probe"])
+    p.add_argument("task", choices=["zeroshot", "retrieval", "linear-probe"], help="what to measure")
     _data_args(p)
     p.add_argument("--train", help="linear-probe: the data the probe is fitted on")
     p.add_argument("--templates", help="zeroshot: a file of prompt templates, one per line, {c} for the class")
@@ -319,7 +331,7 @@ def build_parser() -> argparse.ArgumentParser:
     _model_args(p)
     p.add_argument("--labels", required=True, help='comma-separated, e.g. "cat,dog,car"')
     p.add_argument("--templates", help="a file of prompt templates ({c} for the label)")
-    p.add_argument("--top-k", type=int, default=3, help="labels printed per image (default: 3)")
+    p.add_argument("--top-k", type=int, default=3, help="labels printed per image")
     p.add_argument("--out", help="also write the results: FILE.json or FILE.csv")
     _inference_args(p)
     p.add_argument("images", nargs="+", help="image files, or folders (their images, recursively)")
@@ -337,16 +349,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-cls", action="store_true", help="drop the class token")
     p.add_argument("--final-norm", action="store_true", help="apply the tower's final norm to every token")
     p.add_argument("--tiles", help="MIN-MAX: cut each image into InternVL's dynamic tiles (plus a thumbnail)")
-    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--batch-size", type=int, default=32, help="images per batch (tiles count separately)")
     _inference_args(p)
     p.add_argument("--out", required=True,
                    help="FILE.safetensors: tensors layer<N> (tiles, tokens, width); metadata images, tiles_per_image")
-    p.add_argument("images", nargs="+")
+    p.add_argument("images", nargs="+", help="image files")
     p.set_defaults(func=_cmd_features)
 
     p = sub.add_parser("smoke", help="encode sample photos and captions with a small random model")
-    p.add_argument("--arch", default="tiny")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--arch", default="tiny", help="the architecture of the random model")
+    p.add_argument("--seed", type=int, default=0, help="its seed")
     p.set_defaults(func=_cmd_smoke)
     return parser
 

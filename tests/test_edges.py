@@ -247,3 +247,22 @@ def test_plots_use_round_ticks_a_signed_scale_and_never_minus_zero(tmp_path):
     assert signed.width == plain.width + 80  # the colour bar
     bar = np.asarray(signed.convert("RGB"))[112:179, plain.width + 18]  # top (positive) to bottom (negative)
     assert bar[0][0] > bar[0][2] and bar[-1][2] > bar[-1][0]  # red above, blue below
+
+
+def test_every_option_has_help_and_shows_its_default(capsys):
+    from dualtower.cli import build_parser
+
+    parser = build_parser()
+    subparsers = next(a for a in parser._actions if isinstance(a, type(parser._subparsers._group_actions[0])))
+    for name, sub in subparsers.choices.items():
+        for action in sub._actions:
+            if action.dest == "help":
+                continue
+            assert action.help, f"{name} {action.option_strings or action.dest}: no help text"
+        with pytest.raises(SystemExit):
+            sub.parse_args(["--help"])
+        out = capsys.readouterr().out
+        for action in sub._actions:
+            if action.option_strings and action.default not in (None, False, "==SUPPRESS=="):
+                assert f"default: {action.default}" in " ".join(out.split()) or "default" in (action.help or ""), \
+                    f"{name} {action.option_strings}: default not shown"
