@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import functools
 import logging
 import sys
 
@@ -282,9 +283,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     parser = argparse.ArgumentParser(prog="dualtower", description="CLIP-style dual-encoder vision-text models.")
     parser.add_argument("--version", action="version", version=f"dualtower {__version__}")
-    sub = parser.add_subparsers(dest="command", required=True)
-    add = sub.add_parser
-    sub.add_parser = lambda *a, **k: add(*a, **{"formatter_class": _Help, **k})  # type: ignore[method-assign]
+    sub = parser.add_subparsers(dest="command", required=True,
+                                parser_class=functools.partial(argparse.ArgumentParser, formatter_class=_Help))
 
     p = sub.add_parser("archs", help="list the named architectures")
     p.set_defaults(func=_cmd_archs)

@@ -142,7 +142,9 @@ def fetch(spec: str) -> tuple[Path, str | None]:
                 WEIGHTS["open_clip_hub" if layout == "open_clip_hub" else "directory"]) + ")"))
         files = [weights]
         if weights.name.endswith(".index.json"):
-            files = [_shard(repo, spec, name) for name in _shards(weights)]
+            from .convert.files import shard_names
+
+            files = [_shard(repo, spec, name) for name in shard_names(weights)]
         for path in files:
             verify(path)
         for name in EXTRA_FILES:
@@ -158,16 +160,6 @@ def fetch(spec: str) -> tuple[Path, str | None]:
                        f"{str(e).splitlines()[0] if str(e) else ''}); the file was not added to the cache. "
                        "Try again.") from e
     return snapshot, layout
-
-
-def _shards(index: Path) -> list[str]:
-    import json
-
-    names = sorted(set(json.loads(index.read_text()).get("weight_map", {}).values()))
-    bad = [n for n in names if "/" in n or "\\" in n or n.startswith(".")]
-    if bad:
-        raise HubError(f"{index}: shard names outside the repo's top folder: {bad[:3]}")
-    return names
 
 
 def _shard(repo: _Repo, spec: str, name: str) -> Path:

@@ -22,7 +22,6 @@ from typing import Sequence
 import torch
 
 SPIECE_UNDERLINE = "\u2581"
-FILES = ("spiece.model",)
 _PUNCTUATION = str.maketrans("", "", string.punctuation)
 
 

@@ -7,7 +7,6 @@ classes, which the training captions name too. The report says so.
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
 import time
@@ -23,7 +22,7 @@ from ..eval.embed import ImageEmbeddings, embed_source, embed_texts
 from ..eval.retrieval import retrieval
 from ..eval.templates import HELD_OUT, fill
 from ..eval.zeroshot import build_classifier, classify, scores
-from ..io import atomic_file
+from ..io import write_json, write_text
 from ..plots import default_font, heat_map, save_png
 from ..train.config import TrainConfig
 from ..train.loop import train
@@ -103,8 +102,7 @@ def run(data: str = "builtin:digits", out: str = "demo-out", steps: int | None =
         "machine": {"cpu": cpu_name(), "threads": torch.get_num_threads(), "torch": torch.__version__},
         "similarity_example": sims,
     }
-    with atomic_file(out_dir / "results.json") as tmp:
-        tmp.write_text(json.dumps(results, indent=2) + "\n")
+    write_json(out_dir / "results.json", results)
     _write_report(out_dir, results, test_source.classes, zs)
     _print_summary(out_dir, results)
     return results
@@ -190,8 +188,7 @@ distinct texts; a match is any text of the image's class).
 - ![predictions](predictions.png) held-out images with their top-3 predictions (green: right)
 - ![similarity](similarity.png) image-text cosine similarities
 """
-    with atomic_file(out_dir / "report.md") as tmp:
-        tmp.write_text(text)
+    write_text(out_dir / "report.md", text)
 
 
 def _print_summary(out_dir: Path, results: dict) -> None:

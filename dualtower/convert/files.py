@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass, field
+from functools import cached_property
 from pathlib import Path
 
 import torch
@@ -51,12 +52,25 @@ def unwrap(state: dict, source: str) -> dict[str, torch.Tensor]:
     return state
 
 
+def shard_names(index: Path) -> list[str]:
+    """The shard files a sharded checkpoint's index names; each must lie in the index's own folder."""
+    try:
+        weight_map = read_json(index).get("weight_map", {})
+    except ValueError as e:
+        raise CheckpointError(str(e)) from e
+    names = sorted(set(weight_map.values())) if isinstance(weight_map, dict) else []
+    bad = [n for n in names if not isinstance(n, str) or "/" in n or "\\" in n or n.startswith(".")]
+    if bad:
+        raise CheckpointError(f"{index}: shard names outside its own folder: {bad[:3]}")
+    return names
+
+
 def read_directory_weights(directory: Path) -> dict:
     """The tensors of an HF-style directory: sharded safetensors, model.safetensors or pytorch_model.bin."""
     index = directory / "model.safetensors.index.json"
     if index.is_file():
         state: dict = {}
-        for shard in sorted(set(read_json(index).get("weight_map", {}).values())):
+        for shard in shard_names(index):
             state.update(read_state_file(directory / shard))
         return state
     for name in (WEIGHTS_FILE, "pytorch_model.bin"):
@@ -119,8 +133,10 @@ class Probe:
                            else unwrap(read_state_file(self.path), str(self.path)))
         return self._state
 
-    def keys(self) -> set[str]:
-        return set() if self.is_directory else set(self.state())
+    @cached_property
+    def keys(self) -> frozenset[str]:
+        """A file's tensor names (none for a directory), for detection."""
+        return frozenset() if self.is_directory else frozenset(self.state())
 
     def read_json(self, name: str) -> dict | None:
         path = self.path / name
@@ -132,17 +148,16 @@ class Probe:
             raise CheckpointError(str(e)) from e
 
 
-def write_hf_directory(dst: "str | os.PathLike", hf_config: dict, state: dict[str, torch.Tensor],
-                       files: dict[str, str] | None = None) -> None:
-    """A transformers model directory (config.json, model.safetensors, and other text files), atomically."""
-    import json
-
+def write_model_directory(dst: "str | os.PathLike", texts: dict[str, str], weights: str,
+                          state: dict[str, torch.Tensor]) -> None:
+    """A model directory written atomically: text files (the first is its config, whose presence marks a folder
+    this writer may replace) and one safetensors file named `weights`."""
     from safetensors.torch import save_file
 
     from ..io import atomic_directory
 
-    with atomic_directory(dst, replaceable=lambda d: (d / CONFIG_FILE).is_file()) as tmp:
-        (tmp / CONFIG_FILE).write_text(json.dumps(hf_config, indent=2) + "\n", encoding="utf-8")
-        save_file(state, tmp / WEIGHTS_FILE, metadata={"format": "pt"})
-        for name, text in (files or {}).items():
+    marker = next(iter(texts))
+    with atomic_directory(dst, replaceable=lambda d: (d / marker).is_file()) as tmp:
+        for name, text in texts.items():
             (tmp / name).write_text(text, encoding="utf-8")
+        save_file(state, tmp / weights, metadata={"format": "pt"})

@@ -207,11 +207,8 @@ def _check_writable(cfg: ModelConfig) -> None:
 class HFClip(HFDirectory):
     name = "hf-clip"
     summary = "a transformers CLIPModel or CLIPVisionModel(WithProjection) directory (model_type 'clip', ...)"
-    model_type = "clip"
+    model_types = MODEL_TYPES
     config_from_hf = staticmethod(config_from_hf)
-
-    def detect(self, probe) -> bool:
-        return probe.model_type in MODEL_TYPES
     to_ours = staticmethod(import_state_dict)
     from_ours = staticmethod(export_state_dict)
     check = staticmethod(_check_writable)

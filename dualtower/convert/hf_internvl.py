@@ -4,9 +4,11 @@ beside InternVL's own in `internvl`."""
 
 from __future__ import annotations
 
+import json
+
 from ..checkpoint import state_of
 from ..config import ModelConfig
-from .files import write_hf_directory
+from .files import write_model_directory
 from .internvl import InternVL, check_config, config_to_hf
 from .registry import register
 from .remap import ConversionError
@@ -16,7 +18,6 @@ class HFInternVL(InternVL):
     name = "hf-internvl"
     summary = ("a transformers InternVLVisionModel / InternVLModel directory (model_type 'internvl_vision' or "
                "'internvl'), or a state dict in its layout")
-    writes = "directory"
     layout = "hf"
     model_types = ("internvl_vision", "internvl")
 
@@ -27,7 +28,8 @@ class HFInternVL(InternVL):
         check_config(cfg)
 
     def write(self, model, dst) -> None:
-        write_hf_directory(dst, config_to_hf(model.cfg), self.from_ours(state_of(model), model.cfg))
+        texts = {"config.json": json.dumps(config_to_hf(model.cfg), indent=2) + "\n"}
+        write_model_directory(dst, texts, "model.safetensors", self.from_ours(state_of(model), model.cfg))
 
 
 FORMAT = register(HFInternVL())

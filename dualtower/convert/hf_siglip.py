@@ -184,7 +184,7 @@ def export_state_dict(ours: dict[str, torch.Tensor], cfg: ModelConfig) -> dict[s
 class HFSiglip(HFDirectory):
     name = "hf-siglip"
     summary = "a transformers SiglipModel directory (config.json model_type 'siglip')"
-    model_type = "siglip"
+    model_types = ("siglip",)
     config_from_hf = staticmethod(config_from_hf)
     to_ours = staticmethod(import_state_dict)
     from_ours = staticmethod(export_state_dict)

@@ -205,7 +205,7 @@ class InternVL(Format):
     def detect(self, probe: Probe) -> bool:
         if probe.is_directory:
             return probe.model_type in self.model_types
-        return find_layout(probe.keys(), self.layout) is not None
+        return find_layout(probe.keys, self.layout) is not None
 
     def read_config(self, probe: Probe, arch: str | None) -> ModelConfig:
         if not probe.is_directory:

@@ -142,7 +142,7 @@ class OpenClip(Format):
                "architecture named by arch=")
 
     def detect(self, probe) -> bool:
-        keys = probe.keys()
+        keys = probe.keys
         return "visual.conv1.weight" in keys or "visual.trunk.patch_embed.proj.weight" in keys
 
     to_ours = staticmethod(import_state_dict)

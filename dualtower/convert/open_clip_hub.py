@@ -12,7 +12,7 @@ from __future__ import annotations
 from ..archs import REGISTRY, TIMM_NAMES
 from ..config import CLIP_VOCAB_SIZE, ModelConfig, PreprocessConfig, TextConfig, VisionConfig
 from . import open_clip
-from .files import Probe, read_state_file
+from .files import Probe, read_state_file, write_model_directory
 from .registry import Format, register
 from .remap import ConversionError
 
@@ -130,16 +130,11 @@ def write_directory(model, dst) -> None:
     `open_clip.create_model_and_transforms("local-dir:DST")` loads with its preprocessing."""
     import json
 
-    from safetensors.torch import save_file
-
     from ..checkpoint import state_of
-    from ..io import atomic_directory
 
     data = {"model_cfg": encode_model_cfg(model.cfg), "preprocess_cfg": preprocess_cfg(model.cfg)}
-    state = open_clip.export_state_dict(state_of(model), model.cfg)
-    with atomic_directory(dst, replaceable=lambda d: (d / CONFIG).is_file()) as tmp:
-        (tmp / CONFIG).write_text(json.dumps(data, indent=2) + "\n", encoding="utf-8")
-        save_file(state, tmp / WEIGHTS[0], metadata={"format": "pt"})
+    write_model_directory(dst, {CONFIG: json.dumps(data, indent=2) + "\n"}, WEIGHTS[0],
+                          open_clip.export_state_dict(state_of(model), model.cfg))
 
 
 def apply_preprocess_cfg(cfg: ModelConfig, pre: dict, name: str) -> ModelConfig:
@@ -165,7 +160,6 @@ def apply_preprocess_cfg(cfg: ModelConfig, pre: dict, name: str) -> ModelConfig:
 class OpenClipHub(Format):
     name = "open_clip_hub"
     summary = "open_clip's hub layout (open_clip_config.json + open_clip_model.safetensors or .bin)"
-    writes = "directory"
 
     def detect(self, probe: Probe) -> bool:
         return probe.is_directory and (probe.path / CONFIG).is_file()

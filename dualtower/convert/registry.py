@@ -12,6 +12,7 @@ A format answers five questions (after timm's model registry and torchtitan's st
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import torch
@@ -19,14 +20,13 @@ import torch
 from ..archs import get_config
 from ..checkpoint import CheckpointError, state_of
 from ..config import ModelConfig
-from .files import Probe, write_hf_directory, write_state_file
+from .files import Probe, write_model_directory, write_state_file
 from .remap import ConversionError
 
 
 class Format:
     name: str = ""
     summary: str = ""  # one line for error messages and `dualtower convert --help`
-    writes: str = "file"  # what `write` makes: "file" (a state dict) or "directory"
     vision_only: bool = False  # holds a vision tower and no text tower, whatever the architecture has
 
     def detect(self, probe: Probe) -> bool:
@@ -76,11 +76,10 @@ class ReadOnlyFormat(Format):
 class HFDirectory(Format):
     """A transformers model directory of one model_type: config.json (+ preprocessor_config.json) and weights."""
 
-    writes = "directory"
-    model_type = ""
+    model_types: tuple[str, ...] = ()  # the config.json model_type values this format reads
 
     def detect(self, probe: Probe) -> bool:
-        return probe.model_type == self.model_type
+        return probe.model_type in self.model_types
 
     def read_config(self, probe: Probe, arch: str | None) -> ModelConfig:
         return self.config_from_hf(probe.config, probe.read_json("preprocessor_config.json"), str(probe.path))
@@ -94,7 +93,8 @@ class HFDirectory(Format):
 
     def write(self, model, dst: Path) -> None:
         hf_config, files = self.hf_files(model.cfg)
-        write_hf_directory(dst, hf_config, self.from_ours(state_of(model), model.cfg), files)
+        texts = {"config.json": json.dumps(hf_config, indent=2) + "\n", **files}
+        write_model_directory(dst, texts, "model.safetensors", self.from_ours(state_of(model), model.cfg))
 
 
 def reason(check, cfg: ModelConfig) -> str | None:
@@ -121,12 +121,11 @@ def names() -> list[str]:
 
 
 def get_format(name: str) -> Format:
-    formats = FORMATS
     name = ALIASES.get(name, name)
-    if name not in formats:
-        raise ValueError(f"unknown format {name!r}; known: {', '.join(sorted(formats))} (and aliases "
+    if name not in FORMATS:
+        raise ValueError(f"unknown format {name!r}; known: {', '.join(sorted(FORMATS))} (and aliases "
                          f"{', '.join(sorted(ALIASES))})")
-    return formats[name]
+    return FORMATS[name]
 
 
 def detect(probe: Probe) -> Format:

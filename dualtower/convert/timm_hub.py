@@ -78,7 +78,6 @@ def config_from_timm(data: dict, name: str) -> ModelConfig:
 class TimmHub(ReadOnlyFormat):
     name = "timm_hub"
     summary = "timm's hub layout (config.json with architecture and pretrained_cfg, model.safetensors)"
-    writes = "directory"
     write_with = "timm"
     vision_only = True
 

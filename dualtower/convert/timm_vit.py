@@ -129,7 +129,7 @@ class Timm(Format):
     vision_only = True
 
     def detect(self, probe) -> bool:
-        keys = probe.keys()
+        keys = probe.keys
         return "patch_embed.proj.weight" in keys and "blocks.0.norm1.weight" in keys
 
     to_ours = staticmethod(import_state_dict)
