@@ -89,12 +89,31 @@ def parse(spec: str) -> tuple[str, str | None, str | None]:
     return repo, revision or None, None
 
 
+def _reachable(endpoint: str, timeout: float = 5.0) -> bool:
+    """Whether the Hub's endpoint answers at all (any HTTP status counts), in one try."""
+    import urllib.error
+    import urllib.request
+
+    try:
+        urllib.request.urlopen(urllib.request.Request(endpoint, method="HEAD"), timeout=timeout).close()
+    except urllib.error.HTTPError:
+        return True
+    except (urllib.error.URLError, OSError):
+        return False
+    return True
+
+
 class _Repo:
     """Downloads one repo's files at one revision, remembering what is absent."""
 
     def __init__(self, repo: str, revision: str | None):
+        from huggingface_hub import constants
+
         self.repo, self.revision = repo, revision
         self.missing: list[str] = []  # not cached and not reachable
+        # Without a network huggingface_hub retries every file with back-off (over a minute for one model); one
+        # quick look at the endpoint decides instead, and an unreachable Hub means the cache alone.
+        self.local_only = constants.HF_HUB_OFFLINE or not _reachable(constants.ENDPOINT)
 
     def get(self, name: str) -> Path | None:
         """The local path of `name`, downloaded if needed; None when the repo has no such file."""
@@ -102,7 +121,7 @@ class _Repo:
         from huggingface_hub.errors import EntryNotFoundError, LocalEntryNotFoundError
 
         try:
-            return Path(hf_hub_download(self.repo, name, revision=self.revision))
+            return Path(hf_hub_download(self.repo, name, revision=self.revision, local_files_only=self.local_only))
         except LocalEntryNotFoundError:  # offline (or the Hub unreachable) and not in the cache
             if try_to_load_from_cache(self.repo, name, revision=self.revision) is None:
                 self.missing.append(name)

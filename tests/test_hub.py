@@ -220,6 +220,9 @@ def test_every_layout_loads_from_the_hub_and_matches_its_reference(refs, hub, tm
     _compare("clip", made["acme/clip-tiny"][1], dualtower.load(tmp_path / "again"))
     message = errors["hf-hub:acme/never-fetched"]
     assert "acme/never-fetched" in message and "config.json" in message and "hf download acme/never-fetched" in message
+    # The Hub unreachable without HF_HUB_OFFLINE set: the cache serves it too (one quick look, no retries).
+    errors = _run({"hf-hub:acme/clip-tiny": tmp_path / "again2"}, _env(hub, tmp_path / "hf"))
+    assert errors["hf-hub:acme/clip-tiny"] == ""
 
 
 @pytest.mark.parametrize("mode", ["flipped", "truncated"])
