@@ -60,6 +60,40 @@ def test_transformers_own_clip_test_configuration_loads(tmp_path):
                      "logits")
 
 
+def test_open_clip_train_zero_shot_runs_on_our_model():
+    """open_clip_train's evaluation calls `model(image=...)` and reads `output["image_features"]`; it raised
+    TypeError (unexpected keyword 'image')."""
+    import types
+
+    from open_clip.zero_shot_classifier import build_zero_shot_classifier
+    from open_clip_train.zero_shot import run
+
+    torch.manual_seed(0)
+    model = dualtower.create_model("tiny").eval()
+    tokenizer = dualtower.get_tokenizer(model)
+    classes = ["cat", "dog", "car", "tree", "boat", "house", "bird"]
+    size = model.cfg.vision.image_size
+    images, labels = torch.randn(12, 3, size, size), torch.arange(12) % len(classes)
+    classifier = build_zero_shot_classifier(model, tokenizer, classes, ["a photo of a {}."], device="cpu")
+    args = types.SimpleNamespace(device="cpu", precision="fp32", batch_size=4)
+    loader = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(images, labels), batch_size=4)
+    top1, top5 = run(model, classifier, loader, args)
+    with torch.no_grad():
+        out = model(image=images)
+        assert out["text_features"] is None and set(out) == {"image_features", "text_features", "logit_scale"}
+        assert torch.equal(out["image_features"], model.encode_image(images, normalize=True))
+        logits = model.encode_image(images, normalize=True) @ classifier
+    assert top1 == pytest.approx((logits.argmax(1) == labels).float().mean().item())
+    assert top5 == pytest.approx((logits.topk(5).indices == labels[:, None]).any(1).float().mean().item())
+    ids = tokenizer(["a cat"])
+    with torch.no_grad():
+        both = model(image=images[:2], text=ids)
+        assert torch.equal(both["text_features"], model.encode_text(ids, normalize=True))
+        assert torch.equal(both["logit_scale"], model(images[:2], ids).logit_scale)
+    with pytest.raises(TypeError, match="either"):
+        model(images, image=images)
+
+
 # --------------------------------------------------------------------------------------- CLI and outputs
 
 
