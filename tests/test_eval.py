@@ -166,6 +166,44 @@ def test_clip_benchmark_agrees_with_dualtower(trained):
         assert round(theirs[f"image_retrieval_recall@{k}"] * n_texts) == round(ours["text_to_image"][f"R@{k}"] * n_texts)
 
 
+def test_clip_benchmark_command_line_evaluates_a_dualtower_checkpoint(trained, tmp_path):
+    """CLIP_benchmark's real command line (`clip_benchmark.cli.main`, run as a process) with model type
+    "dualtower", on the held-out digits written as a local WebDataset; its top-1 equals ours."""
+    import io
+    import subprocess
+    import sys
+    import tarfile
+
+    path, model = trained
+    source = open_source("builtin:digits:test")
+    templates = HELD_OUT["digits"]
+    root = tmp_path / "wds"
+    (root / "test").mkdir(parents=True)
+    (root / "test" / "nshards.txt").write_text("1\n")
+    (root / "classnames.txt").write_text("\n".join(source.classes) + "\n")
+    (root / "zeroshot_classification_templates.txt").write_text("\n".join(templates) + "\n")
+    with tarfile.open(root / "test" / "0.tar", "w") as tar:
+        for i in range(len(source)):
+            s = source.load(i)
+            png = io.BytesIO()
+            s.image.save(png, format="PNG")
+            for ext, data in (("png", png.getvalue()), ("cls", str(s.label).encode())):
+                info = tarfile.TarInfo(f"{i:06d}.{ext}")
+                info.size = len(data)
+                tar.addfile(info, io.BytesIO(data))
+    out = tmp_path / "result.json"
+    subprocess.run([sys.executable, "-m", "dualtower.compat.clip_benchmark", "eval", "--model_type", "dualtower",
+                    "--model", model.cfg.name, "--pretrained", str(path), "--dataset", "wds/digits",
+                    "--dataset_root", str(root), "--task", "zeroshot_classification", "--no_amp",
+                    "--num_workers", "0", "--batch_size", "64", "--output", str(out), "--quiet"],
+                   check=True, cwd=tmp_path)
+    theirs = json.loads(out.read_text())["metrics"]
+    images, _ = embed_source(model, source, workers=0)
+    ours = zeroshot(model, images, source.classes, templates)
+    assert theirs["acc1"] == pytest.approx(ours["top1"], abs=1e-9)
+    assert theirs["mean_per_class_recall"] == pytest.approx(ours["mean_per_class_recall"], abs=1e-9)
+
+
 def test_length_batches_respect_rows_and_token_budget():
     from dualtower.eval.embed import length_batches
 

@@ -1,6 +1,12 @@
 """CLIP_benchmark's model contract: a loader returning (model, image transform, tokenizer), where the model has
-`encode_image` and `encode_text`. `register()` adds it to CLIP_benchmark as model type "dualtower", so its
-command line takes `--model_type dualtower --model ARCH --pretrained CHECKPOINT`.
+`encode_image` and `encode_text`. `register()` adds it to CLIP_benchmark as model type "dualtower".
+
+CLIP_benchmark's own command line, with that model type added:
+
+    python -m dualtower.compat.clip_benchmark eval --model_type dualtower --model ARCH --pretrained CHECKPOINT \
+        --dataset wds/NAME --dataset_root DIR ...
+
+(`clip_benchmark` itself cannot know the type: it builds its choices before any plugin could add one.)
 """
 
 from __future__ import annotations
@@ -26,3 +32,19 @@ def register() -> None:
     models.TYPE2FUNC["dualtower"] = load_dualtower
     if "dualtower" not in models.MODEL_TYPES:
         models.MODEL_TYPES.append("dualtower")
+
+
+def main(argv: list[str] | None = None) -> None:
+    """CLIP_benchmark's command line (`clip_benchmark.cli.main`) with model type "dualtower" registered."""
+    import sys
+
+    from clip_benchmark import cli
+
+    register()
+    if argv is not None:
+        sys.argv = [sys.argv[0], *argv]
+    cli.main()
+
+
+if __name__ == "__main__":
+    main()
