@@ -141,6 +141,9 @@ class TextConfig(BlockConfig):
                f"eot_id {self.eot_id} is outside the vocabulary")
 
 
+RGB_RULES = ("after_resize", "white_first", "convert_first", "scaled_first")
+
+
 @dataclass(frozen=True)
 class PreprocessConfig:
     image_size: int = 224
@@ -154,8 +157,16 @@ class PreprocessConfig:
     # where a center crop starts: "round" (torchvision, open_clip, timm: round((H - h) / 2)) or "floor" (HF's
     # image processors: (H - h) // 2); they differ by a pixel when H - h is odd
     center_crop: str = "round"
+    # how a file that is not plain RGB (alpha, palette, 16-bit, CMYK, ...) becomes RGB, each its reference's way:
+    #   "after_resize"  resize and crop in the file's own mode, then Pillow's convert("RGB"): alpha dropped,
+    #                   16-bit clipped (open_clip, OpenAI CLIP)
+    #   "white_first"   first composite over white through RGBA (transformers' image processors)
+    #   "convert_first" first Pillow's convert("RGB") (timm's datasets, InternVL's own loader)
+    #   "scaled_first"  first composite over white, and 16-bit / float samples scaled to 8 bits, not clipped
+    rgb: str = "after_resize"
 
     def __post_init__(self):
+        _check(self.rgb in RGB_RULES, f"rgb {self.rgb!r} is not one of {RGB_RULES}")
         _check(self.center_crop in ("round", "floor"), f"center_crop {self.center_crop!r} is not 'round' or 'floor'")
         _check(0 < self.crop_pct <= 1, f"crop_pct {self.crop_pct} is not in (0, 1]")
         _check(self.interpolation in ("bicubic", "bilinear"), f"interpolation {self.interpolation!r} unknown")

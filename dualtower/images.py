@@ -1,8 +1,10 @@
 """Safe image decoding and the eval preprocessing, on Pillow and torch alone (no torchvision).
 
-Decoding keeps Pillow's decompression-bomb limit, applies the EXIF orientation, composites transparency over
-white, scales 16-bit and float images to 8 bits (never clips them), and converts every other mode to RGB.
-A file that is empty, truncated or not an image raises `ImageDecodeError` naming the file.
+Decoding keeps Pillow's decompression-bomb limit and applies the EXIF orientation; the image keeps its own mode
+(alpha, palette, 16-bit, CMYK). The transforms turn it into RGB where the model's reference does
+(`PreprocessConfig.rgb`): open_clip resizes and crops in the file's mode and converts last, transformers'
+processors composite over white first, timm and InternVL convert first. A file that is empty, truncated or not an
+image raises `ImageDecodeError` naming the file.
 """
 
 from __future__ import annotations
@@ -26,7 +28,8 @@ class ImageDecodeError(ValueError):
 
 
 def open_image(source: "str | os.PathLike | bytes", name: str | None = None) -> Image.Image:
-    """Decode a path or raw bytes into an RGB PIL image, upright per its EXIF orientation."""
+    """Decode a path or raw bytes into a PIL image in the file's own mode, upright per its EXIF orientation.
+    (`to_rgb` makes it RGB; the transforms do that at the point their model's reference does.)"""
     label = name or (f"<{len(source)} bytes>" if isinstance(source, bytes) else os.fspath(source))
     try:
         if isinstance(source, bytes):
@@ -51,11 +54,29 @@ def open_image(source: "str | os.PathLike | bytes", name: str | None = None) -> 
         raise ImageDecodeError(f"{label}: not an image Pillow can read") from e
     except (OSError, SyntaxError, ValueError) as e:  # Pillow reports truncated and corrupt data this way
         raise ImageDecodeError(f"{label}: corrupt or truncated image ({e})") from e
-    return to_rgb(image)
+    return image
+
+
+def convert_rgb(image: Image.Image) -> Image.Image:
+    """Pillow's own convert("RGB"): alpha dropped, 16-bit clipped (open_clip, timm, InternVL)."""
+    if image.mode == "RGB":
+        return image
+    try:
+        return image.convert("RGB")
+    except ValueError:  # a mode Pillow cannot convert directly (for example "La")
+        return image.convert("RGBA").convert("RGB")
+
+
+def white_rgb(image: Image.Image) -> Image.Image:
+    """transformers' convert_rgb: every other mode through RGBA, composited over white."""
+    if image.mode == "RGB":
+        return image
+    rgba = image.convert("RGBA")
+    return Image.alpha_composite(Image.new("RGBA", rgba.size, (255, 255, 255, 255)), rgba).convert("RGB")
 
 
 def to_rgb(image: Image.Image) -> Image.Image:
-    """Any Pillow mode to 8-bit RGB: transparency over white, high bit depths scaled to 0..255."""
+    """Any Pillow mode to 8-bit RGB: transparency over white, high bit depths scaled to 0..255 (not clipped)."""
     mode = image.mode
     if mode == "RGB":
         return image
@@ -114,8 +135,16 @@ class ImageTransform:
         pixels = torch.from_numpy(np.asarray(image, dtype=np.uint8).copy()).permute(2, 0, 1)  # (3, S, S)
         return (pixels.float() / 255.0 - self.mean) / self.std
 
+    def rgb_before(self, image: Image.Image) -> Image.Image:
+        """The conversion to RGB a reference makes before resizing (none for open_clip's rule)."""
+        return _BEFORE[self.cfg.rgb](image)
+
+    def rgb_after(self, image: Image.Image) -> Image.Image:
+        """open_clip's conversion after the crop; an image already RGB passes."""
+        return convert_rgb(image)
+
     def __call__(self, image: Image.Image, seed: int | None = None) -> torch.Tensor:
-        return self.to_tensor(self.resize_and_crop(to_rgb(image)))
+        return self.to_tensor(self.rgb_after(self.resize_and_crop(self.rgb_before(image))))
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}({self.cfg})"
@@ -147,7 +176,11 @@ class TrainTransform(ImageTransform):
     def __call__(self, image: Image.Image, seed: int | None = None) -> torch.Tensor:
         if seed is None:
             raise ValueError("TrainTransform needs a seed per sample")
-        image = to_rgb(image)
+        image = self.rgb_before(image)
         box = self.crop_box(*image.size, random.Random(seed))
         size = self.cfg.image_size
-        return self.to_tensor(image.resize((size, size), _RESAMPLE[self.cfg.interpolation], box=box))
+        return self.to_tensor(self.rgb_after(image.resize((size, size), _RESAMPLE[self.cfg.interpolation], box=box)))
+
+
+_BEFORE = {"after_resize": lambda image: image, "white_first": white_rgb, "convert_first": convert_rgb,
+           "scaled_first": to_rgb}

@@ -200,6 +200,70 @@ def test_open_clip_export_of_an_unnamed_architecture_carries_its_config(arch, tm
     assert dualtower.load(tmp_path / "oc").cfg.vision == ours.cfg.vision  # and read back by us
 
 
+def _files_of_every_mode(photos, folder):
+    """Real photos saved in each mode a user's folder holds: alpha (a real gradient), grey with alpha, palette
+    (with and without a transparent entry), bilevel, 8- and 16-bit grey, CMYK as JPEG and TIFF."""
+    paths = []
+    for name in ("coffee", "rocket", "chelsea", "astronaut"):
+        rgb = photos[name].convert("RGB")
+        a = np.asarray(rgb)
+        alpha = np.broadcast_to(np.linspace(0, 255, a.shape[1]).astype(np.uint8), a.shape[:2])
+        grey = np.asarray(rgb.convert("L"))
+        palette = rgb.convert("P", palette=Image.Palette.ADAPTIVE, colors=64)
+        variants = {
+            "RGBA.png": (Image.fromarray(np.dstack([a, alpha]), "RGBA"), {}),
+            "LA.png": (Image.fromarray(np.dstack([grey, alpha]), "LA"), {}),
+            "P.png": (palette, {}),
+            "P-transparent.png": (palette, {"transparency": 0}),
+            "1.png": (rgb.convert("1"), {}),
+            "L.png": (rgb.convert("L"), {}),
+            "I16.png": (Image.fromarray(grey.astype(np.uint16) * 257), {}),
+            "CMYK.jpg": (rgb.convert("CMYK"), {}),
+            "CMYK.tif": (rgb.convert("CMYK"), {}),
+        }
+        for suffix, (image, options) in variants.items():
+            path = folder / f"{name}-{suffix}"
+            image.save(path, **options)
+            paths.append(path)
+    return paths
+
+
+def test_files_of_every_mode_preprocess_as_each_reference_does(tmp_path, photos):
+    """open_clip resizes and crops in the file's own mode and converts to RGB last (alpha dropped, 16-bit
+    clipped); transformers' processors composite over white first. Each model follows its own reference: 36 real
+    files, pixels equal (max abs diff 0). Before, every file went through one rule (composite, 16-bit scaled):
+    open_clip's own transparent logo gave embedding cosine 0.26 against open_clip."""
+    import open_clip
+
+    from dualtower.images import open_image
+
+    paths = _files_of_every_mode(photos, tmp_path)
+    modes = {Image.open(p).mode for p in paths}
+    assert len(paths) >= 30 and {"RGBA", "LA", "P", "1", "L", "I;16", "CMYK"} <= modes, modes
+
+    reference = open_clip.image_transform(224, is_train=False)
+    ours = dualtower.get_transform("ViT-B-32")
+    assert ours.cfg.rgb == "after_resize"
+    for path in paths:
+        assert torch.equal(ours(open_image(path)), reference(Image.open(path))), f"{path.name}: open_clip pixels"
+
+    config = _hf_config()
+    config.vision_config.image_size, config.vision_config.patch_size = 224, 32
+    _random_hf(config).save_pretrained(tmp_path / "hf")
+    processor = transformers.CLIPImageProcessorPil(size={"shortest_edge": 224}, crop_size=224)
+    processor.save_pretrained(tmp_path / "hf")
+    hf_model = dualtower.load(tmp_path / "hf")
+    assert hf_model.cfg.preprocess.rgb == "white_first"
+    transform = dualtower.get_transform(hf_model)
+    for path in paths:
+        image = open_image(path)
+        crop = np.asarray(transform.rgb_after(transform.resize_and_crop(transform.rgb_before(image))))
+        raw = processor(Image.open(path), do_rescale=False, do_normalize=False, return_tensors="np")
+        assert np.abs(crop.transpose(2, 0, 1) - raw["pixel_values"][0]).max() == 0, f"{path.name}: HF pixels"
+        pixels = torch.as_tensor(processor(Image.open(path), return_tensors="np")["pixel_values"][0])
+        assert (transform(image) - pixels).abs().max() < 1e-5, f"{path.name}: HF normalised pixels"
+
+
 def test_an_hf_clip_model_classifies_as_transformers_pipeline_does(tmp_path, photos):
     """A model loaded from an HF directory crops as HF's image processor does ((H - h) // 2, not round), so its
     zero-shot probabilities equal transformers' zero-shot-image-classification pipeline on real photos (one of

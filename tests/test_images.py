@@ -68,20 +68,23 @@ def test_transparency_is_composited_over_white():
     palette = Image.new("P", (4, 4), 0)
     palette.putpalette([0, 0, 0] * 256)
     palette.info["transparency"] = 0
-    assert np.asarray(open_image(_bytes(palette, "PNG"))).min() == 255
+    assert np.asarray(to_rgb(open_image(_bytes(palette, "PNG")))).min() == 255
 
 
 def test_sixteen_bit_is_scaled_not_clipped():
     values = np.array([[0, 257 * 128, 65535]], dtype=np.uint16)
     image = Image.open(io.BytesIO(_bytes(Image.fromarray(values), "PNG")))
-    rgb = np.asarray(open_image(_bytes(image, "PNG")))
+    rgb = np.asarray(to_rgb(open_image(_bytes(image, "PNG"))))
     assert rgb[0, :, 0].tolist() == [0, 128, 255]
 
 
-def test_cmyk_and_grayscale_become_rgb(photos):
+def test_cmyk_and_grayscale_keep_their_mode_until_the_transform(photos):
     cmyk = open_image(_bytes(photos["coffee"].convert("CMYK"), "JPEG"))
     gray = open_image(_bytes(photos["camera"], "PNG"))
-    assert cmyk.mode == gray.mode == "RGB"
+    assert (cmyk.mode, gray.mode) == ("CMYK", "L")
+    assert to_rgb(cmyk).mode == to_rgb(gray).mode == "RGB"
+    transform = dualtower.get_transform("tiny")
+    assert transform(cmyk).shape == transform(gray).shape == (3, 32, 32)
 
 
 def test_transform_output_is_normalised_tensor(photos):

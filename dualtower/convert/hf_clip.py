@@ -129,7 +129,8 @@ def config_from_hf(hf: dict, preprocessor: dict | None, name: str) -> ModelConfi
         vision=vision,
         text=text,
         preprocess=PreprocessConfig(image_size=image_size, mean=tuple(pre.get("image_mean", OPENAI_MEAN)),
-                                    std=tuple(pre.get("image_std", OPENAI_STD)), center_crop="floor"),
+                                    std=tuple(pre.get("image_std", OPENAI_STD)), center_crop="floor",
+                                    rgb="white_first"),
         init_logit_scale=hf.get("logit_scale_init_value", 2.6592),  # transformers' CLIPConfig default
     )
 

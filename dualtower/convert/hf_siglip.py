@@ -100,6 +100,7 @@ def config_from_hf(hf: dict, preprocessor: dict | None, name: str) -> ModelConfi
             image_size=image, mean=tuple(pre.get("image_mean", INCEPTION_MEAN)),
             std=tuple(pre.get("image_std", INCEPTION_STD)),
             interpolation=_RESAMPLE_FROM_HF.get(pre.get("resample", 2), "bicubic"), resize_mode="squash",
+            rgb="white_first",
         )
         embed = t.get("projection_size", text.width)
         if embed != width:

@@ -169,7 +169,8 @@ def config_from_hf(vision: dict, name: str) -> ModelConfig:
         )
         return ModelConfig(name=name, embed_dim=width, vision=v, text=None,
                            preprocess=PreprocessConfig(image_size=image, mean=IMAGENET_MEAN, std=IMAGENET_STD,
-                                                       resize_mode="squash"))
+                                                       resize_mode="squash",
+                                                       rgb="white_first" if hf else "convert_first"))
     except (TypeError, ValueError) as e:
         if isinstance(e, ConversionError):
             raise

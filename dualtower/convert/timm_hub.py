@@ -69,7 +69,7 @@ def config_from_timm(data: dict, name: str) -> ModelConfig:
     try:
         preprocess = replace(p, image_size=v.image_size, mean=tuple(pre.get("mean", p.mean)),
                              std=tuple(pre.get("std", p.std)), interpolation=pre.get("interpolation", p.interpolation),
-                             resize_mode=mode, crop_pct=float(pre.get("crop_pct", 1.0)))
+                             resize_mode=mode, crop_pct=float(pre.get("crop_pct", 1.0)), rgb="convert_first")
         return cfg.replace(name=arch, embed_dim=embed, vision=v, text=None, preprocess=preprocess)
     except ValueError as e:
         raise ConversionError(f"{name}: config.json does not describe a tower dualtower can build ({e})") from e
