@@ -235,8 +235,8 @@ def _model_args(p) -> None:
     p.add_argument("--arch", help="the architecture of a bare state dict checkpoint")
     p.add_argument("--source", "--from", dest="source", help=f"the checkpoint's format when it should not be "
                                                                 f"detected: {_FORMATS}")
-    p.add_argument("--towers", choices=["both", "vision"],
-                   help="vision: load the vision tower alone (tower-only formats such as timm's always do)")
+    p.add_argument("--towers", choices=["both", "vision", "text"],
+                   help="vision or text: load that tower alone (tower-only formats such as timm's always do)")
 
 
 def _data_args(p, data_help: str = "a data spec (builtin:digits:test, a captions file, a folder, tar shards)"):
@@ -300,7 +300,8 @@ def build_parser() -> argparse.ArgumentParser:
                                "or .bin)")
     p.add_argument("--arch", help="architecture of a bare state dict, e.g. ViT-B-32, EVA02-B-16, InternViT-300M-448px")
     p.add_argument("--from", dest="source", help=f"the source's format when it should not be detected: {_FORMATS}")
-    p.add_argument("--towers", choices=["both", "vision"], help="vision: convert the vision tower alone")
+    p.add_argument("--towers", choices=["both", "vision", "text"],
+                   help="vision or text: convert that tower alone")
     p.add_argument("--to", default="dualtower", help=f"the format to write: {_FORMATS}, or hf (the transformers "
                                                     "class that fits the model)")
     p.set_defaults(func=_cmd_convert)

@@ -179,7 +179,7 @@ class PreprocessConfig:
 class ModelConfig:
     name: str = "custom"
     embed_dim: int = 512
-    vision: VisionConfig = field(default_factory=VisionConfig)
+    vision: VisionConfig | None = field(default_factory=VisionConfig)  # None: a text-only model (CLIPTextModel)
     text: TextConfig | None = field(default_factory=TextConfig)  # None: a vision-only model (InternViT)
     preprocess: PreprocessConfig = field(default_factory=PreprocessConfig)
     tokenizer: str = "clip-bpe"
@@ -193,9 +193,10 @@ class ModelConfig:
             _check(c is None or c.head or c.width == self.embed_dim,
                    f"{tower} has no projection head, so its width {c and c.width} must equal embed_dim "
                    f"{self.embed_dim}")
-        _check(self.preprocess.image_size == self.vision.image_size,
+        _check(self.vision is not None or self.text is not None, "a model needs at least one tower")
+        _check(self.vision is None or self.preprocess.image_size == self.vision.image_size,
                f"preprocess image_size {self.preprocess.image_size} differs from the vision tower's "
-               f"{self.vision.image_size}")
+               f"{self.vision and self.vision.image_size}")
 
     def to_dict(self) -> dict:
         """JSON-ready, in the layout of CONFIG_VERSION: each tower's block fields under "block"."""

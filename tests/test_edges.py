@@ -60,6 +60,41 @@ def test_transformers_own_clip_test_configuration_loads(tmp_path):
                      "logits")
 
 
+@pytest.mark.parametrize("cls", ["CLIPTextModelWithProjection", "CLIPTextModel"])
+def test_a_clip_text_model_directory_loads_its_tower(cls, tmp_path):
+    """transformers' text tower alone (Stable Diffusion's text encoders are these) loads as a text-only model with
+    transformers' outputs; it was refused ("every model has a vision tower")."""
+    full = _random_hf(_hf_config())
+    text_config = full.config.text_config
+    text_config.projection_dim = full.config.projection_dim
+    hf = getattr(transformers, cls)(text_config).eval()
+    own = {k: v for k, v in full.state_dict().items() if k.startswith(("text_model.", "text_projection."))}
+    hf.load_state_dict(own if cls.endswith("Projection") else
+                       {k.removeprefix("text_model."): v for k, v in own.items() if k.startswith("text_model.")})
+    hf.save_pretrained(tmp_path / "hf")
+    ours = dualtower.load(tmp_path / "hf")
+    assert ours.cfg.vision is None and ours.visual is None and ours.logit_scale is None
+    ids = dualtower.get_tokenizer(ours)(CAPTIONS, context_length=ours.cfg.text.context_length)
+    with torch.no_grad():
+        out = hf(input_ids=ids)
+        ref = out.text_embeds if cls.endswith("Projection") else out.pooler_output
+        assert_close(ours.encode_text(ids), ref, f"{cls} text embeddings")
+        if cls.endswith("Projection"):  # the same tower as the whole model's, and as towers="text" of it
+            full.save_pretrained(tmp_path / "full")
+            alone = dualtower.load(tmp_path / "full", towers="text")
+            assert alone.visual is None
+            assert torch.equal(alone.encode_text(ids), ours.encode_text(ids))
+        with pytest.raises(ValueError, match="text-only"):
+            ours.encode_image(torch.zeros(1, 3, 60, 60))
+    dualtower.save(ours, tmp_path / "ours")  # our own format keeps it, and loads it back
+    again = dualtower.load(tmp_path / "ours")
+    assert again.cfg == ours.cfg and torch.equal(again.encode_text(ids), ours.encode_text(ids))
+    with pytest.raises(dualtower.checkpoint.CheckpointError, match="no vision tower"):
+        dualtower.load(tmp_path / "hf", towers="both")
+    with pytest.raises(dualtower.checkpoint.CheckpointError, match="one-tower"):
+        dualtower.convert.export(ours, tmp_path / "back", "hf-clip")
+
+
 def test_open_clip_train_zero_shot_runs_on_our_model():
     """open_clip_train's evaluation calls `model(image=...)` and reads `output["image_features"]`; it raised
     TypeError (unexpected keyword 'image')."""

@@ -22,15 +22,15 @@ from .files import Probe, read_state_file
 from .registry import FORMATS, detect, get_format, names, writer_for
 from .remap import ConversionError
 
-TOWERS = ("both", "vision")
+TOWERS = ("both", "vision", "text")
 
 
 def load(path: "str | os.PathLike", arch: str | None = None, source: str | None = None,
          towers: str | None = None):
     """A model from any registered format, from a local path or the Hub (`hf-hub:ORG/NAME[@REVISION]` or a short
     name of `hub.KNOWN`). `source` names the format (otherwise it is detected); `arch` names the
-    architecture of a bare state dict; `towers="vision"` keeps only the vision tower (tower-only formats such as
-    timm's and InternViT's always load that way)."""
+    architecture of a bare state dict; `towers="vision"` or `"text"` keeps only that tower (tower-only formats
+    such as timm's and InternViT's, or transformers' CLIPTextModel, always load that way)."""
     if towers is not None and towers not in TOWERS:
         raise ValueError(f"towers={towers!r}: expected one of {TOWERS}")
     name = None
@@ -44,15 +44,18 @@ def load(path: "str | os.PathLike", arch: str | None = None, source: str | None 
     try:
         cfg = fmt.read_config(probe, arch)
         cfg = cfg if name is None else cfg.replace(name=name)  # a snapshot's folder is a commit hash: name the repo
-        if towers == "both" and cfg.text is None:
-            raise CheckpointError(f"{path}: a {fmt.name} checkpoint holds no text tower; load it with "
-                                  "towers='vision'")
+        for tower, missing in (("text", cfg.text is None), ("vision", cfg.vision is None)):
+            if missing and towers in ("both", tower):
+                other = "vision" if tower == "text" else "text"
+                raise CheckpointError(f"{path}: a {fmt.name} checkpoint holds no {tower} tower; load it with "
+                                      f"towers={other!r}")
         state = fmt.to_ours(fmt.read_state(probe, cfg), cfg, set(empty_model(cfg).state_dict()), str(path))
     except ConversionError as e:
         raise CheckpointError(str(e)) from e
-    if towers == "vision" and cfg.text is not None:
-        cfg = cfg.replace(text=None)
-        state = {k: v for k, v in state.items() if k.startswith("visual.")}
+    if towers in ("vision", "text") and (cfg.vision is not None and cfg.text is not None):
+        cfg = cfg.replace(text=None) if towers == "vision" else cfg.replace(vision=None)
+        keep = "visual." if towers == "vision" else "text."
+        state = {k: v for k, v in state.items() if k.startswith(keep)}
     model = build(cfg, state, str(path))
     if path.is_dir() and any((path / name).is_file() for name in TOKENIZER_FILES):
         model.tokenizer_files = path  # the model's own tokenizer (SigLIP's spiece.model) lives here

@@ -59,7 +59,8 @@ _ACT_TO_HF = {"quick_gelu": "quick_gelu", "gelu": "gelu", "gelu_tanh": "gelu_pyt
 
 
 def _rules(cfg: ModelConfig) -> list[Rule]:
-    return expand(TABLE, {"visual.": cfg.vision.depth, "text.": cfg.text.depth if cfg.text is not None else 0})
+    return expand(TABLE, {"visual.": cfg.vision.depth if cfg.vision is not None else 0,
+                          "text.": cfg.text.depth if cfg.text is not None else 0})
 
 
 MODEL_TYPES = ("clip", "clip_vision_model", "clip_text_model")
@@ -81,7 +82,7 @@ def _vision(v: dict, name: str, head: bool = True) -> VisionConfig:
     )
 
 
-def _text(t: dict, name: str) -> TextConfig:
+def _text(t: dict, name: str, head: bool = True) -> TextConfig:
     vocab = t.get("vocab_size", CLIP_VOCAB_SIZE)
     # transformers' rule: configs from before its PR #24773 say eos_token_id 2 and pool at argmax(ids) (with the
     # CLIP vocabulary: the first end-of-text token, the largest id); others pool at the first eos_token_id, or at
@@ -92,24 +93,26 @@ def _text(t: dict, name: str) -> TextConfig:
         vocab_size=vocab, context_length=t.get("max_position_embeddings", 77), width=t.get("hidden_size", 512),
         depth=t.get("num_hidden_layers", 12), heads=t.get("num_attention_heads", 8),
         mlp_dim=t.get("intermediate_size", 2048), act=_act(t, "text", name), norm_eps=t.get("layer_norm_eps", 1e-5),
-        eot_id=eot, pool=pool,
+        eot_id=eot, pool=pool, head=head,
     )
 
 
 def config_from_hf(hf: dict, preprocessor: dict | None, name: str) -> ModelConfig:
-    """Our config from an HF CLIPConfig dict, or a CLIPVisionConfig one (CLIPVisionModel, with or without its
-    projection), and its preprocessor_config.json when there is one."""
+    """Our config from an HF CLIPConfig dict, or a one-tower CLIPVisionConfig / CLIPTextConfig one
+    (CLIPVisionModel, CLIPTextModel, with or without their projection), and its preprocessor_config.json when
+    there is one."""
     kind = hf.get("model_type")
     if kind not in MODEL_TYPES:
         raise ConversionError(f"{name}: config.json has model_type {kind!r}, expected one of {MODEL_TYPES}")
-    if kind == "clip_text_model":
-        raise ConversionError(f"{name}: a CLIP text tower alone (CLIPTextModel) is not a model dualtower builds: "
-                              "every model has a vision tower; load the whole CLIPModel")
     try:
-        if kind == "clip_vision_model":  # the vision config at the top; the projection only "WithProjection"
-            projected = any("WithProjection" in a for a in hf.get("architectures") or [])
+        # A one-tower config holds its tower's fields at the top; the projection only "...WithProjection".
+        projected = any("WithProjection" in a for a in hf.get("architectures") or [])
+        if kind == "clip_vision_model":
             vision, text = _vision(hf, name, head=projected), None
             embed = hf.get("projection_dim", 512) if projected else vision.width
+        elif kind == "clip_text_model":
+            vision, text = None, _text(hf, name, head=projected)
+            embed = hf.get("projection_dim", 512) if projected else text.width
         else:
             vision, text = _vision(hf.get("vision_config", {}), name), _text(hf.get("text_config", {}), name)
             embed = hf.get("projection_dim", 512)
@@ -117,7 +120,7 @@ def config_from_hf(hf: dict, preprocessor: dict | None, name: str) -> ModelConfi
         if isinstance(e, ConversionError):
             raise
         raise ConversionError(f"{name}: config.json is not a CLIP config we can build: {e}") from e
-    image_size = vision.image_size
+    image_size = vision.image_size if vision is not None else 224
     pre = preprocessor or {}
     crop = pre.get("crop_size", image_size)
     crop = crop.get("height", image_size) if isinstance(crop, dict) else crop
@@ -188,9 +191,12 @@ def preprocessor_to_hf(cfg: ModelConfig) -> dict:
 
 
 def import_state_dict(state: dict, cfg: ModelConfig, our_keys: set[str], source: str) -> dict[str, torch.Tensor]:
+    # transformers 5 saves a CLIPVisionModel / CLIPTextModel without its `vision_model.` / `text_model.` prefix
+    # (4.x, and the ...WithProjection classes, keep it)
     if cfg.text is None and "embeddings.patch_embedding.weight" in state:
-        # transformers 5 saves a CLIPVisionModel without its `vision_model.` prefix (4.x kept it)
         state = {f"vision_model.{k}": v for k, v in state.items()}
+    if cfg.vision is None and "embeddings.token_embedding.weight" in state:
+        state = {f"text_model.{k}": v for k, v in state.items()}
     return to_ours(state, _rules(cfg), our_keys, DROPPED, source)
 
 
@@ -200,14 +206,15 @@ def export_state_dict(ours: dict[str, torch.Tensor], cfg: ModelConfig) -> dict[s
 
 
 def _check_writable(cfg: ModelConfig) -> None:
-    if cfg.text is None:
-        raise ConversionError(f"{cfg.name}: CLIPModel has a text tower")
+    if cfg.text is None or cfg.vision is None:
+        raise ConversionError(f"{cfg.name}: a one-tower model is not written as an HF CLIPModel, which has both")
     check_exportable(cfg)
 
 
 class HFClip(HFDirectory):
     name = "hf-clip"
-    summary = "a transformers CLIPModel or CLIPVisionModel(WithProjection) directory (model_type 'clip', ...)"
+    summary = ("a transformers CLIPModel, CLIPVisionModel(WithProjection) or CLIPTextModel(WithProjection) "
+               "directory (model_type 'clip', ...)")
     model_types = MODEL_TYPES
     config_from_hf = staticmethod(config_from_hf)
     to_ours = staticmethod(import_state_dict)

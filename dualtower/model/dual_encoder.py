@@ -36,10 +36,10 @@ class DualEncoder(nn.Module):
     def __init__(self, cfg: ModelConfig):
         super().__init__()
         self.cfg = cfg
-        self.visual = VisionTower(cfg.vision, cfg.embed_dim)
+        self.visual = VisionTower(cfg.vision, cfg.embed_dim) if cfg.vision is not None else None
         self.text = TextTower(cfg.text, cfg.embed_dim) if cfg.text is not None else None
-        # A vision-only model compares nothing, so it has no temperature either.
-        contrastive = cfg.text is not None
+        # A one-tower model compares nothing, so it has no temperature either.
+        contrastive = cfg.vision is not None and cfg.text is not None
         self.logit_scale = nn.Parameter(torch.tensor(float(cfg.init_logit_scale))) if contrastive else None
         self.logit_bias = None if cfg.init_logit_bias is None or not contrastive else \
             nn.Parameter(torch.tensor(float(cfg.init_logit_bias)))
@@ -48,6 +48,8 @@ class DualEncoder(nn.Module):
     def encode_image(self, pixels: torch.Tensor, normalize: bool = False, interpolate_pos: bool = False
                      ) -> torch.Tensor:
         """(B, E). `interpolate_pos=True` takes other image sizes (positional embeddings resized bicubically)."""
+        if self.visual is None:
+            raise ValueError(f"{self.cfg.name} is a text-only model: it has no vision tower")
         x = self.visual(pixels, interpolate_pos)
         return F.normalize(x.float(), dim=-1) if normalize else x  # in fp32: bf16 rows are unit length too
 
@@ -119,17 +121,19 @@ class DualEncoder(nn.Module):
         """open_clip's init scheme: scaled normal embeddings and projections, xavier qkv, zero biases;
         the text tower's blocks scaled by depth (as in OpenAI's CLIP `initialize_parameters`)."""
         v, t = self.visual, self.text
-        scale = v.cfg.width ** -0.5
-        if v.cls_token is not None:
-            v.cls_token.normal_(std=scale)
-        v.pos_embed.normal_(std=scale)
-        if isinstance(v.head, nn.Linear):
-            v.head.weight.normal_(std=scale)
-        if isinstance(v.pool, AttentionPool):
-            v.pool.latent.normal_(std=scale)
-        for block in v.transformer.blocks:
-            nn.init.xavier_uniform_(block.attn.qkv.weight)
-            _zero_bias(block.attn.qkv, block.attn.proj)
+        if v is not None:
+            scale = v.cfg.width ** -0.5
+            if v.cls_token is not None:
+                v.cls_token.normal_(std=scale)
+            v.pos_embed.normal_(std=scale)
+            if isinstance(v.head, nn.Linear):
+                v.head.weight.normal_(std=scale)
+            if isinstance(v.pool, AttentionPool):
+                v.pool.latent.normal_(std=scale)
+            for block in v.transformer.blocks:
+                nn.init.xavier_uniform_(block.attn.qkv.weight)
+                _zero_bias(block.attn.qkv, block.attn.proj)
+            _zero_bias(v.head)
         if t is None:
             return
 
@@ -148,8 +152,7 @@ class DualEncoder(nn.Module):
             _zero_bias(attn.qkv, attn.proj)
         if isinstance(t.head, nn.Linear):
             t.head.weight.normal_(std=width ** -0.5)
-        for head in (v.head, t.head):
-            _zero_bias(head)
+        _zero_bias(t.head)
 
 
 def _zero_bias(*linears: nn.Module) -> None:
