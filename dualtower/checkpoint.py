@@ -8,6 +8,7 @@ A checkpoint is a directory with `config.json` ({"format": "dualtower", "version
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import shutil
@@ -104,6 +105,17 @@ def read_state(directory: Path, cfg: ModelConfig) -> dict[str, torch.Tensor]:
         raise
     except Exception as e:  # safetensors reports a corrupt header or truncated data this way
         raise CheckpointError(f"{weights}: not a readable safetensors file ({e})") from e
+
+
+def weights_sha256(model: DualEncoder) -> str:
+    """A digest of the model's tensors (names, dtypes, shapes and bytes, in name order): equal for equal weights
+    whatever file they came from. A search index records it to refuse queries from another model."""
+    digest = hashlib.sha256()
+    for name, tensor in sorted(state_of(model).items()):
+        t = tensor.detach().cpu().contiguous()
+        digest.update(f"{name}:{t.dtype}:{tuple(t.shape)};".encode())
+        digest.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
+    return digest.hexdigest()
 
 
 def load(path: "str | os.PathLike") -> DualEncoder:

@@ -225,6 +225,71 @@ def _cmd_features(args) -> int:
     return 2 if result.skipped else 0
 
 
+def _model_source(name: str) -> str:
+    """What an index records of --model: an absolute path for a local one, the name otherwise."""
+    import os
+
+    return os.path.abspath(name) if os.path.exists(name) else name
+
+
+def _cmd_index(args) -> int:
+    from .search import build_index
+
+    model = _model(args)
+    report = build_index(args.data, model, args.out, engine=args.engine, batch_size=args.batch_size,
+                         workers=args.workers, progress=True, model_source=_model_source(args.model),
+                         image_key=args.image_key, caption_key=args.caption_key)
+    for key, reason, detail in report.skipped_list[:20]:
+        print(f"skipped {key}: {reason} ({detail})", file=sys.stderr)
+    if len(report.skipped_list) > 20:
+        print(f"... and {len(report.skipped_list) - 20} more skipped", file=sys.stderr)
+    print(f"{args.out}: {report.summary()}")
+    return 0
+
+
+def _open_index(args):
+    from .search import SearchIndex
+
+    model = _model(args) if args.model else None
+    return SearchIndex(args.index, model=model)
+
+
+def _cmd_search(args) -> int:
+    import json
+
+    if (args.text is None) == (args.image is None):
+        raise ValueError("give a text to search for, or --image FILE (one of them)")
+    if not 1 <= args.k <= 10_000:
+        raise ValueError(f"-k {args.k}: expected 1 to 10000")
+    index = _open_index(args)
+    if args.image is not None:
+        from .images import open_image
+
+        hits = index.search_image(open_image(args.image), args.k)
+    else:
+        hits = index.search_text(args.text, args.k)
+    if args.json:
+        print(json.dumps([h.to_dict() for h in hits], indent=2))
+        return 0
+    for h in hits:
+        where = h.path or h.key
+        print(f"{h.score:.4f}  {where}" + (f"  {h.caption}" if h.caption else ""))
+    return 0
+
+
+def _cmd_serve(args) -> int:
+    from .search.server import Limits, serve
+
+    index = _open_index(args)
+    if args.host not in ("127.0.0.1", "localhost", "::1"):
+        print(f"note: serving on {args.host}: reachable from other machines; the service has no authentication",
+              file=sys.stderr)
+    print(f"serving {args.index} ({len(index)} images) on http://{args.host}:{args.port}/", file=sys.stderr)
+    serve(index, args.host, args.port, Limits(max_body=args.max_body, max_k=args.max_k,
+                                              max_waiting=args.max_waiting))
+    return 0
+
+
 _FORMATS = "dualtower, open_clip (or openai), timm, internvl, hf-clip, hf-siglip, hf-internvl"
 
 
@@ -357,6 +422,45 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("images", nargs="+", help="image files")
     p.set_defaults(func=_cmd_features)
 
+    p = sub.add_parser("index", help="build or update a search index of the images of a data spec")
+    p.add_argument("data", help="a folder of images, a captions file, tar shards or builtin:NAME")
+    _model_args(p)
+    p.add_argument("--out", required=True, help="the index folder (created, or updated when it exists)")
+    p.add_argument("--engine", choices=["auto", "flat", "ivf"], default="auto",
+                   help="flat: exact; ivf: compressed codes with an exact re-rank; auto: flat up to 100,000 images")
+    p.add_argument("--image-key", default="image", help="the image column of a captions file")
+    p.add_argument("--caption-key", default="caption", help="the caption column of a captions file")
+    p.add_argument("--batch-size", type=int, default=64, help="images per batch")
+    p.add_argument("--workers", type=int, default=2, help="image-decoding processes")
+    _inference_args(p)
+    p.set_defaults(func=_cmd_index)
+
+    def _index_args(p):
+        p.add_argument("index", help="an index folder made by `dualtower index`")
+        p.add_argument("--model", help="the index's model, when it should not be loaded from where the index "
+                                       "says (it must have the same weights)")
+        p.add_argument("--arch", help="the architecture of a bare state dict checkpoint")
+        _inference_args(p)
+
+    p = sub.add_parser("search", help="the images of an index nearest a text or an image")
+    _index_args(p)
+    p.add_argument("text", nargs="?", help="what to look for, e.g. \"a red car\"")
+    p.add_argument("--image", help="search by this image file instead of a text")
+    p.add_argument("-k", type=int, default=10, help="how many results")
+    p.add_argument("--json", action="store_true", help="print the results as JSON")
+    p.set_defaults(func=_cmd_search)
+
+    p = sub.add_parser("serve", help="an HTTP search service and web page for an index")
+    _index_args(p)
+    p.add_argument("--host", default="127.0.0.1", help="the address to listen on (other than loopback: reachable "
+                                                       "from other machines)")
+    p.add_argument("--port", type=int, default=8000, help="the port")
+    p.add_argument("--max-body", type=int, default=10 * 1024 * 1024, help="the largest request body, in bytes")
+    p.add_argument("--max-k", type=int, default=1000, help="the most results one request may ask for")
+    p.add_argument("--max-waiting", type=int, default=32,
+                   help="searches in flight before more are answered 503")
+    p.set_defaults(func=_cmd_serve)
+
     p = sub.add_parser("smoke", help="encode sample photos and captions with a small random model")
     p.add_argument("--arch", default="tiny", help="the architecture of the random model")
     p.add_argument("--seed", type=int, default=0, help="its seed")
@@ -369,11 +473,12 @@ def main(argv: list[str] | None = None) -> int:
     args, rest = parser.parse_known_args(argv)
     if rest and not getattr(args, "takes_overrides", False):
         parser.error(f"unrecognized arguments: {' '.join(rest)}")
+    from .errors import MissingDependency
     from .train.errors import TrainingError
 
     try:
         return args.func(args, rest) if getattr(args, "takes_overrides", False) else args.func(args)
-    except (ValueError, KeyError, FileNotFoundError, TrainingError) as e:
+    except (ValueError, KeyError, FileNotFoundError, TrainingError, MissingDependency) as e:
         message = e.args[0] if isinstance(e, KeyError) and e.args else e  # a KeyError's str() adds quotes
         print(f"dualtower {args.command}: error: {message}", file=sys.stderr)
         return 2

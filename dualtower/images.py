@@ -27,9 +27,15 @@ class ImageDecodeError(ValueError):
     """A file could not be decoded as an image; the message names the file and the reason."""
 
 
-def open_image(source: "str | os.PathLike | bytes", name: str | None = None) -> Image.Image:
+class TooManyPixels(ImageDecodeError):
+    """An image whose header declares more pixels than the caller allows (checked before decoding)."""
+
+
+def open_image(source: "str | os.PathLike | bytes", name: str | None = None,
+               max_pixels: int | None = None) -> Image.Image:
     """Decode a path or raw bytes into a PIL image in the file's own mode, upright per its EXIF orientation.
-    (`to_rgb` makes it RGB; the transforms do that at the point their model's reference does.)"""
+    (`to_rgb` makes it RGB; the transforms do that at the point their model's reference does.) `max_pixels`
+    refuses a larger image from its header, before any decoding (Pillow's own bomb limit holds regardless)."""
     label = name or (f"<{len(source)} bytes>" if isinstance(source, bytes) else os.fspath(source))
     try:
         if isinstance(source, bytes):
@@ -42,6 +48,9 @@ def open_image(source: "str | os.PathLike | bytes", name: str | None = None) -> 
             if os.path.getsize(source) == 0:
                 raise ImageDecodeError(f"{label}: empty file, not an image")
             image = Image.open(source)
+        if max_pixels is not None and image.width * image.height > max_pixels:
+            raise TooManyPixels(f"{label}: {image.width}x{image.height} is {image.width * image.height:,} pixels, "
+                                f"more than the {max_pixels:,} allowed")
         image.load()  # decode now, so a truncated file fails here and not later
         image = ImageOps.exif_transpose(image)
     except ImageDecodeError:

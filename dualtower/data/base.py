@@ -27,7 +27,7 @@ class BadSample(Exception):
 
 @dataclass
 class Sample:
-    image: Image.Image  # RGB
+    image: Image.Image  # in the file's own mode; the transforms make it RGB
     caption: str
     id: str
     label: int = -1  # class index where the source has classes (built-in data), else -1
@@ -49,6 +49,11 @@ class Source:
 
     def sample_id(self, index: int) -> str:
         return f"{self.name}:{index}"
+
+    def origin(self, index: int) -> tuple[str, str | None]:
+        """(key, file): the record's lasting identity in this source, and the file whose size and time say
+        whether it changed (None where there is no such file). A search index updates by these."""
+        return self.sample_id(index), None
 
 
 def require_caption(caption, where: str) -> str:

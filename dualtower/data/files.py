@@ -86,6 +86,11 @@ class CaptionsFile(Source):
     def sample_id(self, index: int) -> str:
         return f"{self.name}:{index}"
 
+    def origin(self, index: int) -> tuple[str, str | None]:
+        row = self.rows[index]
+        image = row[0] if isinstance(row, tuple) and isinstance(row[0], str) and row[0] else None
+        return (image, os.fspath(self.path.parent / image)) if image else (self.sample_id(index), None)
+
 
 class ImageFolder(Source):
     """Every image under a folder (recursively) whose caption is the same-named .txt file beside it. With
@@ -119,6 +124,9 @@ class ImageFolder(Source):
     def sample_id(self, index: int) -> str:
         return os.fspath(self.images[index].relative_to(self.root))
 
+    def origin(self, index: int) -> tuple[str, str | None]:
+        return self.sample_id(index), os.fspath(self.images[index])
+
 
 class ClassFolders(Source):
     """`root/<class name>/<image>`: labelled images for zero-shot and linear-probe evaluation (and training,
@@ -144,3 +152,6 @@ class ClassFolders(Source):
 
     def sample_id(self, index: int) -> str:
         return os.fspath(self.items[index][0].relative_to(self.root))
+
+    def origin(self, index: int) -> tuple[str, str | None]:
+        return self.sample_id(index), os.fspath(self.items[index][0])

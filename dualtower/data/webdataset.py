@@ -90,6 +90,9 @@ class TarShards(Source):
         r = self.records[index]
         return f"{os.path.basename(r.shard)}/{r.key}"
 
+    def origin(self, index: int) -> tuple[str, str | None]:
+        return self.sample_id(index), self.records[index].shard
+
     def _read(self, record: _Record, ext: str) -> bytes:
         m = record.members[ext]
         with open(record.shard, "rb") as f:

@@ -1,0 +1,201 @@
+"""Building and updating an index: embed what is new or changed, drop what is gone, keep the rest.
+
+A record is unchanged when its file's size and modification time equal the stored ones; a file whose time
+changed but whose content hash did not keeps its vector. Work is committed a batch at a time, so a killed run
+loses at most one batch and the next run goes on from there (store.py says why nothing is duplicated or lost).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io as _io
+import json
+import logging
+import os
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from ..data import BadSample, open_source
+from ..data.files import IMAGE_SUFFIXES
+from ..images import ImageTransform, white_rgb
+from . import engine as engines
+from .store import Store
+
+log = logging.getLogger("dualtower.search")
+
+THUMB_SIDE = 192
+
+
+def model_identity(model, source: str | None = None) -> dict:
+    """What an index records of its model: name, config, weights digest, and where it was loaded from."""
+    from ..checkpoint import weights_sha256
+
+    config = json.loads(json.dumps(model.cfg.to_dict()))  # as the manifest holds it: lists, not tuples
+    return {"name": model.cfg.name, "config": config, "weights_sha256": weights_sha256(model),
+            "source": source}
+
+
+@dataclass
+class BuildReport:
+    seen: int = 0
+    added: int = 0
+    changed: int = 0
+    unchanged: int = 0
+    touched: int = 0  # time changed, content did not
+    removed: int = 0
+    skipped: Counter = field(default_factory=Counter)
+    items: int = 0
+    engine: str = ""
+    seconds: float = 0.0
+    skipped_list: list = field(default_factory=list)  # (key, reason, detail) of this run's skips
+
+    @property
+    def accepted(self) -> int:
+        return self.added + self.changed + self.unchanged + self.touched
+
+    def summary(self) -> str:
+        skips = ", ".join(f"{n} {r}" for r, n in sorted(self.skipped.items())) or "none"
+        return (f"seen {self.seen} = accepted {self.accepted} (new {self.added}, changed {self.changed}, "
+                f"unchanged {self.unchanged + self.touched}) + skipped {sum(self.skipped.values())} ({skips}); "
+                f"removed {self.removed}; the index holds {self.items} images ({self.engine}), "
+                f"{self.seconds:.1f} s")
+
+
+def _stat(file: str | None) -> tuple[int | None, int | None]:
+    if file is None:
+        return None, None
+    try:
+        st = os.stat(file)
+    except OSError:
+        return None, None
+    return st.st_size, st.st_mtime_ns
+
+
+class _Records(torch.utils.data.Dataset):
+    """Item k: record todo[k] decoded, hashed, thumbnailed and transformed (or the reason it is bad)."""
+
+    def __init__(self, source, todo: list[tuple], transform: ImageTransform):
+        self.source, self.todo, self.transform = source, todo, transform
+
+    def __len__(self) -> int:
+        return len(self.todo)
+
+    def __getitem__(self, k: int) -> dict:
+        index, key, file, size, mtime = self.todo[k]
+        # The image's own file is served by /image/{id}; a record inside a tar shard has none of its own.
+        own = file is not None and Path(file).suffix.lower() in IMAGE_SUFFIXES
+        out = {"key": key, "path": os.path.abspath(file) if own else None, "size": size, "mtime_ns": mtime}
+        try:
+            sample = self.source.load(index)
+            image = sample.image
+            if file is not None:
+                digest = hashlib.sha256()
+                with open(file, "rb") as f:
+                    for chunk in iter(lambda: f.read(1 << 20), b""):
+                        digest.update(chunk)
+                out["sha256"] = digest.hexdigest()
+            else:
+                out["sha256"] = hashlib.sha256(f"{image.mode}{image.size}".encode() + image.tobytes()).hexdigest()
+            thumb = white_rgb(image.convert("RGBA") if image.mode in ("P", "PA") else image)
+            thumb.thumbnail((THUMB_SIDE, THUMB_SIDE))
+            buffer = _io.BytesIO()
+            thumb.save(buffer, format="JPEG", quality=85)
+            out.update(pixels=self.transform(image), width=image.width, height=image.height,
+                       caption=sample.caption or None, thumb=buffer.getvalue())
+        except BadSample as e:
+            out.update(bad=e.reason, detail=e.detail or key)
+        except Exception as e:  # one bad record must never stop a run: count it and go on
+            out.update(bad="error", detail=f"{key}: {type(e).__name__}: {e}")
+        return out
+
+
+def build_index(spec: str, model, out: "str | os.PathLike", engine: str = "auto", batch_size: int = 64,
+                workers: int = 2, progress: bool = False, model_source: str | None = None,
+                image_key: str = "image", caption_key: str = "caption") -> BuildReport:
+    """Create or update the index at `out` with the images of data spec `spec`, embedded by `model`."""
+    started = time.monotonic()
+    engines.choose(engine, 0)  # a bad name fails before any work
+    model.eval()
+    store = Store.create(out, model_identity(model, model_source), model.cfg.embed_dim)
+    try:
+        source = open_source(spec, image_key, caption_key, captions=False)
+        report = BuildReport()
+        known = store.known()
+        seen_keys: set[str] = set()
+        todo = []
+        for i in range(len(source)):
+            key, file = source.origin(i)
+            report.seen += 1
+            if key in seen_keys:
+                report.skipped["same image as an earlier record"] += 1
+                continue
+            seen_keys.add(key)
+            size, mtime = _stat(file)
+            old = known.get(key)
+            same = old is not None and ((old[0], old[1]) == (size, mtime) if file is not None else old[2] is not None)
+            if same:
+                if old[3]:  # skipped before, unchanged since: still bad
+                    reason = store.db.execute("SELECT reason FROM skipped WHERE key = ?", (key,)).fetchone()[0]
+                    report.skipped[reason] += 1
+                else:
+                    report.unchanged += 1
+                continue
+            todo.append((i, key, file, size, mtime))
+        gone = [k for k in known if k not in seen_keys]
+        report.removed = store.remove(gone)
+        _embed(store, source, todo, known, model, batch_size, workers, progress, report)
+        store.compact()
+        generation = store.generation
+        built = engines.Engine.load(store.path, generation, store.vectors())
+        wanted = engines.choose(engine, store.count())
+        if built is None or built.kind != wanted:
+            rows, _ = store.live_rows()
+            built = engines.Engine.build(wanted, rows, store.vectors())
+            built.save(store.path, generation)
+        report.items, report.engine = store.count(), built.kind
+        report.seconds = time.monotonic() - started
+        return report
+    finally:
+        store.close()
+
+
+@torch.inference_mode()
+def _embed(store: Store, source, todo: list, known: dict, model, batch_size: int, workers: int, progress: bool,
+           report: BuildReport) -> None:
+    if not todo:
+        return
+    device = next(model.parameters()).device
+    loader = torch.utils.data.DataLoader(_Records(source, todo, ImageTransform(model.cfg.preprocess)),
+                                         batch_size=batch_size, num_workers=workers, collate_fn=list,
+                                         prefetch_factor=4 if workers else None)
+    if progress:
+        from tqdm import tqdm
+
+        loader = tqdm(loader, total=len(loader), desc="index", unit="batch", dynamic_ncols=True)
+    for batch in loader:
+        good = []
+        for r in batch:
+            if "bad" in r:
+                report.skipped[r["bad"]] += 1
+                report.skipped_list.append((r["key"], r["bad"], r["detail"]))
+                store.skip(r["key"], r["bad"], r["detail"], r["size"], r["mtime_ns"])
+                continue
+            old = known.get(r["key"])
+            if old is not None and not old[3] and old[2] == r["sha256"]:
+                store.touch(r["key"], r["size"], r["mtime_ns"])
+                report.touched += 1
+                continue
+            good.append(r)
+            if old is not None and not old[3]:
+                report.changed += 1
+            else:
+                report.added += 1
+        if not good:
+            continue
+        pixels = torch.stack([r.pop("pixels") for r in good]).to(device)
+        vectors = model.encode_image(pixels, normalize=True).float().cpu().numpy()
+        store.append(vectors, good)

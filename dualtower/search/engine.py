@@ -1,0 +1,126 @@
+"""Nearest-neighbour search over an index's vectors with FAISS.
+
+Two structures, chosen by size (`choose`) or by name:
+
+    flat   exact inner product over every vector (FAISS IndexFlatIP); the default up to `FLAT_LIMIT` vectors
+    ivf    an inverted file of product-quantised codes (IVF + PQ, 64 bytes a vector at width 512): a query visits
+           the `nprobe` nearest cells, takes `rerank` x k candidates by their codes, and re-ranks them exactly
+           against the float16 vectors. Codes alone lose recall on text-to-image queries, whose nearest images
+           are not much nearer than the rest; the exact re-rank recovers it.
+
+FAISS ids are vector rows; the caller maps rows to item ids. Vectors are L2-normalised, so inner product is
+cosine similarity.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+
+from .. import io
+from ..errors import require
+
+FLAT_LIMIT = 100_000
+KINDS = ("auto", "flat", "ivf")
+ENGINE_FILE = "engine.faiss"
+ENGINE_META = "engine.json"
+
+
+def _faiss():
+    return require("faiss", "search", "search")
+
+
+def choose(kind: str, n: int) -> str:
+    if kind not in KINDS:
+        raise ValueError(f"engine {kind!r} is not one of {KINDS}")
+    if kind != "auto":
+        return kind
+    return "flat" if n <= FLAT_LIMIT else "ivf"
+
+
+class Engine:
+    """A FAISS index over (rows, vectors), with the exact re-rank for compressed codes."""
+
+    def __init__(self, kind: str, index, vectors: np.ndarray, nprobe: int = 64, rerank: int = 10):
+        self.kind, self.index, self.vectors = kind, index, vectors
+        self.nprobe, self.rerank = nprobe, rerank
+        if kind == "ivf":
+            self._ivf().nprobe = nprobe
+
+    def _ivf(self):
+        faiss = _faiss()
+        return faiss.extract_index_ivf(self.index)
+
+    @property
+    def ntotal(self) -> int:
+        return int(self.index.ntotal)
+
+    @classmethod
+    def build(cls, kind: str, rows: np.ndarray, vectors: np.ndarray, seed: int = 0) -> "Engine":
+        """`rows`: the live rows of `vectors` (float16 (R, D), memory-mapped) to put in the structure."""
+        faiss = _faiss()
+        dim = vectors.shape[1]
+        kind = choose(kind, len(rows))
+        if kind == "flat":
+            index = faiss.IndexIDMap2(faiss.IndexFlatIP(dim))
+            for lo in range(0, len(rows), 65536):
+                part = rows[lo: lo + 65536]
+                index.add_with_ids(np.asarray(vectors[part], dtype=np.float32), part.astype(np.int64))
+            return cls(kind, index, vectors)
+        n = len(rows)
+        nlist = max(1, min(int(4 * math.sqrt(n)), n // 39))  # FAISS wants >= 39 training points per cell
+        m = next(m for m in (dim // 8, dim // 4, dim // 2, dim) if dim % m == 0 and m > 0)
+        quantizer = faiss.IndexFlatIP(dim)
+        index = faiss.IndexIVFPQ(quantizer, dim, nlist, m, 8, faiss.METRIC_INNER_PRODUCT)
+        rng = np.random.default_rng(seed)
+        sample = np.sort(rng.choice(n, size=min(n, max(256 * nlist // 4, 50_000), 200_000), replace=False))
+        index.train(np.asarray(vectors[rows[sample]], dtype=np.float32))
+        for lo in range(0, n, 65536):
+            part = rows[lo: lo + 65536]
+            index.add_with_ids(np.asarray(vectors[part], dtype=np.float32), part.astype(np.int64))
+        return cls(kind, index, vectors)
+
+    def search(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+        """(scores, rows), each (Q, k'), best first; k' = min(k, vectors); -1 rows pad short results."""
+        q = np.ascontiguousarray(queries, dtype=np.float32)
+        k = min(k, self.ntotal)
+        if k <= 0:
+            return np.zeros((len(q), 0), np.float32), np.zeros((len(q), 0), np.int64)
+        if self.kind == "flat":
+            return self.index.search(q, k)
+        wide = min(self.ntotal, max(k * self.rerank, 100))
+        _, candidates = self.index.search(q, wide)
+        scores = np.full((len(q), k), -np.inf, dtype=np.float32)
+        rows = np.full((len(q), k), -1, dtype=np.int64)
+        for i, cand in enumerate(candidates):
+            cand = np.sort(cand[cand >= 0])  # sorted: memory-mapped rows are read in file order
+            exact = np.asarray(self.vectors[cand], dtype=np.float32) @ q[i]
+            top = np.argsort(-exact, kind="stable")[:k]
+            scores[i, : len(top)], rows[i, : len(top)] = exact[top], cand[top]
+        return scores, rows
+
+    def save(self, directory: Path, generation: int) -> None:
+        faiss = _faiss()
+        data = faiss.serialize_index(self.index)
+        with io.atomic_file(directory / ENGINE_FILE) as tmp:
+            tmp.write_bytes(data.tobytes())
+        io.write_json(directory / ENGINE_META, {"kind": self.kind, "generation": generation, "ntotal": self.ntotal})
+
+    @classmethod
+    def load(cls, directory: Path, generation: int, vectors: np.ndarray) -> "Engine | None":
+        """The saved engine, or None when there is none or it was built from other rows (stale)."""
+        faiss = _faiss()
+        meta_path, path = directory / ENGINE_META, directory / ENGINE_FILE
+        if not meta_path.is_file() or not path.is_file():
+            return None
+        try:
+            meta = json.loads(meta_path.read_text())
+        except (OSError, ValueError):
+            return None
+        if meta.get("generation") != generation:
+            return None
+        index = faiss.deserialize_index(np.fromfile(path, dtype=np.uint8))
+        return cls(meta["kind"], index, vectors)

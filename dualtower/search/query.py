@@ -1,0 +1,120 @@
+"""Querying an index by text, by image, by a stored item or by a raw embedding."""
+
+from __future__ import annotations
+
+import os
+import threading
+from dataclasses import asdict, dataclass
+
+import numpy as np
+import torch
+
+from . import engine as engines
+from .build import model_identity
+from .store import SearchIndexError, Store
+
+
+@dataclass
+class Hit:
+    id: int
+    score: float
+    key: str
+    path: str | None
+    caption: str | None
+    width: int
+    height: int
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+class SearchIndex:
+    """An index opened for queries. `model`: the index's own model (checked by its weights digest), or None to
+    load the one the index names. Queries may come from several threads; the model runs one at a time."""
+
+    def __init__(self, path: "str | os.PathLike", model=None, engine: str | None = None):
+        self.store = Store(path)
+        if model is None:
+            model = self._load_model()
+        else:
+            self.store.check_model(model_identity(model))
+        self.model = model.eval()
+        self._lock = threading.Lock()
+        self.refresh(engine)
+
+    def _load_model(self):
+        from ..convert import load
+
+        source = self.store.model.get("source")
+        if not source:
+            raise SearchIndexError(f"{self.store.path}: the index does not say where its model came from; pass the "
+                                   "model (--model)")
+        model = load(source)
+        self.store.check_model(model_identity(model))
+        return model
+
+    def refresh(self, engine: str | None = None) -> None:
+        """Load the saved engine, or build one in memory where it is missing or stale."""
+        store = self.store
+        vectors = store.vectors()
+        built = engines.Engine.load(store.path, store.generation, vectors)
+        if built is None or engine not in (None, "auto", built.kind):
+            rows, _ = store.live_rows()
+            built = engines.Engine.build(engine or "auto", rows, vectors)
+        rows, ids = store.live_rows()
+        row_to_id = np.full(store.rows, -1, dtype=np.int64)
+        row_to_id[rows] = ids
+        self.engine, self.row_to_id, self.generation = built, row_to_id, store.generation
+
+    def __len__(self) -> int:
+        return self.engine.ntotal
+
+    # ------------------------------------------------------------------------------------------ embedding
+
+    def embed_text(self, text: str) -> np.ndarray:
+        from ..tokenizer import get_tokenizer
+
+        ids = get_tokenizer(self.model)([text])
+        with self._lock, torch.inference_mode():
+            return self.model.encode_text(ids, normalize=True).float().numpy()[0]
+
+    def embed_image(self, image) -> np.ndarray:
+        from .. import get_transform
+
+        pixels = get_transform(self.model)(image)[None]
+        with self._lock, torch.inference_mode():
+            return self.model.encode_image(pixels, normalize=True).float().numpy()[0]
+
+    def item_vector(self, item_id: int) -> np.ndarray:
+        item = self.store.item(item_id)
+        if item is None:
+            raise KeyError(f"no item {item_id} in {self.store.path}")
+        return np.asarray(self.engine.vectors[item.row], dtype=np.float32)
+
+    # ------------------------------------------------------------------------------------------- searching
+
+    def search_vector(self, vector: np.ndarray, k: int = 10) -> list[Hit]:
+        v = np.asarray(vector, dtype=np.float32).reshape(-1)
+        if v.shape[0] != self.store.dim or not np.isfinite(v).all():
+            raise ValueError(f"an embedding of {self.store.dim} finite numbers is needed, got {v.shape[0]}")
+        norm = float(np.linalg.norm(v))
+        if norm == 0:
+            raise ValueError("the embedding is all zeros")
+        scores, rows = self.engine.search((v / norm)[None], k)
+        found = [(float(s), int(self.row_to_id[r])) for s, r in zip(scores[0], rows[0]) if r >= 0]
+        items = self.store.items([i for _, i in found])
+        return [Hit(i, s, it.key, it.path, it.caption, it.width, it.height)
+                for s, i in found if (it := items.get(i)) is not None]
+
+    def search_text(self, text: str, k: int = 10) -> list[Hit]:
+        return self.search_vector(self.embed_text(text), k)
+
+    def search_image(self, image, k: int = 10) -> list[Hit]:
+        return self.search_vector(self.embed_image(image), k)
+
+    def search_item(self, item_id: int, k: int = 10) -> list[Hit]:
+        """More like this: the stored image's own vector as the query."""
+        return self.search_vector(self.item_vector(item_id), k)
+
+    def close(self) -> None:
+        self.store.close()

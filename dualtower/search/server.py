@@ -1,0 +1,245 @@
+"""The search service: FastAPI on uvicorn, one index, one model.
+
+    POST /search        {"text": ..., "k": 10} | {"embedding": [...]} | {"id": N} as JSON, or a multipart form
+                        with an "image" file and "k"
+    GET  /image/{id}    the original file of an item (by id only: no path ever comes from a request)
+    GET  /thumb/{id}    its thumbnail, stored in the index
+    GET  /healthz       {"status": "ok", "items": N}
+    GET  /metrics       Prometheus text: requests by endpoint and status, latency histogram, index size
+    GET  /              the web page
+
+Every limit answers with a status and a JSON {"error": ...}: a body over `max_body` bytes 413, k out of range,
+an over-long text or a malformed request 422, an upload that is not an image 400, one with too many pixels 413,
+an unknown id 404, and more requests waiting for the model than `max_waiting` 503 at once (so overload costs
+neither memory nor time). The model runs one query at a time in a worker thread.
+"""
+
+import json
+import mimetypes
+import time
+from dataclasses import dataclass
+from importlib import resources
+from pathlib import Path
+
+from ..errors import require
+from .query import SearchIndex
+
+
+@dataclass(frozen=True)
+class Limits:
+    max_body: int = 10 * 1024 * 1024  # bytes of a request body
+    max_k: int = 1000
+    max_text: int = 1000  # characters of a text query
+    max_pixels: int = 40_000_000  # of an uploaded image, read from its header before decoding
+    max_waiting: int = 32  # search requests in flight (running or waiting for the model)
+
+
+class _BodyLimit:
+    """ASGI middleware: a body over the limit (declared or streamed) gets 413 before the app reads it."""
+
+    def __init__(self, app, limit: int):
+        self.app, self.limit = app, limit
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        declared = dict(scope.get("headers") or []).get(b"content-length")
+        if declared is not None and (not declared.isdigit() or int(declared) > self.limit):
+            return await _send_error(send, 413, f"request body over {self.limit} bytes")
+        chunks, size, more = [], 0, True
+        while more:
+            message = await receive()
+            if message["type"] == "http.disconnect":
+                return
+            chunk = message.get("body", b"")
+            size += len(chunk)
+            if size > self.limit:
+                return await _send_error(send, 413, f"request body over {self.limit} bytes")
+            chunks.append(chunk)
+            more = message.get("more_body", False)
+        body, sent = b"".join(chunks), False
+
+        async def replay():
+            nonlocal sent
+            if sent:
+                return await receive()
+            sent = True
+            return {"type": "http.request", "body": body, "more_body": False}
+
+        return await self.app(scope, replay, send)
+
+
+async def _send_error(send, status: int, message: str) -> None:
+    data = json.dumps({"error": message}).encode()
+    await send({"type": "http.response.start", "status": status,
+                "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(data)).encode())]})
+    await send({"type": "http.response.body", "body": data})
+
+
+def page() -> str:
+    return resources.files("dualtower.search").joinpath("static/index.html").read_text(encoding="utf-8")
+
+
+def create_app(index: SearchIndex, limits: Limits = Limits()):
+    for module in ("fastapi", "multipart", "prometheus_client"):
+        require(module, "the search service", "search")
+    from fastapi import FastAPI, Request
+    from fastapi.exceptions import RequestValidationError
+    from fastapi.responses import FileResponse, HTMLResponse, JSONResponse, Response
+    from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+    from starlette.concurrency import run_in_threadpool
+    from starlette.exceptions import HTTPException
+
+    from ..images import ImageDecodeError, TooManyPixels, open_image
+
+    app = FastAPI(title="dualtower search", docs_url=None, redoc_url=None, openapi_url=None)
+    registry = CollectorRegistry()
+    requests = Counter("dualtower_requests", "HTTP requests by endpoint and status", ["endpoint", "status"],
+                       registry=registry)
+    latency = Histogram("dualtower_request_seconds", "HTTP request latency by endpoint", ["endpoint"],
+                        registry=registry, buckets=(.005, .01, .025, .05, .1, .25, .5, 1, 2.5, 5, 10))
+    items = Gauge("dualtower_index_items", "images in the index", registry=registry)
+    items.set_function(lambda: len(index))
+    state = {"waiting": 0}
+
+    class Problem(Exception):
+        def __init__(self, status: int, message: str):
+            self.status, self.message = status, message
+
+    @app.exception_handler(Problem)
+    async def _problem(request, e: Problem):
+        return JSONResponse({"error": e.message}, status_code=e.status)
+
+    @app.exception_handler(RequestValidationError)
+    async def _invalid(request, e: RequestValidationError):
+        details = "; ".join(f"{'.'.join(str(x) for x in err.get('loc', []))}: {err.get('msg')}" for err in e.errors())
+        return JSONResponse({"error": f"invalid request: {details}"}, status_code=422)
+
+    @app.exception_handler(HTTPException)
+    async def _http(request, e: HTTPException):
+        return JSONResponse({"error": str(e.detail)}, status_code=e.status_code)
+
+    @app.middleware("http")
+    async def _measure(request: Request, call_next):
+        started = time.perf_counter()
+        route = request.url.path
+        endpoint = next((p for p in ("/search", "/image", "/thumb", "/healthz", "/metrics")
+                         if route == p or route.startswith(p + "/")), "/" if route == "/" else "other")
+        try:
+            response = await call_next(request)
+        except Exception:
+            requests.labels(endpoint, "500").inc()
+            raise
+        latency.labels(endpoint).observe(time.perf_counter() - started)
+        requests.labels(endpoint, str(response.status_code)).inc()
+        return response
+
+    def _k(value) -> int:
+        try:
+            k = int(value)
+        except (TypeError, ValueError):
+            raise Problem(422, f"k must be an integer, got {value!r}") from None
+        if not 1 <= k <= limits.max_k:
+            raise Problem(422, f"k must be between 1 and {limits.max_k}, got {k}")
+        return k
+
+    async def _query(request: Request):
+        """(what to run, k, a description of the query) from a JSON body or a multipart form."""
+        kind = request.headers.get("content-type", "").split(";")[0].strip().lower()
+        if kind == "multipart/form-data":
+            form = await request.form()
+            upload = form.get("image")
+            if upload is None or isinstance(upload, str):
+                raise Problem(422, "a multipart search needs a file field named 'image'")
+            data = await upload.read()
+            try:
+                image = open_image(data, name=upload.filename or "upload", max_pixels=limits.max_pixels)
+            except TooManyPixels as e:
+                raise Problem(413, str(e)) from None
+            except ImageDecodeError as e:
+                raise Problem(400, str(e)) from None
+            return (lambda k: index.search_image(image, k)), _k(form.get("k", 10)), {"image": upload.filename}
+        try:
+            body = json.loads(await request.body() or b"null")
+        except (UnicodeDecodeError, json.JSONDecodeError) as e:
+            raise Problem(422, f"the body is not JSON: {e}") from None
+        if not isinstance(body, dict):
+            raise Problem(422, 'expected a JSON object such as {"text": "a red car", "k": 10}')
+        given = [key for key in ("text", "embedding", "id") if body.get(key) is not None]
+        if len(given) != 1:
+            raise Problem(422, "give exactly one of 'text', 'embedding', 'id' (or upload an 'image')")
+        k = _k(body.get("k", 10))
+        what = given[0]
+        value = body[what]
+        if what == "text":
+            if not isinstance(value, str) or not value.strip():
+                raise Problem(422, "text must be a non-empty string")
+            if len(value) > limits.max_text:
+                raise Problem(422, f"text is {len(value)} characters, over the {limits.max_text} allowed")
+            return (lambda k: index.search_text(value, k)), k, {"text": value}
+        if what == "id":
+            if not isinstance(value, int) or isinstance(value, bool):
+                raise Problem(422, "id must be an integer")
+            if index.store.item(value) is None:
+                raise Problem(404, f"no item {value}")
+            return (lambda k: index.search_item(value, k)), k, {"id": value}
+        if not isinstance(value, list) or not all(isinstance(x, (int, float)) and not isinstance(x, bool)
+                                                   for x in value):
+            raise Problem(422, "embedding must be a list of numbers")
+        return (lambda k: index.search_vector(value, k)), k, {"embedding": len(value)}
+
+    @app.post("/search")
+    async def search(request: Request):
+        if state["waiting"] >= limits.max_waiting:
+            return JSONResponse({"error": "busy: too many searches waiting; try again shortly"}, status_code=503,
+                                headers={"Retry-After": "1"})
+        state["waiting"] += 1
+        try:
+            run, k, query = await _query(request)
+            started = time.perf_counter()
+            try:
+                hits = await run_in_threadpool(run, k)
+            except ValueError as e:
+                raise Problem(422, str(e)) from None
+            took = (time.perf_counter() - started) * 1000
+        finally:
+            state["waiting"] -= 1
+        return {"query": query, "k": k, "took_ms": round(took, 2),
+                "results": [{**h.to_dict(), "thumb": f"/thumb/{h.id}", "image": f"/image/{h.id}"} for h in hits]}
+
+    @app.get("/thumb/{item_id}")
+    async def thumb(item_id: int):
+        data = index.store.thumb(item_id)
+        if data is None:
+            raise Problem(404, f"no item {item_id}")
+        return Response(data, media_type="image/jpeg", headers={"Cache-Control": "max-age=3600"})
+
+    @app.get("/image/{item_id}")
+    async def image(item_id: int):
+        item = index.store.item(item_id)
+        if item is None:
+            raise Problem(404, f"no item {item_id}")
+        if item.path is None or not Path(item.path).is_file():
+            raise Problem(404, f"the original of item {item_id} is not a file on disk (only its thumbnail is served)")
+        media = mimetypes.guess_type(item.path)[0] or "application/octet-stream"
+        return FileResponse(item.path, media_type=media)
+
+    @app.get("/healthz")
+    async def healthz():
+        return {"status": "ok", "items": len(index), "model": index.store.model.get("name")}
+
+    @app.get("/metrics")
+    async def metrics():
+        return Response(generate_latest(registry), media_type=CONTENT_TYPE_LATEST)
+
+    @app.get("/", response_class=HTMLResponse)
+    async def home():
+        return page()
+
+    return _BodyLimit(app, limits.max_body)
+
+
+def serve(index: SearchIndex, host: str = "127.0.0.1", port: int = 8000, limits: Limits = Limits()) -> None:
+    uvicorn = require("uvicorn", "the search service", "search")
+
+    uvicorn.run(create_app(index, limits), host=host, port=port, log_level="info")
