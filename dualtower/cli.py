@@ -238,7 +238,8 @@ def _cmd_index(args) -> int:
     model = _model(args)
     report = build_index(args.data, model, args.out, engine=args.engine, batch_size=args.batch_size,
                          workers=args.workers, progress=True, model_source=_model_source(args.model),
-                         image_key=args.image_key, caption_key=args.caption_key)
+                         image_key=args.image_key, caption_key=args.caption_key, backend=args.backend, uri=args.uri,
+                         collection=args.collection)
     for key, reason, detail in report.skipped_list[:20]:
         print(f"skipped {key}: {reason} ({detail})", file=sys.stderr)
     if len(report.skipped_list) > 20:
@@ -428,6 +429,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, help="the index folder (created, or updated when it exists)")
     p.add_argument("--engine", choices=["auto", "flat", "ivf"], default="auto",
                    help="flat: exact; ivf: compressed codes with an exact re-rank; auto: flat up to 100,000 images")
+    p.add_argument("--backend", choices=["faiss", "milvus"],
+                   help="where the vectors are searched: FAISS in the index folder (the default for a new index) or "
+                        "a Milvus collection (pip install 'dualtower[milvus]')")
+    p.add_argument("--uri", help="milvus: a Milvus Lite file (default: INDEX/milvus.db) or a server's URL, e.g. "
+                                 "http://localhost:19530")
+    p.add_argument("--collection", default="dualtower", help="milvus: the collection's name")
     p.add_argument("--image-key", default="image", help="the image column of a captions file")
     p.add_argument("--caption-key", default="caption", help="the caption column of a captions file")
     p.add_argument("--batch-size", type=int, default=64, help="images per batch")

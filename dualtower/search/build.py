@@ -115,12 +115,16 @@ class _Records(torch.utils.data.Dataset):
 
 def build_index(spec: str, model, out: "str | os.PathLike", engine: str = "auto", batch_size: int = 64,
                 workers: int = 2, progress: bool = False, model_source: str | None = None,
-                image_key: str = "image", caption_key: str = "caption") -> BuildReport:
-    """Create or update the index at `out` with the images of data spec `spec`, embedded by `model`."""
+                image_key: str = "image", caption_key: str = "caption", backend: str | None = None,
+                uri: str | None = None, collection: str = "dualtower") -> BuildReport:
+    """Create or update the index at `out` with the images of data spec `spec`, embedded by `model`.
+    `backend="milvus"` keeps the vectors searched in a Milvus collection at `uri` (a Milvus Lite `.db` file,
+    by default `out/milvus.db`, or a server's URL) instead of FAISS."""
     started = time.monotonic()
     engines.choose(engine, 0)  # a bad name fails before any work
     model.eval()
-    store = Store.create(out, model_identity(model, model_source), model.cfg.embed_dim)
+    store = Store.create(out, model_identity(model, model_source), model.cfg.embed_dim,
+                         _backend(backend, uri, collection, Path(out)))
     try:
         source = open_source(spec, image_key, caption_key, captions=False)
         report = BuildReport()
@@ -149,18 +153,25 @@ def build_index(spec: str, model, out: "str | os.PathLike", engine: str = "auto"
         report.removed = store.remove(gone)
         _embed(store, source, todo, known, model, batch_size, workers, progress, report)
         store.compact()
-        generation = store.generation
-        built = engines.Engine.load(store.path, generation, store.vectors())
-        wanted = engines.choose(engine, store.count())
-        if built is None or built.kind != wanted:
-            rows, _ = store.live_rows()
-            built = engines.Engine.build(wanted, rows, store.vectors())
-            built.save(store.path, generation)
+        built = engines.ready(store, engine, save=True)
         report.items, report.engine = store.count(), built.kind
         report.seconds = time.monotonic() - started
         return report
     finally:
         store.close()
+
+
+def _backend(name: str | None, uri: str | None, collection: str, out: Path) -> dict | None:
+    if name in (None, "faiss"):
+        if uri is not None:
+            raise ValueError("--uri is for the Milvus backend (--backend milvus)")
+        return None if name is None else {"name": "faiss"}
+    if name != "milvus":
+        raise ValueError(f"backend {name!r} is not faiss or milvus")
+    uri = uri or str(out / "milvus.db")
+    if "://" not in uri:  # Milvus Lite: a local file, kept by its absolute path
+        uri = os.path.abspath(uri)
+    return {"name": "milvus", "uri": uri, "collection": collection}
 
 
 @torch.inference_mode()

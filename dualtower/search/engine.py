@@ -124,3 +124,22 @@ class Engine:
             return None
         index = faiss.deserialize_index(np.fromfile(path, dtype=np.uint8))
         return cls(meta["kind"], index, vectors)
+
+
+def ready(store, kind: str | None = None, save: bool = False):
+    """The engine for `store`'s current rows: the saved one when it is fresh (and of `kind`, when one is named),
+    else one built now (and saved with `save`). A Milvus-backed index syncs its collection instead."""
+    if store.backend.get("name") == "milvus":
+        from .milvus import MilvusEngine
+
+        return MilvusEngine.sync(store)
+    vectors = store.vectors()
+    built = Engine.load(store.path, store.generation, vectors)
+    wanted = choose(kind or "auto", store.count())
+    if built is not None and (kind is None or built.kind == wanted):
+        return built
+    rows, _ = store.live_rows()
+    built = Engine.build(wanted, rows, vectors)
+    if save:
+        built.save(store.path, store.generation)
+    return built

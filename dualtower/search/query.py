@@ -56,11 +56,7 @@ class SearchIndex:
     def refresh(self, engine: str | None = None) -> None:
         """Load the saved engine, or build one in memory where it is missing or stale."""
         store = self.store
-        vectors = store.vectors()
-        built = engines.Engine.load(store.path, store.generation, vectors)
-        if built is None or engine not in (None, "auto", built.kind):
-            rows, _ = store.live_rows()
-            built = engines.Engine.build(engine or "auto", rows, vectors)
+        built = engines.ready(store, engine)
         rows, ids = store.live_rows()
         row_to_id = np.full(store.rows, -1, dtype=np.int64)
         row_to_id[rows] = ids

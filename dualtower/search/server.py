@@ -81,7 +81,7 @@ def page() -> str:
 
 
 def create_app(index: SearchIndex, limits: Limits = Limits()):
-    for module in ("fastapi", "multipart", "prometheus_client"):
+    for module in ("fastapi", "python_multipart", "prometheus_client"):
         require(module, "the search service", "search")
     from fastapi import FastAPI, Request
     from fastapi.exceptions import RequestValidationError

@@ -85,19 +85,24 @@ class Store:
             self._recover()
 
     @classmethod
-    def create(cls, path: "str | os.PathLike", identity: dict, dim: int) -> "Store":
+    def create(cls, path: "str | os.PathLike", identity: dict, dim: int, backend: dict | None = None) -> "Store":
         """Open `path` for writing, creating it for `identity` (the model's) if it is new; an index built with
-        another model is refused."""
+        another model is refused. `backend`: where the vectors are searched ({"name": "faiss"} by default, or
+        {"name": "milvus", "uri": ..., "collection": ...}); an existing index keeps its own."""
         path = Path(path)
         manifest = path / MANIFEST
         if manifest.is_file():
             store = cls(path, writable=True)
             store.check_model(identity)
+            if backend is not None and backend != store.backend:
+                raise SearchIndexError(f"{path}: the index searches with {store.backend}, not {backend}; build a "
+                                       "new index for another backend")
             return store
         if path.exists() and any(path.iterdir()):
             raise SearchIndexError(f"{path}: exists and is not a dualtower index; choose a new or empty folder")
         path.mkdir(parents=True, exist_ok=True)
-        io.write_json(manifest, {"format": FORMAT, "version": VERSION, "dim": dim, "model": identity})
+        io.write_json(manifest, {"format": FORMAT, "version": VERSION, "dim": dim, "model": identity,
+                                 "backend": backend or {"name": "faiss"}})
         return cls(path, writable=True)
 
     # ------------------------------------------------------------------------------------------- identity
@@ -105,6 +110,10 @@ class Store:
     @property
     def model(self) -> dict:
         return self.manifest["model"]
+
+    @property
+    def backend(self) -> dict:
+        return self.manifest.get("backend") or {"name": "faiss"}
 
     def check_model(self, identity: dict) -> None:
         ours = self.model
