@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Sets up .venv in the project root.   scripts/setup.sh run   -> the library and its demo data
+# Sets up .venv in the project root.   scripts/setup.sh run   -> the library, its demo data and search
 #                                      scripts/setup.sh test  -> plus the reference implementations and pytest
 #
 # Which torch: dualtower needs torch >= 2.4 and never torchvision. The tests compare against open_clip_torch,
@@ -16,7 +16,7 @@ pip() { .venv/bin/python -m pip install --disable-pip-version-check -q "$@"; }
 case "$mode" in
   run)
     .venv/bin/python -c "import torch" 2>/dev/null || pip "torch==2.13.0" || pip "torch>=2.4"
-    pip -e ".[demo]"
+    pip -e ".[demo,search]"
     ;;
   test)
     .venv/bin/python -c "import torch, torchvision" 2>/dev/null || pip "torch==2.14.1" "torchvision==0.29.1"
