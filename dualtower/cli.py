@@ -89,6 +89,9 @@ def _model(args):
     import torch
 
     if getattr(args, "precision", "fp32") == "bf16":
+        from .checkpoint import weights_sha256
+
+        model.weights_sha256 = weights_sha256(model)  # the weights' identity (a search index's) is their fp32 one
         model.to(torch.bfloat16)  # weights in bf16; norms still compute in fp32, outputs are returned as fp32
     return model.to(_device(args))
 
@@ -249,10 +252,15 @@ def _cmd_index(args) -> int:
 
 
 def _open_index(args):
-    from .search import SearchIndex
+    from .search import SearchIndex, Store
 
-    model = _model(args) if args.model else None
-    return SearchIndex(args.index, model=model)
+    if not args.model:  # the model the index was built with, on this command's device and precision
+        store = Store(args.index)
+        args.model = store.model.get("source")
+        store.close()
+        if not args.model:
+            raise ValueError(f"{args.index}: the index does not say where its model came from; pass --model")
+    return SearchIndex(args.index, model=_model(args))
 
 
 def _cmd_search(args) -> int:

@@ -35,7 +35,9 @@ def model_identity(model, source: str | None = None) -> dict:
     from ..checkpoint import weights_sha256
 
     config = json.loads(json.dumps(model.cfg.to_dict()))  # as the manifest holds it: lists, not tuples
-    return {"name": model.cfg.name, "config": config, "weights_sha256": weights_sha256(model),
+    # A model cast to bf16 by the command line keeps the digest of the weights it was loaded with.
+    digest = getattr(model, "weights_sha256", None) or weights_sha256(model)
+    return {"name": model.cfg.name, "config": config, "weights_sha256": digest,
             "source": source}
 
 
