@@ -9,6 +9,7 @@ and the service under a bounded load on loopback. Each part prints the machine i
         not at them, as text queries are): recall@10 of the automatic engine (IVF-PQ with exact re-rank) against
         exact search, query latency p50/p99 for both, build time and resident memory.
     .venv/bin/python benchmarks/search.py load [--n 100000] [--rate 20] [--seconds 30] [--arch ViT-B-32]
+                                               [--precision fp32|bf16] [--engine auto|flat|ivf]
         `dualtower serve` (a subprocess, 127.0.0.1) over an index of n vectors, text queries at a fixed rate
         from a thread pool; latency p50/p99, queries/s sustained and errors. The text tower is a random-weight
         `--arch` (the cost of a real one); the vectors are clustered like those of `ann`.
@@ -19,7 +20,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import resource
 import statistics
 import subprocess
 import sys
@@ -42,12 +42,6 @@ def machine() -> str:
     return describe()
 
 
-def rss_mb() -> float:
-    """Resident memory now, in MB."""
-    with open("/proc/self/statm") as f:
-        return int(f.read().split()[1]) * resource.getpagesize() / 2**20
-
-
 def clustered(n: int, dim: int, seed: int = 0, clusters: int = 2000) -> np.ndarray:
     rng = np.random.default_rng(seed)
     centres = rng.normal(size=(clusters, dim)).astype(np.float32)
@@ -66,16 +60,20 @@ def near(vectors: np.ndarray, count: int, seed: int = 1) -> np.ndarray:
     return q / np.linalg.norm(q, axis=1, keepdims=True)
 
 
-def fill_store(path: Path, vectors: np.ndarray, identity: dict) -> None:
-    """An index of synthetic vectors (records named vec-N, no thumbnails), written through the Store."""
+def fill_store(path: Path, vectors: np.ndarray, identity: dict, engine: str = "auto") -> str:
+    """An index of synthetic vectors (records named vec-N, no thumbnails), written through the Store, with its
+    engine built and saved; returns the engine's kind."""
     from dualtower.search import Store
+    from dualtower.search.engine import ready
 
     store = Store.create(path, identity, vectors.shape[1])
     for lo in range(0, len(vectors), 50_000):
         part = vectors[lo: lo + 50_000]
         store.append(part, [{"key": f"vec-{lo + i}", "path": None, "size": None, "mtime_ns": None, "sha256": None,
                              "width": 0, "height": 0, "caption": None, "thumb": None} for i in range(len(part))])
+    kind = ready(store, engine, save=True).kind
     store.close()
+    return kind
 
 
 def bench_build(args) -> None:
@@ -125,13 +123,15 @@ def bench_ann(args) -> None:
         vectors.tofile(path)
         del vectors
         mapped = np.memmap(path, dtype=np.float16, mode="r", shape=(args.n, args.dim))
-        base = rss_mb()
+        import faiss
+
         t = time.perf_counter()
         ivf = Engine.build("auto", rows, mapped)
         build_s = time.perf_counter() - t
-        ivf_mb = rss_mb() - base
-        print(f"auto engine: {ivf.kind}, built in {build_s:.0f} s; resident memory after building: +{ivf_mb:.0f} MB "
-              f"(codes {ivf.ntotal * (args.dim // 8) / 2**20:.0f} MB; the float16 vectors stay on disk, mapped)")
+        size = faiss.serialize_index(ivf.index).nbytes / 2**20
+        print(f"auto engine: {ivf.kind}, built in {build_s:.0f} s; its index in memory {size:.0f} MB (codes, lists "
+              f"and centroids); the float16 vectors for the re-rank stay on disk, mapped "
+              f"({args.n * args.dim * 2 / 2**20:.0f} MB), only candidates' pages are read")
         t = time.perf_counter()
         flat = Engine.build("flat", rows, mapped)
         print(f"exact engine: built in {time.perf_counter() - t:.0f} s ({args.n * args.dim * 4 / 2**30:.1f} GiB "
@@ -172,11 +172,11 @@ def bench_load(args) -> None:
         dualtower.save(model, d / "model")
         identity = model_identity(model, str(d / "model"))
         t = time.perf_counter()
-        fill_store(d / "index", clustered(args.n, model.cfg.embed_dim), identity)
-        print(f"index of {args.n:,} vectors written in {time.perf_counter() - t:.0f} s")
+        kind = fill_store(d / "index", clustered(args.n, model.cfg.embed_dim), identity, args.engine)
+        print(f"index of {args.n:,} vectors ({kind}) written in {time.perf_counter() - t:.0f} s")
         port = 8000 + os.getpid() % 1000
-        server = subprocess.Popen([sys.executable, "-m", "dualtower", "serve", str(d / "index"), "--port", str(port)],
-                                  stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        server = subprocess.Popen([sys.executable, "-m", "dualtower", "serve", str(d / "index"), "--port", str(port),
+                                   "--precision", args.precision], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         try:
             url = f"http://127.0.0.1:{port}"
             deadline = time.monotonic() + 120
@@ -217,8 +217,8 @@ def bench_load(args) -> None:
                 th.join()
             elapsed = time.perf_counter() - start
             s = sorted(latencies)
-            print(f"{len(texts)} text queries at {args.rate}/s over {args.seconds} s to {args.arch}'s text tower and "
-                  f"{args.n:,} vectors (k=10):")
+            print(f"{len(texts)} text queries at {args.rate}/s over {args.seconds} s to {args.arch}'s text tower "
+                  f"({args.precision}) and {args.n:,} vectors (k=10):")
             print(f"  sustained {len(latencies) / elapsed:.1f} queries/s, errors {len(errors)}")
             print(f"  latency p50 {statistics.median(s):.1f} ms   p99 {s[int(0.99 * (len(s) - 1))]:.1f} ms   "
                   f"max {s[-1]:.1f} ms")
@@ -250,6 +250,8 @@ def main() -> None:
     p.add_argument("--rate", type=int, default=20)
     p.add_argument("--seconds", type=int, default=30)
     p.add_argument("--arch", default="ViT-B-32")
+    p.add_argument("--precision", choices=["fp32", "bf16"], default="fp32", help="the service's --precision")
+    p.add_argument("--engine", choices=["auto", "flat", "ivf"], default="auto")
     args = parser.parse_args()
     {"build": bench_build, "ann": bench_ann, "load": bench_load}[args.part](args)
 

@@ -129,6 +129,10 @@ def test_text_and_image_queries_agree_through_cli_api_and_http(trained, digits, 
             status, reply = server.search({"text": text, "k": 10})
             assert status == 200
             assert cli == api == [r["key"] for r in reply["results"]]
+        # The same model in bf16 is the same model: its weights digest is taken before the cast.
+        assert main(["search", str(out), QUERIES["three"], "-k", "10", "--json", "--precision", "bf16"]) == 0
+        bf16 = [h["key"] for h in json.loads(capsys.readouterr().out)]
+        assert Counter(_classes(bf16))["three"] >= 8
         # By image: a held-out file's own image finds itself first, then its class.
         path = next((digits / "seven").iterdir())
         api = index.search_image(dualtower.images.open_image(path), 10)
@@ -303,18 +307,25 @@ def test_http_limits_and_bad_input_get_json_errors_and_the_server_keeps_serving(
                      "/image/999999"):
             status, kind, data = server.request(path)
             assert status in (404, 422) and kind == "application/json" and b"root:" not in data, path
-        # Overload: past max_waiting, 503 at once; every other request succeeds.
-        results = []
+        # Overload: past max_waiting, 503 at once; every other request succeeds, with the answer it would get
+        # alone (text queries that arrive together are embedded and searched in one batch).
+        texts = list(QUERIES.values())
+        alone = {t: [h.key for h in index.search_text(t, 5)] for t in texts}
+        results, wrong = [], []
 
-        def hit():
-            results.append(server.search({"text": "a handwritten four", "k": 5})[0])
+        def hit(text):
+            status, reply = server.search({"text": text, "k": 5})
+            results.append(status)
+            if status == 200 and [r["key"] for r in reply["results"]] != alone[text]:
+                wrong.append(text)
 
-        threads = [threading.Thread(target=hit) for _ in range(24)]
+        threads = [threading.Thread(target=hit, args=(texts[i % len(texts)],)) for i in range(24)]
         for t in threads:
             t.start()
         for t in threads:
             t.join()
         assert set(results) <= {200, 503} and results.count(200) >= 2, Counter(results)
+        assert not wrong, wrong
         status, _, data = server.request("/healthz")
         assert status == 200 and json.loads(data)["status"] == "ok"
         assert server.search({"text": "a four", "k": 3})[0] == 200

@@ -40,6 +40,7 @@ class SearchIndex:
             self.store.check_model(model_identity(model))
         self.model = model.eval()
         self._lock = threading.Lock()
+        self._tokenizer = None
         self.refresh(engine)
 
     def _load_model(self):
@@ -67,12 +68,18 @@ class SearchIndex:
 
     # ------------------------------------------------------------------------------------------ embedding
 
-    def embed_text(self, text: str) -> np.ndarray:
-        from ..tokenizer import get_tokenizer
+    def embed_texts(self, texts: list[str]) -> np.ndarray:
+        """(N, E): several texts in one batch (a service batches the queries that arrive together)."""
+        if self._tokenizer is None:
+            from ..tokenizer import get_tokenizer
 
-        ids = get_tokenizer(self.model)([text])
+            self._tokenizer = get_tokenizer(self.model)
+        ids = self._tokenizer(list(texts))
         with self._lock, torch.inference_mode():
-            return self.model.encode_text(ids, normalize=True).float().numpy()[0]
+            return self.model.encode_text(ids, normalize=True).float().numpy()
+
+    def embed_text(self, text: str) -> np.ndarray:
+        return self.embed_texts([text])[0]
 
     def embed_image(self, image) -> np.ndarray:
         from .. import get_transform
@@ -89,21 +96,30 @@ class SearchIndex:
 
     # ------------------------------------------------------------------------------------------- searching
 
-    def search_vector(self, vector: np.ndarray, k: int = 10) -> list[Hit]:
-        v = np.asarray(vector, dtype=np.float32).reshape(-1)
-        if v.shape[0] != self.store.dim or not np.isfinite(v).all():
-            raise ValueError(f"an embedding of {self.store.dim} finite numbers is needed, got {v.shape[0]}")
-        norm = float(np.linalg.norm(v))
-        if norm == 0:
+    def search_vectors(self, vectors: np.ndarray, k: int = 10) -> list[list[Hit]]:
+        """The k nearest items of each row of `vectors` (any scale: each is normalised), in one engine call."""
+        v = np.asarray(vectors, dtype=np.float32)
+        if v.ndim != 2 or v.shape[1] != self.store.dim or not np.isfinite(v).all():
+            raise ValueError(f"an embedding of {self.store.dim} finite numbers is needed, got "
+                             f"{v.shape[-1] if v.ndim else 0}")
+        norms = np.linalg.norm(v, axis=1, keepdims=True)
+        if (norms == 0).any():
             raise ValueError("the embedding is all zeros")
-        scores, rows = self.engine.search((v / norm)[None], k)
-        found = [(float(s), int(self.row_to_id[r])) for s, r in zip(scores[0], rows[0]) if r >= 0]
-        items = self.store.items([i for _, i in found])
-        return [Hit(i, s, it.key, it.path, it.caption, it.width, it.height)
-                for s, i in found if (it := items.get(i)) is not None]
+        scores, rows = self.engine.search(v / norms, k)
+        found = [[(float(s), int(self.row_to_id[r])) for s, r in zip(srow, rrow) if r >= 0]
+                 for srow, rrow in zip(scores, rows)]
+        items = self.store.items(sorted({i for f in found for _, i in f}))
+        return [[Hit(i, s, it.key, it.path, it.caption, it.width, it.height)
+                 for s, i in f if (it := items.get(i)) is not None] for f in found]
+
+    def search_vector(self, vector: np.ndarray, k: int = 10) -> list[Hit]:
+        return self.search_vectors(np.asarray(vector, dtype=np.float32).reshape(1, -1), k)[0]
+
+    def search_texts(self, texts: list[str], k: int = 10) -> list[list[Hit]]:
+        return self.search_vectors(self.embed_texts(texts), k)
 
     def search_text(self, text: str, k: int = 10) -> list[Hit]:
-        return self.search_vector(self.embed_text(text), k)
+        return self.search_texts([text], k)[0]
 
     def search_image(self, image, k: int = 10) -> list[Hit]:
         return self.search_vector(self.embed_image(image), k)

@@ -14,9 +14,12 @@ an unknown id 404, and more requests waiting for the model than `max_waiting` 50
 neither memory nor time). The model runs one query at a time in a worker thread.
 """
 
+import asyncio
 import json
 import mimetypes
+import threading
 import time
+from concurrent.futures import Future
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
@@ -76,6 +79,44 @@ async def _send_error(send, status: int, message: str) -> None:
     await send({"type": "http.response.body", "body": data})
 
 
+class _TextBatcher:
+    """Text queries that arrive while the model is busy are embedded and searched together, in one batch (up
+    to `max_batch`): under load each query waits for at most one batch ahead of it, and the batch costs little
+    more than one query."""
+
+    def __init__(self, index: SearchIndex, max_batch: int = 32):
+        import queue
+
+        self.index, self.max_batch = index, max_batch
+        self.queue: "queue.Queue" = queue.Queue()
+        self.thread = threading.Thread(target=self._run, name="dualtower-text-batcher", daemon=True)
+        self.thread.start()
+
+    def submit(self, text: str, k: int) -> Future:
+        future: Future = Future()
+        self.queue.put((text, k, future))
+        return future
+
+    def _run(self) -> None:
+        import queue
+
+        while True:
+            batch = [self.queue.get()]
+            while len(batch) < self.max_batch:
+                try:
+                    batch.append(self.queue.get_nowait())
+                except queue.Empty:
+                    break
+            try:
+                hits = self.index.search_texts([t for t, _, _ in batch], max(k for _, k, _ in batch))
+                for (_, k, future), h in zip(batch, hits):
+                    future.set_result(h[:k])
+            except Exception as e:  # every waiting request hears of it
+                for _, _, future in batch:
+                    if not future.done():
+                        future.set_exception(e)
+
+
 def page() -> str:
     return resources.files("dualtower.search").joinpath("static/index.html").read_text(encoding="utf-8")
 
@@ -101,6 +142,7 @@ def create_app(index: SearchIndex, limits: Limits = Limits()):
     items = Gauge("dualtower_index_items", "images in the index", registry=registry)
     items.set_function(lambda: len(index))
     state = {"waiting": 0}
+    texts = _TextBatcher(index)
 
     class Problem(Exception):
         def __init__(self, status: int, message: str):
@@ -176,7 +218,7 @@ def create_app(index: SearchIndex, limits: Limits = Limits()):
                 raise Problem(422, "text must be a non-empty string")
             if len(value) > limits.max_text:
                 raise Problem(422, f"text is {len(value)} characters, over the {limits.max_text} allowed")
-            return (lambda k: index.search_text(value, k)), k, {"text": value}
+            return ("text", value), k, {"text": value}
         if what == "id":
             if not isinstance(value, int) or isinstance(value, bool):
                 raise Problem(422, "id must be an integer")
@@ -198,7 +240,10 @@ def create_app(index: SearchIndex, limits: Limits = Limits()):
             run, k, query = await _query(request)
             started = time.perf_counter()
             try:
-                hits = await run_in_threadpool(run, k)
+                if isinstance(run, tuple):  # a text: batched with the others waiting
+                    hits = await asyncio.wrap_future(texts.submit(run[1], k))
+                else:
+                    hits = await run_in_threadpool(run, k)
             except ValueError as e:
                 raise Problem(422, str(e)) from None
             took = (time.perf_counter() - started) * 1000
