@@ -84,7 +84,8 @@ class SearchIndex:
     def embed_image(self, image) -> np.ndarray:
         from .. import get_transform
 
-        pixels = get_transform(self.model)(image)[None]
+        param = next(self.model.parameters())
+        pixels = get_transform(self.model)(image)[None].to(param.device)
         with self._lock, torch.inference_mode():
             return self.model.encode_image(pixels, normalize=True).float().numpy()[0]
 
