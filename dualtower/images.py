@@ -15,7 +15,6 @@ import os
 import random
 
 import numpy as np
-import torch
 from PIL import Image, ImageOps
 
 from .config import PreprocessConfig
@@ -117,8 +116,8 @@ class ImageTransform:
 
     def __init__(self, cfg: PreprocessConfig):
         self.cfg = cfg
-        self.mean = torch.tensor(cfg.mean).view(3, 1, 1)
-        self.std = torch.tensor(cfg.std).view(3, 1, 1)
+        self.mean = np.array(cfg.mean, dtype=np.float32).reshape(3, 1, 1)
+        self.std = np.array(cfg.std, dtype=np.float32).reshape(3, 1, 1)
 
     def resize_and_crop(self, image: Image.Image) -> Image.Image:
         size = self.cfg.image_size
@@ -140,9 +139,20 @@ class ImageTransform:
             left, top = int(round((new[0] - size) / 2.0)), int(round((new[1] - size) / 2.0))
         return image.crop((left, top, left + size, top + size))
 
-    def to_tensor(self, image: Image.Image) -> torch.Tensor:
-        pixels = torch.from_numpy(np.asarray(image, dtype=np.uint8).copy()).permute(2, 0, 1)  # (3, S, S)
-        return (pixels.float() / 255.0 - self.mean) / self.std
+    def to_array(self, image: Image.Image) -> np.ndarray:
+        """(3, S, S) float32, scaled and normalised; the same float32 operations as torchvision's ToTensor and
+        Normalize, so the values are identical."""
+        pixels = np.asarray(image, dtype=np.uint8).transpose(2, 0, 1)  # (3, S, S)
+        return (pixels.astype(np.float32) / np.float32(255.0) - self.mean) / self.std
+
+    def to_tensor(self, image: Image.Image) -> "torch.Tensor":
+        import torch
+
+        return torch.from_numpy(np.ascontiguousarray(self.to_array(image)))
+
+    def array(self, image: Image.Image) -> np.ndarray:
+        """The transform without torch: (3, S, S) float32 (what an ONNX Runtime session takes)."""
+        return self.to_array(self.rgb_after(self.resize_and_crop(self.rgb_before(image))))
 
     def rgb_before(self, image: Image.Image) -> Image.Image:
         """The conversion to RGB a reference makes before resizing (none for open_clip's rule)."""

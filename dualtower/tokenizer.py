@@ -21,7 +21,6 @@ from importlib import resources
 from typing import Sequence
 
 import numpy as np
-import torch
 
 SOT = "<start_of_text>"
 EOT = "<end_of_text>"
@@ -212,7 +211,13 @@ class ClipTokenizer:
         flat, ends = self._words_seen.gather(rows)
         self._chunks.add(chunks, flat, np.diff(_text_ends(ends, rows, len(chunks)), prepend=0))
 
-    def __call__(self, texts: str | Sequence[str], context_length: int | None = None) -> torch.Tensor:
+    def __call__(self, texts: str | Sequence[str], context_length: int | None = None) -> "torch.Tensor":
+        import torch
+
+        return torch.from_numpy(self.numpy(texts, context_length))
+
+    def numpy(self, texts: str | Sequence[str], context_length: int | None = None) -> np.ndarray:
+        """(B, L) int64 as a numpy array (what a runtime without torch feeds ONNX Runtime)."""
         if isinstance(texts, str):
             texts = [texts]
         if not set(map(type, texts)) <= {str}:
@@ -233,7 +238,7 @@ class ClipTokenizer:
             place, flat = place[keep], flat[keep]
         result.reshape(-1)[place] = flat
         result[np.arange(len(texts)), np.minimum(counts, length - 2) + 1] = self.eot_id
-        return torch.from_numpy(result)
+        return result
 
     def decode(self, ids: Sequence[int]) -> str:
         """Text of the ids up to the first end token (BPE does not keep case or whitespace runs)."""

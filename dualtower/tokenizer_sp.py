@@ -19,7 +19,7 @@ import string
 from pathlib import Path
 from typing import Sequence
 
-import torch
+import numpy as np
 
 SPIECE_UNDERLINE = "\u2581"
 _PUNCTUATION = str.maketrans("", "", string.punctuation)
@@ -79,11 +79,16 @@ class SentencePieceTokenizer:
             pieces = pieces[1:]
         return [self.special[p] if p in self.special else self.sp.piece_to_id(p) for p in pieces]
 
-    def __call__(self, texts: "str | Sequence[str]", context_length: int | None = None) -> torch.Tensor:
+    def __call__(self, texts: "str | Sequence[str]", context_length: int | None = None) -> "torch.Tensor":
         """(B, L) int64: each text's ids, cut to leave room for the end token, ended and padded to L."""
+        import torch
+
+        return torch.from_numpy(self.numpy(texts, context_length))
+
+    def numpy(self, texts: "str | Sequence[str]", context_length: int | None = None) -> np.ndarray:
         texts = [texts] if isinstance(texts, str) else list(texts)
         length = context_length or self.context_length
-        out = torch.full((len(texts), length), self.pad_id, dtype=torch.long)
+        out = np.full((len(texts), length), self.pad_id, dtype=np.int64)
         for row, text in enumerate(texts):
             if not isinstance(text, str):
                 raise TypeError(f"texts[{row}] is {type(text).__name__}, not str")
@@ -91,5 +96,5 @@ class SentencePieceTokenizer:
             ids = ids[: max(0, length - 1)] if len(ids) + 1 > length else ids
             if not ids or ids[-1] != self.eos_id:
                 ids.append(self.eos_id)
-            out[row, : len(ids)] = torch.tensor(ids[:length])
+            out[row, : len(ids)] = ids[:length]
         return out
