@@ -89,8 +89,9 @@ def test_vision_only_load_of_a_whole_checkpoint(tmp_path):
         assert torch.equal(vision.encode_image(pixels), model.encode_image(pixels))
     dualtower.save(model, tmp_path / "ours")
     assert dualtower.load(tmp_path / "ours", towers="vision").text is None
+    assert dualtower.load(tmp_path / "ours", towers="text").visual is None  # a text-only model (issue 18)
     with pytest.raises(ValueError, match="towers="):
-        dualtower.load(tmp_path / "ours", towers="text")
+        dualtower.load(tmp_path / "ours", towers="image")
 
 
 def test_detection_names_the_candidates_and_source_decides(tmp_path):

@@ -1,0 +1,242 @@
+"""Export the towers for deployment without PyTorch: ONNX (run by ONNX Runtime, `dualtower.onnx`) or torch.export
+programs (`.pt2`).
+
+    export(model, out, format="onnx", precision="fp32", normalize=False, opset=18)
+
+writes into the folder `out`:
+
+    image.onnx   pixels (B, 3, S, S) float32 -> image_embeds (B, E); B dynamic
+    text.onnx    ids (B, L) int64 -> text_embeds (B, E); B and L dynamic (L <= the context length), pooled
+                 inside the graph at each row's own position (its first end-of-text token, or the model's rule)
+    config.json  the model's config (preprocessing included), the inputs and outputs, precision, normalisation
+    tokenizer files and a README.md for someone who has no PyTorch
+
+A vision-only model writes no text.onnx, a text-only one no image.onnx. `precision`: "fp32"; "fp16" (weights and
+activations in half precision, inputs and outputs float32); "int8" (ONNX Runtime's dynamic quantisation of the
+matrix products' weights, activations quantised per call). `normalize=True` puts the L2 normalisation in the
+graphs.
+
+The text graph takes any length up to the context length: a caller may cut the padding after the longest
+pooled position (the runtime does), which under the causal mask changes nothing. Rows with no end-of-text token
+are the caller's to refuse (the runtime does) since a graph cannot raise.
+"""
+
+from __future__ import annotations
+
+import copy
+import os
+import shutil
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from . import io
+from .errors import require
+
+FORMATS = ("onnx", "torch-export")
+PRECISIONS = ("fp32", "fp16", "int8")
+FORMAT_NAME = "dualtower-export"
+VERSION = 1
+
+
+class ExportError(ValueError):
+    """A model or option that cannot be exported exactly; the message names the part."""
+
+
+class ImageGraph(nn.Module):
+    def __init__(self, model, normalize: bool):
+        super().__init__()
+        self.visual, self.normalize = model.visual, normalize
+
+    def forward(self, pixels: torch.Tensor) -> torch.Tensor:
+        x = self.visual(pixels)
+        return F.normalize(x, dim=-1) if self.normalize else x
+
+
+class TextGraph(nn.Module):
+    """The text tower without its data-dependent checks and trimming: pooling positions come from the ids."""
+
+    def __init__(self, model, normalize: bool):
+        super().__init__()
+        self.text, self.normalize = model.text, normalize
+
+    def forward(self, ids: torch.Tensor) -> torch.Tensor:
+        t = self.text
+        cfg = t.cfg
+        if cfg.pool == "eot":
+            at = (ids == cfg.eot_id).int().argmax(dim=1)
+        elif cfg.pool == "argmax":
+            at = ids.argmax(dim=1)
+        elif cfg.pool == "last":
+            at = torch.full_like(ids[:, 0], ids.shape[1] - 1)
+        else:
+            at = torch.zeros_like(ids[:, 0])
+        length = ids.shape[1]
+        x = t.token_embed(ids) + t.pos_embed[:length]
+        x = t.transformer(x)
+        pooled = x[torch.arange(x.shape[0], device=x.device), at]
+        out = t.head(t.norm(pooled))
+        return F.normalize(out, dim=-1) if self.normalize else out
+
+
+@dataclass
+class ExportReport:
+    out: Path
+    files: dict[str, int] = field(default_factory=dict)  # name -> bytes
+    seconds: float = 0.0
+
+    def summary(self) -> str:
+        sizes = ", ".join(f"{n} {b / 2**20:.1f} MB" for n, b in self.files.items())
+        return f"{self.out}: {sizes} in {self.seconds:.1f} s"
+
+
+def check_exportable(model) -> None:
+    """Refuse what an export would not reproduce, naming the part. (Training-time parts, dropout, drop path and
+    patch dropout, are identities in eval mode, which the export uses.)"""
+    if model.text is not None and model.text.cfg.pool == "eot" and not 0 <= model.text.cfg.eot_id < \
+            model.text.cfg.vocab_size:
+        raise ExportError(f"text: pooling at end-of-text id {model.text.cfg.eot_id}, outside the vocabulary")
+
+
+def export(model, out: "str | os.PathLike", format: str = "onnx", precision: str = "fp32", normalize: bool = False,
+           opset: int = 18) -> ExportReport:
+    if format not in FORMATS:
+        raise ValueError(f"format {format!r} is not one of {FORMATS}")
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision {precision!r} is not one of {PRECISIONS}")
+    if format == "torch-export" and precision != "fp32":
+        raise ValueError("torch-export writes fp32 programs; --precision is for ONNX")
+    started = time.monotonic()
+    model = copy.deepcopy(model).float().eval().cpu()  # the caller's model keeps its dtype, device and mode
+    model.set_grad_checkpointing(False)
+    check_exportable(model)
+    out = Path(out)
+    if out.exists() and not out.is_dir():
+        raise ValueError(f"{out}: exists and is not a folder")
+    graphs = {}
+    if model.visual is not None:
+        size = model.cfg.vision.image_size
+        graphs["image"] = (ImageGraph(model, normalize).eval(), torch.zeros(2, 3, size, size), "pixels",
+                           "image_embeds")
+    if model.text is not None:
+        ids = _example_ids(model)
+        graphs["text"] = (TextGraph(model, normalize).eval(), ids, "ids", "text_embeds")
+    with io.atomic_directory(out, replaceable=lambda d: (d / "config.json").is_file() or not any(d.iterdir())) as tmp:
+        files = {}
+        for name, (graph, example, input_name, output_name) in graphs.items():
+            if format == "onnx":
+                path = tmp / f"{name}.onnx"
+                _to_onnx(graph, example, input_name, output_name, path, opset, name == "text")
+                if precision != "fp32":
+                    _lower(path, precision)
+            else:
+                path = tmp / f"{name}.pt2"
+                dims = _dims(example, name == "text", graph)
+                with torch.no_grad():
+                    program = torch.export.export(graph, (example,), dynamic_shapes=(dims,))
+                torch.export.save(program, path)
+            files[path.name] = path.stat().st_size
+        _write_side_files(model, tmp, out.name, format, precision, normalize, opset, graphs)
+    report = ExportReport(out, files, time.monotonic() - started)
+    return report
+
+
+def _example_ids(model) -> torch.Tensor:
+    cfg = model.text.cfg
+    length = min(cfg.context_length, 8)
+    ids = torch.randint(1, max(2, min(cfg.vocab_size, 1000)), (2, length))
+    if cfg.pool == "eot":
+        ids = torch.where(ids == cfg.eot_id, torch.ones_like(ids), ids)
+        ids[0, length - 1] = cfg.eot_id
+        ids[1, length // 2] = cfg.eot_id
+    return ids
+
+
+def _dims(example: torch.Tensor, text: bool, graph) -> dict:
+    batch = torch.export.Dim("batch", min=1, max=65536)
+    if not text:
+        return {0: batch}
+    return {0: batch, 1: torch.export.Dim("length", min=1, max=graph.text.cfg.context_length)}
+
+
+def _to_onnx(graph, example, input_name: str, output_name: str, path: Path, opset: int, text: bool) -> None:
+    require("onnxscript", "ONNX export", "onnx")
+    import logging
+    import warnings
+
+    with warnings.catch_warnings(), torch.no_grad():
+        warnings.simplefilter("ignore")
+        logging.getLogger("torch.onnx").setLevel(logging.ERROR)
+        program = torch.onnx.export(graph, (example,), dynamo=True, opset_version=opset, verbose=False,
+                                    input_names=[input_name], output_names=[output_name],
+                                    dynamic_shapes={input_name: _dims(example, text, graph)})
+    program.save(str(path))  # one file: the weights inside (towers up to 2 GB)
+
+
+def _lower(path: Path, precision: str) -> None:
+    if precision == "int8":
+        quantization = require("onnxruntime.quantization", "int8 export", "onnx")
+        tmp = path.with_suffix(".int8.onnx")
+        import logging
+
+        root, level = logging.getLogger(), logging.getLogger().level
+        root.setLevel(logging.ERROR)  # its advice to pre-process is for models with dynamic shapes it cannot infer
+        try:
+            quantization.quantize_dynamic(str(path), str(tmp), weight_type=quantization.QuantType.QInt8,
+                                          op_types_to_quantize=["MatMul", "Gemm"])
+        finally:
+            root.setLevel(level)
+        os.replace(tmp, path)
+        return
+    onnx = require("onnx", "fp16 export", "onnx")
+    float16 = require("onnxruntime.transformers.float16", "fp16 export", "onnx")
+    model = float16.convert_float_to_float16(onnx.load(str(path)), keep_io_types=True)
+    onnx.save(model, str(path))
+
+
+def _write_side_files(model, directory: Path, name: str, format: str, precision: str, normalize: bool, opset: int,
+                      graphs: dict) -> None:
+    from importlib import resources
+
+    cfg = model.cfg
+    ext = "onnx" if format == "onnx" else "pt2"
+    io.write_json(directory / "config.json", {
+        "format": FORMAT_NAME, "version": VERSION, "runtime": format, "precision": precision,
+        "normalized": normalize, "opset": opset if format == "onnx" else None,
+        "graphs": {name: {"file": f"{name}.{ext}", "input": g[2], "output": g[3]} for name, g in graphs.items()},
+        "model": cfg.to_dict(),
+    })
+    if cfg.text is not None:
+        if cfg.tokenizer == "clip-bpe":  # OpenAI's vocabulary (MIT), for clients in other languages
+            for asset in ("bpe_simple_vocab_16e6.txt.gz", "NOTICE"):
+                data = resources.files("dualtower").joinpath(f"assets/{asset}").read_bytes()
+                (directory / asset).write_bytes(data)
+        elif model.tokenizer_files is not None:
+            for file in ("spiece.model", "tokenizer_config.json", "special_tokens_map.json"):
+                if (model.tokenizer_files / file).is_file():
+                    shutil.copyfile(model.tokenizer_files / file, directory / file)
+    p = cfg.preprocess
+    resize = (f"shortest side to {p.image_size} ({p.interpolation}), center crop {p.image_size} x {p.image_size}"
+              if p.resize_mode == "shortest" else f"both sides to {p.image_size} ({p.interpolation})")
+    scaled = "L2-normalised" if normalize else "not normalised (divide each row by its L2 norm before comparing)"
+    listing = "".join(f"- `{name}.{ext}`: `{g[2]}` -> `{g[3]}`\n" for name, g in graphs.items())
+    io.write_text(directory / "README.md", f"""# {cfg.name}, exported by dualtower ({format}, {precision})
+
+Run with ONNX Runtime and no PyTorch: `pip install onnxruntime numpy pillow`, and for the tokenizer and the
+image preprocessing `pip install --no-deps dualtower` plus `tokenizers ftfy regex sentencepiece`. Then:
+
+    import dualtower.onnx
+    model = dualtower.onnx.load("{name}")
+    image_embeds = model.embed_images([PIL.Image.open("cat.jpg")])   # (N, {cfg.embed_dim})
+    text_embeds = model.embed_texts(["a photo of a cat"])              # (N, {cfg.embed_dim})
+
+Graphs (batch and text length dynamic):
+{listing}
+Image preprocessing, if you write your own: RGB; resize {resize};
+scale to 0..1, subtract mean {list(p.mean)}, divide by std {list(p.std)};
+channels first, float32. Outputs are {scaled}. config.json holds the model config.
+""")

@@ -1,0 +1,128 @@
+"""Running exported towers on ONNX Runtime, without PyTorch (`dualtower export --format onnx` writes them).
+
+    model = dualtower.onnx.load("exported")
+    model.embed_images([PIL images])      -> (N, E) float32, L2-normalised
+    model.embed_texts(["a photo of a cat"]) -> (N, E)
+    model.encode_image(pixels) / model.encode_text(ids)   numpy in, numpy out, like DualEncoder's
+
+This module imports numpy, Pillow, onnxruntime and dualtower's tokenizers and preprocessing, never torch.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+
+from .config import ModelConfig
+from .errors import require
+
+
+class OnnxModel:
+    """The towers of an export folder, each an ONNX Runtime session. `threads`: intra-op threads (default:
+    ONNX Runtime's choice); `providers`: e.g. ["CUDAExecutionProvider", "CPUExecutionProvider"]."""
+
+    def __init__(self, directory: "str | os.PathLike", threads: int | None = None,
+                 providers: list[str] | None = None):
+        ort = require("onnxruntime", "running exported models", "onnx")
+        self.directory = Path(directory)
+        config = self.directory / "config.json"
+        if not config.is_file():
+            raise ValueError(f"{self.directory}: not a dualtower export (no config.json)")
+        meta = json.loads(config.read_text(encoding="utf-8"))
+        if meta.get("format") != "dualtower-export" or meta.get("runtime") != "onnx":
+            raise ValueError(f"{self.directory}: config.json is not a dualtower ONNX export")
+        self.meta = meta
+        self.cfg = ModelConfig.from_dict(meta["model"])
+        self.normalized = bool(meta.get("normalized"))
+        options = ort.SessionOptions()
+        if threads:
+            options.intra_op_num_threads = threads
+        self.sessions = {}
+        for name, graph in meta["graphs"].items():
+            path = self.directory / graph["file"]
+            if not path.is_file():
+                raise ValueError(f"{self.directory}: {graph['file']} is missing")
+            self.sessions[name] = ort.InferenceSession(str(path), options,
+                                                       providers=providers or ["CPUExecutionProvider"])
+        self.tokenizer_files = self.directory if (self.directory / "spiece.model").is_file() else None
+        self._transform = None
+        self._tokenizer = None
+
+    # --------------------------------------------------------------------------------------- numpy in, out
+
+    def encode_image(self, pixels: np.ndarray, normalize: bool = False) -> np.ndarray:
+        if "image" not in self.sessions:
+            raise ValueError(f"{self.cfg.name}: the export has no image tower")
+        x = np.ascontiguousarray(pixels, dtype=np.float32)
+        size = self.cfg.vision.image_size
+        if x.ndim != 4 or x.shape[1:] != (3, size, size):
+            raise ValueError(f"pixels must be (B, 3, {size}, {size}), got {tuple(x.shape)}")
+        out = self.sessions["image"].run(None, {"pixels": x})[0]
+        return _normalize(out) if normalize and not self.normalized else out
+
+    def encode_text(self, ids: np.ndarray, normalize: bool = False) -> np.ndarray:
+        """ids (B, L) int64. Under a causal mask the padding after each row's pooled token changes nothing, so
+        the batch is cut after its longest one, as the PyTorch tower does."""
+        if "text" not in self.sessions:
+            raise ValueError(f"{self.cfg.name}: the export has no text tower")
+        ids = np.asarray(ids, dtype=np.int64)
+        cfg = self.cfg.text
+        if ids.ndim != 2 or not 1 <= ids.shape[1] <= cfg.context_length:
+            raise ValueError(f"token ids must be (B, L) with L <= {cfg.context_length}, got {tuple(ids.shape)}")
+        if cfg.pool == "eot":
+            is_eot = ids == cfg.eot_id
+            missing = np.flatnonzero(~is_eot.any(axis=1))
+            if missing.size:
+                raise ValueError(f"text rows {missing.tolist()} have no end-of-text token (id {cfg.eot_id})")
+            at = is_eot.argmax(axis=1)
+        elif cfg.pool == "argmax":
+            at = ids.argmax(axis=1)
+        elif cfg.pool == "last":
+            at = np.full(len(ids), ids.shape[1] - 1)
+        else:
+            at = np.zeros(len(ids), dtype=np.int64)
+        if cfg.causal and len(ids):
+            ids = ids[:, : int(at.max()) + 1]
+        out = self.sessions["text"].run(None, {"ids": np.ascontiguousarray(ids)})[0]
+        return _normalize(out) if normalize and not self.normalized else out
+
+    # ------------------------------------------------------------------------------------ images and texts
+
+    @property
+    def transform(self):
+        if self._transform is None:
+            from .images import ImageTransform
+
+            self._transform = ImageTransform(self.cfg.preprocess)
+        return self._transform
+
+    @property
+    def tokenizer(self):
+        if self._tokenizer is None:
+            from .tokenizer import get_tokenizer
+
+            self._tokenizer = get_tokenizer(self)
+        return self._tokenizer
+
+    def embed_images(self, images, batch_size: int = 32) -> np.ndarray:
+        """(N, E), L2-normalised, from PIL images (any mode: each model's own RGB rule applies)."""
+        out = [self.encode_image(np.stack([self.transform.array(im) for im in images[i: i + batch_size]]), True)
+               for i in range(0, len(images), batch_size)]
+        return np.concatenate(out) if out else np.zeros((0, self.cfg.embed_dim), np.float32)
+
+    def embed_texts(self, texts: list[str], batch_size: int = 256) -> np.ndarray:
+        out = [self.encode_text(self.tokenizer.numpy(texts[i: i + batch_size]), True)
+               for i in range(0, len(texts), batch_size)]
+        return np.concatenate(out) if out else np.zeros((0, self.cfg.embed_dim), np.float32)
+
+
+def _normalize(x: np.ndarray) -> np.ndarray:
+    x = x.astype(np.float32)
+    return x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
+
+
+def load(directory: "str | os.PathLike", threads: int | None = None, providers: list[str] | None = None) -> OnnxModel:
+    return OnnxModel(directory, threads, providers)
