@@ -235,6 +235,16 @@ def _model_source(name: str) -> str:
     return os.path.abspath(name) if os.path.exists(name) else name
 
 
+def _cmd_export(args) -> int:
+    from .export import export
+
+    model = _model(args)
+    report = export(model, args.out, format=args.format, precision=args.precision_out, normalize=args.normalize,
+                    opset=args.opset)
+    print(f"wrote {report.summary()}")
+    return 0
+
+
 def _cmd_index(args) -> int:
     from .search import build_index
 
@@ -430,6 +440,18 @@ def build_parser() -> argparse.ArgumentParser:
                    help="FILE.safetensors: tensors layer<N> (tiles, tokens, width); metadata images, tiles_per_image")
     p.add_argument("images", nargs="+", help="image files")
     p.set_defaults(func=_cmd_features)
+
+    p = sub.add_parser("export", help="export the towers for deployment: ONNX (ONNX Runtime) or torch.export")
+    p.add_argument("model", help="a checkpoint, hf-hub:ORG/NAME, a name from `dualtower models`, or an "
+                                 "architecture name for random weights")
+    p.add_argument("out", help="the folder to write (image.onnx, text.onnx, config.json, tokenizer files, README)")
+    p.add_argument("--arch", help="the architecture of a bare state dict checkpoint")
+    p.add_argument("--format", choices=["onnx", "torch-export"], default="onnx", help="what to write")
+    p.add_argument("--precision", dest="precision_out", choices=["fp32", "fp16", "int8"], default="fp32",
+                   help="ONNX: fp16 weights and activations, or int8 (dynamic quantisation of the matrix products)")
+    p.add_argument("--normalize", action="store_true", help="L2-normalise the embeddings inside the graphs")
+    p.add_argument("--opset", type=int, default=18, help="the ONNX opset")
+    p.set_defaults(func=_cmd_export)
 
     p = sub.add_parser("index", help="build or update a search index of the images of a data spec")
     p.add_argument("data", help="a folder of images, a captions file, tar shards or builtin:NAME")

@@ -1,0 +1,161 @@
+"""Export to ONNX and torch.export, run on ONNX Runtime: equal to PyTorch for every family (CLIP, quick-GELU, EVA02's
+2-D RoPE, SigLIP's attention-pool head, InternViT's RMSNorm / QK-norm / layer scale, InternVL-C's head), at two
+batch sizes and two text lengths (one longer than the example the graph was exported with); fp16 and int8 close
+to fp32; the runtime imports no torch."""
+
+import json
+import subprocess
+import sys
+from dataclasses import replace
+
+import numpy as np
+import pytest
+import torch
+
+import dualtower
+from dualtower.archs import get_config
+from dualtower.cli import main
+from dualtower.export import export
+
+from .conftest import CAPTIONS
+
+pytest.importorskip("onnxruntime")
+pytest.importorskip("onnxscript")
+
+
+def _small(name: str):
+    cfg = get_config(name)
+    block = dict(width=64, depth=2, heads=4, mlp_dim=128)
+    v = replace(cfg.vision, image_size=28, patch_size=14, **block)
+    if v.pool_heads:
+        v = replace(v, pool_heads=4)
+    text = replace(cfg.text, context_length=24, **block) if cfg.text is not None else None
+    return cfg.replace(name=f"small-{name}", embed_dim=64, vision=v, text=text,
+                       preprocess=replace(cfg.preprocess, image_size=28))
+
+
+def _perturbed(cfg, seed=0):
+    """Random weights with the norms, biases and scales moved off their constant init, so they are tested."""
+    model = dualtower.create_model(cfg, seed=seed).eval()
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(torch.randn(p.shape, generator=g) * 0.05)
+    return model
+
+
+# The default run exports three families (each export takes several seconds); CI's slow run takes the rest.
+FAMILIES = ["tiny", "EVA02-B-16", "ViT-B-16-SigLIP",
+            *[pytest.param(n, marks=pytest.mark.slow) for n in ("tiny-quickgelu", "InternViT-300M-448px",
+                                                                 "InternVL-C-vision", "tiny-post-rms")]]
+
+
+def _ids(model, n, length):
+    cfg = model.cfg.text
+    if model.cfg.tokenizer == "clip-bpe":
+        return dualtower.get_tokenizer(model)(CAPTIONS[:n] * (n // len(CAPTIONS[:n]) or 1), context_length=length)[:n]
+    g = torch.Generator().manual_seed(length)
+    ids = torch.randint(2, cfg.vocab_size, (n, length), generator=g)
+    if cfg.pool == "eot":
+        ids[:, -1] = cfg.eot_id
+    return ids
+
+
+@pytest.mark.parametrize("name", FAMILIES)
+def test_onnx_runtime_equals_pytorch_for_every_family(name, tmp_path):
+    cfg = get_config(name) if name.startswith("tiny") else _small(name)
+    model = _perturbed(cfg)
+    export(model, tmp_path / "onnx")
+    import dualtower.onnx
+
+    runtime = dualtower.onnx.load(tmp_path / "onnx")
+    size = cfg.vision.image_size
+    for batch in (1, 5):
+        pixels = torch.randn(batch, 3, size, size, generator=torch.Generator().manual_seed(batch))
+        with torch.no_grad():
+            ref = model.encode_image(pixels).numpy()
+        got = runtime.encode_image(pixels.numpy())
+        assert np.abs(got - ref).max() <= 1e-4 * np.abs(ref).max(), f"{name} image, batch {batch}"
+    if model.text is None:
+        assert not (tmp_path / "onnx" / "text.onnx").exists()
+        return
+    context = cfg.text.context_length
+    for batch, length in ((1, context), (5, context), (5, 12)):  # the graph was exported at length 8
+        ids = _ids(model, batch, length)
+        with torch.no_grad():
+            ref = model.encode_text(ids).numpy()
+        got = runtime.encode_text(ids.numpy())
+        assert np.abs(got - ref).max() <= 1e-4 * np.abs(ref).max(), f"{name} text, batch {batch}, length {length}"
+
+
+def test_torch_export_programs_equal_eager(tmp_path):
+    model = _perturbed(_small("EVA02-B-16"))
+    export(model, tmp_path / "pt2", format="torch-export")
+    image = torch.export.load(tmp_path / "pt2" / "image.pt2").module()
+    text = torch.export.load(tmp_path / "pt2" / "text.pt2").module()
+    pixels = torch.randn(3, 3, 28, 28)
+    ids = _ids(model, 4, 20)
+    with torch.no_grad():
+        for got, ref in ((image(pixels), model.encode_image(pixels)), (text(ids), model.encode_text(ids))):
+            assert (got - ref).abs().max() <= 1e-5 * ref.abs().max()
+    config = json.loads((tmp_path / "pt2" / "config.json").read_text())
+    assert config["runtime"] == "torch-export" and config["graphs"]["text"]["file"] == "text.pt2"
+
+
+def test_fp16_and_int8_stay_close_and_classify_the_digits_as_fp32_does(tmp_path):
+    """fp16 / int8 against fp32: cosine >= 0.99 per embedding, and zero-shot top-1 on the held-out digits within
+    1 point, with a model trained on the digits."""
+    from dualtower import configtree
+    from dualtower.data import open_source
+    from dualtower.eval.templates import HELD_OUT
+    from dualtower.train.config import TrainConfig
+    from dualtower.train.loop import train
+
+    import dualtower.onnx
+
+    cfg = configtree.load(TrainConfig, None, ["--train.steps=60", "--train.progress=false",
+                                              f"--train.out={tmp_path / 'run'}", "--data.workers=0"])
+    model = dualtower.load(train(cfg)["checkpoint"])
+    source = open_source("builtin:digits:test")
+    images = [source.load(i).image for i in range(len(source))]
+    labels = np.array([source.load(i).label for i in range(len(source))])
+    prompts = [t.format(c=c) for c in source.classes for t in HELD_OUT["digits"]]
+    results = {}
+    for precision in ("fp32", "fp16", "int8"):
+        report = export(model, tmp_path / precision, precision=precision)
+        runtime = dualtower.onnx.load(tmp_path / precision)
+        img, txt = runtime.embed_images(images), runtime.embed_texts(prompts)
+        classes = txt.reshape(len(source.classes), -1, txt.shape[1]).mean(1)
+        top1 = float(((img @ classes.T).argmax(1) == labels).mean())
+        results[precision] = (img, txt, top1, sum(report.files.values()))
+    img32, txt32, top32, size32 = results["fp32"]
+    for precision in ("fp16", "int8"):
+        img, txt, top1, size = results[precision]
+        assert (img * img32).sum(1).min() >= 0.99 and (txt * txt32).sum(1).min() >= 0.99, precision
+        assert abs(top1 - top32) <= 0.01, (precision, top1, top32)
+        assert size < size32, precision
+
+
+def test_the_runtime_needs_no_torch_and_the_cli_exports(tmp_path, capsys):
+    assert main(["export", "tiny", str(tmp_path / "out"), "--normalize"]) == 0
+    assert "image.onnx" in capsys.readouterr().out
+    files = {p.name for p in (tmp_path / "out").iterdir()}
+    assert {"image.onnx", "text.onnx", "config.json", "README.md", "bpe_simple_vocab_16e6.txt.gz"} <= files
+    script = f"""
+import sys
+sys.modules["torch"] = None  # any import of torch fails
+import numpy as np
+from PIL import Image
+import dualtower.onnx
+m = dualtower.onnx.load({str(tmp_path / "out")!r})
+img = m.embed_images([Image.new("RGBA", (40, 30), (200, 10, 10, 128)), Image.new("L", (20, 50), 90)])
+txt = m.embed_texts(["a photo of a cat", "a dog"])
+assert img.shape == (2, 48) and txt.shape == (2, 48)
+assert np.allclose(np.linalg.norm(img, axis=1), 1, atol=1e-5)
+print("ok", "torch" in sys.modules and sys.modules["torch"] is not None)
+"""
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "ok False"
+    assert main(["export", "tiny", str(tmp_path / "out2"), "--format", "torch-export", "--precision", "int8"]) == 2
+    assert "torch-export writes fp32" in capsys.readouterr().err
