@@ -169,14 +169,20 @@ def _cmd_eval(args) -> int:
 
 def _cmd_classify(args) -> int:
     from .data.files import image_paths
-    from .eval import ZeroShotClassifier
     from .eval.output import write_predictions
     from .images import open_image
 
     labels = [x.strip() for x in args.labels.split(",") if x.strip()]
     if len(labels) < 2:
         raise ValueError("--labels needs at least two comma-separated labels")
-    classifier = ZeroShotClassifier(_model(args), labels, _templates(args, ""))
+    if args.runtime == "onnx":
+        from .onnx import OnnxClassifier, load
+
+        classifier = OnnxClassifier(load(args.model), labels, _templates(args, ""))
+    else:
+        from .eval import ZeroShotClassifier
+
+        classifier = ZeroShotClassifier(_model(args), labels, _templates(args, ""))
     status, rows = 0, []
     for path in image_paths(args.images):
         try:
@@ -195,16 +201,25 @@ def _cmd_classify(args) -> int:
 
 def _cmd_embed(args) -> int:
     from .data import open_source
-    from .eval import embed_source
     from .eval.output import write_embeddings
 
-    model = _model(args)
+    if args.runtime != "onnx":
+        from .eval import embed_source
+
     source = open_source(args.data, args.image_key, args.caption_key, captions=args.text)
-    images, texts = embed_source(model, source, args.batch_size, args.workers, progress=True, with_text=args.text)
-    if not images.ids:
-        raise ValueError(f"{args.data}: nothing to embed, so nothing was written; {images.stats.summary()}")
-    write_embeddings(args.out, images.features, images.ids, texts, images.captions if args.text else None)
-    print(f"wrote {len(images.ids)} embeddings to {args.out}; {images.stats.summary()}")
+    if args.runtime == "onnx":
+        from .onnx import embed_source as embed_onnx
+        from .onnx import load
+
+        features, texts, ids, captions, stats = embed_onnx(load(args.model), source, args.batch_size, args.text)
+    else:
+        images, texts = embed_source(_model(args), source, args.batch_size, args.workers, progress=True,
+                                     with_text=args.text)
+        features, ids, captions, stats = images.features, images.ids, images.captions, images.stats
+    if not ids:
+        raise ValueError(f"{args.data}: nothing to embed, so nothing was written; {stats.summary()}")
+    write_embeddings(args.out, features, ids, texts, captions if args.text else None)
+    print(f"wrote {len(ids)} embeddings to {args.out}; {stats.summary()}")
     return 0
 
 
@@ -341,6 +356,11 @@ def _inference_args(p) -> None:
                    help="auto (a CUDA GPU when there is one, else the CPU), cpu, cuda or cuda:N")
 
 
+def _runtime_arg(p) -> None:
+    p.add_argument("--runtime", choices=["torch", "onnx"], default="torch",
+                   help="onnx: --model is a folder from `dualtower export`, run on ONNX Runtime without torch")
+
+
 def _train_keys() -> str:
     """The config keys for `dualtower train --help`, from the config classes themselves."""
     from .configtree import describe
@@ -420,12 +440,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", help="also write the results: FILE.json or FILE.csv")
     _inference_args(p)
     p.add_argument("images", nargs="+", help="image files, or folders (their images, recursively)")
+    _runtime_arg(p)
     p.set_defaults(func=_cmd_classify)
 
     p = sub.add_parser("embed", help="embed every image of a data source to .npz or .safetensors")
     _data_args(p)
     p.add_argument("--out", required=True, help="FILE.npz or FILE.safetensors")
     p.add_argument("--text", action="store_true", help="also embed the captions")
+    _runtime_arg(p)
     p.set_defaults(func=_cmd_embed)
 
     p = sub.add_parser("features", help="hidden states of chosen vision layers, for multimodal LLMs")

@@ -208,6 +208,9 @@ def _write_side_files(model, directory: Path, name: str, format: str, precision:
         "format": FORMAT_NAME, "version": VERSION, "runtime": format, "precision": precision,
         "normalized": normalize, "opset": opset if format == "onnx" else None,
         "graphs": {name: {"file": f"{name}.{ext}", "input": g[2], "output": g[3]} for name, g in graphs.items()},
+        # what turns cosine similarities into logits: exp of the (clamped) learned temperature, and the bias
+        "logit_scale": float(model.scale().detach()) if model.logit_scale is not None else None,
+        "logit_bias": float(model.logit_bias.detach()) if model.logit_bias is not None else None,
         "model": cfg.to_dict(),
     })
     if cfg.text is not None:

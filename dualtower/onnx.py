@@ -119,6 +119,61 @@ class OnnxModel:
         return np.concatenate(out) if out else np.zeros((0, self.cfg.embed_dim), np.float32)
 
 
+class OnnxClassifier:
+    """Zero-shot classification on ONNX Runtime, as `dualtower.eval.ZeroShotClassifier` does it on PyTorch: per
+    label the mean of its normalised template embeddings, renormalised; softmax of the scaled cosines."""
+
+    def __init__(self, model: OnnxModel, labels: list[str], templates: list[str]):
+        from .eval.templates import fill
+
+        if len(labels) < 2:
+            raise ValueError(f"zero-shot classification needs at least two labels, got {labels}")
+        scale = model.meta.get("logit_scale")
+        if scale is None:
+            raise ValueError(f"{model.directory}: the export has no logit scale (a one-tower model)")
+        self.model, self.labels, self.scale = model, list(labels), float(scale)
+        texts = model.embed_texts([fill(t, name) for name in self.labels for t in templates])
+        self.classifier = _normalize(texts.reshape(len(self.labels), len(templates), -1).mean(axis=1))
+
+    def probs(self, images: list) -> np.ndarray:
+        logits = self.scale * self.model.embed_images(images) @ self.classifier.T
+        logits = np.exp(logits - logits.max(axis=1, keepdims=True))
+        return logits / logits.sum(axis=1, keepdims=True)
+
+    def top(self, image, k: int = 3) -> list[tuple[str, float]]:
+        probs = self.probs([image])[0]
+        order = np.argsort(-probs, kind="stable")[: min(k, len(self.labels))]
+        return [(self.labels[i], float(probs[i])) for i in order]
+
+
+def embed_source(model: OnnxModel, source, batch_size: int = 64, with_text: bool = False):
+    """Every readable record of a data source (bad ones skipped and counted): (image embeddings, text embeddings
+    or None, ids, captions, SkipStats). Decoding runs in this process: no torch, no loader workers."""
+    from .data import BadSample, SkipStats
+
+    stats, feats, texts, ids, captions = SkipStats(), [], [], [], []
+    for start in range(0, len(source), batch_size):
+        images, skips = [], []
+        for i in range(start, min(start + batch_size, len(source))):
+            try:
+                sample = source.load(i)
+            except BadSample as e:
+                skips.append((e.reason, e.detail or source.sample_id(i)))
+                continue
+            images.append(sample.image)
+            ids.append(sample.id)
+            captions.append(sample.caption)
+        stats.add(len(images), skips)
+        if images:
+            feats.append(model.embed_images(images))
+            if with_text:
+                texts.append(model.embed_texts(captions[-len(images):]))
+    dim = model.cfg.embed_dim
+    image = np.concatenate(feats) if feats else np.zeros((0, dim), np.float32)
+    text = (np.concatenate(texts) if texts else np.zeros((0, dim), np.float32)) if with_text else None
+    return image, text, ids, captions, stats
+
+
 def _normalize(x: np.ndarray) -> np.ndarray:
     x = x.astype(np.float32)
     return x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)

@@ -159,3 +159,37 @@ print("ok", "torch" in sys.modules and sys.modules["torch"] is not None)
     assert out.stdout.strip() == "ok False"
     assert main(["export", "tiny", str(tmp_path / "out2"), "--format", "torch-export", "--precision", "int8"]) == 2
     assert "torch-export writes fp32" in capsys.readouterr().err
+
+
+def test_classify_and_embed_run_on_onnx_runtime_as_on_pytorch(tmp_path, photos, capsys):
+    """`--runtime onnx` with an export folder gives the probabilities and embeddings PyTorch gives; the command
+    line on that path imports no torch."""
+    model = _perturbed(get_config("tiny"))
+    dualtower.save(model, tmp_path / "ckpt")
+    assert main(["export", str(tmp_path / "ckpt"), str(tmp_path / "onnx")]) == 0
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    for name in ("astronaut", "coffee", "chelsea"):
+        photos[name].save(folder / f"{name}.png")
+    runs = {}
+    for runtime, where in (("torch", "ckpt"), ("onnx", "onnx")):
+        assert main(["classify", "--model", str(tmp_path / where), "--runtime", runtime, "--labels",
+                     "cat,cup,person", "--device", "cpu", "--out", str(tmp_path / f"{runtime}.json"),
+                     str(folder)] if runtime == "torch" else
+                    ["classify", "--model", str(tmp_path / where), "--runtime", runtime, "--labels",
+                     "cat,cup,person", "--out", str(tmp_path / f"{runtime}.json"), str(folder)]) == 0
+        assert main(["embed", "--model", str(tmp_path / where), "--runtime", runtime, "--data", str(folder),
+                     "--workers", "0", "--out", str(tmp_path / f"{runtime}.npz")]) == 0
+        runs[runtime] = (json.loads((tmp_path / f"{runtime}.json").read_text()),
+                         np.load(tmp_path / f"{runtime}.npz")["image_embeds"])
+    capsys.readouterr()
+    (torch_rows, torch_emb), (onnx_rows, onnx_emb) = runs["torch"], runs["onnx"]
+    assert np.abs(onnx_emb - torch_emb).max() < 1e-5
+    for a, b in zip(torch_rows, onnx_rows):
+        assert [t["label"] for t in a["top"]] == [t["label"] for t in b["top"]]
+        assert max(abs(x["prob"] - y["prob"]) for x, y in zip(a["top"], b["top"])) < 1e-5
+    script = ("import sys; sys.modules['torch'] = None\nfrom dualtower.cli import main\n"
+              f"sys.exit(main(['embed', '--runtime', 'onnx', '--model', {str(tmp_path / 'onnx')!r}, '--data', "
+              f"{str(folder)!r}, '--out', {str(tmp_path / 'x.npz')!r}]))")
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr

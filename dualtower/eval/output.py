@@ -6,7 +6,6 @@ import json
 from pathlib import Path
 
 import numpy as np
-import torch
 
 from ..io import atomic_file
 
@@ -35,28 +34,32 @@ def write_predictions(path: "str | Path", rows: list[dict]) -> None:
         tmp.write_text(buffer.getvalue(), encoding="utf-8")
 
 
-def write_embeddings(path: "str | Path", image_embeds: torch.Tensor, ids: list[str],
-                     text_embeds: torch.Tensor | None = None, captions: list[str] | None = None) -> None:
+def write_embeddings(path: "str | Path", image_embeds, ids: list[str], text_embeds=None,
+                     captions: list[str] | None = None) -> None:
     """`.npz`: arrays image_embeds (N, E) float32, ids (N,) str, and text_embeds / captions when given.
     `.safetensors`: tensors image_embeds (and text_embeds); metadata "ids" (and "captions") as JSON lists.
-    Row i of every array belongs to ids[i]. Embeddings are L2-normalised."""
+    Row i of every array belongs to ids[i]. Embeddings are L2-normalised. They may be numpy arrays or CPU
+    tensors."""
+    image_embeds = np.ascontiguousarray(image_embeds, dtype=np.float32)
+    if text_embeds is not None:
+        text_embeds = np.ascontiguousarray(text_embeds, dtype=np.float32)
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     with atomic_file(path) as tmp:
         if path.suffix == ".npz":
-            arrays = {"image_embeds": image_embeds.numpy().astype(np.float32), "ids": np.array(ids, dtype=str)}
+            arrays = {"image_embeds": image_embeds, "ids": np.array(ids, dtype=str)}
             if text_embeds is not None:
-                arrays["text_embeds"] = text_embeds.numpy().astype(np.float32)
+                arrays["text_embeds"] = text_embeds
                 arrays["captions"] = np.array(captions, dtype=str)
             with open(tmp, "wb") as f:
                 np.savez(f, **arrays)
         elif path.suffix == ".safetensors":
-            from safetensors.torch import save_file
+            from safetensors.numpy import save_file
 
-            tensors = {"image_embeds": image_embeds.contiguous()}
+            tensors = {"image_embeds": image_embeds}
             meta = {"ids": json.dumps(ids)}
             if text_embeds is not None:
-                tensors["text_embeds"] = text_embeds.contiguous()
+                tensors["text_embeds"] = text_embeds
                 meta["captions"] = json.dumps(captions)
             save_file(tensors, tmp, metadata=meta)
         else:
