@@ -5,7 +5,7 @@
     model.embed_texts(["a photo of a cat"]) -> (N, E)
     model.encode_image(pixels) / model.encode_text(ids)   numpy in, numpy out, like DualEncoder's
 
-This module imports numpy, Pillow, onnxruntime and dualtower's tokenizers and preprocessing, never torch.
+This module needs numpy, Pillow, onnxruntime and dualtower's tokenizers and preprocessing, not torch.
 """
 
 from __future__ import annotations

@@ -50,3 +50,17 @@ def photos():
         arrays["stereo_left"] = data.stereo_motorcycle()[0]
     arrays.update({f"sklearn_{i}": im for i, im in enumerate(load_sample_images().images)})
     return {n: Image.fromarray(np.asarray(a)) for n, a in arrays.items()}
+
+
+@pytest.fixture(scope="session")
+def trained_digits(tmp_path_factory):
+    """A small model trained briefly on the digits (shared by the eval, search and export tests): the path of its
+    checkpoint. Away from chance and ties: held-out zero-shot top-1 near 0.9."""
+    from dualtower import configtree
+    from dualtower.train.config import TrainConfig
+    from dualtower.train.loop import train
+
+    out = tmp_path_factory.mktemp("trained")
+    cfg = configtree.load(TrainConfig, None, ["--train.steps=120", "--train.progress=false", f"--train.out={out}",
+                                              "--data.workers=0"])
+    return train(cfg)["checkpoint"]

@@ -17,17 +17,9 @@ from dualtower.eval.zeroshot import scores
 
 
 @pytest.fixture(scope="module")
-def trained(tmp_path_factory):
+def trained(trained_digits):
     """A small model trained briefly on the digits, so the metrics are away from chance and ties."""
-    from dualtower import configtree
-    from dualtower.train.config import TrainConfig
-    from dualtower.train.loop import train
-
-    out = tmp_path_factory.mktemp("trained")
-    cfg = configtree.load(TrainConfig, None, ["--train.steps=60", "--train.progress=false", f"--train.out={out}",
-                                              "--data.workers=0"])
-    path = train(cfg)["checkpoint"]
-    return path, dualtower.load(path)
+    return trained_digits, dualtower.load(trained_digits)
 
 
 def test_scores_by_hand():

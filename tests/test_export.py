@@ -102,20 +102,14 @@ def test_torch_export_programs_equal_eager(tmp_path):
     assert config["runtime"] == "torch-export" and config["graphs"]["text"]["file"] == "text.pt2"
 
 
-def test_fp16_and_int8_stay_close_and_classify_the_digits_as_fp32_does(tmp_path):
+def test_fp16_and_int8_stay_close_and_classify_the_digits_as_fp32_does(trained_digits, tmp_path):
     """fp16 / int8 against fp32: cosine >= 0.99 per embedding, and zero-shot top-1 on the held-out digits within
     1 point, with a model trained on the digits."""
-    from dualtower import configtree
+    import dualtower.onnx
     from dualtower.data import open_source
     from dualtower.eval.templates import HELD_OUT
-    from dualtower.train.config import TrainConfig
-    from dualtower.train.loop import train
 
-    import dualtower.onnx
-
-    cfg = configtree.load(TrainConfig, None, ["--train.steps=60", "--train.progress=false",
-                                              f"--train.out={tmp_path / 'run'}", "--data.workers=0"])
-    model = dualtower.load(train(cfg)["checkpoint"])
+    model = dualtower.load(trained_digits)
     source = open_source("builtin:digits:test")
     images = [source.load(i).image for i in range(len(source))]
     labels = np.array([source.load(i).label for i in range(len(source))])

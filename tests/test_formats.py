@@ -168,11 +168,14 @@ def test_hf_clip_vision_tower_directories(cls, tmp_path):
         assert_close(ours.encode_image(pixels), want, f"{cls} image embeddings")
 
 
-def test_hf_clip_text_tower_alone_is_refused_by_name(tmp_path):
+def test_hf_clip_text_tower_alone_loads_as_a_text_only_model(tmp_path):
+    """It was refused by name; issue 18 asked for it (outputs: tests/test_edges.py)."""
     import transformers
 
     from .test_parity_hf import _hf_config
 
     transformers.CLIPTextModel(_hf_config().text_config).save_pretrained(tmp_path / "hf")
-    with pytest.raises(CheckpointError, match="text tower alone"):
-        dualtower.load(tmp_path / "hf")
+    model = dualtower.load(tmp_path / "hf")
+    assert model.visual is None and model.cfg.text.head is False
+    with pytest.raises(CheckpointError, match="no vision tower"):
+        dualtower.load(tmp_path / "hf", towers="vision")

@@ -32,16 +32,8 @@ QUERIES = {"three": "an image of the number three", "seven": "a picture of the n
 
 
 @pytest.fixture(scope="module")
-def trained(tmp_path_factory):
-    from dualtower import configtree
-    from dualtower.train.config import TrainConfig
-    from dualtower.train.loop import train
-
-    out = tmp_path_factory.mktemp("trained")
-    cfg = configtree.load(TrainConfig, None, ["--train.steps=120", "--train.progress=false", f"--train.out={out}",
-                                              "--data.workers=0"])
-    train(cfg)
-    return out  # the run directory: its latest checkpoint
+def trained(trained_digits):
+    return trained_digits
 
 
 @pytest.fixture(scope="module")

@@ -1,17 +1,15 @@
-"""Evaluation: zero-shot classification, retrieval, linear probe. Imported lazily, so that `eval.output` and
-`eval.templates` (which an ONNX Runtime deployment uses) load without torch."""
+"""Evaluation: zero-shot classification, retrieval, linear probe. `output` and `templates` need no torch (an ONNX
+Runtime deployment uses them where torch is not installed); the rest is loaded where torch is."""
 
-from importlib import import_module
-
-_WHERE = {"embed_source": "embed", "embed_texts": "embed", "linear_probe": "linear_probe", "retrieval": "retrieval",
-          "ZeroShotClassifier": "zeroshot", "build_classifier": "zeroshot", "zeroshot": "zeroshot"}
-
-
-def __getattr__(name: str):
-    if name in _WHERE:
-        return getattr(import_module(f".{_WHERE[name]}", __name__), name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-
+try:
+    import torch  # noqa: F401
+except ImportError:  # an ONNX Runtime deployment: only eval.output and eval.templates are used
+    pass
+else:
+    from .embed import embed_source, embed_texts
+    from .linear_probe import linear_probe
+    from .retrieval import retrieval
+    from .zeroshot import ZeroShotClassifier, build_classifier, zeroshot
 
 __all__ = ["ZeroShotClassifier", "build_classifier", "embed_source", "embed_texts", "linear_probe", "retrieval",
            "zeroshot"]
