@@ -203,6 +203,9 @@ def test_a_query_with_another_model_is_refused(trained, digits, tmp_path):
     (tmp_path / "stuff" / "notes.txt").write_text("mine")
     with pytest.raises(SearchIndexError, match="not a dualtower index"):
         build_index(str(digits / "one"), model, tmp_path / "stuff", workers=0)
+    with pytest.raises(ValueError, match="not a built-in name"):  # a bad data spec: no index is left behind
+        build_index(str(tmp_path / "missing"), model, tmp_path / "new", workers=0)
+    assert not (tmp_path / "new").exists()
 
 
 def _items(path) -> dict:

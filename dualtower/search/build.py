@@ -125,10 +125,10 @@ def build_index(spec: str, model, out: "str | os.PathLike", engine: str = "auto"
     started = time.monotonic()
     engines.choose(engine, 0)  # a bad name fails before any work
     model.eval()
+    source = open_source(spec, image_key, caption_key, captions=False)  # a bad spec fails before the index exists
     store = Store.create(out, model_identity(model, model_source), model.cfg.embed_dim,
                          _backend(backend, uri, collection, Path(out)))
     try:
-        source = open_source(spec, image_key, caption_key, captions=False)
         report = BuildReport()
         known = store.known()
         seen_keys: set[str] = set()
