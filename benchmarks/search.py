@@ -9,7 +9,8 @@ and the service under a bounded load on loopback. Each part prints the machine i
         not at them, as text queries are): recall@10 of the automatic engine (IVF-PQ with exact re-rank) against
         exact search, query latency p50/p99 for both, build time and resident memory.
     .venv/bin/python benchmarks/search.py load [--n 100000] [--rate 20] [--seconds 30] [--arch ViT-B-32]
-                                               [--precision fp32|bf16] [--engine auto|flat|ivf]
+                                               [--runtime torch|onnx] [--precision fp32|bf16|int8]
+                                               [--engine auto|flat|ivf]
         `dualtower serve` (a subprocess, 127.0.0.1) over an index of n vectors, text queries at a fixed rate
         from a thread pool; latency p50/p99, queries/s sustained and errors. The text tower is a random-weight
         `--arch` (the cost of a real one); the vectors are clustered like those of `ann`.
@@ -175,8 +176,15 @@ def bench_load(args) -> None:
         kind = fill_store(d / "index", clustered(args.n, model.cfg.embed_dim), identity, args.engine)
         print(f"index of {args.n:,} vectors ({kind}) written in {time.perf_counter() - t:.0f} s")
         port = 8000 + os.getpid() % 1000
-        server = subprocess.Popen([sys.executable, "-m", "dualtower", "serve", str(d / "index"), "--port", str(port),
-                                   "--precision", args.precision], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        command = [sys.executable, "-m", "dualtower", "serve", str(d / "index"), "--port", str(port)]
+        if args.runtime == "onnx":
+            from dualtower.export import export
+
+            export(model, d / "onnx", precision=args.precision)
+            command += ["--runtime", "onnx", "--model", str(d / "onnx")]
+        else:
+            command += ["--precision", args.precision]
+        server = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         try:
             url = f"http://127.0.0.1:{port}"
             deadline = time.monotonic() + 120
@@ -218,7 +226,7 @@ def bench_load(args) -> None:
             elapsed = time.perf_counter() - start
             s = sorted(latencies)
             print(f"{len(texts)} text queries at {args.rate}/s over {args.seconds} s to {args.arch}'s text tower "
-                  f"({args.precision}) and {args.n:,} vectors (k=10):")
+                  f"({args.runtime}, {args.precision}) and {args.n:,} vectors (k=10):")
             print(f"  sustained {len(latencies) / elapsed:.1f} queries/s, errors {len(errors)}")
             print(f"  latency p50 {statistics.median(s):.1f} ms   p99 {s[int(0.99 * (len(s) - 1))]:.1f} ms   "
                   f"max {s[-1]:.1f} ms")
@@ -250,7 +258,10 @@ def main() -> None:
     p.add_argument("--rate", type=int, default=20)
     p.add_argument("--seconds", type=int, default=30)
     p.add_argument("--arch", default="ViT-B-32")
-    p.add_argument("--precision", choices=["fp32", "bf16"], default="fp32", help="the service's --precision")
+    p.add_argument("--runtime", choices=["torch", "onnx"], default="torch",
+                   help="onnx: the model exported (at --precision) and served with --runtime onnx")
+    p.add_argument("--precision", choices=["fp32", "bf16", "fp16", "int8"], default="fp32",
+                   help="torch: fp32 or bf16; onnx: fp32, fp16 or int8")
     p.add_argument("--engine", choices=["auto", "flat", "ivf"], default="auto")
     args = parser.parse_args()
     {"build": bench_build, "ann": bench_ann, "load": bench_load}[args.part](args)

@@ -279,6 +279,12 @@ def _cmd_index(args) -> int:
 def _open_index(args):
     from .search import SearchIndex, Store
 
+    if args.runtime == "onnx":
+        if not args.model:
+            raise ValueError("--runtime onnx needs --model: a folder from `dualtower export` of the index's model")
+        from .onnx import load
+
+        return SearchIndex(args.index, model=load(args.model))
     if not args.model:  # the model the index was built with, on this command's device and precision
         store = Store(args.index)
         args.model = store.model.get("source")
@@ -500,6 +506,7 @@ def build_parser() -> argparse.ArgumentParser:
                                        "says (it must have the same weights)")
         p.add_argument("--arch", help="the architecture of a bare state dict checkpoint")
         _inference_args(p)
+        _runtime_arg(p)
 
     p = sub.add_parser("search", help="the images of an index nearest a text or an image")
     _index_args(p)

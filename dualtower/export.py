@@ -202,6 +202,8 @@ def _write_side_files(model, directory: Path, name: str, format: str, precision:
                       graphs: dict) -> None:
     from importlib import resources
 
+    from .checkpoint import weights_sha256
+
     cfg = model.cfg
     ext = "onnx" if format == "onnx" else "pt2"
     io.write_json(directory / "config.json", {
@@ -212,6 +214,8 @@ def _write_side_files(model, directory: Path, name: str, format: str, precision:
         "logit_scale": float(model.scale().detach()) if model.logit_scale is not None else None,
         "logit_bias": float(model.logit_bias.detach()) if model.logit_bias is not None else None,
         "model": cfg.to_dict(),
+        # the exported weights' identity, as a search index records it (of the fp32 weights, before lowering)
+        "weights_sha256": weights_sha256(model),
     })
     if cfg.text is not None:
         if cfg.tokenizer == "clip-bpe":  # OpenAI's vocabulary (MIT), for clients in other languages

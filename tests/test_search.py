@@ -442,3 +442,35 @@ def test_the_milvus_backend_answers_as_faiss_does(trained, digits, tmp_path):
 
     assert MilvusEngine.sync(store).ntotal == store.count() == again.items
     store.close()
+
+
+@pytest.mark.slow  # four exports
+def test_queries_run_on_an_onnx_export_of_the_index_model(trained, digits, tmp_path, capsys):
+    """`search`/`serve --runtime onnx`: the index's model exported to ONNX answers as PyTorch does (fp32), and in
+    int8 still finds the class; another model's export is refused by its recorded weights digest."""
+    pytest.importorskip("onnxruntime")
+    import dualtower.onnx
+    from dualtower.export import export
+
+    model = dualtower.load(trained)
+    build_index(str(digits), model, tmp_path / "index", workers=0)
+    export(model, tmp_path / "fp32")
+    export(model, tmp_path / "int8", precision="int8")
+    index = SearchIndex(tmp_path / "index", model=model)
+    fp32 = SearchIndex(tmp_path / "index", model=dualtower.onnx.load(tmp_path / "fp32"))
+    int8 = SearchIndex(tmp_path / "index", model=dualtower.onnx.load(tmp_path / "int8"))
+    for label, text in QUERIES.items():
+        ref = [h.key for h in index.search_text(text, 10)]
+        assert [h.key for h in fp32.search_text(text, 10)] == ref
+        assert Counter(_classes(h.key for h in int8.search_text(text, 10)))[label] >= 8
+    path = next((digits / "seven").iterdir())
+    image = dualtower.images.open_image(path)
+    assert [h.key for h in fp32.search_image(image, 5)] == [h.key for h in index.search_image(image, 5)]
+    assert main(["search", str(tmp_path / "index"), QUERIES["three"], "--runtime", "onnx", "--model",
+                 str(tmp_path / "int8"), "--json"]) == 0
+    assert Counter(_classes(h["key"] for h in json.loads(capsys.readouterr().out)))["three"] >= 8
+    export(dualtower.create_model("small-digits"), tmp_path / "other")
+    with pytest.raises(SearchIndexError, match="was built with model"):
+        SearchIndex(tmp_path / "index", model=dualtower.onnx.load(tmp_path / "other"))
+    for i in (index, fp32, int8):
+        i.close()

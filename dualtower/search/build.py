@@ -32,11 +32,14 @@ THUMB_SIDE = 192
 
 def model_identity(model, source: str | None = None) -> dict:
     """What an index records of its model: name, config, weights digest, and where it was loaded from."""
-    from ..checkpoint import weights_sha256
-
     config = json.loads(json.dumps(model.cfg.to_dict()))  # as the manifest holds it: lists, not tuples
-    # A model cast to bf16 by the command line keeps the digest of the weights it was loaded with.
-    digest = getattr(model, "weights_sha256", None) or weights_sha256(model)
+    if hasattr(model, "sessions"):  # an ONNX Runtime export (dualtower.onnx): its export recorded the digest
+        digest = model.meta.get("weights_sha256")
+    else:
+        from ..checkpoint import weights_sha256
+
+        # A model cast to bf16 by the command line keeps the digest of the weights it was loaded with.
+        digest = getattr(model, "weights_sha256", None) or weights_sha256(model)
     return {"name": model.cfg.name, "config": config, "weights_sha256": digest,
             "source": source}
 

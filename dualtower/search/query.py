@@ -30,7 +30,8 @@ class Hit:
 
 class SearchIndex:
     """An index opened for queries. `model`: the index's own model (checked by its weights digest), or None to
-    load the one the index names. Queries may come from several threads; the model runs one at a time."""
+    load the one the index names; an ONNX Runtime export of it (`dualtower.onnx.load`) serves too, at any
+    precision. Queries may come from several threads; the model runs one at a time."""
 
     def __init__(self, path: "str | os.PathLike", model=None, engine: str | None = None):
         self.store = Store(path)
@@ -38,7 +39,8 @@ class SearchIndex:
             model = self._load_model()
         else:
             self.store.check_model(model_identity(model))
-        self.model = model.eval()
+        self.onnx = hasattr(model, "sessions")
+        self.model = model if self.onnx else model.eval()
         self._lock = threading.Lock()
         self._tokenizer = None
         self.refresh(engine)
@@ -70,6 +72,9 @@ class SearchIndex:
 
     def embed_texts(self, texts: list[str]) -> np.ndarray:
         """(N, E): several texts in one batch (a service batches the queries that arrive together)."""
+        if self.onnx:
+            with self._lock:
+                return self.model.embed_texts(list(texts))
         if self._tokenizer is None:
             from ..tokenizer import get_tokenizer
 
@@ -82,6 +87,9 @@ class SearchIndex:
         return self.embed_texts([text])[0]
 
     def embed_image(self, image) -> np.ndarray:
+        if self.onnx:
+            with self._lock:
+                return self.model.embed_images([image])[0]
         from .. import get_transform
 
         param = next(self.model.parameters())
