@@ -184,7 +184,8 @@ def bench_load(args) -> None:
             command += ["--runtime", "onnx", "--model", str(d / "onnx")]
         else:
             command += ["--precision", args.precision]
-        server = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        server = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                                  env={**os.environ, **dict(e.split("=", 1) for e in args.server_env)})
         try:
             url = f"http://127.0.0.1:{port}"
             deadline = time.monotonic() + 120
@@ -263,6 +264,7 @@ def main() -> None:
     p.add_argument("--precision", choices=["fp32", "bf16", "fp16", "int8"], default="fp32",
                    help="torch: fp32 or bf16; onnx: fp32, fp16 or int8")
     p.add_argument("--engine", choices=["auto", "flat", "ivf"], default="auto")
+    p.add_argument("--server-env", nargs="*", default=[], help="NAME=VALUE pairs for the server's environment")
     args = parser.parse_args()
     {"build": bench_build, "ann": bench_ann, "load": bench_load}[args.part](args)
 

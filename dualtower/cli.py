@@ -284,7 +284,7 @@ def _open_index(args):
             raise ValueError("--runtime onnx needs --model: a folder from `dualtower export` of the index's model")
         from .onnx import load
 
-        return SearchIndex(args.index, model=load(args.model))
+        return SearchIndex(args.index, model=load(args.model, spinning=False))  # a few queries at a time
     if not args.model:  # the model the index was built with, on this command's device and precision
         store = Store(args.index)
         args.model = store.model.get("source")

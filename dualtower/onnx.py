@@ -22,10 +22,12 @@ from .errors import require
 
 class OnnxModel:
     """The towers of an export folder, each an ONNX Runtime session. `threads`: intra-op threads (default:
-    ONNX Runtime's choice); `providers`: e.g. ["CUDAExecutionProvider", "CPUExecutionProvider"]."""
+    ONNX Runtime's choice); `providers`: e.g. ["CUDAExecutionProvider", "CPUExecutionProvider"]. `spinning=False`
+    stops idle worker threads from spinning while they wait for work: right for a service answering a few queries
+    at a time beside other processes (ONNX Runtime spins by default, which suits bulk embedding)."""
 
     def __init__(self, directory: "str | os.PathLike", threads: int | None = None,
-                 providers: list[str] | None = None):
+                 providers: list[str] | None = None, spinning: bool = True):
         ort = require("onnxruntime", "running exported models", "onnx")
         self.directory = Path(directory)
         config = self.directory / "config.json"
@@ -40,6 +42,8 @@ class OnnxModel:
         options = ort.SessionOptions()
         if threads:
             options.intra_op_num_threads = threads
+        if not spinning:
+            options.add_session_config_entry("session.intra_op.allow_spinning", "0")
         self.sessions = {}
         for name, graph in meta["graphs"].items():
             path = self.directory / graph["file"]
@@ -179,5 +183,6 @@ def _normalize(x: np.ndarray) -> np.ndarray:
     return x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
 
 
-def load(directory: "str | os.PathLike", threads: int | None = None, providers: list[str] | None = None) -> OnnxModel:
-    return OnnxModel(directory, threads, providers)
+def load(directory: "str | os.PathLike", threads: int | None = None, providers: list[str] | None = None,
+         spinning: bool = True) -> OnnxModel:
+    return OnnxModel(directory, threads, providers, spinning)
