@@ -147,9 +147,8 @@ def build_index(spec: str, model, out: "str | os.PathLike", engine: str = "auto"
             old = known.get(key)
             same = old is not None and ((old[0], old[1]) == (size, mtime) if file is not None else old[2] is not None)
             if same:
-                if old[3]:  # skipped before, unchanged since: still bad
-                    reason = store.db.execute("SELECT reason FROM skipped WHERE key = ?", (key,)).fetchone()[0]
-                    report.skipped[reason] += 1
+                if old[3] is not None:  # skipped before, unchanged since: still bad
+                    report.skipped[old[3]] += 1
                 else:
                     report.unchanged += 1
                 continue
@@ -201,12 +200,12 @@ def _embed(store: Store, source, todo: list, known: dict, model, batch_size: int
                 store.skip(r["key"], r["bad"], r["detail"], r["size"], r["mtime_ns"])
                 continue
             old = known.get(r["key"])
-            if old is not None and not old[3] and old[2] == r["sha256"]:
+            if old is not None and old[3] is None and old[2] == r["sha256"]:
                 store.touch(r["key"], r["size"], r["mtime_ns"])
                 report.touched += 1
                 continue
             good.append(r)
-            if old is not None and not old[3]:
+            if old is not None and old[3] is None:
                 report.changed += 1
             else:
                 report.added += 1

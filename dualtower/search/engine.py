@@ -95,14 +95,7 @@ class Engine:
             return self.index.search(q, k)
         wide = min(self.ntotal, max(k * self.rerank, self.min_candidates))
         _, candidates = self.index.search(q, wide)
-        scores = np.full((len(q), k), -np.inf, dtype=np.float32)
-        rows = np.full((len(q), k), -1, dtype=np.int64)
-        for i, cand in enumerate(candidates):
-            cand = np.sort(cand[cand >= 0])  # sorted: memory-mapped rows are read in file order
-            exact = np.asarray(self.vectors[cand], dtype=np.float32) @ q[i]
-            top = np.argsort(-exact, kind="stable")[:k]
-            scores[i, : len(top)], rows[i, : len(top)] = exact[top], cand[top]
-        return scores, rows
+        return rerank(self.vectors, q, candidates, k)
 
     def save(self, directory: Path, generation: int) -> None:
         faiss = _faiss()
@@ -126,6 +119,20 @@ class Engine:
             return None
         index = faiss.deserialize_index(np.fromfile(path, dtype=np.uint8))
         return cls(meta["kind"], index, vectors)
+
+
+def rerank(vectors: np.ndarray, queries: np.ndarray, candidates, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """(scores, rows), each (Q, k): each query's candidate rows (-1 ignored) scored exactly against the float16
+    `vectors`, best first; -1 rows pad short results."""
+    scores = np.full((len(queries), k), -np.inf, dtype=np.float32)
+    rows = np.full((len(queries), k), -1, dtype=np.int64)
+    for i, cand in enumerate(candidates):
+        cand = np.sort(np.asarray(cand, dtype=np.int64))
+        cand = cand[cand >= 0]  # sorted: memory-mapped rows are read in file order
+        exact = np.asarray(vectors[cand], dtype=np.float32) @ queries[i]
+        top = np.argsort(-exact, kind="stable")[:k]
+        scores[i, : len(top)], rows[i, : len(top)] = exact[top], cand[top]
+    return scores, rows
 
 
 def ready(store, kind: str | None = None, save: bool = False):

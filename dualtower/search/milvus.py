@@ -10,6 +10,7 @@ from __future__ import annotations
 import numpy as np
 
 from ..errors import require
+from .engine import rerank
 
 CHUNK = 5000
 MAX_TOPK = 16384  # Milvus' limit on one search's results
@@ -61,11 +62,4 @@ class MilvusEngine:
             return np.zeros((len(q), 0), np.float32), np.zeros((len(q), 0), np.int64)
         wide = min(self.ntotal, max(k * self.rerank, 100), MAX_TOPK)
         answers = self.client.search(self.collection, data=q.tolist(), limit=wide, search_params={"metric_type": "IP"})
-        scores = np.full((len(q), k), -np.inf, dtype=np.float32)
-        rows = np.full((len(q), k), -1, dtype=np.int64)
-        for i, hits in enumerate(answers):
-            cand = np.sort(np.array([int(h["id"]) for h in hits], dtype=np.int64))
-            exact = np.asarray(self.vectors[cand], dtype=np.float32) @ q[i]
-            top = np.argsort(-exact, kind="stable")[:k]
-            scores[i, : len(top)], rows[i, : len(top)] = exact[top], cand[top]
-        return scores, rows
+        return rerank(self.vectors, q, [[int(h["id"]) for h in hits] for hits in answers], k)

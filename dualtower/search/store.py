@@ -230,7 +230,7 @@ class Store:
         if rows - live < max(min_dead, live):
             return False
         order = [r for (r,) in self.db.execute("SELECT row FROM items ORDER BY row")]
-        old = self.vectors(writable=False)
+        old = self.vectors()
         number = int(self.vectors_path.stem.split("-")[1]) + 1
         new = self.path / f"vectors-{number}.f16"
         with open(new, "wb") as f:
@@ -260,7 +260,7 @@ class Store:
 
     # -------------------------------------------------------------------------------------------- reading
 
-    def vectors(self, writable: bool = False) -> np.ndarray:
+    def vectors(self) -> np.ndarray:
         """(rows, dim) float16, memory-mapped: only the committed rows."""
         rows = self.rows
         if rows == 0:
@@ -274,9 +274,10 @@ class Store:
         return arr[:, 0], arr[:, 1]
 
     def known(self) -> dict[str, tuple]:
-        """key -> (size, mtime_ns, sha256, is_skipped) of every record seen before."""
-        out = {k: (s, m, h, False) for k, s, m, h in self.db.execute("SELECT key, size, mtime_ns, sha256 FROM items")}
-        out.update({k: (s, m, None, True) for k, s, m in self.db.execute("SELECT key, size, mtime_ns FROM skipped")})
+        """key -> (size, mtime_ns, sha256, skip reason or None) of every record seen before."""
+        out = {k: (s, m, h, None) for k, s, m, h in self.db.execute("SELECT key, size, mtime_ns, sha256 FROM items")}
+        out.update({k: (s, m, None, r) for k, s, m, r in
+                    self.db.execute("SELECT key, size, mtime_ns, reason FROM skipped")})
         return out
 
     def items(self, ids: list[int]) -> dict[int, Item]:
