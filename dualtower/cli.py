@@ -255,7 +255,7 @@ def _cmd_export(args) -> int:
 
     model = _model(args)
     report = export(model, args.out, format=args.format, precision=args.precision_out, normalize=args.normalize,
-                    opset=args.opset)
+                    opset=args.opset, dynamic_size=args.dynamic_size, aot=args.aot)
     print(f"wrote {report.summary()}")
     return 0
 
@@ -263,7 +263,12 @@ def _cmd_export(args) -> int:
 def _cmd_index(args) -> int:
     from .search import build_index
 
-    model = _model(args)
+    if args.runtime == "onnx":  # the images embedded by ONNX Runtime, decoded by threads: no torch
+        from .onnx import load
+
+        model = load(args.model)
+    else:
+        model = _model(args)
     report = build_index(args.data, model, args.out, engine=args.engine, batch_size=args.batch_size,
                          workers=args.workers, progress=True, model_source=_model_source(args.model),
                          image_key=args.image_key, caption_key=args.caption_key, backend=args.backend, uri=args.uri,
@@ -479,6 +484,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="ONNX: fp16 weights and activations, or int8 (dynamic quantisation of the matrix products)")
     p.add_argument("--normalize", action="store_true", help="L2-normalise the embeddings inside the graphs")
     p.add_argument("--opset", type=int, default=18, help="the ONNX opset")
+    p.add_argument("--dynamic-size", action="store_true",
+                   help="image graph for any height and width (positional embeddings resized in the graph)")
+    p.add_argument("--aot", action="store_true", help="torch-export: also compile AOTInductor packages "
+                                                      "(*.aoti.pt2) for this platform; needs a C++ compiler")
     p.set_defaults(func=_cmd_export)
 
     p = sub.add_parser("index", help="build or update a search index of the images of a data spec")
@@ -496,8 +505,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--image-key", default="image", help="the image column of a captions file")
     p.add_argument("--caption-key", default="caption", help="the caption column of a captions file")
     p.add_argument("--batch-size", type=int, default=64, help="images per batch")
-    p.add_argument("--workers", type=int, default=2, help="image-decoding processes")
+    p.add_argument("--workers", type=int, default=2,
+                   help="image-decoding processes (threads with --runtime onnx)")
     _inference_args(p)
+    _runtime_arg(p)
     p.set_defaults(func=_cmd_index)
 
     def _index_args(p):

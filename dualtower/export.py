@@ -5,15 +5,21 @@ programs (`.pt2`).
 
 writes into the folder `out`:
 
-    image.onnx   pixels (B, 3, S, S) float32 -> image_embeds (B, E); B dynamic
+    image.onnx   pixels (B, 3, S, S) float32 -> image_embeds (B, E); B dynamic (and H, W with dynamic_size=True)
     text.onnx    ids (B, L) int64 -> text_embeds (B, E); B and L dynamic (L <= the context length), pooled
                  inside the graph at each row's own position (its first end-of-text token, or the model's rule)
     config.json  the model's config (preprocessing included), the inputs and outputs, precision, normalisation
     tokenizer files and a README.md for someone who has no PyTorch
 
+`dynamic_size=True`: the image graph takes any height and width. format "torch-export" writes `image.pt2` and
+`text.pt2` (torch.export programs, same dynamic dimensions); with `aot=True` also `image.aoti.pt2` and
+`text.aoti.pt2`, AOTInductor packages compiled for this platform (needs a C++ compiler); `load_programs(dir)`
+runs either.
+
 A vision-only model writes no text.onnx, a text-only one no image.onnx. `precision`: "fp32"; "fp16" (weights and
 activations in half precision, inputs and outputs float32); "int8" (ONNX Runtime's dynamic quantisation of the
-matrix products' weights, activations quantised per call). `normalize=True` puts the L2 normalisation in the
+matrix products' weights, activations quantised per call, after ONNX Runtime's fusions of residual + norm and
+bias + GELU). `normalize=True` puts the L2 normalisation in the
 graphs.
 
 The text graph takes any length up to the context length: a caller may cut the padding after the longest
@@ -44,12 +50,15 @@ VERSION = 1
 
 
 class ImageGraph(nn.Module):
-    def __init__(self, model, normalize: bool):
+    """`dynamic_size`: any height and width, the positional embeddings resized inside the graph (bicubic, as
+    `encode_image(..., interpolate_pos=True)` does) and 2-D rotary angles computed for the grid."""
+
+    def __init__(self, model, normalize: bool, dynamic_size: bool = False):
         super().__init__()
-        self.visual, self.normalize = model.visual, normalize
+        self.visual, self.normalize, self.dynamic_size = model.visual, normalize, dynamic_size
 
     def forward(self, pixels: torch.Tensor) -> torch.Tensor:
-        x = self.visual(pixels)
+        x = self.visual(pixels, self.dynamic_size)
         return F.normalize(x, dim=-1) if self.normalize else x
 
 
@@ -91,13 +100,18 @@ class ExportReport:
 
 
 def export(model, out: "str | os.PathLike", format: str = "onnx", precision: str = "fp32", normalize: bool = False,
-           opset: int = 18) -> ExportReport:
+           opset: int = 18, dynamic_size: bool = False, aot: bool = False) -> ExportReport:
     if format not in FORMATS:
         raise ValueError(f"format {format!r} is not one of {FORMATS}")
     if precision not in PRECISIONS:
         raise ValueError(f"precision {precision!r} is not one of {PRECISIONS}")
     if format == "torch-export" and precision != "fp32":
         raise ValueError("torch-export writes fp32 programs; --precision is for ONNX")
+    if aot and format != "torch-export":
+        raise ValueError("aot (AOTInductor packages) is for format torch-export")
+    if aot and shutil.which(os.environ.get("CXX", "c++")) is None:
+        raise ValueError("aot needs a C++ compiler (AOTInductor compiles the programs); none found on PATH "
+                         "(set CXX or install g++)")
     started = time.monotonic()
     # The caller's model keeps its dtype, device and mode. In eval mode the training-time parts (dropout, drop path,
     # patch dropout) are identities; every family built here exports exactly (tests/test_export.py).
@@ -109,8 +123,8 @@ def export(model, out: "str | os.PathLike", format: str = "onnx", precision: str
     graphs = {}
     if model.visual is not None:
         size = model.cfg.vision.image_size
-        graphs["image"] = (ImageGraph(model, normalize).eval(), torch.zeros(2, 3, size, size), "pixels",
-                           "image_embeds")
+        graphs["image"] = (ImageGraph(model, normalize, dynamic_size).eval(), torch.zeros(2, 3, size, size),
+                           "pixels", "image_embeds")
     if model.text is not None:
         ids = _example_ids(model)
         graphs["text"] = (TextGraph(model, normalize).eval(), ids, "ids", "text_embeds")
@@ -128,10 +142,34 @@ def export(model, out: "str | os.PathLike", format: str = "onnx", precision: str
                 with torch.no_grad():
                     program = torch.export.export(graph, (example,), dynamic_shapes=(dims,))
                 torch.export.save(program, path)
+                if aot:  # compiled for this platform (CPU here; a CUDA model compiles for its GPU)
+                    from torch._inductor import aoti_compile_and_package
+
+                    package = tmp / f"{name}.aoti.pt2"
+                    aoti_compile_and_package(program, package_path=str(package))
+                    files[package.name] = package.stat().st_size
             files[path.name] = path.stat().st_size
-        _write_side_files(model, tmp, out.name, format, precision, normalize, opset, graphs)
+        _write_side_files(model, tmp, out.name, format, precision, normalize, opset, graphs, aot)
     report = ExportReport(out, files, time.monotonic() - started)
     return report
+
+
+def load_programs(directory: "str | os.PathLike", aot: bool = True) -> dict:
+    """The graphs of a torch-export folder as callables, name -> module: the AOTInductor package where the export
+    wrote one and `aot` is true (compiled code, no Python per layer), else the torch.export program."""
+    directory = Path(directory)
+    meta = io.read_json(directory / "config.json")
+    if meta.get("format") != FORMAT_NAME or meta.get("runtime") != "torch-export":
+        raise ValueError(f"{directory}: not a dualtower torch-export folder")
+    from torch._inductor import aoti_load_package
+
+    programs = {}
+    for name, graph in meta["graphs"].items():
+        if aot and graph.get("aoti"):
+            programs[name] = aoti_load_package(str(directory / graph["aoti"]))
+        else:
+            programs[name] = torch.export.load(directory / graph["file"]).module()
+    return programs
 
 
 def _example_ids(model) -> torch.Tensor:
@@ -148,7 +186,12 @@ def _example_ids(model) -> torch.Tensor:
 def _dims(example: torch.Tensor, text: bool, graph) -> dict:
     batch = torch.export.Dim("batch", min=1, max=65536)
     if not text:
-        return {0: batch}
+        if not graph.dynamic_size:
+            return {0: batch}
+        # at least two patches a side: a one-patch side would let the exporter specialise the resize away
+        patch = graph.visual.cfg.patch_size
+        return {0: batch, 2: torch.export.Dim("height", min=2 * patch, max=8192),
+                3: torch.export.Dim("width", min=2 * patch, max=8192)}
     return {0: batch, 1: torch.export.Dim("length", min=1, max=graph.text.cfg.context_length)}
 
 
@@ -166,19 +209,31 @@ def _to_onnx(graph, example, input_name: str, output_name: str, path: Path, opse
     program.save(str(path))  # one file: the weights inside (towers up to 2 GB)
 
 
+def fuse(src: Path, dst: Path) -> dict:
+    """ONNX Runtime's transformer fusions (residual + LayerNorm / RMSNorm and bias + GELU into single kernels),
+    applied before int8 quantisation: exact in fp32 for every family (tests/test_export.py) and 1.26x the int8
+    image tower's images/s on ViT-B-32 (benchmarks/RESULTS.md). Returns the count of each fused operator."""
+    optimizer = require("onnxruntime.transformers.optimizer", "int8 export", "onnx")
+    model = optimizer.optimize_model(str(src), model_type="bert", opt_level=0)
+    model.save_model_to_file(str(dst))
+    return {k: v for k, v in model.get_fused_operator_statistics().items() if v}
+
+
 def _lower(path: Path, precision: str) -> None:
     if precision == "int8":
         quantization = require("onnxruntime.quantization", "int8 export", "onnx")
-        tmp = path.with_suffix(".int8.onnx")
+        fused, tmp = path.with_suffix(".fused.onnx"), path.with_suffix(".int8.onnx")
         import logging
 
         root, level = logging.getLogger(), logging.getLogger().level
         root.setLevel(logging.ERROR)  # its advice to pre-process is for models with dynamic shapes it cannot infer
         try:
-            quantization.quantize_dynamic(str(path), str(tmp), weight_type=quantization.QuantType.QInt8,
+            fuse(path, fused)
+            quantization.quantize_dynamic(str(fused), str(tmp), weight_type=quantization.QuantType.QInt8,
                                           op_types_to_quantize=["MatMul", "Gemm"])
         finally:
             root.setLevel(level)
+            fused.unlink(missing_ok=True)
         os.replace(tmp, path)
         return
     onnx = require("onnx", "fp16 export", "onnx")
@@ -188,7 +243,7 @@ def _lower(path: Path, precision: str) -> None:
 
 
 def _write_side_files(model, directory: Path, name: str, format: str, precision: str, normalize: bool, opset: int,
-                      graphs: dict) -> None:
+                      graphs: dict, aot: bool = False) -> None:
     from importlib import resources
 
     from .checkpoint import weights_sha256
@@ -198,7 +253,9 @@ def _write_side_files(model, directory: Path, name: str, format: str, precision:
     io.write_json(directory / "config.json", {
         "format": FORMAT_NAME, "version": VERSION, "runtime": format, "precision": precision,
         "normalized": normalize, "opset": opset if format == "onnx" else None,
-        "graphs": {name: {"file": f"{name}.{ext}", "input": g[2], "output": g[3]} for name, g in graphs.items()},
+        "dynamic_size": bool(graphs.get("image") and graphs["image"][0].dynamic_size),
+        "graphs": {name: {"file": f"{name}.{ext}", "input": g[2], "output": g[3],
+                          **({"aoti": f"{name}.aoti.pt2"} if aot else {})} for name, g in graphs.items()},
         # what turns cosine similarities into logits: exp of the (clamped) learned temperature, and the bias
         "logit_scale": float(model.scale().detach()) if model.logit_scale is not None else None,
         "logit_bias": float(model.logit_bias.detach()) if model.logit_bias is not None else None,
@@ -219,6 +276,7 @@ def _write_side_files(model, directory: Path, name: str, format: str, precision:
     resize = (f"shortest side to {p.image_size} ({p.interpolation}), center crop {p.image_size} x {p.image_size}"
               if p.resize_mode == "shortest" else f"both sides to {p.image_size} ({p.interpolation})")
     scaled = "L2-normalised" if normalize else "not normalised (divide each row by its L2 norm before comparing)"
+    sized = ", image height and width too" if "image" in graphs and graphs["image"][0].dynamic_size else ""
     listing = "".join(f"- `{name}.{ext}`: `{g[2]}` -> `{g[3]}`\n" for name, g in graphs.items())
     io.write_text(directory / "README.md", f"""# {cfg.name}, exported by dualtower ({format}, {precision})
 
@@ -230,7 +288,7 @@ image preprocessing `pip install --no-deps dualtower` plus `tokenizers ftfy rege
     image_embeds = model.embed_images([PIL.Image.open("cat.jpg")])   # (N, {cfg.embed_dim})
     text_embeds = model.embed_texts(["a photo of a cat"])              # (N, {cfg.embed_dim})
 
-Graphs (batch and text length dynamic):
+Graphs (batch and text length dynamic{sized}):
 {listing}
 Image preprocessing, if you write your own: RGB; resize {resize};
 scale to 0..1, subtract mean {list(p.mean)}, divide by std {list(p.std)};

@@ -61,9 +61,13 @@ class OnnxModel:
         if "image" not in self.sessions:
             raise ValueError(f"{self.cfg.name}: the export has no image tower")
         x = np.ascontiguousarray(pixels, dtype=np.float32)
-        size = self.cfg.vision.image_size
-        if x.ndim != 4 or x.shape[1:] != (3, size, size):
-            raise ValueError(f"pixels must be (B, 3, {size}, {size}), got {tuple(x.shape)}")
+        size, patch = self.cfg.vision.image_size, self.cfg.vision.patch_size
+        if self.meta.get("dynamic_size"):
+            if x.ndim != 4 or x.shape[1] != 3 or min(x.shape[2:]) < 2 * patch:
+                raise ValueError(f"pixels must be (B, 3, H, W) with H, W >= {2 * patch}, got {tuple(x.shape)}")
+        elif x.ndim != 4 or x.shape[1:] != (3, size, size):
+            raise ValueError(f"pixels must be (B, 3, {size}, {size}), got {tuple(x.shape)} (an export with "
+                             "--dynamic-size takes other sizes)")
         out = self.sessions["image"].run(None, {"pixels": x})[0]
         return _normalize(out) if normalize and not self.normalized else out
 

@@ -88,18 +88,92 @@ def test_onnx_runtime_equals_pytorch_for_every_family(name, tmp_path):
         assert np.abs(got - ref).max() <= 1e-4 * np.abs(ref).max(), f"{name} text, batch {batch}, length {length}"
 
 
+@pytest.mark.parametrize("name", ["tiny", "EVA02-B-16", "ViT-B-16-SigLIP",
+                                  *[pytest.param(n, marks=pytest.mark.slow) for n in (
+                                      "tiny-quickgelu", "InternViT-300M-448px", "InternVL-C-vision",
+                                      "tiny-post-rms")]])
+def test_the_fusions_before_int8_are_exact_in_fp32(name, tmp_path):
+    """int8 export first fuses residual + norm and bias + GELU (ONNX Runtime's transformer optimizer): in fp32
+    the fused graphs equal the exported ones within 1e-5 relative, for every family."""
+    import onnxruntime as ort
+
+    from dualtower.export import fuse
+
+    cfg = get_config(name) if name.startswith("tiny") else _small(name)
+    model = _perturbed(cfg)
+    export(model, tmp_path)
+    size = cfg.vision.image_size
+    feeds = {"image": {"pixels": np.random.RandomState(0).randn(5, 3, size, size).astype(np.float32)}}
+    if model.text is not None:
+        feeds["text"] = {"ids": _ids(model, 5, cfg.text.context_length).numpy()}
+    for graph, feed in feeds.items():
+        fused = fuse(tmp_path / f"{graph}.onnx", tmp_path / f"{graph}.fused.onnx")
+        assert fused, f"{name} {graph}: nothing fused"
+        ref = ort.InferenceSession(str(tmp_path / f"{graph}.onnx")).run(None, feed)[0]
+        got = ort.InferenceSession(str(tmp_path / f"{graph}.fused.onnx")).run(None, feed)[0]
+        assert np.abs(got - ref).max() <= 1e-5 * np.abs(ref).max(), (name, graph, fused)
+
+
+SIZES = ((28, 28), (42, 70), (100, 37))  # the trained size, then others (37: not a multiple of the patch)
+
+
+@pytest.mark.parametrize("name", ["EVA02-B-16", "ViT-B-16-SigLIP",
+                                  pytest.param("InternViT-300M-448px", marks=pytest.mark.slow)])
+def test_dynamic_size_export_takes_any_image_size_as_pytorch_does(name, tmp_path):
+    """--dynamic-size: one graph for every height and width, equal to encode_image(interpolate_pos=True), the
+    positional embeddings resized and (EVA02) the rotary angles computed in the graph."""
+    import dualtower.onnx
+
+    model = _perturbed(_small(name))
+    export(model, tmp_path / "onnx", dynamic_size=True)
+    runtime = dualtower.onnx.load(tmp_path / "onnx")
+    assert runtime.meta["dynamic_size"] is True
+    for i, (h, w) in enumerate(SIZES):
+        pixels = torch.randn(1 + 2 * i, 3, h, w, generator=torch.Generator().manual_seed(i))
+        with torch.no_grad():
+            ref = model.encode_image(pixels, interpolate_pos=True).numpy()
+        got = runtime.encode_image(pixels.numpy())
+        assert np.abs(got - ref).max() <= 1e-4 * np.abs(ref).max(), (name, h, w)
+    fixed = tmp_path / "fixed"
+    export(model, fixed)
+    with pytest.raises(ValueError, match="dynamic-size takes other sizes"):
+        dualtower.onnx.load(fixed).encode_image(np.zeros((1, 3, 42, 70), np.float32))
+
+
 def test_torch_export_programs_equal_eager(tmp_path):
     model = _perturbed(_small("EVA02-B-16"))
-    export(model, tmp_path / "pt2", format="torch-export")
+    export(model, tmp_path / "pt2", format="torch-export", dynamic_size=True)
     image = torch.export.load(tmp_path / "pt2" / "image.pt2").module()
     text = torch.export.load(tmp_path / "pt2" / "text.pt2").module()
-    pixels = torch.randn(3, 3, 28, 28)
     ids = _ids(model, 4, 20)
     with torch.no_grad():
-        for got, ref in ((image(pixels), model.encode_image(pixels)), (text(ids), model.encode_text(ids))):
-            assert (got - ref).abs().max() <= 1e-5 * ref.abs().max()
+        got, ref = text(ids), model.encode_text(ids)
+        assert (got - ref).abs().max() <= 1e-5 * ref.abs().max()
+        for h, w in SIZES:
+            pixels = torch.randn(3, 3, h, w)
+            got, ref = image(pixels), model.encode_image(pixels, interpolate_pos=True)
+            assert (got - ref).abs().max() <= 1e-5 * ref.abs().max(), (h, w)
     config = json.loads((tmp_path / "pt2" / "config.json").read_text())
     assert config["runtime"] == "torch-export" and config["graphs"]["text"]["file"] == "text.pt2"
+
+
+@pytest.mark.slow
+def test_aot_inductor_packages_equal_eager(tmp_path, capsys):
+    """--aot compiles both programs with AOTInductor (about a minute each on 2 cores); load_programs runs them."""
+    from dualtower.export import load_programs
+
+    model = _perturbed(get_config("tiny"))
+    dualtower.save(model, tmp_path / "ckpt")
+    assert main(["export", str(tmp_path / "ckpt"), str(tmp_path / "aot"), "--format", "torch-export", "--aot"]) == 0
+    assert "image.aoti.pt2" in capsys.readouterr().out
+    programs = load_programs(tmp_path / "aot")
+    pixels, ids = torch.randn(5, 3, 32, 32), _ids(model, 3, 16)
+    with torch.no_grad():
+        for got, ref in ((programs["image"](pixels), model.encode_image(pixels)),
+                         (programs["text"](ids), model.encode_text(ids))):
+            assert (got - ref).abs().max() <= 1e-5 * ref.abs().max()
+    assert main(["export", "tiny", str(tmp_path / "x"), "--aot"]) == 2
+    assert "aot (AOTInductor packages) is for format torch-export" in capsys.readouterr().err
 
 
 def test_fp16_and_int8_stay_close_and_classify_the_digits_as_fp32_does(trained_digits, tmp_path):

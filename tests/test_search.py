@@ -474,3 +474,41 @@ def test_queries_run_on_an_onnx_export_of_the_index_model(trained, digits, tmp_p
         SearchIndex(tmp_path / "index", model=dualtower.onnx.load(tmp_path / "other"))
     for i in (index, fp32, int8):
         i.close()
+
+
+def test_index_builds_on_onnx_runtime_without_torch(trained, digits, tmp_path):
+    """`index --runtime onnx` embeds with an export on ONNX Runtime, decoding in threads, with torch unimportable;
+    its vectors equal the PyTorch-built index's (fp32) and it records the same model, so `search` of either
+    works with either runtime."""
+    pytest.importorskip("onnxruntime")
+    from dualtower.export import export
+
+    model = dualtower.load(trained)
+    build_index(str(digits), model, tmp_path / "torch", workers=0)
+    export(model, tmp_path / "fp32")
+    script = f"""
+import sys
+sys.modules["torch"] = None  # any import of torch fails
+from dualtower.cli import main
+assert main(["index", {str(digits)!r}, "--out", {str(tmp_path / "onnx")!r}, "--runtime", "onnx", "--model",
+             {str(tmp_path / "fp32")!r}, "--workers", "2", "--batch-size", "50"]) == 0
+sys.exit(main(["search", {str(tmp_path / "onnx")!r}, {QUERIES["three"]!r}, "--runtime", "onnx", "--model",
+               {str(tmp_path / "fp32")!r}, "--json"]))
+"""
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr
+    summary, hits = out.stdout.split("\n", 1)  # the index's summary line, then the search's JSON
+    assert "seen" in summary and Counter(_classes(h["key"] for h in json.loads(hits)))["three"] >= 8
+    by_torch, by_onnx = Store(tmp_path / "torch"), Store(tmp_path / "onnx")
+    assert by_onnx.model["weights_sha256"] == by_torch.model["weights_sha256"]
+
+    def vectors(store):
+        rows, ids = store.live_rows()
+        items = store.items(ids.tolist())
+        return {items[i].key: store.vectors()[r] for r, i in zip(rows, ids)}
+
+    a, b = vectors(by_torch), vectors(by_onnx)
+    assert len(a) == len(b) == by_torch.count() > 100 and a.keys() == b.keys()
+    assert max(float(np.abs(a[k].astype(np.float32) - b[k].astype(np.float32)).max()) for k in a) < 2e-3
+    by_torch.close()
+    by_onnx.close()

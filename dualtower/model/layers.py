@@ -100,18 +100,24 @@ class Rope2D(nn.Module):
         self._cache: dict[tuple, tuple[torch.Tensor, torch.Tensor]] = {}
 
     def forward(self, grid_h: int, grid_w: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+        if torch.compiler.is_compiling():  # traced with a symbolic grid: part of the graph, never cached
+            return self._angles(grid_h, grid_w, device)
         key = (grid_h, grid_w, device)
         if key not in self._cache:  # computed on the CPU in fp32 (never on the meta device a model is built on)
             if len(self._cache) >= 16:  # bounded, like the tower's resized positional embeddings
                 self._cache.clear()
-            freqs = 1.0 / self.temperature ** (torch.arange(self.bands, dtype=torch.float32, device="cpu") / self.bands)
-            rows = torch.arange(grid_h, dtype=torch.float32, device="cpu") / grid_h * self.ref_grid
-            cols = torch.arange(grid_w, dtype=torch.float32, device="cpu") / grid_w * self.ref_grid
-            grid = torch.stack(torch.meshgrid(rows, cols, indexing="ij"), dim=-1)  # (gh, gw, 2)
-            angles = (grid[..., None] * freqs).flatten(0, 1).flatten(1)  # (N, 2 * bands): rows, then columns
-            angles = angles.repeat_interleave(2, dim=-1)  # (N, head_dim): both channels of a pair share an angle
-            self._cache[key] = (angles.sin().to(device), angles.cos().to(device))
+            sin, cos = self._angles(grid_h, grid_w, torch.device("cpu"))
+            self._cache[key] = (sin.to(device), cos.to(device))
         return self._cache[key]
+
+    def _angles(self, grid_h, grid_w, device) -> tuple[torch.Tensor, torch.Tensor]:
+        freqs = 1.0 / self.temperature ** (torch.arange(self.bands, dtype=torch.float32, device=device) / self.bands)
+        rows = torch.arange(grid_h, dtype=torch.float32, device=device) / grid_h * self.ref_grid
+        cols = torch.arange(grid_w, dtype=torch.float32, device=device) / grid_w * self.ref_grid
+        grid = torch.stack(torch.meshgrid(rows, cols, indexing="ij"), dim=-1)  # (gh, gw, 2)
+        angles = (grid[..., None] * freqs).flatten(0, 1).flatten(1)  # (N, 2 * bands): rows, then columns
+        angles = angles.repeat_interleave(2, dim=-1)  # (N, head_dim): both channels of a pair share an angle
+        return angles.sin(), angles.cos()
 
 
 class Attention(nn.Module):

@@ -141,11 +141,14 @@ class VisionTower(nn.Module):
     def pos_embed_for(self, grid_h: int, grid_w: int) -> torch.Tensor:
         """(prefix + gh * gw, D): the learned positional embeddings for another patch grid, the patch part resized
         bicubically (align_corners=False, as HF's `interpolate_pos_encoding`). Cached per grid while the
-        weights are unchanged and no gradient is wanted, so a repeated size costs nothing."""
+        weights are unchanged and no gradient is wanted, so a repeated size costs nothing. Traced (torch.export,
+        ONNX export with dynamic height and width) it is one graph for every grid: no cache, no shortcut (a resize
+        to the same grid is the identity)."""
         g = self.cfg.grid
-        if (grid_h, grid_w) == (g, g):
+        traced = torch.compiler.is_compiling()
+        if not traced and (grid_h, grid_w) == (g, g):
             return self.pos_embed
-        track = torch.is_grad_enabled() and self.pos_embed.requires_grad
+        track = traced or (torch.is_grad_enabled() and self.pos_embed.requires_grad)
         key = (grid_h, grid_w, self.pos_embed._version, self.pos_embed.device, self.pos_embed.dtype)
         if not track and key in self._pos_cache:
             return self._pos_cache[key]
@@ -165,7 +168,7 @@ class VisionTower(nn.Module):
         if pixels.ndim != 4 or pixels.shape[1] != 3:
             raise ValueError(f"pixels must be (B, 3, H, W), got {tuple(pixels.shape)}")
         size = self.cfg.image_size
-        if pixels.shape[-2:] != (size, size) and not interpolate_pos:
+        if not interpolate_pos and pixels.shape[-2:] != (size, size):
             raise ValueError(f"pixels are {tuple(pixels.shape[-2:])}, this model takes {size}x{size} "
                              "(interpolate_pos=True resizes the positional embeddings to other sizes)")
         x = self.patch_embed(pixels.to(self.patch_embed.weight.dtype))  # (B, D, gh, gw); a bf16 model takes fp32

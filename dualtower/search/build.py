@@ -17,8 +17,6 @@ from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import torch
-
 from ..data import BadSample, open_source
 from ..data.files import IMAGE_SUFFIXES
 from ..images import ImageTransform, white_rgb
@@ -80,11 +78,12 @@ def _stat(file: str | None) -> tuple[int | None, int | None]:
     return st.st_size, st.st_mtime_ns
 
 
-class _Records(torch.utils.data.Dataset):
-    """Item k: record todo[k] decoded, hashed, thumbnailed and transformed (or the reason it is bad)."""
+class _Records:
+    """Item k: record todo[k] decoded, hashed, thumbnailed and transformed (or the reason it is bad); a map-style
+    dataset for torch's DataLoader, or read by threads for an ONNX Runtime model (`array=True`: numpy pixels)."""
 
-    def __init__(self, source, todo: list[tuple], transform: ImageTransform):
-        self.source, self.todo, self.transform = source, todo, transform
+    def __init__(self, source, todo: list[tuple], transform: ImageTransform, array: bool = False):
+        self.source, self.todo, self.transform, self.array = source, todo, transform, array
 
     def __len__(self) -> int:
         return len(self.todo)
@@ -109,7 +108,8 @@ class _Records(torch.utils.data.Dataset):
             thumb.thumbnail((THUMB_SIDE, THUMB_SIDE))
             buffer = _io.BytesIO()
             thumb.save(buffer, format="JPEG", quality=85)
-            out.update(pixels=self.transform(image), width=image.width, height=image.height,
+            pixels = self.transform.array(image) if self.array else self.transform(image)
+            out.update(pixels=pixels, width=image.width, height=image.height,
                        caption=sample.caption or None, thumb=buffer.getvalue())
         except BadSample as e:
             out.update(bad=e.reason, detail=e.detail or key)
@@ -127,7 +127,8 @@ def build_index(spec: str, model, out: "str | os.PathLike", engine: str = "auto"
     by default `out/milvus.db`, or a server's URL) instead of FAISS."""
     started = time.monotonic()
     engines.choose(engine, 0)  # a bad name fails before any work
-    model.eval()
+    if not hasattr(model, "sessions"):
+        model.eval()
     source = open_source(spec, image_key, caption_key, captions=False)  # a bad spec fails before the index exists
     store = Store.create(out, model_identity(model, model_source), model.cfg.embed_dim,
                          _backend(backend, uri, collection, Path(out)))
@@ -178,15 +179,20 @@ def _backend(name: str | None, uri: str | None, collection: str, out: Path) -> d
     return {"name": "milvus", "uri": uri, "collection": collection}
 
 
-@torch.inference_mode()
 def _embed(store: Store, source, todo: list, known: dict, model, batch_size: int, workers: int, progress: bool,
            report: BuildReport) -> None:
     if not todo:
         return
-    device = next(model.parameters()).device
-    loader = torch.utils.data.DataLoader(_Records(source, todo, ImageTransform(model.cfg.preprocess)),
-                                         batch_size=batch_size, num_workers=workers, collate_fn=list,
-                                         prefetch_factor=4 if workers else None)
+    onnx = hasattr(model, "sessions")
+    records = _Records(source, todo, ImageTransform(model.cfg.preprocess), array=onnx)
+    if onnx:  # no torch: records decoded by threads (Pillow and numpy release the GIL), one batch ahead
+        loader, encode = _threaded(records, batch_size, workers), _onnx_encoder(model)
+    else:
+        import torch
+
+        loader = torch.utils.data.DataLoader(records, batch_size=batch_size, num_workers=workers, collate_fn=list,
+                                             prefetch_factor=4 if workers else None)
+        encode = _torch_encoder(model)
     if progress:
         from tqdm import tqdm
 
@@ -211,6 +217,46 @@ def _embed(store: Store, source, todo: list, known: dict, model, batch_size: int
                 report.added += 1
         if not good:
             continue
-        pixels = torch.stack([r.pop("pixels") for r in good]).to(device)
-        vectors = model.encode_image(pixels, normalize=True).float().cpu().numpy()
-        store.append(vectors, good)
+        store.append(encode([r.pop("pixels") for r in good]), good)
+
+
+class _threaded:
+    """Batches of records decoded by a thread pool, the next batch decoding while the current one is embedded."""
+
+    def __init__(self, records: _Records, batch_size: int, workers: int):
+        self.records, self.batch_size, self.workers = records, batch_size, max(1, workers)
+
+    def __len__(self) -> int:
+        return -(-len(self.records) // self.batch_size)
+
+    def __iter__(self):
+        from concurrent.futures import ThreadPoolExecutor
+
+        n = len(self.records)
+        starts = range(0, n, self.batch_size)
+        with ThreadPoolExecutor(self.workers) as pool:
+            def submit(start):
+                return [pool.submit(self.records.__getitem__, k) for k in range(start, min(start + self.batch_size, n))]
+
+            pending = submit(starts[0]) if starts else []
+            for i in range(len(starts)):
+                current, pending = pending, submit(starts[i + 1]) if i + 1 < len(starts) else []
+                yield [f.result() for f in current]
+
+
+def _onnx_encoder(model):
+    import numpy as np
+
+    return lambda pixels: model.encode_image(np.stack(pixels), normalize=True)
+
+
+def _torch_encoder(model):
+    import torch
+
+    device = next(model.parameters()).device
+
+    @torch.inference_mode()
+    def encode(pixels):
+        return model.encode_image(torch.stack(pixels).to(device), normalize=True).float().cpu().numpy()
+
+    return encode

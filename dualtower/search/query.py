@@ -7,7 +7,6 @@ import threading
 from dataclasses import asdict, dataclass
 
 import numpy as np
-import torch
 
 from . import engine as engines
 from .build import model_identity
@@ -79,6 +78,8 @@ class SearchIndex:
             from ..tokenizer import get_tokenizer
 
             self._tokenizer = get_tokenizer(self.model)
+        import torch
+
         ids = self._tokenizer(list(texts))
         with self._lock, torch.inference_mode():
             return self.model.encode_text(ids, normalize=True).float().numpy()
@@ -90,6 +91,8 @@ class SearchIndex:
         if self.onnx:
             with self._lock:
                 return self.model.embed_images([image])[0]
+        import torch
+
         from .. import get_transform
 
         param = next(self.model.parameters())
