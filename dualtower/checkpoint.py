@@ -99,7 +99,7 @@ def read_state(directory: Path, cfg: ModelConfig) -> dict[str, torch.Tensor]:
     try:
         with safe_open(weights, framework="pt") as f:
             shapes = {k: tuple(f.get_slice(k).get_shape()) for k in f.keys()}
-            check_shapes(empty_model(cfg), shapes, str(weights))  # before any tensor is read
+            check_shapes(cfg, shapes, str(weights))  # before any tensor is read
             return {k: f.get_tensor(k) for k in f.keys()}
     except CheckpointError:
         raise
@@ -132,7 +132,24 @@ def empty_model(cfg: ModelConfig) -> DualEncoder:
         return DualEncoder(cfg)
 
 
-def check_shapes(model: DualEncoder, shapes: dict[str, tuple], source: str) -> None:
+def check_depths(cfg: ModelConfig, names, source: str) -> None:
+    """The number of blocks each tower's weights hold against the config's depth, from the tensor names alone:
+    a config that asks for far more blocks than the file has is refused before a model of that size is built."""
+    for prefix, tower in (("visual", cfg.vision), ("text", cfg.text)):
+        if tower is None:
+            continue
+        blocks = {n.split(".")[3] for n in names if n.startswith(f"{prefix}.transformer.blocks.")}
+        if len(blocks) != tower.depth:
+            raise CheckpointError(f"{source}: weights do not match the config: the {prefix} tower has "
+                                  f"{len(blocks)} blocks in the weights, the config says depth {tower.depth}")
+
+
+def check_shapes(model: "DualEncoder | ModelConfig", shapes: dict[str, tuple], source: str) -> None:
+    """Every tensor name and shape of the model (or of a config's model, built on the meta device after its
+    depths are checked against the names) against `shapes`, before any weights are read or copied."""
+    if isinstance(model, ModelConfig):
+        check_depths(model, shapes, source)
+        model = empty_model(model)
     expected = {k: tuple(v.shape) for k, v in model.state_dict().items()}
     missing = sorted(set(expected) - set(shapes))
     extra = sorted(set(shapes) - set(expected))
@@ -147,7 +164,16 @@ def check_shapes(model: DualEncoder, shapes: dict[str, tuple], source: str) -> N
 
 def build(cfg: ModelConfig, state: dict[str, torch.Tensor], source: str) -> DualEncoder:
     """A model of `cfg` holding `state` (our names; every key and shape checked), in eval mode, fp32."""
+    check_depths(cfg, state, source)
     model = empty_model(cfg)
     check_shapes(model, {k: tuple(v.shape) for k, v in state.items()}, source)
+    expected = model.state_dict()
+    wrong = [f"{k} ({v.dtype})" for k, v in state.items() if expected[k].is_floating_point()
+             and not v.is_floating_point()]
+    if wrong:
+        raise CheckpointError(f"{source}: integer or boolean tensors where weights are floats: {wrong[:3]}")
+    bad = [k for k, v in state.items() if v.is_floating_point() and not bool(torch.isfinite(v).all())]
+    if bad:
+        raise CheckpointError(f"{source}: {len(bad)} tensor(s) hold NaN or infinite values, e.g. {bad[:3]}")
     model.load_state_dict({k: v.float() if v.is_floating_point() else v for k, v in state.items()}, assign=True)
     return model.eval()

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import functools
 import logging
+import os
 import sys
 
 
@@ -354,8 +355,8 @@ def _data_args(p, data_help: str = "a data spec (builtin:digits:test, a captions
     p.add_argument("--data", required=True, help=data_help)
     p.add_argument("--image-key", default="image", help="the image column of a captions file")
     p.add_argument("--caption-key", default="caption", help="the caption column of a captions file")
-    p.add_argument("--batch-size", type=int, default=64, help="images per batch")
-    p.add_argument("--workers", type=int, default=2, help="image-decoding processes")
+    p.add_argument("--batch-size", type=_count(1), default=64, help="images per batch")
+    p.add_argument("--workers", type=_count(0), default=2, help="image-decoding processes")
     _inference_args(p)
 
 
@@ -393,11 +394,28 @@ class _Help(argparse.RawDescriptionHelpFormatter):
         return text
 
 
+def _count(low: int, high: int | None = None):
+    """An argparse type: an integer in [low, high]; anything else is refused by argparse, naming the option."""
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
+        if value < low or (high is not None and value > high):
+            raise argparse.ArgumentTypeError(f"{value} is not in [{low}, {high if high is not None else '...'}]")
+        return value
+
+    parse.__name__ = "integer"
+    return parse
+
+
 def build_parser() -> argparse.ArgumentParser:
     from . import __version__
 
     parser = argparse.ArgumentParser(prog="dualtower", description="CLIP-style dual-encoder vision-text models.")
     parser.add_argument("--version", action="version", version=f"dualtower {__version__}")
+    parser.add_argument("--debug", action="store_true",
+                        help="show the full traceback of an error (also: DUALTOWER_DEBUG=1)")
     sub = parser.add_subparsers(dest="command", required=True,
                                 parser_class=functools.partial(argparse.ArgumentParser, formatter_class=_Help))
 
@@ -430,10 +448,10 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("demo", help="train a small CLIP on built-in data, evaluate it, write a report")
     p.add_argument("--data", default="builtin:digits", help="builtin:digits or builtin:fashion-mnist")
     p.add_argument("--out", default="demo-out", help="the report directory")
-    p.add_argument("--steps", type=int, help="training steps (default: the data set's recipe)")
-    p.add_argument("--workers", type=int, default=1, help="image-decoding processes")
+    p.add_argument("--steps", type=_count(1), help="training steps (default: the data set's recipe)")
+    p.add_argument("--workers", type=_count(0), default=1, help="image-decoding processes")
     p.add_argument("--seed", type=int, default=0, help="the run's seed")
-    p.set_defaults(func=_cmd_demo)
+    p.set_defaults(func=_cmd_demo, out_dir=True)
 
     p = sub.add_parser("eval", help="zero-shot classification, retrieval or linear probe")
     p.add_argument("task", choices=["zeroshot", "retrieval", "linear-probe"], help="what to measure")
@@ -441,25 +459,25 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--train", help="linear-probe: the data the probe is fitted on")
     p.add_argument("--templates", help="zeroshot: a file of prompt templates, one per line, {c} for the class")
     p.add_argument("--out", help="write the results as JSON here")
-    p.set_defaults(func=_cmd_eval)
+    p.set_defaults(func=_cmd_eval, out_file=(".json",))
 
     p = sub.add_parser("classify", help="top-k labels for images, zero-shot")
     _model_args(p)
     p.add_argument("--labels", required=True, help='comma-separated, e.g. "cat,dog,car"')
     p.add_argument("--templates", help="a file of prompt templates ({c} for the label)")
-    p.add_argument("--top-k", type=int, default=3, help="labels printed per image")
+    p.add_argument("--top-k", type=_count(1), default=3, help="labels printed per image")
     p.add_argument("--out", help="also write the results: FILE.json or FILE.csv")
     _inference_args(p)
     p.add_argument("images", nargs="+", help="image files, or folders (their images, recursively)")
     _runtime_arg(p)
-    p.set_defaults(func=_cmd_classify)
+    p.set_defaults(func=_cmd_classify, out_file=(".json", ".csv"))
 
     p = sub.add_parser("embed", help="embed every image of a data source to .npz or .safetensors")
     _data_args(p)
     p.add_argument("--out", required=True, help="FILE.npz or FILE.safetensors")
     p.add_argument("--text", action="store_true", help="also embed the captions")
     _runtime_arg(p)
-    p.set_defaults(func=_cmd_embed)
+    p.set_defaults(func=_cmd_embed, out_file=(".npz", ".safetensors"))
 
     p = sub.add_parser("features", help="hidden states of chosen vision layers, for multimodal LLMs")
     _model_args(p)
@@ -467,12 +485,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-cls", action="store_true", help="drop the class token")
     p.add_argument("--final-norm", action="store_true", help="apply the tower's final norm to every token")
     p.add_argument("--tiles", help="MIN-MAX: cut each image into InternVL's dynamic tiles (plus a thumbnail)")
-    p.add_argument("--batch-size", type=int, default=32, help="images per batch (tiles count separately)")
+    p.add_argument("--batch-size", type=_count(1), default=32, help="images per batch (tiles count separately)")
     _inference_args(p)
     p.add_argument("--out", required=True,
                    help="FILE.safetensors: tensors layer<N> (tiles, tokens, width); metadata images, tiles_per_image")
     p.add_argument("images", nargs="+", help="image files")
-    p.set_defaults(func=_cmd_features)
+    p.set_defaults(func=_cmd_features, out_file=(".safetensors",))
 
     p = sub.add_parser("export", help="export the towers for deployment: ONNX (ONNX Runtime) or torch.export")
     p.add_argument("model", help="a checkpoint, hf-hub:ORG/NAME, a name from `dualtower models`, or an "
@@ -483,7 +501,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--precision", dest="precision_out", choices=["fp32", "fp16", "int8"], default="fp32",
                    help="ONNX: fp16 weights and activations, or int8 (dynamic quantisation of the matrix products)")
     p.add_argument("--normalize", action="store_true", help="L2-normalise the embeddings inside the graphs")
-    p.add_argument("--opset", type=int, default=18, help="the ONNX opset")
+    p.add_argument("--opset", type=_count(7, 30), default=18, help="the ONNX opset")
     p.add_argument("--dynamic-size", action="store_true",
                    help="image graph for any height and width (positional embeddings resized in the graph)")
     p.add_argument("--aot", action="store_true", help="torch-export: also compile AOTInductor packages "
@@ -504,8 +522,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--collection", default="dualtower", help="milvus: the collection's name")
     p.add_argument("--image-key", default="image", help="the image column of a captions file")
     p.add_argument("--caption-key", default="caption", help="the caption column of a captions file")
-    p.add_argument("--batch-size", type=int, default=64, help="images per batch")
-    p.add_argument("--workers", type=int, default=2,
+    p.add_argument("--batch-size", type=_count(1), default=64, help="images per batch")
+    p.add_argument("--workers", type=_count(0), default=2,
                    help="image-decoding processes (threads with --runtime onnx)")
     _inference_args(p)
     _runtime_arg(p)
@@ -523,7 +541,7 @@ def build_parser() -> argparse.ArgumentParser:
     _index_args(p)
     p.add_argument("text", nargs="?", help="what to look for, e.g. \"a red car\"")
     p.add_argument("--image", help="search by this image file instead of a text")
-    p.add_argument("-k", type=int, default=10, help="how many results")
+    p.add_argument("-k", type=_count(1), default=10, help="how many results")
     p.add_argument("--json", action="store_true", help="print the results as JSON")
     p.set_defaults(func=_cmd_search)
 
@@ -531,10 +549,10 @@ def build_parser() -> argparse.ArgumentParser:
     _index_args(p)
     p.add_argument("--host", default="127.0.0.1", help="the address to listen on (other than loopback: reachable "
                                                        "from other machines)")
-    p.add_argument("--port", type=int, default=8000, help="the port")
-    p.add_argument("--max-body", type=int, default=10 * 1024 * 1024, help="the largest request body, in bytes")
-    p.add_argument("--max-k", type=int, default=1000, help="the most results one request may ask for")
-    p.add_argument("--max-waiting", type=int, default=32,
+    p.add_argument("--port", type=_count(1, 65535), default=8000, help="the port")
+    p.add_argument("--max-body", type=_count(1), default=10 * 1024 * 1024, help="the largest request body, in bytes")
+    p.add_argument("--max-k", type=_count(1), default=1000, help="the most results one request may ask for")
+    p.add_argument("--max-waiting", type=_count(1), default=32,
                    help="searches in flight before more are answered 503")
     p.set_defaults(func=_cmd_serve)
 
@@ -553,12 +571,71 @@ def main(argv: list[str] | None = None) -> int:
     from .errors import MissingDependency
     from .train.errors import TrainingError
 
+    from .io import disk_full
+
+    debug = args.debug or os.environ.get("DUALTOWER_DEBUG", "") not in ("", "0")
     try:
+        _check_out(args)
         return args.func(args, rest) if getattr(args, "takes_overrides", False) else args.func(args)
-    except (ValueError, KeyError, FileNotFoundError, TrainingError, MissingDependency) as e:
-        message = e.args[0] if isinstance(e, KeyError) and e.args else e  # a KeyError's str() adds quotes
-        print(f"dualtower {args.command}: error: {message}", file=sys.stderr)
-        return 2
+    except KeyboardInterrupt:
+        print(f"dualtower {args.command}: interrupted", file=sys.stderr)
+        return 130
+    except Exception as e:  # every failure ends in one line naming the input and the problem; --debug: traceback
+        if debug:
+            raise
+        user = isinstance(e, (ValueError, KeyError, FileNotFoundError, TrainingError, MissingDependency)) or \
+            disk_full(e)
+        print(f"dualtower {args.command}: error: {_describe(e)}", file=sys.stderr)
+        if not user:
+            print(f"dualtower {args.command}: (run with --debug for the traceback)", file=sys.stderr)
+        return 2 if user else 1
+
+
+def _check_out(args) -> None:
+    """--out, before any work: a file output must not be a folder and must end as the command writes; a folder
+    output must not be a file. Its parent folder is created by the writer."""
+    out = getattr(args, "out", None)
+    if not out:
+        return
+    path = os.path.abspath(out)
+    suffixes = getattr(args, "out_file", None)
+    if suffixes:
+        if os.path.isdir(path):
+            raise ValueError(f"--out {out}: is a folder; name the file to write ({' or '.join(suffixes)})")
+        if not path.lower().endswith(suffixes):
+            raise ValueError(f"--out {out}: name the file {' or '.join('FILE' + x for x in suffixes)}")
+    elif getattr(args, "out_dir", False) and os.path.exists(path) and not os.path.isdir(path):
+        raise ValueError(f"--out {out}: exists and is a file, not a folder")
+    parent = os.path.dirname(path)
+    while parent and not os.path.exists(parent):
+        parent = os.path.dirname(parent) if os.path.dirname(parent) != parent else ""
+    if parent and not os.path.isdir(parent):
+        raise ValueError(f"--out {out}: {parent} is a file, not a folder")
+
+
+def _describe(error: Exception) -> str:
+    """One line for an error: a KeyError without quotes; a full disk with the path and the space left there."""
+    from .io import disk_full
+
+    if disk_full(error):
+        import shutil
+
+        path = getattr(error, "filename", None)
+        if path:
+            where = os.path.dirname(os.path.abspath(path)) or "."
+            try:
+                free = f"{shutil.disk_usage(where).free / 2**20:.1f} MB free in {where}"
+            except OSError:
+                free = f"free space in {where} unknown"
+            return (f"{path}: no space left on the device ({free}); nothing was replaced and the partial files "
+                    "were removed: free some space and run again")
+        return f"no space left on the device ({error}); nothing was replaced and the partial files were removed"
+    if isinstance(error, KeyError) and error.args:
+        return str(error.args[0])  # a KeyError's str() adds quotes
+    text = " ".join(str(error).split())
+    if isinstance(error, (ValueError, FileNotFoundError)) or not text:
+        return text or type(error).__name__
+    return f"{type(error).__name__}: {text}"
 
 
 if __name__ == "__main__":

@@ -72,6 +72,9 @@ class BlockConfig:
         _check(self.norm in NORMS, f"{t} norm {self.norm!r} is not one of {NORMS}")
         _check(self.qk_norm in QK_NORMS, f"{t} qk_norm {self.qk_norm!r} is not one of {QK_NORMS}")
         _check(self.mlp_type in MLP_TYPES, f"{t} mlp_type {self.mlp_type!r} is not one of {MLP_TYPES}")
+        _ints(t, self, width=(1, 1 << 16), depth=(1, 1024), heads=(1, 1 << 12), mlp_dim=(1, 1 << 20))
+        _finite(t, self, norm_eps=(0, 1), ls_init=(0, 1e6))
+        _check(self.norm_eps > 0, f"{t} norm_eps {self.norm_eps} must be above 0")
         _check(self.width % self.heads == 0, f"{t} width {self.width} is not divisible by heads {self.heads}")
 
 
@@ -108,6 +111,9 @@ class VisionConfig(BlockConfig):
                f"vision width {self.width} is not divisible by pool_heads {self.pool_heads}")
         _check(not self.rope or (self.width // self.heads) % 4 == 0,
                f"vision rope needs a head width divisible by 4, got {self.width // self.heads}")
+        _ints("vision", self, image_size=(1, 1 << 14), patch_size=(1, 1 << 12), rope_ref_grid=(0, 1 << 12),
+              pool_heads=(0, 1 << 12))
+        _finite("vision", self, rope_temperature=(1e-6, 1e12), pool_norm_eps=(1e-12, 1))
         _check(self.image_size >= self.patch_size,
                f"image_size {self.image_size} is smaller than patch_size {self.patch_size}")
 
@@ -136,6 +142,8 @@ class TextConfig(BlockConfig):
 
     def __post_init__(self):
         super().__post_init__()
+        _ints("text", self, vocab_size=(1, 1 << 24), context_length=(1, 1 << 16), eot_id=(-1 << 31, 1 << 31),
+              pad_id=(-1 << 31, 1 << 31))
         _check(self.pool in TEXT_POOLS, f"text pool {self.pool!r} is not one of {TEXT_POOLS}")
         _check(self.pool != "eot" or 0 <= self.eot_id < self.vocab_size,
                f"eot_id {self.eot_id} is outside the vocabulary")
@@ -168,11 +176,19 @@ class PreprocessConfig:
     def __post_init__(self):
         _check(self.rgb in RGB_RULES, f"rgb {self.rgb!r} is not one of {RGB_RULES}")
         _check(self.center_crop in ("round", "floor"), f"center_crop {self.center_crop!r} is not 'round' or 'floor'")
-        _check(0 < self.crop_pct <= 1, f"crop_pct {self.crop_pct} is not in (0, 1]")
+        _check(isinstance(self.crop_pct, (int, float)) and 0 < self.crop_pct <= 1,
+               f"crop_pct {self.crop_pct!r} is not in (0, 1]")
         _check(self.interpolation in ("bicubic", "bilinear"), f"interpolation {self.interpolation!r} unknown")
         _check(self.resize_mode in ("shortest", "squash"), f"resize_mode {self.resize_mode!r} unknown")
-        object.__setattr__(self, "mean", tuple(float(v) for v in self.mean))
-        object.__setattr__(self, "std", tuple(float(v) for v in self.std))
+        _ints("preprocess", self, image_size=(1, 1 << 14))
+        for key in ("mean", "std"):
+            values = getattr(self, key)
+            _check(isinstance(values, (list, tuple)) and len(values) == 3 and all(
+                isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) for v in values),
+                f"preprocess {key} {values!r} must be three finite numbers")
+            object.__setattr__(self, key, tuple(float(v) for v in values))
+        _check(all(v > 0 for v in self.std), f"preprocess std {list(self.std)} must be above 0 (it divides)")
+        _check(isinstance(self.crop_pct, (int, float)), f"crop_pct {self.crop_pct!r} is not a number")
 
 
 @dataclass(frozen=True)
@@ -189,6 +205,11 @@ class ModelConfig:
 
     def __post_init__(self):
         _check(self.tokenizer in TOKENIZERS, f"tokenizer {self.tokenizer!r} unknown (known: {TOKENIZERS})")
+        _ints("model", self, embed_dim=(1, 1 << 16))
+        _finite("model", self, init_logit_scale=(-100, 100))
+        for key in ("init_logit_bias", "max_logit_scale"):
+            if getattr(self, key) is not None:
+                _finite("model", self, **{key: (-1e6, 1e6)})
         for tower, c in (("vision", self.vision), ("text", self.text)):
             _check(c is None or c.head or c.width == self.embed_dim,
                    f"{tower} has no projection head, so its width {c and c.width} must equal embed_dim "
@@ -249,6 +270,22 @@ def _build(cls, data: dict, where: str):
         raise ValueError(f"{where} has unknown keys {unknown}; known keys: {sorted(known)}")
     data = {k: tuple(v) if isinstance(v, list) else v for k, v in data.items()}
     return cls(**data)
+
+
+def _ints(where: str, cfg, **bounds: tuple[int, int]) -> None:
+    """Each named field an int (not a bool) within [lo, hi]: a config from a file is refused before a model of
+    absurd size is built from it."""
+    for key, (lo, hi) in bounds.items():
+        v = getattr(cfg, key)
+        _check(isinstance(v, int) and not isinstance(v, bool) and lo <= v <= hi,
+               f"{where} {key} {v!r} is not an integer in [{lo}, {hi}]")
+
+
+def _finite(where: str, cfg, **bounds: tuple[float, float]) -> None:
+    for key, (lo, hi) in bounds.items():
+        v = getattr(cfg, key)
+        _check(isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) and lo <= v <= hi,
+               f"{where} {key} {v!r} is not a finite number in [{lo}, {hi}]")
 
 
 def _check(ok: bool, message: str) -> None:

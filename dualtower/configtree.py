@@ -61,7 +61,10 @@ def read_file(path: str | Path) -> dict:
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"{path}: no such config file")
-    text = path.read_text(encoding="utf-8")
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as e:
+        raise ValueError(f"{path}: not UTF-8 text ({e})") from e
     if path.suffix == ".toml":
         try:
             import tomllib
@@ -76,7 +79,10 @@ def read_file(path: str | Path) -> dict:
             import yaml
         except ModuleNotFoundError as e:
             raise ValueError(f"{path}: reading YAML needs PyYAML (pip install pyyaml), or use TOML") from e
-        data = yaml.safe_load(text) or {}
+        try:
+            data = yaml.safe_load(text) or {}
+        except (yaml.YAMLError, RecursionError) as e:
+            raise ValueError(f"{path}: not valid YAML ({' '.join(str(e).split())[:300]})") from e
         if not isinstance(data, dict):
             raise ValueError(f"{path}: the top level must be a mapping")
         return data

@@ -22,6 +22,16 @@ from .config import PreprocessConfig
 _RESAMPLE = {"bicubic": Image.Resampling.BICUBIC, "bilinear": Image.Resampling.BILINEAR}
 
 
+# What the library means to read. Pillow would otherwise try every plugin it has, EPS among them, whose loader
+# runs Ghostscript, an external program: a file is only ever opened as one of these, whatever its name says.
+FORMATS = ("JPEG", "MPO", "PNG", "WEBP", "GIF", "BMP", "DIB", "TIFF", "PPM", "TGA", "AVIF")
+
+
+def _formats() -> tuple[str, ...]:
+    Image.init()
+    return tuple(f for f in FORMATS if f in Image.OPEN)  # AVIF only where this Pillow was built with it
+
+
 class ImageDecodeError(ValueError):
     """A file could not be decoded as an image; the message names the file and the reason."""
 
@@ -40,13 +50,13 @@ def open_image(source: "str | os.PathLike | bytes", name: str | None = None,
         if isinstance(source, bytes):
             if not source:
                 raise ImageDecodeError(f"{label}: empty data, not an image")
-            image = Image.open(io.BytesIO(source))
+            image = Image.open(io.BytesIO(source), formats=_formats())
         else:
             if os.path.isdir(source):
                 raise ImageDecodeError(f"{label}: is a directory, not an image")
             if os.path.getsize(source) == 0:
                 raise ImageDecodeError(f"{label}: empty file, not an image")
-            image = Image.open(source)
+            image = Image.open(source, formats=_formats())
         if max_pixels is not None and image.width * image.height > max_pixels:
             raise TooManyPixels(f"{label}: {image.width}x{image.height} is {image.width * image.height:,} pixels, "
                                 f"more than the {max_pixels:,} allowed")
@@ -59,7 +69,7 @@ def open_image(source: "str | os.PathLike | bytes", name: str | None = None,
     except FileNotFoundError as e:
         raise ImageDecodeError(f"{label}: no such file") from e
     except Image.UnidentifiedImageError as e:
-        raise ImageDecodeError(f"{label}: not an image Pillow can read") from e
+        raise ImageDecodeError(f"{label}: not an image in a format read here ({', '.join(_formats())})") from e
     except (OSError, SyntaxError, ValueError) as e:  # Pillow reports truncated and corrupt data this way
         raise ImageDecodeError(f"{label}: corrupt or truncated image ({e})") from e
     return image
@@ -114,6 +124,8 @@ class ImageTransform:
     to S x S ignoring the aspect ratio ("squash", SigLIP and InternVL); scale to 0..1, normalise. With
     crop_pct < 1 (timm's eval transform) the resize goes to floor(S / crop_pct) and the center crop takes S."""
 
+    MAX_ASPECT = 16  # a longer side beyond 16x the shorter is cropped to 16:1 before the resize (memory bound)
+
     def __init__(self, cfg: PreprocessConfig):
         self.cfg = cfg
         self.mean = np.array(cfg.mean, dtype=np.float32).reshape(3, 1, 1)
@@ -123,6 +135,17 @@ class ImageTransform:
         size = self.cfg.image_size
         scale = size if self.cfg.crop_pct == 1 else math.floor(size / self.cfg.crop_pct)  # timm's crop_pct
         width, height = image.size
+        if self.cfg.resize_mode == "shortest" and max(width, height) > self.MAX_ASPECT * min(width, height):
+            # A strip (1 x 10,000 pixels) would resize to millions of pixels a side, only to be cropped to the
+            # middle square. Crop it first to MAX_ASPECT:1 around the middle: memory stays bounded by the output
+            # size, and the pixels the final crop keeps come from the same part of the image.
+            short = min(width, height)
+            keep = self.MAX_ASPECT * short
+            if width > height:
+                image = image.crop(((width - keep) // 2, 0, (width - keep) // 2 + keep, height))
+            else:
+                image = image.crop((0, (height - keep) // 2, width, (height - keep) // 2 + keep))
+            width, height = image.size
         if self.cfg.resize_mode == "squash":
             new = (scale, scale)
         elif width <= height:

@@ -5,6 +5,7 @@ Every module that publishes a file (checkpoints, embeddings, eval results, plots
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import shutil
@@ -41,16 +42,34 @@ def _temporary_name(path: Path, kind: str) -> Path:
     return path.with_name(f".{path.name}.{kind}-{uuid.uuid4().hex[:8]}")
 
 
+def disk_full(error: BaseException) -> bool:
+    """An error that means the device is full (an OSError, or a writer's own error wrapping one)."""
+    return (isinstance(error, OSError) and error.errno == errno.ENOSPC) or "No space left on device" in str(error)
+
+
+@contextmanager
+def _naming_full_disk(path: Path):
+    """A full device while writing `path` becomes an OSError(ENOSPC) that names `path`, whatever raised it."""
+    try:
+        yield
+    except Exception as e:
+        if disk_full(e) and not (isinstance(e, OSError) and e.filename == str(path)):
+            raise OSError(errno.ENOSPC, "No space left on device", str(path)) from e
+        raise
+
+
 @contextmanager
 def atomic_file(path: "str | os.PathLike"):
-    """Yields a temporary path beside `path`; on success it is fsynced and renamed over `path`."""
+    """Yields a temporary path beside `path`; on success it is fsynced and renamed over `path`. On any error
+    (a full disk included) the temporary file is removed and `path` is untouched."""
     path = Path(path)
     tmp = _temporary_name(path, "tmp")
     try:
-        yield tmp
-        _publishable(tmp)
-        os.replace(tmp, path)
-        fsync_dir(path.parent)
+        with _naming_full_disk(path):
+            yield tmp
+            _publishable(tmp)
+            os.replace(tmp, path)
+            fsync_dir(path.parent)
     finally:
         tmp.unlink(missing_ok=True)
 
@@ -68,10 +87,12 @@ def write_json(path: "str | os.PathLike", data) -> None:
 def atomic_directory(path: "str | os.PathLike", replaceable=lambda existing: False):
     """Yields a temporary directory; on success its files are fsynced and it takes the place of `path`.
 
-    An existing `path` is replaced only if it is empty or `replaceable(path)` says so, and is moved aside before
-    the new one is renamed in, so a crash at any point leaves either the old or the new one whole.
+    An existing `path` is replaced only if it is empty or `replaceable(path)` says so. It is moved aside to a fixed
+    name (`.NAME.old`) before the new one is renamed in: a crash between the two renames leaves the old copy
+    there, and `recover_directory` (called here first, and by every loader of such directories) puts it back.
     """
     path = Path(path)
+    recover_directory(path)
     if path.exists() and (not path.is_dir() or (any(path.iterdir()) and not replaceable(path))):
         raise FileExistsError(f"{path}: exists and is not a directory this writer may replace; refusing to "
                               "replace it")
@@ -79,21 +100,54 @@ def atomic_directory(path: "str | os.PathLike", replaceable=lambda existing: Fal
     tmp = _temporary_name(path, "tmp")
     tmp.mkdir()
     try:
-        yield tmp
-        for f in tmp.iterdir():
-            if f.is_file():
-                _publishable(f)
-        fsync_dir(tmp)
-        old = None
-        if path.exists():
-            old = _temporary_name(path, "old")
-            os.rename(path, old)
-        os.rename(tmp, path)
-        fsync_dir(path.parent)
-        if old is not None:
-            shutil.rmtree(old)
+        with _naming_full_disk(path):
+            yield tmp
+            for f in tmp.iterdir():
+                if f.is_file():
+                    _publishable(f)
+            fsync_dir(tmp)
+            old = None
+            if path.exists():
+                old = _aside(path)
+                os.rename(path, old)
+            os.rename(tmp, path)
+            fsync_dir(path.parent)
+            if old is not None:
+                shutil.rmtree(old)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _aside(path: Path) -> Path:
+    return path.with_name(f".{path.name}.old")
+
+
+def recover_directory(path: "str | os.PathLike") -> bool:
+    """Finish what a writer killed inside `atomic_directory` left: the previous copy put back where the new one
+    never arrived, a leftover previous copy removed where it did. True when a copy was put back."""
+    path = Path(path)
+    aside = _aside(path)
+    if not aside.is_dir():
+        return False
+    if path.exists():
+        shutil.rmtree(aside, ignore_errors=True)
+        return False
+    os.rename(aside, path)
+    fsync_dir(path.parent)
+    return True
+
+
+def unpickling_reason(error: Exception) -> str:
+    """What torch.load(weights_only=True) found wrong, without its advice to load with weights_only=False (which
+    would run the file's code): its "WeightsUnpickler error" line where it has one, else the first line."""
+    lines = [ln.strip() for ln in str(error).splitlines() if ln.strip()]
+    found = next((ln for ln in lines if ln.startswith(("WeightsUnpickler error", "Trying to load unsupported",
+                                                        "Unsupported global"))), None)
+    if found is None:
+        found = lines[0] if lines else ""
+        if "weights_only" in found:
+            found = "objects other than tensors, numbers and strings"
+    return f"{type(error).__name__}: {found[:200]}"
 
 
 def atomic_symlink(link: "str | os.PathLike", target: str) -> bool:
@@ -120,6 +174,8 @@ def read_json(path: "str | os.PathLike") -> dict:
         data = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
         raise ValueError(f"{path}: not a readable JSON file ({e})") from e
+    except RecursionError as e:  # thousands of nested brackets: refused, never a crash
+        raise ValueError(f"{path}: not a readable JSON file (nested too deeply)") from e
     if not isinstance(data, dict):
         raise ValueError(f"{path}: expected a JSON object")
     return data

@@ -10,13 +10,17 @@ so anything that accepts a checkpoint accepts a run too.
 
 from __future__ import annotations
 
+import logging
 import os
 import shutil
+import uuid
 from pathlib import Path
 
-from .io import atomic_symlink, write_text
+from .io import atomic_symlink, fsync_dir, recover_directory, write_text
 
 CHECKPOINTS, LATEST = "checkpoints", "latest"
+COMPLETE = ("config.json", "model.safetensors")  # what makes a step folder a checkpoint
+log = logging.getLogger("dualtower.run")
 
 
 class RunDir:
@@ -44,7 +48,18 @@ class RunDir:
         return self.checkpoints / f"step_{step:06d}"
 
     def steps(self) -> list[Path]:
-        return sorted(p for p in self.checkpoints.glob("step_*") if p.is_dir() and not p.is_symlink())
+        """The complete checkpoints, oldest first. A step folder without its weights or config (a delete killed
+        half-way, by an older version that removed in place) is skipped with a warning."""
+        found = []
+        for p in sorted(self.checkpoints.glob("step_*")):
+            if not p.is_dir() or p.is_symlink():
+                continue
+            if all((p / name).is_file() for name in COMPLETE):
+                found.append(p)
+            else:
+                log.warning("%s: an incomplete checkpoint (no %s); skipped", p,
+                            " or ".join(n for n in COMPLETE if not (p / n).is_file()))
+        return found
 
     def latest(self) -> Path | None:
         """The checkpoint `latest` names, or None when the run has none yet."""
@@ -55,7 +70,11 @@ class RunDir:
             target = self.checkpoints / link.read_text().strip()
         else:
             return None
-        return target if target.is_dir() else None
+        if target.is_dir() and all((target / name).is_file() for name in COMPLETE):
+            return target
+        if target.is_dir():
+            log.warning("%s: %s is not a complete checkpoint; skipped", link, target.name)
+        return None
 
     def publish(self, checkpoint: Path, keep: int) -> None:
         """Point `latest` at a complete checkpoint, then drop all but the newest `keep`."""
@@ -66,7 +85,21 @@ class RunDir:
             write_text(link, checkpoint.name + "\n")
         old = [p for p in self.steps() if p != checkpoint]
         for p in old[: max(0, len(old) - (keep - 1))]:
+            remove_directory(p)
+        for p in self.checkpoints.glob(".step_*.deleting-*"):  # what a kill during an earlier removal left
             shutil.rmtree(p, ignore_errors=True)
+
+
+def remove_directory(path: Path) -> None:
+    """Rename away first (one atomic step: from then on it is no checkpoint), then delete: a kill mid-delete
+    never leaves a step folder with some of its files."""
+    gone = path.with_name(f".{path.name}.deleting-{uuid.uuid4().hex[:8]}")
+    try:
+        os.rename(path, gone)
+    except FileNotFoundError:
+        return
+    fsync_dir(path.parent)
+    shutil.rmtree(gone, ignore_errors=True)
 
 
 def _exists(path: Path) -> bool:
@@ -77,6 +110,7 @@ def resolve(path: "str | os.PathLike") -> Path:
     """A checkpoint directory as given, or the latest checkpoint of a run directory, its checkpoints/ folder or
     its `latest` link."""
     path = Path(path)
+    recover_directory(path)  # a save killed between its two renames: the previous copy is put back
     if path.name == LATEST and path.parent.name == CHECKPOINTS:
         run = RunDir(path.parent.parent)
     elif path.name == CHECKPOINTS and _exists(path / LATEST):

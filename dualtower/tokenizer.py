@@ -224,7 +224,7 @@ class ClipTokenizer:
             for i, t in enumerate(texts):
                 if not isinstance(t, str):
                     raise TypeError(f"texts[{i}] is {type(t).__name__}, not str")
-        length = context_length or self.context_length
+        length = self.context_length if context_length is None else context_length
         if length < 2:
             raise ValueError(f"context_length must be at least 2 (start and end tokens), got {length}")
         flat, counts = self._encode_flat(texts)

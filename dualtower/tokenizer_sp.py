@@ -87,7 +87,7 @@ class SentencePieceTokenizer:
 
     def numpy(self, texts: "str | Sequence[str]", context_length: int | None = None) -> np.ndarray:
         texts = [texts] if isinstance(texts, str) else list(texts)
-        length = context_length or self.context_length
+        length = self.context_length if context_length is None else context_length
         out = np.full((len(texts), length), self.pad_id, dtype=np.int64)
         for row, text in enumerate(texts):
             if not isinstance(text, str):

@@ -65,6 +65,9 @@ def test_resume_after_sigkill_is_exact(tmp_path):
     assert "resumed at step" in resumed.stdout
     assert _losses(killed) == _losses(full)  # bitwise: the floats are equal, not close
     assert _samples(killed) == _samples(full)  # each remaining sample seen exactly once, in the same order
+    for name in ("metrics.jsonl", "samples.rank0.jsonl"):  # and each step recorded once: none left twice
+        steps_logged = [json.loads(ln)["step"] for ln in (killed / name).read_text().splitlines()]
+        assert steps_logged == [json.loads(ln)["step"] for ln in (full / name).read_text().splitlines()], name
     summary = json.loads((killed / "summary.json").read_text())
     assert summary["data"]["seen"] == summary["data"]["accepted"] == steps * 32
 

@@ -14,7 +14,7 @@ from pathlib import Path
 import torch
 
 from ..checkpoint import CONFIG_FILE, WEIGHTS_FILE, CheckpointError
-from ..io import atomic_file, read_json
+from ..io import atomic_file, read_json, unpickling_reason
 
 STATE_DICT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth")
 
@@ -36,7 +36,7 @@ def read_state_file(path: "str | os.PathLike") -> dict:
     except Exception as e:  # UnpicklingError for foreign objects, RuntimeError for corrupt archives
         raise CheckpointError(
             f"{path}: refused: it cannot be read as plain tensors with torch.load(weights_only=True) "
-            f"({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}). dualtower never unpickles "
+            f"({unpickling_reason(e)}). dualtower never unpickles "
             "arbitrary objects; convert the file to safetensors in an environment you trust.") from e
     if not isinstance(state, dict):
         raise CheckpointError(f"{path}: holds a {type(state).__name__}, not a state dict")

@@ -10,7 +10,8 @@ from .base import BadSample, Sample, SkipStats, Source
 def open_source(spec: str, image_key: str = "image", caption_key: str = "caption", captions: bool = True) -> Source:
     """A source from a spec: `builtin:digits`, `builtin:digits:test`, `builtin:fashion-mnist[:test]`,
     a .csv/.tsv/.jsonl captions file, a folder of images with .txt captions, tar shards (`shards-{0..9}.tar`),
-    or `classes:DIR` (one sub-folder of images per class). `captions=False`: a folder's images need no .txt."""
+    or `classes:DIR` (one sub-folder of images per class). `captions=False` (embedding images): an image whose
+    caption is missing, empty or unreadable is kept, with an empty caption."""
     if spec.startswith("builtin:"):
         from . import builtin
 
@@ -29,7 +30,7 @@ def open_source(spec: str, image_key: str = "image", caption_key: str = "caption
     if ".tar" in spec:
         from .webdataset import TarShards
 
-        return TarShards(spec)
+        return TarShards(spec, captions=captions)
     if os.path.isdir(spec):
         from .files import ImageFolder
 
@@ -37,7 +38,7 @@ def open_source(spec: str, image_key: str = "image", caption_key: str = "caption
     if spec.endswith((".csv", ".tsv", ".jsonl")):
         from .files import CaptionsFile
 
-        return CaptionsFile(spec, image_key=image_key, caption_key=caption_key)
+        return CaptionsFile(spec, image_key=image_key, caption_key=caption_key, captions=captions)
     raise ValueError(f"{spec}: not a built-in name, classes:DIR, a folder, a .csv/.tsv/.jsonl captions file or "
                      ".tar shards")
 

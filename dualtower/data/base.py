@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import time
+import unicodedata
 from collections import Counter
 from dataclasses import dataclass
 
@@ -57,9 +58,22 @@ class Source:
 
 
 def require_caption(caption, where: str) -> str:
-    if not isinstance(caption, str) or not caption.strip():
+    """The caption stripped, or BadSample("empty caption") when nothing but whitespace and control characters
+    (NUL, escapes) is left."""
+    if not isinstance(caption, str) or not "".join(c for c in caption if unicodedata.category(c) != "Cc").strip():
         raise BadSample("empty caption", where)
     return caption.strip()
+
+
+def caption_if_needed(read, needed: bool) -> str:
+    """`read()`'s caption; where captions are not needed (embedding images) a missing or bad one is "" and the
+    image is kept."""
+    if needed:
+        return read()
+    try:
+        return read()
+    except BadSample:
+        return ""
 
 
 class SkipStats:

@@ -6,9 +6,10 @@ import csv
 import json
 import os
 from pathlib import Path
+from typing import NamedTuple
 
 from ..images import ImageDecodeError, open_image
-from .base import BadSample, Sample, Source, require_caption
+from .base import BadSample, Sample, Source, caption_if_needed, require_caption
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff")
 
@@ -26,6 +27,20 @@ def image_paths(items: list[str]) -> list[str]:
     return out
 
 
+class BadRow(NamedTuple):
+    reason: str
+    detail: str
+
+
+def _not_utf8(text: str) -> bool:
+    """Whether text read with errors="surrogateescape" held bytes that are not UTF-8."""
+    try:
+        text.encode("utf-8")
+        return False
+    except UnicodeEncodeError:
+        return True
+
+
 def _load_image(path: Path):
     if not path.is_file():
         raise BadSample("missing image", str(path))
@@ -38,8 +53,8 @@ def _load_image(path: Path):
 class CaptionsFile(Source):
     """Rows of (image path, caption); paths are relative to the file. Column names are configurable."""
 
-    def __init__(self, path: str, image_key: str = "image", caption_key: str = "caption"):
-        self.path = Path(path)
+    def __init__(self, path: str, image_key: str = "image", caption_key: str = "caption", captions: bool = True):
+        self.path, self.captions = Path(path), captions
         self.name = self.path.name
         if not self.path.is_file():
             raise FileNotFoundError(f"{path}: no such captions file")
@@ -50,37 +65,70 @@ class CaptionsFile(Source):
             if missing:
                 raise ValueError(f"{path}: no column {missing} (columns: {sorted(first)}); set image_key / "
                                  "caption_key")
-        self.rows = [r.get("__bad__") or (r.get(image_key), r.get(caption_key)) for r in rows]
+        self.rows = [BadRow(*r["__bad__"]) if "__bad__" in r else (r.get(image_key), r.get(caption_key))
+                     for r in rows]
 
     def _read_rows(self) -> list[dict]:
-        with open(self.path, encoding="utf-8", newline="") as f:
-            if self.path.suffix == ".csv":
-                return list(csv.DictReader(f))
-            if self.path.suffix in (".tsv",):
-                return list(csv.DictReader(f, delimiter="\t"))
+        """Rows as dicts; a row that cannot be read becomes {"__bad__": (reason, "FILE:LINE: detail")}, so the
+        rest of the file is used. Bytes that are not UTF-8 spoil only their own row."""
+        with open(self.path, encoding="utf-8", errors="surrogateescape", newline="") as f:
+            if self.path.suffix in (".csv", ".tsv"):
+                return self._table_rows(f, "," if self.path.suffix == ".csv" else "\t")
             rows = []
             for n, line in enumerate(f, 1):
                 if not line.strip():
                     continue
+                if _not_utf8(line):
+                    rows.append({"__bad__": ("row not UTF-8", f"{self.path}:{n}: bytes that are not UTF-8")})
+                    continue
                 try:
                     row = json.loads(line)
-                except json.JSONDecodeError:
+                except (json.JSONDecodeError, RecursionError):
                     row = None
-                rows.append(row if isinstance(row, dict) else {"__bad__": f"{self.path}:{n}: not a JSON object"})
+                rows.append(row if isinstance(row, dict) else
+                            {"__bad__": ("unreadable row", f"{self.path}:{n}: not a JSON object")})
             return rows
+
+    def _table_rows(self, f, delimiter: str) -> list[dict]:
+        reader = csv.reader(f, delimiter=delimiter)
+        header, rows, line = None, [], 0
+        while True:
+            try:
+                fields = next(reader)
+            except StopIteration:
+                return rows
+            except csv.Error as e:  # a field past csv's size limit, a NUL byte: this row only
+                rows.append({"__bad__": ("unreadable row", f"{self.path}:{line + 1}: {e}")})
+                line = reader.line_num
+                continue
+            at, line = line + 1, reader.line_num
+            if header is None:
+                if _not_utf8("".join(fields)):
+                    raise ValueError(f"{self.path}:{at}: the header row is not UTF-8")
+                header = fields
+                continue
+            if not fields:
+                continue
+            if _not_utf8("".join(fields)):
+                rows.append({"__bad__": ("row not UTF-8", f"{self.path}:{at}: bytes that are not UTF-8")})
+            elif len(fields) != len(header):
+                rows.append({"__bad__": ("wrong number of fields",
+                                         f"{self.path}:{at}: {len(fields)} fields, the header has {len(header)}")})
+            else:
+                rows.append(dict(zip(header, fields)))
 
     def __len__(self) -> int:
         return len(self.rows)
 
     def load(self, index: int) -> Sample:
         row = self.rows[index]
-        if isinstance(row, str):
-            raise BadSample("unreadable row", row)
+        if isinstance(row, BadRow):
+            raise BadSample(row.reason, row.detail)
         image, caption = row
         where = f"{self.path}:{index}"
         if not isinstance(image, str) or not image:
             raise BadSample("missing image", f"{where}: no image path")
-        caption = require_caption(caption, where)
+        caption = caption_if_needed(lambda: require_caption(caption, where), self.captions)
         return Sample(_load_image(self.path.parent / image), caption, self.sample_id(index), image_key=image)
 
     def sample_id(self, index: int) -> str:
@@ -88,13 +136,14 @@ class CaptionsFile(Source):
 
     def origin(self, index: int) -> tuple[str, str | None]:
         row = self.rows[index]
-        image = row[0] if isinstance(row, tuple) and isinstance(row[0], str) and row[0] else None
+        image = row[0] if not isinstance(row, BadRow) and isinstance(row[0], str) and row[0] else None
         return (image, os.fspath(self.path.parent / image)) if image else (self.sample_id(index), None)
 
 
 class ImageFolder(Source):
     """Every image under a folder (recursively) whose caption is the same-named .txt file beside it. With
-    `captions=False` (embedding images only) an image without a .txt is kept, with an empty caption."""
+    `captions=False` (embedding images only) an image whose .txt is missing, empty or unreadable is kept, with an
+    empty caption."""
 
     def __init__(self, root: str, captions: bool = True):
         self.captions = captions
@@ -109,17 +158,18 @@ class ImageFolder(Source):
 
     def load(self, index: int) -> Sample:
         path = self.images[index]
-        text = path.with_suffix(".txt")
-        if not text.is_file():
-            if not self.captions:
-                return Sample(_load_image(path), "", self.sample_id(index))
-            raise BadSample("missing caption", str(text))
-        try:
-            caption = text.read_text(encoding="utf-8")
-        except (OSError, UnicodeDecodeError) as e:
-            raise BadSample("unreadable caption", f"{text}: {e}") from e
-        caption = require_caption(caption, str(text))
-        return Sample(_load_image(path), caption, self.sample_id(index))
+
+        def read() -> str:
+            text = path.with_suffix(".txt")
+            if not text.is_file():
+                raise BadSample("missing caption", str(text))
+            try:
+                caption = text.read_text(encoding="utf-8")
+            except (OSError, UnicodeDecodeError) as e:
+                raise BadSample("unreadable caption", f"{text}: {e}") from e
+            return require_caption(caption, str(text))
+
+        return Sample(_load_image(path), caption_if_needed(read, self.captions), self.sample_id(index))
 
     def sample_id(self, index: int) -> str:
         return os.fspath(self.images[index].relative_to(self.root))

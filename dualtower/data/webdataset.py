@@ -15,15 +15,34 @@ import tarfile
 from dataclasses import dataclass, field
 
 from ..images import ImageDecodeError, open_image
-from .base import BadSample, Sample, Source, require_caption
+from .base import BadSample, Sample, Source, caption_if_needed, require_caption
 
 IMAGE_EXT = ("jpg", "jpeg", "png", "webp")
 CAPTION_EXT = ("txt", "json")
 NEVER_READ = ("pyd", "pth", "pickle", "pkl")
 
 
-def expand_braces(pattern: str) -> list[str]:
-    """`shards-{0000..0099}.tar` -> 100 names (zero padding kept); `{a,b}` lists too."""
+MAX_SHARDS = 100_000
+
+
+def expand_braces(pattern: str, limit: int = MAX_SHARDS) -> list[str]:
+    """`shards-{0000..0099}.tar` -> 100 names (zero padding kept); `{a,b}` lists too. A pattern naming more than
+    `limit` shards is refused before anything is expanded."""
+    count = _brace_count(pattern)
+    if count > limit:
+        raise ValueError(f"{pattern}: names {count:,} shards, more than the {limit:,} allowed")
+    return _expand(pattern)
+
+
+def _brace_count(pattern: str) -> int:
+    count = 1
+    for body in re.findall(r"\{([^{}]*)\}", pattern):
+        rng = re.fullmatch(r"(\d+)\.\.(\d+)", body)
+        count *= max(0, int(rng.group(2)) - int(rng.group(1)) + 1) if rng else len(body.split(","))
+    return count
+
+
+def _expand(pattern: str) -> list[str]:
     match = re.search(r"\{([^{}]*)\}", pattern)
     if not match:
         return [pattern]
@@ -35,7 +54,7 @@ def expand_braces(pattern: str) -> list[str]:
         items = [str(i).zfill(width) for i in range(int(lo), int(hi) + 1)]
     else:
         items = body.split(",")
-    return [name for item in items for name in expand_braces(head + item + tail)]
+    return [name for item in items for name in _expand(head + item + tail)]
 
 
 @dataclass
@@ -52,8 +71,8 @@ class _Record:
 
 
 class TarShards(Source):
-    def __init__(self, pattern: str):
-        self.name = os.path.basename(pattern)
+    def __init__(self, pattern: str, captions: bool = True):
+        self.name, self.captions = os.path.basename(pattern), captions
         self.shards = expand_braces(pattern)
         missing = [s for s in self.shards if not os.path.isfile(s)]
         if missing:
@@ -109,15 +128,19 @@ class TarShards(Source):
         caption_ext = next((e for e in CAPTION_EXT if e in record.members), None)
         if image_ext is None:
             raise BadSample("missing image", where)
-        if caption_ext is None:
-            raise BadSample("missing caption", where)
-        raw = self._read(record, caption_ext)
-        try:
-            text = raw.decode("utf-8")
-            caption = json.loads(text).get("caption") if caption_ext == "json" else text
-        except (UnicodeDecodeError, json.JSONDecodeError, AttributeError) as e:
-            raise BadSample("unreadable caption", f"{where}.{caption_ext}: {e}") from e
-        caption = require_caption(caption, f"{where}.{caption_ext}")
+
+        def read() -> str:
+            if caption_ext is None:
+                raise BadSample("missing caption", where)
+            raw = self._read(record, caption_ext)
+            try:
+                text = raw.decode("utf-8")
+                caption = json.loads(text).get("caption") if caption_ext == "json" else text
+            except (UnicodeDecodeError, json.JSONDecodeError, AttributeError, RecursionError) as e:
+                raise BadSample("unreadable caption", f"{where}.{caption_ext}: {e}") from e
+            return require_caption(caption, f"{where}.{caption_ext}")
+
+        caption = caption_if_needed(read, self.captions)
         try:
             image = open_image(self._read(record, image_ext), name=f"{where}.{image_ext}")
         except ImageDecodeError as e:

@@ -43,6 +43,11 @@ def write_embeddings(path: "str | Path", image_embeds, ids: list[str], text_embe
     image_embeds = np.ascontiguousarray(image_embeds, dtype=np.float32)
     if text_embeds is not None:
         text_embeds = np.ascontiguousarray(text_embeds, dtype=np.float32)
+    for name, arr in (("image", image_embeds), ("text", text_embeds)):
+        if arr is not None and not np.isfinite(arr).all():
+            rows = np.flatnonzero(~np.isfinite(arr).all(axis=1))
+            raise ValueError(f"{path}: not written: {len(rows)} {name} embedding(s) hold NaN or infinite values "
+                             f"(first ids: {[ids[i] for i in rows[:3]]}); the model's weights or inputs are broken")
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     with atomic_file(path) as tmp:

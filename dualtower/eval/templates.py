@@ -22,13 +22,39 @@ def fill(template: str, name: str) -> str:
     return template.format(c=name) if "{c}" in template else template.format(name)
 
 
+def check_template(template: str) -> str | None:
+    """What is wrong with a template, or None: it must name the class once style, {c} or {}, and hold no other
+    format field (a lone brace, {0}, {name})."""
+    import string
+
+    try:
+        fields = [f for _, f, _, _ in string.Formatter().parse(template) if f is not None]
+    except ValueError as e:
+        return f"{template!r}: {e}"
+    if not fields:
+        return f"{template!r}: no {{c}} for the class name"
+    if set(fields) - {"c", ""}:
+        return f"{template!r}: fields other than {{c}}: {sorted(set(fields) - {'c', ''})}"
+    if len(set(fields)) > 1:
+        return f"{template!r}: mixes {{c}} and {{}}; use one"
+    return None
+
+
 def read_templates(path: str) -> list[str]:
     """One template per line ({c} or {} for the class name); blank lines and # comments skipped."""
-    lines = [ln.strip() for ln in Path(path).read_text(encoding="utf-8").splitlines()]
+    file = Path(path)
+    if not file.is_file():
+        raise ValueError(f"{path}: {'a directory, not a file' if file.is_dir() else 'no such file'} of templates")
+    try:
+        lines = [ln.strip() for ln in file.read_text(encoding="utf-8").splitlines()]
+    except UnicodeDecodeError as e:
+        raise ValueError(f"{path}: not UTF-8 text ({e})") from e
     templates = [ln for ln in lines if ln and not ln.startswith("#")]
-    bad = [t for t in templates if "{c}" not in t and "{}" not in t]
-    if not templates or bad:
-        raise ValueError(f"{path}: every template needs {{c}} for the class name; bad: {bad[:3]}")
+    if not templates:
+        raise ValueError(f"{path}: no templates (one per line, {{c}} for the class name)")
+    bad = [problem for t in templates if (problem := check_template(t))]
+    if bad:
+        raise ValueError(f"{path}: {len(bad)} bad template(s): {'; '.join(bad[:3])}")
     return templates
 
 

@@ -12,6 +12,21 @@ def opt(default, help: str):
     return field(default=default, metadata={"help": help})
 
 
+def _at_least(section: str, cfg, **lows) -> None:
+    """Each named field a number (not a bool) no smaller than its bound: nonsense is refused before any work."""
+    for key, low in lows.items():
+        v = getattr(cfg, key)
+        if isinstance(v, bool) or not isinstance(v, (int, float)) or not v >= low:
+            raise ValueError(f"{section}.{key} must be a number >= {low}, got {v!r}")
+
+
+def _fraction(section: str, cfg, key: str, low_open: bool, high: float = 1.0) -> None:
+    v = getattr(cfg, key)
+    ok = isinstance(v, (int, float)) and not isinstance(v, bool) and (0 < v if low_open else 0 <= v) and v <= high
+    if not ok:
+        raise ValueError(f"{section}.{key} must be in {'(0' if low_open else '[0'}, {high}], got {v!r}")
+
+
 @dataclass(frozen=True)
 class ModelSection:
     arch: str = opt("small-digits", "a registry name (dualtower archs)")
@@ -24,6 +39,10 @@ class ModelSection:
     lock_image: bool = opt(False, "LiT: freeze the image tower")
     lock_text: bool = opt(False, "freeze the text tower")
 
+    def __post_init__(self):
+        for key in ("patch_dropout", "dropout", "drop_path"):
+            _fraction("model", self, key, low_open=False, high=0.99)
+
 
 @dataclass(frozen=True)
 class DataSection:
@@ -34,6 +53,10 @@ class DataSection:
     workers: int = opt(1, "loader processes per training process")
     crop_scale: float = opt(0.9, "random resized crops of this much of the area and up; 1 = the eval transform")
 
+    def __post_init__(self):
+        _at_least("data", self, batch_size=1, workers=0)
+        _fraction("data", self, "crop_scale", low_open=True)
+
 
 @dataclass(frozen=True)
 class OptimSection:
@@ -43,6 +66,11 @@ class OptimSection:
     beta2: float = opt(0.98, "AdamW beta2")
     eps: float = opt(1e-6, "AdamW epsilon")
     warmup_steps: int = opt(30, "linear warmup, then cosine decay to zero")
+
+    def __post_init__(self):
+        _at_least("optim", self, lr=0, weight_decay=0, eps=0, warmup_steps=0)
+        _fraction("optim", self, "beta1", low_open=False, high=0.999999)
+        _fraction("optim", self, "beta2", low_open=False, high=0.999999)
 
 
 @dataclass(frozen=True)
@@ -70,8 +98,9 @@ class TrainSection:
             raise ValueError(f"train.loss {self.loss!r} is not 'clip' or 'siglip'")
         if self.precision not in ("fp32", "bf16"):
             raise ValueError(f"train.precision {self.precision!r} is not 'fp32' or 'bf16'")
-        if self.steps < 1:
-            raise ValueError(f"train.steps must be at least 1, got {self.steps}")
+        _at_least("train", self, steps=1, log_every=1, loss_chunk=0, micro_batch=0, save_every=0,
+                  keep_checkpoints=1, max_nonfinite=1, grad_clip=0, dist_timeout_s=1, label_smoothing=0)
+        _fraction("train", self, "label_smoothing", low_open=False, high=0.99)
 
 
 @dataclass(frozen=True)

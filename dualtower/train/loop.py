@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 from dataclasses import replace
+from pathlib import Path
 
 import torch
 
@@ -44,7 +45,10 @@ def train(cfg: TrainConfig, resume: str | None = None) -> dict:
         start, run = int(state["step"]), RunDir.of_checkpoint(directory)
         cfg = replace(cfg, train=replace(cfg.train, out=str(run.root)))
     else:
-        model, run = build_model(cfg), RunDir(cfg.train.out)
+        out = Path(cfg.train.out)
+        if out.exists() and not out.is_dir():
+            raise ValueError(f"train.out {cfg.train.out}: exists and is a file, not a run directory")
+        model, run = build_model(cfg), RunDir(out)
     t = cfg.train
     model.to(d.device)
     if d.enabled and not resume:

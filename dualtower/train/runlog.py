@@ -10,19 +10,27 @@ import time
 import torch
 
 from ..data import SkipStats
-from ..io import write_json
+from ..io import write_json, write_text
 from ..rundir import RunDir
 from .errors import TrainingError
 
 log = logging.getLogger("dualtower.train")
 
 
-def _append_from(path, keep_through_step: int):
-    """Open `path` for appending, first dropping records after `keep_through_step` (left by a killed run)."""
+def _append_from(path, start: int):
+    """Open `path` for appending, first dropping what a killed run wrote past its checkpoint: records of step
+    index `start` or later (0-based, as written; the checkpoint of `start` completed steps holds indices up to
+    start - 1), and a line the kill cut short. The file is rewritten atomically."""
     if path.exists():
-        lines = [ln for ln in path.read_text().splitlines() if ln.strip()]
-        kept = [ln for ln in lines if json.loads(ln)["step"] <= keep_through_step]
-        path.write_text("".join(ln + "\n" for ln in kept))
+        kept = []
+        for line in path.read_text(encoding="utf-8", errors="replace").splitlines():
+            try:
+                record = json.loads(line)
+            except ValueError:
+                continue
+            if isinstance(record, dict) and isinstance(record.get("step"), int) and record["step"] < start:
+                kept.append(line)
+        write_text(path, "".join(ln + "\n" for ln in kept))
     return open(path, "a", encoding="utf-8")
 
 

@@ -68,8 +68,15 @@ def load_training(directory: Path) -> tuple[DualEncoder, dict]:
     model = load(directory)
     try:
         state = torch.load(directory / TRAIN_STATE, map_location="cpu", weights_only=True)
-    except Exception as e:
-        raise CheckpointError(f"{directory / TRAIN_STATE}: unreadable ({e})") from e
+    except Exception as e:  # torch's message advises weights_only=False, which would run the pickle's code
+        from ..io import unpickling_reason
+
+        raise CheckpointError(
+            f"{directory / TRAIN_STATE}: refused: not a training state that torch.load(weights_only=True) reads "
+            f"({unpickling_reason(e)}). dualtower never unpickles arbitrary objects; a training state "
+            "it wrote holds only tensors, numbers and strings, so this file was damaged or replaced.") from e
+    if not isinstance(state, dict) or not {"step", "optimizer", "rng"} <= set(state):
+        raise CheckpointError(f"{directory / TRAIN_STATE}: not a training state (no step, optimizer and rng)")
     return model, state
 
 
