@@ -18,8 +18,7 @@ runs either.
 
 A vision-only model writes no text.onnx, a text-only one no image.onnx. `precision`: "fp32"; "fp16" (weights and
 activations in half precision, inputs and outputs float32); "int8" (ONNX Runtime's dynamic quantisation of the
-matrix products' weights, activations quantised per call, after ONNX Runtime's fusions of residual + norm and
-bias + GELU). `normalize=True` puts the L2 normalisation in the
+matrix products' weights, activations quantised per call). `normalize=True` puts the L2 normalisation in the
 graphs.
 
 The text graph takes any length up to the context length: a caller may cut the padding after the longest
@@ -209,31 +208,21 @@ def _to_onnx(graph, example, input_name: str, output_name: str, path: Path, opse
     program.save(str(path))  # one file: the weights inside (towers up to 2 GB)
 
 
-def fuse(src: Path, dst: Path) -> dict:
-    """ONNX Runtime's transformer fusions (residual + LayerNorm / RMSNorm and bias + GELU into single kernels),
-    applied before int8 quantisation: exact in fp32 for every family (tests/test_export.py) and 1.26x the int8
-    image tower's images/s on ViT-B-32 (benchmarks/RESULTS.md). Returns the count of each fused operator."""
-    optimizer = require("onnxruntime.transformers.optimizer", "int8 export", "onnx")
-    model = optimizer.optimize_model(str(src), model_type="bert", opt_level=0)
-    model.save_model_to_file(str(dst))
-    return {k: v for k, v in model.get_fused_operator_statistics().items() if v}
-
-
 def _lower(path: Path, precision: str) -> None:
     if precision == "int8":
         quantization = require("onnxruntime.quantization", "int8 export", "onnx")
-        fused, tmp = path.with_suffix(".fused.onnx"), path.with_suffix(".int8.onnx")
+        tmp = path.with_suffix(".int8.onnx")
         import logging
 
         root, level = logging.getLogger(), logging.getLogger().level
         root.setLevel(logging.ERROR)  # its advice to pre-process is for models with dynamic shapes it cannot infer
         try:
-            fuse(path, fused)
-            quantization.quantize_dynamic(str(fused), str(tmp), weight_type=quantization.QuantType.QInt8,
+            # Dynamic quantisation of the products' weights. ONNX Runtime's transformer fusions first, or static
+            # quantisation, gave no more images/s here (benchmarks/int8_variants.py, RESULTS.md).
+            quantization.quantize_dynamic(str(path), str(tmp), weight_type=quantization.QuantType.QInt8,
                                           op_types_to_quantize=["MatMul", "Gemm"])
         finally:
             root.setLevel(level)
-            fused.unlink(missing_ok=True)
         os.replace(tmp, path)
         return
     onnx = require("onnx", "fp16 export", "onnx")
