@@ -137,3 +137,26 @@ def test_siglip_lit_and_bf16_train(tmp_path):
     after = model.visual.state_dict()
     assert all(torch.equal(before[k], after[k]) for k in before)  # the locked tower did not move
     assert (tmp_path / "loss.png").stat().st_size > 0
+
+
+def test_daily_practice_resume_refuses_a_new_end_and_logs_read_well_in_files(tmp_path):
+    """A finished run cannot be extended by --train.steps (its schedule decayed to zero there); a log file gets
+    plain lines, not a progress bar; the summary says how many steps this invocation trained; a run started with
+    a relative out is saved absolute and resumes from another working directory."""
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
+    done = subprocess.run([sys.executable, "-m", "dualtower", "train", *FAST, "--train.progress=true",
+                           "--train.steps=4", "--train.save_every=2", "--data.workers=0", "--train.out=run"],
+                          capture_output=True, text=True, cwd=tmp_path, env=env)
+    assert done.returncode == 0, done.stderr
+    assert "\r" not in done.stderr and "step 4/4  loss" in done.stdout and "trained 4 steps" in done.stdout
+    saved = json.loads((tmp_path / "run" / "checkpoints" / "step_000004" / "train_config.json").read_text())
+    assert saved["train"]["out"] == str(tmp_path / "run") and saved["data"]["train"] == "builtin:digits"
+    refused = _run([f"--resume={tmp_path / 'run' / 'checkpoints' / 'step_000002'}", "--train.steps=8"])
+    assert refused.returncode == 2 and "train.steps cannot change on resume" in refused.stderr
+    assert "Traceback" not in refused.stderr
+    again = _run([f"--resume={tmp_path / 'run' / 'checkpoints' / 'step_000002'}"])  # from another directory
+    assert again.returncode == 0 and "trained 2 steps" in again.stdout and "now at 4" in again.stdout, again.stderr
+    assert not (ROOT / "run").exists()
+    warned = _run(FAST + ["--train.steps=2", "--optim.warmup_steps=5", "--data.workers=0",
+                          f"--train.out={tmp_path / 'short'}"])
+    assert warned.returncode == 0 and "smaller than optim.warmup_steps" in warned.stderr

@@ -4,6 +4,8 @@ loop; bookkeeping lives in `runlog.RunLog`, checkpoints in `state`, seeds in `mo
 from __future__ import annotations
 
 import contextlib
+import logging
+import os
 from dataclasses import replace
 from pathlib import Path
 
@@ -31,6 +33,8 @@ from .state import find_checkpoint, load_training, save_training, saved_config, 
 
 __all__ = ["TrainingError", "build_model", "resume_config", "train"]
 
+log = logging.getLogger("dualtower.train")
+
 
 def train(cfg: TrainConfig, resume: str | None = None) -> dict:
     d = distributed.init(cfg.train.dist_timeout_s)
@@ -45,11 +49,18 @@ def train(cfg: TrainConfig, resume: str | None = None) -> dict:
         start, run = int(state["step"]), RunDir.of_checkpoint(directory)
         cfg = replace(cfg, train=replace(cfg.train, out=str(run.root)))
     else:
+        # Paths as absolute ones, so the saved config resumes from any working directory.
+        cfg = replace(cfg, data=replace(cfg.data, train=_absolute(cfg.data.train)),
+                      model=replace(cfg.model, init=_absolute(cfg.model.init)),
+                      train=replace(cfg.train, out=os.path.abspath(cfg.train.out)))
         out = Path(cfg.train.out)
         if out.exists() and not out.is_dir():
             raise ValueError(f"train.out {cfg.train.out}: exists and is a file, not a run directory")
         model, run = build_model(cfg), RunDir(out)
     t = cfg.train
+    if cfg.optim.warmup_steps > t.steps and d.main and not resume:
+        log.warning("train.steps %d is smaller than optim.warmup_steps %d: the learning rate never reaches "
+                    "optim.lr %g", t.steps, cfg.optim.warmup_steps, cfg.optim.lr)
     model.to(d.device)
     if d.enabled and not resume:
         distributed.broadcast_params(model)
@@ -121,6 +132,16 @@ def train(cfg: TrainConfig, resume: str | None = None) -> dict:
     return summary
 
 
+def _absolute(spec: str) -> str:
+    """A data spec or checkpoint naming a local path, made absolute; anything else (builtin:, hf-hub:, a
+    registry name) as it is."""
+    prefix = "classes:" if spec.startswith("classes:") else ""
+    path = spec[len(prefix):]
+    if not path or ":" in path.split("/")[0] or not (os.path.exists(path) or ".tar" in path):
+        return spec
+    return prefix + os.path.abspath(path)
+
+
 def build_model(cfg: TrainConfig) -> DualEncoder:
     if cfg.model.init:
         model = load(cfg.model.init, arch=cfg.model.init_arch or None)
@@ -169,7 +190,7 @@ def _all_finite(loss: torch.Tensor, grad_norm: torch.Tensor, d) -> bool:
     return finite.item() == 1.0
 
 
-RESUMABLE_CHANGES = ("train.steps", "train.save_every", "train.log_every", "train.progress",
+RESUMABLE_CHANGES = ("train.save_every", "train.log_every", "train.progress",
                      "train.keep_checkpoints", "train.dist_timeout_s", "data.workers")
 
 
@@ -179,6 +200,11 @@ def resume_config(run_dir: str, overrides: list[str]) -> TrainConfig:
     saved = saved_config(find_checkpoint(run_dir))
     for item in overrides:
         key = item.lstrip("-").partition("=")[0]
+        if key == "train.steps":  # refused, never re-planned silently: the schedule decays to the planned end
+            steps = saved.get("train", {}).get("steps")
+            raise ValueError(f"train.steps cannot change on resume: the run's learning rate warms up and decays "
+                             f"to zero at step {steps}, and a new end would move it back up. To train on, start "
+                             f"a new run from this one's weights: --model.init={run_dir} with its own schedule")
         if key not in RESUMABLE_CHANGES:
             raise ValueError(f"{key} cannot change on resume; what can: {', '.join(RESUMABLE_CHANGES)}")
     return build(TrainConfig, apply_overrides(saved, overrides))

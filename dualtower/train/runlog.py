@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import logging
+import sys
 import time
 
 import torch
@@ -42,11 +43,14 @@ class RunLog:
         run.root.mkdir(parents=True, exist_ok=True)
         self.metrics = _append_from(run.file("metrics.jsonl"), start) if d.main else None
         self.samples = _append_from(run.samples_file(d.rank), start) if t.log_samples else None
-        self.progress = None
+        self.progress, self.plain = None, False
         if d.main and t.progress:
-            from tqdm import tqdm
+            if sys.stderr.isatty():
+                from tqdm import tqdm
 
-            self.progress = tqdm(total=t.steps, initial=start, desc="train", unit="step", dynamic_ncols=True)
+                self.progress = tqdm(total=t.steps, initial=start, desc="train", unit="step", dynamic_ncols=True)
+            else:  # a log file: one plain line per metrics record instead of a bar redrawn with carriage returns
+                self.plain = True
         self.window_start, self.window_samples = time.perf_counter(), 0
         self.run_start = time.perf_counter()
 
@@ -89,6 +93,9 @@ class RunLog:
                       "skipped": sum(self.stats.skipped.values()), "nonfinite": self.nonfinite_total}
             self.metrics.write(json.dumps(record) + "\n")
             self.metrics.flush()
+            if self.plain:
+                print(f"step {done}/{self.t.steps}  loss {record['loss']:.4f}  lr {lr:.2e}  "
+                      f"samples/s {record['samples_per_s']:.0f}  skipped {record['skipped']}", flush=True)
             if self.progress is not None:
                 self.progress.set_postfix(loss=f"{record['loss']:.4f}", lr=f"{lr:.2e}",
                                           samples_s=f"{record['samples_per_s']:.0f}")
@@ -108,7 +115,8 @@ class RunLog:
             if f is not None:
                 f.close()
         t = self.t
-        summary = {"steps": t.steps, "resumed_from": self.start, "seconds": time.perf_counter() - self.run_start,
+        summary = {"steps": t.steps, "resumed_from": self.start, "steps_this_run": t.steps - self.start,
+                   "seconds": time.perf_counter() - self.run_start,
                    "data": self._global_stats(), "nonfinite_steps": self.nonfinite_total,
                    "checkpoint": str(self.run.step(t.steps))}
         if self.d.main:
@@ -139,8 +147,9 @@ class RunLog:
         write_json(out / "summary.json", summary)
         data = summary["data"]
         skipped = ", ".join(f"{n} {r}" for r, n in sorted(data["skipped"].items())) or "none"
-        print(f"trained {summary['steps']} steps in {summary['seconds']:.1f}s"
-              + (f" (resumed at step {summary['resumed_from']})" if summary["resumed_from"] else "")
+        print(f"trained {summary['steps_this_run']} steps in {summary['seconds']:.1f}s"
+              + (f" (resumed at step {summary['resumed_from']}, now at {summary['steps']})"
+                 if summary["resumed_from"] else "")
               + f"; final loss {records[-1]['loss']:.4f}" * bool(records))
         print(f"samples seen {data['seen']} = accepted {data['accepted']} + skipped "
               f"{sum(data['skipped'].values())} ({skipped}); non-finite steps skipped: {summary['nonfinite_steps']}")
