@@ -135,13 +135,17 @@ def _cmd_eval(args) -> int:
     from .data import open_source
     from .eval import embed_source, linear_probe, retrieval, zeroshot
 
-    model = _model(args)
+    # Everything that can be refused is checked before the model loads and the images are embedded.
     source = open_source(args.data, args.image_key, args.caption_key)
-    images, _ = embed_source(model, source, args.batch_size, args.workers, progress=True)
     if args.task in ("zeroshot", "linear-probe") and not source.classes:
         raise ValueError(f"{args.data}: {args.task} needs data with classes (for example builtin:digits:test)")
+    if args.task == "linear-probe" and not args.train:
+        raise ValueError("linear-probe needs --train DATA (the probe's training data)")
+    templates = _templates(args, source.name) if args.task == "zeroshot" else None
+    model = _model(args)
+    images, _ = embed_source(model, source, args.batch_size, args.workers, progress=True)
     if args.task == "zeroshot":
-        result = zeroshot(model, images, source.classes, _templates(args, source.name))
+        result = zeroshot(model, images, source.classes, templates)
         rows = [(name, result[key]) for name, key in (("top-1", "top1"), ("top-5", "top5"),
                                                       ("mean per-class recall", "mean_per_class_recall"))
                 if key in result]
@@ -150,8 +154,6 @@ def _cmd_eval(args) -> int:
         rows = [(f"image->text {k}", v) for k, v in result["image_to_text"].items()]
         rows += [(f"text->image {k}", v) for k, v in result["text_to_image"].items()]
     else:
-        if not args.train:
-            raise ValueError("linear-probe needs --train DATA (the probe's training data)")
         train_source = open_source(args.train, args.image_key, args.caption_key)
         train_images, _ = embed_source(model, train_source, args.batch_size, args.workers, progress=True)
         result = linear_probe(train_images, images, source.classes)
@@ -176,14 +178,15 @@ def _cmd_classify(args) -> int:
     labels = [x.strip() for x in args.labels.split(",") if x.strip()]
     if len(labels) < 2:
         raise ValueError("--labels needs at least two comma-separated labels")
+    templates = _templates(args, "")  # before the model loads
     if args.runtime == "onnx":
         from .onnx import OnnxClassifier, load
 
-        classifier = OnnxClassifier(load(args.model), labels, _templates(args, ""))
+        classifier = OnnxClassifier(load(args.model), labels, templates)
     else:
         from .eval import ZeroShotClassifier
 
-        classifier = ZeroShotClassifier(_model(args), labels, _templates(args, ""))
+        classifier = ZeroShotClassifier(_model(args), labels, templates)
     status, rows = 0, []
     for path in image_paths(args.images):
         try:

@@ -358,8 +358,10 @@ def test_user_errors_end_in_one_line(tmp_path, capsys, photos):
                                      str(tmp_path / "r.txt"), str(folder)]), "FILE.json or FILE.csv")
     mixed = tmp_path / "mixed.txt"
     mixed.write_text("a photo of a {c}\na {} and a {c}\n")
-    _one_line_error(capsys, 2, main(["classify", "--model", "tiny", "--labels", "a,b", "--templates", str(mixed),
-                                     str(folder)]), "mixes {c} and {}")
+    line = _one_line_error(capsys, 2, main(["classify", "--model", "tiny", "--labels", "a,b", "--templates",
+                                            str(mixed), str(folder)]), "mixes {c} and {}")
+    _one_line_error(capsys, 2, main(["eval", "zeroshot", "--model", "no-such-checkpoint", "--data",
+                                     "builtin:digits:test", "--templates", str(mixed)]), line.split(": ", 2)[-1])
     _one_line_error(capsys, 2, main(["classify", "--model", "tiny", "--labels", "a,b", "--templates", str(folder),
                                      str(folder)]), "a directory, not a file of templates")
     (tmp_path / "file").write_text("x")
