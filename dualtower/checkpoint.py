@@ -99,7 +99,8 @@ def read_state(directory: Path, cfg: ModelConfig) -> dict[str, torch.Tensor]:
     try:
         with safe_open(weights, framework="pt") as f:
             shapes = {k: tuple(f.get_slice(k).get_shape()) for k in f.keys()}
-            check_shapes(cfg, shapes, str(weights))  # before any tensor is read
+            check_depths(cfg, shapes, str(weights))  # before a model is built,
+            check_shapes(empty_model(cfg), shapes, str(weights))  # and before any tensor is read
             return {k: f.get_tensor(k) for k in f.keys()}
     except CheckpointError:
         raise
@@ -144,12 +145,7 @@ def check_depths(cfg: ModelConfig, names, source: str) -> None:
                                   f"{len(blocks)} blocks in the weights, the config says depth {tower.depth}")
 
 
-def check_shapes(model: "DualEncoder | ModelConfig", shapes: dict[str, tuple], source: str) -> None:
-    """Every tensor name and shape of the model (or of a config's model, built on the meta device after its
-    depths are checked against the names) against `shapes`, before any weights are read or copied."""
-    if isinstance(model, ModelConfig):
-        check_depths(model, shapes, source)
-        model = empty_model(model)
+def check_shapes(model: DualEncoder, shapes: dict[str, tuple], source: str) -> None:
     expected = {k: tuple(v.shape) for k, v in model.state_dict().items()}
     missing = sorted(set(expected) - set(shapes))
     extra = sorted(set(shapes) - set(expected))

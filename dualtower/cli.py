@@ -610,9 +610,9 @@ def _check_out(args) -> None:
     elif getattr(args, "out_dir", False) and os.path.exists(path) and not os.path.isdir(path):
         raise ValueError(f"--out {out}: exists and is a file, not a folder")
     parent = os.path.dirname(path)
-    while parent and not os.path.exists(parent):
-        parent = os.path.dirname(parent) if os.path.dirname(parent) != parent else ""
-    if parent and not os.path.isdir(parent):
+    while not os.path.exists(parent):  # the nearest folder that exists (the root always does)
+        parent = os.path.dirname(parent)
+    if not os.path.isdir(parent):
         raise ValueError(f"--out {out}: {parent} is a file, not a folder")
 
 

@@ -188,7 +188,6 @@ class PreprocessConfig:
                 f"preprocess {key} {values!r} must be three finite numbers")
             object.__setattr__(self, key, tuple(float(v) for v in values))
         _check(all(v > 0 for v in self.std), f"preprocess std {list(self.std)} must be above 0 (it divides)")
-        _check(isinstance(self.crop_pct, (int, float)), f"crop_pct {self.crop_pct!r} is not a number")
 
 
 @dataclass(frozen=True)

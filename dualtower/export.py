@@ -238,11 +238,12 @@ def _write_side_files(model, directory: Path, name: str, format: str, precision:
     from .checkpoint import weights_sha256
 
     cfg = model.cfg
+    dynamic = "image" in graphs and graphs["image"][0].dynamic_size
     ext = "onnx" if format == "onnx" else "pt2"
     io.write_json(directory / "config.json", {
         "format": FORMAT_NAME, "version": VERSION, "runtime": format, "precision": precision,
         "normalized": normalize, "opset": opset if format == "onnx" else None,
-        "dynamic_size": bool(graphs.get("image") and graphs["image"][0].dynamic_size),
+        "dynamic_size": dynamic,
         "graphs": {name: {"file": f"{name}.{ext}", "input": g[2], "output": g[3],
                           **({"aoti": f"{name}.aoti.pt2"} if aot else {})} for name, g in graphs.items()},
         # what turns cosine similarities into logits: exp of the (clamped) learned temperature, and the bias
@@ -265,7 +266,7 @@ def _write_side_files(model, directory: Path, name: str, format: str, precision:
     resize = (f"shortest side to {p.image_size} ({p.interpolation}), center crop {p.image_size} x {p.image_size}"
               if p.resize_mode == "shortest" else f"both sides to {p.image_size} ({p.interpolation})")
     scaled = "L2-normalised" if normalize else "not normalised (divide each row by its L2 norm before comparing)"
-    sized = ", image height and width too" if "image" in graphs and graphs["image"][0].dynamic_size else ""
+    sized = ", image height and width too" if dynamic else ""
     listing = "".join(f"- `{name}.{ext}`: `{g[2]}` -> `{g[3]}`\n" for name, g in graphs.items())
     io.write_text(directory / "README.md", f"""# {cfg.name}, exported by dualtower ({format}, {precision})
 

@@ -13,6 +13,7 @@ import io
 import math
 import os
 import random
+from functools import lru_cache
 
 import numpy as np
 from PIL import Image, ImageOps
@@ -27,6 +28,7 @@ _RESAMPLE = {"bicubic": Image.Resampling.BICUBIC, "bilinear": Image.Resampling.B
 FORMATS = ("JPEG", "MPO", "PNG", "WEBP", "GIF", "BMP", "DIB", "TIFF", "PPM", "TGA", "AVIF")
 
 
+@lru_cache(maxsize=1)
 def _formats() -> tuple[str, ...]:
     Image.init()
     return tuple(f for f in FORMATS if f in Image.OPEN)  # AVIF only where this Pillow was built with it

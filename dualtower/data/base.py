@@ -68,11 +68,11 @@ def require_caption(caption, where: str) -> str:
 def caption_if_needed(read, needed: bool) -> str:
     """`read()`'s caption; where captions are not needed (embedding images) a missing or bad one is "" and the
     image is kept."""
-    if needed:
-        return read()
     try:
         return read()
     except BadSample:
+        if needed:
+            raise
         return ""
 
 

@@ -59,17 +59,16 @@ class CaptionsFile(Source):
         if not self.path.is_file():
             raise FileNotFoundError(f"{path}: no such captions file")
         rows = self._read_rows()
-        first = next((r for r in rows if "__bad__" not in r), None)
+        first = next((r for r in rows if isinstance(r, dict)), None)
         if first is not None:
             missing = [k for k in (image_key, caption_key) if k not in first]
             if missing:
                 raise ValueError(f"{path}: no column {missing} (columns: {sorted(first)}); set image_key / "
                                  "caption_key")
-        self.rows = [BadRow(*r["__bad__"]) if "__bad__" in r else (r.get(image_key), r.get(caption_key))
-                     for r in rows]
+        self.rows = [r if isinstance(r, BadRow) else (r.get(image_key), r.get(caption_key)) for r in rows]
 
-    def _read_rows(self) -> list[dict]:
-        """Rows as dicts; a row that cannot be read becomes {"__bad__": (reason, "FILE:LINE: detail")}, so the
+    def _read_rows(self) -> list:
+        """Rows as dicts; a row that cannot be read becomes a BadRow (reason, "FILE:LINE: detail"), so the
         rest of the file is used. Bytes that are not UTF-8 spoil only their own row."""
         with open(self.path, encoding="utf-8", errors="surrogateescape", newline="") as f:
             if self.path.suffix in (".csv", ".tsv"):
@@ -79,17 +78,17 @@ class CaptionsFile(Source):
                 if not line.strip():
                     continue
                 if _not_utf8(line):
-                    rows.append({"__bad__": ("row not UTF-8", f"{self.path}:{n}: bytes that are not UTF-8")})
+                    rows.append(BadRow("row not UTF-8", f"{self.path}:{n}: bytes that are not UTF-8"))
                     continue
                 try:
                     row = json.loads(line)
                 except (json.JSONDecodeError, RecursionError):
                     row = None
                 rows.append(row if isinstance(row, dict) else
-                            {"__bad__": ("unreadable row", f"{self.path}:{n}: not a JSON object")})
+                            BadRow("unreadable row", f"{self.path}:{n}: not a JSON object"))
             return rows
 
-    def _table_rows(self, f, delimiter: str) -> list[dict]:
+    def _table_rows(self, f, delimiter: str) -> list:
         reader = csv.reader(f, delimiter=delimiter)
         header, rows, line = None, [], 0
         while True:
@@ -98,7 +97,7 @@ class CaptionsFile(Source):
             except StopIteration:
                 return rows
             except csv.Error as e:  # a field past csv's size limit, a NUL byte: this row only
-                rows.append({"__bad__": ("unreadable row", f"{self.path}:{line + 1}: {e}")})
+                rows.append(BadRow("unreadable row", f"{self.path}:{line + 1}: {e}"))
                 line = reader.line_num
                 continue
             at, line = line + 1, reader.line_num
@@ -110,10 +109,10 @@ class CaptionsFile(Source):
             if not fields:
                 continue
             if _not_utf8("".join(fields)):
-                rows.append({"__bad__": ("row not UTF-8", f"{self.path}:{at}: bytes that are not UTF-8")})
+                rows.append(BadRow("row not UTF-8", f"{self.path}:{at}: bytes that are not UTF-8"))
             elif len(fields) != len(header):
-                rows.append({"__bad__": ("wrong number of fields",
-                                         f"{self.path}:{at}: {len(fields)} fields, the header has {len(header)}")})
+                rows.append(BadRow("wrong number of fields",
+                                   f"{self.path}:{at}: {len(fields)} fields, the header has {len(header)}"))
             else:
                 rows.append(dict(zip(header, fields)))
 
