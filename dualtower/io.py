@@ -137,19 +137,6 @@ def recover_directory(path: "str | os.PathLike") -> bool:
     return True
 
 
-def unpickling_reason(error: Exception) -> str:
-    """What torch.load(weights_only=True) found wrong, without its advice to load with weights_only=False (which
-    would run the file's code): its "WeightsUnpickler error" line where it has one, else the first line."""
-    lines = [ln.strip() for ln in str(error).splitlines() if ln.strip()]
-    found = next((ln for ln in lines if ln.startswith(("WeightsUnpickler error", "Trying to load unsupported",
-                                                        "Unsupported global"))), None)
-    if found is None:
-        found = lines[0] if lines else ""
-        if "weights_only" in found:
-            found = "objects other than tensors, numbers and strings"
-    return f"{type(error).__name__}: {found[:200]}"
-
-
 def atomic_symlink(link: "str | os.PathLike", target: str) -> bool:
     """Points `link` at `target` (relative) in one rename; False where the filesystem has no symlinks."""
     link = Path(link)
