@@ -77,19 +77,26 @@ def _eva02(name, embed, image, patch, width, depth, heads, t_width, t_heads) -> 
     )
 
 
-def _siglip(name, image, patch, width, depth, heads, mlp_dim, context) -> ModelConfig:
-    """open_clip's *-SigLIP (timm `vit_*_siglip_*` vision trunk with MAP pooling, bidirectional text tower
-    pooled at the last token). SigLIP's SentencePiece tokenizer is not bundled: texts come as ids."""
+def _siglip(name, image, patch, width, depth, heads, mlp_dim, context, vision_act="gelu",
+            text: tuple[int, int, int, int] | None = None, gemma: bool = False) -> ModelConfig:
+    """open_clip's *-SigLIP and *-SigLIP2 (timm `vit_*_siglip_*` vision trunk with MAP pooling, bidirectional
+    text tower pooled at the last token). `text`: (width, depth, heads, mlp_dim) where it differs from the vision
+    tower's (ViT-gopt). SigLIP 2 (`gemma`) has the Gemma vocabulary (256,000, pad 0, end 1) and tanh GELU in
+    its text tower. The SentencePiece / Gemma tokenizers are not bundled: they come with the model's files, or
+    texts come as ids."""
+    t_width, t_depth, t_heads, t_mlp = text or (width, depth, heads, mlp_dim)
     return ModelConfig(
         name=name,
         embed_dim=width,
         vision=VisionConfig(
             image_size=image, patch_size=patch, width=width, depth=depth, heads=heads, mlp_dim=mlp_dim,
-            norm_eps=1e-6, patch_bias=True, norm_pre=False, class_token=False, pool="map", head=False,
+            act=vision_act, norm_eps=1e-6, patch_bias=True, norm_pre=False, class_token=False, pool="map",
+            head=False,
         ),
         text=TextConfig(
-            vocab_size=32000, context_length=context, width=width, depth=depth, heads=heads, mlp_dim=mlp_dim,
-            norm_eps=1e-6, causal=False, pool="last", head_bias=True, eot_id=1, pad_id=1,
+            vocab_size=256000 if gemma else 32000, context_length=context, width=t_width, depth=t_depth,
+            heads=t_heads, mlp_dim=t_mlp, act="gelu_tanh" if gemma else "gelu", norm_eps=1e-6, causal=False,
+            pool="last", head_bias=True, eot_id=1, pad_id=0 if gemma else 1,
         ),
         preprocess=PreprocessConfig(image_size=image, mean=INCEPTION_MEAN, std=INCEPTION_STD, resize_mode="squash"),
         tokenizer="external",
@@ -119,6 +126,29 @@ def _internvit(name, width, depth, heads, mlp_dim, six_b: bool, image: int = 448
     )
 
 
+# open_clip's SigLIP 2 configs: name: (timm trunk, image_size, patch, width, depth, heads, mlp_dim, vision act,
+# text (width, depth, heads, mlp_dim) where it differs from the vision tower's)
+_SIGLIP2_ROWS = {
+    "ViT-B-16-SigLIP2": ("vit_base_patch16_siglip_224", 224, 16, 768, 12, 12, 3072, "gelu", None),
+    "ViT-B-16-SigLIP2-256": ("vit_base_patch16_siglip_256", 256, 16, 768, 12, 12, 3072, "gelu", None),
+    "ViT-B-16-SigLIP2-384": ("vit_base_patch16_siglip_384", 384, 16, 768, 12, 12, 3072, "gelu", None),
+    "ViT-B-16-SigLIP2-512": ("vit_base_patch16_siglip_512", 512, 16, 768, 12, 12, 3072, "gelu", None),
+    "ViT-B-32-SigLIP2-256": ("vit_base_patch32_siglip_256", 256, 32, 768, 12, 12, 3072, "gelu_tanh", None),
+    "ViT-L-16-SigLIP2-256": ("vit_large_patch16_siglip_256", 256, 16, 1024, 24, 16, 4096, "gelu", None),
+    "ViT-L-16-SigLIP2-384": ("vit_large_patch16_siglip_384", 384, 16, 1024, 24, 16, 4096, "gelu", None),
+    "ViT-L-16-SigLIP2-512": ("vit_large_patch16_siglip_512", 512, 16, 1024, 24, 16, 4096, "gelu_tanh", None),
+    "ViT-SO400M-14-SigLIP2": ("vit_so400m_patch14_siglip_224", 224, 14, 1152, 27, 16, 4304, "gelu", None),
+    "ViT-SO400M-14-SigLIP2-378": ("vit_so400m_patch14_siglip_378", 378, 14, 1152, 27, 16, 4304, "gelu", None),
+    "ViT-SO400M-16-SigLIP2-256": ("vit_so400m_patch16_siglip_256", 256, 16, 1152, 27, 16, 4304, "gelu_tanh", None),
+    "ViT-SO400M-16-SigLIP2-384": ("vit_so400m_patch16_siglip_384", 384, 16, 1152, 27, 16, 4304, "gelu_tanh", None),
+    "ViT-SO400M-16-SigLIP2-512": ("vit_so400m_patch16_siglip_512", 512, 16, 1152, 27, 16, 4304, "gelu_tanh", None),
+    "ViT-gopt-16-SigLIP2-256": ("vit_giantopt_patch16_siglip_256", 256, 16, 1536, 40, 16, 6144, "gelu_tanh",
+                                (1152, 27, 16, 4304)),
+    "ViT-gopt-16-SigLIP2-384": ("vit_giantopt_patch16_siglip_384", 384, 16, 1536, 40, 16, 6144, "gelu_tanh",
+                                (1152, 27, 16, 4304)),
+}
+
+
 _FAMILIES = {
     "EVA02-B-16": _eva02("EVA02-B-16", 512, 224, 16, 768, 12, 12, 512, 8),
     "EVA02-L-14": _eva02("EVA02-L-14", 768, 224, 14, 1024, 24, 16, 768, 12),
@@ -129,6 +159,8 @@ _FAMILIES = {
     "ViT-L-16-SigLIP-256": _siglip("ViT-L-16-SigLIP-256", 256, 16, 1024, 24, 16, 4096, 64),
     "ViT-SO400M-14-SigLIP": _siglip("ViT-SO400M-14-SigLIP", 224, 14, 1152, 27, 16, 4304, 16),
     "ViT-SO400M-14-SigLIP-384": _siglip("ViT-SO400M-14-SigLIP-384", 384, 14, 1152, 27, 16, 4304, 64),
+    **{name: _siglip(name, image, patch, width, depth, heads, mlp, 64, act, text, gemma=True)
+       for name, (_, image, patch, width, depth, heads, mlp, act, text) in _SIGLIP2_ROWS.items()},
     "InternViT-300M-448px": _internvit("InternViT-300M-448px", 1024, 24, 16, 4096, six_b=False),
     "InternViT-6B-448px": _internvit("InternViT-6B-448px", 3200, 45, 25, 12800, six_b=True),
     # InternVL-C's image side: InternViT-6B-224px (48 blocks) and its attention-pooling head to 768.
@@ -190,6 +222,7 @@ TIMM_NAMES = {
     "ViT-SO400M-14-SigLIP": "vit_so400m_patch14_siglip_224",
     "ViT-SO400M-14-SigLIP-384": "vit_so400m_patch14_siglip_384",
     "InternViT-300M-448px": "vit_intern300m_patch14_448",
+    **{name: row[0] for name, row in _SIGLIP2_ROWS.items()},
 }
 
 

@@ -100,9 +100,14 @@ class VisionConfig(BlockConfig):
     final_norm: str = "before_pool"  # "before_pool", "after_pool" or "none"
     head: bool = True  # False: no projection, the pooled features are the embedding (SigLIP)
     head_bias: bool = False
+    # SigLIP 2's NaFlex: the tower also takes images as patch sequences at their own aspect ratio
+    # (dualtower.naflex.Patches), and resizes its position grid bilinearly with antialiasing (not bicubically)
+    naflex: bool = False
 
     def __post_init__(self):
         super().__post_init__()
+        _check(not self.naflex or not (self.class_token or self.rope),
+               "a NaFlex vision tower has no class token and no rotary embedding")
         _check(self.pool in VISION_POOLS, f"vision pool {self.pool!r} is not one of {VISION_POOLS}")
         _check(self.class_token or self.pool != "cls", "vision pool 'cls' needs class_token=True")
         _check(self.final_norm in ("before_pool", "after_pool", "none"),
@@ -158,8 +163,11 @@ class PreprocessConfig:
     mean: tuple[float, float, float] = OPENAI_MEAN
     std: tuple[float, float, float] = OPENAI_STD
     interpolation: str = "bicubic"
-    # "shortest": resize the shortest side, then center crop; "squash": resize to a square (no crop)
+    # "shortest": resize the shortest side, then center crop; "squash": resize to a square (no crop);
+    # "naflex": keep the aspect ratio, resize to at most `max_patches` patches of `patch_size` (SigLIP 2 NaFlex)
     resize_mode: str = "shortest"
+    patch_size: int = 0  # "naflex" only: the vision tower's patch size
+    max_patches: int = 0  # "naflex" only: the default patch budget per image (transformers' max_num_patches)
     # timm's eval transform: resize to floor(image_size / crop_pct), then center crop image_size (1: no margin)
     crop_pct: float = 1.0
     # where a center crop starts: "round" (torchvision, open_clip, timm: round((H - h) / 2)) or "floor" (HF's
@@ -179,8 +187,10 @@ class PreprocessConfig:
         _check(isinstance(self.crop_pct, (int, float)) and 0 < self.crop_pct <= 1,
                f"crop_pct {self.crop_pct!r} is not in (0, 1]")
         _check(self.interpolation in ("bicubic", "bilinear"), f"interpolation {self.interpolation!r} unknown")
-        _check(self.resize_mode in ("shortest", "squash"), f"resize_mode {self.resize_mode!r} unknown")
-        _ints("preprocess", self, image_size=(1, 1 << 14))
+        _check(self.resize_mode in ("shortest", "squash", "naflex"), f"resize_mode {self.resize_mode!r} unknown")
+        _ints("preprocess", self, image_size=(1, 1 << 14), patch_size=(0, 1 << 12), max_patches=(0, 1 << 20))
+        _check((self.resize_mode == "naflex") == (self.patch_size > 0 and self.max_patches > 0),
+               "preprocess patch_size and max_patches are set for resize_mode 'naflex', and only for it")
         for key in ("mean", "std"):
             values = getattr(self, key)
             _check(isinstance(values, (list, tuple)) and len(values) == 3 and all(
@@ -214,6 +224,11 @@ class ModelConfig:
                    f"{tower} has no projection head, so its width {c and c.width} must equal embed_dim "
                    f"{self.embed_dim}")
         _check(self.vision is not None or self.text is not None, "a model needs at least one tower")
+        _check(self.vision is None or self.vision.naflex == (self.preprocess.resize_mode == "naflex"),
+               "a NaFlex vision tower and preprocess resize_mode 'naflex' go together")
+        _check(self.vision is None or not self.vision.naflex or self.preprocess.patch_size == self.vision.patch_size,
+               f"preprocess patch_size {self.preprocess.patch_size} differs from the vision tower's "
+               f"{self.vision and self.vision.patch_size}")
         _check(self.vision is None or self.preprocess.image_size == self.vision.image_size,
                f"preprocess image_size {self.preprocess.image_size} differs from the vision tower's "
                f"{self.vision and self.vision.image_size}")

@@ -194,6 +194,38 @@ class ImageTransform:
         return f"{type(self).__name__}({self.cfg})"
 
 
+class NaFlexTransform(ImageTransform):
+    """PIL image -> (patches (n, p * p * 3) float32, grid (rows, columns)) for a NaFlex tower (SigLIP 2): the
+    image keeps its aspect ratio, resized so its grid holds at most `max_patches` patches (the budget of the
+    config unless given), then scaled, normalised and cut into patches. `Patches.collate` makes a batch.
+    Equal to transformers' Siglip2 image processor (PIL backend) on 8-bit RGB images; tested."""
+
+    def __init__(self, cfg: PreprocessConfig, max_patches: int | None = None):
+        super().__init__(cfg)
+        if cfg.resize_mode != "naflex":
+            raise ValueError(f"NaFlexTransform needs preprocess resize_mode 'naflex', not {cfg.resize_mode!r}")
+        self.patch = cfg.patch_size
+        self.max_patches = cfg.max_patches if max_patches is None else max_patches
+        if self.max_patches < 1:
+            raise ValueError(f"max_patches must be at least 1, got {self.max_patches}")
+
+    def resize_and_crop(self, image: Image.Image) -> Image.Image:
+        from .naflex import grid_for
+
+        rows, cols = grid_for(image.height, image.width, self.patch, self.max_patches)
+        size = (cols * self.patch, rows * self.patch)
+        return image if size == image.size else image.resize(size, _RESAMPLE[self.cfg.interpolation])
+
+    def array(self, image: Image.Image) -> tuple[np.ndarray, tuple[int, int]]:
+        from .naflex import patchify
+
+        pixels = self.to_array(self.rgb_after(self.resize_and_crop(self.rgb_before(image))))  # (3, H, W)
+        return patchify(pixels, self.patch), (pixels.shape[1] // self.patch, pixels.shape[2] // self.patch)
+
+    def __call__(self, image: Image.Image, seed: int | None = None) -> tuple[np.ndarray, tuple[int, int]]:
+        return self.array(image)
+
+
 class TrainTransform(ImageTransform):
     """Random resized crop (area `scale`, log-uniform aspect `ratio`, as in Inception and CLIP training), then
     scale and normalise. The crop is drawn from `seed`, so a sample's augmentation is fixed by (run seed, step,

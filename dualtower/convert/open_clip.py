@@ -90,8 +90,8 @@ def check_exportable(cfg: ModelConfig) -> None:
             problems.append(f"{tower}: open_clip blocks have all their biases")
         if c.qk_norm != "none" or c.attn_norm or c.mlp_norm or c.mlp_type != "mlp":
             problems.append(f"{tower}: open_clip blocks have no QK-norm, sub-LN or SwiGLU")
-        if c.act == "gelu_tanh":
-            problems.append(f"{tower}: open_clip's towers use GELU or QuickGELU")
+        if c.act == "gelu_tanh" and not timm_trunk(cfg):  # its timm-trunk configs set it by act_kwargs (SigLIP 2)
+            problems.append(f"{tower}: open_clip's CLIP towers use GELU or QuickGELU")
     if cfg.text is not None and (cfg.text.head_bias and not timm_trunk(cfg)):
         problems.append("text: open_clip's CLIP class has no text projection bias")
     if problems:

@@ -13,6 +13,7 @@ from .registry import Format, register
 class Ours(Format):
     name = "dualtower"
     summary = "a dualtower checkpoint directory (config.json with format 'dualtower', model.safetensors)"
+    holds_naflex = True
 
     def detect(self, probe: Probe) -> bool:
         return probe.is_directory and probe.config.get("format") == checkpoint.FORMAT

@@ -28,6 +28,7 @@ class Format:
     name: str = ""
     summary: str = ""  # one line for error messages and `dualtower convert --help`
     vision_only: bool = False  # holds a vision tower and no text tower, whatever the architecture has
+    holds_naflex: bool = False  # can hold a NaFlex vision tower
 
     def detect(self, probe: Probe) -> bool:
         raise NotImplementedError
@@ -55,6 +56,9 @@ class Format:
         """Raises ConversionError naming what of `cfg` this format cannot hold."""
 
     def can_write(self, cfg: ModelConfig) -> str | None:
+        if cfg.vision is not None and cfg.vision.naflex and not self.holds_naflex:
+            return (f"a NaFlex vision tower (SigLIP 2) is written as hf-siglip2 or dualtower; {self.name} has no "
+                    "place for its patch-sequence input")
         return reason(self.check, cfg)
 
     def write(self, model, dst: Path) -> None:
@@ -108,7 +112,7 @@ def reason(check, cfg: ModelConfig) -> str | None:
 
 FORMATS: dict[str, Format] = {}  # filled by the format modules as dualtower.convert imports them
 ALIASES = {"openai": "open_clip", "ours": "dualtower"}  # OpenAI's state dicts are open_clip's CLIP layout
-HF_FORMATS = ("hf-clip", "hf-siglip", "hf-internvl")  # what `to="hf"` chooses among, by the model
+HF_FORMATS = ("hf-clip", "hf-siglip", "hf-siglip2", "hf-internvl")  # what `to="hf"` chooses among, by the model
 
 
 def register(fmt: Format) -> Format:

@@ -4,12 +4,14 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Mapping
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from ..config import ModelConfig
+from ..naflex import Patches
 from .layers import Attention
 from .noise import KeyedDropout, KeyedDropPath
 from .towers import AttentionPool, TextTower, VisionTower
@@ -45,11 +47,15 @@ class DualEncoder(nn.Module):
             nn.Parameter(torch.tensor(float(cfg.init_logit_bias)))
         self.tokenizer_files: Path | None = None  # a folder with the model's own tokenizer files, set by loaders
 
-    def encode_image(self, pixels: torch.Tensor, normalize: bool = False, interpolate_pos: bool = False
-                     ) -> torch.Tensor:
-        """(B, E). `interpolate_pos=True` takes other image sizes (positional embeddings resized bicubically)."""
+    def encode_image(self, pixels: "torch.Tensor | Patches | Mapping", normalize: bool = False,
+                     interpolate_pos: bool = False) -> torch.Tensor:
+        """(B, E). `interpolate_pos=True` takes other image sizes (positional embeddings resized bicubically).
+        A NaFlex tower (SigLIP 2) also takes a `Patches` batch, or transformers' Siglip2 image processor output
+        as it is (a mapping with pixel_values, pixel_attention_mask and spatial_shapes)."""
         if self.visual is None:
             raise ValueError(f"{self.cfg.name} is a text-only model: it has no vision tower")
+        if isinstance(pixels, Mapping):
+            pixels = Patches.from_hf(pixels)
         x = self.visual(pixels, interpolate_pos)
         return F.normalize(x.float(), dim=-1) if normalize else x  # in fp32: bf16 rows are unit length too
 

@@ -142,7 +142,9 @@ class Attention(nn.Module):
         self.q_head_norm, self.k_head_norm = q_head_norm or nn.Identity(), k_head_norm or nn.Identity()
         self.inner_norm = inner_norm or nn.Identity()
 
-    def forward(self, x: torch.Tensor, rope: tuple[torch.Tensor, torch.Tensor] | None = None) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, rope: tuple[torch.Tensor, torch.Tensor] | None = None,
+                mask: torch.Tensor | None = None) -> torch.Tensor:
+        """`mask`: (B, 1, 1, L) bool, False for keys no query may attend to (padding)."""
         B, L, D = x.shape
         H = self.heads
         qkv = self.qkv(x).view(B, L, 3, D)
@@ -151,7 +153,7 @@ class Attention(nn.Module):
         v = qkv[:, :, 2].view(B, L, H, D // H).transpose(1, 2)
         if rope is not None:
             q, k = apply_rope(q, rope, self.rope_prefix), apply_rope(k, rope, self.rope_prefix)
-        out = F.scaled_dot_product_attention(q, k, v, is_causal=self.causal)  # (B, H, L, hd)
+        out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=self.causal)  # (B, H, L, hd)
         return self.proj(self.inner_norm(out.transpose(1, 2).reshape(B, L, D)))
 
 
@@ -199,16 +201,18 @@ class Block(nn.Module):
         self.path1: nn.Module = nn.Identity()  # drop path (DualEncoder.set_drop_path)
         self.path2: nn.Module = nn.Identity()
 
-    def forward(self, x: torch.Tensor, rope: tuple[torch.Tensor, torch.Tensor] | None = None) -> torch.Tensor:
-        x = x + self.path1(self.drop1(self.ls1(self.attn(self.norm1(x), rope))))
+    def forward(self, x: torch.Tensor, rope: tuple[torch.Tensor, torch.Tensor] | None = None,
+                mask: torch.Tensor | None = None) -> torch.Tensor:
+        x = x + self.path1(self.drop1(self.ls1(self.attn(self.norm1(x), rope, mask))))
         return x + self.path2(self.drop2(self.ls2(self.mlp(self.norm2(x)))))
 
 
 class PostNormBlock(Block):
     """Post-norm residual block (the original Transformer's placement): norm(x + ls(attn(x)))."""
 
-    def forward(self, x: torch.Tensor, rope: tuple[torch.Tensor, torch.Tensor] | None = None) -> torch.Tensor:
-        x = self.norm1(x + self.path1(self.drop1(self.ls1(self.attn(x, rope)))))
+    def forward(self, x: torch.Tensor, rope: tuple[torch.Tensor, torch.Tensor] | None = None,
+                mask: torch.Tensor | None = None) -> torch.Tensor:
+        x = self.norm1(x + self.path1(self.drop1(self.ls1(self.attn(x, rope, mask)))))
         return self.norm2(x + self.path2(self.drop2(self.ls2(self.mlp(x)))))
 
 
@@ -218,12 +222,13 @@ class Transformer(nn.Module):
         self.blocks = nn.ModuleList(blocks)
         self.grad_checkpointing = False
 
-    def forward(self, x: torch.Tensor, rope: tuple[torch.Tensor, torch.Tensor] | None = None) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, rope: tuple[torch.Tensor, torch.Tensor] | None = None,
+                mask: torch.Tensor | None = None) -> torch.Tensor:
         for block in self.blocks:
             if self.grad_checkpointing and self.training:
-                x = torch.utils.checkpoint.checkpoint(block, x, rope, use_reentrant=False)
+                x = torch.utils.checkpoint.checkpoint(block, x, rope, mask, use_reentrant=False)
             else:
-                x = block(x, rope)
+                x = block(x, rope, mask)
         return x
 
 

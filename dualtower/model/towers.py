@@ -7,13 +7,17 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..config import TextConfig, VisionConfig
+from ..naflex import Patches
 from . import noise
 from .layers import LayerNormFp32, Mlp, Rope2D, build_transformer, make_act, make_norm
 
 
+# Every pool takes the tokens (B, L, D) and, for padded patch sequences (NaFlex), their mask (B, L) bool (True
+# for a real token); padding never enters the pooled vector.
+
 class ClsPool(nn.Module):
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return x[:, 0]
+    def forward(self, x: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+        return x[:, 0]  # the class token is never padding
 
 
 class MeanPool(nn.Module):
@@ -23,8 +27,11 @@ class MeanPool(nn.Module):
         super().__init__()
         self.prefix = prefix
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return x[:, self.prefix:].mean(dim=1)
+    def forward(self, x: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+        if mask is None:
+            return x[:, self.prefix:].mean(dim=1)
+        keep = mask[:, self.prefix:, None].to(x.dtype)  # (B, N, 1)
+        return (x[:, self.prefix:] * keep).sum(dim=1) / keep.sum(dim=1)
 
 
 class AttentionPool(nn.Module):
@@ -40,13 +47,14 @@ class AttentionPool(nn.Module):
         self.norm = norm
         self.mlp = Mlp(dim, mlp_dim, act, bias=True)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
         B, L, D = x.shape
         H = self.heads
         w, b = self.qkv.weight, self.qkv.bias
         q = F.linear(self.latent.to(x.dtype), w[:D], b[:D]).view(1, H, 1, D // H).expand(B, -1, -1, -1)  # (B, H, 1, hd)
         kv = F.linear(x, w[D:], b[D:]).view(B, L, 2, H, D // H).permute(2, 0, 3, 1, 4)  # (2, B, H, L, hd)
-        y = F.scaled_dot_product_attention(q, kv[0], kv[1])  # (B, H, 1, hd)
+        keys = None if mask is None else mask[:, None, None, :]  # (B, 1, 1, L)
+        y = F.scaled_dot_product_attention(q, kv[0], kv[1], attn_mask=keys)  # (B, H, 1, hd)
         y = self.proj(y.reshape(B, D))
         return y + self.mlp(self.norm(y))
 
@@ -62,7 +70,9 @@ class MeanQueryPool(nn.Module):
         self.norm_q, self.norm_k, self.norm_v = (LayerNormFp32(dim, eps=eps) for _ in range(3))
         self.q, self.k, self.v = nn.Linear(dim, dim), nn.Linear(dim, dim), nn.Linear(dim, dim)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+        if mask is not None:
+            raise ValueError("InternVL-C's mean-query pool does not take padded patch sequences")
         B, L, D = x.shape
         H = self.heads
         q = self.q(self.norm_q(x.mean(dim=1, keepdim=True))).view(B, 1, H, D // H).transpose(1, 2)  # (B, H, 1, hd)
@@ -136,14 +146,18 @@ class VisionTower(nn.Module):
         self._pos_cache: dict[tuple, torch.Tensor] = {}
 
     def set_patch_dropout(self, prob: float) -> None:
+        if prob > 0 and self.cfg.naflex:
+            raise ValueError("patch dropout is not supported on a NaFlex tower (its sequences are already "
+                             "variable; lower the patch budget instead)")
         self.patch_dropout = PatchDropout(prob, self.prefix) if prob > 0 else NoPatchDropout()
 
     def pos_embed_for(self, grid_h: int, grid_w: int) -> torch.Tensor:
         """(prefix + gh * gw, D): the learned positional embeddings for another patch grid, the patch part resized
-        bicubically (align_corners=False, as HF's `interpolate_pos_encoding`). Cached per grid while the
-        weights are unchanged and no gradient is wanted, so a repeated size costs nothing. Traced (torch.export,
-        ONNX export with dynamic height and width) it is one graph for every grid: no cache, no shortcut (a resize
-        to the same grid is the identity)."""
+        bicubically (align_corners=False, as HF's `interpolate_pos_encoding`), or for a NaFlex tower bilinearly
+        with antialiasing (SigLIP 2's rule; a grid smaller than the learned one averages it down). Cached per grid
+        while the weights are unchanged and no gradient is wanted, so a repeated size costs nothing. Traced
+        (torch.export, ONNX export with dynamic height and width) it is one graph for every grid: no cache, no
+        shortcut (a resize to the same grid is the identity)."""
         g = self.cfg.grid
         traced = torch.compiler.is_compiling()
         if not traced and (grid_h, grid_w) == (g, g):
@@ -154,7 +168,11 @@ class VisionTower(nn.Module):
             return self._pos_cache[key]
         p = self.prefix
         patches = self.pos_embed[p:].reshape(1, g, g, -1).permute(0, 3, 1, 2)  # (1, D, g, g)
-        patches = F.interpolate(patches, size=(grid_h, grid_w), mode="bicubic", align_corners=False)
+        if self.cfg.naflex:
+            patches = F.interpolate(patches.float(), size=(grid_h, grid_w), mode="bilinear", align_corners=False,
+                                    antialias=True).to(patches.dtype)
+        else:
+            patches = F.interpolate(patches, size=(grid_h, grid_w), mode="bicubic", align_corners=False)
         resized = torch.cat([self.pos_embed[:p], patches.permute(0, 2, 3, 1).reshape(grid_h * grid_w, -1)])
         if not track:
             if len(self._pos_cache) >= 16:
@@ -180,18 +198,47 @@ class VisionTower(nn.Module):
         rope = self.rope(gh, gw, x.device) if self.rope is not None else None
         return x + pos.to(x.dtype), rope
 
-    def _tokens(self, pixels: torch.Tensor, interpolate_pos: bool):
-        """Embedded, patch-dropped and pre-normed tokens, with the rotary angles of the kept patches."""
+    def embed_patches(self, patches: Patches) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """NaFlex input: tokens (B, L, D) and their mask (B, L) bool, None when no image is padded. L is the
+        longest image's patch count: padding past it is cut, since no real token ever attends to padding."""
+        if not self.cfg.naflex:
+            raise ValueError("patch sequences (NaFlex input) need a NaFlex tower; this one takes (B, 3, H, W) pixels")
+        patches.check(self.cfg.patch_size)
+        counts = patches.shapes.prod(dim=1)  # (B,)
+        length = int(counts.max())
+        w = self.patch_embed.weight  # (D, 3, p, p)
+        flat = w.permute(0, 2, 3, 1).reshape(w.shape[0], -1)  # (D, p * p * 3): a patch's (p, p, C) order
+        x = F.linear(patches.values[:, :length].to(device=w.device, dtype=w.dtype), flat, self.patch_embed.bias)
+        pos = x.new_empty(x.shape)
+        shapes = patches.shapes.to(x.device)
+        for h, w_ in torch.unique(patches.shapes, dim=0).tolist():
+            grid = self.pos_embed_for(h, w_).to(x.dtype)  # (h * w, D)
+            rows = (shapes == torch.tensor([h, w_], device=x.device)).all(dim=1)
+            # Padding positions take the grid's first position (as transformers does); they are masked anyway.
+            pos[rows] = torch.cat([grid, grid[:1].expand(length - h * w_, -1)])
+        x = x + pos
+        if bool((counts == length).all()):
+            return x, None
+        return x, torch.arange(length, device=x.device)[None, :] < counts.to(x.device)[:, None]
+
+    def _tokens(self, pixels: "torch.Tensor | Patches", interpolate_pos: bool):
+        """Embedded, patch-dropped and pre-normed tokens, with the rotary angles of the kept patches and the
+        padding mask of NaFlex input (None otherwise)."""
+        if isinstance(pixels, Patches):
+            x, mask = self.embed_patches(pixels)
+            return self.norm_pre(x), None, mask
         x, rope = self.embed(pixels, interpolate_pos)
         x, kept = self.patch_dropout(x)
         if rope is not None and kept is not None:
             rope = tuple(r[kept].unsqueeze(1) for r in rope)  # (B, 1, keep, hd) per sample
-        return self.norm_pre(x), rope
+        return self.norm_pre(x), rope, None
 
-    def forward(self, pixels: torch.Tensor, interpolate_pos: bool = False) -> torch.Tensor:
-        x, rope = self._tokens(pixels, interpolate_pos)
-        x = self.norm_tokens(self.transformer(x, rope))
-        return self.head(self.norm_pooled(self.pool(x)))  # (B, E)
+    def forward(self, pixels: "torch.Tensor | Patches", interpolate_pos: bool = False) -> torch.Tensor:
+        """pixels: (B, 3, H, W), or for a NaFlex tower a `Patches` batch."""
+        x, rope, mask = self._tokens(pixels, interpolate_pos)
+        keys = None if mask is None else mask[:, None, None, :]  # (B, 1, 1, L)
+        x = self.norm_tokens(self.transformer(x, rope, keys))
+        return self.head(self.norm_pooled(self.pool(x, mask)))  # (B, E)
 
     def features(self, pixels: torch.Tensor, layers: tuple[int, ...] = (-1,), keep_cls: bool = True,
                  final_norm: bool = False, interpolate_pos: bool = False) -> list[torch.Tensor]:
@@ -206,10 +253,11 @@ class VisionTower(nn.Module):
         bad = [layer for layer, w in zip(layers, wanted) if not 0 <= w <= depth]
         if bad:
             raise ValueError(f"layers {bad} are outside this tower's hidden states 0..{depth} (or -{depth + 1}..-1)")
-        x, rope = self._tokens(pixels, interpolate_pos)
+        x, rope, mask = self._tokens(pixels, interpolate_pos)
+        keys = None if mask is None else mask[:, None, None, :]
         states = [x]
         for block in self.transformer.blocks[: max(wanted)]:
-            x = block(x, rope)
+            x = block(x, rope, keys)
             states.append(x)
         norm = self.norm_tokens if self.cfg.final_norm == "before_pool" else self.norm_pooled
         out = [norm(states[w]) if final_norm else states[w] for w in wanted]
