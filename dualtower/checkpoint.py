@@ -23,8 +23,9 @@ from .model import DualEncoder
 
 FORMAT, VERSION, READABLE_VERSIONS = "dualtower", CONFIG_VERSION, (1, CONFIG_VERSION)
 CONFIG_FILE, WEIGHTS_FILE = "config.json", "model.safetensors"
-# A model's own tokenizer files (SigLIP's), kept beside the weights when the model came with them.
-TOKENIZER_FILES = ("spiece.model", "tokenizer_config.json")
+# A model's own tokenizer files (SigLIP's SentencePiece, SigLIP 2's Gemma tokenizer.json), kept beside the weights
+# when the model came with them.
+TOKENIZER_FILES = ("spiece.model", "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json")
 
 
 class CheckpointError(ValueError):

@@ -25,6 +25,9 @@ TEXT_POOLS = ("eot", "last", "argmax", "first")
 # "clip-bpe": OpenAI's CLIP BPE (bundled). "external": the model's own tokenizer is not bundled (SigLIP's
 # SentencePiece vocabulary); texts must come as token ids, or from a tokenizer.json beside the weights.
 TOKENIZERS = ("clip-bpe", "external")
+# How text is cleaned before a tokenizer.json tokenizer (SigLIP 2's Gemma vocabulary; see tokenizer_json):
+# open_clip's cleaning functions, or transformers' Siglip2Tokenizer rule (a Lowercase normaliser, nothing else).
+TEXT_CLEANS = ("canonicalize", "lower", "whitespace", "hf-lowercase")
 
 # Image statistics. OpenAI CLIP's are used by every open_clip ViT config that does not override them.
 OPENAI_MEAN = (0.48145466, 0.4578275, 0.40821073)
@@ -208,12 +211,14 @@ class ModelConfig:
     text: TextConfig | None = field(default_factory=TextConfig)  # None: a vision-only model (InternViT)
     preprocess: PreprocessConfig = field(default_factory=PreprocessConfig)
     tokenizer: str = "clip-bpe"
+    text_clean: str = "canonicalize"  # one of TEXT_CLEANS; used by tokenizer.json tokenizers only
     init_logit_scale: float = CLIP_INIT_LOGIT_SCALE
     init_logit_bias: float | None = None  # None: the model has no logit bias (SigLIP-style models set one)
     max_logit_scale: float | None = CLIP_MAX_LOGIT_SCALE  # CLIP clamps the learned log scale; None: no clamp
 
     def __post_init__(self):
         _check(self.tokenizer in TOKENIZERS, f"tokenizer {self.tokenizer!r} unknown (known: {TOKENIZERS})")
+        _check(self.text_clean in TEXT_CLEANS, f"text_clean {self.text_clean!r} unknown (known: {TEXT_CLEANS})")
         _ints("model", self, embed_dim=(1, 1 << 16))
         _finite("model", self, init_logit_scale=(-100, 100))
         for key in ("init_logit_bias", "max_logit_scale"):

@@ -304,6 +304,10 @@ def get_tokenizer(name_or_model="ViT-B-32"):
         from .tokenizer_sp import SentencePieceTokenizer
 
         return SentencePieceTokenizer.from_directory(files, cfg.text.context_length)
-    raise ValueError(f"{cfg.name} uses its own tokenizer, and no spiece.model came with it; load the model from "
-                     "a directory or hub repo that has its spiece.model, or tokenize with it yourself and pass "
-                     "token ids to encode_text")
+    if files is not None and (files / "tokenizer.json").is_file():  # SigLIP 2's Gemma tokenizer
+        from .tokenizer_json import JsonTokenizer
+
+        return JsonTokenizer.from_directory(files, cfg.text.context_length, cfg.text_clean)
+    raise ValueError(f"{cfg.name} uses its own tokenizer, and neither spiece.model nor tokenizer.json came with it; "
+                     "load the model from a directory or hub repo that has them, or tokenize with it yourself and "
+                     "pass token ids to encode_text")

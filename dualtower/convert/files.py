@@ -161,16 +161,19 @@ class Probe:
             raise CheckpointError(str(e)) from e
 
 
-def write_model_directory(dst: "str | os.PathLike", texts: dict[str, str], weights: str,
+def write_model_directory(dst: "str | os.PathLike", texts: dict[str, "str | bytes"], weights: str,
                           state: dict[str, torch.Tensor]) -> None:
-    """A model directory written atomically: text files (the first is its config, whose presence marks a folder
-    this writer may replace) and one safetensors file named `weights`."""
+    """A model directory written atomically: small files, text or bytes (the first is its config, whose presence
+    marks a folder this writer may replace) and one safetensors file named `weights`."""
     from safetensors.torch import save_file
 
     from ..io import atomic_directory
 
     marker = next(iter(texts))
     with atomic_directory(dst, replaceable=lambda d: (d / marker).is_file()) as tmp:
-        for name, text in texts.items():
-            (tmp / name).write_text(text, encoding="utf-8")
+        for name, content in texts.items():
+            if isinstance(content, bytes):
+                (tmp / name).write_bytes(content)
+            else:
+                (tmp / name).write_text(content, encoding="utf-8")
         save_file(state, tmp / weights, metadata={"format": "pt"})

@@ -2,8 +2,9 @@
 
 SigLIP's towers: no class token, attention-pooling head (`vision_model.head`: probe, nn.MultiheadAttention,
 layernorm, mlp), no vision projection; a bidirectional text tower pooled at the last position with a biased
-projection (`text_model.head`); a learned logit bias. Its SentencePiece tokenizer is not converted: our config
-says tokenizer "external", and texts are given as ids.
+projection (`text_model.head`); a learned logit bias. Its tokenizer (SentencePiece, or SigLIP 2's Gemma
+tokenizer.json) is not converted: our config says tokenizer "external", the files travel beside the weights when
+the model came with them, and otherwise texts are given as ids.
 
 `Siglip2Model` is SigLIP 2's NaFlex model: the same towers and key names, with the patch embedding a Linear over
 flattened (p, p, C) patches (ours is the Conv2d it equals, so the weight is permuted each way) and a position
@@ -132,8 +133,8 @@ def config_from_hf(hf: dict, preprocessor: dict | None, name: str) -> ModelConfi
         if embed != width:
             raise ConversionError(f"{name}: text projection_size {embed} differs from the vision width {width}")
         return ModelConfig(name=name, embed_dim=width, vision=vision, text=text, preprocess=preprocess,
-                           tokenizer="external", init_logit_scale=SIGLIP_INIT_LOGIT_SCALE,
-                           init_logit_bias=SIGLIP_INIT_LOGIT_BIAS,
+                           tokenizer="external", text_clean="hf-lowercase",
+                           init_logit_scale=SIGLIP_INIT_LOGIT_SCALE, init_logit_bias=SIGLIP_INIT_LOGIT_BIAS,
                            max_logit_scale=None)
     except (TypeError, ValueError) as e:
         if isinstance(e, ConversionError):
@@ -232,7 +233,7 @@ class HFSiglip(HFDirectory):
     check = staticmethod(check_exportable)
 
     def hf_files(self, cfg: ModelConfig) -> tuple[dict, dict[str, str]]:
-        # No tokenizer files: SigLIP's SentencePiece vocabulary is not bundled.
+        # The tokenizer files are copied from the model's own when it has them (HFDirectory.write).
         return config_to_hf(cfg), {"preprocessor_config.json": json.dumps(preprocessor_to_hf(cfg), indent=2) + "\n"}
 
 

@@ -87,7 +87,13 @@ def _timm_trunk_config(model_cfg: dict, name: str) -> ModelConfig:
     if len(matches) != 1:
         raise ConversionError(f"{name}: no single architecture has the timm trunk {trunk!r} with this text tower "
                               f"(candidates: {matches or 'none'})")
-    return REGISTRY[matches[0]]
+    # open_clip's HFTokenizer cleans text by tokenizer_kwargs.clean, "whitespace" when unset (SigLIP 2's configs
+    # say "canonicalize"); it applies to a tokenizer.json tokenizer that comes with the repo.
+    clean = (t.get("tokenizer_kwargs") or {}).get("clean", "whitespace")
+    if clean not in ("canonicalize", "lower", "whitespace"):
+        raise ConversionError(f"{name}: text_cfg tokenizer_kwargs clean {clean!r} is not built "
+                              "(canonicalize, lower or whitespace)")
+    return REGISTRY[matches[0]].replace(text_clean=clean)
 
 
 def encode_model_cfg(cfg: ModelConfig) -> dict:

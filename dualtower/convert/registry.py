@@ -18,7 +18,7 @@ from pathlib import Path
 import torch
 
 from ..archs import get_config
-from ..checkpoint import CheckpointError, state_of
+from ..checkpoint import TOKENIZER_FILES, CheckpointError, state_of
 from ..config import ModelConfig
 from .files import Probe, write_model_directory, write_state_file
 from .remap import ConversionError
@@ -97,8 +97,17 @@ class HFDirectory(Format):
 
     def write(self, model, dst: Path) -> None:
         hf_config, files = self.hf_files(model.cfg)
-        texts = {"config.json": json.dumps(hf_config, indent=2) + "\n", **files}
+        texts = {"config.json": json.dumps(hf_config, indent=2) + "\n", **own_tokenizer_files(model), **files}
         write_model_directory(dst, texts, "model.safetensors", self.from_ours(state_of(model), model.cfg))
+
+
+def own_tokenizer_files(model) -> dict[str, bytes]:
+    """The tokenizer files a model came with (SigLIP's spiece.model, SigLIP 2's tokenizer.json), to write beside
+    its weights; none for a model with the bundled CLIP tokenizer."""
+    folder = getattr(model, "tokenizer_files", None)
+    if folder is None or model.cfg.tokenizer == "clip-bpe":
+        return {}
+    return {name: (folder / name).read_bytes() for name in TOKENIZER_FILES if (folder / name).is_file()}
 
 
 def reason(check, cfg: ModelConfig) -> str | None:

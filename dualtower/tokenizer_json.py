@@ -1,0 +1,103 @@
+"""A model's own tokenizer from its `tokenizer.json` (SigLIP 2's Gemma vocabulary of 256,000 byte-fallback BPE
+pieces), run by the `tokenizers` library, with the text handling of the model's reference:
+
+- `clean` (ModelConfig.text_clean) is what happens to the text first: open_clip's cleaning functions
+  ("canonicalize": ftfy, HTML entities, "_" to space, ASCII punctuation removed, lower case, whitespace
+  collapsed, the rule of open_clip's SigLIP 2 configs and big_vision; "lower"; "whitespace"), or "hf-lowercase":
+  the tokenizers Lowercase normaliser put in front of the file's own, as transformers' Siglip2Tokenizer does.
+- The file's normaliser, BPE and post-processor make the ids (SigLIP 2's repos: no start token, `<eos>` at the
+  end); the text is cut first to leave room for the post-processor's tokens, as transformers' truncation does.
+- Padding to the context length (64) with the pad token's id from tokenizer_config.json (Gemma's `<pad>`, 0).
+
+Ids equal open_clip's HFTokenizer and transformers' tokenizer (padding="max_length", truncation=True) on the same
+files; tested.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import TYPE_CHECKING, Sequence
+
+import numpy as np
+
+if TYPE_CHECKING:
+    import torch
+
+from .config import TEXT_CLEANS as CLEANS
+
+
+def _basic(text: str) -> str:
+    import html
+
+    import ftfy
+
+    return html.unescape(html.unescape(ftfy.fix_text(text))).strip()
+
+
+def canonicalize(text: str) -> str:
+    """open_clip's (and big_vision's) canonical form of a prompt."""
+    import string
+
+    text = _basic(text).replace("_", " ").translate(str.maketrans("", "", string.punctuation)).lower()
+    return " ".join(text.split())
+
+
+_CLEAN = {
+    "canonicalize": canonicalize,
+    "lower": lambda text: " ".join(_basic(text).split()).lower(),
+    "whitespace": lambda text: " ".join(_basic(text).split()),
+    "hf-lowercase": lambda text: text,  # lower-cased by the normaliser instead
+}
+
+
+class JsonTokenizer:
+    def __init__(self, tokenizer_file: "str | Path", context_length: int, clean: str = "canonicalize",
+                 pad: str = "<pad>"):
+        from tokenizers import Tokenizer, normalizers
+
+        if clean not in CLEANS:
+            raise ValueError(f"text clean {clean!r} is not one of {CLEANS}")
+        if context_length < 1:
+            raise ValueError(f"context_length must be at least 1, got {context_length}")
+        self.tokenizer = Tokenizer.from_file(str(tokenizer_file))
+        if clean == "hf-lowercase":
+            own = self.tokenizer.normalizer
+            self.tokenizer.normalizer = normalizers.Sequence([normalizers.Lowercase()] + ([own] if own else []))
+        self.pad_id = self.tokenizer.token_to_id(pad)
+        if self.pad_id is None:
+            raise ValueError(f"{tokenizer_file}: the vocabulary has no pad token {pad!r}")
+        self.context_length, self.clean, self.pad = context_length, clean, pad
+
+    @classmethod
+    def from_directory(cls, directory: "str | Path", context_length: int, clean: str) -> "JsonTokenizer":
+        directory = Path(directory)
+        config = {}
+        if (directory / "tokenizer_config.json").is_file():
+            config = json.loads((directory / "tokenizer_config.json").read_text(encoding="utf-8"))
+        pad = config.get("pad_token") or "<pad>"  # a token is written as a string or as {"content": ...}
+        pad = pad["content"] if isinstance(pad, dict) else pad
+        return cls(directory / "tokenizer.json", context_length, clean, pad)
+
+    def encode(self, text: str) -> list[int]:
+        """The ids of one cleaned text, without the file's special tokens or padding."""
+        return self.tokenizer.encode(_CLEAN[self.clean](text), add_special_tokens=False).ids
+
+    def numpy(self, texts: "str | Sequence[str]", context_length: int | None = None) -> np.ndarray:
+        texts = [texts] if isinstance(texts, str) else list(texts)
+        for row, text in enumerate(texts):
+            if not isinstance(text, str):
+                raise TypeError(f"texts[{row}] is {type(text).__name__}, not str")
+        length = self.context_length if context_length is None else context_length
+        if length < 1:
+            raise ValueError(f"context_length must be at least 1, got {length}")
+        self.tokenizer.enable_truncation(max_length=length)  # leaves room for the post-processor's tokens
+        self.tokenizer.enable_padding(length=length, pad_id=self.pad_id, pad_token=self.pad)
+        encodings = self.tokenizer.encode_batch([_CLEAN[self.clean](t) for t in texts])
+        return np.array([e.ids for e in encodings], dtype=np.int64).reshape(len(texts), length)
+
+    def __call__(self, texts: "str | Sequence[str]", context_length: int | None = None) -> "torch.Tensor":
+        """(B, L) int64: each text's ids with the file's special tokens, cut to L and padded to L."""
+        import torch
+
+        return torch.from_numpy(self.numpy(texts, context_length))
