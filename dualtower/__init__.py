@@ -51,14 +51,9 @@ def get_transform(name_or_model="ViT-B-32", max_patches: int | None = None):
     """PIL image -> FloatTensor (3, H, W): the eval preprocessing of an architecture, model or ModelConfig. For a
     NaFlex model (SigLIP 2) -> (patches, grid) at the image's own aspect ratio, at most `max_patches` patches
     (default: the model's budget); `dualtower.naflex.Patches.collate` batches them."""
-    from .images import ImageTransform, NaFlexTransform
+    from .images import eval_transform
 
-    cfg = config_of(name_or_model).preprocess
-    if cfg.resize_mode == "naflex":
-        return NaFlexTransform(cfg, max_patches)
-    if max_patches is not None:
-        raise ValueError("max_patches applies to NaFlex models (SigLIP 2) only")
-    return ImageTransform(cfg)
+    return eval_transform(config_of(name_or_model).preprocess, max_patches)
 
 
 def save(model: "DualEncoder", directory) -> None:

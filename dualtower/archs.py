@@ -7,6 +7,8 @@ keep tests fast and cover the options no published config uses.
 
 from __future__ import annotations
 
+import dataclasses
+
 from .config import (IMAGENET_MEAN, IMAGENET_STD, INCEPTION_MEAN, INCEPTION_STD, SIGLIP_INIT_LOGIT_BIAS,
                      SIGLIP_INIT_LOGIT_SCALE, ModelConfig, PreprocessConfig, TextConfig, VisionConfig)
 
@@ -179,7 +181,18 @@ def _tiny(name: str, **vision) -> ModelConfig:
     )
 
 
+def _tiny_naflex(name: str) -> ModelConfig:
+    """A NaFlex vision tower (SigLIP 2's: patch sequences at each image's aspect ratio, MAP pooling) on a 4x4 grid
+    of learned positions, with the CLIP text tower."""
+    cfg = _tiny(name, class_token=False, pool="map", norm_pre=False, patch_bias=True)
+    return cfg.replace(vision=dataclasses.replace(cfg.vision, naflex=True),
+                       preprocess=PreprocessConfig(image_size=32, mean=INCEPTION_MEAN, std=INCEPTION_STD,
+                                                   interpolation="bilinear", resize_mode="naflex", patch_size=8,
+                                                   max_patches=16))
+
+
 _TINY = {
+    "tiny-naflex": _tiny_naflex("tiny-naflex"),
     "tiny": _tiny("tiny"),
     "tiny-quickgelu": _tiny("tiny-quickgelu", act="quick_gelu"),
     "tiny-ls-mean": _tiny("tiny-ls-mean", ls_init=0.1, pool="mean", final_norm="after_pool", image_size=40),

@@ -160,7 +160,8 @@ def check_shapes(model: DualEncoder, shapes: dict[str, tuple], source: str) -> N
 
 
 def build(cfg: ModelConfig, state: dict[str, torch.Tensor], source: str) -> DualEncoder:
-    """A model of `cfg` holding `state` (our names; every key and shape checked), in eval mode, fp32."""
+    """A model of `cfg` holding `state` (our names; every key and shape checked), in eval mode, fp32. The
+    tensors are moved out of `state`, which is left empty."""
     check_depths(cfg, state, source)
     model = empty_model(cfg)
     check_shapes(model, {k: tuple(v.shape) for k, v in state.items()}, source)
@@ -172,5 +173,14 @@ def build(cfg: ModelConfig, state: dict[str, torch.Tensor], source: str) -> Dual
     bad = [k for k, v in state.items() if v.is_floating_point() and not bool(torch.isfinite(v).all())]
     if bad:
         raise CheckpointError(f"{source}: {len(bad)} tensor(s) hold NaN or infinite values, e.g. {bad[:3]}")
-    model.load_state_dict({k: v.float() if v.is_floating_point() else v for k, v in state.items()}, assign=True)
+    # Taken out of `state` one by one, so a tensor that has to be copied is freed before the next is.
+    model.load_state_dict({k: _aligned(state.pop(k)) for k in list(state)}, assign=True)
     return model.eval()
+
+
+def _aligned(tensor: torch.Tensor) -> torch.Tensor:
+    """fp32 (floats) in memory torch allocated, 64-byte aligned. A tensor read from a file can sit at any 8-byte
+    offset, and matrix products round differently on memory of another alignment: a model loaded from a
+    checkpoint must compute what the model that saved it did, bit for bit (an exact resume)."""
+    tensor = tensor.float() if tensor.is_floating_point() else tensor
+    return tensor if tensor.data_ptr() % 64 == 0 else tensor.clone()

@@ -111,6 +111,9 @@ def export(model, out: "str | os.PathLike", format: str = "onnx", precision: str
     if aot and shutil.which(os.environ.get("CXX", "c++")) is None:
         raise ValueError("aot needs a C++ compiler (AOTInductor compiles the programs); none found on PATH "
                          "(set CXX or install g++)")
+    if model.cfg.vision is not None and model.cfg.vision.naflex:
+        raise ValueError(f"{model.cfg.name} has a NaFlex vision tower (SigLIP 2), whose patch-sequence input is not "
+                         "exported yet; export it as a transformers directory with `dualtower convert --to hf`")
     started = time.monotonic()
     # The caller's model keeps its dtype, device and mode. In eval mode the training-time parts (dropout, drop path,
     # patch dropout) are identities; every family built here exports exactly (tests/test_export.py).

@@ -200,8 +200,9 @@ class NaFlexTransform(ImageTransform):
     config unless given), then scaled, normalised and cut into patches. `Patches.collate` makes a batch.
     Equal to transformers' Siglip2 image processor (PIL backend) on 8-bit RGB images; tested."""
 
-    def __init__(self, cfg: PreprocessConfig, max_patches: int | None = None):
+    def __init__(self, cfg: PreprocessConfig, max_patches: int | None = None, upscale: bool = True):
         super().__init__(cfg)
+        self.max_scale = 100.0 if upscale else 1.0  # the reference's bound on upscaling, or none at all
         if cfg.resize_mode != "naflex":
             raise ValueError(f"NaFlexTransform needs preprocess resize_mode 'naflex', not {cfg.resize_mode!r}")
         self.patch = cfg.patch_size
@@ -212,7 +213,7 @@ class NaFlexTransform(ImageTransform):
     def resize_and_crop(self, image: Image.Image) -> Image.Image:
         from .naflex import grid_for
 
-        rows, cols = grid_for(image.height, image.width, self.patch, self.max_patches)
+        rows, cols = grid_for(image.height, image.width, self.patch, self.max_patches, self.max_scale)
         size = (cols * self.patch, rows * self.patch)
         return image if size == image.size else image.resize(size, _RESAMPLE[self.cfg.interpolation])
 
@@ -224,6 +225,42 @@ class NaFlexTransform(ImageTransform):
 
     def __call__(self, image: Image.Image, seed: int | None = None) -> tuple[np.ndarray, tuple[int, int]]:
         return self.array(image)
+
+
+class NaFlexTrainTransform(NaFlexTransform):
+    """A random crop of `scale` of the area at the image's own aspect ratio, resized to the grid of the whole
+    image: each record's patch count is known before it is decoded (token-budget batches plan with it), and the
+    augmentation is drawn from the sample's seed like TrainTransform's."""
+
+    def __init__(self, cfg: PreprocessConfig, max_patches: int | None = None, scale: tuple[float, float] = (0.9, 1.0),
+                 upscale: bool = True):
+        super().__init__(cfg, max_patches, upscale)
+        self.scale = scale
+
+    def __call__(self, image: Image.Image, seed: int | None = None) -> tuple[np.ndarray, tuple[int, int]]:
+        from .naflex import grid_for, patchify
+
+        if seed is None:
+            raise ValueError("NaFlexTrainTransform needs a seed per sample")
+        rng = random.Random(seed)
+        image = self.rgb_before(image)
+        width, height = image.size
+        side = math.sqrt(rng.uniform(*self.scale))  # both sides by the same factor: the aspect ratio is kept
+        w, h = max(1, round(width * side)), max(1, round(height * side))
+        left, top = rng.randint(0, width - w), rng.randint(0, height - h)
+        rows, cols = grid_for(height, width, self.patch, self.max_patches, self.max_scale)
+        size = (cols * self.patch, rows * self.patch)
+        image = image.resize(size, _RESAMPLE[self.cfg.interpolation], box=(left, top, left + w, top + h))
+        return patchify(self.to_array(self.rgb_after(image)), self.patch), (rows, cols)
+
+
+def eval_transform(cfg: PreprocessConfig, max_patches: int | None = None, upscale: bool = True) -> ImageTransform:
+    """The eval preprocessing of a model: (3, S, S) pixels, or (patches, grid) for a NaFlex model."""
+    if cfg.resize_mode == "naflex":
+        return NaFlexTransform(cfg, max_patches, upscale)
+    if max_patches is not None:
+        raise ValueError("max_patches applies to NaFlex models (SigLIP 2) only")
+    return ImageTransform(cfg)
 
 
 class TrainTransform(ImageTransform):

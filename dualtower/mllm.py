@@ -150,6 +150,9 @@ def extract_features(model, paths: list[str], layers: tuple[int, ...] = (-2,), k
     from . import get_transform
     from .images import ImageDecodeError, open_image
 
+    if model.cfg.vision is not None and model.cfg.vision.naflex:
+        raise ValueError(f"{model.cfg.name} is a NaFlex tower: its hidden states are padded sequences of a length "
+                         "per image; call model.visual.features(dualtower.naflex.Patches...) for them")
     device = next(model.parameters()).device
     transform = get_transform(model)
     result = VisionFeatures(tuple(layers), {}, [], [], keep_cls=keep_cls, final_norm=final_norm)

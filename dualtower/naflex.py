@@ -28,9 +28,11 @@ HF_KEYS = ("pixel_values", "pixel_attention_mask", "spatial_shapes")
 _SCALE_LOW, _SCALE_HIGH, _SCALE_EPS = 1e-6, 100.0, 1e-5
 
 
-def grid_for(height: int, width: int, patch: int, max_patches: int) -> tuple[int, int]:
+def grid_for(height: int, width: int, patch: int, max_patches: int, max_scale: float = _SCALE_HIGH
+             ) -> tuple[int, int]:
     """The patch grid (rows, columns) an image of height x width pixels is resized to: the largest scale whose
-    grid, each side rounded up to whole patches and at least one, holds at most `max_patches` patches."""
+    grid, each side rounded up to whole patches and at least one, holds at most `max_patches` patches.
+    `max_scale=1` keeps an image smaller than the budget at its own size (native resolution, for training)."""
     if height < 1 or width < 1:
         raise ValueError(f"an image of {width}x{height} pixels has no area")
     if max_patches < 1:
@@ -39,7 +41,7 @@ def grid_for(height: int, width: int, patch: int, max_patches: int) -> tuple[int
     def sides(scale: float) -> tuple[int, int]:
         return max(1, math.ceil(height * scale / patch)), max(1, math.ceil(width * scale / patch))
 
-    low, high = _SCALE_LOW, _SCALE_HIGH
+    low, high = _SCALE_LOW, max_scale
     while high - low >= _SCALE_EPS:
         mid = (low + high) / 2
         rows, cols = sides(mid)
@@ -68,6 +70,10 @@ class Patches:
     def __len__(self) -> int:
         return self.values.shape[0]
 
+    def __getitem__(self, rows) -> "Patches":
+        """Some of the images (a slice or index tensor over the batch), e.g. a gradient-cache micro-batch."""
+        return Patches(self.values[rows], self.mask[rows], self.shapes[rows])
+
     def to(self, device=None, dtype=None) -> "Patches":
         return Patches(self.values.to(device=device, dtype=dtype), self.mask.to(device), self.shapes.to(device))
 
@@ -93,18 +99,28 @@ class Patches:
         import torch
 
         if not items:
-            raise ValueError("a batch needs at least one image")
+            raise ValueError("a batch needs at least one image (Patches.empty makes an empty one)")
         longest = max(len(p) for p, _ in items)
         length = longest if length is None else length
         if length < longest:
             raise ValueError(f"an image has {longest} patches, more than the padded length {length}")
-        values = np.zeros((len(items), length, items[0][0].shape[1]), dtype=np.float32)
-        mask = np.zeros((len(items), length), dtype=np.int32)
+        # Allocated by torch (64-byte aligned), not by numpy: matrix products can round differently on memory of
+        # another alignment, and a resumed run must compute what the uninterrupted one did, bit for bit.
+        values = torch.zeros(len(items), length, items[0][0].shape[1])
+        mask = torch.zeros(len(items), length, dtype=torch.int32)
         for i, (p, _) in enumerate(items):
-            values[i, : len(p)] = p
+            values[i, : len(p)] = torch.from_numpy(np.ascontiguousarray(p, dtype=np.float32))
             mask[i, : len(p)] = 1
-        shapes = np.array([grid for _, grid in items], dtype=np.int64).reshape(len(items), 2)
-        return cls(torch.from_numpy(values), torch.from_numpy(mask), torch.from_numpy(shapes))
+        shapes = torch.tensor([list(grid) for _, grid in items], dtype=torch.long).reshape(len(items), 2)
+        return cls(values, mask, shapes)
+
+    @classmethod
+    def empty(cls, patch: int) -> "Patches":
+        """A batch of no images (every record of a step was unreadable)."""
+        import torch
+
+        return cls(torch.zeros(0, 0, patch * patch * 3), torch.zeros(0, 0, dtype=torch.int32),
+                   torch.zeros(0, 2, dtype=torch.long))
 
     def check(self, patch: int) -> None:
         """Refuses a batch whose three tensors disagree (shapes, a mask that is not each grid's patches first)."""

@@ -140,6 +140,9 @@ def test_naflex_grid_follows_the_reference_search():
             for h, w in sizes:
                 th, tw = get_image_size_for_max_num_patches(h, w, patch, budget)
                 assert grid_for(h, w, patch, budget) == (th // patch, tw // patch), (h, w, patch, budget)
+    # At native resolution an image smaller than the budget keeps its size (whole patches, rounded up).
+    assert grid_for(20, 33, 16, 256, max_scale=1.0) == (2, 3) and grid_for(20, 33, 16, 256) == (12, 20)
+    assert grid_for(2000, 3300, 16, 256, max_scale=1.0) == grid_for(2000, 3300, 16, 256)
 
 
 def test_siglip2_exports_to_a_directory_transformers_loads(hf_and_ours, tmp_path):
@@ -184,3 +187,22 @@ def test_naflex_input_errors_name_the_problem(hf_and_ours):
     plain = dualtower.create_model("tiny")
     with pytest.raises(ValueError, match="need a NaFlex tower"):
         plain.encode_image(batch)
+
+
+def test_embedding_a_folder_with_a_naflex_model(hf_and_ours, tmp_path):
+    """The bulk path (`dualtower embed`, `index`): the loader batches NaFlex images of many shapes, and each
+    embedding equals the one of the image alone."""
+    from dualtower.data import open_source
+    from dualtower.eval.embed import embed_source
+
+    _, ours, _ = hf_and_ours
+    photos = _photos()
+    for i, photo in enumerate(photos):
+        photo.save(tmp_path / f"{i}.png")
+    embedded, _ = embed_source(ours, open_source(str(tmp_path), captions=False), batch_size=3, workers=0)
+    transform = dualtower.get_transform(ours)
+    with torch.no_grad():
+        for row, sample_id in enumerate(embedded.ids):
+            alone = ours.encode_image(Patches.collate([transform(photos[int(sample_id.split(".")[0])])]),
+                                      normalize=True)
+            assert_close(embedded.features[row:row + 1], alone, f"photo {sample_id}")

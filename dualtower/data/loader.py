@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 import torch
 
 from ..model.seeds import augment_seed, epoch_seed
+from ..naflex import Patches
 from .base import BadSample, Source
 
 
@@ -49,7 +50,8 @@ class SequentialPlan:
 @dataclass
 class Batch:
     step: int
-    pixels: torch.Tensor  # (B, 3, S, S); B may be below the planned size when samples were skipped
+    pixels: "torch.Tensor | Patches"  # (B, 3, S, S), or a NaFlex model's Patches; B may be below the planned
+    # size when samples were skipped
     sample_ids: list[str]
     captions: list[str]  # tokenized by the consumer, which knows its model's tokenizer (and whether it needs one)
     labels: torch.Tensor  # (B,), -1 where the source has no classes
@@ -90,10 +92,9 @@ class StepBatches(torch.utils.data.Dataset):
             labels.append(sample.label)
             image_keys.append(sample.image_key)
             indices.append(i)
-        size = self.transform.cfg.image_size
         return Batch(
             step=step,
-            pixels=torch.stack(pixels) if pixels else torch.zeros(0, 3, size, size),
+            pixels=collate(pixels, self.transform.cfg),
             sample_ids=sample_ids,
             captions=captions,
             labels=torch.tensor(labels, dtype=torch.long),
@@ -101,6 +102,14 @@ class StepBatches(torch.utils.data.Dataset):
             indices=indices,
             skips=skips,
         )
+
+
+def collate(pixels: list, cfg) -> "torch.Tensor | Patches":
+    """One batch of transformed images: stacked (B, 3, S, S), or NaFlex (patches, grid) pairs padded to the
+    longest image."""
+    if cfg.resize_mode == "naflex":
+        return Patches.collate(pixels) if pixels else Patches.empty(cfg.patch_size)
+    return torch.stack(pixels) if pixels else torch.zeros(0, 3, cfg.image_size, cfg.image_size)
 
 
 def batches(source: Source, plan, transform, start: int, stop: int, workers: int = 0):

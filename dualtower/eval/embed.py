@@ -9,7 +9,7 @@ import torch.nn.functional as F
 
 from ..data import SkipStats, Source
 from ..data.loader import SequentialPlan, batches
-from ..images import ImageTransform
+from ..images import eval_transform
 from ..tokenizer import get_tokenizer
 
 
@@ -30,9 +30,9 @@ def embed_source(model, source: Source, batch_size: int = 64, workers: int = 2, 
     (only then is the model's tokenizer needed)."""
     model.eval()
     device = next(model.parameters()).device
-    tokenizer = get_tokenizer(model.cfg) if with_text else None
+    tokenizer = get_tokenizer(model) if with_text else None
     plan = SequentialPlan(len(source), batch_size)
-    stream = batches(source, plan, ImageTransform(model.cfg.preprocess), 0, plan.steps, workers)
+    stream = batches(source, plan, eval_transform(model.cfg.preprocess), 0, plan.steps, workers)
     if progress:
         from tqdm import tqdm
 
@@ -78,7 +78,7 @@ def embed_texts(model, texts: list[str], batch_size: int = 256, token_budget: in
     its longest text and a few long texts do not pad many short ones. Under a causal mask the result is the
     same as one plain batch (tested); a bidirectional text tower gets plain batches."""
     model.eval()
-    ids = get_tokenizer(model.cfg)(texts)
+    ids = get_tokenizer(model)(texts)
     out = torch.empty(len(texts), model.cfg.embed_dim)
     if model.cfg.text.causal:
         lengths = model.text.pool_positions(ids) + 1

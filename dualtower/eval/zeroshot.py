@@ -67,8 +67,10 @@ class ZeroShotClassifier:
     @torch.inference_mode()
     def probs(self, images: list) -> torch.Tensor:
         """(B, C) for a list of PIL images."""
+        from ..data.loader import collate
+
         device = next(self.model.parameters()).device
-        pixels = torch.stack([self.transform(im) for im in images]).to(device)
+        pixels = collate([self.transform(im) for im in images], self.model.cfg.preprocess).to(device)
         image = self.model.encode_image(pixels, normalize=True).float().cpu()
         return (self.model.scale().float().cpu() * image @ self.classifier.T).softmax(-1)
 

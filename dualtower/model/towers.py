@@ -123,6 +123,18 @@ class NoPatchDropout(nn.Module):
         return x, None
 
 
+def _antialiased_bilinear(out_size, in_size: int, like: torch.Tensor) -> torch.Tensor:
+    """(out, in) fp32 weights of a 1-D bilinear resize with antialiasing, align_corners=False: the kernel of
+    `F.interpolate(mode="bilinear", antialias=True)` (Pillow's), a triangle stretched by the scale when
+    shrinking, each row normalised."""
+    scale = in_size / out_size
+    support = max(scale, 1.0)
+    center = (torch.arange(out_size, dtype=torch.float32, device=like.device) + 0.5) * scale - 0.5  # (out,)
+    source = torch.arange(in_size, dtype=torch.float32, device=like.device)
+    weights = (1 - (source[None, :] - center[:, None]).abs() / support).clamp(min=0)  # (out, in)
+    return weights / weights.sum(dim=1, keepdim=True)
+
+
 class VisionTower(nn.Module):
     def __init__(self, cfg: VisionConfig, embed_dim: int):
         super().__init__()
@@ -168,9 +180,9 @@ class VisionTower(nn.Module):
             return self._pos_cache[key]
         p = self.prefix
         patches = self.pos_embed[p:].reshape(1, g, g, -1).permute(0, 3, 1, 2)  # (1, D, g, g)
-        if self.cfg.naflex:
-            patches = F.interpolate(patches.float(), size=(grid_h, grid_w), mode="bilinear", align_corners=False,
-                                    antialias=True).to(patches.dtype)
+        if self.cfg.naflex:  # as matrix products: the same numbers, and a backward pass that is deterministic
+            rows, cols = _antialiased_bilinear(grid_h, g, patches), _antialiased_bilinear(grid_w, g, patches)
+            patches = (rows @ patches.float() @ cols.T).to(patches.dtype)  # (1, D, gh, gw)
         else:
             patches = F.interpolate(patches, size=(grid_h, grid_w), mode="bicubic", align_corners=False)
         resized = torch.cat([self.pos_embed[:p], patches.permute(0, 2, 3, 1).reshape(grid_h * grid_w, -1)])

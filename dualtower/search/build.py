@@ -19,7 +19,7 @@ from pathlib import Path
 
 from ..data import BadSample, open_source
 from ..data.files import IMAGE_SUFFIXES
-from ..images import ImageTransform, white_rgb
+from ..images import ImageTransform, eval_transform, white_rgb
 from . import engine as engines
 from .store import Store
 
@@ -184,7 +184,7 @@ def _embed(store: Store, source, todo: list, known: dict, model, batch_size: int
     if not todo:
         return
     onnx = hasattr(model, "sessions")
-    records = _Records(source, todo, ImageTransform(model.cfg.preprocess), array=onnx)
+    records = _Records(source, todo, eval_transform(model.cfg.preprocess), array=onnx)
     if onnx:  # no torch: records decoded by threads (Pillow and numpy release the GIL), one batch ahead
         loader, encode = _threaded(records, batch_size, workers), _onnx_encoder(model)
     else:
@@ -255,8 +255,11 @@ def _torch_encoder(model):
 
     device = next(model.parameters()).device
 
+    from ..data.loader import collate
+
     @torch.inference_mode()
     def encode(pixels):
-        return model.encode_image(torch.stack(pixels).to(device), normalize=True).float().cpu().numpy()
+        batch = collate(pixels, model.cfg.preprocess).to(device)  # (B, 3, S, S), or NaFlex patches
+        return model.encode_image(batch, normalize=True).float().cpu().numpy()
 
     return encode

@@ -94,9 +94,10 @@ class SearchIndex:
         import torch
 
         from .. import get_transform
+        from ..data.loader import collate
 
         param = next(self.model.parameters())
-        pixels = get_transform(self.model)(image)[None].to(param.device)
+        pixels = collate([get_transform(self.model)(image)], self.model.cfg.preprocess).to(param.device)
         with self._lock, torch.inference_mode():
             return self.model.encode_image(pixels, normalize=True).float().numpy()[0]
 

@@ -117,7 +117,8 @@ class Store:
 
     def check_model(self, identity: dict) -> None:
         ours = self.model
-        if ours.get("weights_sha256") != identity.get("weights_sha256") or ours.get("config") != identity.get("config"):
+        if ours.get("weights_sha256") != identity.get("weights_sha256") or \
+                _unnamed(ours.get("config")) != _unnamed(identity.get("config")):  # a name is often just its path
             theirs = f"{identity.get('name')!r} (weights {identity.get('weights_sha256', '')[:12]})"
             raise SearchIndexError(
                 f"{self.path} was built with model {ours.get('name')!r} (weights "
@@ -306,3 +307,7 @@ class Store:
 
     def close(self) -> None:
         self.db.close()
+
+
+def _unnamed(config):
+    return {k: v for k, v in config.items() if k != "name"} if isinstance(config, dict) else config

@@ -52,9 +52,15 @@ class DataSection:
     batch_size: int = opt(128, "the global batch, over all processes")
     workers: int = opt(1, "loader processes per training process")
     crop_scale: float = opt(0.9, "random resized crops of this much of the area and up; 1 = the eval transform")
+    max_patches: int = opt(0, "NaFlex models (SigLIP 2): patches per image at most; 0 = the model's budget")
+    max_tokens_per_batch: int = opt(0, "NaFlex models: > 0 fills each step with images up to this many patches "
+                                       "(padded to the batch's longest) instead of batch_size images")
+    length_buckets: int = opt(4, "with max_tokens_per_batch: images batched within this many length ranges")
+    upscale: bool = opt(True, "NaFlex: images smaller than the patch budget are scaled up to fill it (the "
+                              "reference's rule); false keeps them at their own size (shorter sequences)")
 
     def __post_init__(self):
-        _at_least("data", self, batch_size=1, workers=0)
+        _at_least("data", self, batch_size=1, workers=0, max_patches=0, max_tokens_per_batch=0, length_buckets=1)
         _fraction("data", self, "crop_scale", low_open=True)
 
 

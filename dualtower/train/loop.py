@@ -19,7 +19,8 @@ from ..configtree import apply_overrides, build, to_dict
 from ..convert import load
 from ..data import open_source
 from ..data.loader import ShuffledPlan, batches
-from ..images import ImageTransform, TrainTransform
+from ..data.packing import TokenBudgetPlan, record_lengths
+from ..images import ImageTransform, NaFlexTrainTransform, TrainTransform, eval_transform
 from ..losses import clip_loss, siglip_loss
 from ..model import DualEncoder, seeds
 from ..rundir import RunDir
@@ -77,11 +78,16 @@ def train(cfg: TrainConfig, resume: str | None = None) -> dict:
 
     # Data: which records a step reads depends only on (seed, step, rank), so resuming is starting at `start`.
     source = open_source(cfg.data.train, cfg.data.image_key, cfg.data.caption_key)
-    plan = ShuffledPlan(len(source), cfg.data.batch_size, t.seed, d.rank, d.world)
-    transform = (TrainTransform(model.cfg.preprocess, scale=(cfg.data.crop_scale, 1.0)) if cfg.data.crop_scale < 1
-                 else ImageTransform(model.cfg.preprocess))
+    transform = train_transform(model.cfg.preprocess, cfg.data)
+    if cfg.data.max_tokens_per_batch:  # NaFlex: as many images as fit the token budget, by length bucket
+        lengths = record_lengths(source, transform.patch, transform.max_patches, transform.max_scale,
+                                 max(1, cfg.data.workers) * 2)
+        plan = TokenBudgetPlan(lengths, cfg.data.max_tokens_per_batch, cfg.data.length_buckets,
+                               transform.max_patches, t.seed, d.rank, d.world)
+    else:
+        plan = ShuffledPlan(len(source), cfg.data.batch_size, t.seed, d.rank, d.world)
     stream = batches(source, plan, transform, start, t.steps, cfg.data.workers)
-    tokenizer = get_tokenizer(model.cfg)
+    tokenizer = get_tokenizer(model)  # a model's own tokenizer files (SigLIP's) come with it
     loss_fn = choose_loss(model, t)
     autocast = (torch.autocast(d.device.type, dtype=torch.bfloat16) if t.precision == "bf16"
                 else contextlib.nullcontext())
@@ -130,6 +136,20 @@ def train(cfg: TrainConfig, resume: str | None = None) -> dict:
     summary = runlog.close()
     distributed.shutdown(d)
     return summary
+
+
+def train_transform(pre, data) -> ImageTransform:
+    """Random resized crops (crop_scale < 1) or the eval transform; NaFlex models keep each image's aspect."""
+    naflex = pre.resize_mode == "naflex"
+    if not naflex and (data.max_patches or data.max_tokens_per_batch or not data.upscale):
+        raise ValueError("data.max_patches, data.max_tokens_per_batch and data.upscale are for NaFlex models "
+                         f"(SigLIP 2); this model takes {pre.image_size}x{pre.image_size} images")
+    if not naflex:
+        return TrainTransform(pre, scale=(data.crop_scale, 1.0)) if data.crop_scale < 1 else ImageTransform(pre)
+    max_patches = data.max_patches or None
+    if data.crop_scale < 1:
+        return NaFlexTrainTransform(pre, max_patches, scale=(data.crop_scale, 1.0), upscale=data.upscale)
+    return eval_transform(pre, max_patches, data.upscale)
 
 
 def _absolute(spec: str) -> str:
