@@ -1,8 +1,10 @@
 """Our checkpoint format, and building a model from a state dict in our parameter names.
 
 A checkpoint is a directory with `config.json` ({"format": "dualtower", "version": 2, "model": ModelConfig}) and
-`model.safetensors`. It is checked against its config (every key and shape) before any tensor is read. Version 1
-(the block fields flat in each tower) is still read. A run directory stands for its latest checkpoint (see
+`model.safetensors`, or, written by a sharded (FSDP) training run, `sharded/`: a torch.distributed.checkpoint
+folder whose "model.*" entries are the weights (its "optim.*" entries the optimizer state). It is checked
+against its config (every key and shape) before any tensor is read. Version 1 (the block fields flat in each
+tower) is still read. A run directory stands for its latest checkpoint (see
 `rundir`). Foreign formats are read and written by `dualtower.convert`, which ends in `build` here.
 """
 
@@ -22,7 +24,7 @@ from .io import atomic_directory, read_json
 from .model import DualEncoder
 
 FORMAT, VERSION, READABLE_VERSIONS = "dualtower", CONFIG_VERSION, (1, CONFIG_VERSION)
-CONFIG_FILE, WEIGHTS_FILE = "config.json", "model.safetensors"
+CONFIG_FILE, WEIGHTS_FILE, SHARDED_DIR = "config.json", "model.safetensors", "sharded"
 # A model's own tokenizer files (SigLIP's SentencePiece, SigLIP 2's Gemma tokenizer.json), kept beside the weights
 # when the model came with them.
 TOKENIZER_FILES = ("spiece.model", "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json")
@@ -42,13 +44,15 @@ def state_of(model: DualEncoder) -> dict[str, torch.Tensor]:
     return {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
 
 
-def write_files(model: DualEncoder, directory: Path) -> None:
-    """config.json and model.safetensors into an existing (temporary) directory."""
+def write_files(model: DualEncoder, directory: Path, weights: bool = True) -> None:
+    """config.json and model.safetensors into an existing (temporary) directory (`weights=False`: the config
+    alone, for a sharded checkpoint whose processes write the weights themselves)."""
     from safetensors.torch import save_file
 
     meta = {"format": FORMAT, "version": VERSION, "model": model.cfg.to_dict()}
     (directory / CONFIG_FILE).write_text(json.dumps(meta, indent=2) + "\n", encoding="utf-8")
-    save_file(state_of(model), directory / WEIGHTS_FILE, metadata={"format": "pt"})
+    if weights:
+        save_file(state_of(model), directory / WEIGHTS_FILE, metadata={"format": "pt"})
     files = getattr(model, "tokenizer_files", None)
     for name in TOKENIZER_FILES if files is not None and model.cfg.tokenizer != "clip-bpe" else ():
         if (files / name).is_file():
@@ -90,11 +94,19 @@ def read_config(directory: Path, meta: dict | None = None) -> ModelConfig:
         raise CheckpointError(f"{source}: {e}") from e
 
 
+def has_weights(directory: Path) -> bool:
+    """model.safetensors, or a sharded checkpoint's metadata (written last by torch.distributed.checkpoint)."""
+    return (directory / WEIGHTS_FILE).is_file() or (directory / SHARDED_DIR / ".metadata").is_file()
+
+
 def read_state(directory: Path, cfg: ModelConfig) -> dict[str, torch.Tensor]:
-    """The tensors of model.safetensors, after its header's names and shapes are checked against `cfg`."""
+    """The tensors of model.safetensors (or of a sharded checkpoint), after the names and shapes its header
+    declares are checked against `cfg`."""
     from safetensors import safe_open
 
     weights = directory / WEIGHTS_FILE
+    if not weights.is_file() and (directory / SHARDED_DIR / ".metadata").is_file():
+        return read_sharded_state(directory / SHARDED_DIR, cfg)
     if not weights.is_file():
         raise CheckpointError(f"{weights}: missing")
     try:
@@ -107,6 +119,29 @@ def read_state(directory: Path, cfg: ModelConfig) -> dict[str, torch.Tensor]:
         raise
     except Exception as e:  # safetensors reports a corrupt header or truncated data this way
         raise CheckpointError(f"{weights}: not a readable safetensors file ({e})") from e
+
+
+def read_sharded_state(folder: Path, cfg: ModelConfig) -> dict[str, torch.Tensor]:
+    """The full weights of a torch.distributed.checkpoint folder, read in this one process (any number of
+    processes may have written it), after its metadata's names and shapes are checked against `cfg`."""
+    import warnings
+
+    from torch.distributed.checkpoint import FileSystemReader
+    from torch.distributed.checkpoint.metadata import TensorStorageMetadata
+    from torch.distributed.checkpoint.state_dict_loader import _load_state_dict_from_keys
+
+    try:
+        entries = FileSystemReader(str(folder)).read_metadata().state_dict_metadata
+    except Exception as e:
+        raise CheckpointError(f"{folder}: not a readable sharded checkpoint ({type(e).__name__}: {e})") from e
+    shapes = {k[len("model."):]: tuple(m.size) for k, m in entries.items()
+              if k.startswith("model.") and isinstance(m, TensorStorageMetadata)}
+    check_depths(cfg, shapes, str(folder))
+    check_shapes(empty_model(cfg), shapes, str(folder))
+    with warnings.catch_warnings():  # "assuming the intent is to load in a single process": it is
+        warnings.simplefilter("ignore", UserWarning)
+        state = _load_state_dict_from_keys({f"model.{k}" for k in shapes}, checkpoint_id=str(folder))
+    return state["model"]
 
 
 def weights_sha256(model: DualEncoder) -> str:

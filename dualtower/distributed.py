@@ -1,4 +1,5 @@
-"""Process-group helpers: set-up from torchrun's environment, gathering with gradient, gradient averaging."""
+"""Process-group helpers: set-up from torchrun's environment, gathering with gradient, gradient averaging, and
+sharding a model with FSDP2 (`fully_shard` on a DeviceMesh)."""
 
 from __future__ import annotations
 
@@ -87,6 +88,61 @@ def average_gradients(params: list[torch.nn.Parameter], world: int) -> None:
     for g in grads:
         g.copy_(flat[offset : offset + g.numel()].view_as(g))
         offset += g.numel()
+
+
+def shard(model: torch.nn.Module, d: Dist, precision: str = "fp32") -> list[torch.nn.Parameter]:
+    """FSDP2 over all processes: each transformer block of each tower is its own unit, then each tower (its
+    embeddings, pool, norms and head), so that `encode_image` / `encode_text` gather what they need however they
+    are called. The 0-d logit scale and bias (fully_shard takes no 0-d parameter) stay whole on every process:
+    they are returned, and their gradients are the caller's to average. bf16: parameters gathered in bf16,
+    gradients reduced in fp32."""
+    from torch.distributed.device_mesh import init_device_mesh
+    from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
+
+    mesh = init_device_mesh(d.device.type, (d.world,))
+    policy = MixedPrecisionPolicy(param_dtype=torch.bfloat16, reduce_dtype=torch.float32) if precision == "bf16" \
+        else MixedPrecisionPolicy()
+    for tower in (model.visual, model.text):
+        if tower is None:
+            continue
+        for block in tower.transformer.blocks:
+            fully_shard(block, mesh=mesh, mp_policy=policy)
+        fully_shard(tower, mesh=mesh, mp_policy=policy)
+    return [p for p in (model.logit_scale, model.logit_bias) if p is not None]
+
+
+def clip_grad_norm(params: list[torch.nn.Parameter], max_norm: float) -> torch.Tensor:
+    """torch's clip_grad_norm_ for parameters some of which are sharded (DTensors) and some whole: the global
+    norm over all of them, every gradient scaled by min(1, max_norm / norm)."""
+    from torch.distributed.tensor import DTensor
+
+    norms = []
+    for p in params:
+        if p.grad is not None:
+            n = torch.linalg.vector_norm(p.grad, 2.0)
+            norms.append(n.full_tensor() if isinstance(n, DTensor) else n)
+    total = torch.linalg.vector_norm(torch.stack(norms), 2.0) if norms else torch.zeros(())
+    scale = float((max_norm / (total + 1e-6)).clamp(max=1.0))
+    if scale < 1.0:
+        for p in params:
+            if p.grad is not None:
+                p.grad.mul_(scale)
+    return total
+
+
+def local_bytes(model: torch.nn.Module, optimizer=None) -> int:
+    """Bytes of parameters (and optimizer state) held by this process: a sharded tensor counts its own shard."""
+    from torch.distributed.tensor import DTensor
+
+    def size(t: torch.Tensor) -> int:
+        t = t.to_local() if isinstance(t, DTensor) else t
+        return t.numel() * t.element_size()
+
+    total = sum(size(p) for p in model.parameters())
+    if optimizer is not None:
+        total += sum(size(v) for s in optimizer.state.values() for v in s.values()
+                     if isinstance(v, torch.Tensor) and v.ndim > 0)
+    return total
 
 
 def broadcast_params(module: torch.nn.Module) -> None:

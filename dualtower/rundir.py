@@ -19,7 +19,12 @@ from pathlib import Path
 from .io import atomic_symlink, fsync_dir, recover_directory, write_text
 
 CHECKPOINTS, LATEST = "checkpoints", "latest"
-COMPLETE = ("config.json", "model.safetensors")  # what makes a step folder a checkpoint
+COMPLETE = ("config.json", "model.safetensors")  # what makes a step folder a checkpoint (or config.json and a
+SHARDED = "sharded/.metadata"  # sharded checkpoint, whose metadata torch.distributed.checkpoint writes last)
+
+
+def complete(folder: Path) -> bool:
+    return (folder / COMPLETE[0]).is_file() and ((folder / COMPLETE[1]).is_file() or (folder / SHARDED).is_file())
 log = logging.getLogger("dualtower.run")
 
 
@@ -54,7 +59,7 @@ class RunDir:
         for p in sorted(self.checkpoints.glob("step_*")):
             if not p.is_dir() or p.is_symlink():
                 continue
-            if all((p / name).is_file() for name in COMPLETE):
+            if complete(p):
                 found.append(p)
             else:
                 log.warning("%s: an incomplete checkpoint (no %s); skipped", p,
@@ -70,7 +75,7 @@ class RunDir:
             target = self.checkpoints / link.read_text().strip()
         else:
             return None
-        if target.is_dir() and all((target / name).is_file() for name in COMPLETE):
+        if target.is_dir() and complete(target):
             return target
         if target.is_dir():
             log.warning("%s: %s is not a complete checkpoint; skipped", link, target.name)

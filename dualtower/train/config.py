@@ -87,6 +87,8 @@ class TrainSection:
     loss_chunk: int = opt(0, "> 0: compute the loss in tiles of this many rows/columns (dualtower.chunked_losses)")
     micro_batch: int = opt(0, "> 0: gradient-cache steps, encoding this many samples at a time (train.gradcache)")
     precision: str = opt("fp32", "fp32 or bf16 (autocast)")
+    parallel: str = opt("ddp", "ddp (every process holds the whole model) or fsdp (FSDP2: weights, gradients and "
+                               "optimizer state sharded over the processes; sharded checkpoints)")
     grad_clip: float = opt(1.0, "max gradient norm; 0 turns clipping off")
     seed: int = opt(0, "every random draw of the run derives from it (model.seeds)")
     deterministic: bool = opt(False, "torch.use_deterministic_algorithms: bitwise-repeatable on CPU")
@@ -104,6 +106,8 @@ class TrainSection:
             raise ValueError(f"train.loss {self.loss!r} is not 'clip' or 'siglip'")
         if self.precision not in ("fp32", "bf16"):
             raise ValueError(f"train.precision {self.precision!r} is not 'fp32' or 'bf16'")
+        if self.parallel not in ("ddp", "fsdp"):
+            raise ValueError(f"train.parallel {self.parallel!r} is not 'ddp' or 'fsdp'")
         _at_least("train", self, steps=1, log_every=1, loss_chunk=0, micro_batch=0, save_every=0,
                   keep_checkpoints=1, max_nonfinite=1, grad_clip=0, dist_timeout_s=1, label_smoothing=0)
         _fraction("train", self, "label_smoothing", low_open=False, high=0.99)

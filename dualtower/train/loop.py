@@ -30,7 +30,8 @@ from .gradcache import encode, grad_cache_step
 from .optim import lr_at, param_groups
 from .errors import TrainingError
 from .runlog import RunLog
-from .state import find_checkpoint, load_training, save_training, saved_config, set_rng_state
+from .state import (find_checkpoint, is_sharded, load_sharded, load_training, save_sharded, save_training,
+                    saved_config, set_rng_state)
 
 __all__ = ["TrainingError", "build_model", "resume_config", "train"]
 
@@ -66,11 +67,22 @@ def train(cfg: TrainConfig, resume: str | None = None) -> dict:
     if d.enabled and not resume:
         distributed.broadcast_params(model)
     params = _prepare(model, cfg)
+    # FSDP: shard the towers (after the training options are set, before the optimizer sees the parameters);
+    # the logit scale and bias stay whole on every process, their gradients averaged here as DDP's are.
+    sharded = t.parallel == "fsdp"
+    replicated = distributed.shard(model, d, t.precision) if sharded and d.enabled else []
+    params = [p for p in model.parameters() if p.requires_grad] if replicated else params
     optimizer = torch.optim.AdamW(param_groups(model, cfg.optim.weight_decay), lr=cfg.optim.lr,
                                   betas=(cfg.optim.beta1, cfg.optim.beta2), eps=cfg.optim.eps)
     runlog = RunLog(run, t, d, start)
     if state is not None:
-        optimizer.load_state_dict(state["optimizer"])
+        if is_sharded(directory):  # any number of processes, sharded or not, reads it
+            load_sharded(directory, model, optimizer)
+        elif replicated:
+            raise TrainingError(f"{directory}: a ddp checkpoint; resuming it with train.parallel=fsdp is not "
+                                "supported yet (resume with ddp, or start from its weights: --model.init)")
+        else:
+            optimizer.load_state_dict(state["optimizer"])
         runlog.restore(state)
         set_rng_state(state["rng"])
     else:
@@ -112,9 +124,12 @@ def train(cfg: TrainConfig, resume: str | None = None) -> dict:
             loss = loss_fn(image, text, *(distributed.gather_features(image, text) if d.enabled else
                                           (image, text, 0)))
             loss.backward()
-        if d.enabled:
-            distributed.average_gradients(params, d.world)
-        grad_norm = torch.nn.utils.clip_grad_norm_(params, t.grad_clip if t.grad_clip > 0 else float("inf"))
+        if d.enabled:  # FSDP reduced the sharded gradients in the backward pass
+            distributed.average_gradients([p for p in replicated if p.requires_grad] if replicated else params,
+                                          d.world)
+        clip = t.grad_clip if t.grad_clip > 0 else float("inf")
+        grad_norm = distributed.clip_grad_norm(params, clip) if replicated else \
+            torch.nn.utils.clip_grad_norm_(params, clip)
 
         # A non-finite loss or gradient on any process skips the update everywhere.
         updated = _all_finite(loss, grad_norm, d)
@@ -128,7 +143,10 @@ def train(cfg: TrainConfig, resume: str | None = None) -> dict:
         done = step + 1
         if (t.save_every and done % t.save_every == 0) or done == t.steps:
             runlog.flush()
-            if d.main:
+            if sharded:  # every process writes its shards
+                save_sharded(run, done, model, optimizer, runlog.state() if d.main else None,
+                             to_dict(cfg) if d.main else None, t.keep_checkpoints, d.main)
+            elif d.main:
                 save_training(run, done, model, optimizer, runlog.state(), to_dict(cfg), t.keep_checkpoints)
             if d.enabled:
                 torch.distributed.barrier()

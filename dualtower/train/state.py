@@ -2,9 +2,11 @@
 
 A run's step directory (see `rundir`) holds config.json + model.safetensors (a normal checkpoint
 `dualtower.load` reads), `train_config.json`, and `train_state.pt` with the optimizer, the step, every random
-generator's state and the bookkeeping. The data position is the step itself (batches are a function of the step).
-Every file is written atomically and `latest` moves only to a complete checkpoint, so a kill at any moment
-leaves the previous checkpoint usable.
+generator's state and the bookkeeping. A sharded (FSDP) run writes `sharded/` instead of model.safetensors and
+the optimizer: torch.distributed.checkpoint's folder, every process writing its own shards, readable by any
+number of processes (a resume on another world size) and by `dualtower.load` in one. The data position is the
+step itself (batches are a function of the step). Every file is written atomically and `latest` moves only to a
+complete checkpoint, so a kill at any moment leaves the previous checkpoint usable.
 """
 
 from __future__ import annotations
@@ -17,7 +19,7 @@ import numpy as np
 import torch
 
 from .. import rundir
-from ..checkpoint import CheckpointError, is_checkpoint, load, write_files
+from ..checkpoint import SHARDED_DIR, CheckpointError, is_checkpoint, load, write_files
 from ..io import atomic_directory
 from ..model import DualEncoder
 
@@ -53,6 +55,53 @@ def save_training(run: rundir.RunDir, step: int, model: DualEncoder, optimizer, 
     return directory
 
 
+def save_sharded(run: rundir.RunDir, step: int, model: DualEncoder, optimizer, extra: dict | None,
+                 train_config: dict | None, keep: int, main: bool) -> Path:
+    """Called by every process: each writes its shards of the weights and the optimizer state into the folder the
+    main process made; the main process adds the config, the training state and the run's config, then
+    publishes the folder as step N atomically (a kill before that leaves the previous checkpoint as it was)."""
+    import torch.distributed as dist
+    import torch.distributed.checkpoint as dcp
+    from torch.distributed.checkpoint.state_dict import get_state_dict
+
+    directory = run.step(step)
+    model_state, optim_state = get_state_dict(model, optimizer)
+    if not main:
+        folder = [None]
+        dist.broadcast_object_list(folder, src=0)
+        dcp.save({"model": model_state, "optim": optim_state}, checkpoint_id=folder[0])
+        dist.barrier()  # the main process publishes after this
+        return directory
+    with atomic_directory(directory, replaceable=is_checkpoint) as tmp:
+        folder = [str(tmp / SHARDED_DIR)]
+        if dist.is_initialized():
+            dist.broadcast_object_list(folder, src=0)
+        dcp.save({"model": model_state, "optim": optim_state}, checkpoint_id=folder[0])
+        if dist.is_initialized():
+            dist.barrier()  # every process's shards are in
+        write_files(model, tmp, weights=False)
+        (tmp / TRAIN_CONFIG).write_text(json.dumps(train_config, indent=2) + "\n")
+        torch.save({"step": step, "rng": rng_state(), **extra}, tmp / TRAIN_STATE)
+    run.publish(directory, keep)
+    return directory
+
+
+def load_sharded(directory: Path, model: DualEncoder, optimizer) -> None:
+    """The weights and optimizer state of a sharded checkpoint into `model` and `optimizer`, sharded or not, on
+    however many processes (torch.distributed.checkpoint reshards)."""
+    import torch.distributed.checkpoint as dcp
+    from torch.distributed.checkpoint.state_dict import get_state_dict, set_state_dict
+
+    model_state, optim_state = get_state_dict(model, optimizer)  # the layout to fill (optimizer state included)
+    state = {"model": model_state, "optim": optim_state}
+    dcp.load(state, checkpoint_id=str(directory / SHARDED_DIR))
+    set_state_dict(model, optimizer, model_state_dict=state["model"], optim_state_dict=state["optim"])
+
+
+def is_sharded(directory: Path) -> bool:
+    return (directory / SHARDED_DIR / ".metadata").is_file()
+
+
 def find_checkpoint(path: "str | Path") -> Path:
     """A training checkpoint: the one given, or the latest of a run directory."""
     directory = rundir.resolve(path)
@@ -75,8 +124,9 @@ def load_training(directory: Path) -> tuple[DualEncoder, dict]:
             f"{directory / TRAIN_STATE}: refused: not a training state that torch.load(weights_only=True) reads "
             f"({unpickling_reason(e)}). dualtower never unpickles arbitrary objects; a training state "
             "it wrote holds only tensors, numbers and strings, so this file was damaged or replaced.") from e
-    if not isinstance(state, dict) or not {"step", "optimizer", "rng"} <= set(state):
-        raise CheckpointError(f"{directory / TRAIN_STATE}: not a training state (no step, optimizer and rng)")
+    needed = {"step", "rng"} if is_sharded(directory) else {"step", "optimizer", "rng"}  # sharded: in sharded/
+    if not isinstance(state, dict) or not needed <= set(state):
+        raise CheckpointError(f"{directory / TRAIN_STATE}: not a training state (no {', '.join(sorted(needed))})")
     return model, state
 
 

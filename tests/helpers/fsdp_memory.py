@@ -1,0 +1,28 @@
+"""Run under torchrun: one training step of `small-digits` with or without FSDP; prints this process's bytes of
+parameters and optimizer state as JSON (one line per rank)."""
+
+import json
+import sys
+
+import torch
+
+import dualtower
+from dualtower import distributed
+
+
+def main(parallel: str) -> None:
+    d = distributed.init()
+    model = dualtower.create_model("small-digits", seed=0)
+    if parallel == "fsdp":
+        distributed.shard(model, d)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3)
+    pixels = torch.randn(4, 3, 32, 32)
+    ids = dualtower.get_tokenizer("small-digits")(["a", "b", "c", "d"])
+    model(pixels, ids).logits_per_image.sum().backward()
+    optimizer.step()
+    print(json.dumps({"rank": d.rank, "bytes": distributed.local_bytes(model, optimizer)}), flush=True)
+    distributed.shutdown(d)
+
+
+if __name__ == "__main__":
+    main(sys.argv[1])
