@@ -84,6 +84,25 @@ def test_grad_cache_step_with_eva_blocks_drop_path_and_rope():
     assert _close(loss, ref_loss) and _close(_grads(model), ref_grads)
 
 
+@pytest.mark.parametrize("locked", ["visual", "text"])
+def test_grad_cache_step_with_a_locked_tower(locked):
+    """LiT: the locked tower's embeddings carry no graph; the other tower's gradients equal the plain step's."""
+    def run(micro):
+        model = _model()
+        getattr(model, locked).requires_grad_(False)
+        pixels, ids, keys = _batch()
+        if micro:
+            loss = grad_cache_step(model, pixels, ids, keys, micro, _loss_fn(model, "clip", 0), gather=False)
+        else:
+            image, text = encode(model, pixels, ids, keys, torch.autocast("cpu", enabled=False))
+            loss = _loss_fn(model, "clip", 0)(image, text, image, text, 0)
+            loss.backward()
+        return loss.detach(), _grads(model)
+
+    (ref_loss, ref_grads), (loss, grads) = run(0), run(5)
+    assert _close(loss, ref_loss) and _close(grads, ref_grads) and ref_grads.abs().max() > 0
+
+
 def test_drop_path_is_really_on():
     model = _model(eva=True)
     pixels, ids, keys = _batch()

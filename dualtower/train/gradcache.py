@@ -53,6 +53,9 @@ def grad_cache_step(model: DualEncoder, pixels: torch.Tensor, ids: torch.Tensor,
     for part, state in zip(parts, states):
         torch.random.set_rng_state(state)
         part_image, part_text = encode(model, pixels[part], ids[part], keys[part], autocast)
-        torch.autograd.backward([part_image, part_text], [image.grad[part], text.grad[part]])
+        # A locked tower (LiT) gives embeddings without a graph: only the other one is back-propagated.
+        pairs = [(e, g) for e, g in ((part_image, image.grad[part]), (part_text, text.grad[part])) if e.requires_grad]
+        if pairs:
+            torch.autograd.backward([e for e, _ in pairs], [g for _, g in pairs])
     torch.random.set_rng_state(after)
     return loss.detach()
