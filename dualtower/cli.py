@@ -22,6 +22,14 @@ def _cmd_archs(args) -> int:
     return 0
 
 
+def _cmd_plan(args) -> int:
+    from .plan import plan
+
+    for gpus in args.gpus:
+        print(plan(args.arch, gpus, args.batch, args.parallel, args.precision, args.grad_checkpointing).table())
+    return 0
+
+
 def _cmd_models(args) -> int:
     from .hub import known_models
 
@@ -424,6 +432,16 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("archs", help="list the named architectures")
     p.set_defaults(func=_cmd_archs)
+
+    p = sub.add_parser("plan", help="per-GPU training memory of an architecture: weights, gradients, optimizer "
+                                    "state, activations (DDP or FSDP)")
+    p.add_argument("arch", help="an architecture name (dualtower archs)")
+    p.add_argument("--gpus", type=_count(1), nargs="+", default=[8], help="GPUs in all; several give one plan each")
+    p.add_argument("--batch", type=_count(1), required=True, help="the global batch")
+    p.add_argument("--parallel", choices=("ddp", "fsdp"), default="fsdp")
+    p.add_argument("--precision", choices=("fp32", "bf16"), default="bf16")
+    p.add_argument("--grad-checkpointing", action="store_true", help="recompute activations in the backward pass")
+    p.set_defaults(func=_cmd_plan)
 
     p = sub.add_parser("models", help="list the well-known pretrained models (loaded from the Hugging Face Hub)")
     p.set_defaults(func=_cmd_models)

@@ -140,8 +140,8 @@ def local_bytes(model: torch.nn.Module, optimizer=None) -> int:
 
     total = sum(size(p) for p in model.parameters())
     if optimizer is not None:
-        total += sum(size(v) for s in optimizer.state.values() for v in s.values()
-                     if isinstance(v, torch.Tensor) and v.ndim > 0)
+        total += sum(size(v) for s in optimizer.state.values() for k, v in s.items()
+                     if isinstance(v, torch.Tensor) and k != "step")  # AdamW's step counters are bookkeeping
     return total
 
 
