@@ -44,15 +44,18 @@ def state_of(model: DualEncoder) -> dict[str, torch.Tensor]:
     return {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
 
 
-def write_files(model: DualEncoder, directory: Path, weights: bool = True) -> None:
+def write_files(model: DualEncoder, directory: Path, weights: bool = True,
+                state: dict[str, torch.Tensor] | None = None) -> None:
     """config.json and model.safetensors into an existing (temporary) directory (`weights=False`: the config
-    alone, for a sharded checkpoint whose processes write the weights themselves)."""
+    alone, for a sharded checkpoint whose processes write the weights themselves; `state`: these tensors instead
+    of the model's, e.g. its moving average)."""
     from safetensors.torch import save_file
 
     meta = {"format": FORMAT, "version": VERSION, "model": model.cfg.to_dict()}
     (directory / CONFIG_FILE).write_text(json.dumps(meta, indent=2) + "\n", encoding="utf-8")
     if weights:
-        save_file(state_of(model), directory / WEIGHTS_FILE, metadata={"format": "pt"})
+        tensors = state_of(model) if state is None else {k: v.detach().cpu().contiguous() for k, v in state.items()}
+        save_file(tensors, directory / WEIGHTS_FILE, metadata={"format": "pt"})
     files = getattr(model, "tokenizer_files", None)
     for name in TOKENIZER_FILES if files is not None and model.cfg.tokenizer != "clip-bpe" else ():
         if (files / name).is_file():

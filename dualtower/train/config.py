@@ -87,6 +87,8 @@ class TrainSection:
     loss_chunk: int = opt(0, "> 0: compute the loss in tiles of this many rows/columns (dualtower.chunked_losses)")
     micro_batch: int = opt(0, "> 0: gradient-cache steps, encoding this many samples at a time (train.gradcache)")
     precision: str = opt("fp32", "fp32 or bf16 (autocast)")
+    ema_decay: float = opt(0.0, "> 0: keep a moving average of the weights with this decay (0.999 to 0.9999), "
+                                "saved beside each checkpoint as a checkpoint of its own (step_N/ema)")
     parallel: str = opt("ddp", "ddp (every process holds the whole model) or fsdp (FSDP2: weights, gradients and "
                                "optimizer state sharded over the processes; sharded checkpoints)")
     grad_clip: float = opt(1.0, "max gradient norm; 0 turns clipping off")
@@ -111,6 +113,7 @@ class TrainSection:
         _at_least("train", self, steps=1, log_every=1, loss_chunk=0, micro_batch=0, save_every=0,
                   keep_checkpoints=1, max_nonfinite=1, grad_clip=0, dist_timeout_s=1, label_smoothing=0)
         _fraction("train", self, "label_smoothing", low_open=False, high=0.99)
+        _fraction("train", self, "ema_decay", low_open=False, high=0.999999)
 
 
 @dataclass(frozen=True)

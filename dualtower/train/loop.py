@@ -74,6 +74,14 @@ def train(cfg: TrainConfig, resume: str | None = None) -> dict:
     params = [p for p in model.parameters() if p.requires_grad] if replicated else params
     optimizer = torch.optim.AdamW(param_groups(model, cfg.optim.weight_decay), lr=cfg.optim.lr,
                                   betas=(cfg.optim.beta1, cfg.optim.beta2), eps=cfg.optim.eps)
+    ema = None  # the weights' moving average (train.ema_decay), every tensor of the model's state
+    if t.ema_decay:
+        if sharded:
+            raise TrainingError("train.ema_decay with train.parallel=fsdp is not supported yet")
+        saved = state.get("ema") if state is not None else None
+        ema = {k: (saved[k].to(v.device) if saved is not None else v.detach().clone())
+               for k, v in model.state_dict().items() if v.is_floating_point()}
+        averaged = [model.state_dict()[k] for k in ema]  # views of the parameters, updated in place
     runlog = RunLog(run, t, d, start)
     if state is not None:
         if is_sharded(directory):  # any number of processes, sharded or not, reads it
@@ -135,6 +143,8 @@ def train(cfg: TrainConfig, resume: str | None = None) -> dict:
         updated = _all_finite(loss, grad_norm, d)
         if updated:
             optimizer.step()
+            if ema is not None:  # ema = decay * ema + (1 - decay) * weights
+                torch._foreach_lerp_(list(ema.values()), averaged, 1.0 - t.ema_decay)
         else:
             optimizer.zero_grad(set_to_none=True)
             runlog.update_skipped(step, loss, grad_norm)
@@ -147,7 +157,7 @@ def train(cfg: TrainConfig, resume: str | None = None) -> dict:
                 save_sharded(run, done, model, optimizer, runlog.state() if d.main else None,
                              to_dict(cfg) if d.main else None, t.keep_checkpoints, d.main)
             elif d.main:
-                save_training(run, done, model, optimizer, runlog.state(), to_dict(cfg), t.keep_checkpoints)
+                save_training(run, done, model, optimizer, runlog.state(), to_dict(cfg), t.keep_checkpoints, ema)
             if d.enabled:
                 torch.distributed.barrier()
 

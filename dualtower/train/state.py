@@ -23,7 +23,7 @@ from ..checkpoint import SHARDED_DIR, CheckpointError, is_checkpoint, load, writ
 from ..io import atomic_directory
 from ..model import DualEncoder
 
-TRAIN_STATE, TRAIN_CONFIG = "train_state.pt", "train_config.json"
+TRAIN_STATE, TRAIN_CONFIG, EMA_DIR = "train_state.pt", "train_config.json", "ema"
 
 
 def rng_state() -> dict:
@@ -44,10 +44,15 @@ def set_rng_state(state: dict) -> None:
 
 
 def save_training(run: rundir.RunDir, step: int, model: DualEncoder, optimizer, extra: dict, train_config: dict,
-                  keep: int) -> Path:
+                  keep: int, ema: dict[str, torch.Tensor] | None = None) -> Path:
+    """`ema`: the weights' moving average, written as a checkpoint of its own in `ema/` (any command that takes
+    a model takes RUN/checkpoints/latest/ema)."""
     directory = run.step(step)
     with atomic_directory(directory, replaceable=is_checkpoint) as tmp:
         write_files(model, tmp)
+        if ema is not None:
+            (tmp / EMA_DIR).mkdir()
+            write_files(model, tmp / EMA_DIR, state=ema)
         (tmp / TRAIN_CONFIG).write_text(json.dumps(train_config, indent=2) + "\n")
         torch.save({"step": step, "optimizer": optimizer.state_dict(), "rng": rng_state(), **extra},
                    tmp / TRAIN_STATE)
@@ -127,6 +132,10 @@ def load_training(directory: Path) -> tuple[DualEncoder, dict]:
     needed = {"step", "rng"} if is_sharded(directory) else {"step", "optimizer", "rng"}  # sharded: in sharded/
     if not isinstance(state, dict) or not needed <= set(state):
         raise CheckpointError(f"{directory / TRAIN_STATE}: not a training state (no {', '.join(sorted(needed))})")
+    if (directory / EMA_DIR).is_dir():  # the moving average of the weights, a checkpoint of its own
+        from ..checkpoint import read_state
+
+        state["ema"] = read_state(directory / EMA_DIR, model.cfg)
     return model, state
 
 

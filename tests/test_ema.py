@@ -1,0 +1,40 @@
+"""The weights' moving average (train.ema_decay): its arithmetic, its own checkpoint beside each training
+checkpoint, and an exact resume."""
+
+import shutil
+
+import torch
+
+import dualtower
+from dualtower import configtree
+from dualtower.train.config import TrainConfig
+from dualtower.train.loop import resume_config, train
+
+ARGS = ["--model.arch=tiny", "--data.batch_size=16", "--train.log_every=1", "--train.progress=false",
+        "--train.deterministic=true", "--data.workers=0", "--optim.warmup_steps=1", "--train.ema_decay=0.9"]
+
+
+def _state(path):
+    return dualtower.load(path).state_dict()
+
+
+def test_ema_is_the_moving_average_and_a_checkpoint_of_its_own(tmp_path):
+    train(configtree.load(TrainConfig, None, ARGS + ["--train.steps=1", f"--train.out={tmp_path / 'run'}"]))
+    step = tmp_path / "run" / "checkpoints" / "step_000001"
+    before, after, ema = dualtower.create_model("tiny", seed=0).state_dict(), _state(step), _state(step / "ema")
+    for k in before:
+        assert torch.allclose(ema[k], 0.9 * before[k] + 0.1 * after[k], rtol=1e-6, atol=1e-7), k  # to an ulp or two
+    assert any(not torch.equal(ema[k], after[k]) for k in before)
+
+
+def test_ema_resumes_exactly(tmp_path):
+    run = tmp_path / "run"
+    train(configtree.load(TrainConfig, None, ARGS + ["--train.steps=4", "--train.save_every=2",
+                                                      "--train.keep_checkpoints=3", f"--train.out={run}"]))
+    copy = tmp_path / "again"
+    shutil.copytree(run, copy, symlinks=True)
+    step_2 = str(copy / "checkpoints" / "step_000002")
+    train(resume_config(step_2, []), resume=step_2)
+    for name in ("", "ema"):
+        a, b = _state(run / "checkpoints" / "latest" / name), _state(copy / "checkpoints" / "latest" / name)
+        assert all(torch.equal(a[k], b[k]) for k in a), name
