@@ -102,6 +102,8 @@ class TrainSection:
     dist_timeout_s: float = opt(120.0, "a collective waiting longer than this (a dead peer) raises")
     log_samples: bool = opt(False, "write the ids of every step's samples to samples.rank<R>.jsonl")
     progress: bool = opt(True, "show a progress bar")
+    tensorboard: bool = opt(False, "also log the metrics to TensorBoard, in RUN/tensorboard (pip install "
+                                   "'dualtower[train]')")
 
     def __post_init__(self):
         if self.loss not in ("clip", "siglip"):

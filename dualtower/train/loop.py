@@ -238,7 +238,7 @@ def _all_finite(loss: torch.Tensor, grad_norm: torch.Tensor, d) -> bool:
     return finite.item() == 1.0
 
 
-RESUMABLE_CHANGES = ("train.save_every", "train.log_every", "train.progress",
+RESUMABLE_CHANGES = ("train.save_every", "train.log_every", "train.progress", "train.tensorboard",
                      "train.keep_checkpoints", "train.dist_timeout_s", "data.workers")
 
 

@@ -53,6 +53,15 @@ class RunLog:
                 self.plain = True
         self.window_start, self.window_samples = time.perf_counter(), 0
         self.run_start = time.perf_counter()
+        self.board = None  # TensorBoard (train.tensorboard): the same records, as scalars of RUN/tensorboard
+        if d.main and t.tensorboard:
+            from ..errors import require
+
+            require("tensorboard", "train.tensorboard", "train")
+            from torch.utils.tensorboard import SummaryWriter
+
+            # purge_step: on resume, events past the checkpoint (a killed run's) are dropped, as in metrics.jsonl
+            self.board = SummaryWriter(str(run.root / "tensorboard"), purge_step=start + 1 if start else None)
 
     def state(self) -> dict:
         """What a checkpoint keeps of the bookkeeping."""
@@ -93,6 +102,7 @@ class RunLog:
                       "skipped": sum(self.stats.skipped.values()), "nonfinite": self.nonfinite_total}
             self.metrics.write(json.dumps(record) + "\n")
             self.metrics.flush()
+            self.scalars(done, {f"train/{k}": v for k, v in record.items() if k != "step"})
             if self.plain:
                 print(f"step {done}/{self.t.steps}  loss {record['loss']:.4f}  lr {lr:.2e}  "
                       f"samples/s {record['samples_per_s']:.0f}  skipped {record['skipped']}", flush=True)
@@ -103,6 +113,13 @@ class RunLog:
         if self.progress is not None:
             self.progress.update(1)
 
+    def scalars(self, step: int, values: dict) -> None:
+        """To TensorBoard, when the run logs there, at `step` completed steps."""
+        if self.board is not None:
+            for name, value in values.items():
+                self.board.add_scalar(name, value, step)
+            self.board.flush()
+
     def flush(self) -> None:
         if self.samples is not None:
             self.samples.flush()
@@ -111,7 +128,7 @@ class RunLog:
         """Close the files; on the main process write summary.json and the loss curve, print the summary."""
         if self.progress is not None:
             self.progress.close()
-        for f in (self.metrics, self.samples):
+        for f in (self.metrics, self.samples, self.board):
             if f is not None:
                 f.close()
         t = self.t

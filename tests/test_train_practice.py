@@ -1,7 +1,9 @@
-"""The weights' moving average (train.ema_decay): its arithmetic, its own checkpoint beside each training
-checkpoint, and an exact resume."""
+"""Training in daily practice: the weights' moving average (train.ema_decay: its arithmetic, its own checkpoint
+beside each training checkpoint, an exact resume) and TensorBoard logging."""
 
 import shutil
+
+import pytest
 
 import torch
 
@@ -38,3 +40,19 @@ def test_ema_resumes_exactly(tmp_path):
     for name in ("", "ema"):
         a, b = _state(run / "checkpoints" / "latest" / name), _state(copy / "checkpoints" / "latest" / name)
         assert all(torch.equal(a[k], b[k]) for k in a), name
+
+
+def test_tensorboard_gets_the_metrics_records(tmp_path):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    run = tmp_path / "run"
+    train(configtree.load(TrainConfig, None, ARGS + ["--train.steps=3", "--train.tensorboard=true",
+                                                      f"--train.out={run}"]))
+    events = EventAccumulator(str(run / "tensorboard"))
+    events.Reload()
+    losses = [(e.step, e.value) for e in events.Scalars("train/loss")]
+    import json
+
+    records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert losses == [(r["step"] + 1, pytest.approx(r["loss"])) for r in records]
+    assert {"train/lr", "train/logit_scale", "train/samples_per_s", "train/skipped"} <= set(events.Tags()["scalars"])
