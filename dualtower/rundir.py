@@ -3,6 +3,8 @@
     OUT/metrics.jsonl, OUT/samples.rank{R}.jsonl, OUT/summary.json, OUT/loss.png
     OUT/checkpoints/step_000100/     a checkpoint (config.json, model.safetensors, train_config.json, train_state.pt)
     OUT/checkpoints/latest           -> step_000100 (a symlink; a file naming it where there are no symlinks)
+    OUT/checkpoints/best             -> the checkpoint with the best validation metric (val.data), never rotated
+                                        away while it is the best
 
 `resolve(path)` turns a run directory, its `checkpoints/` folder or `latest` into the newest complete checkpoint,
 so anything that accepts a checkpoint accepts a run too.
@@ -18,7 +20,7 @@ from pathlib import Path
 
 from .io import atomic_symlink, fsync_dir, recover_directory, write_text
 
-CHECKPOINTS, LATEST = "checkpoints", "latest"
+CHECKPOINTS, LATEST, BEST = "checkpoints", "latest", "best"
 COMPLETE = ("config.json", "model.safetensors")  # what makes a step folder a checkpoint (or config.json and a
 SHARDED = "sharded/.metadata"  # sharded checkpoint, whose metadata torch.distributed.checkpoint writes last)
 
@@ -68,7 +70,14 @@ class RunDir:
 
     def latest(self) -> Path | None:
         """The checkpoint `latest` names, or None when the run has none yet."""
-        link = self.checkpoints / LATEST
+        return self._named(LATEST)
+
+    def best(self) -> Path | None:
+        """The checkpoint `best` names (validation during training), or None."""
+        return self._named(BEST)
+
+    def _named(self, name: str) -> Path | None:
+        link = self.checkpoints / name
         if link.is_symlink():
             target = self.checkpoints / os.readlink(link)
         elif link.is_file():  # filesystems without symlinks, and runs written before `latest` was one
@@ -81,14 +90,17 @@ class RunDir:
             log.warning("%s: %s is not a complete checkpoint; skipped", link, target.name)
         return None
 
-    def publish(self, checkpoint: Path, keep: int) -> None:
-        """Point `latest` at a complete checkpoint, then drop all but the newest `keep`."""
-        link = self.checkpoints / LATEST
-        if link.is_dir() and not link.is_symlink():
-            raise ValueError(f"{link}: a directory where the run's latest link belongs")
-        if not atomic_symlink(link, checkpoint.name):
-            write_text(link, checkpoint.name + "\n")
-        old = [p for p in self.steps() if p != checkpoint]
+    def publish(self, checkpoint: Path, keep: int, best: bool = False) -> None:
+        """Point `latest` (and with `best`, `best`) at a complete checkpoint, then drop all but the newest `keep`
+        and the best."""
+        for name in (LATEST, BEST) if best else (LATEST,):
+            link = self.checkpoints / name
+            if link.is_dir() and not link.is_symlink():
+                raise ValueError(f"{link}: a directory where the run's {name} link belongs")
+            if not atomic_symlink(link, checkpoint.name):
+                write_text(link, checkpoint.name + "\n")
+        kept = self.best()
+        old = [p for p in self.steps() if p != checkpoint and p != kept]
         for p in old[: max(0, len(old) - (keep - 1))]:
             remove_directory(p)
         for p in self.checkpoints.glob(".step_*.deleting-*"):  # what a kill during an earlier removal left

@@ -56,3 +56,56 @@ def test_tensorboard_gets_the_metrics_records(tmp_path):
     records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
     assert losses == [(r["step"] + 1, pytest.approx(r["loss"])) for r in records]
     assert {"train/lr", "train/logit_scale", "train/samples_per_s", "train/skipped"} <= set(events.Tags()["scalars"])
+
+
+def test_validation_during_training_keeps_the_best_and_the_last(tmp_path):
+    """Zero-shot on held-out digits every 2 steps: logged with the step, a checkpoint at each, `best` never
+    rotated away; retrieval metrics on captioned data; a resume continues the log and the best."""
+    run = tmp_path / "run"
+    args = ARGS + ["--train.steps=6", "--val.data=builtin:digits:test", "--val.every=2",
+                   "--train.keep_checkpoints=1", "--train.tensorboard=true", "--optim.lr=0.01", f"--train.out={run}"]
+    summary = train(configtree.load(TrainConfig, None, args))
+    import json
+
+    records = [json.loads(line) for line in (run / "val.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in records] == [1, 3, 5] and all(0 <= r["top1"] <= 1 for r in records)
+    best = max(records, key=lambda r: r["top1"])  # the first of equals
+    assert summary["best"]["step"] == best["step"] + 1 and summary["best"]["value"] == best["top1"]
+    checkpoints = run / "checkpoints"
+    assert (checkpoints / "best").resolve().name == f"step_{best['step'] + 1:06d}"
+    assert (checkpoints / "latest").resolve().name == "step_000006" and dualtower.load(checkpoints / "best")
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    events = EventAccumulator(str(run / "tensorboard"))
+    events.Reload()
+    assert [e.step for e in events.Scalars("val/top1")] == [2, 4, 6]
+
+    copy = tmp_path / "again"  # resumed from the best checkpoint: the same validations and the same best
+    shutil.copytree(run, copy, symlinks=True)
+    best_step = str((copy / "checkpoints" / "best").resolve())
+    again = train(resume_config(best_step, []), resume=best_step)
+    assert (copy / "val.jsonl").read_text() == (run / "val.jsonl").read_text()
+    assert again["best"]["step"] == summary["best"]["step"]
+
+    bad = ARGS + ["--train.steps=2", "--val.data=builtin:digits:test", "--val.metric=R@1",
+                  f"--train.out={tmp_path / 'x'}"]
+    with pytest.raises(ValueError, match="not a zeroshot metric"):
+        train(configtree.load(TrainConfig, None, bad))
+
+
+def test_retrieval_validation(tmp_path):
+    import json
+
+    data = tmp_path / "captions.jsonl"
+    from PIL import Image
+
+    for i in range(12):
+        Image.new("RGB", (40, 40), (20 * i, 100, 255 - 20 * i)).save(tmp_path / f"{i}.png")
+    data.write_text("".join(json.dumps({"image": f"{i}.png", "caption": f"colour number {i}"}) + "\n"
+                            for i in range(12)))
+    run = tmp_path / "run"
+    summary = train(configtree.load(TrainConfig, None, ARGS + ["--train.steps=2", f"--val.data={data}",
+                                                                f"--train.out={run}"]))
+    record = json.loads((run / "val.jsonl").read_text())
+    assert {"image_to_text/R@1", "text_to_image/R@5", "mean_R@1"} <= set(record)
+    assert summary["best"]["metric"] == "mean_R@1"

@@ -119,8 +119,29 @@ class TrainSection:
 
 
 @dataclass(frozen=True)
+class ValSection:
+    data: str = opt("", "held-out data evaluated during training (a data spec); empty: no validation")
+    every: int = opt(0, "steps between evaluations (and at the end; 0: at the end only); a checkpoint is saved "
+                        "at each, and checkpoints/best names the one with the best val.metric")
+    task: str = opt("auto", "zeroshot (data with classes), retrieval (images with captions), or auto: zeroshot "
+                            "where the data has classes, else retrieval")
+    templates: str = opt("", "zero-shot prompt templates, one per line with {c}; empty: the data's own or "
+                             "the generic ones")
+    metric: str = opt("auto", "the metric that picks checkpoints/best, higher is better: top1, "
+                              "mean_per_class_recall, image_to_text/R@1, text_to_image/R@5, mean_R@1, ...; "
+                              "auto: top1 (zeroshot) or mean_R@1 (retrieval)")
+    batch_size: int = opt(128, "images per batch when embedding the held-out data")
+
+    def __post_init__(self):
+        _at_least("val", self, every=0, batch_size=1)
+        if self.task not in ("auto", "zeroshot", "retrieval"):
+            raise ValueError(f"val.task {self.task!r} is not auto, zeroshot or retrieval")
+
+
+@dataclass(frozen=True)
 class TrainConfig:
     model: ModelSection = field(default_factory=ModelSection)
     data: DataSection = field(default_factory=DataSection)
     optim: OptimSection = field(default_factory=OptimSection)
     train: TrainSection = field(default_factory=TrainSection)
+    val: ValSection = field(default_factory=ValSection)

@@ -30,6 +30,7 @@ from .gradcache import encode, grad_cache_step
 from .optim import lr_at, param_groups
 from .errors import TrainingError
 from .runlog import RunLog
+from .validate import Validation
 from .state import (find_checkpoint, is_sharded, load_sharded, load_training, save_sharded, save_training,
                     saved_config, set_rng_state)
 
@@ -108,6 +109,7 @@ def train(cfg: TrainConfig, resume: str | None = None) -> dict:
         plan = ShuffledPlan(len(source), cfg.data.batch_size, t.seed, d.rank, d.world)
     stream = batches(source, plan, transform, start, t.steps, cfg.data.workers)
     tokenizer = get_tokenizer(model)  # a model's own tokenizer files (SigLIP's) come with it
+    validation = Validation(cfg.val, cfg.data, cfg.data.workers) if cfg.val.data else None
     loss_fn = choose_loss(model, t)
     autocast = (torch.autocast(d.device.type, dtype=torch.bfloat16) if t.precision == "bf16"
                 else contextlib.nullcontext())
@@ -151,13 +153,18 @@ def train(cfg: TrainConfig, resume: str | None = None) -> dict:
         runlog.step(step, batch, loss, lr, grad_norm, updated, model.scale)
 
         done = step + 1
-        if (t.save_every and done % t.save_every == 0) or done == t.steps:
+        # Validation (every process runs it: FSDP needs them all, and none waits long at the next barrier),
+        # then a checkpoint there, which `best` names when its metric is the best so far.
+        evaluate = validation is not None and ((cfg.val.every and done % cfg.val.every == 0) or done == t.steps)
+        best = runlog.validation(step, validation(model), validation.metric) if evaluate else False
+        if (t.save_every and done % t.save_every == 0) or done == t.steps or evaluate:
             runlog.flush()
             if sharded:  # every process writes its shards
                 save_sharded(run, done, model, optimizer, runlog.state() if d.main else None,
-                             to_dict(cfg) if d.main else None, t.keep_checkpoints, d.main)
+                             to_dict(cfg) if d.main else None, t.keep_checkpoints, d.main, best)
             elif d.main:
-                save_training(run, done, model, optimizer, runlog.state(), to_dict(cfg), t.keep_checkpoints, ema)
+                save_training(run, done, model, optimizer, runlog.state(), to_dict(cfg), t.keep_checkpoints, ema,
+                              best)
             if d.enabled:
                 torch.distributed.barrier()
 

@@ -42,6 +42,9 @@ class RunLog:
         self.nonfinite_total, self.nonfinite_run = 0, 0
         run.root.mkdir(parents=True, exist_ok=True)
         self.metrics = _append_from(run.file("metrics.jsonl"), start) if d.main else None
+        self.val = _append_from(run.file("val.jsonl"), start) if d.main and run.file("val.jsonl").exists() \
+            else None  # opened at the first validation
+        self.best: dict | None = None  # {"step", "metric", "value"} of the best validation so far
         self.samples = _append_from(run.samples_file(d.rank), start) if t.log_samples else None
         self.progress, self.plain = None, False
         if d.main and t.progress:
@@ -65,11 +68,30 @@ class RunLog:
 
     def state(self) -> dict:
         """What a checkpoint keeps of the bookkeeping."""
-        return {"data": self.stats.state(), "nonfinite": self.nonfinite_total}
+        return {"data": self.stats.state(), "nonfinite": self.nonfinite_total,
+                **({"best": dict(self.best)} if self.best else {})}
 
     def restore(self, state: dict) -> None:
         self.stats.restore(state["data"])
         self.nonfinite_total = int(state["nonfinite"])
+        self.best = dict(state["best"]) if "best" in state else None
+
+    def validation(self, step: int, metrics: dict, metric: str) -> bool:
+        """A validation's metrics, logged with the step index (val.jsonl, TensorBoard, a line); True when
+        `metric` is the best so far (higher is better; the first validation is the best)."""
+        value = float(metrics[metric])
+        best = self.best is None or value > self.best["value"]
+        if best:
+            self.best = {"step": step + 1, "metric": metric, "value": value}
+        if self.val is None and self.d.main:
+            self.val = _append_from(self.run.file("val.jsonl"), self.start)
+        if self.val is not None:
+            self.val.write(json.dumps({"step": step, **metrics}) + "\n")
+            self.val.flush()
+            shown = "  ".join(f"{k} {v:.4f}" for k, v in metrics.items())
+            print(f"validation at step {step + 1}: {shown}{'  (best ' + metric + ')' if best else ''}", flush=True)
+        self.scalars(step + 1, {f"val/{k}": v for k, v in metrics.items()})
+        return best
 
     def batch(self, batch) -> None:
         self.stats.add(len(batch), batch.skips)
@@ -128,14 +150,16 @@ class RunLog:
         """Close the files; on the main process write summary.json and the loss curve, print the summary."""
         if self.progress is not None:
             self.progress.close()
-        for f in (self.metrics, self.samples, self.board):
+        for f in (self.metrics, self.samples, self.board, self.val):
             if f is not None:
                 f.close()
         t = self.t
         summary = {"steps": t.steps, "resumed_from": self.start, "steps_this_run": t.steps - self.start,
                    "seconds": time.perf_counter() - self.run_start,
                    "data": self._global_stats(), "nonfinite_steps": self.nonfinite_total,
-                   "checkpoint": str(self.run.step(t.steps))}
+                   "checkpoint": str(self.run.step(t.steps)),
+                   **({"best": {**self.best, "checkpoint": str(self.run.step(self.best["step"]))}} if self.best
+                      else {})}
         if self.d.main:
             self._report(summary)
         return summary
@@ -171,3 +195,7 @@ class RunLog:
         print(f"samples seen {data['seen']} = accepted {data['accepted']} + skipped "
               f"{sum(data['skipped'].values())} ({skipped}); non-finite steps skipped: {summary['nonfinite_steps']}")
         print(f"checkpoint: {summary['checkpoint']}  metrics: {out / 'metrics.jsonl'}  loss curve: {out / 'loss.png'}")
+        if "best" in summary:
+            best = summary["best"]
+            print(f"best validation: {best['metric']} {best['value']:.4f} at step {best['step']} "
+                  f"({self.run.checkpoints / 'best'}; every validation in {out / 'val.jsonl'})")

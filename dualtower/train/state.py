@@ -44,7 +44,7 @@ def set_rng_state(state: dict) -> None:
 
 
 def save_training(run: rundir.RunDir, step: int, model: DualEncoder, optimizer, extra: dict, train_config: dict,
-                  keep: int, ema: dict[str, torch.Tensor] | None = None) -> Path:
+                  keep: int, ema: dict[str, torch.Tensor] | None = None, best: bool = False) -> Path:
     """`ema`: the weights' moving average, written as a checkpoint of its own in `ema/` (any command that takes
     a model takes RUN/checkpoints/latest/ema)."""
     directory = run.step(step)
@@ -56,12 +56,12 @@ def save_training(run: rundir.RunDir, step: int, model: DualEncoder, optimizer, 
         (tmp / TRAIN_CONFIG).write_text(json.dumps(train_config, indent=2) + "\n")
         torch.save({"step": step, "optimizer": optimizer.state_dict(), "rng": rng_state(), **extra},
                    tmp / TRAIN_STATE)
-    run.publish(directory, keep)
+    run.publish(directory, keep, best)
     return directory
 
 
 def save_sharded(run: rundir.RunDir, step: int, model: DualEncoder, optimizer, extra: dict | None,
-                 train_config: dict | None, keep: int, main: bool) -> Path:
+                 train_config: dict | None, keep: int, main: bool, best: bool = False) -> Path:
     """Called by every process: each writes its shards of the weights and the optimizer state into the folder the
     main process made; the main process adds the config, the training state and the run's config, then
     publishes the folder as step N atomically (a kill before that leaves the previous checkpoint as it was)."""
@@ -87,7 +87,7 @@ def save_sharded(run: rundir.RunDir, step: int, model: DualEncoder, optimizer, e
         write_files(model, tmp, weights=False)
         (tmp / TRAIN_CONFIG).write_text(json.dumps(train_config, indent=2) + "\n")
         torch.save({"step": step, "rng": rng_state(), **extra}, tmp / TRAIN_STATE)
-    run.publish(directory, keep)
+    run.publish(directory, keep, best)
     return directory
 
 
