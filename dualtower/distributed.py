@@ -90,8 +90,9 @@ def average_gradients(params: list[torch.nn.Parameter], world: int) -> None:
         offset += g.numel()
 
 
-def shard(model: torch.nn.Module, d: Dist, precision: str = "fp32") -> list[torch.nn.Parameter]:
-    """FSDP2 over all processes: each transformer block of each tower is its own unit, then each tower (its
+def shard(model: torch.nn.Module, d: Dist, precision: str = "fp32", shard_size: int = 0) -> list[torch.nn.Parameter]:
+    """FSDP2 over all processes, or with `shard_size` HSDP: sharded within groups of that many processes (a node),
+    replicated across the groups. Each transformer block of each tower is its own unit, then each tower (its
     embeddings, pool, norms and head), so that `encode_image` / `encode_text` gather what they need however they
     are called. The 0-d logit scale and bias (fully_shard takes no 0-d parameter) stay whole on every process:
     they are returned, and their gradients are the caller's to average. bf16: parameters gathered in bf16,
@@ -99,7 +100,10 @@ def shard(model: torch.nn.Module, d: Dist, precision: str = "fp32") -> list[torc
     from torch.distributed.device_mesh import init_device_mesh
     from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
 
-    mesh = init_device_mesh(d.device.type, (d.world,))
+    if shard_size and (shard_size > d.world or d.world % shard_size):
+        raise ValueError(f"train.shard_size {shard_size} does not divide the {d.world} processes")
+    mesh = init_device_mesh(d.device.type, (d.world // shard_size, shard_size), mesh_dim_names=("replicate", "shard")) \
+        if shard_size else init_device_mesh(d.device.type, (d.world,))
     policy = MixedPrecisionPolicy(param_dtype=torch.bfloat16, reduce_dtype=torch.float32) if precision == "bf16" \
         else MixedPrecisionPolicy()
     for tower in (model.visual, model.text):

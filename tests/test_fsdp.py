@@ -135,3 +135,17 @@ def test_fsdp_with_gradient_cache_chunked_loss_lit_and_patch_dropout_equals_ddp(
     before = dualtower.create_model("tiny", seed=0).state_dict()
     assert all(torch.equal(fsdp[k], before[k]) for k in before if k.startswith("visual."))  # locked
     assert not all(torch.equal(fsdp[k], before[k]) for k in before if k.startswith("text."))
+
+
+@pytest.mark.slow
+def test_hsdp_on_four_processes_equals_ddp(tmp_path):
+    """HSDP: sharded within groups of 2 processes, replicated across the 2 groups; two steps, DDP's weights."""
+    args = COMMON + ["--train.steps=2", "--optim.warmup_steps=0", "--optim.eps=1.0", "--optim.lr=0.5",
+                     "--train.save_every=1", "--train.keep_checkpoints=3"]
+    _train(args + [f"--train.out={tmp_path / 'ddp'}"], processes=4)
+    _train(args + [f"--train.out={tmp_path / 'hsdp'}", "--train.parallel=hsdp", "--train.shard_size=2"],
+           processes=4)
+    ddp, hsdp = (dualtower.load(tmp_path / n).state_dict() for n in ("ddp", "hsdp"))
+    worst = max(float((hsdp[k] - ddp[k]).abs().max() / ddp[k].abs().max()) for k in ddp if ddp[k].abs().max() > 0)
+    assert worst <= 1e-5, worst
+    assert len(list((tmp_path / "hsdp" / "checkpoints" / "latest" / "sharded").glob("*.distcp"))) == 4

@@ -89,8 +89,10 @@ class TrainSection:
     precision: str = opt("fp32", "fp32 or bf16 (autocast)")
     ema_decay: float = opt(0.0, "> 0: keep a moving average of the weights with this decay (0.999 to 0.9999), "
                                 "saved beside each checkpoint as a checkpoint of its own (step_N/ema)")
-    parallel: str = opt("ddp", "ddp (every process holds the whole model) or fsdp (FSDP2: weights, gradients and "
-                               "optimizer state sharded over the processes; sharded checkpoints)")
+    parallel: str = opt("ddp", "ddp (every process holds the whole model), fsdp (FSDP2: weights, gradients and "
+                               "optimizer state sharded over the processes; sharded checkpoints) or hsdp (sharded "
+                               "within groups of train.shard_size processes, replicated across them)")
+    shard_size: int = opt(0, "hsdp: processes per shard group; 0 = the processes of one node (LOCAL_WORLD_SIZE)")
     grad_clip: float = opt(1.0, "max gradient norm; 0 turns clipping off")
     seed: int = opt(0, "every random draw of the run derives from it (model.seeds)")
     deterministic: bool = opt(False, "torch.use_deterministic_algorithms: bitwise-repeatable on CPU")
@@ -110,9 +112,9 @@ class TrainSection:
             raise ValueError(f"train.loss {self.loss!r} is not 'clip' or 'siglip'")
         if self.precision not in ("fp32", "bf16"):
             raise ValueError(f"train.precision {self.precision!r} is not 'fp32' or 'bf16'")
-        if self.parallel not in ("ddp", "fsdp"):
-            raise ValueError(f"train.parallel {self.parallel!r} is not 'ddp' or 'fsdp'")
-        _at_least("train", self, steps=1, log_every=1, loss_chunk=0, micro_batch=0, save_every=0,
+        if self.parallel not in ("ddp", "fsdp", "hsdp"):
+            raise ValueError(f"train.parallel {self.parallel!r} is not 'ddp', 'fsdp' or 'hsdp'")
+        _at_least("train", self, shard_size=0, steps=1, log_every=1, loss_chunk=0, micro_batch=0, save_every=0,
                   keep_checkpoints=1, max_nonfinite=1, grad_clip=0, dist_timeout_s=1, label_smoothing=0)
         _fraction("train", self, "label_smoothing", low_open=False, high=0.99)
         _fraction("train", self, "ema_decay", low_open=False, high=0.999999)

@@ -70,8 +70,9 @@ def train(cfg: TrainConfig, resume: str | None = None) -> dict:
     params = _prepare(model, cfg)
     # FSDP: shard the towers (after the training options are set, before the optimizer sees the parameters);
     # the logit scale and bias stay whole on every process, their gradients averaged here as DDP's are.
-    sharded = t.parallel == "fsdp"
-    replicated = distributed.shard(model, d, t.precision) if sharded and d.enabled else []
+    sharded = t.parallel in ("fsdp", "hsdp")
+    group = (t.shard_size or int(os.environ.get("LOCAL_WORLD_SIZE", d.world))) if t.parallel == "hsdp" else 0
+    replicated = distributed.shard(model, d, t.precision, group) if sharded and d.enabled else []
     params = [p for p in model.parameters() if p.requires_grad] if replicated else params
     optimizer = torch.optim.AdamW(param_groups(model, cfg.optim.weight_decay), lr=cfg.optim.lr,
                                   betas=(cfg.optim.beta1, cfg.optim.beta2), eps=cfg.optim.eps)
