@@ -92,6 +92,7 @@ def test_sharded_checkpoints_resume_exactly_on_the_same_world_size(fsdp_run, tmp
     assert _resume(fsdp_run, tmp_path / "again", 2) == _losses(fsdp_run)  # bitwise
 
 
+@pytest.mark.slow
 def test_sharded_checkpoints_resume_on_another_world_size(fsdp_run, tmp_path):
     """2 processes -> 1: the same loss curve within float tolerance (the reductions' order differs). 1 -> 2 as
     well, from a single-process sharded run."""
@@ -121,6 +122,7 @@ def test_a_sharded_checkpoint_loads_and_converts_to_one_file(fsdp_run, tmp_path)
         assert torch.equal(converted.encode_text(ids), model.encode_text(ids))
 
 
+@pytest.mark.slow
 def test_fsdp_with_gradient_cache_chunked_loss_lit_and_patch_dropout_equals_ddp(tmp_path):
     """The training options compose with sharding: gradient-cache micro-batches, the chunked sigmoid loss, a
     locked image tower (LiT), patch dropout and dropout; two steps, the same weights as DDP's."""
@@ -149,3 +151,23 @@ def test_hsdp_on_four_processes_equals_ddp(tmp_path):
     worst = max(float((hsdp[k] - ddp[k]).abs().max() / ddp[k].abs().max()) for k in ddp if ddp[k].abs().max() > 0)
     assert worst <= 1e-5, worst
     assert len(list((tmp_path / "hsdp" / "checkpoints" / "latest" / "sharded").glob("*.distcp"))) == 4
+
+
+@pytest.mark.slow
+def test_resume_between_ddp_and_fsdp(fsdp_run, tmp_path):
+    """A DDP checkpoint resumed with FSDP (its optimizer state re-keyed by parameter name and sharded), and a
+    sharded checkpoint resumed with DDP: the same loss curve as the uninterrupted runs."""
+    ddp = tmp_path / "ddp"
+    _train(COMMON + ["--train.steps=6", "--train.save_every=2", "--train.keep_checkpoints=5",
+                     "--optim.warmup_steps=2", f"--train.out={ddp}"], processes=2)
+    for run, other, name in ((ddp, "fsdp", "to_fsdp"), (fsdp_run, "ddp", "to_ddp")):
+        import shutil
+
+        copy = tmp_path / name
+        shutil.copytree(run, copy, symlinks=True)
+        _train([f"--resume={copy / 'checkpoints' / 'step_000002'}", f"--train.parallel={other}",
+                "--train.progress=false"], 2)
+        resumed, full = _losses(copy), _losses(run)
+        assert max(abs(a - b) / abs(b) for a, b in zip(resumed, full)) <= 1e-5, name
+        sharded = (copy / "checkpoints" / "step_000006" / "sharded").is_dir()
+        assert sharded == (other == "fsdp")

@@ -31,8 +31,8 @@ from .optim import lr_at, param_groups
 from .errors import TrainingError
 from .runlog import RunLog
 from .validate import Validation
-from .state import (find_checkpoint, is_sharded, load_sharded, load_training, save_sharded, save_training,
-                    saved_config, set_rng_state)
+from .state import (find_checkpoint, is_sharded, load_by_name, load_sharded, load_training, optimizer_state_by_name,
+                    save_sharded, save_training, saved_config, set_rng_state)
 
 __all__ = ["TrainingError", "build_model", "resume_config", "train"]
 
@@ -72,6 +72,10 @@ def train(cfg: TrainConfig, resume: str | None = None) -> dict:
     # the logit scale and bias stay whole on every process, their gradients averaged here as DDP's are.
     sharded = t.parallel in ("fsdp", "hsdp")
     group = (t.shard_size or int(os.environ.get("LOCAL_WORLD_SIZE", d.world))) if t.parallel == "hsdp" else 0
+    # A DDP checkpoint resumed sharded: its optimizer state, keyed by parameter position, is re-keyed by name
+    # on the whole model first (DCP's sharded checkpoints are keyed by name already).
+    by_name = optimizer_state_by_name(model, param_groups(model, cfg.optim.weight_decay), state["optimizer"]) \
+        if state is not None and not is_sharded(directory) and sharded and d.enabled else None
     replicated = distributed.shard(model, d, t.precision, group) if sharded and d.enabled else []
     params = [p for p in model.parameters() if p.requires_grad] if replicated else params
     optimizer = torch.optim.AdamW(param_groups(model, cfg.optim.weight_decay), lr=cfg.optim.lr,
@@ -88,9 +92,8 @@ def train(cfg: TrainConfig, resume: str | None = None) -> dict:
     if state is not None:
         if is_sharded(directory):  # any number of processes, sharded or not, reads it
             load_sharded(directory, model, optimizer)
-        elif replicated:
-            raise TrainingError(f"{directory}: a ddp checkpoint; resuming it with train.parallel=fsdp is not "
-                                "supported yet (resume with ddp, or start from its weights: --model.init)")
+        elif by_name is not None:
+            load_by_name(model, optimizer, by_name)
         else:
             optimizer.load_state_dict(state["optimizer"])
         runlog.restore(state)
@@ -246,7 +249,8 @@ def _all_finite(loss: torch.Tensor, grad_norm: torch.Tensor, d) -> bool:
     return finite.item() == 1.0
 
 
-RESUMABLE_CHANGES = ("train.save_every", "train.log_every", "train.progress", "train.tensorboard",
+RESUMABLE_CHANGES = ("train.parallel", "train.shard_size", "train.save_every", "train.log_every", "train.progress",
+                     "train.tensorboard",
                      "train.keep_checkpoints", "train.dist_timeout_s", "data.workers")
 
 

@@ -103,6 +103,22 @@ def load_sharded(directory: Path, model: DualEncoder, optimizer) -> None:
     set_state_dict(model, optimizer, model_state_dict=state["model"], optim_state_dict=state["optim"])
 
 
+def optimizer_state_by_name(model: DualEncoder, groups: list[dict], saved: dict) -> dict:
+    """torch's optimizer state_dict (state keyed by parameter position in `groups`) keyed by parameter name,
+    whole tensors: what `load_by_name` puts into the optimizer of a sharded copy of `model`."""
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_optimizer_state_dict
+
+    whole = torch.optim.AdamW(groups)
+    whole.load_state_dict(saved)
+    return get_optimizer_state_dict(model, whole, options=StateDictOptions(full_state_dict=True))
+
+
+def load_by_name(model: DualEncoder, optimizer, by_name: dict) -> None:
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, set_optimizer_state_dict
+
+    set_optimizer_state_dict(model, optimizer, by_name, options=StateDictOptions(full_state_dict=True))
+
+
 def is_sharded(directory: Path) -> bool:
     return (directory / SHARDED_DIR / ".metadata").is_file()
 
