@@ -21,9 +21,18 @@ COMMON = ["--model.arch=tiny", "--data.batch_size=16", "--train.log_every=1", "-
           "--train.deterministic=true", "--data.workers=0"]
 
 
+def _torchrun(processes: int) -> list[str]:
+    """torchrun on a port free now (a fixed one collides with any other run on the machine)."""
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    return [TORCHRUN, f"--nproc_per_node={processes}", "--master_addr=127.0.0.1", f"--master_port={port}"]
+
+
 def _train(args, processes: int = 1):
-    launcher = [TORCHRUN, f"--nproc_per_node={processes}", "-m", "dualtower"] if processes > 1 else \
-        [sys.executable, "-m", "dualtower"]
+    launcher = [*_torchrun(processes), "-m", "dualtower"] if processes > 1 else [sys.executable, "-m", "dualtower"]
     out = subprocess.run([*launcher, "train", *args], capture_output=True, text=True, env=ENV, cwd=ROOT,
                          timeout=300)
     assert out.returncode == 0, out.stderr[-3000:]
@@ -56,8 +65,8 @@ def test_one_fsdp_step_equals_a_ddp_step_and_a_single_process_step(tmp_path):
 
 def test_fsdp_about_halves_parameter_and_optimizer_memory_per_process():
     def measure(parallel):
-        out = subprocess.run([TORCHRUN, "--nproc_per_node=2", str(ROOT / "tests/helpers/fsdp_memory.py"),
-                              parallel], capture_output=True, text=True, env=ENV, cwd=ROOT, timeout=300)
+        out = subprocess.run([*_torchrun(2), str(ROOT / "tests/helpers/fsdp_memory.py"), parallel],
+                             capture_output=True, text=True, env=ENV, cwd=ROOT, timeout=300)
         assert out.returncode == 0, out.stderr[-3000:]
         rows = [json.loads(line) for line in out.stdout.splitlines() if line.startswith("{")]
         return {r["rank"]: r["bytes"] for r in rows}
