@@ -218,16 +218,17 @@ class VisionTower(nn.Module):
         patches.check(self.cfg.patch_size)
         counts = patches.shapes.prod(dim=1)  # (B,)
         length = int(counts.max())
-        w = self.patch_embed.weight  # (D, 3, p, p)
-        flat = w.permute(0, 2, 3, 1).reshape(w.shape[0], -1)  # (D, p * p * 3): a patch's (p, p, C) order
-        x = F.linear(patches.values[:, :length].to(device=w.device, dtype=w.dtype), flat, self.patch_embed.bias)
+        weight = self.patch_embed.weight  # (D, 3, p, p)
+        flat = weight.permute(0, 2, 3, 1).reshape(weight.shape[0], -1)  # (D, p * p * 3): a patch's (p, p, C) order
+        values = patches.values[:, :length].to(device=weight.device, dtype=weight.dtype)
+        x = F.linear(values, flat, self.patch_embed.bias)  # (B, L, D)
         pos = x.new_empty(x.shape)
         shapes = patches.shapes.to(x.device)
-        for h, w_ in torch.unique(patches.shapes, dim=0).tolist():
-            grid = self.pos_embed_for(h, w_).to(x.dtype)  # (h * w, D)
-            rows = (shapes == torch.tensor([h, w_], device=x.device)).all(dim=1)
+        for gh, gw in torch.unique(patches.shapes, dim=0).tolist():  # each image's grid resampled once per shape
+            grid = self.pos_embed_for(gh, gw).to(x.dtype)  # (gh * gw, D)
+            rows = (shapes == torch.tensor([gh, gw], device=x.device)).all(dim=1)
             # Padding positions take the grid's first position (as transformers does); they are masked anyway.
-            pos[rows] = torch.cat([grid, grid[:1].expand(length - h * w_, -1)])
+            pos[rows] = torch.cat([grid, grid[:1].expand(length - gh * gw, -1)])
         x = x + pos
         if bool((counts == length).all()):
             return x, None
