@@ -55,7 +55,9 @@ def train(cfg: TrainConfig, resume: str | None = None) -> dict:
         # Paths as absolute ones, so the saved config resumes from any working directory.
         cfg = replace(cfg, data=replace(cfg.data, train=_absolute(cfg.data.train)),
                       model=replace(cfg.model, init=_absolute(cfg.model.init)),
-                      train=replace(cfg.train, out=os.path.abspath(cfg.train.out)))
+                      train=replace(cfg.train, out=os.path.abspath(cfg.train.out)),
+                      val=replace(cfg.val, data=_absolute(cfg.val.data),
+                                  templates=os.path.abspath(cfg.val.templates) if cfg.val.templates else ""))
         out = Path(cfg.train.out)
         if out.exists() and not out.is_dir():
             raise ValueError(f"train.out {cfg.train.out}: exists and is a file, not a run directory")
