@@ -134,15 +134,19 @@ def test_a_sharded_checkpoint_loads_and_converts_to_one_file(fsdp_run, tmp_path)
 @pytest.mark.slow
 def test_fsdp_with_gradient_cache_chunked_loss_lit_and_patch_dropout_equals_ddp(tmp_path):
     """The training options compose with sharding: gradient-cache micro-batches, the chunked sigmoid loss, a
-    locked image tower (LiT), patch dropout and dropout; two steps, the same weights as DDP's."""
+    locked image tower (LiT), patch dropout, dropout and gradient checkpointing; two steps, the same weights as
+    DDP's; and validation (encode_image / encode_text on the sharded towers) gives DDP's metrics."""
     args = COMMON + ["--train.steps=2", "--optim.warmup_steps=0", "--optim.eps=1.0", "--optim.lr=0.5",
                      "--train.micro_batch=3", "--train.loss_chunk=5", "--train.loss=siglip", "--model.lock_image=true",
-                     "--model.patch_dropout=0.3", "--model.dropout=0.1"]
+                     "--model.patch_dropout=0.3", "--model.dropout=0.1", "--model.grad_checkpointing=true",
+                     "--val.data=builtin:digits:test"]
     _train(args + [f"--train.out={tmp_path / 'ddp'}"], processes=2)
     _train(args + [f"--train.out={tmp_path / 'fsdp'}", "--train.parallel=fsdp"], processes=2)
     ddp, fsdp = (dualtower.load(tmp_path / n).state_dict() for n in ("ddp", "fsdp"))
     worst = max(float((fsdp[k] - ddp[k]).abs().max() / ddp[k].abs().max()) for k in ddp if ddp[k].abs().max() > 0)
     assert worst <= 1e-5, worst
+    val = [json.loads((tmp_path / n / "val.jsonl").read_text()) for n in ("ddp", "fsdp")]
+    assert val[0] == pytest.approx(val[1], abs=1e-9)
     before = dualtower.create_model("tiny", seed=0).state_dict()
     assert all(torch.equal(fsdp[k], before[k]) for k in before if k.startswith("visual."))  # locked
     assert not all(torch.equal(fsdp[k], before[k]) for k in before if k.startswith("text."))

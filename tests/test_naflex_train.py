@@ -113,9 +113,9 @@ def _config(data, out, steps, micro=0):
     return configtree.load(TrainConfig, None, [
         "--model.arch=tiny-naflex", f"--data.train={data}", "--data.max_tokens_per_batch=64",
         "--data.length_buckets=4", "--data.upscale=false", "--data.workers=0", "--data.crop_scale=0.8",
-        "--train.loss=siglip", f"--train.steps={steps}", "--train.save_every=2", "--train.keep_checkpoints=5",
-        "--train.log_every=1", "--train.progress=false", "--train.deterministic=true", "--train.log_samples=true",
-        f"--train.micro_batch={micro}", "--optim.warmup_steps=2", f"--train.out={out}"])
+        "--train.loss=siglip", "--train.loss_chunk=4", f"--train.steps={steps}", "--train.save_every=2",
+        "--train.keep_checkpoints=5", "--train.log_every=1", "--train.progress=false", "--train.deterministic=true",
+        "--train.log_samples=true", f"--train.micro_batch={micro}", "--optim.warmup_steps=2", f"--train.out={out}"])
 
 
 def _records(run, name):
@@ -125,7 +125,7 @@ def _records(run, name):
 
 
 def test_naflex_training_on_mixed_aspect_ratios_resumes_exactly(aspect_data, tmp_path):
-    """Token-budget batches of photos at their own sizes and aspect ratios, SigLIP loss, gradient-cache
+    """Token-budget batches of photos at their own sizes and aspect ratios, chunked SigLIP loss, gradient-cache
     micro-batches; then the same run resumed from its step-2 checkpoint repeats steps 2 to 5 bit for bit."""
     run = tmp_path / "run"
     summary = train(_config(aspect_data, run, 6, micro=3))
