@@ -1,8 +1,9 @@
-"""Run under torchrun: one training step of `small-digits` with or without FSDP; prints this process's bytes of
-parameters and optimizer state as JSON (one line per rank)."""
+"""Run under torchrun: one training step of `small-digits` with or without FSDP; writes this process's bytes of
+parameters and optimizer state to OUT/rank<R>.json (a file per rank: the ranks' stdout lines can interleave)."""
 
 import json
 import sys
+from pathlib import Path
 
 import torch
 
@@ -10,7 +11,7 @@ import dualtower
 from dualtower import distributed
 
 
-def main(parallel: str) -> None:
+def main(parallel: str, out: str) -> None:
     d = distributed.init()
     model = dualtower.create_model("small-digits", seed=0)
     if parallel == "fsdp":
@@ -20,9 +21,9 @@ def main(parallel: str) -> None:
     ids = dualtower.get_tokenizer("small-digits")(["a", "b", "c", "d"])
     model(pixels, ids).logits_per_image.sum().backward()
     optimizer.step()
-    print(json.dumps({"rank": d.rank, "bytes": distributed.local_bytes(model, optimizer)}), flush=True)
+    (Path(out) / f"rank{d.rank}.json").write_text(json.dumps({"bytes": distributed.local_bytes(model, optimizer)}))
     distributed.shutdown(d)
 
 
 if __name__ == "__main__":
-    main(sys.argv[1])
+    main(sys.argv[1], sys.argv[2])
