@@ -438,8 +438,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("arch", help="an architecture name (dualtower archs)")
     p.add_argument("--gpus", type=_count(1), nargs="+", default=[8], help="GPUs in all; several give one plan each")
     p.add_argument("--batch", type=_count(1), required=True, help="the global batch")
-    p.add_argument("--parallel", choices=("ddp", "fsdp"), default="fsdp")
-    p.add_argument("--precision", choices=("fp32", "bf16"), default="bf16")
+    p.add_argument("--parallel", choices=("ddp", "fsdp"), default="fsdp",
+                   help="ddp: every GPU holds the whole model; fsdp: weights, gradients and optimizer state sharded")
+    p.add_argument("--precision", choices=("fp32", "bf16"), default="bf16",
+                   help="the activations' precision (weights and optimizer state stay fp32)")
     p.add_argument("--grad-checkpointing", action="store_true", help="recompute activations in the backward pass")
     p.set_defaults(func=_cmd_plan)
 
