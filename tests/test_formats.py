@@ -179,3 +179,10 @@ def test_hf_clip_text_tower_alone_loads_as_a_text_only_model(tmp_path):
     assert model.visual is None and model.cfg.text.head is False
     with pytest.raises(CheckpointError, match="no vision tower"):
         dualtower.load(tmp_path / "hf", towers="vision")
+
+
+def test_the_command_line_help_names_every_format():
+    from dualtower.cli import _FORMATS
+
+    named = {n.split(" ")[0] for n in _FORMATS.split(", ")}
+    assert named == set(convert.names()), named ^ set(convert.names())
