@@ -97,11 +97,6 @@ def read_config(directory: Path, meta: dict | None = None) -> ModelConfig:
         raise CheckpointError(f"{source}: {e}") from e
 
 
-def has_weights(directory: Path) -> bool:
-    """model.safetensors, or a sharded checkpoint's metadata (written last by torch.distributed.checkpoint)."""
-    return (directory / WEIGHTS_FILE).is_file() or (directory / SHARDED_DIR / ".metadata").is_file()
-
-
 def read_state(directory: Path, cfg: ModelConfig) -> dict[str, torch.Tensor]:
     """The tensors of model.safetensors (or of a sharded checkpoint), after the names and shapes its header
     declares are checked against `cfg`."""

@@ -210,18 +210,26 @@ class NaFlexTransform(ImageTransform):
         if self.max_patches < 1:
             raise ValueError(f"max_patches must be at least 1, got {self.max_patches}")
 
-    def resize_and_crop(self, image: Image.Image) -> Image.Image:
+    def size_for(self, width: int, height: int) -> tuple[int, int]:
+        """The (width, height) in pixels an image of this size is resized to: its patch grid's."""
         from .naflex import grid_for
 
-        rows, cols = grid_for(image.height, image.width, self.patch, self.max_patches, self.max_scale)
-        size = (cols * self.patch, rows * self.patch)
+        rows, cols = grid_for(height, width, self.patch, self.max_patches, self.max_scale)
+        return cols * self.patch, rows * self.patch
+
+    def resize_and_crop(self, image: Image.Image) -> Image.Image:
+        size = self.size_for(*image.size)
         return image if size == image.size else image.resize(size, _RESAMPLE[self.cfg.interpolation])
 
-    def array(self, image: Image.Image) -> tuple[np.ndarray, tuple[int, int]]:
+    def patches(self, image: Image.Image) -> tuple[np.ndarray, tuple[int, int]]:
+        """An image already at its grid's size -> (patches, (rows, columns)), scaled and normalised."""
         from .naflex import patchify
 
-        pixels = self.to_array(self.rgb_after(self.resize_and_crop(self.rgb_before(image))))  # (3, H, W)
+        pixels = self.to_array(self.rgb_after(image))  # (3, H, W)
         return patchify(pixels, self.patch), (pixels.shape[1] // self.patch, pixels.shape[2] // self.patch)
+
+    def array(self, image: Image.Image) -> tuple[np.ndarray, tuple[int, int]]:
+        return self.patches(self.resize_and_crop(self.rgb_before(image)))
 
     def __call__(self, image: Image.Image, seed: int | None = None) -> tuple[np.ndarray, tuple[int, int]]:
         return self.array(image)
@@ -238,8 +246,6 @@ class NaFlexTrainTransform(NaFlexTransform):
         self.scale = scale
 
     def __call__(self, image: Image.Image, seed: int | None = None) -> tuple[np.ndarray, tuple[int, int]]:
-        from .naflex import grid_for, patchify
-
         if seed is None:
             raise ValueError("NaFlexTrainTransform needs a seed per sample")
         rng = random.Random(seed)
@@ -248,10 +254,9 @@ class NaFlexTrainTransform(NaFlexTransform):
         side = math.sqrt(rng.uniform(*self.scale))  # both sides by the same factor: the aspect ratio is kept
         w, h = max(1, round(width * side)), max(1, round(height * side))
         left, top = rng.randint(0, width - w), rng.randint(0, height - h)
-        rows, cols = grid_for(height, width, self.patch, self.max_patches, self.max_scale)
-        size = (cols * self.patch, rows * self.patch)
-        image = image.resize(size, _RESAMPLE[self.cfg.interpolation], box=(left, top, left + w, top + h))
-        return patchify(self.to_array(self.rgb_after(image)), self.patch), (rows, cols)
+        image = image.resize(self.size_for(width, height), _RESAMPLE[self.cfg.interpolation],
+                             box=(left, top, left + w, top + h))
+        return self.patches(image)
 
 
 def eval_transform(cfg: PreprocessConfig, max_patches: int | None = None, upscale: bool = True) -> ImageTransform:

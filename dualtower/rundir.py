@@ -21,13 +21,14 @@ from pathlib import Path
 from .io import atomic_symlink, fsync_dir, recover_directory, write_text
 
 CHECKPOINTS, LATEST, BEST = "checkpoints", "latest", "best"
-COMPLETE = ("config.json", "model.safetensors")  # what makes a step folder a checkpoint (or config.json and a
-SHARDED = "sharded/.metadata"  # sharded checkpoint, whose metadata torch.distributed.checkpoint writes last)
+# What makes a step folder a checkpoint: its config and its weights, one file or a sharded checkpoint's metadata
+# (which torch.distributed.checkpoint writes last).
+CONFIG, WEIGHTS, SHARDED = "config.json", "model.safetensors", "sharded/.metadata"
+log = logging.getLogger("dualtower.run")
 
 
 def complete(folder: Path) -> bool:
-    return (folder / COMPLETE[0]).is_file() and ((folder / COMPLETE[1]).is_file() or (folder / SHARDED).is_file())
-log = logging.getLogger("dualtower.run")
+    return (folder / CONFIG).is_file() and ((folder / WEIGHTS).is_file() or (folder / SHARDED).is_file())
 
 
 class RunDir:
@@ -64,8 +65,7 @@ class RunDir:
             if complete(p):
                 found.append(p)
             else:
-                log.warning("%s: an incomplete checkpoint (no %s); skipped", p,
-                            " or ".join(n for n in COMPLETE if not (p / n).is_file()))
+                log.warning("%s: an incomplete checkpoint (no %s, or no weights); skipped", p, CONFIG)
         return found
 
     def latest(self) -> Path | None:

@@ -18,9 +18,12 @@ import re
 import threading
 from functools import lru_cache
 from importlib import resources
-from typing import Sequence
+from typing import TYPE_CHECKING, Sequence
 
 import numpy as np
+
+if TYPE_CHECKING:
+    import torch
 
 SOT = "<start_of_text>"
 EOT = "<end_of_text>"
@@ -55,6 +58,19 @@ def clean_text(text: str) -> str:
 
     text = html.unescape(html.unescape(ftfy.fix_text(text))).strip()
     return " ".join(text.split()).lower()
+
+
+class IdsTokenizer:
+    """What every tokenizer here shares: `numpy(texts, context_length)` gives (B, L) int64 ids, and calling it
+    gives them as a torch tensor (torch is imported only then)."""
+
+    def numpy(self, texts, context_length: int | None = None) -> np.ndarray:
+        raise NotImplementedError
+
+    def __call__(self, texts: "str | Sequence[str]", context_length: int | None = None) -> "torch.Tensor":
+        import torch
+
+        return torch.from_numpy(self.numpy(texts, context_length))
 
 
 def _text_ends(ends: np.ndarray, rows: np.ndarray, expected: int) -> np.ndarray:
@@ -103,7 +119,7 @@ class _IdTable:
         return self.flat[np.arange(total) - np.repeat(ends - lens - self.start[rows], lens)], ends
 
 
-class ClipTokenizer:
+class ClipTokenizer(IdsTokenizer):
     """Strings -> (B, context_length) LongTensor: start token, BPE ids, end token, zero padding.
 
     Text longer than the context is truncated with the end token kept in the last slot.
@@ -210,11 +226,6 @@ class ClipTokenizer:
             rows, _ = self._words_seen.rows(words)
         flat, ends = self._words_seen.gather(rows)
         self._chunks.add(chunks, flat, np.diff(_text_ends(ends, rows, len(chunks)), prepend=0))
-
-    def __call__(self, texts: str | Sequence[str], context_length: int | None = None) -> "torch.Tensor":
-        import torch
-
-        return torch.from_numpy(self.numpy(texts, context_length))
 
     def numpy(self, texts: str | Sequence[str], context_length: int | None = None) -> np.ndarray:
         """(B, L) int64 as a numpy array (what a runtime without torch feeds ONNX Runtime)."""

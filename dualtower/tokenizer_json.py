@@ -17,14 +17,12 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import TYPE_CHECKING, Sequence
+from typing import Sequence
 
 import numpy as np
 
-if TYPE_CHECKING:
-    import torch
-
 from .config import TEXT_CLEANS as CLEANS
+from .tokenizer import IdsTokenizer
 
 
 def _basic(text: str) -> str:
@@ -51,7 +49,7 @@ _CLEAN = {
 }
 
 
-class JsonTokenizer:
+class JsonTokenizer(IdsTokenizer):
     def __init__(self, tokenizer_file: "str | Path", context_length: int, clean: str = "canonicalize",
                  pad: str = "<pad>"):
         from tokenizers import Tokenizer, normalizers
@@ -96,8 +94,3 @@ class JsonTokenizer:
         encodings = self.tokenizer.encode_batch([_CLEAN[self.clean](t) for t in texts])
         return np.array([e.ids for e in encodings], dtype=np.int64).reshape(len(texts), length)
 
-    def __call__(self, texts: "str | Sequence[str]", context_length: int | None = None) -> "torch.Tensor":
-        """(B, L) int64: each text's ids with the file's special tokens, cut to L and padded to L."""
-        import torch
-
-        return torch.from_numpy(self.numpy(texts, context_length))

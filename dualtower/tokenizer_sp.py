@@ -21,11 +21,13 @@ from typing import Sequence
 
 import numpy as np
 
+from .tokenizer import IdsTokenizer
+
 SPIECE_UNDERLINE = "\u2581"
 _PUNCTUATION = str.maketrans("", "", string.punctuation)
 
 
-class SentencePieceTokenizer:
+class SentencePieceTokenizer(IdsTokenizer):
     def __init__(self, model_file: "str | Path", context_length: int, lowercase: bool = True, eos: str = "</s>",
                  unk: str = "<unk>", pad: str = "</s>", extra_special: Sequence[str] = ()):
         try:
@@ -78,12 +80,6 @@ class SentencePieceTokenizer:
         if len(pieces) > 1 and pieces[0] == SPIECE_UNDERLINE and pieces[1] in self.special:
             pieces = pieces[1:]
         return [self.special[p] if p in self.special else self.sp.piece_to_id(p) for p in pieces]
-
-    def __call__(self, texts: "str | Sequence[str]", context_length: int | None = None) -> "torch.Tensor":
-        """(B, L) int64: each text's ids, cut to leave room for the end token, ended and padded to L."""
-        import torch
-
-        return torch.from_numpy(self.numpy(texts, context_length))
 
     def numpy(self, texts: "str | Sequence[str]", context_length: int | None = None) -> np.ndarray:
         texts = [texts] if isinstance(texts, str) else list(texts)

@@ -44,20 +44,17 @@ def pack_by_tokens(lengths: list[int], max_tokens: int, buckets: int, max_length
     return batches
 
 
-def record_lengths(source, patch: int, max_patches: int, max_scale: float, workers: int = 4) -> list[int]:
-    """Each record's NaFlex patch count at this budget (0 for a record that cannot be read), from its image size;
-    records are decoded by a thread pool."""
+def record_lengths(source, transform, workers: int = 4) -> list[int]:
+    """Each record's patch count under a NaFlex `transform` (0 for a record that cannot be read), from its image
+    size; records are decoded by a thread pool."""
     from concurrent.futures import ThreadPoolExecutor
-
-    from ..naflex import grid_for
 
     def length(i: int) -> int:
         try:
-            width, height = source.load(i).image.size
+            width, height = transform.size_for(*source.load(i).image.size)
         except Exception:  # counted and logged when the batch that would hold it is read
             return 0
-        rows, cols = grid_for(height, width, patch, max_patches, max_scale)
-        return rows * cols
+        return (width // transform.patch) * (height // transform.patch)
 
     with ThreadPoolExecutor(max(1, workers)) as pool:
         return list(pool.map(length, range(len(source))))

@@ -107,8 +107,7 @@ def train(cfg: TrainConfig, resume: str | None = None) -> dict:
     source = open_source(cfg.data.train, cfg.data.image_key, cfg.data.caption_key)
     transform = train_transform(model.cfg.preprocess, cfg.data)
     if cfg.data.max_tokens_per_batch:  # NaFlex: as many images as fit the token budget, by length bucket
-        lengths = record_lengths(source, transform.patch, transform.max_patches, transform.max_scale,
-                                 max(1, cfg.data.workers) * 2)
+        lengths = record_lengths(source, transform, max(1, cfg.data.workers) * 2)
         plan = TokenBudgetPlan(lengths, cfg.data.max_tokens_per_batch, cfg.data.length_buckets,
                                transform.max_patches, t.seed, d.rank, d.world)
     else:
