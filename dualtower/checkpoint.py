@@ -18,7 +18,7 @@ from pathlib import Path
 
 import torch
 
-from . import rundir
+from . import rundir, sharded
 from .config import CONFIG_VERSION, ModelConfig
 from .io import atomic_directory, read_json
 from .model import DualEncoder
@@ -103,7 +103,7 @@ def read_state(directory: Path, cfg: ModelConfig) -> dict[str, torch.Tensor]:
     from safetensors import safe_open
 
     weights = directory / WEIGHTS_FILE
-    if not weights.is_file() and (directory / SHARDED_DIR / ".metadata").is_file():
+    if not weights.is_file() and sharded.present(directory / SHARDED_DIR):
         return read_sharded_state(directory / SHARDED_DIR, cfg)
     if not weights.is_file():
         raise CheckpointError(f"{weights}: missing")
@@ -121,24 +121,23 @@ def read_state(directory: Path, cfg: ModelConfig) -> dict[str, torch.Tensor]:
 
 def read_sharded_state(folder: Path, cfg: ModelConfig) -> dict[str, torch.Tensor]:
     """The full weights of a torch.distributed.checkpoint folder, read in this one process (any number of
-    processes may have written it), after its metadata's names and shapes are checked against `cfg`."""
-    import warnings
-
-    from torch.distributed.checkpoint import FileSystemReader
-    from torch.distributed.checkpoint.metadata import TensorStorageMetadata
-    from torch.distributed.checkpoint.state_dict_loader import _load_state_dict_from_keys
+    processes may have written it), after its index's names and shapes are checked against `cfg` (read without
+    pickle: see `sharded`)."""
+    from .sharded import ShardedCheckpointError, dcp_load, tensor_shapes
 
     try:
-        entries = FileSystemReader(str(folder)).read_metadata().state_dict_metadata
-    except Exception as e:
+        entries = tensor_shapes(folder, "model.")
+        shapes = {k: tuple(size) for k, (size, _) in entries.items()}
+        check_depths(cfg, shapes, str(folder))
+        check_shapes(empty_model(cfg), shapes, str(folder))
+        state = {"model": {k: torch.empty(size, dtype=dtype) for k, (size, dtype) in entries.items()}}
+        dcp_load(state, folder)
+    except ShardedCheckpointError as e:
+        raise CheckpointError(str(e)) from None
+    except CheckpointError:
+        raise
+    except Exception as e:  # a damaged data file
         raise CheckpointError(f"{folder}: not a readable sharded checkpoint ({type(e).__name__}: {e})") from e
-    shapes = {k[len("model."):]: tuple(m.size) for k, m in entries.items()
-              if k.startswith("model.") and isinstance(m, TensorStorageMetadata)}
-    check_depths(cfg, shapes, str(folder))
-    check_shapes(empty_model(cfg), shapes, str(folder))
-    with warnings.catch_warnings():  # "assuming the intent is to load in a single process": it is
-        warnings.simplefilter("ignore", UserWarning)
-        state = _load_state_dict_from_keys({f"model.{k}" for k in shapes}, checkpoint_id=str(folder))
     return state["model"]
 
 

@@ -18,17 +18,18 @@ import shutil
 import uuid
 from pathlib import Path
 
+from . import sharded
 from .io import atomic_symlink, fsync_dir, recover_directory, write_text
 
 CHECKPOINTS, LATEST, BEST = "checkpoints", "latest", "best"
-# What makes a step folder a checkpoint: its config and its weights, one file or a sharded checkpoint's metadata
-# (which torch.distributed.checkpoint writes last).
-CONFIG, WEIGHTS, SHARDED = "config.json", "model.safetensors", "sharded/.metadata"
+# What makes a step folder a checkpoint: its config and its weights, one file or a sharded checkpoint's index
+# (which is written last).
+CONFIG, WEIGHTS, SHARDED = "config.json", "model.safetensors", "sharded"
 log = logging.getLogger("dualtower.run")
 
 
 def complete(folder: Path) -> bool:
-    return (folder / CONFIG).is_file() and ((folder / WEIGHTS).is_file() or (folder / SHARDED).is_file())
+    return (folder / CONFIG).is_file() and ((folder / WEIGHTS).is_file() or sharded.present(folder / SHARDED))
 
 
 class RunDir:

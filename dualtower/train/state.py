@@ -3,7 +3,7 @@
 A run's step directory (see `rundir`) holds config.json + model.safetensors (a normal checkpoint
 `dualtower.load` reads), `train_config.json`, and `train_state.pt` with the optimizer, the step, every random
 generator's state and the bookkeeping. A sharded (FSDP) run writes `sharded/` instead of model.safetensors and
-the optimizer: torch.distributed.checkpoint's folder, every process writing its own shards, readable by any
+the optimizer: torch.distributed.checkpoint's folder (read and written without pickle: `sharded`), every process writing its own shards, readable by any
 number of processes (a resume on another world size) and by `dualtower.load` in one. The data position is the
 step itself (batches are a function of the step). Every file is written atomically and `latest` moves only to a
 complete checkpoint, so a kill at any moment leaves the previous checkpoint usable.
@@ -18,10 +18,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .. import rundir
+from .. import rundir, sharded
 from ..checkpoint import SHARDED_DIR, CheckpointError, is_checkpoint, load, write_files
 from ..io import atomic_directory
 from ..model import DualEncoder
+from ..sharded import dcp_load, dcp_save
 
 TRAIN_STATE, TRAIN_CONFIG, EMA_DIR = "train_state.pt", "train_config.json", "ema"
 
@@ -66,7 +67,6 @@ def save_sharded(run: rundir.RunDir, step: int, model: DualEncoder, optimizer, e
     main process made; the main process adds the config, the training state and the run's config, then
     publishes the folder as step N atomically (a kill before that leaves the previous checkpoint as it was)."""
     import torch.distributed as dist
-    import torch.distributed.checkpoint as dcp
     from torch.distributed.checkpoint.state_dict import get_state_dict
 
     directory = run.step(step)
@@ -74,14 +74,14 @@ def save_sharded(run: rundir.RunDir, step: int, model: DualEncoder, optimizer, e
     if not main:
         folder = [None]
         dist.broadcast_object_list(folder, src=0)
-        dcp.save({"model": model_state, "optim": optim_state}, checkpoint_id=folder[0])
+        dcp_save({"model": model_state, "optim": optim_state}, Path(folder[0]))
         dist.barrier()  # the main process publishes after this
         return directory
     with atomic_directory(directory, replaceable=is_checkpoint) as tmp:
         folder = [str(tmp / SHARDED_DIR)]
         if dist.is_initialized():
             dist.broadcast_object_list(folder, src=0)
-        dcp.save({"model": model_state, "optim": optim_state}, checkpoint_id=folder[0])
+        dcp_save({"model": model_state, "optim": optim_state}, Path(folder[0]))
         if dist.is_initialized():
             dist.barrier()  # every process's shards are in
         write_files(model, tmp, weights=False)
@@ -94,12 +94,11 @@ def save_sharded(run: rundir.RunDir, step: int, model: DualEncoder, optimizer, e
 def load_sharded(directory: Path, model: DualEncoder, optimizer) -> None:
     """The weights and optimizer state of a sharded checkpoint into `model` and `optimizer`, sharded or not, on
     however many processes (torch.distributed.checkpoint reshards)."""
-    import torch.distributed.checkpoint as dcp
     from torch.distributed.checkpoint.state_dict import get_state_dict, set_state_dict
 
     model_state, optim_state = get_state_dict(model, optimizer)  # the layout to fill (optimizer state included)
     state = {"model": model_state, "optim": optim_state}
-    dcp.load(state, checkpoint_id=str(directory / SHARDED_DIR))
+    dcp_load(state, directory / SHARDED_DIR)
     set_state_dict(model, optimizer, model_state_dict=state["model"], optim_state_dict=state["optim"])
 
 
@@ -120,7 +119,7 @@ def load_by_name(model: DualEncoder, optimizer, by_name: dict) -> None:
 
 
 def is_sharded(directory: Path) -> bool:
-    return (directory / SHARDED_DIR / ".metadata").is_file()
+    return sharded.present(directory / SHARDED_DIR)
 
 
 def find_checkpoint(path: "str | Path") -> Path:
