@@ -158,20 +158,92 @@ def export(model, out: "str | os.PathLike", format: str = "onnx", precision: str
 
 def load_programs(directory: "str | os.PathLike", aot: bool = True) -> dict:
     """The graphs of a torch-export folder as callables, name -> module: the AOTInductor package where the export
-    wrote one and `aot` is true (compiled code, no Python per layer), else the torch.export program."""
+    wrote one and `aot` is true (compiled code, no Python per layer), else the torch.export program.
+
+    A torch-export folder is a program: an AOTInductor package is native code compiled for this platform, and
+    runs as such; load only folders you made or trust. A plain `.pt2` program is checked before torch reads it
+    (`check_program_archive`): torch would unpickle a weight marked as pickled, a legacy weights or constants
+    file, or sample inputs that fail the safe loader, and so run the file's code."""
     directory = Path(directory)
     meta = io.read_json(directory / "config.json")
     if meta.get("format") != FORMAT_NAME or meta.get("runtime") != "torch-export":
         raise ValueError(f"{directory}: not a dualtower torch-export folder")
-    from torch._inductor import aoti_load_package
-
+    graphs = meta.get("graphs")
+    if not isinstance(graphs, dict) or not all(isinstance(g, dict) for g in graphs.values()):
+        raise ValueError(f"{directory / 'config.json'}: 'graphs' is not a table of the exported graphs")
     programs = {}
-    for name, graph in meta["graphs"].items():
+    for name, graph in graphs.items():
         if aot and graph.get("aoti"):
-            programs[name] = aoti_load_package(str(directory / graph["aoti"]))
+            from torch._inductor import aoti_load_package
+
+            programs[name] = aoti_load_package(str(_inside(directory, graph["aoti"])))
         else:
-            programs[name] = torch.export.load(directory / graph["file"]).module()
+            path = _inside(directory, graph.get("file"))
+            check_program_archive(path)
+            programs[name] = torch.export.load(path).module()
     return programs
+
+
+def _inside(directory: Path, name) -> Path:
+    if not isinstance(name, str) or not name or Path(name).name != name or name in (".", ".."):
+        raise ValueError(f"{directory / 'config.json'}: names the file {name!r}, not a file of its folder")
+    return directory / name
+
+
+def check_program_archive(path: Path) -> None:
+    """Refuse a `.pt2` archive holding anything torch.export.load would unpickle beyond plain data: only what
+    torch.export.save writes for plain tensors is accepted (raw weight and tensor-constant files, JSON graphs
+    and configs with no pickled payload, text markers, and sample inputs that torch.load(weights_only=True)
+    reads)."""
+    import json
+    import zipfile
+
+    def refuse(why: str):
+        raise ValueError(f"{path}: refused: {why}; a torch-export folder is a program, and dualtower loads only "
+                         "the plain programs its exporter writes")
+
+    try:
+        archive = zipfile.ZipFile(path)
+    except (OSError, zipfile.BadZipFile) as e:
+        raise ValueError(f"{path}: not a torch.export archive ({e})") from None
+    with archive:
+        names = archive.namelist()
+        roots = {n.split("/", 1)[0] for n in names}
+        if len(roots) != 1 or any(n.startswith("/") or ".." in n.split("/") for n in names):
+            refuse("its members do not sit in one folder of the archive")
+        for name in names:
+            inner = name.split("/", 1)[1] if "/" in name else ""
+            if inner.endswith("/") or inner in ("archive_format", "archive_version", "byteorder", ".data/version",
+                                               ".data/serialization_id") or inner.startswith("extra/"):
+                continue
+            if inner.startswith("models/") and inner.endswith(".json"):
+                continue
+            if inner.startswith(("data/weights/", "data/constants/")) and inner.endswith("_config.json"):
+                try:
+                    config = json.loads(archive.read(name)).get("config", {})
+                except (ValueError, AttributeError):
+                    refuse(f"{inner} is not JSON")
+                for fqn, entry in config.items():
+                    if not isinstance(entry, dict) or entry.get("use_pickle") is not False:
+                        refuse(f"{inner}: {fqn!r} is stored pickled")
+                    file = entry.get("path_name")
+                    if not isinstance(file, str) or not file.startswith(("weight_", "tensor_")) or "/" in file:
+                        refuse(f"{inner}: {fqn!r} is stored as {file!r}, not a plain tensor")
+                continue
+            if inner.startswith(("data/weights/weight_", "data/constants/tensor_")):
+                continue  # raw tensor bytes, read as such
+            if inner.startswith("data/sample_inputs/") and inner.endswith(".pt"):
+                import io as _io
+
+                try:
+                    torch.load(_io.BytesIO(archive.read(name)), weights_only=True)
+                except Exception as e:
+                    from .convert.files import unpickling_reason
+
+                    refuse(f"{inner} is not plain data ({unpickling_reason(e)})")
+                continue
+            refuse(f"it holds {inner!r}, which torch.export.save does not write for a plain program "
+                   "(a legacy or pickled weights file, a custom object)")
 
 
 def _example_ids(model) -> torch.Tensor:

@@ -194,3 +194,94 @@ def test_hostile_json_indexes_and_data_entries_are_refused(sharded_run, tmp_path
     (folder / info.relative_path).write_bytes(b"\0" * 64)
     with pytest.raises(CheckpointError, match="not a readable sharded checkpoint"):
         dualtower.load(run)
+
+
+# ------------------------------------------------------------------------------- torch.export folders run no code
+
+def _rewrite_zip(path: Path, change) -> None:
+    """Rewrite the zip archive `path`, `change(members)` editing its {name: bytes} in place."""
+    import zipfile
+
+    with zipfile.ZipFile(path) as z:
+        members = {n: z.read(n) for n in z.namelist()}
+    change(members)
+    with zipfile.ZipFile(path, "w", zipfile.ZIP_STORED) as z:
+        for name, data in members.items():
+            z.writestr(name, data)
+
+
+def _pickled(obj) -> bytes:
+    import io
+
+    buffer = io.BytesIO()
+    torch.save(obj, buffer)
+    return buffer.getvalue()
+
+
+def test_a_torch_export_folder_holding_pickled_payloads_is_refused(tmp_path):
+    import json
+
+    from dualtower.export import export, load_programs
+
+    marker = tmp_path / "pwned"
+
+    class System:
+        def __reduce__(self):
+            return os.system, (f"touch {marker}",)
+
+    model = dualtower.create_model("tiny", seed=1)
+    export(model, tmp_path / "good", format="torch-export")
+    ids = dualtower.get_tokenizer(model)(["a photo"])
+    with torch.no_grad():
+        got, ref = load_programs(tmp_path / "good")["text"](ids), model.encode_text(ids)
+        assert (got - ref).abs().max() <= 1e-5 * ref.abs().max()  # the eager tower trims the padding first
+
+    def root(members):
+        return next(iter(members)).split("/", 1)[0]
+
+    def pickled_weight(members):  # a weight marked use_pickle, its file a pickle
+        r = root(members)
+        name = f"{r}/data/weights/model_weights_config.json"
+        config = json.loads(members[name])
+        entry = next(iter(config["config"].values()))
+        entry["use_pickle"] = True
+        members[f"{r}/data/weights/{entry['path_name']}"] = _pickled(System())
+        members[name] = json.dumps(config).encode()
+
+    def legacy_weights(members):  # the weights as one legacy torch file
+        members[f"{root(members)}/data/weights/model.pt"] = _pickled({"w": System()})
+
+    def sample_inputs(members):  # sample inputs torch would load with weights_only=False after the safe loader fails
+        r = root(members)
+        name = next(n for n in members if n.startswith(f"{r}/data/sample_inputs/"))
+        members[name] = _pickled(((System(),), {}))
+
+    def opaque_constant(members):  # a constant stored as a pickled custom object
+        r = root(members)
+        name = f"{r}/data/constants/model_constants_config.json"
+        config = json.loads(members[name])
+        config["config"]["evil"] = {"path_name": "opaque_obj_0", "is_param": False, "use_pickle": True}
+        members[name] = json.dumps(config).encode()
+        members[f"{r}/data/constants/opaque_obj_0"] = pickle.dumps(System())
+
+    for case, change in {"pickled weight": pickled_weight, "legacy weights": legacy_weights,
+                         "sample inputs": sample_inputs, "custom object": opaque_constant}.items():
+        folder = tmp_path / case.replace(" ", "-")
+        shutil.copytree(tmp_path / "good", folder)
+        _rewrite_zip(folder / "text.pt2", change)
+        with pytest.raises(ValueError, match=r"text\.pt2: refused: .*a torch-export folder is a program"):
+            load_programs(folder)
+        assert not marker.exists(), case
+    # what the check stands between: torch itself runs the first kind
+    try:
+        torch.export.load(tmp_path / "pickled-weight" / "text.pt2")
+    except Exception:
+        pass
+    assert marker.exists()
+
+    # a config naming a file outside its folder
+    config = json.loads((tmp_path / "good" / "config.json").read_text())
+    config["graphs"]["text"]["file"] = "../pickled-weight/text.pt2"
+    (tmp_path / "good" / "config.json").write_text(json.dumps(config))
+    with pytest.raises(ValueError, match="not a file of its folder"):
+        load_programs(tmp_path / "good")
