@@ -512,3 +512,46 @@ sys.exit(main(["search", {str(tmp_path / "onnx")!r}, {QUERIES["three"]!r}, "--ru
     assert max(float(np.abs(a[k].astype(np.float32) - b[k].astype(np.float32)).max()) for k in a) < 2e-3
     by_torch.close()
     by_onnx.close()
+
+
+def test_image_serves_only_image_files_inside_the_indexed_folders(trained, digits, tmp_path):
+    """An index row names a file; /image/{id} serves it only while it is a regular image file whose real path is
+    inside a folder the index was built from, checked at each request (a CSV naming ../ files, a file swapped for
+    a symlink to a secret, an image replaced by a non-image are refused; the thumbnail is still served)."""
+    import shutil
+
+    model = dualtower.load(trained)
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    secret = outside / "secret.txt"
+    secret.write_text("password=hunter2\n")
+    shutil.copy(digits / "four" / sorted(os.listdir(digits / "four"))[0], outside / "elsewhere.png")
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    for i, name in enumerate(sorted(os.listdir(digits / "four"))[:3]):
+        shutil.copy(digits / "four" / name, photos / f"p{i}.png")
+    (photos / "list.csv").write_text("image,caption\np0.png,a\np1.png,b\np2.png,c\n../outside/elsewhere.png,d\n")
+    build_index(str(photos / "list.csv"), model, tmp_path / "index", workers=0)
+    index = SearchIndex(tmp_path / "index", model=model)
+    ids = {Path(it.path).name: it.id for it in index.store.items(list(range(1, 10))).values()}
+    assert set(ids) == {"p0.png", "p1.png", "p2.png", "elsewhere.png"}
+    server = _Server(index)
+    try:
+        status, kind, data = server.request(f"/image/{ids['p0.png']}")
+        assert status == 200 and kind == "image/png" and data == (photos / "p0.png").read_bytes()
+        status, _, data = server.request(f"/image/{ids['elsewhere.png']}")
+        assert status == 404 and "outside the indexed folders" in json.loads(data)["error"]
+        assert server.request(f"/thumb/{ids['elsewhere.png']}")[0] == 200
+        (photos / "p1.png").unlink()
+        (photos / "p1.png").symlink_to(secret)  # swapped after indexing
+        status, _, data = server.request(f"/image/{ids['p1.png']}")
+        assert status == 404 and b"hunter2" not in data and "outside the indexed folders" in json.loads(data)["error"]
+        (photos / "p2.png").write_text("not an image any more")
+        status, _, data = server.request(f"/image/{ids['p2.png']}")
+        assert status == 404 and "no longer an image" in json.loads(data)["error"]
+        (photos / "p0.png").unlink()
+        (photos / "p0.png").mkdir()  # a folder where the file was
+        status, _, data = server.request(f"/image/{ids['p0.png']}")
+        assert status == 404 and "error" in json.loads(data)
+    finally:
+        server.stop()

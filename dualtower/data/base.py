@@ -51,6 +51,10 @@ class Source:
     def sample_id(self, index: int) -> str:
         return f"{self.name}:{index}"
 
+    def folders(self) -> list[str]:
+        """The folders that hold this source's image files (a search service serves originals from these only)."""
+        return []
+
     def origin(self, index: int) -> tuple[str, str | None]:
         """(key, file): the record's lasting identity in this source, and the file whose size and time say
         whether it changed (None where there is no such file). A search index updates by these."""

@@ -133,6 +133,9 @@ class CaptionsFile(Source):
     def sample_id(self, index: int) -> str:
         return f"{self.name}:{index}"
 
+    def folders(self) -> list[str]:
+        return [os.fspath(self.path.parent)]  # its rows name images relative to it
+
     def origin(self, index: int) -> tuple[str, str | None]:
         row = self.rows[index]
         image = row[0] if not isinstance(row, BadRow) and isinstance(row[0], str) and row[0] else None
@@ -173,6 +176,9 @@ class ImageFolder(Source):
     def sample_id(self, index: int) -> str:
         return os.fspath(self.images[index].relative_to(self.root))
 
+    def folders(self) -> list[str]:
+        return [os.fspath(self.root)]
+
     def origin(self, index: int) -> tuple[str, str | None]:
         return self.sample_id(index), os.fspath(self.images[index])
 
@@ -201,6 +207,9 @@ class ClassFolders(Source):
 
     def sample_id(self, index: int) -> str:
         return os.fspath(self.items[index][0].relative_to(self.root))
+
+    def folders(self) -> list[str]:
+        return [os.fspath(self.root)]
 
     def origin(self, index: int) -> tuple[str, str | None]:
         return self.sample_id(index), os.fspath(self.items[index][0])

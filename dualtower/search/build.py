@@ -133,6 +133,7 @@ def build_index(spec: str, model, out: "str | os.PathLike", engine: str = "auto"
     store = Store.create(out, model_identity(model, model_source), model.cfg.embed_dim,
                          _backend(backend, uri, collection, Path(out)))
     try:
+        store.add_folders(source.folders())
         report = BuildReport()
         known = store.known()
         seen_keys: set[str] = set()

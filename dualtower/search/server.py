@@ -2,7 +2,8 @@
 
     POST /search        {"text": ..., "k": 10} | {"embedding": [...]} | {"id": N} as JSON, or a multipart form
                         with an "image" file and "k"
-    GET  /image/{id}    the original file of an item (by id only: no path ever comes from a request)
+    GET  /image/{id}    the original file of an item (by id only: no path ever comes from a request; served only
+                        while it is an image file whose real path is inside the folders the index was built from)
     GET  /thumb/{id}    its thumbnail, stored in the index
     GET  /healthz       {"status": "ok", "items": N}
     GET  /metrics       Prometheus text: requests by endpoint and status, latency histogram, index size
@@ -16,13 +17,11 @@ neither memory nor time). The model runs one query at a time in a worker thread.
 
 import asyncio
 import json
-import mimetypes
 import threading
 import time
 from concurrent.futures import Future
 from dataclasses import dataclass
 from importlib import resources
-from pathlib import Path
 
 from ..errors import require
 from .query import SearchIndex
@@ -129,7 +128,7 @@ def create_app(index: SearchIndex, limits: Limits = Limits()):
     require("faiss", "search", "search").omp_set_num_threads(1)
     from fastapi import FastAPI, Request
     from fastapi.exceptions import RequestValidationError
-    from fastapi.responses import FileResponse, HTMLResponse, JSONResponse, Response
+    from fastapi.responses import HTMLResponse, JSONResponse, Response, StreamingResponse
     from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
     from starlette.concurrency import run_in_threadpool
     from starlette.exceptions import HTTPException
@@ -264,13 +263,16 @@ def create_app(index: SearchIndex, limits: Limits = Limits()):
 
     @app.get("/image/{item_id}")
     async def image(item_id: int):
-        item = index.store.item(item_id)
-        if item is None:
-            raise Problem(404, f"no item {item_id}")
-        if item.path is None or not Path(item.path).is_file():
-            raise Problem(404, f"the original of item {item_id} is not a file on disk (only its thumbnail is served)")
-        media = mimetypes.guess_type(item.path)[0] or "application/octet-stream"
-        return FileResponse(item.path, media_type=media)
+        try:
+            f, media = await run_in_threadpool(index.store.open_original, item_id)
+        except LookupError as e:
+            raise Problem(404, str(e)) from None
+
+        def chunks():
+            with f:
+                yield from iter(lambda: f.read(1 << 16), b"")
+
+        return StreamingResponse(chunks(), media_type=media, headers={"X-Content-Type-Options": "nosniff"})
 
     @app.get("/healthz")
     async def healthz():
