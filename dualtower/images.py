@@ -66,8 +66,13 @@ def open_image(source: "str | os.PathLike | bytes", name: str | None = None,
         image = ImageOps.exif_transpose(image)
     except ImageDecodeError:
         raise
-    except Image.DecompressionBombError as e:
-        raise ImageDecodeError(f"{label}: refused, {e}") from e
+    except Image.DecompressionBombError as e:  # Pillow's own limit, checked inside Image.open: beyond any caller's
+        import re
+
+        found = re.search(r"\((\d+) pixels\)", str(e))
+        pixels = f"{int(found.group(1)):,} pixels" if found else "too many pixels"
+        limit = max_pixels if max_pixels is not None else 2 * Image.MAX_IMAGE_PIXELS
+        raise TooManyPixels(f"{label}: {pixels} from its header, more than the {limit:,} allowed") from e
     except FileNotFoundError as e:
         raise ImageDecodeError(f"{label}: no such file") from e
     except Image.UnidentifiedImageError as e:

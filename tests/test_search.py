@@ -298,6 +298,10 @@ def test_http_limits_and_bad_input_get_json_errors_and_the_server_keeps_serving(
         bomb = io.BytesIO()
         Image.new("1", (9000, 9000)).save(bomb, format="PNG")  # 81 MP in a few KB
         error(*server.upload("bomb.png", bomb.getvalue()), 413, "pixels")
+        bomb = io.BytesIO()
+        Image.new("1", (15000, 13000)).save(bomb, format="PNG")  # 195 MP: past Pillow's own limit, read from the header
+        error(*server.upload("huge.png", bomb.getvalue()), 413, "195,000,000 pixels from its header, more than the "
+                                                               "40,000,000 allowed")
         for path in ("/image/..%2F..%2Fetc%2Fpasswd", "/image/../../etc/passwd", "/thumb/abc", "/image/-1",
                      "/image/999999"):
             status, kind, data = server.request(path)
@@ -555,3 +559,90 @@ def test_image_serves_only_image_files_inside_the_indexed_folders(trained, digit
         assert status == 404 and "error" in json.loads(data)
     finally:
         server.stop()
+
+
+def _hostile_requests(rng: random.Random, n: int, dim: int, good_id: int):
+    """n (method, path, body, content type) requests: schema violations of every field, malformed bodies, odd
+    paths and methods, mixed with valid queries."""
+    big = [10**400, 2**63, 2**64, -2**63 - 1, 0, -1]
+    bad_k = ["1e999", "Infinity", "-Infinity", "NaN", '"5"', "1.5", "true", "null", "[]", "{}", "0", "1001",
+             str(2**63), "1" * 5000, "-3"]
+    bad_ids = [str(v) for v in big] + ['"7"', "7.0", "false", "[7]", "1e999"]
+    texts = ['"\\ud800"', '"a \\udfff b"', '""', '"   "', '"' + "x" * 2000 + '"', "123", "[\"a\"]", '"a\\u0000b"',
+             '"a photo"', '"\\ud83d\\ude00 emoji"']
+    for i in range(n):
+        pick = rng.randrange(12)
+        if pick == 0:
+            yield "POST", "/search", f'{{"text": "a four", "k": {rng.choice(bad_k)}}}'.encode(), "application/json"
+        elif pick == 1:
+            yield "POST", "/search", f'{{"id": {rng.choice(bad_ids)}}}'.encode(), "application/json"
+        elif pick == 2:
+            yield "POST", "/search", f'{{"text": {rng.choice(texts)}}}'.encode(), "application/json"
+        elif pick == 3:
+            depth = rng.choice([50, 1000, 100_000])
+            inner = rng.choice(['"text"', '{"text": "a"}', "1"])
+            yield "POST", "/search", ("[" * depth + inner + "]" * depth).encode(), "application/json"
+        elif pick == 4:
+            length = rng.choice([0, 3, dim, dim + 1])
+            values = [rng.choice(["0.1", "1e999", "NaN", "true", '"x"', "[1]", "-0.5"]) for _ in range(length)]
+            yield "POST", "/search", f'{{"embedding": [{", ".join(values)}]}}'.encode(), "application/json"
+        elif pick == 5:
+            yield "POST", "/search", bytes(rng.randrange(256) for _ in range(rng.randrange(1, 200))), \
+                rng.choice(["application/json", "text/plain", "", "multipart/form-data"])
+        elif pick == 6:
+            yield "GET", rng.choice(["/image/", "/thumb/"]) + rng.choice(
+                [str(v) for v in big] + ["abc", "1.5", "%00", "..%2F..%2Fetc%2Fpasswd", str(good_id), "1" * 5000]), \
+                None, ""
+        elif pick == 7:
+            boundary = "xyz"
+            k = rng.choice(["10", "1e999", "-1", "", "五", "1" * 20])
+            field = rng.choice(["image", "picture"])
+            body = (f"--{boundary}\r\nContent-Disposition: form-data; name=\"k\"\r\n\r\n{k}\r\n"
+                    f"--{boundary}\r\nContent-Disposition: form-data; name=\"{field}\"; filename=\"a\udcff.png\"\r\n"
+                    f"\r\nnot an image\r\n--{boundary}--\r\n").encode("utf-8", "surrogateescape")
+            yield "POST", "/search", body if rng.random() < 0.8 else body[:30], \
+                rng.choice([f"multipart/form-data; boundary={boundary}", "multipart/form-data"])
+        elif pick == 8:
+            yield "POST", "/search", json.dumps({"text": "a four", "k": 3, rng.choice(["q", "filter", "k2"]): 1}
+                                                ).encode(), "application/json"
+        elif pick == 9:
+            yield rng.choice(["GET", "PUT", "DELETE", "PATCH"]), rng.choice(["/search", "/healthz", "/", "/nope",
+                                                                           "/metrics"]), None, ""
+        else:
+            body = rng.choice([{"text": "a four", "k": rng.randrange(1, 20)}, {"id": good_id, "k": 5},
+                               {"embedding": [rng.uniform(-1, 1) for _ in range(dim)], "k": 4}])
+            yield "POST", "/search", json.dumps(body).encode(), "application/json"
+
+
+def test_a_bounded_fuzz_of_every_route_gets_no_5xx_and_the_same_answer_after(trained, digits, tmp_path):
+    """1,200 generated requests on loopback (stopping after 240 s whatever the count): every answer is a JSON 4xx
+    or a 2xx, never a 5xx nor a dropped connection, and a valid query answers at the end as at the start."""
+    model = dualtower.load(trained)
+    build_index(str(digits / "four"), model, tmp_path / "index", workers=0)
+    index = SearchIndex(tmp_path / "index", model=model)
+    server = _Server(index)
+    good_id = next(iter(index.store.items(list(range(1, 5)))))
+    try:
+        before = server.search({"text": "a four", "k": 5})
+        statuses, problems = Counter(), []
+        deadline = time.monotonic() + 240
+        for method, path, body, kind in _hostile_requests(random.Random(0), 1200, index.store.dim, good_id):
+            if time.monotonic() > deadline:
+                break
+            try:
+                status, ctype, data = server.request(path, body, {"Content-Type": kind} if kind else {}, method)
+            except Exception as e:  # a reset or a timeout
+                problems.append((method, path, (body or b"")[:80], repr(e)))
+                continue
+            statuses[status // 100] += 1
+            if status >= 500 or (status >= 400 and not ctype.startswith("application/json")):
+                problems.append((method, path, (body or b"")[:80], status, data[:200]))
+        assert sum(statuses.values()) >= 1000, statuses
+        assert not problems, problems[:5]
+        assert server.search({"text": "a four", "k": 5}) == before or \
+            [r["key"] for r in server.search({"text": "a four", "k": 5})[1]["results"]] == \
+            [r["key"] for r in before[1]["results"]]
+        print(f"fuzz: {sum(statuses.values())} requests, by status class {dict(statuses)}")
+    finally:
+        server.stop()
+        index.close()

@@ -26,7 +26,7 @@ from ..io import write_json, write_text
 from ..plots import default_font, heat_map, save_png
 from ..train.config import TrainConfig
 from ..train.loop import train
-from .machine import cpu_name
+from .machine import cpu_name, instruction_sets
 
 RECIPES = {  # steps and batch per built-in data set (the small-digits architecture for both)
     "digits": {"steps": 300, "batch": 128},
@@ -99,7 +99,8 @@ def run(data: str = "builtin:digits", out: str = "demo-out", steps: int | None =
         "templates": {"train": TRAIN_TEMPLATES[name], "eval": templates},
         "model": {"arch": "small-digits", "steps": cfg.train.steps, "batch_size": cfg.data.batch_size,
                   "parameters": sum(p.numel() for p in model.parameters()), "checkpoint": summary["checkpoint"]},
-        "machine": {"cpu": cpu_name(), "threads": torch.get_num_threads(), "torch": torch.__version__},
+        "machine": {"cpu": cpu_name(), "instruction_sets": instruction_sets(), "threads": torch.get_num_threads(),
+                    "torch": torch.__version__},
         "similarity_example": sims,
     }
     write_json(out_dir / "results.json", results)

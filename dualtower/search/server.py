@@ -17,14 +17,20 @@ neither memory nor time). The model runs one query at a time in a worker thread.
 
 import asyncio
 import json
+import logging
 import threading
 import time
+import uuid
 from concurrent.futures import Future
 from dataclasses import dataclass
 from importlib import resources
 
 from ..errors import require
+from . import schema
 from .query import SearchIndex
+
+
+log = logging.getLogger("dualtower.search")
 
 
 @dataclass(frozen=True)
@@ -154,6 +160,18 @@ def create_app(index: SearchIndex, limits: Limits = Limits()):
     async def _problem(request, e: Problem):
         return JSONResponse({"error": e.message}, status_code=e.status)
 
+    @app.exception_handler(schema.Invalid)
+    async def _invalid_field(request, e: schema.Invalid):
+        return JSONResponse({"error": e.message}, status_code=e.status)
+
+    @app.exception_handler(Exception)
+    async def _unexpected(request, e: Exception):
+        """A fault of ours, not the request's: logged with an id the answer names, never a bare page."""
+        request_id = uuid.uuid4().hex[:12]
+        log.error("request %s %s %s failed", request_id, request.method, request.url.path, exc_info=e)
+        return JSONResponse({"error": f"internal error (request {request_id}); the server logged it",
+                             "request_id": request_id}, status_code=500, headers={"X-Request-ID": request_id})
+
     @app.exception_handler(RequestValidationError)
     async def _invalid(request, e: RequestValidationError):
         details = "; ".join(f"{'.'.join(str(x) for x in err.get('loc', []))}: {err.get('msg')}" for err in e.errors())
@@ -178,59 +196,33 @@ def create_app(index: SearchIndex, limits: Limits = Limits()):
         requests.labels(endpoint, str(response.status_code)).inc()
         return response
 
-    def _k(value) -> int:
-        try:
-            k = int(value)
-        except (TypeError, ValueError):
-            raise Problem(422, f"k must be an integer, got {value!r}") from None
-        if not 1 <= k <= limits.max_k:
-            raise Problem(422, f"k must be between 1 and {limits.max_k}, got {k}")
-        return k
-
     async def _query(request: Request):
-        """(what to run, k, a description of the query) from a JSON body or a multipart form."""
+        """(what to run, k, a description of the query) from a JSON body or a multipart form, checked against
+        `schema` before any work."""
         kind = request.headers.get("content-type", "").split(";")[0].strip().lower()
         if kind == "multipart/form-data":
-            form = await request.form()
-            upload = form.get("image")
-            if upload is None or isinstance(upload, str):
-                raise Problem(422, "a multipart search needs a file field named 'image'")
-            data = await upload.read()
             try:
-                image = open_image(data, name=upload.filename or "upload", max_pixels=limits.max_pixels)
+                form = await request.form()
+            except Exception as e:  # python-multipart's refusals of a malformed body
+                raise Problem(422, f"the body is not a multipart form: {type(e).__name__}") from None
+            upload, k = schema.check_form(form, limits.max_k)
+            data = await upload.read()
+            name = schema.check_text(upload.filename or "upload", 1000, "the file name")
+            try:
+                image = await run_in_threadpool(open_image, data, name=name, max_pixels=limits.max_pixels)
             except TooManyPixels as e:
                 raise Problem(413, str(e)) from None
             except ImageDecodeError as e:
                 raise Problem(400, str(e)) from None
-            return (lambda k: index.search_image(image, k)), _k(form.get("k", 10)), {"image": upload.filename}
-        try:
-            body = json.loads(await request.body() or b"null")
-        except (UnicodeDecodeError, json.JSONDecodeError) as e:
-            raise Problem(422, f"the body is not JSON: {e}") from None
-        if not isinstance(body, dict):
-            raise Problem(422, 'expected a JSON object such as {"text": "a red car", "k": 10}')
-        given = [key for key in ("text", "embedding", "id") if body.get(key) is not None]
-        if len(given) != 1:
-            raise Problem(422, "give exactly one of 'text', 'embedding', 'id' (or upload an 'image')")
-        k = _k(body.get("k", 10))
-        what = given[0]
-        value = body[what]
-        if what == "text":
-            if not isinstance(value, str) or not value.strip():
-                raise Problem(422, "text must be a non-empty string")
-            if len(value) > limits.max_text:
-                raise Problem(422, f"text is {len(value)} characters, over the {limits.max_text} allowed")
-            return ("text", value), k, {"text": value}
-        if what == "id":
-            if not isinstance(value, int) or isinstance(value, bool):
-                raise Problem(422, "id must be an integer")
-            if index.store.item(value) is None:
-                raise Problem(404, f"no item {value}")
-            return (lambda k: index.search_item(value, k)), k, {"id": value}
-        if not isinstance(value, list) or not all(isinstance(x, (int, float)) and not isinstance(x, bool)
-                                                   for x in value):
-            raise Problem(422, "embedding must be a list of numbers")
-        return (lambda k: index.search_vector(value, k)), k, {"embedding": len(value)}
+            return (lambda k: index.search_image(image, k)), k, {"image": name}
+        q = schema.parse_json(await request.body(), limits.max_k, limits.max_text, index.store.dim)
+        if q.kind == "text":
+            return ("text", q.value), q.k, {"text": q.value}
+        if q.kind == "id":
+            if index.store.item(q.value) is None:
+                raise Problem(404, f"no item {q.value}")
+            return (lambda k: index.search_item(q.value, k)), q.k, {"id": q.value}
+        return (lambda k: index.search_vector(q.value, k)), q.k, {"embedding": len(q.value)}
 
     @app.post("/search")
     async def search(request: Request):
@@ -256,7 +248,7 @@ def create_app(index: SearchIndex, limits: Limits = Limits()):
 
     @app.get("/thumb/{item_id}")
     async def thumb(item_id: int):
-        data = index.store.thumb(item_id)
+        data = index.store.thumb(schema.check_id(item_id))
         if data is None:
             raise Problem(404, f"no item {item_id}")
         return Response(data, media_type="image/jpeg", headers={"Cache-Control": "max-age=3600"})
@@ -264,7 +256,7 @@ def create_app(index: SearchIndex, limits: Limits = Limits()):
     @app.get("/image/{item_id}")
     async def image(item_id: int):
         try:
-            f, media = await run_in_threadpool(index.store.open_original, item_id)
+            f, media = await run_in_threadpool(index.store.open_original, schema.check_id(item_id))
         except LookupError as e:
             raise Problem(404, str(e)) from None
 
