@@ -17,7 +17,7 @@ from pathlib import Path
 PREFIX = "hf-hub:"
 
 # The files that say what a repo holds; all small.
-META_FILES = ("open_clip_config.json", "config.json", "preprocessor_config.json")
+META_FILES = ("open_clip_config.json", "config.json", "preprocessor_config.json", "processor_config.json")
 # The weights of each layout, in order of preference; an index names the shards of a sharded checkpoint.
 WEIGHTS = {
     "open_clip_hub": ("open_clip_model.safetensors", "open_clip_pytorch_model.bin"),

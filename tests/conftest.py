@@ -64,3 +64,28 @@ def trained_digits(tmp_path_factory):
     cfg = configtree.load(TrainConfig, None, ["--train.steps=120", "--train.progress=false", f"--train.out={out}",
                                               "--data.workers=0"])
     return train(cfg)["checkpoint"]
+
+
+def save_hf(model, path, **kwargs):
+    """A transformers model saved as its Hub repository has it: the weights and config, and (for a model with a
+    vision tower) its family's image processor for the model's sizes, transformers' defaults otherwise."""
+    import transformers
+    from transformers.models.siglip2.image_processing_pil_siglip2 import Siglip2ImageProcessorPil
+
+    model.save_pretrained(path, **kwargs)
+    config = model.config
+    vision = getattr(config, "vision_config", None) or (config if "vision" in config.model_type else None)
+    if vision is None:
+        return
+    kind = config.model_type
+    if kind.startswith("clip"):
+        size = vision.image_size
+        processor = transformers.CLIPImageProcessorPil(size={"shortest_edge": size}, crop_size=size)
+    elif kind.startswith("siglip2"):
+        processor = Siglip2ImageProcessorPil(patch_size=vision.patch_size, max_num_patches=vision.num_patches)
+    elif kind.startswith("siglip"):
+        size = vision.image_size
+        processor = transformers.SiglipImageProcessorPil(size={"height": size, "width": size})
+    else:
+        return  # InternVL's preprocessing is fixed by the family
+    processor.save_pretrained(path)

@@ -15,7 +15,7 @@ from PIL import Image
 import dualtower
 from dualtower.cli import main
 
-from .conftest import CAPTIONS, assert_close
+from .conftest import CAPTIONS, assert_close, save_hf
 from .test_parity_hf import _features, _hf_config, _random_hf
 
 
@@ -27,7 +27,7 @@ def test_legacy_eos_token_id_2_pools_at_argmax_as_transformers_does(vocab, tmp_p
     """eos_token_id 2 (transformers' default, and every config before its PR #24773): transformers pools at
     argmax(ids). We pooled at the first id 2: an error with 49,409 ids, wrong embeddings with a small vocabulary."""
     hf = _random_hf(_hf_config(vocab_size=vocab, eos_token_id=2))
-    hf.save_pretrained(tmp_path / "hf")
+    save_hf(hf, tmp_path / "hf")
     ours = dualtower.load(tmp_path / "hf")
     assert ours.cfg.text.pool == "argmax"
     ids = torch.randint(3, vocab, (4, 20), generator=torch.Generator().manual_seed(0))
@@ -49,7 +49,7 @@ def test_transformers_own_clip_test_configuration_loads(tmp_path):
     config = transformers.CLIPConfig(text_config=dict(vocab_size=99, max_position_embeddings=512, **tower),
                                      vision_config=dict(image_size=30, patch_size=2, **tower), projection_dim=64)
     hf = _random_hf(config)
-    hf.save_pretrained(tmp_path / "hf")
+    save_hf(hf, tmp_path / "hf")
     ours = dualtower.load(tmp_path / "hf")
     ids = torch.randint(0, 99, (3, 7), generator=torch.Generator().manual_seed(1))
     pixels = torch.randn(2, 3, 30, 30, generator=torch.Generator().manual_seed(2))
@@ -71,7 +71,7 @@ def test_a_clip_text_model_directory_loads_its_tower(cls, tmp_path):
     own = {k: v for k, v in full.state_dict().items() if k.startswith(("text_model.", "text_projection."))}
     hf.load_state_dict(own if cls.endswith("Projection") else
                        {k.removeprefix("text_model."): v for k, v in own.items() if k.startswith("text_model.")})
-    hf.save_pretrained(tmp_path / "hf")
+    save_hf(hf, tmp_path / "hf")
     ours = dualtower.load(tmp_path / "hf")
     assert ours.cfg.vision is None and ours.visual is None and ours.logit_scale is None
     ids = dualtower.get_tokenizer(ours)(CAPTIONS, context_length=ours.cfg.text.context_length)
@@ -80,7 +80,7 @@ def test_a_clip_text_model_directory_loads_its_tower(cls, tmp_path):
         ref = out.text_embeds if cls.endswith("Projection") else out.pooler_output
         assert_close(ours.encode_text(ids), ref, f"{cls} text embeddings")
         if cls.endswith("Projection"):  # the same tower as the whole model's, and as towers="text" of it
-            full.save_pretrained(tmp_path / "full")
+            save_hf(full, tmp_path / "full")
             alone = dualtower.load(tmp_path / "full", towers="text")
             assert alone.visual is None
             assert torch.equal(alone.encode_text(ids), ours.encode_text(ids))
@@ -308,7 +308,7 @@ def test_an_hf_clip_model_classifies_as_transformers_pipeline_does(tmp_path, pho
     config = _hf_config()
     config.vision_config.image_size, config.vision_config.patch_size = 224, 32  # 640x427 -> 335x224: 111 to crop
     hf = _random_hf(config)
-    hf.save_pretrained(tmp_path / "hf")
+    save_hf(hf, tmp_path / "hf")
     dualtower.convert.export(dualtower.load(tmp_path / "hf"), tmp_path / "hf2", "hf")  # with tokenizer files
     ours = dualtower.load(tmp_path / "hf2")
     assert ours.cfg.preprocess.center_crop == "floor"

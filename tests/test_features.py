@@ -6,7 +6,7 @@ import transformers
 
 import dualtower
 
-from .conftest import assert_close
+from .conftest import assert_close, save_hf
 
 
 @pytest.fixture(scope="module")
@@ -23,7 +23,7 @@ def pair(tmp_path_factory):
             if "norm" in name or name.endswith("bias"):
                 p.add_(torch.randn_like(p) * 0.1)
     path = tmp_path_factory.mktemp("hf")
-    hf.save_pretrained(path)
+    save_hf(hf, path)
     return hf.vision_model, dualtower.load(path)
 
 

@@ -12,7 +12,7 @@ import dualtower
 from dualtower import convert
 from dualtower.checkpoint import CheckpointError
 
-from .conftest import CAPTIONS, assert_close
+from .conftest import CAPTIONS, assert_close, save_hf
 from .test_parity_families import perturb
 
 
@@ -158,7 +158,7 @@ def test_hf_clip_vision_tower_directories(cls, tmp_path):
     config.projection_dim = 40
     torch.manual_seed(0)
     hf = perturb(getattr(transformers, cls)(config).eval())
-    hf.save_pretrained(tmp_path / "hf")
+    save_hf(hf, tmp_path / "hf")
     ours = dualtower.load(tmp_path / "hf")
     assert ours.text is None and ours.cfg.vision.head == (cls == "CLIPVisionModelWithProjection")
     pixels = _pixels(60)

@@ -19,7 +19,7 @@ import transformers
 
 import dualtower
 
-from .conftest import CAPTIONS, assert_close
+from .conftest import CAPTIONS, assert_close, save_hf
 from .hubserver import Hub
 from .test_parity_families import _siglip_config, perturb
 from .test_parity_hf import _features, _hf_config, _random_hf
@@ -44,18 +44,18 @@ def refs(tmp_path_factory):
     made = {}
 
     hf = _random_hf(_hf_config(), seed=0)
-    hf.save_pretrained(root / "clip")
+    save_hf(hf, root / "clip")
     torch.save(hf.state_dict(), root / "clip" / "pytorch_model.bin")  # beside the safetensors: never fetched
     made["acme/clip-tiny"] = ("clip", hf)
     hf1 = _random_hf(_hf_config(), seed=1)
-    hf1.save_pretrained(root / "clip-v1")
+    save_hf(hf1, root / "clip-v1")
     made["acme/clip-tiny@v1"] = ("clip", hf1)
-    hf.save_pretrained(root / "clip-sharded", max_shard_size="150KB")
+    save_hf(hf, root / "clip-sharded", max_shard_size="150KB")
     made["acme/clip-sharded"] = ("clip", hf)
 
     torch.manual_seed(0)
     sig = perturb(transformers.SiglipModel(_siglip_config()).eval())
-    sig.save_pretrained(root / "siglip")
+    save_hf(sig, root / "siglip")
     import sentencepiece
 
     from .test_tokenizer_sp import _words

@@ -14,7 +14,7 @@ from dualtower.archs import get_config
 from dualtower.config import ModelConfig, PreprocessConfig, VisionConfig
 from dualtower.convert import timm_vit
 
-from .conftest import CAPTIONS, assert_close
+from .conftest import CAPTIONS, assert_close, save_hf
 
 
 def perturb(model: torch.nn.Module, seed: int = 0) -> torch.nn.Module:
@@ -187,7 +187,7 @@ def test_hf_siglip_loads_and_exports_with_equal_outputs(tmp_path):
 
     torch.manual_seed(0)
     hf = perturb(transformers.SiglipModel(_siglip_config()).eval())
-    hf.save_pretrained(tmp_path / "hf")
+    save_hf(hf, tmp_path / "hf")
     ours = dualtower.load(tmp_path / "hf")
     assert ours.cfg.vision.act == "gelu_tanh" and ours.cfg.text.pool == "last" and ours.cfg.tokenizer == "external"
     diffs = _compare_siglip(hf, ours)

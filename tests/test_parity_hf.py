@@ -10,7 +10,7 @@ import dualtower
 from dualtower import convert
 from dualtower.checkpoint import CheckpointError
 
-from .conftest import CAPTIONS, assert_close
+from .conftest import CAPTIONS, assert_close, save_hf
 
 CONTEXT = 32
 
@@ -58,7 +58,7 @@ def test_hf_directory_loads_with_equal_outputs(tmp_path, act):
     config = _hf_config(hidden_act=act)
     config.vision_config.hidden_act = act
     hf = _random_hf(config)
-    hf.save_pretrained(tmp_path / "hf")
+    save_hf(hf, tmp_path / "hf")
     ours = dualtower.load(tmp_path / "hf")
     assert ours.cfg.vision.image_size == 60 and ours.cfg.embed_dim == 40
     print(act, _compare(hf, ours))
@@ -66,7 +66,7 @@ def test_hf_directory_loads_with_equal_outputs(tmp_path, act):
 
 def test_legacy_eos_token_id_pools_at_end_of_text(tmp_path):
     hf = _random_hf(_hf_config(eos_token_id=2))
-    hf.save_pretrained(tmp_path / "hf")
+    save_hf(hf, tmp_path / "hf")
     ours = dualtower.load(tmp_path / "hf")
     assert ours.cfg.text.pool == "argmax"  # transformers' rule for eos_token_id 2 (with CLIP's ids: the end token)
     _compare(hf, ours)
@@ -74,7 +74,7 @@ def test_legacy_eos_token_id_pools_at_end_of_text(tmp_path):
 
 def test_export_to_hf_then_from_pretrained(tmp_path):
     hf = _random_hf(_hf_config())
-    hf.save_pretrained(tmp_path / "hf")
+    save_hf(hf, tmp_path / "hf")
     ours = dualtower.load(tmp_path / "hf")
     with torch.no_grad():
         for p in ours.parameters():  # new weights, so the exported copy cannot pass by being the original
@@ -105,7 +105,7 @@ def test_unsupported_config_is_refused_for_hf(tmp_path):
 
 def test_unmatched_hf_key_is_named(tmp_path):
     hf = _random_hf(_hf_config())
-    hf.save_pretrained(tmp_path / "hf")
+    save_hf(hf, tmp_path / "hf")
     from safetensors.torch import load_file, save_file
 
     state = load_file(tmp_path / "hf" / "model.safetensors")

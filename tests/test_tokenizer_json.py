@@ -15,7 +15,7 @@ import torch
 import dualtower
 from dualtower.tokenizer_json import JsonTokenizer
 
-from .conftest import CAPTIONS
+from .conftest import CAPTIONS, save_hf
 
 TEXTS = CAPTIONS + [
     "A Photo of a CAT!", "snake_case_words and   runs\tof whitespace", "Caf\u00e9 cr\u00e8me &amp; na\u00efve",
@@ -82,7 +82,7 @@ def test_ids_equal_transformers_siglip2_tokenizer(gemma_dir, tmp_path):
 
     config = _siglip2_config()
     config.text_config.vocab_size = 2000
-    transformers.Siglip2Model(config).save_pretrained(tmp_path)
+    save_hf(transformers.Siglip2Model(config), tmp_path)
     for name in ("tokenizer.json", "tokenizer_config.json"):
         (tmp_path / name).write_bytes((gemma_dir / name).read_bytes())
     reference = transformers.AutoTokenizer.from_pretrained(tmp_path)

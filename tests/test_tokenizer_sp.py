@@ -8,6 +8,8 @@ import pytest
 import torch
 
 import dualtower
+
+from .conftest import save_hf
 from dualtower.tokenizer_sp import SentencePieceTokenizer
 
 spm = pytest.importorskip("sentencepiece")  # in the test extras; the skip only guards a bare environment
@@ -86,7 +88,7 @@ def test_a_siglip_directory_with_its_spiece_model_encodes_text(spiece, tmp_path)
 
     model_file, _ = spiece
     hf = transformers.SiglipModel(_siglip_config()).eval()
-    hf.save_pretrained(tmp_path / "hf")
+    save_hf(hf, tmp_path / "hf")
     with pytest.raises(ValueError, match="spiece.model"):  # no tokenizer file beside the weights: said so
         dualtower.get_tokenizer(dualtower.load(tmp_path / "hf"))
     # A vocabulary of 500 for the tiny model: keep ids in range by training a matching small model.

@@ -151,6 +151,27 @@ class Probe:
         """A file's tensor names (none for a directory), for detection."""
         return frozenset() if self.is_directory else frozenset(self.state())
 
+    def image_processor(self) -> tuple[dict | None, str]:
+        """The settings of the image processor saved beside a transformers model, read as transformers reads them
+        (image_processing_base.get_image_processor_dict): `processor_config.json`'s nested "image_processor",
+        which ProcessorMixin.save_pretrained writes since transformers 5, first; else `preprocessor_config.json`,
+        which an image processor saved alone (and every processor before) writes. (None, "") where neither is
+        there; a file that is not JSON, or whose settings are not an object, is refused naming it."""
+        for name, key in (("processor_config.json", "image_processor"), ("preprocessor_config.json", None)):
+            data = self.read_json(name)
+            if data is None:
+                continue
+            if not isinstance(data, dict):
+                raise CheckpointError(f"{self.path / name}: not a JSON object")
+            if key is not None:
+                if key not in data:
+                    continue  # an older processor_config.json, holding only the processor's own fields
+                data = data[key]
+                if not isinstance(data, dict):
+                    raise CheckpointError(f"{self.path / name}: {key} is not a JSON object")
+            return data, name if key is None else f"{name} ({key})"
+        return None, ""
+
     def read_json(self, name: str) -> dict | None:
         path = self.path / name
         if not path.is_file():

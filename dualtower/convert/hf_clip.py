@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 
 import torch
 
@@ -126,6 +127,17 @@ def config_from_hf(hf: dict, preprocessor: dict | None, name: str) -> ModelConfi
     crop = crop.get("height", image_size) if isinstance(crop, dict) else crop
     if crop != image_size:
         raise ConversionError(f"{name}: preprocessor crop_size {crop} differs from the model's image_size {image_size}")
+    size = pre.get("size", {"shortest_edge": image_size})
+    shortest = size.get("shortest_edge") if isinstance(size, dict) else size
+    if not isinstance(shortest, int) or isinstance(shortest, bool) or shortest < image_size:
+        raise ConversionError(f"{name}: preprocessor size {size} is not a shortest edge of at least the crop "
+                              f"{image_size}")
+    resample = pre.get("resample", 3)
+    if resample not in (2, 3):
+        raise ConversionError(f"{name}: preprocessor resample {resample!r} is not bilinear (2) or bicubic (3)")
+    crop_pct = image_size / shortest  # our resize goes to floor(image_size / crop_pct): make that `shortest` exactly
+    while math.floor(image_size / crop_pct) != shortest:
+        crop_pct = math.nextafter(crop_pct, 0)
     return ModelConfig(
         name=hf.get("_name_or_path") or "hf-clip",
         embed_dim=embed,
@@ -133,7 +145,8 @@ def config_from_hf(hf: dict, preprocessor: dict | None, name: str) -> ModelConfi
         text=text,
         preprocess=PreprocessConfig(image_size=image_size, mean=tuple(pre.get("image_mean", OPENAI_MEAN)),
                                     std=tuple(pre.get("image_std", OPENAI_STD)), center_crop="floor",
-                                    rgb="white_first"),
+                                    interpolation="bicubic" if resample == 3 else "bilinear",
+                                    crop_pct=crop_pct, rgb="white_first"),
         init_logit_scale=hf.get("logit_scale_init_value", 2.6592),  # transformers' CLIPConfig default
     )
 
@@ -183,7 +196,8 @@ def config_to_hf(cfg: ModelConfig) -> dict:
 def preprocessor_to_hf(cfg: ModelConfig) -> dict:
     p = cfg.preprocess
     return {
-        "image_processor_type": "CLIPImageProcessor", "do_resize": True, "size": {"shortest_edge": p.image_size},
+        "image_processor_type": "CLIPImageProcessor", "do_resize": True,
+        "size": {"shortest_edge": math.floor(p.image_size / p.crop_pct)},
         "resample": 3 if p.interpolation == "bicubic" else 2, "do_center_crop": True,
         "crop_size": {"height": p.image_size, "width": p.image_size}, "do_rescale": True, "rescale_factor": 1 / 255,
         "do_normalize": True, "image_mean": list(p.mean), "image_std": list(p.std), "do_convert_rgb": True,

@@ -78,7 +78,8 @@ class ReadOnlyFormat(Format):
 
 
 class HFDirectory(Format):
-    """A transformers model directory of one model_type: config.json (+ preprocessor_config.json) and weights."""
+    """A transformers model directory of one model_type: config.json, the image processor's settings (see
+    Probe.image_processor) and weights."""
 
     model_types: tuple[str, ...] = ()  # the config.json model_type values this format reads
 
@@ -86,7 +87,22 @@ class HFDirectory(Format):
         return probe.model_type in self.model_types
 
     def read_config(self, probe: Probe, arch: str | None) -> ModelConfig:
-        return self.config_from_hf(probe.config, probe.read_json("preprocessor_config.json"), str(probe.path))
+        """The model's config with its preprocessing from the image processor saved beside it. A vision tower with
+        no image processor is refused: its preprocessing is not known, and defaults would give other pixels
+        without a word."""
+        settings, where = probe.image_processor()
+        try:
+            cfg = self.config_from_hf(probe.config, settings, str(probe.path))
+        except ConversionError as e:
+            raise ConversionError(f"{e}{f' (from {where})' if where else ''}") from None
+        except (TypeError, ValueError, AttributeError, KeyError) as e:  # a field of the wrong type or shape
+            raise ConversionError(f"{probe.path}: {where}: its settings are not an image processor's ({e})") from None
+        if cfg.vision is not None and settings is None:
+            raise ConversionError(
+                f"{probe.path}: no image processor settings (processor_config.json or preprocessor_config.json), so "
+                "its preprocessing is not known; save the model's processor beside it (processor.save_pretrained"
+                "(directory)), as its Hub repository has it")
+        return cfg
 
     def config_from_hf(self, hf: dict, preprocessor: dict | None, name: str) -> ModelConfig:
         raise NotImplementedError
