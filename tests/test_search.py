@@ -646,3 +646,66 @@ def test_a_bounded_fuzz_of_every_route_gets_no_5xx_and_the_same_answer_after(tra
     finally:
         server.stop()
         index.close()
+
+
+def test_a_running_server_follows_a_re_index(trained, digits, tmp_path):
+    """`dualtower index` run again under a live server: new ids answer (not 500), removed ones are gone, and after
+    a compaction moved every row, "more like this" answers from the item's own vector, as a fresh open does."""
+    from dualtower.search.store import Store
+
+    model = dualtower.load(trained)
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    fours, sevens = sorted((digits / "four").iterdir()), sorted((digits / "seven").iterdir())
+    for p in fours[:6]:
+        shutil.copy(p, photos / f"four-{p.name}")
+    build_index(str(photos), model, tmp_path / "index", workers=0)
+    index = SearchIndex(tmp_path / "index", model=model)
+    server = _Server(index)
+    try:
+        assert json.loads(server.request("/healthz")[2])["items"] == 6
+        for p in sevens[:6]:
+            shutil.copy(p, photos / f"seven-{p.name}")
+        build_index(str(photos), model, tmp_path / "index", workers=0)
+        assert json.loads(server.request("/healthz")[2])["items"] == 12
+        fresh = SearchIndex(tmp_path / "index", model=model)
+        new_ids = [it.id for it in fresh.store.items(list(range(1, 40))).values() if "seven-" in it.key]
+        assert len(new_ids) == 6
+        status, reply = server.search({"id": new_ids[0], "k": 12})
+        assert status == 200 and [r["key"] for r in reply["results"]] == \
+            [h.key for h in fresh.search_item(new_ids[0], 12)]
+        for p in photos.glob("four-*"):
+            p.unlink()
+        build_index(str(photos), model, tmp_path / "index", workers=0)
+        writer = Store(tmp_path / "index", writable=True)
+        assert writer.compact(min_dead=1)  # every row moves
+        writer.close()
+        fresh = SearchIndex(tmp_path / "index", model=model)
+        for item_id in new_ids:
+            status, reply = server.search({"id": item_id, "k": 6})
+            assert status == 200 and [r["key"] for r in reply["results"]] == \
+                [h.key for h in fresh.search_item(item_id, 6)]
+            assert reply["results"][0]["id"] == item_id and reply["results"][0]["score"] > 0.99
+        status, reply = server.search({"text": "a four", "k": 20})
+        assert status == 200 and len(reply["results"]) == 6 and all("seven-" in r["key"] for r in reply["results"])
+    finally:
+        server.stop()
+        index.close()
+
+
+def test_a_file_name_that_is_not_utf8_is_skipped_and_counted(tmp_path, capsys, caplog):
+    folder = tmp_path / "imgs"
+    folder.mkdir()
+    for i in range(4):
+        Image.new("RGB", (20, 20), (60 * i, 0, 0)).save(folder / f"ok{i}.png")
+    Image.new("RGB", (20, 20)).save(os.fsdecode(os.fsencode(folder) + b"/bad\xff.png"))
+    from dualtower.cli import main
+
+    dualtower.save(dualtower.create_model("tiny", seed=1), tmp_path / "model")
+    argv = ["index", "--model", str(tmp_path / "model"), "--out", str(tmp_path / "idx"), "--workers", "0", str(folder)]
+    assert main(argv) == 0
+    out = capsys.readouterr().out
+    assert "seen 5 = accepted 4" in out and "1 file name is not UTF-8" in out, out
+    assert any("bad\\xff.png" in r.getMessage() for r in caplog.records)
+    assert main(argv) == 0
+    assert "unchanged 4" in capsys.readouterr().out

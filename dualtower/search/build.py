@@ -68,6 +68,14 @@ class BuildReport:
                 f"{self.seconds:.1f} s")
 
 
+def _utf8(name: str) -> bool:
+    try:
+        name.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
 def _stat(file: str | None) -> tuple[int | None, int | None]:
     if file is None:
         return None, None
@@ -141,6 +149,12 @@ def build_index(spec: str, model, out: "str | os.PathLike", engine: str = "auto"
         for i in range(len(source)):
             key, file = source.origin(i)
             report.seen += 1
+            if not _utf8(key) or (file is not None and not _utf8(file)):
+                # a name the file system holds as bytes that are not UTF-8: the index (SQLite, JSON) keeps text
+                shown = os.fsencode(file or key).decode("utf-8", "backslashreplace")
+                log.warning("skipped %s: its name is not UTF-8", shown)
+                report.skipped["file name is not UTF-8"] += 1
+                continue
             if key in seen_keys:
                 report.skipped["same image as an earlier record"] += 1
                 continue

@@ -41,7 +41,9 @@ class SearchIndex:
         self.onnx = hasattr(model, "sessions")
         self.model = model if self.onnx else model.eval()
         self._lock = threading.Lock()
+        self._refreshing = threading.Lock()
         self._tokenizer = None
+        self._engine_kind = engine
         self.refresh(engine)
 
     def _load_model(self):
@@ -56,16 +58,38 @@ class SearchIndex:
         return model
 
     def refresh(self, engine: str | None = None) -> None:
-        """Load the saved engine, or build one in memory where it is missing or stale."""
+        """Load the saved engine, or build one in memory where it is missing or stale: a view of the index at one
+        generation (a writer committing meanwhile is seen as a change of generation, and read again)."""
         store = self.store
-        built = engines.ready(store, engine)
-        rows, ids = store.live_rows()
-        row_to_id = np.full(store.rows, -1, dtype=np.int64)
-        row_to_id[rows] = ids
-        self.engine, self.row_to_id, self.generation = built, row_to_id, store.generation
+        for _ in range(5):
+            generation = store.generation
+            built = engines.ready(store, engine)
+            rows, ids = store.live_rows()
+            row_to_id = np.full(store.rows, -1, dtype=np.int64)
+            row_to_id[rows] = ids
+            if store.generation == generation:
+                break
+        self._view = (built, row_to_id, generation)  # one assignment: a query reads one consistent view
+
+    def current(self) -> tuple:
+        """(engine, row -> id, generation) of the index as it is now: a service follows `dualtower index` runs
+        (new items, removed ones, compacted vectors) by reading the store's generation before each query."""
+        if self._view[2] != self.store.generation:
+            with self._refreshing:  # one thread re-reads; the others wait for its view
+                if self._view[2] != self.store.generation:
+                    self.refresh(self._engine_kind)
+        return self._view
+
+    @property
+    def engine(self):
+        return self.current()[0]
+
+    @property
+    def generation(self) -> int:
+        return self._view[2]
 
     def __len__(self) -> int:
-        return self.engine.ntotal
+        return self.current()[0].ntotal
 
     # ------------------------------------------------------------------------------------------ embedding
 
@@ -102,10 +126,14 @@ class SearchIndex:
             return self.model.encode_image(pixels, normalize=True).float().numpy()[0]
 
     def item_vector(self, item_id: int) -> np.ndarray:
-        item = self.store.item(item_id)
+        for _ in range(5):  # the item's row and the vectors of one generation (a compaction moves rows)
+            engine, _, generation = self.current()
+            item = self.store.item(item_id)
+            if self.store.generation == generation:
+                break
         if item is None:
             raise KeyError(f"no item {item_id} in {self.store.path}")
-        return np.asarray(self.engine.vectors[item.row], dtype=np.float32)
+        return np.asarray(engine.vectors[item.row], dtype=np.float32)
 
     # ------------------------------------------------------------------------------------------- searching
 
@@ -118,8 +146,9 @@ class SearchIndex:
         norms = np.linalg.norm(v, axis=1, keepdims=True)
         if (norms == 0).any():
             raise ValueError("the embedding is all zeros")
-        scores, rows = self.engine.search(v / norms, k)
-        found = [[(float(s), int(self.row_to_id[r])) for s, r in zip(srow, rrow) if r >= 0]
+        engine, row_to_id, _ = self.current()
+        scores, rows = engine.search(v / norms, k)
+        found = [[(float(s), int(row_to_id[r])) for s, r in zip(srow, rrow) if r >= 0]
                  for srow, rrow in zip(scores, rows)]
         items = self.store.items(sorted({i for f in found for _, i in f}))
         return [[Hit(i, s, it.key, it.path, it.caption, it.width, it.height)

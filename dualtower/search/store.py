@@ -129,7 +129,8 @@ class Store:
     # ---------------------------------------------------------------------------------------- meta values
 
     def get(self, key: str, default: str | None = None) -> str | None:
-        row = self.db.execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()
+        with self._lock:  # a server's threads share the connection
+            row = self.db.execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()
         return row[0] if row else default
 
     @property
@@ -158,7 +159,8 @@ class Store:
         return self.path / self.get("vectors_file", "vectors-0.f16")
 
     def count(self) -> int:
-        return self.db.execute("SELECT COUNT(*) FROM items").fetchone()[0]
+        with self._lock:
+            return self.db.execute("SELECT COUNT(*) FROM items").fetchone()[0]
 
     # ------------------------------------------------------------------------------------------- recovery
 
@@ -282,7 +284,8 @@ class Store:
 
     def live_rows(self) -> tuple[np.ndarray, np.ndarray]:
         """(rows, ids) of every item, ordered by row."""
-        data = self.db.execute("SELECT row, id FROM items ORDER BY row").fetchall()
+        with self._lock:
+            data = self.db.execute("SELECT row, id FROM items ORDER BY row").fetchall()
         arr = np.array(data, dtype=np.int64).reshape(-1, 2)
         return arr[:, 0], arr[:, 1]
 
