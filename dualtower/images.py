@@ -63,7 +63,7 @@ def open_image(source: "str | os.PathLike | bytes", name: str | None = None,
             raise TooManyPixels(f"{label}: {image.width}x{image.height} is {image.width * image.height:,} pixels, "
                                 f"more than the {max_pixels:,} allowed")
         image.load()  # decode now, so a truncated file fails here and not later
-        image = ImageOps.exif_transpose(image)
+        ImageOps.exif_transpose(image, in_place=True)  # (a copy otherwise: twice the decoded size at peak)
     except ImageDecodeError:
         raise
     except Image.DecompressionBombError as e:  # Pillow's own limit, checked inside Image.open: beyond any caller's

@@ -552,3 +552,33 @@ def test_a_sharded_index_cannot_point_outside_its_folder(tmp_path):
 
     with pytest.raises(CheckpointError, match="shard names outside its own folder"):
         read_directory_weights(directory)
+
+
+def test_indexing_a_huge_image_costs_about_its_decoded_size_and_keeps_its_own_size(tmp_path):
+    """A 10000 x 10000 PNG (about 100 KB): decoding it is 400 MB in Pillow; indexing it peaked at about three times
+    that (an orientation copy, the thumbnail made at full size). Now the rest of the work stays within half the
+    decoded size, the thumbnail never changes the image that is embedded, and the index records its own size."""
+    folder = tmp_path / "big"
+    folder.mkdir()
+    Image.new("L", (10000, 10000), 90).save(folder / "big.png")
+    Image.new("RGB", (600, 400), (200, 30, 30)).save(folder / "coffee-sized.png")
+    assert (folder / "big.png").stat().st_size < 500_000
+    script = f"""
+import resource
+from PIL import Image
+import dualtower
+from dualtower.search import SearchIndex, build_index
+from dualtower.images import open_image
+model = dualtower.create_model("tiny", seed=1)
+open_image({str(folder / 'big.png')!r}).convert("L")  # the decoded size, once
+decoded = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+build_index({str(folder)!r}, model, {str(tmp_path / 'idx')!r}, workers=0)
+peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+sizes = sorted((it.width, it.height) for it in SearchIndex({str(tmp_path / 'idx')!r}, model=model).store.items([1, 2]).values())
+print(peak - decoded, sizes)
+"""
+    out = _python(script)
+    assert out.returncode == 0, out.stderr
+    grown_kb, sizes = out.stdout.split(maxsplit=1)
+    assert sizes.strip() == "[(600, 400), (10000, 10000)]", sizes
+    assert int(grown_kb) < 200_000, out.stdout

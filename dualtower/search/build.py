@@ -17,6 +17,8 @@ from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from PIL import Image
+
 from ..data import BadSample, open_source
 from ..data.files import IMAGE_SUFFIXES
 from ..images import ImageTransform, eval_transform, white_rgb
@@ -86,6 +88,24 @@ def _stat(file: str | None) -> tuple[int | None, int | None]:
     return st.st_size, st.st_mtime_ns
 
 
+def thumbnail(image: Image.Image) -> Image.Image:
+    """An RGB thumbnail of at most THUMB_SIDE a side, a new image (the original is left as it is: it is embedded
+    next). A large image is first cut down cheaply to about twice the thumbnail (Pillow's integer-factor
+    reduce, or nearest-neighbour for palette images), so memory follows the thumbnail, not the original (a
+    100-megapixel PNG was composited at full size)."""
+    factor = min(image.width, image.height) // (2 * THUMB_SIDE)
+    if factor >= 2:
+        size = (max(1, image.width // factor), max(1, image.height // factor))
+        try:
+            image = image.resize(size, Image.NEAREST) if image.mode in ("P", "1", "PA") else image.reduce(factor)
+        except ValueError:  # a mode reduce does not take (16-bit, ...)
+            image = image.resize(size, Image.NEAREST)
+    image = white_rgb(image.convert("RGBA") if image.mode in ("P", "PA") else image)
+    small = image.copy() if image.mode == "RGB" and factor < 2 else image  # thumbnail() works in place
+    small.thumbnail((THUMB_SIDE, THUMB_SIDE))
+    return small
+
+
 class _Records:
     """Item k: record todo[k] decoded, hashed, thumbnailed and transformed (or the reason it is bad); a map-style
     dataset for torch's DataLoader, or read by threads for an ONNX Runtime model (`array=True`: numpy pixels)."""
@@ -112,10 +132,8 @@ class _Records:
                 out["sha256"] = digest.hexdigest()
             else:
                 out["sha256"] = hashlib.sha256(f"{image.mode}{image.size}".encode() + image.tobytes()).hexdigest()
-            thumb = white_rgb(image.convert("RGBA") if image.mode in ("P", "PA") else image)
-            thumb.thumbnail((THUMB_SIDE, THUMB_SIDE))
             buffer = _io.BytesIO()
-            thumb.save(buffer, format="JPEG", quality=85)
+            thumbnail(image).save(buffer, format="JPEG", quality=85)
             pixels = self.transform.array(image) if self.array else self.transform(image)
             out.update(pixels=pixels, width=image.width, height=image.height,
                        caption=sample.caption or None, thumb=buffer.getvalue())

@@ -40,6 +40,7 @@ class Limits:
     max_text: int = 1000  # characters of a text query
     max_pixels: int = 40_000_000  # of an uploaded image, read from its header before decoding
     max_waiting: int = 32  # search requests in flight (running or waiting for the model)
+    decoders: int = 2  # uploads decoded at once, in worker threads (never on the event loop)
 
 
 class _BodyLimit:
@@ -150,6 +151,7 @@ def create_app(index: SearchIndex, limits: Limits = Limits()):
     items = Gauge("dualtower_index_items", "images in the index", registry=registry)
     items.set_function(lambda: len(index))
     state = {"waiting": 0}
+    decoding = asyncio.Semaphore(limits.decoders)
     texts = _TextBatcher(index)
 
     class Problem(Exception):
@@ -209,7 +211,8 @@ def create_app(index: SearchIndex, limits: Limits = Limits()):
             data = await upload.read()
             name = schema.check_text(upload.filename or "upload", 1000, "the file name")
             try:
-                image = await run_in_threadpool(open_image, data, name=name, max_pixels=limits.max_pixels)
+                async with decoding:
+                    image = await run_in_threadpool(open_image, data, name=name, max_pixels=limits.max_pixels)
             except TooManyPixels as e:
                 raise Problem(413, str(e)) from None
             except ImageDecodeError as e:
