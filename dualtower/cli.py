@@ -284,7 +284,7 @@ def _cmd_index(args) -> int:
     report = build_index(args.data, model, args.out, engine=args.engine, batch_size=args.batch_size,
                          workers=args.workers, progress=True, model_source=_model_source(args.model),
                          image_key=args.image_key, caption_key=args.caption_key, backend=args.backend, uri=args.uri,
-                         collection=args.collection)
+                         collection=args.collection, repair=args.repair)
     for key, reason, detail in report.skipped_list[:20]:
         print(f"skipped {key}: {reason} ({detail})", file=sys.stderr)
     if len(report.skipped_list) > 20:
@@ -543,6 +543,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--uri", help="milvus: a Milvus Lite file (default: INDEX/milvus.db) or a server's URL, e.g. "
                                  "http://localhost:19530")
     p.add_argument("--collection", default="dualtower", help="milvus: the collection's name")
+    p.add_argument("--repair", action="store_true", help="an index whose database is damaged: move it aside "
+                   "(OUT.damaged-TIME) and build it again (a damaged or foreign engine file is rebuilt anyway)")
     p.add_argument("--image-key", default="image", help="the image column of a captions file")
     p.add_argument("--caption-key", default="caption", help="the caption column of a captions file")
     p.add_argument("--batch-size", type=_count(1), default=64, help="images per batch")

@@ -709,3 +709,55 @@ def test_a_file_name_that_is_not_utf8_is_skipped_and_counted(tmp_path, capsys, c
     assert any("bad\\xff.png" in r.getMessage() for r in caplog.records)
     assert main(argv) == 0
     assert "unchanged 4" in capsys.readouterr().out
+
+
+def test_a_corrupted_index_folder_is_named_in_one_line_and_repaired(tmp_path, capsys, caplog):
+    """A garbage engine.faiss, another index's engine.faiss (which answered with wrong results that a re-index
+    kept) and a damaged meta.sqlite: searches answer right or refuse in one line, and `index` repairs in place."""
+    from dualtower.cli import main
+    from dualtower.search.engine import ENGINE_FILE
+
+    folders = {}
+    for name, colour in (("red", (200, 30, 30)), ("blue", (30, 30, 200))):
+        folders[name] = tmp_path / name
+        folders[name].mkdir()
+        for i in range(5):
+            Image.new("RGB", (24, 24), tuple(min(255, c + 9 * i) for c in colour)).save(folders[name] / f"{i}.png")
+    model_dir = tmp_path / "model"
+    dualtower.save(dualtower.create_model("tiny", seed=1), model_dir)
+
+    def index(name, *extra):
+        rc = main(["index", "--model", str(model_dir), "--out", str(tmp_path / f"idx-{name}"), "--workers", "0",
+                   str(folders[name]), *extra])
+        index.err = capsys.readouterr().err
+        return rc
+
+    def search(name):
+        rc = main(["search", str(tmp_path / f"idx-{name}"), "--json", "-k", "5", "--image",
+                   str(folders[name] / "0.png")])
+        out, err = capsys.readouterr()
+        return rc, out, err
+
+    assert index("red") == 0 and index("blue") == 0
+    rc, good, _ = search("red")
+    assert rc == 0
+    for case in ("garbage", "foreign"):
+        engine = tmp_path / "idx-red" / ENGINE_FILE
+        engine.write_bytes(b"\0garbage" * 100 if case == "garbage" else
+                           (tmp_path / "idx-blue" / ENGINE_FILE).read_bytes())
+        caplog.clear()
+        rc, out, err = search("red")
+        assert rc == 0 and json.loads(out) == json.loads(good) and "Traceback" not in err, case
+        assert any("rebuilt from the vectors" in r.getMessage() for r in caplog.records), case
+        assert index("red") == 0  # the re-index repairs the file in place
+        assert engine.read_bytes() != (tmp_path / "idx-blue" / ENGINE_FILE).read_bytes()
+        caplog.clear()
+        assert search("red")[1] == good and not any("rebuilt" in r.getMessage() for r in caplog.records)
+    (tmp_path / "idx-red" / "meta.sqlite").write_bytes(b"not a database at all" * 100)
+    for rc, err in (search("red")[::2], (index("red"), index.err)):
+        lines = [ln for ln in err.splitlines() if ln.strip()]
+        assert rc == 2 and len(lines) == 1 and "meta.sqlite: damaged" in lines[0] and "--repair" in lines[0], err
+    assert index("red", "--repair") == 0
+    capsys.readouterr()
+    assert search("red")[1] == good
+    assert len(list(tmp_path.glob("idx-red.damaged-*"))) == 1

@@ -23,7 +23,7 @@ from ..data import BadSample, open_source
 from ..data.files import IMAGE_SUFFIXES
 from ..images import ImageTransform, eval_transform, white_rgb
 from . import engine as engines
-from .store import Store
+from .store import DamagedIndex, Store
 
 log = logging.getLogger("dualtower.search")
 
@@ -147,17 +147,27 @@ class _Records:
 def build_index(spec: str, model, out: "str | os.PathLike", engine: str = "auto", batch_size: int = 64,
                 workers: int = 2, progress: bool = False, model_source: str | None = None,
                 image_key: str = "image", caption_key: str = "caption", backend: str | None = None,
-                uri: str | None = None, collection: str = "dualtower") -> BuildReport:
+                uri: str | None = None, collection: str = "dualtower", repair: bool = False) -> BuildReport:
     """Create or update the index at `out` with the images of data spec `spec`, embedded by `model`.
     `backend="milvus"` keeps the vectors searched in a Milvus collection at `uri` (a Milvus Lite `.db` file,
-    by default `out/milvus.db`, or a server's URL) instead of FAISS."""
+    by default `out/milvus.db`, or a server's URL) instead of FAISS. `repair=True`: an index whose database is
+    damaged is moved aside (to `OUT.damaged-TIME`, kept for inspection) and built again."""
     started = time.monotonic()
     engines.choose(engine, 0)  # a bad name fails before any work
     if not hasattr(model, "sessions"):
         model.eval()
     source = open_source(spec, image_key, caption_key, captions=False)  # a bad spec fails before the index exists
-    store = Store.create(out, model_identity(model, model_source), model.cfg.embed_dim,
-                         _backend(backend, uri, collection, Path(out)))
+    create = lambda: Store.create(out, model_identity(model, model_source), model.cfg.embed_dim,  # noqa: E731
+                                  _backend(backend, uri, collection, Path(out)))
+    try:
+        store = create()
+    except DamagedIndex:
+        if not repair:
+            raise
+        aside = Path(f"{os.fspath(out).rstrip(os.sep)}.damaged-{time.strftime('%Y%m%d-%H%M%S')}")
+        os.rename(out, aside)
+        log.warning("%s: damaged; moved aside to %s and built again", out, aside)
+        store = create()
     try:
         store.add_folders(source.folders())
         report = BuildReport()

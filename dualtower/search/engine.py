@@ -15,7 +15,9 @@ cosine similarity.
 
 from __future__ import annotations
 
+import hashlib
 import json
+import logging
 import math
 from pathlib import Path
 
@@ -28,6 +30,7 @@ FLAT_LIMIT = 100_000
 KINDS = ("auto", "flat", "ivf")
 ENGINE_FILE = "engine.faiss"
 ENGINE_META = "engine.json"
+log = logging.getLogger("dualtower.search")
 
 
 def _faiss():
@@ -97,16 +100,21 @@ class Engine:
         _, candidates = self.index.search(q, wide)
         return rerank(self.vectors, q, candidates, k)
 
-    def save(self, directory: Path, generation: int) -> None:
+    def save(self, directory: Path, store) -> None:
+        """engine.faiss, and engine.json tying it to `store`'s identity and generation with its digest."""
         faiss = _faiss()
-        data = faiss.serialize_index(self.index)
+        data = faiss.serialize_index(self.index).tobytes()
         with io.atomic_file(directory / ENGINE_FILE) as tmp:
-            tmp.write_bytes(data.tobytes())
-        io.write_json(directory / ENGINE_META, {"kind": self.kind, "generation": generation, "ntotal": self.ntotal})
+            tmp.write_bytes(data)
+        io.write_json(directory / ENGINE_META, {"kind": self.kind, "generation": store.generation,
+                                                "store_id": store.store_id, "ntotal": self.ntotal,
+                                                "sha256": hashlib.sha256(data).hexdigest()})
 
     @classmethod
-    def load(cls, directory: Path, generation: int, vectors: np.ndarray) -> "Engine | None":
-        """The saved engine, or None when there is none or it was built from other rows (stale)."""
+    def load(cls, directory: Path, store, vectors: np.ndarray) -> "Engine | None":
+        """The saved engine, or None when there is none, it was built from other rows (stale), or it is not the
+        file its engine.json describes: another index's, damaged or replaced (logged; the caller rebuilds it
+        from the vectors)."""
         faiss = _faiss()
         meta_path, path = directory / ENGINE_META, directory / ENGINE_FILE
         if not meta_path.is_file() or not path.is_file():
@@ -114,10 +122,27 @@ class Engine:
         try:
             meta = json.loads(meta_path.read_text())
         except (OSError, ValueError):
+            log.warning("%s: unreadable; the engine is rebuilt from the vectors", meta_path)
             return None
-        if meta.get("generation") != generation:
+        if not isinstance(meta, dict) or meta.get("generation") != store.generation:
             return None
-        index = faiss.deserialize_index(np.fromfile(path, dtype=np.uint8))
+        data = np.fromfile(path, dtype=np.uint8)
+        if "sha256" not in meta:
+            log.info("%s: saved by an older dualtower; rebuilt in memory (`dualtower index` again saves it)", path)
+            return None
+        if meta.get("store_id") != store.store_id or meta.get("sha256") != hashlib.sha256(data).hexdigest():
+            log.warning("%s: not the engine this index saved (another index's, damaged or replaced); rebuilt from "
+                        "the vectors", path)
+            return None
+        try:
+            index = faiss.deserialize_index(data)
+        except Exception as e:  # FAISS raises RuntimeError on a file it cannot read
+            log.warning("%s: unreadable (%s); rebuilt from the vectors", path, str(e).splitlines()[0][:100])
+            return None
+        if index.ntotal != store.count() or index.d != vectors.shape[1] or meta.get("kind") not in KINDS:
+            log.warning("%s: holds %d vectors of width %d, the index %d of width %d; rebuilt from the vectors", path,
+                        index.ntotal, index.d, store.count(), vectors.shape[1])
+            return None
         return cls(meta["kind"], index, vectors)
 
 
@@ -143,12 +168,12 @@ def ready(store, kind: str | None = None, save: bool = False):
 
         return MilvusEngine.sync(store)
     vectors = store.vectors()
-    built = Engine.load(store.path, store.generation, vectors)
+    built = Engine.load(store.path, store, vectors)
     wanted = choose(kind or "auto", store.count())
     if built is not None and (kind is None or built.kind == wanted):
         return built
     rows, _ = store.live_rows()
     built = Engine.build(wanted, rows, vectors)
     if save:
-        built.save(store.path, store.generation)
+        built.save(store.path, store)
     return built

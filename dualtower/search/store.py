@@ -19,6 +19,7 @@ import json
 import os
 import sqlite3
 import threading
+import uuid
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -52,6 +53,10 @@ class SearchIndexError(ValueError):
     """An index that cannot be used as asked; the message names the index and the reason."""
 
 
+class DamagedIndex(SearchIndexError):
+    """An index whose database cannot be read: `dualtower index --repair` builds it again."""
+
+
 @dataclass
 class Item:
     id: int
@@ -78,12 +83,23 @@ class Store:
         self.writable = writable
         self._lock = threading.Lock()  # one connection, shared by a server's threads
         uri = f"file:{self.path / DATABASE}" + ("" if writable else "?mode=ro")
-        self.db = sqlite3.connect(uri, uri=True, timeout=30, check_same_thread=False, isolation_level=None)
-        if writable:
-            self.db.execute("PRAGMA journal_mode=WAL")
-            self.db.execute("PRAGMA synchronous=FULL")
-            self.db.executescript(_SCHEMA)
-            self._recover()
+        try:
+            self.db = sqlite3.connect(uri, uri=True, timeout=30, check_same_thread=False, isolation_level=None)
+            if writable:
+                self.db.execute("PRAGMA journal_mode=WAL")
+                self.db.execute("PRAGMA synchronous=FULL")
+                self.db.executescript(_SCHEMA)
+            # a light check (a full integrity check reads every thumbnail): the tables are there and readable
+            self.db.execute("SELECT count(*) FROM meta").fetchone()
+            self.db.execute("SELECT max(id), max(row) FROM items").fetchone()
+            if writable:
+                self._recover()
+                if self.get("store_id") is None:  # ties an engine file to this store (older indexes get one now)
+                    self.db.execute("INSERT OR REPLACE INTO meta (key, value) VALUES ('store_id', ?)",
+                                    (uuid.uuid4().hex,))
+        except sqlite3.DatabaseError as e:
+            raise DamagedIndex(f"{self.path / DATABASE}: damaged ({e}); `dualtower index DATA --out {self.path} "
+                               "--repair` moves the damaged index aside and builds it again") from None
 
     @classmethod
     def create(cls, path: "str | os.PathLike", identity: dict, dim: int, backend: dict | None = None) -> "Store":
@@ -137,6 +153,11 @@ class Store:
     def rows(self) -> int:
         """Committed vector rows (live and dead)."""
         return int(self.get("rows", "0"))
+
+    @property
+    def store_id(self) -> str:
+        """This store's identity: an engine file built from another index (or a copy of one) is not used."""
+        return self.get("store_id", "")
 
     @property
     def generation(self) -> int:
