@@ -41,11 +41,9 @@ from torch import nn
 
 from . import io
 from .errors import require
+from .export_format import FORMAT_NAME, PRECISIONS, VERSION, _inside, read_config
 
 FORMATS = ("onnx", "torch-export")
-PRECISIONS = ("fp32", "fp16", "int8")
-FORMAT_NAME = "dualtower-export"
-VERSION = 1
 
 
 class ImageGraph(nn.Module):
@@ -165,12 +163,7 @@ def load_programs(directory: "str | os.PathLike", aot: bool = True) -> dict:
     (`check_program_archive`): torch would unpickle a weight marked as pickled, a legacy weights or constants
     file, or sample inputs that fail the safe loader, and so run the file's code."""
     directory = Path(directory)
-    meta = io.read_json(directory / "config.json")
-    if meta.get("format") != FORMAT_NAME or meta.get("runtime") != "torch-export":
-        raise ValueError(f"{directory}: not a dualtower torch-export folder")
-    graphs = meta.get("graphs")
-    if not isinstance(graphs, dict) or not all(isinstance(g, dict) for g in graphs.values()):
-        raise ValueError(f"{directory / 'config.json'}: 'graphs' is not a table of the exported graphs")
+    graphs = read_config(directory, "torch-export")["graphs"]
     programs = {}
     for name, graph in graphs.items():
         if aot and graph.get("aoti"):
@@ -182,12 +175,6 @@ def load_programs(directory: "str | os.PathLike", aot: bool = True) -> dict:
             check_program_archive(path)
             programs[name] = torch.export.load(path).module()
     return programs
-
-
-def _inside(directory: Path, name) -> Path:
-    if not isinstance(name, str) or not name or Path(name).name != name or name in (".", ".."):
-        raise ValueError(f"{directory / 'config.json'}: names the file {name!r}, not a file of its folder")
-    return directory / name
 
 
 def check_program_archive(path: Path) -> None:

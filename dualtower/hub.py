@@ -29,6 +29,12 @@ EXTRA_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.js
                "spiece.model", "tokenizer.model", "README.md")
 
 
+# The most bytes each kind of small file may have (a Gemma tokenizer.json is about 33 MB): a repo's 100 MB README
+# or tokenizer file is refused before it is downloaded.
+FILE_LIMITS = {"config": 16 << 20, "tokenizer": 64 << 20, "README.md": 1 << 20}
+REVISION = re.compile(r"(?!.*\.\.)(?!.*//)[\w][\w.\-/]{0,127}(?<![/.])")  # a branch, tag, refs/pr/N or commit
+
+
 class HubError(FileNotFoundError):
     """A model could not be fetched; the message names the repo, the files and what to do."""
 
@@ -84,8 +90,10 @@ def parse(spec: str) -> tuple[str, str | None, str | None]:
         known = KNOWN[spec]
         return known.repo, None, known.layout
     repo, _, revision = spec[len(PREFIX):].partition("@")
-    if not re.fullmatch(r"[\w.-]+/[\w.-]+", repo):
+    if not re.fullmatch(r"[\w.-]+/[\w.-]+", repo) or ".." in repo:
         raise ValueError(f"{spec!r}: expected hf-hub:ORG/NAME or hf-hub:ORG/NAME@REVISION")
+    if revision and not REVISION.fullmatch(revision):
+        raise ValueError(f"{spec!r}: revision {revision!r} is not a branch, tag or commit name")
     return repo, revision or None, None
 
 
@@ -115,12 +123,19 @@ class _Repo:
         # quick look at the endpoint decides instead, and an unreachable Hub means the cache alone.
         self.local_only = constants.HF_HUB_OFFLINE or not _reachable(constants.ENDPOINT)
 
-    def get(self, name: str) -> Path | None:
-        """The local path of `name`, downloaded if needed; None when the repo has no such file."""
-        from huggingface_hub import hf_hub_download, try_to_load_from_cache
+    def get(self, name: str, limit: int | None = None) -> Path | None:
+        """The local path of `name`, downloaded if needed; None when the repo has no such file. A file over
+        `limit` bytes (as the Hub announces it) is refused before a byte of it is downloaded."""
+        from huggingface_hub import get_hf_file_metadata, hf_hub_download, hf_hub_url, try_to_load_from_cache
         from huggingface_hub.errors import EntryNotFoundError, LocalEntryNotFoundError
 
         try:
+            cached = try_to_load_from_cache(self.repo, name, revision=self.revision)
+            if limit is not None and not self.local_only and not isinstance(cached, str):
+                size = get_hf_file_metadata(hf_hub_url(self.repo, name, revision=self.revision)).size
+                if size is not None and size > limit:
+                    raise HubError(f"hf-hub:{self.repo}: {name} is {size:,} bytes, over the {limit:,} a model's "
+                                   f"{name} needs; not downloaded")
             return Path(hf_hub_download(self.repo, name, revision=self.revision, local_files_only=self.local_only))
         except LocalEntryNotFoundError:  # offline (or the Hub unreachable) and not in the cache
             if try_to_load_from_cache(self.repo, name, revision=self.revision) is None:
@@ -148,7 +163,7 @@ def fetch(spec: str) -> tuple[Path, str | None]:
     repo_id, revision, layout = parse(spec)
     repo = _Repo(repo_id, revision)
     try:
-        meta = {name: repo.get(name) for name in META_FILES}
+        meta = {name: repo.get(name, FILE_LIMITS["config"]) for name in META_FILES}
         found = [p for p in meta.values() if p is not None]
         if not found:
             raise HubError(_missing_message(spec, repo, "its config (open_clip_config.json or config.json)"))
@@ -167,7 +182,7 @@ def fetch(spec: str) -> tuple[Path, str | None]:
         for path in files:
             verify(path)
         for name in EXTRA_FILES:
-            repo.get(name)
+            repo.get(name, FILE_LIMITS["README.md" if name == "README.md" else "tokenizer"])
     except HubError:
         raise
     except (RepositoryNotFoundError, RevisionNotFoundError) as e:

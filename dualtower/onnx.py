@@ -10,7 +10,6 @@ This module needs numpy, Pillow, onnxruntime and dualtower's tokenizers and prep
 
 from __future__ import annotations
 
-import json
 import os
 from pathlib import Path
 
@@ -30,12 +29,9 @@ class OnnxModel:
                  providers: list[str] | None = None, spinning: bool = True):
         ort = require("onnxruntime", "running exported models", "onnx")
         self.directory = Path(directory)
-        config = self.directory / "config.json"
-        if not config.is_file():
-            raise ValueError(f"{self.directory}: not a dualtower export (no config.json)")
-        meta = json.loads(config.read_text(encoding="utf-8"))
-        if meta.get("format") != "dualtower-export" or meta.get("runtime") != "onnx":
-            raise ValueError(f"{self.directory}: config.json is not a dualtower ONNX export")
+        from .export_format import read_config
+
+        meta = read_config(self.directory, "onnx")  # every field checked: a string "false" is not False
         self.meta = meta
         self.cfg = ModelConfig.from_dict(meta["model"])
         self.normalized = bool(meta.get("normalized"))

@@ -4,6 +4,7 @@ batch sizes and two text lengths (one longer than the example the graph was expo
 to fp32; the runtime imports no torch."""
 
 import json
+import shutil
 import subprocess
 import sys
 from dataclasses import replace
@@ -13,6 +14,7 @@ import pytest
 import torch
 
 import dualtower
+import dualtower.onnx
 from dualtower.archs import get_config
 from dualtower.cli import main
 from dualtower.export import export
@@ -235,3 +237,28 @@ def test_classify_and_embed_run_on_onnx_runtime_as_on_pytorch(tmp_path, photos, 
               f"{str(folder)!r}, '--out', {str(tmp_path / 'x.npz')!r}]))")
     out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True)
     assert out.returncode == 0, out.stderr
+
+
+def test_an_export_config_is_checked_field_by_field(tmp_path):
+    """A config.json edited by hand ("normalized": "false" gave unnormalised embeddings; a NaN logit scale printed
+    NaN probabilities with exit 0) is refused naming the field, before a session starts."""
+    model = dualtower.create_model("tiny", seed=1)
+    export(model, tmp_path / "good")
+    good = json.loads((tmp_path / "good" / "config.json").read_text())
+    assert dualtower.onnx.load(tmp_path / "good").normalized is False
+    cases = {"normalized": ("false", "normalized \"false\" is not true or false"),
+             "logit_scale": (float("nan"), "logit_scale NaN is not a finite number above 0"),
+             "precision": ("int4", "precision \"int4\" is not one of"),
+             "version": (7, "version 7 is not 1")}
+    for field_name, (value, message) in cases.items():
+        folder = tmp_path / field_name
+        shutil.copytree(tmp_path / "good", folder)
+        (folder / "config.json").write_text(json.dumps({**good, field_name: value}))
+        with pytest.raises(ValueError, match=message):
+            dualtower.onnx.load(folder)
+    folder = tmp_path / "graph-outside"
+    shutil.copytree(tmp_path / "good", folder)
+    graphs = {**good["graphs"], "text": {**good["graphs"]["text"], "file": "../good/text.onnx"}}
+    (folder / "config.json").write_text(json.dumps({**good, "graphs": graphs}))
+    with pytest.raises(ValueError, match="not a file of its folder"):
+        dualtower.onnx.load(folder)

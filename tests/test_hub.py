@@ -262,3 +262,26 @@ def test_models_command_lists_the_known_names(capsys):
     assert main(["models"]) == 0
     out = capsys.readouterr().out
     assert "ViT-B-32/openai" in out and "openai/clip-vit-base-patch32" in out and "hf-clip" in out
+
+
+def test_oversized_side_files_are_refused_before_download_and_revisions_are_names(refs, hub, tmp_path):
+    """A repo whose README.md or tokenizer.json is far larger than any model's is refused naming the file, before
+    a byte of it is downloaded; a revision is a branch, tag or commit name, never a path."""
+    import shutil
+
+    root, _, _ = refs
+    for name, size in (("README.md", 2 << 20), ("tokenizer.json", 70 << 20)):
+        folder = tmp_path / f"repo-{name}"
+        shutil.copytree(root / "ours", folder)
+        (folder / name).write_bytes(b"x" * size)
+        hub.add(f"acme/huge-{name.split('.')[0].lower()}", folder)
+    for repo, name in (("acme/huge-readme", "README.md"), ("acme/huge-tokenizer", "tokenizer.json")):
+        errors = _run({f"hf-hub:{repo}": tmp_path / "out"}, _env(hub, tmp_path / "hf"))
+        assert f"{name} is " in errors[f"hf-hub:{repo}"] and "not downloaded" in errors[f"hf-hub:{repo}"], errors
+        assert (repo, name) not in hub.served
+    from dualtower.hub import parse
+
+    for revision in ("../../etc", "main/../x", "/abs", "a//b"):
+        with pytest.raises(ValueError, match="is not a branch, tag or commit name"):
+            parse(f"hf-hub:acme/clip-tiny@{revision}")
+    assert parse("hf-hub:acme/clip-tiny@refs/pr/1") == ("acme/clip-tiny", "refs/pr/1", None)
