@@ -178,6 +178,12 @@ def _cmd_eval(args) -> int:
     return 0
 
 
+def shown(text: str) -> str:
+    """`text` for one line of output: a newline, carriage return or other control character in a file name (or a
+    caption) is shown escaped, so it cannot forge a line of its own."""
+    return "".join(c if c.isprintable() or c == " " else repr(c)[1:-1] for c in str(text))
+
+
 def _cmd_classify(args) -> int:
     from .data.files import image_paths
     from .eval.output import write_predictions
@@ -200,11 +206,11 @@ def _cmd_classify(args) -> int:
         try:
             top = classifier.top(open_image(path), args.top_k)
         except ValueError as e:
-            print(f"{path}: error: {e}", file=sys.stderr)
+            print(f"{shown(path)}: error: {e}", file=sys.stderr)
             status = 2
             continue
         rows.append({"image": path, "top": [{"label": label, "prob": p} for label, p in top]})
-        print(path + ": " + ", ".join(f"{label} {p:.3f}" for label, p in top))
+        print(shown(path) + ": " + ", ".join(f"{shown(label)} {p:.3f}" for label, p in top))
     if args.out:
         write_predictions(args.out, rows)
         print(f"results: {args.out}")
@@ -286,7 +292,7 @@ def _cmd_index(args) -> int:
                          image_key=args.image_key, caption_key=args.caption_key, backend=args.backend, uri=args.uri,
                          collection=args.collection, repair=args.repair)
     for key, reason, detail in report.skipped_list[:20]:
-        print(f"skipped {key}: {reason} ({detail})", file=sys.stderr)
+        print(f"skipped {shown(key)}: {reason} ({shown(detail)})", file=sys.stderr)
     if len(report.skipped_list) > 20:
         print(f"... and {len(report.skipped_list) - 20} more skipped", file=sys.stderr)
     print(f"{args.out}: {report.summary()}")
@@ -329,8 +335,8 @@ def _cmd_search(args) -> int:
         print(json.dumps([h.to_dict() for h in hits], indent=2))
         return 0
     for h in hits:
-        where = h.path or h.key
-        print(f"{h.score:.4f}  {where}" + (f"  {h.caption}" if h.caption else ""))
+        where = shown(h.path or h.key)
+        print(f"{h.score:.4f}  {where}" + (f"  {shown(h.caption)}" if h.caption else ""))
     return 0
 
 
@@ -610,7 +616,7 @@ def main(argv: list[str] | None = None) -> int:
             raise
         user = isinstance(e, (ValueError, KeyError, FileNotFoundError, TrainingError, MissingDependency)) or \
             disk_full(e)
-        print(f"dualtower {args.command}: error: {_describe(e)}", file=sys.stderr)
+        print(f"dualtower {args.command}: error: {shown(_describe(e))}", file=sys.stderr)
         if not user:
             print(f"dualtower {args.command}: (run with --debug for the traceback)", file=sys.stderr)
         return 2 if user else 1

@@ -38,8 +38,58 @@ def _publishable(path: Path) -> None:
         os.fsync(f.fileno())
 
 
+def _owner() -> str:
+    """This process, as a temporary's name records it: its pid and (hashed) host, so a later run on the same host
+    can tell a temporary whose writer died (kill -9, power loss) from one still being written."""
+    import hashlib
+    import socket
+
+    return f"{os.getpid()}-{hashlib.sha1(socket.gethostname().encode()).hexdigest()[:8]}"
+
+
 def _temporary_name(path: Path, kind: str) -> Path:
-    return path.with_name(f".{path.name}.{kind}-{uuid.uuid4().hex[:8]}")
+    return path.with_name(f".{path.name}.{kind}-{_owner()}-{uuid.uuid4().hex[:8]}")
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's process
+        return True
+    return True
+
+
+def clean_stale(path: Path, every_name: bool = False) -> int:
+    """Remove the temporaries a killed writer of `path` left beside it (named by `_temporary_name` on this host by
+    a process that no longer runs); the count removed. Every atomic write calls it first, so killed saves of an
+    index or an export never pile up; `every_name=True` cleans the temporaries of every name inside the folder
+    `path` (a run's checkpoints/, whose saves each have a new name)."""
+    import re
+
+    host = _owner().split("-")[1]
+    name = ".+" if every_name else re.escape(path.name)
+    pattern = re.compile(rf"\.{name}\.[a-z]+-(\d+)-([0-9a-f]{{8}})-[0-9a-f]{{8}}")
+    removed = 0
+    try:
+        siblings = list((path if every_name else path.parent).iterdir())
+    except OSError:
+        return 0
+    for sibling in siblings:
+        found = pattern.fullmatch(sibling.name)
+        if found is None or found.group(2) != host or _alive(int(found.group(1))):
+            continue
+        if sibling.is_dir() and not sibling.is_symlink():
+            shutil.rmtree(sibling, ignore_errors=True)
+        else:
+            sibling.unlink(missing_ok=True)
+        removed += 1
+    if removed:
+        import logging
+
+        logging.getLogger("dualtower").info("%s: removed %d temporaries left by killed writers", path, removed)
+    return removed
 
 
 def disk_full(error: BaseException) -> bool:
@@ -63,6 +113,7 @@ def atomic_file(path: "str | os.PathLike"):
     """Yields a temporary path beside `path`; on success it is fsynced and renamed over `path`. On any error
     (a full disk included) the temporary file is removed and `path` is untouched."""
     path = Path(path)
+    clean_stale(path)
     tmp = _temporary_name(path, "tmp")
     try:
         with _naming_full_disk(path):
@@ -97,6 +148,7 @@ def atomic_directory(path: "str | os.PathLike", replaceable=lambda existing: Fal
         raise FileExistsError(f"{path}: exists and is not a directory this writer may replace; refusing to "
                               "replace it")
     path.parent.mkdir(parents=True, exist_ok=True)
+    clean_stale(path)
     tmp = _temporary_name(path, "tmp")
     tmp.mkdir()
     try:

@@ -19,7 +19,7 @@ import uuid
 from pathlib import Path
 
 from . import sharded
-from .io import atomic_symlink, fsync_dir, recover_directory, write_text
+from .io import atomic_symlink, clean_stale, fsync_dir, recover_directory, write_text
 
 CHECKPOINTS, LATEST, BEST = "checkpoints", "latest", "best"
 # What makes a step folder a checkpoint: its config and its weights, one file or a sharded checkpoint's index
@@ -100,6 +100,7 @@ class RunDir:
                 raise ValueError(f"{link}: a directory where the run's {name} link belongs")
             if not atomic_symlink(link, checkpoint.name):
                 write_text(link, checkpoint.name + "\n")
+        clean_stale(self.checkpoints, every_name=True)  # the saves a kill -9 cut short
         kept = self.best()
         old = [p for p in self.steps() if p != checkpoint and p != kept]
         for p in old[: max(0, len(old) - (keep - 1))]:

@@ -761,3 +761,28 @@ def test_a_corrupted_index_folder_is_named_in_one_line_and_repaired(tmp_path, ca
     capsys.readouterr()
     assert search("red")[1] == good
     assert len(list(tmp_path.glob("idx-red.damaged-*"))) == 1
+
+
+def test_file_names_cannot_forge_output_lines_and_empty_folders_are_errors(tmp_path, capsys):
+    from dualtower.cli import main
+
+    folder = tmp_path / "imgs"
+    folder.mkdir()
+    Image.new("RGB", (20, 20), (200, 0, 0)).save(folder / "red.png")
+    Image.new("RGB", (20, 20), (0, 0, 200)).save(folder / "blue\n1.0000  forged.png")
+    dualtower.save(dualtower.create_model("tiny", seed=1), tmp_path / "model")
+    assert main(["index", "--model", str(tmp_path / "model"), "--out", str(tmp_path / "idx"), "--workers", "0",
+                 str(folder)]) == 0
+    capsys.readouterr()
+    assert main(["search", str(tmp_path / "idx"), "a photo", "-k", "5"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert len(lines) == 2 and not any(line.startswith("1.0000  forged") for line in lines), lines
+    assert any("blue\\n1.0000" in line for line in lines), lines
+    assert main(["classify", "--model", str(tmp_path / "model"), "--labels", "a,b", str(folder)]) == 0
+    assert len(capsys.readouterr().out.splitlines()) == 2
+    (tmp_path / "empty").mkdir()
+    (tmp_path / "dir.jpg").mkdir()
+    for given in ("empty", "dir.jpg"):
+        assert main(["classify", "--model", str(tmp_path / "model"), "--labels", "a,b", str(tmp_path / given)]) == 2
+        err = capsys.readouterr().err
+        assert "a folder with no image files in it" in err and len(err.strip().splitlines()) == 1, err

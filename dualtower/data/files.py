@@ -20,10 +20,17 @@ def folder_images(folder: Path) -> list[Path]:
 
 
 def image_paths(items: list[str]) -> list[str]:
-    """Files as given, and for each folder the image files inside it."""
+    """Files as given, and for each folder the image files inside it; a folder holding none is an error (a command
+    given it would otherwise print nothing and succeed)."""
     out = []
     for item in items:
-        out += [str(p) for p in folder_images(Path(item))] if Path(item).is_dir() else [item]
+        if Path(item).is_dir():
+            found = [str(p) for p in folder_images(Path(item))]
+            if not found:
+                raise ValueError(f"{item}: a folder with no image files in it")
+            out += found
+        else:
+            out.append(item)
     return out
 
 
@@ -32,7 +39,7 @@ class BadRow(NamedTuple):
     detail: str
 
 
-def _not_utf8(text: str) -> bool:
+def not_utf8(text: str) -> bool:
     """Whether text read with errors="surrogateescape" held bytes that are not UTF-8."""
     try:
         text.encode("utf-8")
@@ -77,7 +84,7 @@ class CaptionsFile(Source):
             for n, line in enumerate(f, 1):
                 if not line.strip():
                     continue
-                if _not_utf8(line):
+                if not_utf8(line):
                     rows.append(BadRow("row not UTF-8", f"{self.path}:{n}: bytes that are not UTF-8"))
                     continue
                 try:
@@ -102,13 +109,13 @@ class CaptionsFile(Source):
                 continue
             at, line = line + 1, reader.line_num
             if header is None:
-                if _not_utf8("".join(fields)):
+                if not_utf8("".join(fields)):
                     raise ValueError(f"{self.path}:{at}: the header row is not UTF-8")
                 header = fields
                 continue
             if not fields:
                 continue
-            if _not_utf8("".join(fields)):
+            if not_utf8("".join(fields)):
                 rows.append(BadRow("row not UTF-8", f"{self.path}:{at}: bytes that are not UTF-8"))
             elif len(fields) != len(header):
                 rows.append(BadRow("wrong number of fields",

@@ -20,7 +20,7 @@ from pathlib import Path
 from PIL import Image
 
 from ..data import BadSample, open_source
-from ..data.files import IMAGE_SUFFIXES
+from ..data.files import IMAGE_SUFFIXES, not_utf8
 from ..images import ImageTransform, eval_transform, white_rgb
 from . import engine as engines
 from .store import DamagedIndex, Store
@@ -68,14 +68,6 @@ class BuildReport:
                 f"unchanged {self.unchanged + self.touched}) + skipped {sum(self.skipped.values())} ({skips}); "
                 f"removed {self.removed}; the index holds {self.items} images ({self.engine}), "
                 f"{self.seconds:.1f} s")
-
-
-def _utf8(name: str) -> bool:
-    try:
-        name.encode("utf-8")
-    except UnicodeEncodeError:
-        return False
-    return True
 
 
 def _stat(file: str | None) -> tuple[int | None, int | None]:
@@ -177,7 +169,7 @@ def build_index(spec: str, model, out: "str | os.PathLike", engine: str = "auto"
         for i in range(len(source)):
             key, file = source.origin(i)
             report.seen += 1
-            if not _utf8(key) or (file is not None and not _utf8(file)):
+            if not_utf8(key) or (file is not None and not_utf8(file)):
                 # a name the file system holds as bytes that are not UTF-8: the index (SQLite, JSON) keeps text
                 shown = os.fsencode(file or key).decode("utf-8", "backslashreplace")
                 log.warning("skipped %s: its name is not UTF-8", shown)
