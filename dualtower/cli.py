@@ -6,6 +6,7 @@ import argparse
 import functools
 import logging
 import os
+import signal
 import sys
 
 
@@ -605,12 +606,14 @@ def main(argv: list[str] | None = None) -> int:
     from .io import disk_full
 
     debug = args.debug or os.environ.get("DUALTOWER_DEBUG", "") not in ("", "0")
+    previous = _terminate_as_interrupt()
     try:
         _check_out(args)
         return args.func(args, rest) if getattr(args, "takes_overrides", False) else args.func(args)
-    except KeyboardInterrupt:
-        print(f"dualtower {args.command}: interrupted", file=sys.stderr)
-        return 130
+    except KeyboardInterrupt as e:
+        print(f"dualtower {args.command}: {'terminated' if isinstance(e, Terminated) else 'interrupted'}",
+              file=sys.stderr)
+        return 143 if isinstance(e, Terminated) else 130
     except Exception as e:  # every failure ends in one line naming the input and the problem; --debug: traceback
         if debug:
             raise
@@ -620,6 +623,26 @@ def main(argv: list[str] | None = None) -> int:
         if not user:
             print(f"dualtower {args.command}: (run with --debug for the traceback)", file=sys.stderr)
         return 2 if user else 1
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM, raised where the command is, as Ctrl-C is: every atomic write removes its temporary and leaves the
+    previous output, or the complete new one (exit 143)."""
+
+
+def _terminate_as_interrupt():
+    """SIGTERM becomes `Terminated` in the main thread (the previous handler, to restore; None where none was
+    set: not the main thread)."""
+    def handler(signum, frame):
+        raise Terminated()
+
+    try:
+        return signal.signal(signal.SIGTERM, handler)
+    except ValueError:  # not the main thread (a caller running main() in a thread)
+        return None
 
 
 def _check_out(args) -> None:

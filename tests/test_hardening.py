@@ -621,3 +621,90 @@ with atomic_directory(Path({str(run.checkpoints / 'step_000020')!r})) as tmp:
     stale.write_bytes(b"half")
     dio.write_text(target, "whole")
     assert not stale.exists() and target.read_text() == "whole"
+
+
+def _signalled_runs(argv: list[str], delays: list[float], signum, cwd: Path) -> list[int]:
+    """Run `dualtower ARGV` once per delay, sending `signum` after that many seconds; the exit codes."""
+    codes = []
+    for delay in delays:
+        proc = subprocess.Popen([sys.executable, "-m", "dualtower.cli", *argv], cwd=cwd, stdout=subprocess.DEVNULL,
+                                stderr=subprocess.PIPE, text=True)
+        try:
+            proc.wait(timeout=delay)
+        except subprocess.TimeoutExpired:
+            proc.send_signal(signum)
+        _, err = proc.communicate(timeout=120)
+        assert "Traceback" not in err, err[-2000:]
+        codes.append(proc.returncode)
+    return codes
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("signame", ["SIGINT", "SIGTERM"])
+def test_ctrl_c_and_sigterm_leave_every_output_whole(tmp_path, photos, signame):
+    """embed --out, export, convert and index, signalled at moments spread over a clean run's length: each output
+    is afterwards the previous one or the complete new one (index: a readable index that the next run
+    completes), never a partial file, and no temporary is left."""
+    import random
+    import signal as _signal
+
+    import numpy as np
+
+    signum = getattr(_signal, signame)
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    for i, (name, image) in enumerate(sorted(photos.items())):
+        image.save(folder / f"{i}-{name}.png")
+    old, new = tmp_path / "old", tmp_path / "new"
+    dualtower.save(dualtower.create_model("tiny", seed=1), old)
+    dualtower.save(dualtower.create_model("tiny", seed=2), new)
+    commands = {
+        "embed": (["embed", "--model", str(new), "--data", str(folder), "--out", str(tmp_path / "e.npz"),
+                   "--workers", "0"], ["embed", "--model", str(old), "--data", str(folder), "--out",
+                                       str(tmp_path / "e.npz"), "--workers", "0"]),
+        "export": (["export", str(new), str(tmp_path / "exp")], ["export", str(old), str(tmp_path / "exp")]),
+        "convert": (["convert", str(new), str(tmp_path / "conv.safetensors"), "--to", "open_clip"],
+                    ["convert", str(old), str(tmp_path / "conv.safetensors"), "--to", "open_clip"]),
+    }
+    rng = random.Random(signame)
+
+    def state(name):
+        if name == "embed":
+            with np.load(tmp_path / "e.npz") as z:
+                return {k: z[k].copy() for k in z.files if k != "keys"}
+        if name == "export":
+            return {p.name: p.read_bytes() for p in sorted((tmp_path / "exp").iterdir()) if p.suffix == ".onnx"}
+        return (tmp_path / "conv.safetensors").read_bytes()
+
+    def equal(a, b):
+        if isinstance(a, dict):
+            return a.keys() == b.keys() and all(np.array_equal(a[k], b[k]) if isinstance(a[k], np.ndarray)
+                                                else a[k] == b[k] for k in a)
+        return a == b
+
+    for name, (make_new, make_old) in commands.items():
+        started = time.monotonic()
+        assert main(make_new) == 0
+        length = time.monotonic() - started + 3  # a fresh process also imports torch
+        complete = state(name)
+        assert main(make_old) == 0
+        previous = state(name)
+        assert not equal(complete, previous), name
+        for delay in sorted(rng.uniform(0.5, length) for _ in range(3)):
+            _signalled_runs(make_new, [delay], signum, ROOT)
+            now = state(name)
+            assert equal(now, previous) or equal(now, complete), (name, delay)
+            if equal(now, complete):
+                assert main(make_old) == 0
+        assert not [p for p in tmp_path.iterdir() if ".tmp-" in p.name], name
+    # the index: whatever the moment, a readable index; the next run completes it to the clean one's items
+    from dualtower.search import SearchIndex
+
+    for delay in (1.0, 3.0, 5.0):
+        out = tmp_path / f"idx-{delay}"
+        _signalled_runs(["index", "--model", str(new), "--out", str(out), "--workers", "0", "--batch-size", "2",
+                         str(folder)], [delay], signum, ROOT)
+        assert main(["index", "--model", str(new), "--out", str(out), "--workers", "0", str(folder)]) == 0
+        index = SearchIndex(out, model=dualtower.load(new))
+        assert len(index) == len(list(folder.iterdir()))
+        index.close()
