@@ -96,7 +96,8 @@ def _resume(run, copy_to, processes):
 
 def test_sharded_checkpoints_resume_exactly_on_the_same_world_size(fsdp_run, tmp_path):
     assert not (fsdp_run / "checkpoints" / "step_000002" / "model.safetensors").exists()
-    assert (fsdp_run / "checkpoints" / "step_000002" / "sharded" / ".metadata").is_file()
+    sharded = fsdp_run / "checkpoints" / "step_000002" / "sharded"
+    assert (sharded / "metadata.json").is_file() and not (sharded / ".metadata").exists()  # no pickle (issue 26)
     assert _resume(fsdp_run, tmp_path / "again", 2) == _losses(fsdp_run)  # bitwise
 
 

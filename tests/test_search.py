@@ -786,3 +786,30 @@ def test_file_names_cannot_forge_output_lines_and_empty_folders_are_errors(tmp_p
         assert main(["classify", "--model", str(tmp_path / "model"), "--labels", "a,b", str(tmp_path / given)]) == 2
         err = capsys.readouterr().err
         assert "a folder with no image files in it" in err and len(err.strip().splitlines()) == 1, err
+
+
+def test_a_folder_that_cannot_be_read_is_reported(tmp_path):
+    """Run as another user (root reads every folder): a sub-folder without permission is named in the report, not
+    passed over in silence."""
+    import tempfile
+
+    if shutil.which("setpriv") is None or os.geteuid() != 0:
+        pytest.skip("needs setpriv and root to run the listing as another user")
+    root = Path(tempfile.mkdtemp(prefix="dualtower-perm-"))
+    try:
+        os.chmod(root, 0o755)
+        for name in ("open", "locked"):
+            (root / name).mkdir()
+            Image.new("RGB", (20, 20)).save(root / name / "a.png")
+        os.chmod(root / "locked", 0o000)
+        script = ("from dualtower.data.files import ImageFolder; s = ImageFolder(%r, captions=False); "
+                  "print(len(s), s.unreadable)" % str(root))
+        out = subprocess.run(["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", sys.executable, "-c",
+                              script], capture_output=True, text=True, cwd=Path(__file__).parent.parent,
+                             env={**os.environ, "HOME": str(root)})
+        assert out.returncode == 0, out.stderr
+        assert out.stdout.strip() == f"1 ['{root / 'locked'}']", out.stdout
+        assert "locked: cannot be read (Permission denied)" in out.stderr
+    finally:
+        os.chmod(root / "locked", 0o755)
+        shutil.rmtree(root)

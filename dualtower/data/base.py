@@ -41,6 +41,7 @@ class Sample:
 class Source:
     name: str = "source"
     classes: list[str] | None = None  # class names, for sources with labels
+    unreadable: tuple | list = ()  # folders that could not be listed (their records were never seen)
 
     def __len__(self) -> int:
         raise NotImplementedError

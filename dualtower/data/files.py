@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import json
+import logging
 import os
 from pathlib import Path
 from typing import NamedTuple
@@ -13,10 +14,24 @@ from .base import BadSample, Sample, Source, caption_if_needed, require_caption
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff")
 
+log = logging.getLogger("dualtower.data")
 
-def folder_images(folder: Path) -> list[Path]:
-    """The image files under `folder`, recursively, in a stable order."""
-    return sorted(p for p in folder.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
+
+def folder_images(folder: Path, unreadable: list | None = None) -> list[Path]:
+    """The image files under `folder`, recursively, in a stable order. A sub-folder that cannot be listed (no
+    permission) is logged, and added to `unreadable` where given (an index counts it as skipped), never passed
+    over in silence."""
+    found = []
+
+    def refused(error: OSError) -> None:
+        log.warning("%s: cannot be read (%s); its images are skipped", error.filename, error.strerror)
+        if unreadable is not None:
+            unreadable.append(error.filename)
+
+    for top, dirs, files in os.walk(folder, onerror=refused):
+        dirs.sort()
+        found += [Path(top) / f for f in files if Path(f).suffix.lower() in IMAGE_SUFFIXES]
+    return sorted(p for p in found if p.is_file())
 
 
 def image_paths(items: list[str]) -> list[str]:
@@ -160,7 +175,8 @@ class ImageFolder(Source):
         self.name = self.root.name
         if not self.root.is_dir():
             raise FileNotFoundError(f"{root}: no such folder")
-        self.images = folder_images(self.root)
+        self.unreadable = []
+        self.images = folder_images(self.root, self.unreadable)
 
     def __len__(self) -> int:
         return len(self.images)

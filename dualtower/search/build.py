@@ -57,6 +57,7 @@ class BuildReport:
     engine: str = ""
     seconds: float = 0.0
     skipped_list: list = field(default_factory=list)  # (key, reason, detail) of this run's skips
+    unreadable: list = field(default_factory=list)  # folders that could not be listed: their images unseen
 
     @property
     def accepted(self) -> int:
@@ -67,7 +68,9 @@ class BuildReport:
         return (f"seen {self.seen} = accepted {self.accepted} (new {self.added}, changed {self.changed}, "
                 f"unchanged {self.unchanged + self.touched}) + skipped {sum(self.skipped.values())} ({skips}); "
                 f"removed {self.removed}; the index holds {self.items} images ({self.engine}), "
-                f"{self.seconds:.1f} s")
+                f"{self.seconds:.1f} s" + (f"; {len(self.unreadable)} folders could not be read, their images not "
+                                           f"seen ({', '.join(map(str, self.unreadable[:3]))})"
+                                           if self.unreadable else ""))
 
 
 def _stat(file: str | None) -> tuple[int | None, int | None]:
@@ -162,7 +165,7 @@ def build_index(spec: str, model, out: "str | os.PathLike", engine: str = "auto"
         store = create()
     try:
         store.add_folders(source.folders())
-        report = BuildReport()
+        report = BuildReport(unreadable=list(source.unreadable))
         known = store.known()
         seen_keys: set[str] = set()
         todo = []
