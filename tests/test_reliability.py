@@ -147,7 +147,8 @@ def test_the_reliability_suite(tmp_path, capsys, photos, sharded_run):  # noqa: 
 
     from .test_search import _hostile_requests, _Server
 
-    served = SearchIndex(tmp_path / "idx", model=dualtower.load(model))
+    assert main(index(tmp_path / "service-idx")) == 0
+    served = SearchIndex(tmp_path / "service-idx", model=dualtower.load(model))
     server = _Server(served)
     try:
         row = t.rows["search service"]
