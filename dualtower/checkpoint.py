@@ -19,15 +19,12 @@ from pathlib import Path
 import torch
 
 from . import rundir, sharded
-from .config import CONFIG_VERSION, ModelConfig
+from .config import CONFIG_VERSION, TOKENIZER_FILES, ModelConfig
 from .io import atomic_directory, read_json
 from .model import DualEncoder
 
 FORMAT, VERSION, READABLE_VERSIONS = "dualtower", CONFIG_VERSION, (1, CONFIG_VERSION)
 CONFIG_FILE, WEIGHTS_FILE, SHARDED_DIR = "config.json", "model.safetensors", "sharded"
-# A model's own tokenizer files (SigLIP's SentencePiece, SigLIP 2's Gemma tokenizer.json), kept beside the weights
-# when the model came with them.
-TOKENIZER_FILES = ("spiece.model", "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json")
 
 
 class CheckpointError(ValueError):

@@ -203,6 +203,11 @@ class PreprocessConfig:
         _check(all(v > 0 for v in self.std), f"preprocess std {list(self.std)} must be above 0 (it divides)")
 
 
+# A model's own tokenizer files (SigLIP's SentencePiece spiece.model, SigLIP 2's Gemma tokenizer.json, and their
+# settings): the one list that checkpoints, exports, the ONNX runtime, the Hub loader and get_tokenizer read.
+TOKENIZER_FILES = ("spiece.model", "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json")
+
+
 @dataclass(frozen=True)
 class ModelConfig:
     name: str = "custom"

@@ -321,7 +321,9 @@ def _write_side_files(model, directory: Path, name: str, format: str, precision:
                 data = resources.files("dualtower").joinpath(f"assets/{asset}").read_bytes()
                 (directory / asset).write_bytes(data)
         elif model.tokenizer_files is not None:
-            for file in ("spiece.model", "tokenizer_config.json", "special_tokens_map.json"):
+            from .config import TOKENIZER_FILES
+
+            for file in TOKENIZER_FILES:  # SigLIP 2's tokenizer.json too: the export embeds text with it
                 if (model.tokenizer_files / file).is_file():
                     shutil.copyfile(model.tokenizer_files / file, directory / file)
     p = cfg.preprocess

@@ -14,6 +14,8 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
+from .config import TOKENIZER_FILES
+
 PREFIX = "hf-hub:"
 
 # The files that say what a repo holds; all small.
@@ -25,8 +27,7 @@ WEIGHTS = {
                   "pytorch_model.bin"),
 }
 # Small files fetched beside the weights: the tokenizer's, and the model card (its licence field).
-EXTRA_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "vocab.json", "merges.txt",
-               "spiece.model", "tokenizer.model", "README.md")
+EXTRA_FILES = (*TOKENIZER_FILES, "vocab.json", "merges.txt", "tokenizer.model", "README.md")
 
 
 # The most bytes each kind of small file may have (a Gemma tokenizer.json is about 33 MB): a repo's 100 MB README

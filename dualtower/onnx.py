@@ -47,7 +47,10 @@ class OnnxModel:
                 raise ValueError(f"{self.directory}: {graph['file']} is missing")
             self.sessions[name] = ort.InferenceSession(str(path), options,
                                                        providers=providers or ["CPUExecutionProvider"])
-        self.tokenizer_files = self.directory if (self.directory / "spiece.model").is_file() else None
+        from .config import TOKENIZER_FILES
+
+        own = any((self.directory / name).is_file() for name in TOKENIZER_FILES)
+        self.tokenizer_files = self.directory if own else None
         self._transform = None
         self._tokenizer = None
 

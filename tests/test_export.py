@@ -262,3 +262,39 @@ def test_an_export_config_is_checked_field_by_field(tmp_path):
     (folder / "config.json").write_text(json.dumps({**good, "graphs": graphs}))
     with pytest.raises(ValueError, match="not a file of its folder"):
         dualtower.onnx.load(folder)
+
+
+@pytest.mark.parametrize("kind", ["clip-bpe", "sentencepiece", "tokenizer.json"])
+def test_an_export_embeds_text_with_every_tokenizer_kind(kind, tmp_path):
+    """The export carries the model's own tokenizer files from the one list (config.TOKENIZER_FILES): a
+    fixed-resolution SigLIP 2 model (Gemma tokenizer.json) shipped without its tokenizer.json and could not embed
+    text; SigLIP's spiece.model and the bundled CLIP vocabulary travel as before. Texts embed as PyTorch does."""
+    arch = {"clip-bpe": "tiny", "sentencepiece": "ViT-B-16-SigLIP", "tokenizer.json": "ViT-B-16-SigLIP2"}[kind]
+    cfg = _small(arch)
+    files = tmp_path / "tokenizer"
+    if kind == "tokenizer.json":
+        from .test_tokenizer_json import _make_gemma_like
+
+        vocab = _make_gemma_like(files)
+        cfg = cfg.replace(text=replace(cfg.text, vocab_size=vocab))
+    elif kind == "sentencepiece":  # SigLIP's kind: <pad> 0, </s> 1, <unk> 2
+        import sentencepiece as spm
+
+        files.mkdir()
+        (files / "corpus.txt").write_text("\n".join(CAPTIONS * 50 + ["a photo of a cat", "two dogs"] * 50))
+        spm.SentencePieceTrainer.train(input=str(files / "corpus.txt"), model_prefix=str(files / "spiece"),
+                                       vocab_size=120, model_type="unigram", pad_id=0, eos_id=1, unk_id=2,
+                                       bos_id=-1, minloglevel=2, hard_vocab_limit=False)
+        cfg = cfg.replace(text=replace(cfg.text, vocab_size=120))
+    model = _perturbed(cfg)
+    if kind != "clip-bpe":
+        model.tokenizer_files = files
+    dualtower.save(model, tmp_path / "ckpt")
+    model = dualtower.load(tmp_path / "ckpt")
+    export(model, tmp_path / "onnx")
+    runtime = dualtower.onnx.load(tmp_path / "onnx")
+    texts = ["a photo of a cat", "two dogs playing in the snow"]
+    with torch.no_grad():
+        ref = model.encode_text(dualtower.get_tokenizer(model)(texts), normalize=True).numpy()
+    got = runtime.embed_texts(texts)
+    assert np.abs(got - ref).max() <= 1e-4 * np.abs(ref).max(), kind
