@@ -610,10 +610,10 @@ def main(argv: list[str] | None = None) -> int:
     try:
         _check_out(args)
         return args.func(args, rest) if getattr(args, "takes_overrides", False) else args.func(args)
-    except KeyboardInterrupt as e:
-        print(f"dualtower {args.command}: {'terminated' if isinstance(e, Terminated) else 'interrupted'}",
-              file=sys.stderr)
-        return 143 if isinstance(e, Terminated) else 130
+    except KeyboardInterrupt as e:  # Ctrl-C, or SIGTERM (Terminated; a training run's Stopped says which)
+        terminated = getattr(e, "signum", signal.SIGINT) == signal.SIGTERM
+        print(f"dualtower {args.command}: {'terminated' if terminated else 'interrupted'}", file=sys.stderr)
+        return 143 if terminated else 130
     except Exception as e:  # every failure ends in one line naming the input and the problem; --debug: traceback
         if debug:
             raise
@@ -630,7 +630,9 @@ def main(argv: list[str] | None = None) -> int:
 
 class Terminated(KeyboardInterrupt):
     """SIGTERM, raised where the command is, as Ctrl-C is: every atomic write removes its temporary and leaves the
-    previous output, or the complete new one (exit 143)."""
+    previous output, or the complete new one (exit 143). (A training run catches both itself: `train.stop`.)"""
+
+    signum = signal.SIGTERM
 
 
 def _terminate_as_interrupt():

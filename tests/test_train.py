@@ -14,6 +14,7 @@ import torch
 
 import dualtower
 from dualtower import configtree
+from dualtower.cli import main
 from dualtower.train.config import TrainConfig
 from dualtower.train.loop import TrainingError, train
 
@@ -160,3 +161,39 @@ def test_daily_practice_resume_refuses_a_new_end_and_logs_read_well_in_files(tmp
     warned = _run(FAST + ["--train.steps=2", "--optim.warmup_steps=5", "--data.workers=0",
                           f"--train.out={tmp_path / 'short'}"])
     assert warned.returncode == 0 and "smaller than optim.warmup_steps" in warned.stderr
+
+
+@pytest.mark.parametrize("signame", ["SIGINT", pytest.param("SIGTERM", marks=pytest.mark.slow)])
+def test_ctrl_c_saves_the_step_and_the_run_resumes_exactly(tmp_path, signame):
+    """Ctrl-C (or SIGTERM) at a moment between saves: the step in flight finishes, a checkpoint of it is saved,
+    the command says where and how to resume and exits 130 (143); --resume then ends where an uninterrupted run
+    ends, bit for bit. (Before: "interrupted", no checkpoint, the steps lost.)"""
+    import signal
+    import subprocess
+    import sys
+    import time
+    from pathlib import Path
+
+    from safetensors.torch import load_file
+
+    steps = 60  # long enough to be caught between two steps
+    args = ["--model.arch=tiny", "--data.batch_size=8", "--data.workers=0", f"--train.steps={steps}",
+            "--train.save_every=0", "--train.progress=false", "--train.log_every=1"]
+    root = Path(__file__).resolve().parent.parent
+    proc = subprocess.Popen([sys.executable, "-m", "dualtower.cli", "train", *args, f"--train.out={tmp_path / 'a'}"],
+                            cwd=root, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    metrics, deadline = tmp_path / "a" / "metrics.jsonl", time.monotonic() + 120
+    while not (metrics.is_file() and metrics.read_text().count("\n") >= 5):  # a few steps in
+        assert proc.poll() is None and time.monotonic() < deadline
+        time.sleep(0.02)
+    proc.send_signal(getattr(signal, signame))
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode == (130 if signame == "SIGINT" else 143), err
+    assert "Traceback" not in err and f"resume with: dualtower train --resume {tmp_path / 'a'}" in err, err
+    saved = sorted((tmp_path / "a" / "checkpoints").glob("step_*"))
+    assert len(saved) == 1 and 5 <= int(saved[0].name.split("_")[1]) < steps, saved
+    started = time.monotonic()
+    assert main(["train", f"--resume={tmp_path / 'a'}"]) == 0
+    assert main(["train", *args, f"--train.out={tmp_path / 'b'}"]) == 0
+    a, b = (load_file(tmp_path / r / "checkpoints" / f"step_{steps:06d}" / "model.safetensors") for r in "ab")
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a), time.monotonic() - started

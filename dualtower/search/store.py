@@ -173,7 +173,8 @@ class Store:
         known = self.folders
         new = [f for f in (os.path.realpath(f) for f in folders) if f not in known]
         if new:
-            self.db.execute("INSERT OR REPLACE INTO meta (key, value) VALUES ('folders', ?)", (json.dumps(known + new),))
+            self.db.execute("INSERT OR REPLACE INTO meta (key, value) VALUES ('folders', ?)",
+                            (json.dumps(known + new),))
 
     @property
     def vectors_path(self) -> Path:

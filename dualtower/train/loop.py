@@ -6,6 +6,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import sys
 from dataclasses import replace
 from pathlib import Path
 
@@ -30,6 +31,7 @@ from .gradcache import encode, grad_cache_step
 from .optim import lr_at, param_groups
 from .errors import TrainingError
 from .runlog import RunLog
+from .stop import Stopped, StopRequest
 from .validate import Validation
 from .state import (find_checkpoint, is_sharded, load_by_name, load_sharded, load_training, optimizer_state_by_name,
                     save_sharded, save_training, saved_config, set_rng_state)
@@ -120,59 +122,70 @@ def train(cfg: TrainConfig, resume: str | None = None) -> dict:
                 else contextlib.nullcontext())
 
     model.train()
-    for step in range(start, t.steps):
-        batch = next(stream)
-        runlog.batch(batch)
-        lr = lr_at(step, cfg.optim.lr, cfg.optim.warmup_steps, t.steps)
-        for group in optimizer.param_groups:
-            group["lr"] = lr
-        pixels, ids = batch.pixels.to(d.device), tokenizer(batch.captions)  # the text tower moves the ids
-        keys = seeds.noise_keys(t.seed, step, batch.indices)  # dropout and patch dropout, keyed per sample
+    stop = StopRequest(announce=d.main).install()  # Ctrl-C / SIGTERM: finish the step, save, stop
+    try:
+        for step in range(start, t.steps):
+            batch = next(stream)
+            runlog.batch(batch)
+            lr = lr_at(step, cfg.optim.lr, cfg.optim.warmup_steps, t.steps)
+            for group in optimizer.param_groups:
+                group["lr"] = lr
+            pixels, ids = batch.pixels.to(d.device), tokenizer(batch.captions)  # the text tower moves the ids
+            keys = seeds.noise_keys(t.seed, step, batch.indices)  # dropout and patch dropout, keyed per sample
 
-        # Forward and backward, then average gradients over processes once and clip.
-        optimizer.zero_grad(set_to_none=True)
-        if t.micro_batch:
-            loss = grad_cache_step(model, pixels, ids, keys, t.micro_batch, loss_fn, d.enabled, autocast)
-        else:
-            image, text = encode(model, pixels, ids, keys, autocast)
-            # Several processes: gather every process's embeddings with gradient (local rows, global columns).
-            loss = loss_fn(image, text, *(distributed.gather_features(image, text) if d.enabled else
-                                          (image, text, 0)))
-            loss.backward()
-        if d.enabled:  # FSDP reduced the sharded gradients in the backward pass
-            distributed.average_gradients([p for p in replicated if p.requires_grad] if replicated else params,
-                                          d.world)
-        clip = t.grad_clip if t.grad_clip > 0 else float("inf")
-        grad_norm = distributed.clip_grad_norm(params, clip) if replicated else \
-            torch.nn.utils.clip_grad_norm_(params, clip)
-
-        # A non-finite loss or gradient on any process skips the update everywhere.
-        updated = _all_finite(loss, grad_norm, d)
-        if updated:
-            optimizer.step()
-            if ema is not None:  # ema = decay * ema + (1 - decay) * weights
-                torch._foreach_lerp_(list(ema.values()), averaged, 1.0 - t.ema_decay)
-        else:
+            # Forward and backward, then average gradients over processes once and clip.
             optimizer.zero_grad(set_to_none=True)
-            runlog.update_skipped(step, loss, grad_norm)
-        runlog.step(step, batch, loss, lr, grad_norm, updated, model.scale)
+            if t.micro_batch:
+                loss = grad_cache_step(model, pixels, ids, keys, t.micro_batch, loss_fn, d.enabled, autocast)
+            else:
+                image, text = encode(model, pixels, ids, keys, autocast)
+                # Several processes: gather every process's embeddings with gradient (local rows, global columns).
+                loss = loss_fn(image, text, *(distributed.gather_features(image, text) if d.enabled else
+                                              (image, text, 0)))
+                loss.backward()
+            if d.enabled:  # FSDP reduced the sharded gradients in the backward pass
+                distributed.average_gradients([p for p in replicated if p.requires_grad] if replicated else params,
+                                              d.world)
+            clip = t.grad_clip if t.grad_clip > 0 else float("inf")
+            grad_norm = distributed.clip_grad_norm(params, clip) if replicated else \
+                torch.nn.utils.clip_grad_norm_(params, clip)
 
-        done = step + 1
-        # Validation (every process runs it: FSDP needs them all, and none waits long at the next barrier),
-        # then a checkpoint there, which `best` names when its metric is the best so far.
-        evaluate = validation is not None and ((cfg.val.every and done % cfg.val.every == 0) or done == t.steps)
-        best = runlog.validation(step, validation(model), validation.metric) if evaluate else False
-        if (t.save_every and done % t.save_every == 0) or done == t.steps or evaluate:
-            runlog.flush()
-            if sharded:  # every process writes its shards
-                save_sharded(run, done, model, optimizer, runlog.state() if d.main else None,
-                             to_dict(cfg) if d.main else None, t.keep_checkpoints, d.main, best)
-            elif d.main:
-                save_training(run, done, model, optimizer, runlog.state(), to_dict(cfg), t.keep_checkpoints, ema,
-                              best)
-            if d.enabled:
-                torch.distributed.barrier()
+            # A non-finite loss or gradient on any process skips the update everywhere.
+            updated = _all_finite(loss, grad_norm, d)
+            if updated:
+                optimizer.step()
+                if ema is not None:  # ema = decay * ema + (1 - decay) * weights
+                    torch._foreach_lerp_(list(ema.values()), averaged, 1.0 - t.ema_decay)
+            else:
+                optimizer.zero_grad(set_to_none=True)
+                runlog.update_skipped(step, loss, grad_norm)
+            runlog.step(step, batch, loss, lr, grad_norm, updated, model.scale)
 
+            done = step + 1
+            # Validation (every process runs it: FSDP needs them all, and none waits long at the next barrier),
+            # then a checkpoint there, which `best` names when its metric is the best so far.
+            evaluate = validation is not None and ((cfg.val.every and done % cfg.val.every == 0) or done == t.steps)
+            best = runlog.validation(step, validation(model), validation.metric) if evaluate else False
+            stopping = stop.agreed(d)  # Ctrl-C / SIGTERM on any process: all save this step, then stop
+            if (t.save_every and done % t.save_every == 0) or done == t.steps or evaluate or stopping:
+                runlog.flush()
+                if sharded:  # every process writes its shards
+                    save_sharded(run, done, model, optimizer, runlog.state() if d.main else None,
+                                 to_dict(cfg) if d.main else None, t.keep_checkpoints, d.main, best)
+                elif d.main:
+                    save_training(run, done, model, optimizer, runlog.state(), to_dict(cfg), t.keep_checkpoints, ema,
+                                  best)
+                if d.enabled:
+                    torch.distributed.barrier()
+            if stopping and done < t.steps:
+                runlog.close()
+                if d.main:
+                    print(f"dualtower train: stopped after step {done} of {t.steps}; checkpoint {run.step(done)}\n"
+                          f"resume with: dualtower train --resume {run.root}", file=sys.stderr, flush=True)
+                distributed.shutdown(d)
+                raise Stopped(stopping, done, run.step(done))
+    finally:
+        stop.uninstall()
     summary = runlog.close()
     distributed.shutdown(d)
     return summary
