@@ -610,6 +610,12 @@ def main(argv: list[str] | None = None) -> int:
     try:
         _check_out(args)
         return args.func(args, rest) if getattr(args, "takes_overrides", False) else args.func(args)
+    except BrokenPipeError:  # `dualtower archs | head -1`: the reader has what it wanted
+        try:
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # no second error at exit's flush
+        except OSError:
+            pass
+        return 0
     except KeyboardInterrupt as e:  # Ctrl-C, or SIGTERM (Terminated; a training run's Stopped says which)
         terminated = getattr(e, "signum", signal.SIGINT) == signal.SIGTERM
         print(f"dualtower {args.command}: {'terminated' if terminated else 'interrupted'}", file=sys.stderr)

@@ -113,6 +113,7 @@ def atomic_file(path: "str | os.PathLike"):
     """Yields a temporary path beside `path`; on success it is fsynced and renamed over `path`. On any error
     (a full disk included) the temporary file is removed and `path` is untouched."""
     path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)  # `--out out/x.json` with no out/ yet: as `embed` always did
     clean_stale(path)
     tmp = _temporary_name(path, "tmp")
     try:

@@ -1,7 +1,9 @@
 """The command line: the smoke run, convert, archs."""
 
+import json
 import subprocess
 import sys
+from pathlib import Path
 
 import torch
 
@@ -37,3 +39,16 @@ def test_errors_are_reported_not_raised(tmp_path, capsys):
 def test_module_entry_point_lists_architectures():
     out = subprocess.run([sys.executable, "-m", "dualtower", "archs"], capture_output=True, text=True, check=True)
     assert "ViT-bigG-14-quickgelu" in out.stdout
+
+
+def test_a_closed_pipe_ends_quietly_and_out_folders_are_made(tmp_path):
+    """`dualtower archs | head -1` gave BrokenPipeError and exit 1 every time; `--out out/x.json` with no out/
+    did all the work, then failed to write (issue 33, items 10 and 11)."""
+    root = Path(__file__).resolve().parent.parent
+    # `true` closes the pipe before the listing is written (as `head` does once it has its line)
+    out = subprocess.run(f"set -o pipefail; {sys.executable} -m dualtower.cli archs | true", shell=True,
+                         executable="/bin/bash", capture_output=True, text=True, cwd=root)
+    assert out.returncode == 0 and out.stderr == "", out
+    assert main(["eval", "zeroshot", "--model", "tiny", "--data", "builtin:digits:test",
+                 "--out", str(tmp_path / "new" / "deeper" / "zs.json")]) == 0
+    assert json.loads((tmp_path / "new" / "deeper" / "zs.json").read_text())
