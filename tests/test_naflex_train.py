@@ -131,7 +131,7 @@ def test_naflex_training_on_mixed_aspect_ratios_resumes_exactly(aspect_data, tmp
     summary = train(_config(aspect_data, run, 6, micro=3))
     assert summary["steps"] == 6
     first, samples = _records(run, "metrics.jsonl"), _records(run, "samples.rank0.jsonl")
-    assert [m["step"] for m in first] == list(range(6)) and all(m["loss"] == m["loss"] for m in first)
+    assert [m["step"] for m in first] == list(range(1, 7)) and all(m["loss"] == m["loss"] for m in first)
     assert len({len(s["ids"]) for s in samples}) > 1  # batches of several sizes: short sequences pack more
 
     step_2 = str(run / "checkpoints" / "step_000002")

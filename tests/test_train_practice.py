@@ -54,7 +54,7 @@ def test_tensorboard_gets_the_metrics_records(tmp_path):
     import json
 
     records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
-    assert losses == [(r["step"] + 1, pytest.approx(r["loss"])) for r in records]
+    assert losses == [(r["step"], pytest.approx(r["loss"])) for r in records]  # one step count everywhere
     assert {"train/lr", "train/logit_scale", "train/samples_per_s", "train/skipped"} <= set(events.Tags()["scalars"])
 
 
@@ -68,11 +68,11 @@ def test_validation_during_training_keeps_the_best_and_the_last(tmp_path):
     import json
 
     records = [json.loads(line) for line in (run / "val.jsonl").read_text().splitlines()]
-    assert [r["step"] for r in records] == [1, 3, 5] and all(0 <= r["top1"] <= 1 for r in records)
+    assert [r["step"] for r in records] == [2, 4, 6] and all(0 <= r["top1"] <= 1 for r in records)
     best = max(records, key=lambda r: r["top1"])  # the first of equals
-    assert summary["best"]["step"] == best["step"] + 1 and summary["best"]["value"] == best["top1"]
+    assert summary["best"]["step"] == best["step"] and summary["best"]["value"] == best["top1"]
     checkpoints = run / "checkpoints"
-    assert (checkpoints / "best").resolve().name == f"step_{best['step'] + 1:06d}"
+    assert (checkpoints / "best").resolve().name == f"step_{best['step']:06d}"
     assert (checkpoints / "latest").resolve().name == "step_000006" and dualtower.load(checkpoints / "best")
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
@@ -109,3 +109,18 @@ def test_retrieval_validation(tmp_path):
     record = json.loads((run / "val.jsonl").read_text())
     assert {"image_to_text/R@1", "text_to_image/R@5", "mean_R@1"} <= set(record)
     assert summary["best"]["metric"] == "mean_R@1"
+
+
+def test_every_record_counts_steps_the_same_way(tmp_path):
+    """metrics.jsonl and val.jsonl said 1, 3, ... where the console, TensorBoard, checkpoint names and summary.json
+    said 2, 4, ...: every record now names the completed-step count (issue 33, item 2)."""
+    import json
+
+    run = tmp_path / "run"
+    args = ARGS + ["--train.steps=4", "--train.save_every=2", "--train.log_every=2", "--train.keep_checkpoints=5",
+                   "--val.data=builtin:digits:test", "--val.every=2", f"--train.out={run}"]
+    summary = train(configtree.load(TrainConfig, None, args))
+    for name in ("metrics.jsonl", "val.jsonl"):
+        assert [json.loads(line)["step"] for line in (run / name).read_text().splitlines()] == [2, 4], name
+    assert sorted(p.name for p in (run / "checkpoints").glob("step_*")) == ["step_000002", "step_000004"]
+    assert summary["steps"] == 4 and summary["best"]["step"] in (2, 4)

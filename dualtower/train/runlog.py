@@ -19,9 +19,10 @@ log = logging.getLogger("dualtower.train")
 
 
 def _append_from(path, start: int):
-    """Open `path` for appending, first dropping what a killed run wrote past its checkpoint: records of step
-    index `start` or later (0-based, as written; the checkpoint of `start` completed steps holds indices up to
-    start - 1), and a line the kill cut short. The file is rewritten atomically."""
+    """Open `path` for appending, first dropping what a killed run wrote past its checkpoint: records of a step
+    after `start` (records name the completed-step count, as the console, checkpoints and TensorBoard do: the
+    checkpoint of `start` completed steps covers records 1..start), and a line the kill cut short. The file is
+    rewritten atomically."""
     if path.exists():
         kept = []
         for line in path.read_text(encoding="utf-8", errors="replace").splitlines():
@@ -29,7 +30,7 @@ def _append_from(path, start: int):
                 record = json.loads(line)
             except ValueError:
                 continue
-            if isinstance(record, dict) and isinstance(record.get("step"), int) and record["step"] < start:
+            if isinstance(record, dict) and isinstance(record.get("step"), int) and record["step"] <= start:
                 kept.append(line)
         write_text(path, "".join(ln + "\n" for ln in kept))
     return open(path, "a", encoding="utf-8")
@@ -86,7 +87,7 @@ class RunLog:
         if self.val is None and self.d.main:
             self.val = _append_from(self.run.file("val.jsonl"), self.start)
         if self.val is not None:
-            self.val.write(json.dumps({"step": step, **metrics}) + "\n")
+            self.val.write(json.dumps({"step": step + 1, **metrics}) + "\n")
             self.val.flush()
             shown = "  ".join(f"{k} {v:.4f}" for k, v in metrics.items())
             print(f"validation at step {step + 1}: {shown}{'  (best ' + metric + ')' if best else ''}", flush=True)
@@ -102,7 +103,7 @@ class RunLog:
         log.warning("step %d: non-finite loss or gradient (loss %s, grad norm %s); update skipped",
                     step, float(loss.detach()), float(grad_norm))
         if self.nonfinite_run >= self.t.max_nonfinite:
-            raise TrainingError(f"{self.nonfinite_run} non-finite steps in a row (last at step {step}); stopping. "
+            raise TrainingError(f"{self.nonfinite_run} non-finite steps in a row (last at step {step + 1}); stopping. "
                                 "Lower optim.lr, raise optim.warmup_steps or use train.precision=fp32.")
 
     def step(self, step: int, batch, loss: torch.Tensor, lr: float, grad_norm, updated: bool, scale) -> None:
@@ -115,11 +116,11 @@ class RunLog:
             loss_value /= self.d.world
         self.window_samples += len(batch) * self.d.world
         if self.samples is not None:
-            self.samples.write(json.dumps({"step": step, "ids": batch.sample_ids}) + "\n")
+            self.samples.write(json.dumps({"step": step + 1, "ids": batch.sample_ids}) + "\n")
         done = step + 1
         if self.metrics is not None and (done % self.t.log_every == 0 or done == self.t.steps):
             now = time.perf_counter()
-            record = {"step": step, "loss": loss_value.item(), "lr": lr, "logit_scale": scale().item(),
+            record = {"step": done, "loss": loss_value.item(), "lr": lr, "logit_scale": scale().item(),
                       "grad_norm": float(grad_norm), "samples_per_s": self.window_samples / (now - self.window_start),
                       "skipped": sum(self.stats.skipped.values()), "nonfinite": self.nonfinite_total}
             self.metrics.write(json.dumps(record) + "\n")
@@ -183,7 +184,7 @@ class RunLog:
         out = self.run.root
         records = [json.loads(ln) for ln in self.run.file("metrics.jsonl").read_text().splitlines() if ln.strip()]
         if records:
-            line_chart([r["step"] + 1 for r in records], [r["loss"] for r in records], out / "loss.png",
+            line_chart([r["step"] for r in records], [r["loss"] for r in records], out / "loss.png",
                        title="training loss", xlabel="step", ylabel="loss")
         write_json(out / "summary.json", summary)
         data = summary["data"]
