@@ -597,6 +597,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
+    from .configtree import pair_overrides
+
+    # `--train.out runs/x` (the space form): paired before parsing, or the parser takes runs/x for CONFIG
+    argv = pair_overrides(list(sys.argv[1:] if argv is None else argv))
     args, rest = parser.parse_known_args(argv)
     if rest and not getattr(args, "takes_overrides", False):
         parser.error(f"unrecognized arguments: {' '.join(rest)}")

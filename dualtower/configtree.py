@@ -90,11 +90,13 @@ def read_file(path: str | Path) -> dict:
 
 
 def pair_overrides(args: list[str]) -> list[str]:
-    """`--train.steps 100` written as `--train.steps=100`: a key without `=` takes the next word as its value."""
+    """`--train.steps 100` written as `--train.steps=100`: a dotted key without `=` takes the next word as its value
+    (other options, `--resume DIR`, are the parser's)."""
     out, i = [], 0
     while i < len(args):
         item = args[i]
-        if item.startswith("--") and "=" not in item and i + 1 < len(args) and not args[i + 1].startswith("--"):
+        if item.startswith("--") and "." in item and "=" not in item and i + 1 < len(args) and \
+                not args[i + 1].startswith("--"):
             out.append(f"{item}={args[i + 1]}")
             i += 2
         else:

@@ -124,3 +124,15 @@ def test_every_record_counts_steps_the_same_way(tmp_path):
         assert [json.loads(line)["step"] for line in (run / name).read_text().splitlines()] == [2, 4], name
     assert sorted(p.name for p in (run / "checkpoints").glob("step_*")) == ["step_000002", "step_000004"]
     assert summary["steps"] == 4 and summary["best"]["step"] in (2, 4)
+
+
+def test_the_space_form_of_overrides_needs_no_config_file(tmp_path, capsys):
+    """`dualtower train --train.out runs/x --train.steps 10` read runs/x as the CONFIG file (issue 33, item 3)."""
+    from dualtower.cli import main
+
+    run = tmp_path / "x"
+    argv = ["train", "--train.out", str(run), "--train.steps", "2", "--model.arch", "tiny", "--data.batch_size",
+            "16", "--data.workers", "0", "--train.progress", "false"]
+    assert main(argv) == 0, capsys.readouterr().err
+    assert (run / "checkpoints" / "step_000002").is_dir()
+    assert main(["--debug", "archs"]) == 0  # options without a dot are the parser's, as before
