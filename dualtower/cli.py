@@ -354,7 +354,8 @@ def _cmd_serve(args) -> int:
     return 0
 
 
-_FORMATS = "dualtower, open_clip (or openai), timm, internvl, hf-clip, hf-siglip, hf-siglip2, hf-internvl"
+_FORMATS = ("dualtower, open_clip, openai (written for QuickGELU models only), timm, internvl, hf-clip, hf-siglip, "
+            "hf-siglip2, hf-internvl")
 
 
 def _model_args(p) -> None:

@@ -117,8 +117,8 @@ def test_detection_names_the_candidates_and_source_decides(tmp_path):
 
 
 def test_every_format_answers_the_same_interface():
-    assert convert.names() == sorted(["dualtower", "open_clip", "open_clip_hub", "timm", "timm_hub", "internvl",
-                                      "hf-clip", "hf-siglip", "hf-siglip2", "hf-internvl"])
+    assert convert.names() == sorted(["dualtower", "open_clip", "openai", "open_clip_hub", "timm", "timm_hub",
+                                      "internvl", "hf-clip", "hf-siglip", "hf-siglip2", "hf-internvl"])
     cfg = dualtower.get_config("tiny")
     for name, fmt in convert.FORMATS.items():
         assert fmt.name == name and fmt.summary
@@ -187,3 +187,20 @@ def test_the_command_line_help_names_every_format():
     named = {n.split(" ")[0] for n in _FORMATS.split(", ")}
     hub_layouts = {"open_clip_hub", "timm_hub"}  # detected, and written by --to open_clip into a folder
     assert named == set(convert.names()) - hub_layouts, named ^ (set(convert.names()) - hub_layouts)
+
+
+def test_openai_layout_is_written_only_for_quickgelu_towers(tmp_path, capsys):
+    """OpenAI's clip.load builds every tower with QuickGELU from the state dict alone: a GELU model written as
+    openai loaded silently as another model (issue 33, item 6). It is refused, naming the QuickGELU architecture;
+    a QuickGELU model is written and reads back the same."""
+    from dualtower.cli import main
+
+    dualtower.save(dualtower.create_model("tiny", seed=1), tmp_path / "gelu")
+    assert main(["convert", str(tmp_path / "gelu"), str(tmp_path / "gelu.safetensors"), "--to", "openai"]) == 2
+    err = capsys.readouterr().err
+    assert "QuickGELU" in err and "tiny-quickgelu" in err and not (tmp_path / "gelu.safetensors").exists(), err
+    model = dualtower.create_model("tiny-quickgelu", seed=1)
+    dualtower.save(model, tmp_path / "quick")
+    assert main(["convert", str(tmp_path / "quick"), str(tmp_path / "quick.safetensors"), "--to", "openai"]) == 0
+    back = dualtower.load(tmp_path / "quick.safetensors", arch="tiny-quickgelu", source="openai")
+    assert all(torch.equal(a, b) for a, b in zip(back.state_dict().values(), model.state_dict().values()))

@@ -158,4 +158,34 @@ class OpenClip(Format):
             write_directory(model, dst)
 
 
+def check_openai(cfg: ModelConfig) -> None:
+    """OpenAI's own loader (`clip.load`, and what builds on it: LlamaIndex's ClipEmbedding) builds every tower with
+    QuickGELU from the state dict alone: any other activation would load without a word and compute other
+    numbers (cosine 0.9999 on random weights, worse trained), so it is refused."""
+    check_exportable(cfg)
+    if timm_trunk(cfg):
+        raise ConversionError(f"{cfg.name}: OpenAI's CLIP has no timm-trunk vision tower; write it as open_clip")
+    other = sorted({c.act for c in (cfg.vision, cfg.text) if c is not None and c.act != "quick_gelu"})
+    if other:
+        name = cfg.name if cfg.name.endswith("-quickgelu") else f"{cfg.name}-quickgelu"
+        raise ConversionError(
+            f"{cfg.name} uses {', '.join(other)}, but OpenAI's clip.load builds every tower with QuickGELU and would "
+            f"compute other numbers without a word; only a QuickGELU architecture (such as {name}) is written as "
+            "openai. Write this one as open_clip (open_clip.create_model names its activation).")
+
+
+class OpenAI(OpenClip):
+    """OpenAI's CLIP state dict: open_clip's CLIP layout, read the same way; written only for QuickGELU towers,
+    the one activation OpenAI's loader builds."""
+
+    name = "openai"
+    summary = "OpenAI's CLIP state dict (open_clip's CLIP layout; written only for QuickGELU architectures)"
+
+    def detect(self, probe) -> bool:
+        return False  # the same keys as open_clip's: read through open_clip, or named with --from openai
+
+    check = staticmethod(check_openai)
+
+
 FORMAT = register(OpenClip())
+register(OpenAI())

@@ -136,7 +136,7 @@ def reason(check, cfg: ModelConfig) -> str | None:
 
 
 FORMATS: dict[str, Format] = {}  # filled by the format modules as dualtower.convert imports them
-ALIASES = {"openai": "open_clip", "ours": "dualtower"}  # OpenAI's state dicts are open_clip's CLIP layout
+ALIASES = {"ours": "dualtower"}
 HF_FORMATS = ("hf-clip", "hf-siglip", "hf-siglip2", "hf-internvl")  # what `to="hf"` chooses among, by the model
 
 
