@@ -239,9 +239,21 @@ TIMM_NAMES = {
 }
 
 
+def closest(name: str, names, n: int = 3) -> list[str]:
+    """The names most like `name` (case aside: vit-b-32 -> ViT-B-32), for an error to suggest."""
+    import difflib
+
+    by_lower = {}
+    for known in names:
+        by_lower.setdefault(known.lower(), known)
+    return [by_lower[m] for m in difflib.get_close_matches(name.lower(), list(by_lower), n=n, cutoff=0.6)]
+
+
 def get_config(name: str) -> ModelConfig:
     if name not in REGISTRY:
-        raise KeyError(f"unknown architecture {name!r}; known: {', '.join(sorted(REGISTRY))}")
+        near = closest(name, REGISTRY)
+        hint = f"did you mean {' or '.join(near)}?" if near else "none is close"
+        raise KeyError(f"unknown architecture {name!r}: {hint} (`dualtower archs` lists all {len(REGISTRY)})")
     return REGISTRY[name]
 
 

@@ -5,6 +5,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 import torch
 
 import dualtower
@@ -52,3 +53,16 @@ def test_a_closed_pipe_ends_quietly_and_out_folders_are_made(tmp_path):
     assert main(["eval", "zeroshot", "--model", "tiny", "--data", "builtin:digits:test",
                  "--out", str(tmp_path / "new" / "deeper" / "zs.json")]) == 0
     assert json.loads((tmp_path / "new" / "deeper" / "zs.json").read_text())
+
+
+def test_a_missing_model_says_so_and_names_the_closest(capsys):
+    """`--model nonexist` said "not a checkpoint directory nor a .safetensors/.bin file"; an unknown architecture
+    listed 64 names (issue 33, item 14)."""
+    assert main(["classify", "--model", "vit-b-32", "--labels", "a,b", "x.png"]) == 2
+    err = capsys.readouterr().err
+    assert "vit-b-32: no such file or directory, and not a name from `dualtower models` nor an architecture " \
+           "(closest: ViT-B-32" in err, err
+    assert main(["classify", "--model", "runs/nope/checkpoints", "--labels", "a,b", "x.png"]) == 2
+    assert "runs/nope/checkpoints: no such file or directory\n" in capsys.readouterr().err
+    with pytest.raises(KeyError, match=r"unknown architecture 'vit-l-14': did you mean ViT-L-14"):
+        dualtower.create_model("vit-l-14")

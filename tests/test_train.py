@@ -14,7 +14,6 @@ import torch
 
 import dualtower
 from dualtower import configtree
-from dualtower.cli import main
 from dualtower.train.config import TrainConfig
 from dualtower.train.loop import TrainingError, train
 

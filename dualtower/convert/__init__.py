@@ -25,6 +25,18 @@ from .remap import ConversionError
 TOWERS = ("both", "vision", "text")
 
 
+def _missing(spec: str) -> str:
+    """What to say of a --model that is not a path: and where it looks like a name, the closest known names."""
+    message = f"{spec}: no such file or directory"
+    if os.sep in spec or Path(spec).suffix:
+        return message
+    from ..archs import REGISTRY, closest
+
+    near = closest(spec, [*hub.KNOWN, *REGISTRY])
+    return (f"{message}, and not a name from `dualtower models` nor an architecture"
+            + (f" (closest: {', '.join(near)})" if near else ""))
+
+
 def load(path: "str | os.PathLike", arch: str | None = None, source: str | None = None,
          towers: str | None = None):
     """A model from any registered format, from a local path or the Hub (`hf-hub:ORG/NAME[@REVISION]` or a short
@@ -38,7 +50,10 @@ def load(path: "str | os.PathLike", arch: str | None = None, source: str | None 
         name = str(path).removeprefix(hub.PREFIX)
         path, layout = hub.fetch(path)
         source = source or layout
-    path = rundir.resolve(Path(path))
+    given = str(path)
+    path = rundir.resolve(Path(path))  # (puts back a checkpoint a killed save left aside)
+    if not path.exists():
+        raise FileNotFoundError(_missing(given))
     probe = Probe.of(path)
     fmt = get_format(source) if source else detect(probe)
     try:
