@@ -162,7 +162,8 @@ def test_daily_practice_resume_refuses_a_new_end_and_logs_read_well_in_files(tmp
     assert warned.returncode == 0 and "smaller than optim.warmup_steps" in warned.stderr
 
 
-@pytest.mark.parametrize("signame", ["SIGINT", pytest.param("SIGTERM", marks=pytest.mark.slow)])
+@pytest.mark.slow  # three training processes, about 30 s each signal
+@pytest.mark.parametrize("signame", ["SIGINT", "SIGTERM"])
 def test_ctrl_c_saves_the_step_and_the_run_resumes_exactly(tmp_path, signame):
     """Ctrl-C (or SIGTERM) at a moment between saves: the step in flight finishes, a checkpoint of it is saved,
     the command says where and how to resume and exits 130 (143); --resume then ends where an uninterrupted run
