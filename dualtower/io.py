@@ -38,13 +38,17 @@ def _publishable(path: Path) -> None:
         os.fsync(f.fileno())
 
 
-def _owner() -> str:
-    """This process, as a temporary's name records it: its pid and (hashed) host, so a later run on the same host
-    can tell a temporary whose writer died (kill -9, power loss) from one still being written."""
+def _host() -> str:
     import hashlib
     import socket
 
-    return f"{os.getpid()}-{hashlib.sha1(socket.gethostname().encode()).hexdigest()[:8]}"
+    return hashlib.sha1(socket.gethostname().encode()).hexdigest()[:8]
+
+
+def _owner() -> str:
+    """This process, as a temporary's name records it: its pid and (hashed) host, so a later run on the same host
+    can tell a temporary whose writer died (kill -9, power loss) from one still being written."""
+    return f"{os.getpid()}-{_host()}"
 
 
 def _temporary_name(path: Path, kind: str) -> Path:
@@ -68,7 +72,7 @@ def clean_stale(path: Path, every_name: bool = False) -> int:
     `path` (a run's checkpoints/, whose saves each have a new name)."""
     import re
 
-    host = _owner().split("-")[1]
+    host = _host()
     name = ".+" if every_name else re.escape(path.name)
     pattern = re.compile(rf"\.{name}\.[a-z]+-(\d+)-([0-9a-f]{{8}})-[0-9a-f]{{8}}")
     removed = 0

@@ -87,7 +87,7 @@ def _decode(x):
         return x
     if isinstance(x, list):
         return [_decode(v) for v in x]
-    if not isinstance(x, dict) or len(x) != 1 and "$" not in x:
+    if not isinstance(x, dict) or (len(x) != 1 and "$" not in x):
         raise ShardedCheckpointError(f"unexpected value {str(x)[:80]!r}")
     if "$" in x:
         fields = dict(x)

@@ -617,7 +617,7 @@ with atomic_directory(Path({str(run.checkpoints / 'step_000020')!r})) as tmp:
         assert any(n.startswith(".step_000099.tmp-") for n in names), names
     # the same for a file written atomically beside its killed temporary
     target = tmp_path / "embeddings.npz"
-    stale = target.with_name(f".{target.name}.tmp-{proc.pid}-{dio._owner().split('-')[1]}-0123abcd")
+    stale = target.with_name(f".{target.name}.tmp-{proc.pid}-{dio._host()}-0123abcd")
     stale.write_bytes(b"half")
     dio.write_text(target, "whole")
     assert not stale.exists() and target.read_text() == "whole"

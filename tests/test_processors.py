@@ -56,6 +56,17 @@ def _as_png(image):
     return buffer.getvalue()
 
 
+def _read_back(way, processor, processor_class, tmp_path, photos, interpolation):
+    """Save `processor` beside the model in tmp_path/hf the `way` given; the loaded model has its statistics and
+    resampling, and makes the processor's pixels."""
+    _save_processor(way, processor, processor_class, tmp_path / "hf", tmp_path)
+    model = dualtower.load(tmp_path / "hf")
+    p = model.cfg.preprocess
+    assert p.mean == tuple(processor.image_mean) and p.std == tuple(processor.image_std)
+    assert p.interpolation == interpolation
+    _same_pixels(model, processor, photos)
+
+
 @pytest.mark.parametrize("way", ["processor", "image_processor"])
 def test_clip_settings_are_read_from_either_file(way, tmp_path, photos):
     import transformers
@@ -65,11 +76,7 @@ def test_clip_settings_are_read_from_either_file(way, tmp_path, photos):
     _random_hf(config).save_pretrained(tmp_path / "hf")
     processor = transformers.CLIPImageProcessorPil(size={"shortest_edge": size + 9}, crop_size=size, resample=2,
                                                    image_mean=[0.2, 0.3, 0.4], image_std=[0.5, 0.6, 0.7])
-    _save_processor(way, processor, transformers.CLIPProcessor, tmp_path / "hf", tmp_path)
-    model = dualtower.load(tmp_path / "hf")
-    p = model.cfg.preprocess
-    assert p.mean == (0.2, 0.3, 0.4) and p.std == (0.5, 0.6, 0.7) and p.interpolation == "bilinear"
-    _same_pixels(model, processor, photos)
+    _read_back(way, processor, transformers.CLIPProcessor, tmp_path, photos, "bilinear")
 
 
 @pytest.mark.parametrize("way", ["processor", "image_processor"])
@@ -85,11 +92,7 @@ def test_siglip_settings_are_read_from_either_file(way, tmp_path, photos):
         tmp_path / "hf")
     processor = transformers.SiglipImageProcessorPil(size={"height": 32, "width": 32}, resample=3,
                                                      image_mean=[0.1, 0.2, 0.3], image_std=[0.4, 0.5, 0.6])
-    _save_processor(way, processor, transformers.SiglipProcessor, tmp_path / "hf", tmp_path)
-    model = dualtower.load(tmp_path / "hf")
-    p = model.cfg.preprocess
-    assert p.mean == (0.1, 0.2, 0.3) and p.std == (0.4, 0.5, 0.6) and p.interpolation == "bicubic"
-    _same_pixels(model, processor, photos)
+    _read_back(way, processor, transformers.SiglipProcessor, tmp_path, photos, "bicubic")
 
 
 @pytest.mark.parametrize("way", ["processor", "image_processor"])
