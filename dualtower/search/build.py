@@ -58,6 +58,7 @@ class BuildReport:
     seconds: float = 0.0
     skipped_list: list = field(default_factory=list)  # (key, reason, detail) of this run's skips
     unreadable: list = field(default_factory=list)  # folders that could not be listed: their images unseen
+    moved_aside: str = ""  # --repair: where the damaged index went
 
     @property
     def accepted(self) -> int:
@@ -70,7 +71,8 @@ class BuildReport:
                 f"removed {self.removed}; the index holds {self.items} images ({self.engine}), "
                 f"{self.seconds:.1f} s" + (f"; {len(self.unreadable)} folders could not be read, their images not "
                                            f"seen ({', '.join(map(str, self.unreadable[:3]))})"
-                                           if self.unreadable else ""))
+                                           if self.unreadable else "")
+                + (f"; the damaged index was moved to {self.moved_aside}" if self.moved_aside else ""))
 
 
 def _stat(file: str | None) -> tuple[int | None, int | None]:
@@ -154,6 +156,7 @@ def build_index(spec: str, model, out: "str | os.PathLike", engine: str = "auto"
     source = open_source(spec, image_key, caption_key, captions=False)  # a bad spec fails before the index exists
     create = lambda: Store.create(out, model_identity(model, model_source), model.cfg.embed_dim,  # noqa: E731
                                   _backend(backend, uri, collection, Path(out)))
+    aside = None
     try:
         store = create()
     except DamagedIndex:
@@ -165,7 +168,7 @@ def build_index(spec: str, model, out: "str | os.PathLike", engine: str = "auto"
         store = create()
     try:
         store.add_folders(source.folders())
-        report = BuildReport(unreadable=list(source.unreadable))
+        report = BuildReport(unreadable=list(source.unreadable), moved_aside=str(aside or ""))
         known = store.known()
         seen_keys: set[str] = set()
         todo = []
