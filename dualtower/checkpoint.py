@@ -19,7 +19,8 @@ from pathlib import Path
 import torch
 
 from . import rundir, sharded
-from .config import CONFIG_VERSION, TOKENIZER_FILES, ModelConfig
+from .config import CONFIG_VERSION, ModelConfig
+from .origin import tokenizer_files
 from .io import atomic_directory, read_json
 from .model import DualEncoder
 
@@ -53,10 +54,8 @@ def write_files(model: DualEncoder, directory: Path, weights: bool = True,
     if weights:
         tensors = state_of(model) if state is None else {k: v.detach().cpu().contiguous() for k, v in state.items()}
         save_file(tensors, directory / WEIGHTS_FILE, metadata={"format": "pt"})
-    files = getattr(model, "tokenizer_files", None)
-    for name in TOKENIZER_FILES if files is not None and model.cfg.tokenizer != "clip-bpe" else ():
-        if (files / name).is_file():
-            shutil.copyfile(files / name, directory / name)
+    for name, path in tokenizer_files(model).items():
+        shutil.copyfile(path, directory / name)
 
 
 def save(model: DualEncoder, directory: "str | os.PathLike") -> None:

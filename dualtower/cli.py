@@ -84,46 +84,33 @@ def _cmd_demo(args) -> int:
     return 0
 
 
+def _options(args, service: bool = False):
+    """How --model is opened: --device, --precision, --arch, --source, --towers where the command has them."""
+    from .runtimes import OpenOptions
+
+    return OpenOptions(device=getattr(args, "device", "auto"), precision=getattr(args, "precision", "fp32"),
+                       arch=getattr(args, "arch", None), source=getattr(args, "source", None),
+                       towers=getattr(args, "towers", None), service=service,
+                       note=lambda message: print(message, file=sys.stderr))
+
+
+def _embedder(args, service: bool = False):
+    """--model on --runtime (torch: a checkpoint or a registry name, random weights said so; onnx: an export)."""
+    from . import runtimes
+
+    return runtimes.open(args.model, getattr(args, "runtime", "torch"), _options(args, service))
+
+
 def _model(args):
-    """--model: a checkpoint (anything dualtower.load reads) or a registry name (random weights, said so)."""
-    import os
+    """--model as a DualEncoder (the commands that need the module itself: features, export), at --precision."""
+    from .runtimes.pytorch import load_model
 
-    import dualtower
-
-    if not os.path.exists(args.model) and args.model in dualtower.list_architectures():
-        print(f"note: {args.model} is an architecture name; using random weights", file=sys.stderr)
-        model = dualtower.create_model(args.model)
-    else:
-        model = dualtower.load(args.model, arch=args.arch, source=getattr(args, "source", None),
-                               towers=getattr(args, "towers", None))
-    import torch
-
+    model = load_model(args.model, _options(args))
     if getattr(args, "precision", "fp32") == "bf16":
-        from .checkpoint import weights_sha256
+        import torch
 
-        model.weights_sha256 = weights_sha256(model)  # the weights' identity (a search index's) is their fp32 one
         model.to(torch.bfloat16)  # weights in bf16; norms still compute in fp32, outputs are returned as fp32
-    return model.to(_device(args))
-
-
-def _device(args):
-    """--device: auto (the first CUDA GPU when there is one, else the CPU), cpu, cuda or cuda:N."""
-    import torch
-
-    name = getattr(args, "device", "auto")
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        device = torch.device(name)
-    except RuntimeError as e:
-        raise ValueError(f"--device {name!r}: not a device name (auto, cpu, cuda, cuda:N)") from e
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"--device {name}: this torch sees no CUDA GPU")
-    if device.type == "cuda" and (device.index or 0) >= torch.cuda.device_count():
-        raise ValueError(f"--device {name}: there are only {torch.cuda.device_count()} CUDA GPU(s)")
-    if device.type not in ("cpu", "cuda"):
-        raise ValueError(f"--device {name}: only cpu and cuda are supported")
-    return device
+    return model
 
 
 def _templates(args, source_name: str) -> list[str]:
@@ -151,7 +138,7 @@ def _cmd_eval(args) -> int:
     if args.task == "linear-probe" and not args.train:
         raise ValueError("linear-probe needs --train DATA (the probe's training data)")
     templates = _templates(args, source.name) if args.task == "zeroshot" else None
-    model = _model(args)
+    model = _embedder(args)
     images, _ = embed_source(model, source, args.batch_size, args.workers, progress=True)
     if args.task == "zeroshot":
         result = zeroshot(model, images, source.classes, templates)
@@ -194,14 +181,9 @@ def _cmd_classify(args) -> int:
     if len(labels) < 2:
         raise ValueError("--labels needs at least two comma-separated labels")
     templates = _templates(args, "")  # before the model loads
-    if args.runtime == "onnx":
-        from .onnx import OnnxClassifier, load
+    from .eval.classifier import ZeroShotClassifier
 
-        classifier = OnnxClassifier(load(args.model), labels, templates)
-    else:
-        from .eval import ZeroShotClassifier
-
-        classifier = ZeroShotClassifier(_model(args), labels, templates)
+    classifier = ZeroShotClassifier(_embedder(args), labels, templates)
     status, rows = 0, []
     for path in image_paths(args.images):
         try:
@@ -222,23 +204,14 @@ def _cmd_embed(args) -> int:
     from .data import open_source
     from .eval.output import write_embeddings
 
-    if args.runtime != "onnx":
-        from .eval import embed_source
+    from .eval.sources import embed_source
 
     source = open_source(args.data, args.image_key, args.caption_key, captions=args.text)
-    if args.runtime == "onnx":
-        from .onnx import embed_source as embed_onnx
-        from .onnx import load
-
-        features, texts, ids, captions, stats = embed_onnx(load(args.model), source, args.batch_size, args.text)
-    else:
-        images, texts = embed_source(_model(args), source, args.batch_size, args.workers, progress=True,
-                                     with_text=args.text)
-        features, ids, captions, stats = images.features, images.ids, images.captions, images.stats
-    if not ids:
-        raise ValueError(f"{args.data}: nothing to embed, so nothing was written; {stats.summary()}")
-    write_embeddings(args.out, features, ids, texts, captions if args.text else None)
-    print(f"wrote {len(ids)} embeddings to {args.out}; {stats.summary()}")
+    got = embed_source(_embedder(args), source, args.batch_size, args.workers, progress=True, with_text=args.text)
+    if not got.ids:
+        raise ValueError(f"{args.data}: nothing to embed, so nothing was written; {got.stats.summary()}")
+    write_embeddings(args.out, got.features, got.ids, got.texts, got.captions if args.text else None)
+    print(f"wrote {len(got.ids)} embeddings to {args.out}; {got.stats.summary()}")
     return 0
 
 
@@ -282,13 +255,7 @@ def _cmd_export(args) -> int:
 def _cmd_index(args) -> int:
     from .search import build_index
 
-    if args.runtime == "onnx":  # the images embedded by ONNX Runtime, decoded by threads: no torch
-        from .onnx import load
-
-        model = load(args.model)
-    else:
-        model = _model(args)
-    report = build_index(args.data, model, args.out, engine=args.engine, batch_size=args.batch_size,
+    report = build_index(args.data, _embedder(args), args.out, engine=args.engine, batch_size=args.batch_size,
                          workers=args.workers, progress=True, model_source=_model_source(args.model),
                          image_key=args.image_key, caption_key=args.caption_key, backend=args.backend, uri=args.uri,
                          collection=args.collection, repair=args.repair)
@@ -303,19 +270,15 @@ def _cmd_index(args) -> int:
 def _open_index(args):
     from .search import SearchIndex, Store
 
-    if args.runtime == "onnx":
-        if not args.model:
-            raise ValueError("--runtime onnx needs --model: a folder from `dualtower export` of the index's model")
-        from .onnx import load
-
-        return SearchIndex(args.index, model=load(args.model, spinning=False))  # a few queries at a time
+    if args.runtime == "onnx" and not args.model:
+        raise ValueError("--runtime onnx needs --model: a folder from `dualtower export` of the index's model")
     if not args.model:  # the model the index was built with, on this command's device and precision
         store = Store(args.index)
         args.model = store.model.get("source")
         store.close()
         if not args.model:
             raise ValueError(f"{args.index}: the index does not say where its model came from; pass --model")
-    return SearchIndex(args.index, model=_model(args))
+    return SearchIndex(args.index, model=_embedder(args, service=True))  # a few queries at a time
 
 
 def _cmd_search(args) -> int:

@@ -41,6 +41,7 @@ from torch import nn
 
 from . import io
 from .errors import require
+from .text_pool import pool_positions
 from .export_format import FORMAT_NAME, PRECISIONS, VERSION, _inside, read_config
 
 FORMATS = ("onnx", "torch-export")
@@ -67,21 +68,7 @@ class TextGraph(nn.Module):
         self.text, self.normalize = model.text, normalize
 
     def forward(self, ids: torch.Tensor) -> torch.Tensor:
-        t = self.text
-        cfg = t.cfg
-        if cfg.pool == "eot":
-            at = (ids == cfg.eot_id).int().argmax(dim=1)
-        elif cfg.pool == "argmax":
-            at = ids.argmax(dim=1)
-        elif cfg.pool == "last":
-            at = torch.full_like(ids[:, 0], ids.shape[1] - 1)
-        else:
-            at = torch.zeros_like(ids[:, 0])
-        length = ids.shape[1]
-        x = t.token_embed(ids) + t.pos_embed[:length]
-        x = t.transformer(x)
-        pooled = x[torch.arange(x.shape[0], device=x.device), at]
-        out = t.head(t.norm(pooled))
+        out = self.text.encode_at(ids, pool_positions(ids, self.text.cfg, check=False))
         return F.normalize(out, dim=-1) if self.normalize else out
 
 
@@ -320,12 +307,11 @@ def _write_side_files(model, directory: Path, name: str, format: str, precision:
             for asset in ("bpe_simple_vocab_16e6.txt.gz", "NOTICE"):
                 data = resources.files("dualtower").joinpath(f"assets/{asset}").read_bytes()
                 (directory / asset).write_bytes(data)
-        elif model.tokenizer_files is not None:
-            from .config import TOKENIZER_FILES
+        else:  # SentencePiece, or SigLIP 2's tokenizer.json: the export embeds text with them
+            from .origin import tokenizer_files
 
-            for file in TOKENIZER_FILES:  # SigLIP 2's tokenizer.json too: the export embeds text with it
-                if (model.tokenizer_files / file).is_file():
-                    shutil.copyfile(model.tokenizer_files / file, directory / file)
+            for name, path in tokenizer_files(model).items():
+                shutil.copyfile(path, directory / name)
     p = cfg.preprocess
     resize = (f"shortest side to {p.image_size} ({p.interpolation}), center crop {p.image_size} x {p.image_size}"
               if p.resize_mode == "shortest" else f"both sides to {p.image_size} ({p.interpolation})")

@@ -199,6 +199,13 @@ class ImageTransform:
         return f"{type(self).__name__}({self.cfg})"
 
 
+class ArrayTransform(ImageTransform):
+    """The eval transform without torch: PIL image -> (3, S, S) float32 numpy (what ONNX Runtime takes)."""
+
+    def __call__(self, image: Image.Image, seed: int | None = None) -> np.ndarray:
+        return self.array(image)
+
+
 class NaFlexTransform(ImageTransform):
     """PIL image -> (patches (n, p * p * 3) float32, grid (rows, columns)) for a NaFlex tower (SigLIP 2): the
     image keeps its aspect ratio, resized so its grid holds at most `max_patches` patches (the budget of the

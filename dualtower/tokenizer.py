@@ -310,7 +310,8 @@ def get_tokenizer(name_or_model="ViT-B-32"):
         raise ValueError(f"{cfg.name} is a vision-only model: it has no text tower and no tokenizer")
     if cfg.tokenizer == "clip-bpe":
         return _tokenizer(cfg.text.context_length)
-    files = getattr(name_or_model, "tokenizer_files", None)
+    origin = getattr(name_or_model, "origin", None)  # a model's or an Embedder's (a name or config has none)
+    files = origin.tokenizer_dir if origin is not None else None
     if files is not None and (files / "spiece.model").is_file():
         from .tokenizer_sp import SentencePieceTokenizer
 

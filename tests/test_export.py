@@ -15,6 +15,7 @@ import torch
 
 import dualtower
 import dualtower.onnx
+from dualtower.origin import Origin
 from dualtower.archs import get_config
 from dualtower.cli import main
 from dualtower.export import export
@@ -191,6 +192,7 @@ sys.modules["torch"] = None  # any import of torch fails
 import numpy as np
 from PIL import Image
 import dualtower.onnx
+from dualtower.origin import Origin
 m = dualtower.onnx.load({str(tmp_path / "out")!r})
 img = m.embed_images([Image.new("RGBA", (40, 30), (200, 10, 10, 128)), Image.new("L", (20, 50), 90)])
 txt = m.embed_texts(["a photo of a cat", "a dog"])
@@ -288,7 +290,7 @@ def test_an_export_embeds_text_with_every_tokenizer_kind(kind, tmp_path):
         cfg = cfg.replace(text=replace(cfg.text, vocab_size=120))
     model = _perturbed(cfg)
     if kind != "clip-bpe":
-        model.tokenizer_files = files
+        model.origin = Origin(tokenizer_dir=files)
     dualtower.save(model, tmp_path / "ckpt")
     model = dualtower.load(tmp_path / "ckpt")
     export(model, tmp_path / "onnx")

@@ -15,7 +15,8 @@ import os
 from pathlib import Path
 
 from .. import hub, rundir
-from ..checkpoint import TOKENIZER_FILES, CheckpointError, build, empty_model
+from ..checkpoint import CheckpointError, build, empty_model
+from ..origin import Origin
 from . import (hf_clip, hf_internvl, hf_siglip, internvl, open_clip, open_clip_hub, ours,  # noqa: F401 (they register)
                timm_hub, timm_vit)
 from .files import Probe, read_state_file
@@ -45,7 +46,7 @@ def load(path: "str | os.PathLike", arch: str | None = None, source: str | None 
     such as timm's and InternViT's, or transformers' CLIPTextModel, always load that way)."""
     if towers is not None and towers not in TOWERS:
         raise ValueError(f"towers={towers!r}: expected one of {TOWERS}")
-    name = None
+    name, spec = None, str(path)
     if hub.is_hub_name(path) and not os.path.exists(path):  # hf-hub:ORG/NAME[@REV] or a known short name
         name = str(path).removeprefix(hub.PREFIX)
         path, layout = hub.fetch(path)
@@ -72,8 +73,7 @@ def load(path: "str | os.PathLike", arch: str | None = None, source: str | None 
         keep = "visual." if towers == "vision" else "text."
         state = {k: v for k, v in state.items() if k.startswith(keep)}
     model = build(cfg, state, str(path))
-    if path.is_dir() and any((path / name).is_file() for name in TOKENIZER_FILES):
-        model.tokenizer_files = path  # the model's own tokenizer (SigLIP's spiece.model) lives here
+    model.origin = Origin.of_folder(path, fmt.name, source=spec)
     return model
 
 

@@ -18,7 +18,7 @@ from pathlib import Path
 import torch
 
 from ..archs import get_config
-from ..checkpoint import TOKENIZER_FILES, CheckpointError, state_of
+from ..checkpoint import CheckpointError, state_of
 from ..config import ModelConfig
 from .files import Probe, write_model_directory, write_state_file
 from .remap import ConversionError
@@ -120,10 +120,9 @@ class HFDirectory(Format):
 def own_tokenizer_files(model) -> dict[str, bytes]:
     """The tokenizer files a model came with (SigLIP's spiece.model, SigLIP 2's tokenizer.json), to write beside
     its weights; none for a model with the bundled CLIP tokenizer."""
-    folder = getattr(model, "tokenizer_files", None)
-    if folder is None or model.cfg.tokenizer == "clip-bpe":
-        return {}
-    return {name: (folder / name).read_bytes() for name in TOKENIZER_FILES if (folder / name).is_file()}
+    from ..origin import tokenizer_files
+
+    return {name: path.read_bytes() for name, path in tokenizer_files(model).items()}
 
 
 def reason(check, cfg: ModelConfig) -> str | None:

@@ -3,17 +3,15 @@
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 
-from .embed import ImageEmbeddings, embed_texts
-from .templates import fill
+from ..runtimes import as_embedder
+from .classifier import ZeroShotClassifier, class_embeddings
+from .embed import ImageEmbeddings
 
 
 def build_classifier(model, classnames: list[str], templates: list[str]) -> torch.Tensor:
     """(C, E): per class, the mean of its normalised template embeddings, renormalised (CLIP's prompt ensemble)."""
-    texts = [fill(t, name) for name in classnames for t in templates]
-    emb = embed_texts(model, texts).view(len(classnames), len(templates), -1)  # (C, T, E)
-    return F.normalize(emb.mean(dim=1), dim=-1)
+    return torch.from_numpy(class_embeddings(as_embedder(model), classnames, templates))
 
 
 def classify(features: torch.Tensor, classifier: torch.Tensor) -> torch.Tensor:
@@ -51,31 +49,4 @@ def zeroshot(model, images: ImageEmbeddings, classnames: list[str], templates: l
     return {**scores(logits, images.labels, classnames), "templates": templates}
 
 
-class ZeroShotClassifier:
-    """Labels x prompt templates -> class probabilities for images: the softmax over the model's scaled cosine
-    similarities (CLIP's zero-shot classification, as `dualtower classify` prints it)."""
-
-    def __init__(self, model, labels: list[str], templates: list[str]):
-        from .. import get_transform
-
-        if len(labels) < 2:
-            raise ValueError(f"zero-shot classification needs at least two labels, got {labels}")
-        self.model, self.labels = model, list(labels)
-        self.transform = get_transform(model)
-        self.classifier = build_classifier(model, self.labels, templates).float()  # (C, E)
-
-    @torch.inference_mode()
-    def probs(self, images: list) -> torch.Tensor:
-        """(B, C) for a list of PIL images."""
-        from ..data.loader import collate
-
-        device = next(self.model.parameters()).device
-        pixels = collate([self.transform(im) for im in images], self.model.cfg.preprocess).to(device)
-        image = self.model.encode_image(pixels, normalize=True).float().cpu()
-        return (self.model.scale().float().cpu() * image @ self.classifier.T).softmax(-1)
-
-    def top(self, image, k: int = 3) -> list[tuple[str, float]]:
-        """The k most probable labels of one image, with their probabilities."""
-        probs = self.probs([image])[0]
-        top = probs.topk(min(k, len(self.labels)))
-        return [(self.labels[i], p) for p, i in zip(top.values.tolist(), top.indices.tolist())]
+__all__ = ["ZeroShotClassifier", "build_classifier", "classify", "scores", "zeroshot"]

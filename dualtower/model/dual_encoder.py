@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Mapping
 
 import torch
@@ -12,6 +11,7 @@ from torch import nn
 
 from ..config import ModelConfig
 from ..naflex import Patches
+from ..origin import Origin
 from .layers import Attention
 from .noise import KeyedDropout, KeyedDropPath
 from .towers import AttentionPool, TextTower, VisionTower
@@ -45,7 +45,7 @@ class DualEncoder(nn.Module):
         self.logit_scale = nn.Parameter(torch.tensor(float(cfg.init_logit_scale))) if contrastive else None
         self.logit_bias = None if cfg.init_logit_bias is None or not contrastive else \
             nn.Parameter(torch.tensor(float(cfg.init_logit_bias)))
-        self.tokenizer_files: Path | None = None  # a folder with the model's own tokenizer files, set by loaders
+        self.origin = Origin()  # where it came from (its tokenizer files among them): set by the loader
 
     def encode_image(self, pixels: "torch.Tensor | Patches | Mapping", normalize: bool = False,
                      interpolate_pos: bool = False) -> torch.Tensor:

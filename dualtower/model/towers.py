@@ -8,6 +8,7 @@ from torch import nn
 
 from ..config import TextConfig, VisionConfig
 from ..naflex import Patches
+from ..text_pool import pool_positions
 from . import noise
 from .layers import LayerNormFp32, Mlp, Rope2D, build_transformer, make_act, make_norm
 
@@ -288,21 +289,8 @@ class TextTower(nn.Module):
         self.head = nn.Linear(cfg.width, embed_dim, bias=cfg.head_bias) if cfg.head else nn.Identity()
 
     def pool_positions(self, ids: torch.Tensor) -> torch.Tensor:
-        """The position each row is pooled at: its first end-of-text token ("eot"; a row without one is an
-        error), the last position ("last"), the first position of its largest id ("argmax"), or 0 ("first")."""
-        if ids.ndim != 2:
-            raise ValueError(f"token ids must be (B, L), got {tuple(ids.shape)}")
-        if ids.shape[1] > self.cfg.context_length:
-            raise ValueError(f"token ids have length {ids.shape[1]}, the context length is {self.cfg.context_length}")
-        if self.cfg.pool == "last":
-            return torch.full((ids.shape[0],), ids.shape[1] - 1, dtype=torch.long, device=ids.device)
-        if self.cfg.pool in ("argmax", "first"):
-            return ids.argmax(dim=1) if self.cfg.pool == "argmax" else torch.zeros_like(ids[:, 0])
-        is_eot = ids == self.cfg.eot_id
-        missing = (~is_eot.any(dim=1)).nonzero().flatten()
-        if missing.numel():
-            raise ValueError(f"text rows {missing.tolist()} have no end-of-text token (id {self.cfg.eot_id})")
-        return is_eot.int().argmax(dim=1)  # argmax returns the first maximum
+        """The position each row is pooled at (`text_pool.pool_positions`, the rule every runtime shares)."""
+        return pool_positions(ids, self.cfg)
 
     def forward(self, ids: torch.Tensor) -> torch.Tensor:
         """ids: (B, L) on any device. Ids on the CPU for a tower elsewhere are checked and trimmed on the CPU
@@ -314,7 +302,11 @@ class TextTower(nn.Module):
         ids = ids[:, :length]
         if ids.device != self.pos_embed.device:
             ids, at = ids.to(self.pos_embed.device), at.to(self.pos_embed.device)
-        x = self.token_embed(ids) + self.pos_embed[:length]  # (B, L, D)
+        return self.encode_at(ids, at)
+
+    def encode_at(self, ids: torch.Tensor, at: torch.Tensor) -> torch.Tensor:
+        """ids (B, L) pooled at positions `at` (B,), without checks or trimming (what an exported graph runs)."""
+        x = self.token_embed(ids) + self.pos_embed[: ids.shape[1]]  # (B, L, D)
         x = self.transformer(x)
         pooled = x[torch.arange(x.shape[0], device=x.device), at]  # (B, D)
         return self.head(self.norm(pooled))  # (B, E); the norm is per token, so pooling first is the same

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import hashlib
 import io as _io
-import json
 import logging
 import os
 import time
@@ -21,7 +20,8 @@ from PIL import Image
 
 from ..data import BadSample, open_source
 from ..data.files import IMAGE_SUFFIXES, not_utf8
-from ..images import ImageTransform, eval_transform, white_rgb
+from ..images import white_rgb
+from ..runtimes import as_embedder
 from . import engine as engines
 from .store import DamagedIndex, Store
 
@@ -31,17 +31,9 @@ THUMB_SIDE = 192
 
 
 def model_identity(model, source: str | None = None) -> dict:
-    """What an index records of its model: name, config, weights digest, and where it was loaded from."""
-    config = json.loads(json.dumps(model.cfg.to_dict()))  # as the manifest holds it: lists, not tuples
-    if hasattr(model, "sessions"):  # an ONNX Runtime export (dualtower.onnx): its export recorded the digest
-        digest = model.meta.get("weights_sha256")
-    else:
-        from ..checkpoint import weights_sha256
-
-        # A model cast to bf16 by the command line keeps the digest of the weights it was loaded with.
-        digest = getattr(model, "weights_sha256", None) or weights_sha256(model)
-    return {"name": model.cfg.name, "config": config, "weights_sha256": digest,
-            "source": source}
+    """What an index records of its model (an Embedder of any runtime, or a DualEncoder): name, config, fp32
+    weights digest, and where it was loaded from."""
+    return as_embedder(model).identity(source)
 
 
 @dataclass
@@ -104,11 +96,11 @@ def thumbnail(image: Image.Image) -> Image.Image:
 
 
 class _Records:
-    """Item k: record todo[k] decoded, hashed, thumbnailed and transformed (or the reason it is bad); a map-style
-    dataset for torch's DataLoader, or read by threads for an ONNX Runtime model (`array=True`: numpy pixels)."""
+    """Item k: record todo[k] decoded, hashed, thumbnailed and transformed by the runtime's `transform` (or the
+    reason it is bad); a map-style dataset the runtime's `map` reads with loader processes or threads."""
 
-    def __init__(self, source, todo: list[tuple], transform: ImageTransform, array: bool = False):
-        self.source, self.todo, self.transform, self.array = source, todo, transform, array
+    def __init__(self, source, todo: list[tuple], transform):
+        self.source, self.todo, self.transform = source, todo, transform
 
     def __len__(self) -> int:
         return len(self.todo)
@@ -131,7 +123,7 @@ class _Records:
                 out["sha256"] = hashlib.sha256(f"{image.mode}{image.size}".encode() + image.tobytes()).hexdigest()
             buffer = _io.BytesIO()
             thumbnail(image).save(buffer, format="JPEG", quality=85)
-            pixels = self.transform.array(image) if self.array else self.transform(image)
+            pixels = self.transform(image)
             out.update(pixels=pixels, width=image.width, height=image.height,
                        caption=sample.caption or None, thumb=buffer.getvalue())
         except BadSample as e:
@@ -151,10 +143,9 @@ def build_index(spec: str, model, out: "str | os.PathLike", engine: str = "auto"
     damaged is moved aside (to `OUT.damaged-TIME`, kept for inspection) and built again."""
     started = time.monotonic()
     engines.choose(engine, 0)  # a bad name fails before any work
-    if not hasattr(model, "sessions"):
-        model.eval()
+    embedder = as_embedder(model)
     source = open_source(spec, image_key, caption_key, captions=False)  # a bad spec fails before the index exists
-    create = lambda: Store.create(out, model_identity(model, model_source), model.cfg.embed_dim,  # noqa: E731
+    create = lambda: Store.create(out, embedder.identity(model_source), embedder.cfg.embed_dim,  # noqa: E731
                                   _backend(backend, uri, collection, Path(out)))
     aside = None
     try:
@@ -197,7 +188,7 @@ def build_index(spec: str, model, out: "str | os.PathLike", engine: str = "auto"
             todo.append((i, key, file, size, mtime))
         gone = [k for k in known if k not in seen_keys]
         report.removed = store.remove(gone)
-        _embed(store, source, todo, known, model, batch_size, workers, progress, report)
+        _embed(store, source, todo, known, embedder, batch_size, workers, progress, report)
         store.compact()
         built = engines.ready(store, engine, save=True)
         report.items, report.engine = store.count(), built.kind
@@ -220,20 +211,12 @@ def _backend(name: str | None, uri: str | None, collection: str, out: Path) -> d
     return {"name": "milvus", "uri": uri, "collection": collection}
 
 
-def _embed(store: Store, source, todo: list, known: dict, model, batch_size: int, workers: int, progress: bool,
+def _embed(store: Store, source, todo: list, known: dict, embedder, batch_size: int, workers: int, progress: bool,
            report: BuildReport) -> None:
     if not todo:
         return
-    onnx = hasattr(model, "sessions")
-    records = _Records(source, todo, eval_transform(model.cfg.preprocess), array=onnx)
-    if onnx:  # no torch: records decoded by threads (Pillow and numpy release the GIL), one batch ahead
-        loader, encode = _threaded(records, batch_size, workers), _onnx_encoder(model)
-    else:
-        import torch
-
-        loader = torch.utils.data.DataLoader(records, batch_size=batch_size, num_workers=workers, collate_fn=list,
-                                             prefetch_factor=4 if workers else None)
-        encode = _torch_encoder(model)
+    # decoded by the runtime's workers (loader processes for PyTorch, threads for ONNX Runtime), batches ahead
+    loader = embedder.map(_Records(source, todo, embedder.transform), batch_size, workers)
     if progress:
         from tqdm import tqdm
 
@@ -258,49 +241,4 @@ def _embed(store: Store, source, todo: list, known: dict, model, batch_size: int
                 report.added += 1
         if not good:
             continue
-        store.append(encode([r.pop("pixels") for r in good]), good)
-
-
-class _threaded:
-    """Batches of records decoded by a thread pool, the next batch decoding while the current one is embedded."""
-
-    def __init__(self, records: _Records, batch_size: int, workers: int):
-        self.records, self.batch_size, self.workers = records, batch_size, max(1, workers)
-
-    def __len__(self) -> int:
-        return -(-len(self.records) // self.batch_size)
-
-    def __iter__(self):
-        from concurrent.futures import ThreadPoolExecutor
-
-        n = len(self.records)
-        starts = range(0, n, self.batch_size)
-        with ThreadPoolExecutor(self.workers) as pool:
-            def submit(start):
-                return [pool.submit(self.records.__getitem__, k) for k in range(start, min(start + self.batch_size, n))]
-
-            pending = submit(starts[0]) if starts else []
-            for i in range(len(starts)):
-                current, pending = pending, submit(starts[i + 1]) if i + 1 < len(starts) else []
-                yield [f.result() for f in current]
-
-
-def _onnx_encoder(model):
-    import numpy as np
-
-    return lambda pixels: model.encode_image(np.stack(pixels), normalize=True)
-
-
-def _torch_encoder(model):
-    import torch
-
-    device = next(model.parameters()).device
-
-    from ..data.loader import collate
-
-    @torch.inference_mode()
-    def encode(pixels):
-        batch = collate(pixels, model.cfg.preprocess).to(device)  # (B, 3, S, S), or NaFlex patches
-        return model.encode_image(batch, normalize=True).float().cpu().numpy()
-
-    return encode
+        store.append(embedder.embed_pixels(embedder.collate([r.pop("pixels") for r in good])), good)

@@ -9,7 +9,7 @@ from dataclasses import asdict, dataclass
 import numpy as np
 
 from . import engine as engines
-from .build import model_identity
+from ..runtimes import as_embedder
 from .store import SearchIndexError, Store
 
 
@@ -28,34 +28,26 @@ class Hit:
 
 
 class SearchIndex:
-    """An index opened for queries. `model`: the index's own model (checked by its weights digest), or None to
-    load the one the index names; an ONNX Runtime export of it (`dualtower.onnx.load`) serves too, at any
-    precision. Queries may come from several threads; the model runs one at a time."""
+    """An index opened for queries. `model`: the index's own model (checked by its weights digest) as an Embedder
+    of any runtime (an ONNX Runtime export of it serves too, at any precision) or a DualEncoder; None loads the
+    one the index names. Queries may come from several threads; the Embedder runs one batch at a time."""
 
     def __init__(self, path: "str | os.PathLike", model=None, engine: str | None = None):
         self.store = Store(path)
-        if model is None:
-            model = self._load_model()
-        else:
-            self.store.check_model(model_identity(model))
-        self.onnx = hasattr(model, "sessions")
-        self.model = model if self.onnx else model.eval()
-        self._lock = threading.Lock()
+        self.embedder = self._load_model() if model is None else as_embedder(model)
+        self.store.check_model(self.embedder.identity())
         self._refreshing = threading.Lock()
-        self._tokenizer = None
         self._engine_kind = engine
         self.refresh(engine)
 
     def _load_model(self):
-        from ..convert import load
+        from .. import runtimes
 
         source = self.store.model.get("source")
         if not source:
             raise SearchIndexError(f"{self.store.path}: the index does not say where its model came from; pass the "
                                    "model (--model)")
-        model = load(source)
-        self.store.check_model(model_identity(model))
-        return model
+        return runtimes.open(source)
 
     def refresh(self, engine: str | None = None) -> None:
         """Load the saved engine, or build one in memory where it is missing or stale: a view of the index at one
@@ -94,36 +86,14 @@ class SearchIndex:
     # ------------------------------------------------------------------------------------------ embedding
 
     def embed_texts(self, texts: list[str]) -> np.ndarray:
-        """(N, E): several texts in one batch (a service batches the queries that arrive together)."""
-        if self.onnx:
-            with self._lock:
-                return self.model.embed_texts(list(texts))
-        if self._tokenizer is None:
-            from ..tokenizer import get_tokenizer
-
-            self._tokenizer = get_tokenizer(self.model)
-        import torch
-
-        ids = self._tokenizer(list(texts))
-        with self._lock, torch.inference_mode():
-            return self.model.encode_text(ids, normalize=True).float().numpy()
+        """(N, E): several texts together (a service batches the queries that arrive together)."""
+        return self.embedder.embed_texts(list(texts))
 
     def embed_text(self, text: str) -> np.ndarray:
         return self.embed_texts([text])[0]
 
     def embed_image(self, image) -> np.ndarray:
-        if self.onnx:
-            with self._lock:
-                return self.model.embed_images([image])[0]
-        import torch
-
-        from .. import get_transform
-        from ..data.loader import collate
-
-        param = next(self.model.parameters())
-        pixels = collate([get_transform(self.model)(image)], self.model.cfg.preprocess).to(param.device)
-        with self._lock, torch.inference_mode():
-            return self.model.encode_image(pixels, normalize=True).float().numpy()[0]
+        return self.embedder.embed_images([image])[0]
 
     def item_vector(self, item_id: int) -> np.ndarray:
         for _ in range(5):  # the item's row and the vectors of one generation (a compaction moves rows)

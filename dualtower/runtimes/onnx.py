@@ -1,0 +1,114 @@
+"""The ONNX Runtime runtime: the towers of an export folder (`dualtower export --format onnx`), each an ONNX
+Runtime session, behind the Embedder protocol. Needs numpy, Pillow and onnxruntime, not torch."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+
+from ..config import ModelConfig
+from ..errors import require
+from ..images import ArrayTransform
+from ..origin import Origin
+from ..text_pool import pool_positions
+from .base import Embedder
+from .base import normalize as _unit
+
+
+class OnnxModel(Embedder):
+    """`threads`: intra-op threads (default: ONNX Runtime's choice); `providers`: e.g. ["CUDAExecutionProvider",
+    "CPUExecutionProvider"]. `spinning=False` stops idle worker threads from spinning while they wait for work:
+    right for a service answering a few queries at a time beside other processes (ONNX Runtime spins by default,
+    which suits bulk embedding)."""
+
+    runtime = "onnx"
+
+    def __init__(self, directory: "str | os.PathLike", threads: int | None = None,
+                 providers: list[str] | None = None, spinning: bool = True):
+        ort = require("onnxruntime", "running exported models", "onnx")
+        from ..export_format import read_config
+
+        self.directory = Path(directory)
+        meta = read_config(self.directory, "onnx")  # every field checked: a string "false" is not False
+        self.meta = meta
+        super().__init__(ModelConfig.from_dict(meta["model"]),
+                         Origin.of_folder(self.directory, "onnx", weights_sha256=meta.get("weights_sha256")))
+        self.normalized = bool(meta.get("normalized"))
+        options = ort.SessionOptions()
+        if threads:
+            options.intra_op_num_threads = threads
+        if not spinning:
+            options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+        self.sessions = {}
+        for name, graph in meta["graphs"].items():
+            path = self.directory / graph["file"]
+            if not path.is_file():
+                raise ValueError(f"{self.directory}: {graph['file']} is missing")
+            self.sessions[name] = ort.InferenceSession(str(path), options,
+                                                       providers=providers or ["CPUExecutionProvider"])
+        self.transform = ArrayTransform(self.cfg.preprocess) if self.cfg.vision is not None else None
+
+    # --------------------------------------------------------------------------------------- numpy in, out
+
+    def encode_image(self, pixels: np.ndarray, normalize: bool = False) -> np.ndarray:
+        if "image" not in self.sessions:
+            raise ValueError(f"{self.cfg.name}: the export has no image tower")
+        x = np.ascontiguousarray(pixels, dtype=np.float32)
+        size, patch = self.cfg.vision.image_size, self.cfg.vision.patch_size
+        if self.meta.get("dynamic_size"):
+            if x.ndim != 4 or x.shape[1] != 3 or min(x.shape[2:]) < 2 * patch:
+                raise ValueError(f"pixels must be (B, 3, H, W) with H, W >= {2 * patch}, got {tuple(x.shape)}")
+        elif x.ndim != 4 or x.shape[1:] != (3, size, size):
+            raise ValueError(f"pixels must be (B, 3, {size}, {size}), got {tuple(x.shape)} (an export with "
+                             "--dynamic-size takes other sizes)")
+        out = self.sessions["image"].run(None, {"pixels": x})[0]
+        return _unit(out) if normalize and not self.normalized else out
+
+    def encode_text(self, ids: np.ndarray, normalize: bool = False) -> np.ndarray:
+        """ids (B, L) int64. Under a causal mask the padding after each row's pooled token changes nothing, so
+        the batch is cut after its longest one, as the PyTorch tower does."""
+        if "text" not in self.sessions:
+            raise ValueError(f"{self.cfg.name}: the export has no text tower")
+        ids = np.asarray(ids, dtype=np.int64)
+        cfg = self.cfg.text
+        if ids.ndim != 2 or not 1 <= ids.shape[1] <= cfg.context_length:
+            raise ValueError(f"token ids must be (B, L) with L <= {cfg.context_length}, got {tuple(ids.shape)}")
+        at = pool_positions(ids, cfg)
+        if cfg.causal and len(ids):
+            ids = ids[:, : int(at.max()) + 1]
+        out = self.sessions["text"].run(None, {"ids": np.ascontiguousarray(ids)})[0]
+        return _unit(out) if normalize and not self.normalized else out
+
+    # ------------------------------------------------------------------------------------ the protocol
+
+    def collate(self, samples: list) -> np.ndarray:
+        size = self.cfg.preprocess.image_size
+        return np.stack(samples) if samples else np.zeros((0, 3, size, size), np.float32)
+
+    def embed_pixels(self, batch: np.ndarray) -> np.ndarray:
+        with self._lock:
+            return self.encode_image(batch, normalize=True)
+
+    def embed_ids(self, ids: np.ndarray) -> np.ndarray:
+        with self._lock:
+            return self.encode_text(ids, normalize=True)
+
+    def weights_sha256(self) -> str | None:
+        return self.meta.get("weights_sha256")
+
+    @property
+    def logit_scale(self) -> float | None:
+        scale = self.meta.get("logit_scale")
+        return None if scale is None else float(scale)
+
+
+def load(directory: "str | os.PathLike", threads: int | None = None, providers: list[str] | None = None,
+         spinning: bool = True) -> OnnxModel:
+    return OnnxModel(directory, threads, providers, spinning)
+
+
+def open(spec: str, options) -> OnnxModel:  # noqa: A001 (the runtimes' factory calls it by this name)
+    """`spec`: a folder from `dualtower export`; a service (options.service) keeps idle threads from spinning."""
+    return OnnxModel(spec, spinning=not options.service)

@@ -1,0 +1,106 @@
+"""The PyTorch runtime: a DualEncoder on a device, at a precision, behind the Embedder protocol."""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from ..images import eval_transform
+from .base import Embedder
+
+PRECISIONS = ("fp32", "bf16")
+
+
+class TorchEmbedder(Embedder):
+    """`model` (a DualEncoder) in eval mode on `device` (default: where its weights are). `precision="bf16"` casts
+    the weights to bfloat16 (norms still compute in fp32, outputs are fp32); the identity keeps the digest of
+    the fp32 weights it was given."""
+
+    runtime = "torch"
+
+    def __init__(self, model, device: "torch.device | str | None" = None, precision: str = "fp32"):
+        if precision not in PRECISIONS:
+            raise ValueError(f"precision {precision!r} is not one of {PRECISIONS}")
+        super().__init__(model.cfg, model.origin)
+        self._digest = model.origin.weights_sha256
+        if precision == "bf16":
+            self._digest = self._digest or _digest(model)  # the weights' identity is their fp32 one
+            model = model.to(torch.bfloat16)
+        self.model = model.eval() if device is None else model.to(device).eval()
+        self.device = next(self.model.parameters()).device
+        self.precision = precision
+        self.transform = eval_transform(self.cfg.preprocess) if self.cfg.vision is not None else None
+
+    def collate(self, samples: list):
+        """(B, 3, S, S), or NaFlex patches padded to the longest image."""
+        from ..data.loader import collate
+
+        return collate(samples, self.cfg.preprocess)
+
+    @torch.inference_mode()
+    def embed_pixels(self, batch) -> np.ndarray:
+        with self._lock:
+            return self.model.encode_image(batch.to(self.device), normalize=True).float().cpu().numpy()
+
+    @torch.inference_mode()
+    def embed_ids(self, ids: np.ndarray) -> np.ndarray:
+        with self._lock:  # the text tower checks and trims the ids on the CPU, then moves them
+            return self.model.encode_text(torch.from_numpy(np.asarray(ids, np.int64)), normalize=True) \
+                .float().cpu().numpy()
+
+    def weights_sha256(self) -> str:
+        if self._digest is None:
+            self._digest = _digest(self.model)
+        return self._digest
+
+    @property
+    def logit_scale(self) -> float | None:
+        return None if self.model.logit_scale is None else float(self.model.scale().detach().float())
+
+    def map(self, dataset, batch_size: int, workers: int):
+        """Lists of records decoded by `workers` loader processes, four batches ahead each."""
+        return torch.utils.data.DataLoader(dataset, batch_size=batch_size, num_workers=workers, collate_fn=list,
+                                           prefetch_factor=4 if workers else None)
+
+
+def _digest(model) -> str:
+    from ..checkpoint import weights_sha256
+
+    return weights_sha256(model)
+
+
+def load_model(spec: str, options):
+    """A DualEncoder from `spec`: anything `dualtower.load` reads, or an architecture name (random weights, said
+    to options.note), on options.device."""
+    import os
+
+    import dualtower
+
+    if not os.path.exists(spec) and spec in dualtower.list_architectures():
+        if options.note is not None:
+            options.note(f"note: {spec} is an architecture name; using random weights")
+        model = dualtower.create_model(spec)
+    else:
+        model = dualtower.load(spec, arch=options.arch, source=options.source, towers=options.towers)
+    return model.to(device_of(options.device))
+
+
+def open(spec: str, options) -> TorchEmbedder:  # noqa: A001 (the runtimes' factory calls it by this name)
+    return TorchEmbedder(load_model(spec, options), precision=options.precision)
+
+
+def device_of(name: str = "auto") -> torch.device:
+    """auto (the first CUDA GPU when there is one, else the CPU), cpu, cuda or cuda:N."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(name)
+    except RuntimeError as e:
+        raise ValueError(f"--device {name!r}: not a device name (auto, cpu, cuda, cuda:N)") from e
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"--device {name}: this torch sees no CUDA GPU")
+    if device.type == "cuda" and (device.index or 0) >= torch.cuda.device_count():
+        raise ValueError(f"--device {name}: there are only {torch.cuda.device_count()} CUDA GPU(s)")
+    if device.type not in ("cpu", "cuda"):
+        raise ValueError(f"--device {name}: only cpu and cuda are supported")
+    return device
