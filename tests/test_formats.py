@@ -182,11 +182,17 @@ def test_hf_clip_text_tower_alone_loads_as_a_text_only_model(tmp_path):
 
 
 def test_the_command_line_help_names_every_format():
-    from dualtower.cli import _FORMATS
+    """The torch-free catalog the help reads (dualtower.formats) names exactly the registered formats."""
+    from dualtower.cli import build_parser
+    from dualtower.formats import DETECTED_ONLY, FORMATS, listing
 
-    named = {n.split(" ")[0] for n in _FORMATS.split(", ")}
-    hub_layouts = {"open_clip_hub", "timm_hub"}  # detected, and written by --to open_clip into a folder
-    assert named == set(convert.names()) - hub_layouts, named ^ (set(convert.names()) - hub_layouts)
+    named = {n.split(" ")[0] for n in listing().split(", ")}
+    assert named == set(FORMATS)
+    assert named == set(convert.names()) - set(DETECTED_ONLY), named ^ (set(convert.names()) - set(DETECTED_ONLY))
+    assert set(DETECTED_ONLY) <= set(convert.names())
+    convert_help = next(a for a in build_parser()._subparsers._group_actions[0].choices["convert"]._actions
+                        if a.dest == "to").help
+    assert listing() in convert_help
 
 
 def test_openai_layout_is_written_only_for_quickgelu_towers(tmp_path, capsys):

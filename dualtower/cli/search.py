@@ -1,0 +1,132 @@
+"""`dualtower index`, `search`, `serve`: a search index of images, queried from the command line or a service."""
+
+from __future__ import annotations
+
+
+import sys
+
+from .common import count, embedder, inference_args, model_args, runtime_arg, shown
+
+
+def model_source(name: str) -> str:
+    """What an index records of --model: an absolute path for a local one, the name otherwise."""
+    import os
+
+    return os.path.abspath(name) if os.path.exists(name) else name
+
+def open_index(args):
+    from ..search import SearchIndex, Store
+
+    if args.runtime == "onnx" and not args.model:
+        raise ValueError("--runtime onnx needs --model: a folder from `dualtower export` of the index's model")
+    if not args.model:  # the model the index was built with, on this command's device and precision
+        store = Store(args.index)
+        args.model = store.model.get("source")
+        store.close()
+        if not args.model:
+            raise ValueError(f"{args.index}: the index does not say where its model came from; pass --model")
+    return SearchIndex(args.index, model=embedder(args, service=True))  # a few queries at a time
+
+def _cmd_index(args) -> int:
+    from ..search import build_index
+
+    report = build_index(args.data, embedder(args), args.out, engine=args.engine, batch_size=args.batch_size,
+                         workers=args.workers, progress=True, model_source=model_source(args.model),
+                         image_key=args.image_key, caption_key=args.caption_key, backend=args.backend, uri=args.uri,
+                         collection=args.collection, repair=args.repair)
+    for key, reason, detail in report.skipped_list[:20]:
+        print(f"skipped {shown(key)}: {reason} ({shown(detail)})", file=sys.stderr)
+    if len(report.skipped_list) > 20:
+        print(f"... and {len(report.skipped_list) - 20} more skipped", file=sys.stderr)
+    print(f"{args.out}: {report.summary()}")
+    return 0
+
+def _index_args(p) -> None:
+    p.add_argument("index", help="an index folder made by `dualtower index`")
+    p.add_argument("--model", help="the index's model, when it should not be loaded from where the index "
+                                   "says (it must have the same weights)")
+    p.add_argument("--arch", help="the architecture of a bare state dict checkpoint")
+    inference_args(p)
+    runtime_arg(p)
+
+
+def add_index(sub) -> None:
+    p = sub.add_parser("index", help="build or update a search index of the images of a data spec")
+    p.add_argument("data", help="a folder of images, a captions file, tar shards or builtin:NAME")
+    model_args(p)
+    p.add_argument("--out", required=True, help="the index folder (created, or updated when it exists)")
+    p.add_argument("--engine", choices=["auto", "flat", "ivf"], default="auto",
+                   help="flat: exact; ivf: compressed codes with an exact re-rank; auto: flat up to 100,000 images")
+    p.add_argument("--backend", choices=["faiss", "milvus"],
+                   help="where the vectors are searched: FAISS in the index folder (the default for a new index) or "
+                        "a Milvus collection (pip install 'dualtower[milvus]')")
+    p.add_argument("--uri", help="milvus: a Milvus Lite file (default: INDEX/milvus.db) or a server's URL, e.g. "
+                                 "http://localhost:19530")
+    p.add_argument("--collection", default="dualtower", help="milvus: the collection's name")
+    p.add_argument("--repair", action="store_true", help="an index whose database is damaged: move it aside "
+                   "(OUT.damaged-TIME) and build it again (a damaged or foreign engine file is rebuilt anyway)")
+    p.add_argument("--image-key", default="image", help="the image column of a captions file")
+    p.add_argument("--caption-key", default="caption", help="the caption column of a captions file")
+    p.add_argument("--batch-size", type=count(1), default=64, help="images per batch")
+    p.add_argument("--workers", type=count(0), default=2,
+                   help="image-decoding processes (threads with --runtime onnx)")
+    inference_args(p)
+    runtime_arg(p)
+    p.set_defaults(func=_cmd_index)
+
+
+def _cmd_search(args) -> int:
+    import json
+
+    if (args.text is None) == (args.image is None):
+        raise ValueError("give a text to search for, or --image FILE (one of them)")
+    if not 1 <= args.k <= 10_000:
+        raise ValueError(f"-k {args.k}: expected 1 to 10000")
+    index = open_index(args)
+    if args.image is not None:
+        from ..images import open_image
+
+        hits = index.search_image(open_image(args.image), args.k)
+    else:
+        hits = index.search_text(args.text, args.k)
+    if args.json:
+        print(json.dumps([h.to_dict() for h in hits], indent=2))
+        return 0
+    for h in hits:
+        where = shown(h.path or h.key)
+        print(f"{h.score:.4f}  {where}" + (f"  {shown(h.caption)}" if h.caption else ""))
+    return 0
+
+def add_search(sub) -> None:
+    p = sub.add_parser("search", help="the images of an index nearest a text or an image")
+    _index_args(p)
+    p.add_argument("text", nargs="?", help="what to look for, e.g. \"a red car\"")
+    p.add_argument("--image", help="search by this image file instead of a text")
+    p.add_argument("-k", type=count(1), default=10, help="how many results")
+    p.add_argument("--json", action="store_true", help="print the results as JSON")
+    p.set_defaults(func=_cmd_search)
+
+
+def _cmd_serve(args) -> int:
+    from ..search.server import Limits, serve
+
+    index = open_index(args)
+    if args.host not in ("127.0.0.1", "localhost", "::1"):
+        print(f"note: serving on {args.host}: reachable from other machines; the service has no authentication",
+              file=sys.stderr)
+    print(f"serving {args.index} ({len(index)} images) on http://{args.host}:{args.port}/", file=sys.stderr)
+    serve(index, args.host, args.port, Limits(max_body=args.max_body, max_k=args.max_k,
+                                              max_waiting=args.max_waiting))
+    return 0
+
+def add_serve(sub) -> None:
+    p = sub.add_parser("serve", help="an HTTP search service and web page for an index")
+    _index_args(p)
+    p.add_argument("--host", default="127.0.0.1", help="the address to listen on (other than loopback: reachable "
+                                                       "from other machines)")
+    p.add_argument("--port", type=count(1, 65535), default=8000, help="the port")
+    p.add_argument("--max-body", type=count(1), default=10 * 1024 * 1024, help="the largest request body, in bytes")
+    p.add_argument("--max-k", type=count(1), default=1000, help="the most results one request may ask for")
+    p.add_argument("--max-waiting", type=count(1), default=32,
+                   help="searches in flight before more are answered 503")
+    p.set_defaults(func=_cmd_serve)
