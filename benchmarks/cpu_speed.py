@@ -78,11 +78,11 @@ def tokenizer_rows(repeats: int) -> list[tuple]:
     for name, texts in (("10k distinct sentences", distinct_sentences(10_000)),
                         ("10k sentences drawn from ~840", sentences(10_000))):
         share = sum(not t.isascii() for t in texts) / len(texts)
-        ref_tok, our_tok = open_clip.tokenizer.SimpleTokenizer(), dualtower.tokenizer.ClipTokenizer()
+        ref_tok, our_tok = open_clip.tokenizer.SimpleTokenizer(), dualtower.tokenizers.ClipTokenizer()
         assert torch.equal(ref_tok(texts), our_tok(texts)), "tokenizer ids differ"
         label = f"tokenizer, {name} ({share:.1%} non-ASCII)"
         t_ref = timed(lambda: open_clip.tokenizer.SimpleTokenizer()(texts), 1)  # fresh: no warm word cache
-        t_ours = timed(lambda: dualtower.tokenizer.ClipTokenizer()(texts), 1)
+        t_ours = timed(lambda: dualtower.tokenizers.ClipTokenizer()(texts), 1)
         rows.append((f"{label}, fresh", len(texts) / t_ref, len(texts) / t_ours, "texts/s"))
         t_ref, t_ours = timed(lambda: ref_tok(texts), repeats), timed(lambda: our_tok(texts), repeats)
         rows.append((f"{label}, warm", len(texts) / t_ref, len(texts) / t_ours, "texts/s"))

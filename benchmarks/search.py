@@ -65,7 +65,7 @@ def fill_store(path: Path, vectors: np.ndarray, identity: dict, engine: str = "a
     """An index of synthetic vectors (records named vec-N, no thumbnails), written through the Store, with its
     engine built and saved; returns the engine's kind."""
     from dualtower.search import Store
-    from dualtower.search.engine import ready
+    from dualtower.search.engines import ready
 
     store = Store.create(path, identity, vectors.shape[1])
     for lo in range(0, len(vectors), 50_000):
@@ -110,7 +110,7 @@ def bench_build(args) -> None:
 
 
 def bench_ann(args) -> None:
-    from dualtower.search.engine import Engine
+    from dualtower.search.engines.faiss_index import Engine
 
     print(f"machine: {machine()}")
     t = time.perf_counter()

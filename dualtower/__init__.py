@@ -19,8 +19,8 @@ if TYPE_CHECKING:
 __version__ = "0.1.0"
 
 # Imported on first use, so that `import dualtower` (and the command line's parsing and help) needs no torch.
-_LAZY = {"DualEncoder": "model", "DualEncoderOutput": "model", "ClipTokenizer": "tokenizer",
-         "get_tokenizer": "tokenizer"}
+_LAZY = {"DualEncoder": "model", "DualEncoderOutput": "model", "ClipTokenizer": "tokenizers",
+         "get_tokenizer": "tokenizers"}
 
 
 def __getattr__(name: str):

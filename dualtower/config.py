@@ -25,7 +25,7 @@ TEXT_POOLS = ("eot", "last", "argmax", "first")
 # "clip-bpe": OpenAI's CLIP BPE (bundled). "external": the model's own tokenizer is not bundled (SigLIP's
 # SentencePiece vocabulary); texts must come as token ids, or from a tokenizer.json beside the weights.
 TOKENIZERS = ("clip-bpe", "external")
-# How text is cleaned before a tokenizer.json tokenizer (SigLIP 2's Gemma vocabulary; see tokenizer_json):
+# How text is cleaned before a tokenizer.json tokenizer (SigLIP 2's Gemma vocabulary; see tokenizers/hf_json.py):
 # open_clip's cleaning functions, or transformers' Siglip2Tokenizer rule (a Lowercase normaliser, nothing else).
 TEXT_CLEANS = ("canonicalize", "lower", "whitespace", "hf-lowercase")
 

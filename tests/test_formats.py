@@ -135,7 +135,7 @@ def test_timm_hub_preprocessing_equals_timms_eval_transform(photos):
     floor(224 / 0.9), center crop 224); ours from that config equals timm's own on real photos."""
     from timm.data import create_transform, resolve_data_config
 
-    from dualtower.convert.timm_hub import config_from_timm
+    from dualtower.convert.timm.hub import config_from_timm
 
     model = timm.create_model("vit_base_patch16_clip_224.openai", pretrained=False, num_classes=512)
     data = {"architecture": "vit_base_patch16_clip_224", "num_classes": 512,

@@ -12,7 +12,7 @@ import dualtower
 from dualtower import convert
 from dualtower.archs import get_config
 from dualtower.config import ModelConfig, PreprocessConfig, VisionConfig
-from dualtower.convert import timm_vit
+from dualtower.convert.timm import tables as timm_vit
 
 from .conftest import CAPTIONS, assert_close, save_hf
 

@@ -25,7 +25,7 @@ from PIL import Image
 import dualtower
 from dualtower.cli import main
 from dualtower.search import SearchIndex, SearchIndexError, Store, build_index
-from dualtower.search.engine import Engine
+from dualtower.search.engines.faiss_index import Engine
 
 QUERIES = {"three": "an image of the number three", "seven": "a picture of the number seven",
            "zero": "the handwritten digit zero", "five": "someone wrote the number five"}
@@ -442,7 +442,7 @@ def test_the_milvus_backend_answers_as_faiss_does(trained, digits, tmp_path):
     hits = keys(tmp_path / "milvus", QUERIES["three"])
     assert not any(k.startswith("three/") for k, _ in hits)
     store = Store(tmp_path / "milvus")
-    from dualtower.search.milvus import MilvusEngine
+    from dualtower.search.engines.milvus import MilvusEngine
 
     assert MilvusEngine.sync(store).ntotal == store.count() == again.items
     store.close()
@@ -715,7 +715,7 @@ def test_a_corrupted_index_folder_is_named_in_one_line_and_repaired(tmp_path, ca
     """A garbage engine.faiss, another index's engine.faiss (which answered with wrong results that a re-index
     kept) and a damaged meta.sqlite: searches answer right or refuse in one line, and `index` repairs in place."""
     from dualtower.cli import main
-    from dualtower.search.engine import ENGINE_FILE
+    from dualtower.search.engines.faiss_index import ENGINE_FILE
 
     folders = {}
     for name, colour in (("red", (200, 30, 30)), ("blue", (30, 30, 200))):

@@ -13,7 +13,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import dualtower
-from dualtower.tokenizer import ClipTokenizer
+from dualtower.tokenizers import ClipTokenizer
 
 
 @pytest.fixture(scope="module")
@@ -129,7 +129,7 @@ def test_fresh_warm_threaded_pickled_and_cleared_caches_agree(ref, monkeypatch):
     import pickle
     import threading
 
-    from dualtower import tokenizer as tokenizer_module
+    from dualtower.tokenizers import clip_bpe as tokenizer_module
 
     corpus = _corpus()
     want = _reference_ids(ref, corpus)

@@ -13,7 +13,7 @@ import pytest
 import torch
 
 import dualtower
-from dualtower.tokenizer_json import JsonTokenizer
+from dualtower.tokenizers.hf_json import JsonTokenizer
 
 from .conftest import CAPTIONS, save_hf
 
@@ -124,7 +124,7 @@ def test_open_clip_hub_configs_name_the_architecture_and_the_text_cleaning(name)
     for."""
     import open_clip
 
-    from dualtower.convert.open_clip_hub import decode_model_cfg
+    from dualtower.convert.open_clip.hub import decode_model_cfg
 
     model_cfg = open_clip.get_model_config(name)
     cfg = decode_model_cfg(model_cfg, "repo")

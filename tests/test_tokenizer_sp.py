@@ -10,7 +10,7 @@ import torch
 import dualtower
 
 from .conftest import save_hf
-from dualtower.tokenizer_sp import SentencePieceTokenizer
+from dualtower.tokenizers.spiece import SentencePieceTokenizer
 
 spm = pytest.importorskip("sentencepiece")  # in the test extras; the skip only guards a bare environment
 

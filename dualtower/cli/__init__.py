@@ -12,7 +12,6 @@ import sys
 from . import embed, models, search, train
 from .common import Help, shown
 
-
 # every command, in the order `dualtower --help` lists them
 COMMANDS = (models.add_archs, models.add_plan, models.add_models, models.add_convert, train.add_train, train.add_demo,
             embed.add_eval, embed.add_classify, embed.add_embed, embed.add_features, embed.add_export,
@@ -41,9 +40,8 @@ def main(argv: list[str] | None = None) -> int:
     if rest and not getattr(args, "takes_overrides", False):
         parser.error(f"unrecognized arguments: {' '.join(rest)}")
     from ..errors import MissingDependency
-    from ..train.errors import TrainingError
-
     from ..io import disk_full
+    from ..train.errors import TrainingError
 
     debug = args.debug or os.environ.get("DUALTOWER_DEBUG", "") not in ("", "0")
     previous = _terminate_as_interrupt()

@@ -2,11 +2,20 @@
 
 from __future__ import annotations
 
-
 import sys
 
-from .common import (count, data_args, embedder, inference_args, model_args, prompt_templates, runtime_arg, shown,
-                     torch_model, write_json)
+from .common import (
+    count,
+    data_args,
+    embedder,
+    inference_args,
+    model_args,
+    prompt_templates,
+    runtime_arg,
+    shown,
+    torch_model,
+    write_json,
+)
 
 
 def _cmd_eval(args) -> int:
@@ -100,7 +109,6 @@ def add_classify(sub) -> None:
 def _cmd_embed(args) -> int:
     from ..data import open_source
     from ..eval.output import write_embeddings
-
     from ..eval.sources import embed_source
 
     source = open_source(args.data, args.image_key, args.caption_key, captions=args.text)

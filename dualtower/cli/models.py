@@ -3,7 +3,6 @@ files."""
 
 from __future__ import annotations
 
-
 from ..formats import listing
 from .common import count
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-
 import sys
 
 from .common import count, embedder, inference_args, model_args, runtime_arg, shown

@@ -4,9 +4,11 @@
     export(model, dst, to="dualtower")
     convert(src, dst, arch=None, to="dualtower", source=None, towers=None)
 
-Each format is one module exporting one `Format` object (ours, open_clip, open_clip_hub, hf_clip, hf_siglip,
-hf_internvl, internvl, timm_vit, timm_hub); `remap` holds the shared key-table code, `files` the safe reading
-and writing of state dicts. `dualtower.hub` fetches a repo's files and names the format they are in.
+Each format is one registered `Format` object. A format family is one package holding all its containers:
+open_clip/ (its state dict, OpenAI's, and open_clip's hub layout), timm/ (a bare timm state dict and timm's hub
+layout), internvl/ (InternVL's own layout and transformers'); ours, hf_clip and hf_siglip are one module each.
+`remap` holds the shared key-table code (each table is written one way and read both ways), `files` the safe
+reading and writing of state dicts. `dualtower.hub` fetches a repo's files and names the format they are in.
 """
 
 from __future__ import annotations
@@ -17,8 +19,7 @@ from pathlib import Path
 from .. import hub, rundir
 from ..checkpoint import CheckpointError, build, empty_model
 from ..origin import Origin
-from . import (hf_clip, hf_internvl, hf_siglip, internvl, open_clip, open_clip_hub, ours,  # noqa: F401 (they register)
-               timm_hub, timm_vit)
+from . import hf_clip, hf_siglip, internvl, open_clip, ours, timm  # noqa: F401 (they register their formats)
 from .files import Probe, read_state_file
 from .registry import FORMATS, detect, get_format, names, writer_for
 from .remap import ConversionError

@@ -236,7 +236,7 @@ class HFClip(HFDirectory):
     check = staticmethod(_check_writable)
 
     def hf_files(self, cfg: ModelConfig) -> tuple[dict, dict[str, str]]:
-        from ..tokenizer import get_tokenizer
+        from ..tokenizers import get_tokenizer
 
         files = {"preprocessor_config.json": json.dumps(preprocessor_to_hf(cfg), indent=2) + "\n",
                  **get_tokenizer(cfg).hf_files()}

@@ -63,7 +63,7 @@ class Embedder(ABC):
     @property
     def tokenizer(self):
         if self._tokenizer is None:
-            from ..tokenizer import get_tokenizer
+            from ..tokenizers import get_tokenizer
 
             self._tokenizer = get_tokenizer(self)
         return self._tokenizer

@@ -4,7 +4,7 @@
     SearchIndex(out)                query it by text, image, stored item or embedding (query.py)
     create_app(index)               the HTTP service and web page (server.py; FastAPI)
 
-FAISS is the engine (engine.py): exact search up to a size, then IVF-PQ with an exact re-rank.
+FAISS is the engine (engines/): exact search up to a size, then IVF-PQ with an exact re-rank; or Milvus.
 """
 
 from .build import BuildReport, build_index, model_identity

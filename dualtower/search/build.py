@@ -22,7 +22,7 @@ from ..data import BadSample, open_source
 from ..data.files import IMAGE_SUFFIXES, not_utf8
 from ..images import white_rgb
 from ..runtimes import as_embedder
-from . import engine as engines
+from . import engines
 from .store import DamagedIndex, Store
 
 log = logging.getLogger("dualtower.search")

@@ -8,8 +8,8 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 
-from . import engine as engines
 from ..runtimes import as_embedder
+from . import engines
 from .store import SearchIndexError, Store
 
 

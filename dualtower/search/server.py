@@ -29,7 +29,6 @@ from ..errors import require
 from . import schema
 from .query import SearchIndex
 
-
 log = logging.getLogger("dualtower.search")
 
 
@@ -135,8 +134,20 @@ def create_app(index: SearchIndex, limits: Limits = Limits()):
     require("faiss", "search", "search").omp_set_num_threads(1)
     from fastapi import FastAPI, Request
     from fastapi.exceptions import RequestValidationError
-    from fastapi.responses import HTMLResponse, JSONResponse, Response, StreamingResponse
-    from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+    from fastapi.responses import (
+        HTMLResponse,
+        JSONResponse,
+        Response,
+        StreamingResponse,
+    )
+    from prometheus_client import (
+        CONTENT_TYPE_LATEST,
+        CollectorRegistry,
+        Counter,
+        Gauge,
+        Histogram,
+        generate_latest,
+    )
     from starlette.concurrency import run_in_threadpool
     from starlette.exceptions import HTTPException
 

@@ -4,7 +4,7 @@
     meta.sqlite    one row per image (id, key, path, size, mtime, content hash, width, height, caption, thumbnail,
                    vector row), the files skipped and why, and the committed vector count, in SQLite (WAL)
     vectors-N.f16  float16 rows, L2-normalised, append-only, memory-mapped by readers
-    engine.faiss   the search structure (see engine.py), with the generation of the rows it was built from
+    engine.faiss   the search structure (see engines/faiss_index.py), with the generation of the rows it was built from
 
 Crash safety comes from one rule: a vector row exists for readers only once SQLite has committed it. Rows are
 appended and fsynced first, then the items that point at them are committed in one transaction together with the

@@ -25,7 +25,7 @@ from ..images import ImageTransform, NaFlexTrainTransform, TrainTransform, eval_
 from ..losses import clip_loss, siglip_loss
 from ..model import DualEncoder, seeds
 from ..rundir import RunDir
-from ..tokenizer import get_tokenizer
+from ..tokenizers import get_tokenizer
 from .config import TrainConfig
 from .gradcache import encode, grad_cache_step
 from .optim import lr_at, param_groups

@@ -15,16 +15,15 @@ from __future__ import annotations
 
 import json
 import re
-import string
 from pathlib import Path
 from typing import Sequence
 
 import numpy as np
 
-from .tokenizer import IdsTokenizer
+from .base import IdsTokenizer, check_texts
+from .cleaning import big_vision
 
 SPIECE_UNDERLINE = "\u2581"
-_PUNCTUATION = str.maketrans("", "", string.punctuation)
 
 
 class SentencePieceTokenizer(IdsTokenizer):
@@ -58,9 +57,7 @@ class SentencePieceTokenizer(IdsTokenizer):
                    pad=spelling(config.get("pad_token"), "</s>"), extra_special=[t for t in extra if t])
 
     def canonicalize(self, text: str) -> str:
-        if self.lowercase:
-            text = text.lower()
-        return re.sub(r"\s+", " ", text.translate(_PUNCTUATION)).strip()
+        return big_vision(text, self.lowercase)
 
     def _pieces(self, text: str) -> list[str]:
         pieces = self.sp.encode(self.unk + self.canonicalize(text), out_type=str)
@@ -82,12 +79,10 @@ class SentencePieceTokenizer(IdsTokenizer):
         return [self.special[p] if p in self.special else self.sp.piece_to_id(p) for p in pieces]
 
     def numpy(self, texts: "str | Sequence[str]", context_length: int | None = None) -> np.ndarray:
-        texts = [texts] if isinstance(texts, str) else list(texts)
+        texts = check_texts(texts)
         length = self.context_length if context_length is None else context_length
         out = np.full((len(texts), length), self.pad_id, dtype=np.int64)
         for row, text in enumerate(texts):
-            if not isinstance(text, str):
-                raise TypeError(f"texts[{row}] is {type(text).__name__}, not str")
             ids = self.encode(text)
             ids = ids[: max(0, length - 1)] if len(ids) + 1 > length else ids
             if not ids or ids[-1] != self.eos_id:

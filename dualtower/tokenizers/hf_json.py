@@ -21,32 +21,9 @@ from typing import Sequence
 
 import numpy as np
 
-from .config import TEXT_CLEANS as CLEANS
-from .tokenizer import IdsTokenizer
-
-
-def _basic(text: str) -> str:
-    import html
-
-    import ftfy
-
-    return html.unescape(html.unescape(ftfy.fix_text(text))).strip()
-
-
-def canonicalize(text: str) -> str:
-    """open_clip's (and big_vision's) canonical form of a prompt."""
-    import string
-
-    text = _basic(text).replace("_", " ").translate(str.maketrans("", "", string.punctuation)).lower()
-    return " ".join(text.split())
-
-
-_CLEAN = {
-    "canonicalize": canonicalize,
-    "lower": lambda text: " ".join(_basic(text).split()).lower(),
-    "whitespace": lambda text: " ".join(_basic(text).split()),
-    "hf-lowercase": lambda text: text,  # lower-cased by the normaliser instead
-}
+from ..config import TEXT_CLEANS
+from .base import IdsTokenizer, check_texts
+from .cleaning import CLEANS
 
 
 class JsonTokenizer(IdsTokenizer):
@@ -54,8 +31,8 @@ class JsonTokenizer(IdsTokenizer):
                  pad: str = "<pad>"):
         from tokenizers import Tokenizer, normalizers
 
-        if clean not in CLEANS:
-            raise ValueError(f"text clean {clean!r} is not one of {CLEANS}")
+        if clean not in TEXT_CLEANS:
+            raise ValueError(f"text clean {clean!r} is not one of {TEXT_CLEANS}")
         if context_length < 1:
             raise ValueError(f"context_length must be at least 1, got {context_length}")
         self.tokenizer = Tokenizer.from_file(str(tokenizer_file))
@@ -79,18 +56,15 @@ class JsonTokenizer(IdsTokenizer):
 
     def encode(self, text: str) -> list[int]:
         """The ids of one cleaned text, without the file's special tokens or padding."""
-        return self.tokenizer.encode(_CLEAN[self.clean](text), add_special_tokens=False).ids
+        return self.tokenizer.encode(CLEANS[self.clean](text), add_special_tokens=False).ids
 
     def numpy(self, texts: "str | Sequence[str]", context_length: int | None = None) -> np.ndarray:
-        texts = [texts] if isinstance(texts, str) else list(texts)
-        for row, text in enumerate(texts):
-            if not isinstance(text, str):
-                raise TypeError(f"texts[{row}] is {type(text).__name__}, not str")
+        texts = check_texts(texts)
         length = self.context_length if context_length is None else context_length
         if length < 1:
             raise ValueError(f"context_length must be at least 1, got {length}")
         self.tokenizer.enable_truncation(max_length=length)  # leaves room for the post-processor's tokens
         self.tokenizer.enable_padding(length=length, pad_id=self.pad_id, pad_token=self.pad)
-        encodings = self.tokenizer.encode_batch([_CLEAN[self.clean](t) for t in texts])
+        encodings = self.tokenizer.encode_batch([CLEANS[self.clean](t) for t in texts])
         return np.array([e.ids for e in encodings], dtype=np.int64).reshape(len(texts), length)
 

@@ -1,4 +1,4 @@
-"""Nearest-neighbour search over an index's vectors with FAISS.
+"""The FAISS engine: nearest-neighbour search over an index's vectors in the index folder.
 
 Two structures, chosen by size (`choose`) or by name:
 
@@ -23,11 +23,10 @@ from pathlib import Path
 
 import numpy as np
 
-from .. import io
-from ..errors import require
+from ... import io
+from ...errors import require
+from .base import KINDS, choose, rerank
 
-FLAT_LIMIT = 100_000
-KINDS = ("auto", "flat", "ivf")
 ENGINE_FILE = "engine.faiss"
 ENGINE_META = "engine.json"
 log = logging.getLogger("dualtower.search")
@@ -35,14 +34,6 @@ log = logging.getLogger("dualtower.search")
 
 def _faiss():
     return require("faiss", "search", "search")
-
-
-def choose(kind: str, n: int) -> str:
-    if kind not in KINDS:
-        raise ValueError(f"engine {kind!r} is not one of {KINDS}")
-    if kind != "auto":
-        return kind
-    return "flat" if n <= FLAT_LIMIT else "ivf"
 
 
 class Engine:
@@ -144,36 +135,3 @@ class Engine:
                         index.ntotal, index.d, store.count(), vectors.shape[1])
             return None
         return cls(meta["kind"], index, vectors)
-
-
-def rerank(vectors: np.ndarray, queries: np.ndarray, candidates, k: int) -> tuple[np.ndarray, np.ndarray]:
-    """(scores, rows), each (Q, k): each query's candidate rows (-1 ignored) scored exactly against the float16
-    `vectors`, best first; -1 rows pad short results."""
-    scores = np.full((len(queries), k), -np.inf, dtype=np.float32)
-    rows = np.full((len(queries), k), -1, dtype=np.int64)
-    for i, cand in enumerate(candidates):
-        cand = np.sort(np.asarray(cand, dtype=np.int64))
-        cand = cand[cand >= 0]  # sorted: memory-mapped rows are read in file order
-        exact = np.asarray(vectors[cand], dtype=np.float32) @ queries[i]
-        top = np.argsort(-exact, kind="stable")[:k]
-        scores[i, : len(top)], rows[i, : len(top)] = exact[top], cand[top]
-    return scores, rows
-
-
-def ready(store, kind: str | None = None, save: bool = False):
-    """The engine for `store`'s current rows: the saved one when it is fresh (and of `kind`, when one is named),
-    else one built now (and saved with `save`). A Milvus-backed index syncs its collection instead."""
-    if store.backend.get("name") == "milvus":
-        from .milvus import MilvusEngine
-
-        return MilvusEngine.sync(store)
-    vectors = store.vectors()
-    built = Engine.load(store.path, store, vectors)
-    wanted = choose(kind or "auto", store.count())
-    if built is not None and (kind is None or built.kind == wanted):
-        return built
-    rows, _ = store.live_rows()
-    built = Engine.build(wanted, rows, vectors)
-    if save:
-        built.save(store.path, store)
-    return built

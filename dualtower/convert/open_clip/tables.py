@@ -9,14 +9,12 @@ A config selects the second when its patch embedding has a bias: every timm ViT 
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import torch
 
-from ..config import ModelConfig
-from . import files, timm_vit
-from .registry import Format, register
-from .remap import ConversionError, Rule, expand, from_ours, rule, to_ours
+from ...config import ModelConfig
+from .. import files
+from ..remap import ConversionError, Rule, expand, from_ours, rule, to_ours
+from ..timm import tables as timm_vit
 
 _BLOCK = [
     ("norm1.weight", "ln_1.weight"), ("norm1.bias", "ln_1.bias"),
@@ -133,31 +131,6 @@ def export_state_dict(ours: dict[str, torch.Tensor], cfg: ModelConfig) -> dict[s
     return from_ours(ours, _rules(cfg))
 
 
-class OpenClip(Format):
-    """Written to a .safetensors/.bin name: the state dict `open_clip.create_model(NAME)` loads. Written to a
-    folder: open_clip's hub layout with its model config (for architectures open_clip does not name)."""
-
-    name = "open_clip"
-    summary = ("an open_clip or OpenAI CLIP state dict (visual.conv1 / visual.trunk; CLIP or CustomTextCLIP), "
-               "architecture named by arch=")
-
-    def detect(self, probe) -> bool:
-        keys = probe.keys
-        return "visual.conv1.weight" in keys or "visual.trunk.patch_embed.proj.weight" in keys
-
-    to_ours = staticmethod(import_state_dict)
-    from_ours = staticmethod(export_state_dict)
-    check = staticmethod(check_exportable)
-
-    def write(self, model, dst) -> None:
-        if Path(dst).suffix in files.STATE_DICT_SUFFIXES:
-            super().write(model, dst)
-        else:
-            from .open_clip_hub import write_directory
-
-            write_directory(model, dst)
-
-
 def check_openai(cfg: ModelConfig) -> None:
     """OpenAI's own loader (`clip.load`, and what builds on it: LlamaIndex's ClipEmbedding) builds every tower with
     QuickGELU from the state dict alone: any other activation would load without a word and compute other
@@ -172,20 +145,3 @@ def check_openai(cfg: ModelConfig) -> None:
             f"{cfg.name} uses {', '.join(other)}, but OpenAI's clip.load builds every tower with QuickGELU and would "
             f"compute other numbers without a word; only a QuickGELU architecture (such as {name}) is written as "
             "openai. Write this one as open_clip (open_clip.create_model names its activation).")
-
-
-class OpenAI(OpenClip):
-    """OpenAI's CLIP state dict: open_clip's CLIP layout, read the same way; written only for QuickGELU towers,
-    the one activation OpenAI's loader builds."""
-
-    name = "openai"
-    summary = "OpenAI's CLIP state dict (open_clip's CLIP layout; written only for QuickGELU architectures)"
-
-    def detect(self, probe) -> bool:
-        return False  # the same keys as open_clip's: read through open_clip, or named with --from openai
-
-    check = staticmethod(check_openai)
-
-
-FORMAT = register(OpenClip())
-register(OpenAI())

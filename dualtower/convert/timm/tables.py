@@ -9,9 +9,9 @@ from __future__ import annotations
 
 import torch
 
-from ..config import VisionConfig
-from .registry import Format, register
-from .remap import ConversionError, Rule, expand, from_ours, rule, to_ours
+from ...config import VisionConfig
+from ..registry import Format, register
+from ..remap import ConversionError, Rule, expand, from_ours, rule, to_ours
 
 LAYOUTS = ("vit", "eva", "eva_fused")
 

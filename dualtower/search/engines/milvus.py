@@ -9,8 +9,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..errors import require
-from .engine import rerank
+from ...errors import require
+from .base import rerank
 
 CHUNK = 5000
 MAX_TOPK = 16384  # Milvus' limit on one search's results

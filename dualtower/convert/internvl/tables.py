@@ -14,10 +14,16 @@ from __future__ import annotations
 
 import torch
 
-from ..config import IMAGENET_MEAN, IMAGENET_STD, ModelConfig, PreprocessConfig, VisionConfig
-from .files import Probe
-from .registry import Format, register
-from .remap import ConversionError, Rule, expand, from_ours, rule, to_ours
+from ...config import (
+    IMAGENET_MEAN,
+    IMAGENET_STD,
+    ModelConfig,
+    PreprocessConfig,
+    VisionConfig,
+)
+from ..files import Probe
+from ..registry import Format, register
+from ..remap import ConversionError, Rule, expand, from_ours, rule, to_ours
 
 _OURS = "visual.transformer.blocks.{i}."
 

@@ -8,12 +8,12 @@ from __future__ import annotations
 
 from dataclasses import replace
 
-from ..archs import REGISTRY, TIMM_NAMES
-from ..config import ModelConfig
-from . import timm_vit
-from .files import Probe
-from .registry import ReadOnlyFormat, register
-from .remap import ConversionError
+from ...archs import REGISTRY, TIMM_NAMES
+from ...config import ModelConfig
+from ..files import Probe
+from ..registry import ReadOnlyFormat, register
+from ..remap import ConversionError
+from . import tables as timm_vit
 
 _CROP_MODES = {"center": "shortest", "squash": "squash"}
 _POOLS = {"token": "cls", "map": "map", "avg": "mean"}

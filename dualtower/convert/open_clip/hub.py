@@ -9,12 +9,17 @@ same text tower. `preprocess_cfg` sets mean, std, interpolation and resize mode.
 
 from __future__ import annotations
 
-from ..archs import REGISTRY, TIMM_NAMES
-from ..config import CLIP_VOCAB_SIZE, ModelConfig, PreprocessConfig, TextConfig, VisionConfig
-from . import open_clip
-from .files import Probe, read_state_file, write_model_directory
-from .registry import Format, register
-from .remap import ConversionError
+from ...archs import REGISTRY, TIMM_NAMES
+from ...config import (
+    CLIP_VOCAB_SIZE,
+    ModelConfig,
+    PreprocessConfig,
+    TextConfig,
+    VisionConfig,
+)
+from ..files import write_model_directory
+from ..remap import ConversionError
+from . import tables
 
 CONFIG = "open_clip_config.json"
 WEIGHTS = ("open_clip_model.safetensors", "open_clip_pytorch_model.bin")
@@ -134,14 +139,14 @@ def preprocess_cfg(cfg: ModelConfig) -> dict:
 
 def write_directory(model, dst) -> None:
     """open_clip's hub layout: open_clip_config.json + open_clip_model.safetensors, which
-    `open_clip.create_model_and_transforms("local-dir:DST")` loads with its preprocessing."""
+    `tables.create_model_and_transforms("local-dir:DST")` loads with its preprocessing."""
     import json
 
-    from ..checkpoint import state_of
+    from ...checkpoint import state_of
 
     data = {"model_cfg": encode_model_cfg(model.cfg), "preprocess_cfg": preprocess_cfg(model.cfg)}
     write_model_directory(dst, {CONFIG: json.dumps(data, indent=2) + "\n"}, WEIGHTS[0],
-                          open_clip.export_state_dict(state_of(model), model.cfg))
+                          tables.export_state_dict(state_of(model), model.cfg))
 
 
 def apply_preprocess_cfg(cfg: ModelConfig, pre: dict, name: str) -> ModelConfig:
@@ -162,37 +167,3 @@ def apply_preprocess_cfg(cfg: ModelConfig, pre: dict, name: str) -> ModelConfig:
                                               resize_mode=mode))
     except ValueError as e:
         raise ConversionError(f"{name}: preprocess_cfg: {e}") from e
-
-
-class OpenClipHub(Format):
-    name = "open_clip_hub"
-    summary = "open_clip's hub layout (open_clip_config.json + open_clip_model.safetensors or .bin)"
-
-    def detect(self, probe: Probe) -> bool:
-        return probe.is_directory and (probe.path / CONFIG).is_file()
-
-    def read_config(self, probe: Probe, arch: str | None) -> ModelConfig:
-        data = probe.read_json(CONFIG) or {}
-        name = arch or probe.path.name
-        if not isinstance(data.get("model_cfg"), dict):
-            raise ConversionError(f"{probe.path / CONFIG}: no model_cfg object")
-        cfg = decode_model_cfg(data["model_cfg"], name)
-        return apply_preprocess_cfg(cfg, data.get("preprocess_cfg") or {}, name)
-
-    def read_state(self, probe: Probe, cfg: ModelConfig) -> dict:
-        for weights in WEIGHTS:
-            if (probe.path / weights).is_file():
-                return read_state_file(probe.path / weights)
-        raise ConversionError(f"{probe.path}: neither {' nor '.join(WEIGHTS)}")
-
-    to_ours = staticmethod(open_clip.import_state_dict)
-
-    def check(self, cfg: ModelConfig) -> None:
-        open_clip.check_exportable(cfg)
-        encode_model_cfg(cfg)
-
-    def write(self, model, dst) -> None:
-        write_directory(model, dst)
-
-
-FORMAT = register(OpenClipHub())

@@ -7,12 +7,12 @@ from __future__ import annotations
 import json
 from dataclasses import replace
 
-from ..checkpoint import state_of
-from ..config import ModelConfig
-from .files import write_model_directory
-from .internvl import InternVL, check_config, config_to_hf
-from .registry import register
-from .remap import ConversionError
+from ...checkpoint import state_of
+from ...config import ModelConfig
+from ..files import write_model_directory
+from ..registry import register
+from ..remap import ConversionError
+from .tables import InternVL, check_config, config_to_hf
 
 
 class HFInternVL(InternVL):

@@ -11,19 +11,18 @@ from __future__ import annotations
 
 import bisect
 import gzip
-import html
 import itertools
 import json
 import re
 import threading
 from functools import lru_cache
 from importlib import resources
-from typing import TYPE_CHECKING, Sequence
+from typing import Sequence
 
 import numpy as np
 
-if TYPE_CHECKING:
-    import torch
+from .base import IdsTokenizer, check_texts
+from .cleaning import clip as clean_text
 
 SOT = "<start_of_text>"
 EOT = "<end_of_text>"
@@ -50,27 +49,6 @@ def bytes_to_unicode() -> dict[int, str]:
     extra = [b for b in range(256) if b not in printable]
     chars = printable + [256 + i for i in range(len(extra))]
     return dict(zip(printable + extra, map(chr, chars)))
-
-
-def clean_text(text: str) -> str:
-    """ftfy's repairs, HTML entities unescaped twice, whitespace runs collapsed, lower case."""
-    import ftfy
-
-    text = html.unescape(html.unescape(ftfy.fix_text(text))).strip()
-    return " ".join(text.split()).lower()
-
-
-class IdsTokenizer:
-    """What every tokenizer here shares: `numpy(texts, context_length)` gives (B, L) int64 ids, and calling it
-    gives them as a torch tensor (torch is imported only then)."""
-
-    def numpy(self, texts, context_length: int | None = None) -> np.ndarray:
-        raise NotImplementedError
-
-    def __call__(self, texts: "str | Sequence[str]", context_length: int | None = None) -> "torch.Tensor":
-        import torch
-
-        return torch.from_numpy(self.numpy(texts, context_length))
 
 
 def _text_ends(ends: np.ndarray, rows: np.ndarray, expected: int) -> np.ndarray:
@@ -229,12 +207,7 @@ class ClipTokenizer(IdsTokenizer):
 
     def numpy(self, texts: str | Sequence[str], context_length: int | None = None) -> np.ndarray:
         """(B, L) int64 as a numpy array (what a runtime without torch feeds ONNX Runtime)."""
-        if isinstance(texts, str):
-            texts = [texts]
-        if not set(map(type, texts)) <= {str}:
-            for i, t in enumerate(texts):
-                if not isinstance(t, str):
-                    raise TypeError(f"texts[{i}] is {type(t).__name__}, not str")
+        texts = check_texts(texts)
         length = self.context_length if context_length is None else context_length
         if length < 2:
             raise ValueError(f"context_length must be at least 2 (start and end tokens), got {length}")
@@ -292,34 +265,3 @@ def _read_merges(path: str | None) -> list[tuple[str, str]]:
             data = f.read()
     lines = gzip.decompress(data).decode("utf-8").split("\n")[1 : NUM_MERGES + 1]
     return [tuple(line.split()) for line in lines]
-
-
-@lru_cache(maxsize=8)
-def _tokenizer(context_length: int) -> ClipTokenizer:
-    return ClipTokenizer(context_length)
-
-
-def get_tokenizer(name_or_model="ViT-B-32"):
-    """The tokenizer of an architecture name, a ModelConfig or a model (context length per architecture). A model
-    with its own tokenizer (SigLIP's SentencePiece) takes it from the files it was loaded with (`spiece.model`
-    beside the weights, or in the Hub repo)."""
-    from .archs import config_of
-
-    cfg = config_of(name_or_model)
-    if cfg.text is None:
-        raise ValueError(f"{cfg.name} is a vision-only model: it has no text tower and no tokenizer")
-    if cfg.tokenizer == "clip-bpe":
-        return _tokenizer(cfg.text.context_length)
-    origin = getattr(name_or_model, "origin", None)  # a model's or an Embedder's (a name or config has none)
-    files = origin.tokenizer_dir if origin is not None else None
-    if files is not None and (files / "spiece.model").is_file():
-        from .tokenizer_sp import SentencePieceTokenizer
-
-        return SentencePieceTokenizer.from_directory(files, cfg.text.context_length)
-    if files is not None and (files / "tokenizer.json").is_file():  # SigLIP 2's Gemma tokenizer
-        from .tokenizer_json import JsonTokenizer
-
-        return JsonTokenizer.from_directory(files, cfg.text.context_length, cfg.text_clean)
-    raise ValueError(f"{cfg.name} uses its own tokenizer, and neither spiece.model nor tokenizer.json came with it; "
-                     "load the model from a directory or hub repo that has them, or tokenize with it yourself and "
-                     "pass token ids to encode_text")

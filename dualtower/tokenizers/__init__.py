@@ -1,0 +1,54 @@
+"""Tokenizers: one base (`base.IdsTokenizer`), one text-cleaning module (`cleaning`), one module per kind
+(`clip_bpe`: OpenAI's CLIP BPE, bundled; `spiece`: SigLIP's SentencePiece; `hf_json`: a tokenizer.json such as
+SigLIP 2's Gemma), and `get_tokenizer` above them. A new kind is one module and one row of KINDS."""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from pathlib import Path
+
+from .base import IdsTokenizer
+from .clip_bpe import ClipTokenizer
+
+# a model's own tokenizer file -> how its kind is made from the model's folder, in the order they are tried
+KINDS = {
+    "spiece.model": lambda folder, cfg: _module("spiece").SentencePieceTokenizer.from_directory(
+        folder, cfg.text.context_length),
+    "tokenizer.json": lambda folder, cfg: _module("hf_json").JsonTokenizer.from_directory(
+        folder, cfg.text.context_length, cfg.text_clean),
+}
+
+
+def _module(name: str):
+    import importlib
+
+    return importlib.import_module(f".{name}", __name__)
+
+
+@lru_cache(maxsize=8)
+def _clip(context_length: int) -> ClipTokenizer:
+    return ClipTokenizer(context_length)
+
+
+def get_tokenizer(name_or_model="ViT-B-32") -> IdsTokenizer:
+    """The tokenizer of an architecture name, a ModelConfig, a model or an Embedder (context length per
+    architecture). A model with its own tokenizer (SigLIP's SentencePiece, SigLIP 2's Gemma tokenizer.json)
+    takes it from the folder its origin names (beside the weights, or the Hub snapshot)."""
+    from ..archs import config_of
+
+    cfg = config_of(name_or_model)
+    if cfg.text is None:
+        raise ValueError(f"{cfg.name} is a vision-only model: it has no text tower and no tokenizer")
+    if cfg.tokenizer == "clip-bpe":
+        return _clip(cfg.text.context_length)
+    origin = getattr(name_or_model, "origin", None)  # a model's or an Embedder's (a name or config has none)
+    folder: Path | None = origin.tokenizer_dir if origin is not None else None
+    for file, make in KINDS.items():
+        if folder is not None and (folder / file).is_file():
+            return make(folder, cfg)
+    raise ValueError(f"{cfg.name} uses its own tokenizer, and neither spiece.model nor tokenizer.json came with it; "
+                     "load the model from a directory or hub repo that has them, or tokenize with it yourself and "
+                     "pass token ids to encode_text")
+
+
+__all__ = ["KINDS", "ClipTokenizer", "IdsTokenizer", "get_tokenizer"]
