@@ -1,70 +1,71 @@
-"""Named architectures: pure data, one registry.
+"""Named architectures: pure data, one table (`ARCHS`), one keyword entry per architecture.
 
-open_clip's ViT configs built from its own VisionTransformer and TextTransformer with the OpenAI tokenizer are
-listed under open_clip's names, one row each, and decoded into configs by `_openclip`. The `tiny-*` configs
-keep tests fast and cover the options no published config uses.
+An entry holds the architecture's config and what other codebases call it: the timm model that builds its vision
+tower, how open_clip builds it ("vit": open_clip's own VisionTransformer with the OpenAI tokenizer; "timm": a timm
+trunk), and its well-known pretrained weights. `REGISTRY`, `TIMM_NAMES`, the open_clip name lists and
+`hub.KNOWN` are views of it. open_clip's ViT sizes are decoded once from `VISION_SIZES` (big_vision's way:
+"B" -> width, depth, head width, MLP ratio); its text tower is as wide as the embedding, 64 per head. The
+`tiny-*` configs keep tests fast and cover the options no published config uses.
 """
 
 from __future__ import annotations
 
 import dataclasses
+from dataclasses import dataclass
 
 from .config import (IMAGENET_MEAN, IMAGENET_STD, INCEPTION_MEAN, INCEPTION_STD, SIGLIP_INIT_LOGIT_BIAS,
                      SIGLIP_INIT_LOGIT_SCALE, ModelConfig, PreprocessConfig, TextConfig, VisionConfig)
 
-# name: (embed_dim, image_size, patch, vision width, vision depth, vision head width, vision mlp ratio,
-#        text width, text heads, text depth, QuickGELU, vision layer-scale init)
-_OPENCLIP_ROWS = {
-    "ViT-S-16": (384, 224, 16, 384, 12, 64, 4.0, 384, 6, 12, False, 0.0),
-    "ViT-S-32": (384, 224, 32, 384, 12, 64, 4.0, 384, 6, 12, False, 0.0),
-    "ViT-S-32-alt": (256, 224, 32, 384, 12, 64, 4.0, 256, 4, 10, False, 0.0),
-    "ViT-M-16": (512, 224, 16, 512, 12, 64, 4.0, 512, 8, 12, False, 0.0),
-    "ViT-M-16-alt": (384, 224, 16, 512, 12, 64, 4.0, 384, 6, 12, False, 1e-4),
-    "ViT-M-32": (512, 224, 32, 512, 12, 64, 4.0, 512, 8, 12, False, 0.0),
-    "ViT-M-32-alt": (384, 224, 32, 512, 12, 64, 4.0, 384, 6, 12, False, 0.0),
-    "ViT-B-32": (512, 224, 32, 768, 12, 64, 4.0, 512, 8, 12, False, 0.0),
-    "ViT-B-32-quickgelu": (512, 224, 32, 768, 12, 64, 4.0, 512, 8, 12, True, 0.0),
-    "ViT-B-32-256": (512, 256, 32, 768, 12, 64, 4.0, 512, 8, 12, False, 0.0),
-    "ViT-B-32-plus-256": (640, 256, 32, 896, 12, 64, 4.0, 640, 10, 12, False, 0.0),
-    "ViT-B-16": (512, 224, 16, 768, 12, 64, 4.0, 512, 8, 12, False, 0.0),
-    "ViT-B-16-quickgelu": (512, 224, 16, 768, 12, 64, 4.0, 512, 8, 12, True, 0.0),
-    "ViT-B-16-plus": (640, 224, 16, 896, 12, 64, 4.0, 640, 10, 12, False, 0.0),
-    "ViT-B-16-plus-240": (640, 240, 16, 896, 12, 64, 4.0, 640, 10, 12, False, 0.0),
-    "ViT-L-14": (768, 224, 14, 1024, 24, 64, 4.0, 768, 12, 12, False, 0.0),
-    "ViT-L-14-quickgelu": (768, 224, 14, 1024, 24, 64, 4.0, 768, 12, 12, True, 0.0),
-    "ViT-L-14-280": (768, 280, 14, 1024, 24, 64, 4.0, 768, 12, 12, False, 0.0),
-    "ViT-L-14-336": (768, 336, 14, 1024, 24, 64, 4.0, 768, 12, 12, False, 0.0),
-    "ViT-L-14-336-quickgelu": (768, 336, 14, 1024, 24, 64, 4.0, 768, 12, 12, True, 0.0),
-    "ViT-L-16": (768, 224, 16, 1024, 24, 64, 4.0, 768, 12, 12, False, 0.0),
-    "ViT-L-16-320": (768, 320, 16, 1024, 24, 64, 4.0, 768, 12, 12, False, 0.0),
-    "ViT-H-14": (1024, 224, 14, 1280, 32, 80, 4.0, 1024, 16, 24, False, 0.0),
-    "ViT-H-14-quickgelu": (1024, 224, 14, 1280, 32, 80, 4.0, 1024, 16, 24, True, 0.0),
-    "ViT-H-14-378": (1024, 378, 14, 1280, 32, 80, 4.0, 1024, 16, 24, False, 0.0),
-    "ViT-H-14-378-quickgelu": (1024, 378, 14, 1280, 32, 80, 4.0, 1024, 16, 24, True, 0.0),
-    "ViT-H-16": (1024, 224, 16, 1280, 32, 80, 4.0, 1024, 16, 24, False, 0.0),
-    "ViT-g-14": (1024, 224, 14, 1408, 40, 88, 4.3637, 1024, 16, 24, False, 0.0),
-    "ViT-bigG-14": (1280, 224, 14, 1664, 48, 104, 4.9231, 1280, 20, 32, False, 0.0),
-    "ViT-bigG-14-quickgelu": (1280, 224, 14, 1664, 48, 104, 4.9231, 1280, 20, 32, True, 0.0),
-    "ViT-e-14": (1280, 224, 14, 1792, 56, 112, 8.5715, 1280, 20, 36, False, 0.0),
+
+@dataclass(frozen=True)
+class Pretrained:
+    """Well-known weights of an architecture: the short name `dualtower.load` takes, its Hub repo, and the layout
+    (a format of dualtower.convert) its files are in."""
+
+    name: str
+    repo: str
+    layout: str
+
+
+@dataclass(frozen=True)
+class Arch:
+    config: ModelConfig
+    timm: str | None = None  # the timm model that builds its vision tower (timm's hub config.json names it)
+    open_clip: str | None = None  # "vit" or "timm": how open_clip builds it; None: open_clip has no such config
+    pretrained: tuple[Pretrained, ...] = ()
+
+    @property
+    def name(self) -> str:
+        return self.config.name
+
+
+# open_clip's ViT sizes: width, depth, head width, MLP ratio
+VISION_SIZES = {
+    "S": (384, 12, 64, 4.0), "M": (512, 12, 64, 4.0), "B": (768, 12, 64, 4.0), "B-plus": (896, 12, 64, 4.0),
+    "L": (1024, 24, 64, 4.0), "H": (1280, 32, 80, 4.0), "g": (1408, 40, 88, 4.3637),
+    "bigG": (1664, 48, 104, 4.9231), "e": (1792, 56, 112, 8.5715),
 }
 
 
-def _openclip(name, embed, image, patch, v_width, v_depth, v_head_width, v_mlp_ratio,
-              t_width, t_heads, t_depth, quick_gelu, ls_init) -> ModelConfig:
+def _vit(name: str, size: str, patch: int, embed: int, image: int = 224, text_depth: int = 12,
+         quick_gelu: bool = False, ls_init: float = 0.0) -> ModelConfig:
+    """open_clip's own ViT configs: a vision tower of a `VISION_SIZES` size, a text tower `embed` wide."""
+    width, depth, head_width, mlp_ratio = VISION_SIZES[size]
     act = "quick_gelu" if quick_gelu else "gelu"
     return ModelConfig(
         name=name,
         embed_dim=embed,
         vision=VisionConfig(
-            image_size=image, patch_size=patch, width=v_width, depth=v_depth, heads=v_width // v_head_width,
-            mlp_dim=int(v_width * v_mlp_ratio), act=act, ls_init=ls_init,
+            image_size=image, patch_size=patch, width=width, depth=depth, heads=width // head_width,
+            mlp_dim=int(width * mlp_ratio), act=act, ls_init=ls_init,
         ),
-        text=TextConfig(width=t_width, heads=t_heads, depth=t_depth, mlp_dim=t_width * 4, act=act),
+        text=TextConfig(width=embed, heads=embed // 64, depth=text_depth, mlp_dim=embed * 4, act=act),
         preprocess=PreprocessConfig(image_size=image),
     )
 
 
-def _eva02(name, embed, image, patch, width, depth, heads, t_width, t_heads) -> ModelConfig:
+def _eva02(name: str, embed: int, image: int, patch: int, width: int, depth: int, heads: int, text_width: int,
+           text_heads: int) -> ModelConfig:
     """open_clip's EVA02-* (timm `eva02_*_clip_*` vision trunk, open_clip's text tower)."""
     return ModelConfig(
         name=name,
@@ -74,13 +75,14 @@ def _eva02(name, embed, image, patch, width, depth, heads, t_width, t_heads) -> 
             mlp_dim=int(width * 4 * 2 / 3), norm_eps=1e-6, patch_bias=True, norm_pre=False, k_bias=False,
             attn_norm=True, mlp_type="swiglu", mlp_norm=True, rope=True, rope_ref_grid=16, head_bias=True,
         ),
-        text=TextConfig(width=t_width, heads=t_heads, depth=12, mlp_dim=4 * t_width),
+        text=TextConfig(width=text_width, heads=text_heads, depth=12, mlp_dim=4 * text_width),
         preprocess=PreprocessConfig(image_size=image),
     )
 
 
-def _siglip(name, image, patch, width, depth, heads, mlp_dim, context, vision_act="gelu",
-            text: tuple[int, int, int, int] | None = None, gemma: bool = False) -> ModelConfig:
+def _siglip(name: str, image: int, patch: int, width: int, depth: int, heads: int, mlp_dim: int, context: int = 64,
+            vision_act: str = "gelu", text: tuple[int, int, int, int] | None = None, gemma: bool = False
+            ) -> ModelConfig:
     """open_clip's *-SigLIP and *-SigLIP2 (timm `vit_*_siglip_*` vision trunk with MAP pooling, bidirectional
     text tower pooled at the last token). `text`: (width, depth, heads, mlp_dim) where it differs from the vision
     tower's (ViT-gopt). SigLIP 2 (`gemma`) has the Gemma vocabulary (256,000, pad 0, end 1) and tanh GELU in
@@ -108,8 +110,8 @@ def _siglip(name, image, patch, width, depth, heads, mlp_dim, context, vision_ac
     )
 
 
-def _internvit(name, width, depth, heads, mlp_dim, six_b: bool, image: int = 448, clip_head: int = 0
-               ) -> ModelConfig:
+def _internvit(name: str, width: int, depth: int, heads: int, mlp_dim: int, six_b: bool, image: int = 448,
+               clip_head: int = 0) -> ModelConfig:
     """InternViT (InternVL's vision encoder, vision only): layer scale 0.1, no final norm, class token out.
     The 6B uses RMSNorm, QK-norm over the full width and no qkv bias; the 300M LayerNorm with qkv bias.
     `clip_head`: InternVL-C's image head instead (16-head mean-query attention pooling, projected to it)."""
@@ -128,46 +130,11 @@ def _internvit(name, width, depth, heads, mlp_dim, six_b: bool, image: int = 448
     )
 
 
-# open_clip's SigLIP 2 configs: name: (timm trunk, image_size, patch, width, depth, heads, mlp_dim, vision act,
-# text (width, depth, heads, mlp_dim) where it differs from the vision tower's)
-_SIGLIP2_ROWS = {
-    "ViT-B-16-SigLIP2": ("vit_base_patch16_siglip_224", 224, 16, 768, 12, 12, 3072, "gelu", None),
-    "ViT-B-16-SigLIP2-256": ("vit_base_patch16_siglip_256", 256, 16, 768, 12, 12, 3072, "gelu", None),
-    "ViT-B-16-SigLIP2-384": ("vit_base_patch16_siglip_384", 384, 16, 768, 12, 12, 3072, "gelu", None),
-    "ViT-B-16-SigLIP2-512": ("vit_base_patch16_siglip_512", 512, 16, 768, 12, 12, 3072, "gelu", None),
-    "ViT-B-32-SigLIP2-256": ("vit_base_patch32_siglip_256", 256, 32, 768, 12, 12, 3072, "gelu_tanh", None),
-    "ViT-L-16-SigLIP2-256": ("vit_large_patch16_siglip_256", 256, 16, 1024, 24, 16, 4096, "gelu", None),
-    "ViT-L-16-SigLIP2-384": ("vit_large_patch16_siglip_384", 384, 16, 1024, 24, 16, 4096, "gelu", None),
-    "ViT-L-16-SigLIP2-512": ("vit_large_patch16_siglip_512", 512, 16, 1024, 24, 16, 4096, "gelu_tanh", None),
-    "ViT-SO400M-14-SigLIP2": ("vit_so400m_patch14_siglip_224", 224, 14, 1152, 27, 16, 4304, "gelu", None),
-    "ViT-SO400M-14-SigLIP2-378": ("vit_so400m_patch14_siglip_378", 378, 14, 1152, 27, 16, 4304, "gelu", None),
-    "ViT-SO400M-16-SigLIP2-256": ("vit_so400m_patch16_siglip_256", 256, 16, 1152, 27, 16, 4304, "gelu_tanh", None),
-    "ViT-SO400M-16-SigLIP2-384": ("vit_so400m_patch16_siglip_384", 384, 16, 1152, 27, 16, 4304, "gelu_tanh", None),
-    "ViT-SO400M-16-SigLIP2-512": ("vit_so400m_patch16_siglip_512", 512, 16, 1152, 27, 16, 4304, "gelu_tanh", None),
-    "ViT-gopt-16-SigLIP2-256": ("vit_giantopt_patch16_siglip_256", 256, 16, 1536, 40, 16, 6144, "gelu_tanh",
-                                (1152, 27, 16, 4304)),
-    "ViT-gopt-16-SigLIP2-384": ("vit_giantopt_patch16_siglip_384", 384, 16, 1536, 40, 16, 6144, "gelu_tanh",
-                                (1152, 27, 16, 4304)),
-}
-
-
-_FAMILIES = {
-    "EVA02-B-16": _eva02("EVA02-B-16", 512, 224, 16, 768, 12, 12, 512, 8),
-    "EVA02-L-14": _eva02("EVA02-L-14", 768, 224, 14, 1024, 24, 16, 768, 12),
-    "EVA02-L-14-336": _eva02("EVA02-L-14-336", 768, 336, 14, 1024, 24, 16, 768, 12),
-    "ViT-B-16-SigLIP": _siglip("ViT-B-16-SigLIP", 224, 16, 768, 12, 12, 3072, 64),
-    "ViT-B-16-SigLIP-256": _siglip("ViT-B-16-SigLIP-256", 256, 16, 768, 12, 12, 3072, 64),
-    "ViT-B-16-SigLIP-384": _siglip("ViT-B-16-SigLIP-384", 384, 16, 768, 12, 12, 3072, 64),
-    "ViT-L-16-SigLIP-256": _siglip("ViT-L-16-SigLIP-256", 256, 16, 1024, 24, 16, 4096, 64),
-    "ViT-SO400M-14-SigLIP": _siglip("ViT-SO400M-14-SigLIP", 224, 14, 1152, 27, 16, 4304, 16),
-    "ViT-SO400M-14-SigLIP-384": _siglip("ViT-SO400M-14-SigLIP-384", 384, 14, 1152, 27, 16, 4304, 64),
-    **{name: _siglip(name, image, patch, width, depth, heads, mlp, 64, act, text, gemma=True)
-       for name, (_, image, patch, width, depth, heads, mlp, act, text) in _SIGLIP2_ROWS.items()},
-    "InternViT-300M-448px": _internvit("InternViT-300M-448px", 1024, 24, 16, 4096, six_b=False),
-    "InternViT-6B-448px": _internvit("InternViT-6B-448px", 3200, 45, 25, 12800, six_b=True),
-    # InternVL-C's image side: InternViT-6B-224px (48 blocks) and its attention-pooling head to 768.
-    "InternVL-C-vision": _internvit("InternVL-C-vision", 3200, 48, 25, 12800, six_b=True, image=224, clip_head=768),
-}
+def _siglip2(name: str, image: int, patch: int, width: int, depth: int, heads: int, mlp_dim: int, act: str,
+             text: tuple[int, int, int, int] | None = None) -> ModelConfig:
+    """open_clip's *-SigLIP2: SigLIP's towers with the Gemma vocabulary; `text` (width, depth, heads, mlp_dim) where
+    the text tower differs from the vision tower (ViT-gopt)."""
+    return _siglip(name, image, patch, width, depth, heads, mlp_dim, 64, act, text, gemma=True)
 
 
 def _tiny(name: str, **vision) -> ModelConfig:
@@ -191,52 +158,169 @@ def _tiny_naflex(name: str) -> ModelConfig:
                                                    max_patches=16))
 
 
-_TINY = {
-    "tiny-naflex": _tiny_naflex("tiny-naflex"),
-    "tiny": _tiny("tiny"),
-    "tiny-quickgelu": _tiny("tiny-quickgelu", act="quick_gelu"),
-    "tiny-ls-mean": _tiny("tiny-ls-mean", ls_init=0.1, pool="mean", final_norm="after_pool", image_size=40),
-    "tiny-post-rms": _tiny("tiny-post-rms", post_norm=True, norm="rmsnorm", act="gelu_tanh", norm_pre=False,
-                           head_bias=True, patch_bias=True),
-}
+def _table(*archs: Arch) -> dict[str, Arch]:
+    table = {}
+    for arch in archs:
+        if arch.name in table:
+            raise ValueError(f"architecture {arch.name!r} is listed twice")
+        table[arch.name] = arch
+    return table
 
-# A small model for the built-in 8x8 digits and 28x28 Fashion-MNIST (upscaled to 32 px, 4x4 patches of 8 px):
-# trains on the digits in about a minute on 2 CPU cores.
-_SMALL = {
-    "small-digits": ModelConfig(
+
+ARCHS: dict[str, Arch] = _table(
+    Arch(_vit("ViT-S-16", "S", patch=16, embed=384), open_clip="vit"),
+    Arch(_vit("ViT-S-32", "S", patch=32, embed=384), open_clip="vit"),
+    Arch(_vit("ViT-S-32-alt", "S", patch=32, embed=256, text_depth=10), open_clip="vit"),
+    Arch(_vit("ViT-M-16", "M", patch=16, embed=512), open_clip="vit"),
+    Arch(_vit("ViT-M-16-alt", "M", patch=16, embed=384, ls_init=0.0001), open_clip="vit"),
+    Arch(_vit("ViT-M-32", "M", patch=32, embed=512), open_clip="vit"),
+    Arch(_vit("ViT-M-32-alt", "M", patch=32, embed=384), open_clip="vit"),
+    Arch(_vit("ViT-B-32", "B", patch=32, embed=512), open_clip="vit", timm="vit_base_patch32_clip_224",
+         pretrained=(
+             Pretrained("ViT-B-32/laion2b_s34b_b79k", "laion/CLIP-ViT-B-32-laion2B-s34B-b79K", "open_clip_hub"),
+             Pretrained("ViT-B-32/datacomp_xl_s13b_b90k", "laion/CLIP-ViT-B-32-DataComp.XL-s13B-b90K", "open_clip_hub"),
+         )),
+    Arch(_vit("ViT-B-32-quickgelu", "B", patch=32, embed=512, quick_gelu=True), open_clip="vit",
+         timm="vit_base_patch32_clip_quickgelu_224",
+         pretrained=(
+             Pretrained("ViT-B-32/openai", "openai/clip-vit-base-patch32", "hf-clip"),
+         )),
+    Arch(_vit("ViT-B-32-256", "B", patch=32, embed=512, image=256), open_clip="vit"),
+    Arch(_vit("ViT-B-32-plus-256", "B-plus", patch=32, embed=640, image=256), open_clip="vit"),
+    Arch(_vit("ViT-B-16", "B", patch=16, embed=512), open_clip="vit", timm="vit_base_patch16_clip_224",
+         pretrained=(
+             Pretrained("ViT-B-16/laion2b_s34b_b88k", "laion/CLIP-ViT-B-16-laion2B-s34B-b88K", "open_clip_hub"),
+             Pretrained("ViT-B-16/datacomp_xl_s13b_b90k", "laion/CLIP-ViT-B-16-DataComp.XL-s13B-b90K", "open_clip_hub"),
+         )),
+    Arch(_vit("ViT-B-16-quickgelu", "B", patch=16, embed=512, quick_gelu=True), open_clip="vit",
+         timm="vit_base_patch16_clip_quickgelu_224",
+         pretrained=(
+             Pretrained("ViT-B-16/openai", "openai/clip-vit-base-patch16", "hf-clip"),
+         )),
+    Arch(_vit("ViT-B-16-plus", "B-plus", patch=16, embed=640), open_clip="vit"),
+    Arch(_vit("ViT-B-16-plus-240", "B-plus", patch=16, embed=640, image=240), open_clip="vit"),
+    Arch(_vit("ViT-L-14", "L", patch=14, embed=768), open_clip="vit", timm="vit_large_patch14_clip_224",
+         pretrained=(
+             Pretrained("ViT-L-14/laion2b_s32b_b82k", "laion/CLIP-ViT-L-14-laion2B-s32B-b82K", "open_clip_hub"),
+             Pretrained("ViT-L-14/datacomp_xl_s13b_b90k", "laion/CLIP-ViT-L-14-DataComp.XL-s13B-b90K", "open_clip_hub"),
+         )),
+    Arch(_vit("ViT-L-14-quickgelu", "L", patch=14, embed=768, quick_gelu=True), open_clip="vit",
+         timm="vit_large_patch14_clip_quickgelu_224",
+         pretrained=(
+             Pretrained("ViT-L-14/openai", "openai/clip-vit-large-patch14", "hf-clip"),
+         )),
+    Arch(_vit("ViT-L-14-280", "L", patch=14, embed=768, image=280), open_clip="vit"),
+    Arch(_vit("ViT-L-14-336", "L", patch=14, embed=768, image=336), open_clip="vit",
+         timm="vit_large_patch14_clip_336"),
+    Arch(_vit("ViT-L-14-336-quickgelu", "L", patch=14, embed=768, image=336, quick_gelu=True), open_clip="vit",
+         timm="vit_large_patch14_clip_quickgelu_336",
+         pretrained=(
+             Pretrained("ViT-L-14-336/openai", "openai/clip-vit-large-patch14-336", "hf-clip"),
+         )),
+    Arch(_vit("ViT-L-16", "L", patch=16, embed=768), open_clip="vit"),
+    Arch(_vit("ViT-L-16-320", "L", patch=16, embed=768, image=320), open_clip="vit"),
+    Arch(_vit("ViT-H-14", "H", patch=14, embed=1024, text_depth=24), open_clip="vit", timm="vit_huge_patch14_clip_224",
+         pretrained=(
+             Pretrained("ViT-H-14/laion2b_s32b_b79k", "laion/CLIP-ViT-H-14-laion2B-s32B-b79K", "open_clip_hub"),
+         )),
+    Arch(_vit("ViT-H-14-quickgelu", "H", patch=14, embed=1024, text_depth=24, quick_gelu=True), open_clip="vit",
+         timm="vit_huge_patch14_clip_quickgelu_224"),
+    Arch(_vit("ViT-H-14-378", "H", patch=14, embed=1024, image=378, text_depth=24), open_clip="vit",
+         timm="vit_huge_patch14_clip_378"),
+    Arch(_vit("ViT-H-14-378-quickgelu", "H", patch=14, embed=1024, image=378, text_depth=24, quick_gelu=True),
+         open_clip="vit"),
+    Arch(_vit("ViT-H-16", "H", patch=16, embed=1024, text_depth=24), open_clip="vit"),
+    Arch(_vit("ViT-g-14", "g", patch=14, embed=1024, text_depth=24), open_clip="vit"),
+    Arch(_vit("ViT-bigG-14", "bigG", patch=14, embed=1280, text_depth=32), open_clip="vit",
+         timm="vit_gigantic_patch14_clip_224",
+         pretrained=(
+             Pretrained("ViT-bigG-14/laion2b_s39b_b160k", "laion/CLIP-ViT-bigG-14-laion2B-39B-b160k", "open_clip_hub"),
+         )),
+    Arch(_vit("ViT-bigG-14-quickgelu", "bigG", patch=14, embed=1280, text_depth=32, quick_gelu=True), open_clip="vit"),
+    Arch(_vit("ViT-e-14", "e", patch=14, embed=1280, text_depth=36), open_clip="vit"),
+    Arch(_eva02("EVA02-B-16", 512, 224, 16, 768, 12, 12, 512, 8), timm="eva02_base_patch16_clip_224", open_clip="timm",
+         pretrained=(Pretrained("EVA02-B-16/merged2b_s8b_b131k", "timm/eva02_base_patch16_clip_224.merged2b_s8b_b131k",
+                                "open_clip_hub"),)),
+    Arch(_eva02("EVA02-L-14", 768, 224, 14, 1024, 24, 16, 768, 12), timm="eva02_large_patch14_clip_224",
+         open_clip="timm", pretrained=(Pretrained("EVA02-L-14/merged2b_s4b_b131k",
+                                                  "timm/eva02_large_patch14_clip_224.merged2b_s4b_b131k",
+                                                  "open_clip_hub"),)),
+    Arch(_eva02("EVA02-L-14-336", 768, 336, 14, 1024, 24, 16, 768, 12), timm="eva02_large_patch14_clip_336",
+         open_clip="timm"),
+    Arch(_siglip("ViT-B-16-SigLIP", 224, 16, 768, 12, 12, 3072), timm="vit_base_patch16_siglip_224", open_clip="timm",
+         pretrained=(Pretrained("ViT-B-16-SigLIP/webli", "google/siglip-base-patch16-224", "hf-siglip"),)),
+    Arch(_siglip("ViT-B-16-SigLIP-256", 256, 16, 768, 12, 12, 3072), timm="vit_base_patch16_siglip_256",
+         open_clip="timm"),
+    Arch(_siglip("ViT-B-16-SigLIP-384", 384, 16, 768, 12, 12, 3072), timm="vit_base_patch16_siglip_384",
+         open_clip="timm"),
+    Arch(_siglip("ViT-L-16-SigLIP-256", 256, 16, 1024, 24, 16, 4096), timm="vit_large_patch16_siglip_256",
+         open_clip="timm",
+         pretrained=(Pretrained("ViT-L-16-SigLIP-256/webli", "google/siglip-large-patch16-256", "hf-siglip"),)),
+    Arch(_siglip("ViT-SO400M-14-SigLIP", 224, 14, 1152, 27, 16, 4304, context=16),
+         timm="vit_so400m_patch14_siglip_224", open_clip="timm"),
+    Arch(_siglip("ViT-SO400M-14-SigLIP-384", 384, 14, 1152, 27, 16, 4304), timm="vit_so400m_patch14_siglip_384",
+         open_clip="timm", pretrained=(Pretrained("ViT-SO400M-14-SigLIP-384/webli", "google/siglip-so400m-patch14-384",
+                                                  "hf-siglip"),)),
+    Arch(_siglip2("ViT-B-16-SigLIP2", 224, 16, 768, 12, 12, 3072, "gelu"),
+         timm="vit_base_patch16_siglip_224", open_clip="timm"),
+    Arch(_siglip2("ViT-B-16-SigLIP2-256", 256, 16, 768, 12, 12, 3072, "gelu"),
+         timm="vit_base_patch16_siglip_256", open_clip="timm"),
+    Arch(_siglip2("ViT-B-16-SigLIP2-384", 384, 16, 768, 12, 12, 3072, "gelu"),
+         timm="vit_base_patch16_siglip_384", open_clip="timm"),
+    Arch(_siglip2("ViT-B-16-SigLIP2-512", 512, 16, 768, 12, 12, 3072, "gelu"),
+         timm="vit_base_patch16_siglip_512", open_clip="timm"),
+    Arch(_siglip2("ViT-B-32-SigLIP2-256", 256, 32, 768, 12, 12, 3072, "gelu_tanh"),
+         timm="vit_base_patch32_siglip_256", open_clip="timm"),
+    Arch(_siglip2("ViT-L-16-SigLIP2-256", 256, 16, 1024, 24, 16, 4096, "gelu"),
+         timm="vit_large_patch16_siglip_256", open_clip="timm"),
+    Arch(_siglip2("ViT-L-16-SigLIP2-384", 384, 16, 1024, 24, 16, 4096, "gelu"),
+         timm="vit_large_patch16_siglip_384", open_clip="timm"),
+    Arch(_siglip2("ViT-L-16-SigLIP2-512", 512, 16, 1024, 24, 16, 4096, "gelu_tanh"),
+         timm="vit_large_patch16_siglip_512", open_clip="timm"),
+    Arch(_siglip2("ViT-SO400M-14-SigLIP2", 224, 14, 1152, 27, 16, 4304, "gelu"),
+         timm="vit_so400m_patch14_siglip_224", open_clip="timm"),
+    Arch(_siglip2("ViT-SO400M-14-SigLIP2-378", 378, 14, 1152, 27, 16, 4304, "gelu"),
+         timm="vit_so400m_patch14_siglip_378", open_clip="timm"),
+    Arch(_siglip2("ViT-SO400M-16-SigLIP2-256", 256, 16, 1152, 27, 16, 4304, "gelu_tanh"),
+         timm="vit_so400m_patch16_siglip_256", open_clip="timm"),
+    Arch(_siglip2("ViT-SO400M-16-SigLIP2-384", 384, 16, 1152, 27, 16, 4304, "gelu_tanh"),
+         timm="vit_so400m_patch16_siglip_384", open_clip="timm"),
+    Arch(_siglip2("ViT-SO400M-16-SigLIP2-512", 512, 16, 1152, 27, 16, 4304, "gelu_tanh"),
+         timm="vit_so400m_patch16_siglip_512", open_clip="timm"),
+    Arch(_siglip2("ViT-gopt-16-SigLIP2-256", 256, 16, 1536, 40, 16, 6144, "gelu_tanh", text=(1152, 27, 16, 4304)),
+         timm="vit_giantopt_patch16_siglip_256", open_clip="timm"),
+    Arch(_siglip2("ViT-gopt-16-SigLIP2-384", 384, 16, 1536, 40, 16, 6144, "gelu_tanh", text=(1152, 27, 16, 4304)),
+         timm="vit_giantopt_patch16_siglip_384", open_clip="timm"),
+    Arch(_internvit("InternViT-300M-448px", 1024, 24, 16, 4096, six_b=False), timm="vit_intern300m_patch14_448",
+         pretrained=(Pretrained("InternViT-300M-448px/opengvlab", "OpenGVLab/InternViT-300M-448px", "internvl"),)),
+    Arch(_internvit("InternViT-6B-448px", 3200, 45, 25, 12800, six_b=True),
+         pretrained=(Pretrained("InternViT-6B-448px/v1-5", "OpenGVLab/InternViT-6B-448px-V1-5", "internvl"),)),
+    # InternVL-C's image side: InternViT-6B-224px (48 blocks) and its attention-pooling head to 768.
+    Arch(_internvit("InternVL-C-vision", 3200, 48, 25, 12800, six_b=True, image=224, clip_head=768),
+         pretrained=(Pretrained("InternVL-C-vision/internvl-14b-224px", "OpenGVLab/InternVL-14B-224px", "internvl"),)),
+    Arch(_tiny_naflex("tiny-naflex")),
+    Arch(_tiny("tiny")),
+    Arch(_tiny("tiny-quickgelu", act="quick_gelu")),
+    Arch(_tiny("tiny-ls-mean", ls_init=0.1, pool="mean", final_norm="after_pool", image_size=40)),
+    Arch(_tiny("tiny-post-rms", post_norm=True, norm="rmsnorm", act="gelu_tanh", norm_pre=False, head_bias=True,
+               patch_bias=True)),
+    # A small model for the built-in 8x8 digits and 28x28 Fashion-MNIST (upscaled to 32 px, 4x4 patches of 8 px):
+    # trains on the digits in about a minute on 2 CPU cores.
+    Arch(ModelConfig(
         name="small-digits",
         embed_dim=128,
         vision=VisionConfig(image_size=32, patch_size=8, width=128, depth=3, heads=4, mlp_dim=512),
         text=TextConfig(context_length=32, width=128, depth=3, heads=4, mlp_dim=512),
         preprocess=PreprocessConfig(image_size=32),
-    ),
-}
+    )),
+)
 
-REGISTRY: dict[str, ModelConfig] = {**{n: _openclip(n, *row) for n, row in _OPENCLIP_ROWS.items()}, **_FAMILIES,
-                                    **_TINY, **_SMALL}
-
-
-OPENCLIP_NAMES = tuple(_OPENCLIP_ROWS)  # open_clip's own ViT configs
-OPENCLIP_TIMM_NAMES = tuple(n for n in _FAMILIES if not n.startswith("Intern"))  # open_clip's timm-trunk configs
-
-# The timm model that builds each architecture's vision tower (timm's hub layout names it in config.json;
-# open_clip's timm-trunk configs name it as vision_cfg.timm_model_name).
-TIMM_NAMES = {
-    "ViT-B-32": "vit_base_patch32_clip_224", "ViT-B-32-quickgelu": "vit_base_patch32_clip_quickgelu_224",
-    "ViT-B-16": "vit_base_patch16_clip_224", "ViT-B-16-quickgelu": "vit_base_patch16_clip_quickgelu_224",
-    "ViT-L-14": "vit_large_patch14_clip_224", "ViT-L-14-quickgelu": "vit_large_patch14_clip_quickgelu_224",
-    "ViT-L-14-336": "vit_large_patch14_clip_336", "ViT-L-14-336-quickgelu": "vit_large_patch14_clip_quickgelu_336",
-    "ViT-H-14": "vit_huge_patch14_clip_224", "ViT-H-14-quickgelu": "vit_huge_patch14_clip_quickgelu_224",
-    "ViT-H-14-378": "vit_huge_patch14_clip_378", "ViT-bigG-14": "vit_gigantic_patch14_clip_224",
-    "EVA02-B-16": "eva02_base_patch16_clip_224", "EVA02-L-14": "eva02_large_patch14_clip_224",
-    "EVA02-L-14-336": "eva02_large_patch14_clip_336",
-    "ViT-B-16-SigLIP": "vit_base_patch16_siglip_224", "ViT-B-16-SigLIP-256": "vit_base_patch16_siglip_256",
-    "ViT-B-16-SigLIP-384": "vit_base_patch16_siglip_384", "ViT-L-16-SigLIP-256": "vit_large_patch16_siglip_256",
-    "ViT-SO400M-14-SigLIP": "vit_so400m_patch14_siglip_224",
-    "ViT-SO400M-14-SigLIP-384": "vit_so400m_patch14_siglip_384",
-    "InternViT-300M-448px": "vit_intern300m_patch14_448",
-    **{name: row[0] for name, row in _SIGLIP2_ROWS.items()},
-}
+# Views of the table
+REGISTRY: dict[str, ModelConfig] = {name: arch.config for name, arch in ARCHS.items()}
+OPENCLIP_NAMES = tuple(n for n, a in ARCHS.items() if a.open_clip == "vit")  # open_clip's own ViT configs
+OPENCLIP_TIMM_NAMES = tuple(n for n, a in ARCHS.items() if a.open_clip == "timm")  # its timm-trunk configs
+TIMM_NAMES = {name: arch.timm for name, arch in ARCHS.items() if arch.timm is not None}
+PRETRAINED = {p.name: (name, p) for name, arch in ARCHS.items() for p in arch.pretrained}  # short name -> (arch, p)
 
 
 def closest(name: str, names, n: int = 3) -> list[str]:

@@ -14,6 +14,7 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
+from .archs import PRETRAINED
 from .config import TOKENIZER_FILES
 
 PREFIX = "hf-hub:"
@@ -50,35 +51,8 @@ class Known:
     arch: str  # our architecture of the same shape (for `dualtower models`)
 
 
-KNOWN = {k.name: k for k in [
-    Known("ViT-B-32/openai", "openai/clip-vit-base-patch32", "hf-clip", "ViT-B-32-quickgelu"),
-    Known("ViT-B-16/openai", "openai/clip-vit-base-patch16", "hf-clip", "ViT-B-16-quickgelu"),
-    Known("ViT-L-14/openai", "openai/clip-vit-large-patch14", "hf-clip", "ViT-L-14-quickgelu"),
-    Known("ViT-L-14-336/openai", "openai/clip-vit-large-patch14-336", "hf-clip", "ViT-L-14-336-quickgelu"),
-    Known("ViT-B-32/laion2b_s34b_b79k", "laion/CLIP-ViT-B-32-laion2B-s34B-b79K", "open_clip_hub", "ViT-B-32"),
-    Known("ViT-B-16/laion2b_s34b_b88k", "laion/CLIP-ViT-B-16-laion2B-s34B-b88K", "open_clip_hub", "ViT-B-16"),
-    Known("ViT-L-14/laion2b_s32b_b82k", "laion/CLIP-ViT-L-14-laion2B-s32B-b82K", "open_clip_hub", "ViT-L-14"),
-    Known("ViT-H-14/laion2b_s32b_b79k", "laion/CLIP-ViT-H-14-laion2B-s32B-b79K", "open_clip_hub", "ViT-H-14"),
-    Known("ViT-bigG-14/laion2b_s39b_b160k", "laion/CLIP-ViT-bigG-14-laion2B-39B-b160k", "open_clip_hub",
-          "ViT-bigG-14"),
-    Known("ViT-B-32/datacomp_xl_s13b_b90k", "laion/CLIP-ViT-B-32-DataComp.XL-s13B-b90K", "open_clip_hub",
-          "ViT-B-32"),
-    Known("ViT-B-16/datacomp_xl_s13b_b90k", "laion/CLIP-ViT-B-16-DataComp.XL-s13B-b90K", "open_clip_hub",
-          "ViT-B-16"),
-    Known("ViT-L-14/datacomp_xl_s13b_b90k", "laion/CLIP-ViT-L-14-DataComp.XL-s13B-b90K", "open_clip_hub",
-          "ViT-L-14"),
-    Known("EVA02-B-16/merged2b_s8b_b131k", "timm/eva02_base_patch16_clip_224.merged2b_s8b_b131k",
-          "open_clip_hub", "EVA02-B-16"),
-    Known("EVA02-L-14/merged2b_s4b_b131k", "timm/eva02_large_patch14_clip_224.merged2b_s4b_b131k",
-          "open_clip_hub", "EVA02-L-14"),
-    Known("ViT-B-16-SigLIP/webli", "google/siglip-base-patch16-224", "hf-siglip", "ViT-B-16-SigLIP"),
-    Known("ViT-L-16-SigLIP-256/webli", "google/siglip-large-patch16-256", "hf-siglip", "ViT-L-16-SigLIP-256"),
-    Known("ViT-SO400M-14-SigLIP-384/webli", "google/siglip-so400m-patch14-384", "hf-siglip",
-          "ViT-SO400M-14-SigLIP-384"),
-    Known("InternViT-300M-448px/opengvlab", "OpenGVLab/InternViT-300M-448px", "internvl", "InternViT-300M-448px"),
-    Known("InternViT-6B-448px/v1-5", "OpenGVLab/InternViT-6B-448px-V1-5", "internvl", "InternViT-6B-448px"),
-    Known("InternVL-C-vision/internvl-14b-224px", "OpenGVLab/InternVL-14B-224px", "internvl", "InternVL-C-vision"),
-]}
+# The well-known pretrained models: a view of the architecture table's pretrained entries (archs.ARCHS).
+KNOWN = {name: Known(name, p.repo, p.layout, arch) for name, (arch, p) in PRETRAINED.items()}
 
 
 def is_hub_name(spec) -> bool:

@@ -134,6 +134,15 @@ class Timm(Format):
 
     to_ours = staticmethod(import_state_dict)
 
+    def check(self, cfg) -> None:
+        pool = cfg.vision.pool
+        if pool not in ("cls", "mean", "map"):  # timm's global_pool: token, avg, map
+            raise ConversionError(f"{cfg.name}: timm's VisionTransformer has no {pool!r} pooling (InternVL-C's "
+                                  "image head); write it with to='internvl'")
+        if cfg.vision.qk_norm != "none":  # InternViT-6B's norms over the whole width: not timm's per-head ones
+            raise ConversionError(f"{cfg.name}: its {cfg.vision.qk_norm!r} QK-norm has no place in this timm layout; "
+                                  "write it with to='internvl'")
+
     def from_ours(self, state, cfg):
         return export_state_dict({k: t for k, t in state.items() if k.startswith("visual.")}, cfg)
 
