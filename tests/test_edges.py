@@ -96,18 +96,22 @@ def test_a_clip_text_model_directory_loads_its_tower(cls, tmp_path):
 
 
 def test_open_clip_train_zero_shot_runs_on_our_model():
-    """open_clip_train's evaluation calls `model(image=...)` and reads `output["image_features"]`; it raised
-    TypeError (unexpected keyword 'image')."""
+    """open_clip_train's evaluation calls `model(image=...)` and reads `output["image_features"]`: our model behind
+    open_clip's interface (compat.open_clip.OpenClipModel, the one place that dict output lives) runs it. The
+    DualEncoder itself always returns DualEncoderOutput and names the wrapper when given open_clip's keywords."""
     import types
 
     from open_clip.zero_shot_classifier import build_zero_shot_classifier
     from open_clip_train.zero_shot import run
 
+    from dualtower.compat.open_clip import OpenClipModel
+
     torch.manual_seed(0)
-    model = dualtower.create_model("tiny").eval()
-    tokenizer = dualtower.get_tokenizer(model)
+    ours = dualtower.create_model("tiny").eval()
+    model = OpenClipModel(ours)
+    tokenizer = dualtower.get_tokenizer(ours)
     classes = ["cat", "dog", "car", "tree", "boat", "house", "bird"]
-    size = model.cfg.vision.image_size
+    size = ours.cfg.vision.image_size
     images, labels = torch.randn(12, 3, size, size), torch.arange(12) % len(classes)
     classifier = build_zero_shot_classifier(model, tokenizer, classes, ["a photo of a {}."], device="cpu")
     args = types.SimpleNamespace(device="cpu", precision="fp32", batch_size=4)
@@ -124,9 +128,11 @@ def test_open_clip_train_zero_shot_runs_on_our_model():
     with torch.no_grad():
         both = model(image=images[:2], text=ids)
         assert torch.equal(both["text_features"], model.encode_text(ids, normalize=True))
-        assert torch.equal(both["logit_scale"], model(images[:2], ids).logit_scale)
-    with pytest.raises(TypeError, match="either"):
-        model(images, image=images)
+        assert torch.equal(both["logit_scale"], ours(images[:2], ids).logit_scale)
+    with pytest.raises(TypeError, match="OpenClipModel"):
+        ours(images, image=images)
+    with pytest.raises(TypeError, match="OpenClipModel"):
+        ours(image=images)
 
 
 # --------------------------------------------------------------------------------------- CLI and outputs

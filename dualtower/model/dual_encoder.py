@@ -69,24 +69,16 @@ class DualEncoder(nn.Module):
         top = self.cfg.max_logit_scale
         return (self.logit_scale if top is None else self.logit_scale.clamp(max=top)).exp()
 
-    def forward(self, pixels: torch.Tensor | None = None, ids: torch.Tensor | None = None, *,
-                image: torch.Tensor | None = None, text: torch.Tensor | None = None
-                ) -> DualEncoderOutput | dict[str, torch.Tensor | None]:
-        """`model(pixels, ids)` -> DualEncoderOutput. open_clip's keywords, `model(image=...)`, `model(text=...)`
-        or both, give open_clip's dict output instead (what open_clip_train's evaluation code reads):
-        normalised "image_features" / "text_features" (None for a tower not asked), "logit_scale" and, where the
-        model has one, "logit_bias"."""
-        if image is not None or text is not None:
-            if pixels is not None or ids is not None:
-                raise TypeError("pass either (pixels, ids) or open_clip's keywords image=/text=, not both")
-            out = {"image_features": None if image is None else self.encode_image(image, normalize=True),
-                   "text_features": None if text is None else self.encode_text(text, normalize=True),
-                   "logit_scale": None if self.logit_scale is None else self.scale()}
-            if self.logit_bias is not None:
-                out["logit_bias"] = self.logit_bias
-            return out
+    def forward(self, pixels: torch.Tensor | None = None, ids: torch.Tensor | None = None,
+                **open_clip_keywords) -> DualEncoderOutput:
+        """`model(pixels, ids)` -> DualEncoderOutput, always. open_clip's interface (`model(image=...)` and its
+        dict output) is `dualtower.compat.open_clip.OpenClipModel(model)`."""
+        if open_clip_keywords:
+            raise TypeError(f"forward takes (pixels, ids), not {', '.join(sorted(open_clip_keywords))}=: open_clip's "
+                            "interface (model(image=..., text=...) and its dict output) is "
+                            "dualtower.compat.open_clip.OpenClipModel(model)")
         if pixels is None or ids is None:
-            raise TypeError("forward needs both pixels and ids (or open_clip's keywords image= and/or text=)")
+            raise TypeError("forward needs both pixels and ids (encode_image / encode_text embed one side)")
         return DualEncoderOutput(
             image_embeds=self.encode_image(pixels, normalize=True),
             text_embeds=self.encode_text(ids, normalize=True),
