@@ -14,11 +14,17 @@ import math
 import os
 import random
 from functools import lru_cache
+from typing import TYPE_CHECKING
 
 import numpy as np
 from PIL import Image, ImageOps
 
 from .config import PreprocessConfig
+
+if TYPE_CHECKING:
+    import torch
+
+    from .naflex import Patches
 
 _RESAMPLE = {"bicubic": Image.Resampling.BICUBIC, "bilinear": Image.Resampling.BILINEAR}
 
@@ -195,6 +201,14 @@ class ImageTransform:
     def __call__(self, image: Image.Image, seed: int | None = None) -> torch.Tensor:
         return self.to_tensor(self.rgb_after(self.resize_and_crop(self.rgb_before(image))))
 
+    def collate(self, samples: list) -> "torch.Tensor":
+        """A batch of this transform's outputs: (B, 3, S, S). Every transform batches its own kind of sample (a
+        NaFlex one into Patches), so callers never ask which kind they hold."""
+        import torch
+
+        size = self.cfg.image_size
+        return torch.stack(samples) if samples else torch.zeros(0, 3, size, size)
+
     def __repr__(self) -> str:
         return f"{type(self).__name__}({self.cfg})"
 
@@ -205,11 +219,15 @@ class ArrayTransform(ImageTransform):
     def __call__(self, image: Image.Image, seed: int | None = None) -> np.ndarray:
         return self.array(image)
 
+    def collate(self, samples: list) -> np.ndarray:
+        size = self.cfg.image_size
+        return np.stack(samples) if samples else np.zeros((0, 3, size, size), np.float32)
+
 
 class NaFlexTransform(ImageTransform):
     """PIL image -> (patches (n, p * p * 3) float32, grid (rows, columns)) for a NaFlex tower (SigLIP 2): the
     image keeps its aspect ratio, resized so its grid holds at most `max_patches` patches (the budget of the
-    config unless given), then scaled, normalised and cut into patches. `Patches.collate` makes a batch.
+    config unless given), then scaled, normalised and cut into patches. `collate` makes a batch (Patches).
     Equal to transformers' Siglip2 image processor (PIL backend) on 8-bit RGB images; tested."""
 
     def __init__(self, cfg: PreprocessConfig, max_patches: int | None = None, upscale: bool = True):
@@ -245,6 +263,12 @@ class NaFlexTransform(ImageTransform):
 
     def __call__(self, image: Image.Image, seed: int | None = None) -> tuple[np.ndarray, tuple[int, int]]:
         return self.array(image)
+
+    def collate(self, samples: list) -> "Patches":
+        """(patches, grid) pairs padded to the longest image."""
+        from .naflex import Patches
+
+        return Patches.collate(samples) if samples else Patches.empty(self.patch)
 
 
 class NaFlexTrainTransform(NaFlexTransform):

@@ -94,7 +94,7 @@ class StepBatches(torch.utils.data.Dataset):
             indices.append(i)
         return Batch(
             step=step,
-            pixels=collate(pixels, self.transform.cfg),
+            pixels=self.transform.collate(pixels),
             sample_ids=sample_ids,
             captions=captions,
             labels=torch.tensor(labels, dtype=torch.long),
@@ -102,14 +102,6 @@ class StepBatches(torch.utils.data.Dataset):
             indices=indices,
             skips=skips,
         )
-
-
-def collate(pixels: list, cfg) -> "torch.Tensor | Patches":
-    """One batch of transformed images: stacked (B, 3, S, S), or NaFlex (patches, grid) pairs padded to the
-    longest image."""
-    if cfg.resize_mode == "naflex":
-        return Patches.collate(pixels) if pixels else Patches.empty(cfg.patch_size)
-    return torch.stack(pixels) if pixels else torch.zeros(0, 3, cfg.image_size, cfg.image_size)
 
 
 def batches(source: Source, plan, transform, start: int, stop: int, workers: int = 0):

@@ -84,8 +84,7 @@ class OnnxModel(Embedder):
     # ------------------------------------------------------------------------------------ the protocol
 
     def collate(self, samples: list) -> np.ndarray:
-        size = self.cfg.preprocess.image_size
-        return np.stack(samples) if samples else np.zeros((0, 3, size, size), np.float32)
+        return self.transform.collate(samples)
 
     def embed_pixels(self, batch: np.ndarray) -> np.ndarray:
         with self._lock:

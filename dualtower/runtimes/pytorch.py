@@ -33,9 +33,7 @@ class TorchEmbedder(Embedder):
 
     def collate(self, samples: list):
         """(B, 3, S, S), or NaFlex patches padded to the longest image."""
-        from ..data.loader import collate
-
-        return collate(samples, self.cfg.preprocess)
+        return self.transform.collate(samples)
 
     @torch.inference_mode()
     def embed_pixels(self, batch) -> np.ndarray:
