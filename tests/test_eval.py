@@ -26,8 +26,11 @@ def test_scores_by_hand():
     logits = torch.tensor([[0.9, 0.1, 0.0], [0.2, 0.7, 0.1], [0.6, 0.3, 0.1], [0.1, 0.2, 0.7]])
     labels = torch.tensor([0, 1, 1, 2])
     s = scores(logits, labels, ["a", "b", "c"])
-    assert s["top1"] == 0.75 and s["confusion"] == [[1, 0, 0], [1, 1, 0], [0, 0, 1]]
-    assert s["mean_per_class_recall"] == pytest.approx((1 + 0.5 + 1) / 3)
+    assert s.top1 == 0.75 and s.confusion == [[1, 0, 0], [1, 1, 0], [0, 0, 1]] and s.top5 is None
+    assert s.mean_per_class_recall == pytest.approx((1 + 0.5 + 1) / 3)
+    assert s.to_dict() == {"top1": 0.75, "mean_per_class_recall": s.mean_per_class_recall,  # the JSON's keys
+                           "per_class_recall": {"a": 1.0, "b": 0.5, "c": 1.0}, "confusion": s.confusion,
+                           "classes": ["a", "b", "c"], "n": 4}
 
 
 def test_recall_at_k_by_hand():
@@ -124,9 +127,9 @@ def test_clip_benchmark_agrees_with_dualtower(trained):
                                               tokenizer, source.classes, templates, "cpu", amp=False)
     images, _ = embed_source(model, source, workers=0)
     ours = zeroshot(model, images, source.classes, templates)
-    assert theirs["acc1"] == pytest.approx(ours["top1"], abs=1e-9)
-    assert theirs["acc5"] == pytest.approx(ours["top5"], abs=1e-9)
-    assert theirs["mean_per_class_recall"] == pytest.approx(ours["mean_per_class_recall"], abs=1e-9)
+    assert theirs["acc1"] == pytest.approx(ours.top1, abs=1e-9)
+    assert theirs["acc5"] == pytest.approx(ours.top5, abs=1e-9)
+    assert theirs["mean_per_class_recall"] == pytest.approx(ours.mean_per_class_recall, abs=1e-9)
 
     # Retrieval with unique captions (COCO-style): two captions per image naming the image's own id.
     class Captions(torch.utils.data.Dataset):
@@ -151,11 +154,11 @@ def test_clip_benchmark_agrees_with_dualtower(trained):
         captions=[c for i in range(len(source)) for c in dataset.captions(i)],
         image_keys=[k for k in images.image_keys for _ in range(2)])
     ours = retrieval(model, expanded)
-    n_images, n_texts = ours["n_images"], ours["n_texts"]
+    n_images, n_texts = ours.n_images, ours.n_texts
     assert (n_images, n_texts) == (360, 720)
     for k in (1, 5, 10):  # CLIP_benchmark averages in float32: compare the counts of hits
-        assert round(theirs[f"text_retrieval_recall@{k}"] * n_images) == round(ours["image_to_text"][f"R@{k}"] * n_images)
-        assert round(theirs[f"image_retrieval_recall@{k}"] * n_texts) == round(ours["text_to_image"][f"R@{k}"] * n_texts)
+        assert round(theirs[f"text_retrieval_recall@{k}"] * n_images) == round(ours.image_to_text[f"R@{k}"] * n_images)
+        assert round(theirs[f"image_retrieval_recall@{k}"] * n_texts) == round(ours.text_to_image[f"R@{k}"] * n_texts)
 
 
 def test_clip_benchmark_command_line_evaluates_a_dualtower_checkpoint(trained, tmp_path):
@@ -192,8 +195,8 @@ def test_clip_benchmark_command_line_evaluates_a_dualtower_checkpoint(trained, t
     theirs = json.loads(out.read_text())["metrics"]
     images, _ = embed_source(model, source, workers=0)
     ours = zeroshot(model, images, source.classes, templates)
-    assert theirs["acc1"] == pytest.approx(ours["top1"], abs=1e-9)
-    assert theirs["mean_per_class_recall"] == pytest.approx(ours["mean_per_class_recall"], abs=1e-9)
+    assert theirs["acc1"] == pytest.approx(ours.top1, abs=1e-9)
+    assert theirs["mean_per_class_recall"] == pytest.approx(ours.mean_per_class_recall, abs=1e-9)
 
 
 def test_length_batches_respect_rows_and_token_budget():

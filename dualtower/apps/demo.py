@@ -79,22 +79,21 @@ def run(data: str = "builtin:digits", out: str = "demo-out", steps: int | None =
     # 4. The report.
     out_dir.mkdir(parents=True, exist_ok=True)
     shutil.copy(train_dir / "loss.png", out_dir / "loss.png")
-    heat_map(zs["confusion"], out_dir / "confusion.png", "zero-shot confusion (rows: true, columns: predicted)",
+    heat_map(zs.confusion, out_dir / "confusion.png", "zero-shot confusion (rows: true, columns: predicted)",
              test_source.classes, test_source.classes)
     probs = (model.scale().detach() * logits).softmax(dim=-1)
     _prediction_grid(test_source, images, probs, out_dir / "predictions.png")
     sims = _similarity(model, test_source, images, templates[0], out_dir / "similarity.png")
     results = {
-        "zeroshot_top1": zs["top1"],
-        "zeroshot_top5": zs["top5"],
-        "zeroshot_mean_per_class_recall": zs["mean_per_class_recall"],
-        "zeroshot_per_class_recall": zs["per_class_recall"],
-        "retrieval": {"image_to_text": retr["image_to_text"], "text_to_image": retr["text_to_image"],
-                      "n_images": retr["n_images"], "n_texts": retr["n_texts"]},
+        "zeroshot_top1": zs.top1,
+        "zeroshot_top5": zs.top5,
+        "zeroshot_mean_per_class_recall": zs.mean_per_class_recall,
+        "zeroshot_per_class_recall": zs.per_class_recall,
+        "retrieval": retr.to_dict(),
         "train_seconds": train_seconds,
         "total_seconds": total_seconds,
         "data": {"train": data, "test": f"{data}:test", "train_samples": summary["data"],
-                 "test_images": zs["n"], "test_skipped": dict(images.stats.skipped),
+                 "test_images": zs.n, "test_skipped": dict(images.stats.skipped),
                  "what_is_new": "held-out images and prompt wording never used in training; not new classes"},
         "templates": {"train": TRAIN_TEMPLATES[name], "eval": templates},
         "model": {"arch": "small-digits", "steps": cfg.train.steps, "batch_size": cfg.data.batch_size,
@@ -151,7 +150,7 @@ def _write_report(out_dir: Path, results: dict, classes: list[str], zs: dict) ->
     recall_rows = "\n".join(
         f"| {direction.replace('_', ' ')} | " + " | ".join(f"{v:.3f}" for v in r[direction].values()) + " |"
         for direction in ("image_to_text", "text_to_image"))
-    per_class = "\n".join(f"| {c} | {zs['per_class_recall'].get(c, float('nan')):.3f} |" for c in classes)
+    per_class = "\n".join(f"| {c} | {zs.per_class_recall.get(c, float('nan')):.3f} |" for c in classes)
     text = f"""# dualtower demo: a CLIP trained from scratch on {d['train']}
 
 **Zero-shot top-1 {results['zeroshot_top1']:.1%}**, top-5 {results['zeroshot_top5']:.1%}, mean per-class recall

@@ -17,6 +17,7 @@ COMMANDS = (models.add_archs, models.add_plan, models.add_models, models.add_con
             embed.add_eval, embed.add_classify, embed.add_embed, embed.add_features, embed.add_export,
             search.add_index, search.add_search, search.add_serve, train.add_smoke)
 
+
 def build_parser() -> argparse.ArgumentParser:
     from .. import __version__
 
@@ -29,6 +30,7 @@ def build_parser() -> argparse.ArgumentParser:
     for add in COMMANDS:
         add(sub)
     return parser
+
 
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
@@ -71,11 +73,13 @@ def main(argv: list[str] | None = None) -> int:
         if previous is not None:
             signal.signal(signal.SIGTERM, previous)
 
+
 class Terminated(KeyboardInterrupt):
     """SIGTERM, raised where the command is, as Ctrl-C is: every atomic write removes its temporary and leaves the
     previous output, or the complete new one (exit 143). (A training run catches both itself: `train.stop`.)"""
 
     signum = signal.SIGTERM
+
 
 def _terminate_as_interrupt():
     """SIGTERM becomes `Terminated` in the main thread (the previous handler, to restore; None where none was
@@ -87,6 +91,7 @@ def _terminate_as_interrupt():
         return signal.signal(signal.SIGTERM, handler)
     except ValueError:  # not the main thread (a caller running main() in a thread)
         return None
+
 
 def _check_out(args) -> None:
     """--out, before any work: a file output must not be a folder and must end as the command writes; a folder
@@ -108,6 +113,7 @@ def _check_out(args) -> None:
         parent = os.path.dirname(parent)
     if not os.path.isdir(parent):
         raise ValueError(f"--out {out}: {parent} is a file, not a folder")
+
 
 def _describe(error: Exception) -> str:
     """One line for an error: a KeyError without quotes; a full disk with the path and the space left there."""
@@ -132,7 +138,6 @@ def _describe(error: Exception) -> str:
     if isinstance(error, (ValueError, FileNotFoundError)) or not text:
         return text or type(error).__name__
     return f"{type(error).__name__}: {text}"
-
 
 
 __all__ = ["COMMANDS", "Terminated", "build_parser", "main", "shown"]

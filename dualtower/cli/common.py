@@ -17,6 +17,7 @@ class Help(argparse.RawDescriptionHelpFormatter):
             text += " (default: %(default)s)"
         return text
 
+
 def count(low: int, high: int | None = None):
     """An argparse type: an integer in [low, high]; anything else is refused by argparse, naming the option."""
     def parse(text: str) -> int:
@@ -31,6 +32,7 @@ def count(low: int, high: int | None = None):
     parse.__name__ = "integer"
     return parse
 
+
 def model_args(p) -> None:
     p.add_argument("--model", required=True, help="a checkpoint (or a training run's directory: its latest "
                                                   "checkpoint), hf-hub:ORG/NAME[@REVISION] or a name from "
@@ -41,6 +43,7 @@ def model_args(p) -> None:
     p.add_argument("--towers", choices=["both", "vision", "text"],
                    help="vision or text: load that tower alone (tower-only formats such as timm's always do)")
 
+
 def data_args(p, data_help: str = "a data spec (builtin:digits:test, a captions file, a folder, tar shards)"):
     model_args(p)
     p.add_argument("--data", required=True, help=data_help)
@@ -50,6 +53,7 @@ def data_args(p, data_help: str = "a data spec (builtin:digits:test, a captions 
     p.add_argument("--workers", type=count(0), default=2, help="image-decoding processes")
     inference_args(p)
 
+
 def inference_args(p) -> None:
     p.add_argument("--precision", choices=["fp32", "bf16"], default="fp32",
                    help="bf16: weights in bfloat16 (about 2x faster on CPUs with AVX512-BF16 or AMX; embeddings "
@@ -57,11 +61,13 @@ def inference_args(p) -> None:
     p.add_argument("--device", default="auto",
                    help="auto (a CUDA GPU when there is one, else the CPU), cpu, cuda or cuda:N")
 
+
 def runtime_arg(p) -> None:
     from ..runtimes import RUNTIMES
 
     p.add_argument("--runtime", choices=list(RUNTIMES), default="torch",
                    help="onnx: --model is a folder from `dualtower export`, run on ONNX Runtime without torch")
+
 
 def options(args, service: bool = False):
     """How --model is opened: --device, --precision, --arch, --source, --towers where the command has them."""
@@ -72,11 +78,13 @@ def options(args, service: bool = False):
                        towers=getattr(args, "towers", None), service=service,
                        note=lambda message: print(message, file=sys.stderr))
 
+
 def embedder(args, service: bool = False):
     """--model on --runtime (torch: a checkpoint or a registry name, random weights said so; onnx: an export)."""
     from .. import runtimes
 
     return runtimes.open(args.model, getattr(args, "runtime", "torch"), options(args, service))
+
 
 def torch_model(args):
     """--model as a DualEncoder (the commands that need the module itself: features, export), at --precision."""
@@ -89,10 +97,12 @@ def torch_model(args):
         model.to(torch.bfloat16)  # weights in bf16; norms still compute in fp32, outputs are returned as fp32
     return model
 
+
 def prompt_templates(args, source_name: str) -> list[str]:
     from ..eval.templates import read_templates, templates_for
 
     return read_templates(args.templates) if args.templates else templates_for(source_name)
+
 
 def write_json(path: str | None, result: dict) -> None:
     from ..io import write_json
@@ -100,6 +110,7 @@ def write_json(path: str | None, result: dict) -> None:
     if path:
         write_json(path, result)
         print(f"results: {path}")
+
 
 def shown(text: str) -> str:
     """`text` for one line of output: a newline, carriage return or other control character in a file name (or a

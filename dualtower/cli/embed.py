@@ -33,28 +33,20 @@ def _cmd_eval(args) -> int:
     images, _ = embed_source(model, source, args.batch_size, args.workers, progress=True)
     if args.task == "zeroshot":
         result = zeroshot(model, images, source.classes, templates)
-        rows = [(name, result[key]) for name, key in (("top-1", "top1"), ("top-5", "top5"),
-                                                      ("mean per-class recall", "mean_per_class_recall"))
-                if key in result]
     elif args.task == "retrieval":
         result = retrieval(model, images)
-        rows = [(f"image->text {k}", v) for k, v in result["image_to_text"].items()]
-        rows += [(f"text->image {k}", v) for k, v in result["text_to_image"].items()]
     else:
         train_source = open_source(args.train, args.image_key, args.caption_key)
         train_images, _ = embed_source(model, train_source, args.batch_size, args.workers, progress=True)
         result = linear_probe(train_images, images, source.classes)
-        rows = [(name, result[key]) for name, key in (("top-1", "top1"), ("top-5", "top5"),
-                                                      ("mean per-class recall", "mean_per_class_recall"),
-                                                      ("weight decay", "weight_decay")) if key in result]
-    result = {"task": args.task, "model": args.model, "data": args.data, **result,
-              "images": {"accepted": images.stats.accepted, "skipped": dict(images.stats.skipped)}}
     print(f"{args.task} on {args.data} ({images.stats.accepted} images, "
           f"{sum(images.stats.skipped.values())} skipped)")
-    for name, value in rows:
+    for name, value in result.rows():
         print(f"  {name:<24} {value:.4g}")
-    write_json(args.out, result)
+    write_json(args.out, {"task": args.task, "model": args.model, "data": args.data, **result.to_dict(),
+                          "images": {"accepted": images.stats.accepted, "skipped": dict(images.stats.skipped)}})
     return 0
+
 
 def add_eval(sub) -> None:
     p = sub.add_parser("eval", help="zero-shot classification, retrieval or linear probe")
@@ -93,6 +85,7 @@ def _cmd_classify(args) -> int:
         print(f"results: {args.out}")
     return status
 
+
 def add_classify(sub) -> None:
     p = sub.add_parser("classify", help="top-k labels for images, zero-shot")
     model_args(p)
@@ -118,6 +111,7 @@ def _cmd_embed(args) -> int:
     write_embeddings(args.out, got.features, got.ids, got.texts, got.captions if args.text else None)
     print(f"wrote {len(got.ids)} embeddings to {args.out}; {got.stats.summary()}")
     return 0
+
 
 def add_embed(sub) -> None:
     p = sub.add_parser("embed", help="embed every image of a data source to .npz or .safetensors")
@@ -147,6 +141,7 @@ def _cmd_features(args) -> int:
     print(f"wrote {args.out}: {shapes}; {len(result.skipped)} image(s) skipped")
     return 2 if result.skipped else 0
 
+
 def add_features(sub) -> None:
     p = sub.add_parser("features", help="hidden states of chosen vision layers, for multimodal LLMs")
     model_args(p)
@@ -170,6 +165,7 @@ def _cmd_export(args) -> int:
                     opset=args.opset, dynamic_size=args.dynamic_size, aot=args.aot)
     print(f"wrote {report.summary()}")
     return 0
+
 
 def add_export(sub) -> None:
     p = sub.add_parser("export", help="export the towers for deployment: ONNX (ONNX Runtime) or torch.export")

@@ -19,6 +19,7 @@ def _cmd_archs(args) -> int:
               f"{c.embed_dim:>5}  {v.act:<10} {v.pool}")
     return 0
 
+
 def add_archs(sub) -> None:
     p = sub.add_parser("archs", help="list the named architectures")
     p.set_defaults(func=_cmd_archs)
@@ -30,6 +31,7 @@ def _cmd_plan(args) -> int:
     for gpus in args.gpus:
         print(plan(args.arch, gpus, args.batch, args.parallel, args.precision, args.grad_checkpointing).table())
     return 0
+
 
 def add_plan(sub) -> None:
     p = sub.add_parser("plan", help="per-GPU training memory of an architecture: weights, gradients, optimizer "
@@ -56,6 +58,7 @@ def _cmd_models(args) -> int:
           "Licences show once a model card is cached; weights carry their own licences.")
     return 0
 
+
 def add_models(sub) -> None:
     p = sub.add_parser("models", help="list the well-known pretrained models (loaded from the Hugging Face Hub)")
     p.set_defaults(func=_cmd_models)
@@ -68,6 +71,7 @@ def _cmd_convert(args) -> int:
     towers = "vision tower only" if model.text is None else "both towers"
     print(f"wrote {args.dst} ({args.to} format, architecture {model.cfg.name}, {towers})")
     return 0
+
 
 def add_convert(sub) -> None:
     p = sub.add_parser("convert", help="convert a checkpoint between formats")

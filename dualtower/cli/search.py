@@ -13,6 +13,7 @@ def model_source(name: str) -> str:
 
     return os.path.abspath(name) if os.path.exists(name) else name
 
+
 def open_index(args):
     from ..search import SearchIndex, Store
 
@@ -25,6 +26,7 @@ def open_index(args):
         if not args.model:
             raise ValueError(f"{args.index}: the index does not say where its model came from; pass --model")
     return SearchIndex(args.index, model=embedder(args, service=True))  # a few queries at a time
+
 
 def _cmd_index(args) -> int:
     from ..search import build_index
@@ -39,6 +41,7 @@ def _cmd_index(args) -> int:
         print(f"... and {len(report.skipped_list) - 20} more skipped", file=sys.stderr)
     print(f"{args.out}: {report.summary()}")
     return 0
+
 
 def _index_args(p) -> None:
     p.add_argument("index", help="an index folder made by `dualtower index`")
@@ -96,6 +99,7 @@ def _cmd_search(args) -> int:
         print(f"{h.score:.4f}  {where}" + (f"  {shown(h.caption)}" if h.caption else ""))
     return 0
 
+
 def add_search(sub) -> None:
     p = sub.add_parser("search", help="the images of an index nearest a text or an image")
     _index_args(p)
@@ -117,6 +121,7 @@ def _cmd_serve(args) -> int:
     serve(index, args.host, args.port, Limits(max_body=args.max_body, max_k=args.max_k,
                                               max_waiting=args.max_waiting))
     return 0
+
 
 def add_serve(sub) -> None:
     p = sub.add_parser("serve", help="an HTTP search service and web page for an index")

@@ -17,6 +17,7 @@ def train_keys() -> str:
     lines = [f"  --{k}={d}".ljust(width + 5) + h for k, d, h in rows]
     return "config keys (in a TOML/YAML file, or as --section.key=value or --section.key value):\n" + "\n".join(lines)
 
+
 def _cmd_train(args, overrides: list[str]) -> int:
     from .. import configtree
     from ..train.config import TrainConfig
@@ -33,6 +34,7 @@ def _cmd_train(args, overrides: list[str]) -> int:
     train(cfg, resume=args.resume)
     return 0
 
+
 def add_train(sub) -> None:
     p = sub.add_parser("train", help="train or fine-tune (CONFIG: .toml/.yaml; --section.key=value overrides)",
                        epilog=train_keys())
@@ -47,6 +49,7 @@ def _cmd_demo(args) -> int:
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     run(data=args.data, out=args.out, steps=args.steps, workers=args.workers, seed=args.seed)
     return 0
+
 
 def add_demo(sub) -> None:
     p = sub.add_parser("demo", help="train a small CLIP on built-in data, evaluate it, write a report")
@@ -63,6 +66,7 @@ def _cmd_smoke(args) -> int:
 
     run(arch=args.arch, seed=args.seed)
     return 0
+
 
 def add_smoke(sub) -> None:
     p = sub.add_parser("smoke", help="encode sample photos and captions with a small random model")

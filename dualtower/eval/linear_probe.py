@@ -2,16 +2,19 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 
 from .embed import ImageEmbeddings
+from .results import ClassificationResult
 from .zeroshot import scores
 
 WEIGHT_DECAYS = (1e-6, 1e-5, 1e-4, 1e-3, 1e-2, 1e-1, 1.0)
 
 
 def linear_probe(train: ImageEmbeddings, test: ImageEmbeddings, classnames: list[str], val_fraction: float = 0.2,
-                 seed: int = 0) -> dict:
+                 seed: int = 0) -> ClassificationResult:
     """Fit on (train minus a validation split) for each weight decay, keep the best on validation, refit on the
     whole train set, and score on test. Weight decay wd corresponds to scikit-learn's C = 1 / (wd * n)."""
     import torch
@@ -36,4 +39,4 @@ def linear_probe(train: ImageEmbeddings, test: ImageEmbeddings, classnames: list
     proba = np.full((len(test.labels), len(classnames)), -np.inf)
     proba[:, clf.classes_] = clf.predict_log_proba(test.features.numpy().astype(np.float64))
     result = scores(torch.from_numpy(proba), test.labels, classnames)
-    return {**result, "weight_decay": best, "validation_top1": val_acc}
+    return dataclasses.replace(result, weight_decay=best, validation_top1=val_acc)

@@ -11,6 +11,7 @@ from __future__ import annotations
 import torch
 
 from .embed import ImageEmbeddings, embed_texts
+from .results import RetrievalResult
 
 
 def recall_at_k(scores: torch.Tensor, positives: torch.Tensor, ks: tuple[int, ...]) -> dict[str, float]:
@@ -20,7 +21,7 @@ def recall_at_k(scores: torch.Tensor, positives: torch.Tensor, ks: tuple[int, ..
     return {f"R@{k}": int(hits[:, :k].any(dim=1).sum()) / len(hits) for k in ks}
 
 
-def retrieval(model, images: ImageEmbeddings, ks: tuple[int, ...] = (1, 5, 10)) -> dict:
+def retrieval(model, images: ImageEmbeddings, ks: tuple[int, ...] = (1, 5, 10)) -> RetrievalResult:
     key_index: dict[str, int] = {}
     text_index: dict[str, int] = {}
     rows, pairs = [], []
@@ -35,9 +36,6 @@ def retrieval(model, images: ImageEmbeddings, ks: tuple[int, ...] = (1, 5, 10)) 
     for i, t in pairs:
         positives[i, t] = True
     scores = image_features @ text_features.T  # (I, T)
-    return {
-        "image_to_text": recall_at_k(scores, positives, ks),
-        "text_to_image": recall_at_k(scores.T, positives.T, ks),
-        "n_images": len(key_index),
-        "n_texts": len(text_index),
-    }
+    return RetrievalResult(image_to_text=recall_at_k(scores, positives, ks),
+                           text_to_image=recall_at_k(scores.T, positives.T, ks),
+                           n_images=len(key_index), n_texts=len(text_index))

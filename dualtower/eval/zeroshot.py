@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import torch
 
 from ..runtimes import as_embedder
 from .classifier import ZeroShotClassifier, class_embeddings
 from .embed import ImageEmbeddings
+from .results import ClassificationResult
 
 
 def build_classifier(model, classnames: list[str], templates: list[str]) -> torch.Tensor:
@@ -18,7 +21,7 @@ def classify(features: torch.Tensor, classifier: torch.Tensor) -> torch.Tensor:
     return features @ classifier.T  # (N, C) cosine similarities
 
 
-def scores(logits: torch.Tensor, labels: torch.Tensor, classnames: list[str]) -> dict:
+def scores(logits: torch.Tensor, labels: torch.Tensor, classnames: list[str]) -> ClassificationResult:
     n, c = logits.shape
     topk = logits.topk(min(5, c), dim=1).indices  # (N, k)
     hit = topk == labels[:, None]
@@ -30,23 +33,22 @@ def scores(logits: torch.Tensor, labels: torch.Tensor, classnames: list[str]) ->
     present = support > 0
     if not n:
         raise ValueError("no images to score (every sample was skipped, or the data is empty)")
-    topk = {"top5": int(hit.any(dim=1).sum()) / n} if c > 5 else {}  # top-k only where k < classes
-    return {
-        "top1": int(hit[:, 0].sum()) / n,
-        **topk,
-        "mean_per_class_recall": float(recall[present].double().mean()),
-        "per_class_recall": {name: float(r) for name, r, p in zip(classnames, recall, present) if p},
-        "confusion": confusion.tolist(),
-        "classes": classnames,
-        "n": n,
-    }
+    return ClassificationResult(
+        top1=int(hit[:, 0].sum()) / n,
+        top5=int(hit.any(dim=1).sum()) / n if c > 5 else None,  # top-k only where k < classes
+        mean_per_class_recall=float(recall[present].double().mean()),
+        per_class_recall={name: float(r) for name, r, p in zip(classnames, recall, present) if p},
+        confusion=confusion.tolist(),
+        classes=classnames,
+        n=n,
+    )
 
 
-def zeroshot(model, images: ImageEmbeddings, classnames: list[str], templates: list[str]) -> dict:
+def zeroshot(model, images: ImageEmbeddings, classnames: list[str], templates: list[str]) -> ClassificationResult:
     if (images.labels < 0).any():
         raise ValueError("zero-shot classification needs labelled data (a source with classes)")
     logits = classify(images.features, build_classifier(model, classnames, templates))
-    return {**scores(logits, images.labels, classnames), "templates": templates}
+    return dataclasses.replace(scores(logits, images.labels, classnames), templates=list(templates))
 
 
 __all__ = ["ZeroShotClassifier", "build_classifier", "classify", "scores", "zeroshot"]

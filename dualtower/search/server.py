@@ -13,6 +13,10 @@ Every limit answers with a status and a JSON {"error": ...}: a body over `max_bo
 an over-long text or a malformed request 422, an upload that is not an image 400, one with too many pixels 413,
 an unknown id 404, and more requests waiting for the model than `max_waiting` 503 at once (so overload costs
 neither memory nor time). The model runs one query at a time in a worker thread.
+
+A request becomes one `Query` (`read_query`, checked against `schema` before any work); the routes are the
+module's functions, each finding the `Service` (the index, the limits, the metrics, the text batcher) on the
+app's state.
 """
 
 import asyncio
@@ -26,8 +30,19 @@ from dataclasses import dataclass
 from importlib import resources
 
 from ..errors import require
-from . import schema
-from .query import SearchIndex
+
+for _module in ("fastapi", "python_multipart", "prometheus_client"):
+    require(_module, "the search service", "search")
+
+from fastapi import FastAPI, Request  # noqa: E402 (after the check that names the extra to install)
+from fastapi.exceptions import RequestValidationError  # noqa: E402
+from fastapi.responses import HTMLResponse, JSONResponse, Response, StreamingResponse  # noqa: E402
+from starlette.concurrency import run_in_threadpool  # noqa: E402
+from starlette.exceptions import HTTPException  # noqa: E402
+
+from ..images import ImageDecodeError, TooManyPixels, open_image  # noqa: E402
+from . import schema  # noqa: E402
+from .query import Hit, SearchIndex  # noqa: E402
 
 log = logging.getLogger("dualtower.search")
 
@@ -126,172 +141,200 @@ def page() -> str:
     return resources.files("dualtower.search").joinpath("static/index.html").read_text(encoding="utf-8")
 
 
+class Problem(Exception):
+    """A refusal of the request: its status and the message the JSON answer carries."""
+
+    def __init__(self, status: int, message: str):
+        self.status, self.message = status, message
+
+
+@dataclass(frozen=True)
+class Query:
+    """One search request, checked: what to search by (kind "text", "image", "id" or "embedding"), how many
+    results, and how the answer describes it."""
+
+    kind: str
+    value: object  # the text, the decoded PIL image, the item id, or the list of floats
+    k: int
+    described: dict
+
+
+class Service:
+    """What the routes share: the index, the limits, the Prometheus metrics, the requests in flight, the upload
+    decoders and the text batcher."""
+
+    def __init__(self, index: SearchIndex, limits: Limits):
+        from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+        self.index, self.limits = index, limits
+        self.registry = CollectorRegistry()
+        self.requests = Counter("dualtower_requests", "HTTP requests by endpoint and status", ["endpoint", "status"],
+                                registry=self.registry)
+        self.latency = Histogram("dualtower_request_seconds", "HTTP request latency by endpoint", ["endpoint"],
+                                 registry=self.registry, buckets=(.005, .01, .025, .05, .1, .25, .5, 1, 2.5, 5, 10))
+        items = Gauge("dualtower_index_items", "images in the index", registry=self.registry)
+        items.set_function(lambda: len(index))
+        self.waiting = 0
+        self.decoding = asyncio.Semaphore(limits.decoders)
+        self.texts = _TextBatcher(index)
+
+    async def run(self, query: Query) -> list[Hit]:
+        """The query's hits: texts batched with the others waiting, the rest in a worker thread."""
+        index = self.index
+        if query.kind == "text":
+            return await asyncio.wrap_future(self.texts.submit(query.value, query.k))
+        search = {"image": index.search_image, "id": index.search_item, "embedding": index.search_vector}[query.kind]
+        return await run_in_threadpool(search, query.value, query.k)
+
+
+def _service(request: Request) -> Service:
+    return request.app.state.service
+
+
+async def read_query(request: Request) -> Query:
+    """The request as a Query, from a JSON body or a multipart form, checked against `schema` before any work."""
+    service = _service(request)
+    limits, index = service.limits, service.index
+    kind = request.headers.get("content-type", "").split(";")[0].strip().lower()
+    if kind == "multipart/form-data":
+        try:
+            form = await request.form()
+        except Exception as e:  # python-multipart's refusals of a malformed body
+            raise Problem(422, f"the body is not a multipart form: {type(e).__name__}") from None
+        upload, k = schema.check_form(form, limits.max_k)
+        data = await upload.read()
+        name = schema.check_text(upload.filename or "upload", 1000, "the file name")
+        try:
+            async with service.decoding:
+                image = await run_in_threadpool(open_image, data, name=name, max_pixels=limits.max_pixels)
+        except TooManyPixels as e:
+            raise Problem(413, str(e)) from None
+        except ImageDecodeError as e:
+            raise Problem(400, str(e)) from None
+        return Query("image", image, k, {"image": name})
+    q = schema.parse_json(await request.body(), limits.max_k, limits.max_text, index.store.dim)
+    if q.kind == "id" and index.store.item(q.value) is None:
+        raise Problem(404, f"no item {q.value}")
+    described = {"embedding": len(q.value)} if q.kind == "embedding" else {q.kind: q.value}
+    return Query(q.kind, q.value, q.k, described)
+
+
+async def search(request: Request):
+    service = _service(request)
+    if service.waiting >= service.limits.max_waiting:
+        return JSONResponse({"error": "busy: too many searches waiting; try again shortly"}, status_code=503,
+                            headers={"Retry-After": "1"})
+    service.waiting += 1
+    try:
+        query = await read_query(request)
+        started = time.perf_counter()
+        try:
+            hits = await service.run(query)
+        except ValueError as e:
+            raise Problem(422, str(e)) from None
+        took = (time.perf_counter() - started) * 1000
+    finally:
+        service.waiting -= 1
+    return {"query": query.described, "k": query.k, "took_ms": round(took, 2),
+            "results": [{**h.to_dict(), "thumb": f"/thumb/{h.id}", "image": f"/image/{h.id}"} for h in hits]}
+
+
+async def thumb(request: Request, item_id: int):
+    data = _service(request).index.store.thumb(schema.check_id(item_id))
+    if data is None:
+        raise Problem(404, f"no item {item_id}")
+    return Response(data, media_type="image/jpeg", headers={"Cache-Control": "max-age=3600"})
+
+
+async def image(request: Request, item_id: int):
+    store = _service(request).index.store
+    try:
+        f, media = await run_in_threadpool(store.open_original, schema.check_id(item_id))
+    except LookupError as e:
+        raise Problem(404, str(e)) from None
+
+    def chunks():
+        with f:
+            yield from iter(lambda: f.read(1 << 16), b"")
+
+    return StreamingResponse(chunks(), media_type=media, headers={"X-Content-Type-Options": "nosniff"})
+
+
+async def healthz(request: Request):
+    index = _service(request).index
+    return {"status": "ok", "items": len(index), "model": index.store.model.get("name")}
+
+
+async def metrics(request: Request):
+    from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+    return Response(generate_latest(_service(request).registry), media_type=CONTENT_TYPE_LATEST)
+
+
+async def home():
+    return HTMLResponse(page())
+
+
+# ----------------------------------------------------------------------------------------- refusals, metrics
+
+async def _problem(request, e: Problem):
+    return JSONResponse({"error": e.message}, status_code=e.status)
+
+
+async def _invalid_field(request, e: schema.Invalid):
+    return JSONResponse({"error": e.message}, status_code=e.status)
+
+
+async def _unexpected(request, e: Exception):
+    """A fault of ours, not the request's: logged with an id the answer names, never a bare page."""
+    request_id = uuid.uuid4().hex[:12]
+    log.error("request %s %s %s failed", request_id, request.method, request.url.path, exc_info=e)
+    return JSONResponse({"error": f"internal error (request {request_id}); the server logged it",
+                         "request_id": request_id}, status_code=500, headers={"X-Request-ID": request_id})
+
+
+async def _invalid(request, e: RequestValidationError):
+    details = "; ".join(f"{'.'.join(str(x) for x in err.get('loc', []))}: {err.get('msg')}" for err in e.errors())
+    return JSONResponse({"error": f"invalid request: {details}"}, status_code=422)
+
+
+async def _http(request, e: HTTPException):
+    return JSONResponse({"error": str(e.detail)}, status_code=e.status_code)
+
+
+async def _measure(request: Request, call_next):
+    service = _service(request)
+    started = time.perf_counter()
+    route = request.url.path
+    endpoint = next((p for p in ("/search", "/image", "/thumb", "/healthz", "/metrics")
+                     if route == p or route.startswith(p + "/")), "/" if route == "/" else "other")
+    try:
+        response = await call_next(request)
+    except Exception:
+        service.requests.labels(endpoint, "500").inc()
+        raise
+    service.latency.labels(endpoint).observe(time.perf_counter() - started)
+    service.requests.labels(endpoint, str(response.status_code)).inc()
+    return response
+
+
+ROUTES = (("POST", "/search", search), ("GET", "/thumb/{item_id}", thumb), ("GET", "/image/{item_id}", image),
+          ("GET", "/healthz", healthz), ("GET", "/metrics", metrics), ("GET", "/", home))
+HANDLERS = ((Problem, _problem), (schema.Invalid, _invalid_field), (Exception, _unexpected),
+            (RequestValidationError, _invalid), (HTTPException, _http))
+
+
 def create_app(index: SearchIndex, limits: Limits = Limits()):
-    for module in ("fastapi", "python_multipart", "prometheus_client"):
-        require(module, "the search service", "search")
     # A service searches a few queries at a time. FAISS's OpenMP threads spin between such small calls and starve
     # the model's threads: at 20 queries/s on 2 cores, p99 fell from 150 ms to 37 ms with one FAISS thread.
     require("faiss", "search", "search").omp_set_num_threads(1)
-    from fastapi import FastAPI, Request
-    from fastapi.exceptions import RequestValidationError
-    from fastapi.responses import (
-        HTMLResponse,
-        JSONResponse,
-        Response,
-        StreamingResponse,
-    )
-    from prometheus_client import (
-        CONTENT_TYPE_LATEST,
-        CollectorRegistry,
-        Counter,
-        Gauge,
-        Histogram,
-        generate_latest,
-    )
-    from starlette.concurrency import run_in_threadpool
-    from starlette.exceptions import HTTPException
-
-    from ..images import ImageDecodeError, TooManyPixels, open_image
-
     app = FastAPI(title="dualtower search", docs_url=None, redoc_url=None, openapi_url=None)
-    registry = CollectorRegistry()
-    requests = Counter("dualtower_requests", "HTTP requests by endpoint and status", ["endpoint", "status"],
-                       registry=registry)
-    latency = Histogram("dualtower_request_seconds", "HTTP request latency by endpoint", ["endpoint"],
-                        registry=registry, buckets=(.005, .01, .025, .05, .1, .25, .5, 1, 2.5, 5, 10))
-    items = Gauge("dualtower_index_items", "images in the index", registry=registry)
-    items.set_function(lambda: len(index))
-    state = {"waiting": 0}
-    decoding = asyncio.Semaphore(limits.decoders)
-    texts = _TextBatcher(index)
-
-    class Problem(Exception):
-        def __init__(self, status: int, message: str):
-            self.status, self.message = status, message
-
-    @app.exception_handler(Problem)
-    async def _problem(request, e: Problem):
-        return JSONResponse({"error": e.message}, status_code=e.status)
-
-    @app.exception_handler(schema.Invalid)
-    async def _invalid_field(request, e: schema.Invalid):
-        return JSONResponse({"error": e.message}, status_code=e.status)
-
-    @app.exception_handler(Exception)
-    async def _unexpected(request, e: Exception):
-        """A fault of ours, not the request's: logged with an id the answer names, never a bare page."""
-        request_id = uuid.uuid4().hex[:12]
-        log.error("request %s %s %s failed", request_id, request.method, request.url.path, exc_info=e)
-        return JSONResponse({"error": f"internal error (request {request_id}); the server logged it",
-                             "request_id": request_id}, status_code=500, headers={"X-Request-ID": request_id})
-
-    @app.exception_handler(RequestValidationError)
-    async def _invalid(request, e: RequestValidationError):
-        details = "; ".join(f"{'.'.join(str(x) for x in err.get('loc', []))}: {err.get('msg')}" for err in e.errors())
-        return JSONResponse({"error": f"invalid request: {details}"}, status_code=422)
-
-    @app.exception_handler(HTTPException)
-    async def _http(request, e: HTTPException):
-        return JSONResponse({"error": str(e.detail)}, status_code=e.status_code)
-
-    @app.middleware("http")
-    async def _measure(request: Request, call_next):
-        started = time.perf_counter()
-        route = request.url.path
-        endpoint = next((p for p in ("/search", "/image", "/thumb", "/healthz", "/metrics")
-                         if route == p or route.startswith(p + "/")), "/" if route == "/" else "other")
-        try:
-            response = await call_next(request)
-        except Exception:
-            requests.labels(endpoint, "500").inc()
-            raise
-        latency.labels(endpoint).observe(time.perf_counter() - started)
-        requests.labels(endpoint, str(response.status_code)).inc()
-        return response
-
-    async def _query(request: Request):
-        """(what to run, k, a description of the query) from a JSON body or a multipart form, checked against
-        `schema` before any work."""
-        kind = request.headers.get("content-type", "").split(";")[0].strip().lower()
-        if kind == "multipart/form-data":
-            try:
-                form = await request.form()
-            except Exception as e:  # python-multipart's refusals of a malformed body
-                raise Problem(422, f"the body is not a multipart form: {type(e).__name__}") from None
-            upload, k = schema.check_form(form, limits.max_k)
-            data = await upload.read()
-            name = schema.check_text(upload.filename or "upload", 1000, "the file name")
-            try:
-                async with decoding:
-                    image = await run_in_threadpool(open_image, data, name=name, max_pixels=limits.max_pixels)
-            except TooManyPixels as e:
-                raise Problem(413, str(e)) from None
-            except ImageDecodeError as e:
-                raise Problem(400, str(e)) from None
-            return (lambda k: index.search_image(image, k)), k, {"image": name}
-        q = schema.parse_json(await request.body(), limits.max_k, limits.max_text, index.store.dim)
-        if q.kind == "text":
-            return ("text", q.value), q.k, {"text": q.value}
-        if q.kind == "id":
-            if index.store.item(q.value) is None:
-                raise Problem(404, f"no item {q.value}")
-            return (lambda k: index.search_item(q.value, k)), q.k, {"id": q.value}
-        return (lambda k: index.search_vector(q.value, k)), q.k, {"embedding": len(q.value)}
-
-    @app.post("/search")
-    async def search(request: Request):
-        if state["waiting"] >= limits.max_waiting:
-            return JSONResponse({"error": "busy: too many searches waiting; try again shortly"}, status_code=503,
-                                headers={"Retry-After": "1"})
-        state["waiting"] += 1
-        try:
-            run, k, query = await _query(request)
-            started = time.perf_counter()
-            try:
-                if isinstance(run, tuple):  # a text: batched with the others waiting
-                    hits = await asyncio.wrap_future(texts.submit(run[1], k))
-                else:
-                    hits = await run_in_threadpool(run, k)
-            except ValueError as e:
-                raise Problem(422, str(e)) from None
-            took = (time.perf_counter() - started) * 1000
-        finally:
-            state["waiting"] -= 1
-        return {"query": query, "k": k, "took_ms": round(took, 2),
-                "results": [{**h.to_dict(), "thumb": f"/thumb/{h.id}", "image": f"/image/{h.id}"} for h in hits]}
-
-    @app.get("/thumb/{item_id}")
-    async def thumb(item_id: int):
-        data = index.store.thumb(schema.check_id(item_id))
-        if data is None:
-            raise Problem(404, f"no item {item_id}")
-        return Response(data, media_type="image/jpeg", headers={"Cache-Control": "max-age=3600"})
-
-    @app.get("/image/{item_id}")
-    async def image(item_id: int):
-        try:
-            f, media = await run_in_threadpool(index.store.open_original, schema.check_id(item_id))
-        except LookupError as e:
-            raise Problem(404, str(e)) from None
-
-        def chunks():
-            with f:
-                yield from iter(lambda: f.read(1 << 16), b"")
-
-        return StreamingResponse(chunks(), media_type=media, headers={"X-Content-Type-Options": "nosniff"})
-
-    @app.get("/healthz")
-    async def healthz():
-        return {"status": "ok", "items": len(index), "model": index.store.model.get("name")}
-
-    @app.get("/metrics")
-    async def metrics():
-        return Response(generate_latest(registry), media_type=CONTENT_TYPE_LATEST)
-
-    @app.get("/", response_class=HTMLResponse)
-    async def home():
-        return page()
-
+    app.state.service = Service(index, limits)
+    for method, path, endpoint in ROUTES:
+        app.add_api_route(path, endpoint, methods=[method])
+    for error, handler in HANDLERS:
+        app.add_exception_handler(error, handler)
+    app.middleware("http")(_measure)
     return _BodyLimit(app, limits.max_body)
 
 

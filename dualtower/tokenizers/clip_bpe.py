@@ -239,7 +239,6 @@ class ClipTokenizer(IdsTokenizer):
             out += b" " if word_end else b""
         return out.decode("utf-8", errors="replace").strip()
 
-
     def hf_files(self) -> dict[str, str]:
         """vocab.json, merges.txt and tokenizer_config.json for transformers' CLIPTokenizer (its special-token
         spellings differ from OpenAI's; the ids are the same)."""

@@ -37,12 +37,13 @@ class Validation:
                 images, _ = embed_source(model, self.source, self.batch_size, self.workers)
                 if self.task == "zeroshot":
                     result = zeroshot(model, images, self.source.classes, self.templates)
-                    metrics = {k: result[k] for k in ZEROSHOT_METRICS if k in result}
+                    metrics = {k: v for k, v in result.to_dict().items() if k in ZEROSHOT_METRICS}
                 else:
                     result = retrieval(model, images)
-                    metrics = {f"{way}/{k}": v for way in ("image_to_text", "text_to_image")
-                               for k, v in result[way].items()}
-                    metrics["mean_R@1"] = (metrics["image_to_text/R@1"] + metrics["text_to_image/R@1"]) / 2
+                    metrics = {f"{way}/{k}": v for way, recalls in (("image_to_text", result.image_to_text),
+                                                                    ("text_to_image", result.text_to_image))
+                               for k, v in recalls.items()}
+                    metrics["mean_R@1"] = result.mean_r1
         finally:
             model.train()
         return metrics
