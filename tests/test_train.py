@@ -99,9 +99,9 @@ def test_a_dying_rank_does_not_leave_the_other_hanging(tmp_path):
 
 
 def test_non_finite_steps_are_skipped_then_abort(tmp_path, monkeypatch):
-    import dualtower.train.loop as loop
+    import dualtower.train.objective as objective
 
-    monkeypatch.setattr(loop, "clip_loss", lambda *a, **k: torch.tensor(float("nan"), requires_grad=True))
+    monkeypatch.setattr(objective, "clip_loss", lambda *a, **k: torch.tensor(float("nan"), requires_grad=True))
     cfg = configtree.load(TrainConfig, None, FAST + ["--train.steps=10", "--train.max_nonfinite=3",
                                                      "--data.workers=0", f"--train.out={tmp_path}"])
     with pytest.raises(TrainingError, match="3 non-finite steps in a row"):

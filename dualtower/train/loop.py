@@ -1,40 +1,43 @@
-"""The train loop: one function, top to bottom. Decisions (loss, precision, transform) are made once before the
-loop; bookkeeping lives in `runlog.RunLog`, checkpoints in `state`, seeds in `model.seeds`."""
+"""The train loop: one function, top to bottom. Decisions are made once before the loop: how the run spreads
+over processes (`parallel.Parallelism`), where it starts and how it saves (`checkpointer.Checkpointer`), its loss
+(`objective.ContrastiveLoss`); bookkeeping lives in `runlog.RunLog`, seeds in `model.seeds`."""
 
 from __future__ import annotations
 
 import contextlib
 import logging
-import os
 import sys
-from dataclasses import replace
-from pathlib import Path
 
 import torch
 
 from .. import distributed
 from ..archs import get_config
-from ..chunked_losses import chunked_clip_loss, chunked_siglip_loss
 from ..config import SIGLIP_INIT_LOGIT_BIAS, SIGLIP_INIT_LOGIT_SCALE
-from ..configtree import apply_overrides, build, to_dict
+from ..configtree import apply_overrides, build
 from ..convert import load
 from ..data import open_source
 from ..data.loader import ShuffledPlan, batches
 from ..data.packing import TokenBudgetPlan, record_lengths
-from ..images import ImageTransform, NaFlexTrainTransform, TrainTransform, eval_transform
-from ..losses import clip_loss, siglip_loss
+from ..images import (
+    ImageTransform,
+    NaFlexTrainTransform,
+    TrainTransform,
+    eval_transform,
+)
 from ..model import DualEncoder, seeds
 from ..rundir import RunDir
 from ..tokenizers import get_tokenizer
+from .checkpointer import Checkpointer
 from .config import TrainConfig
-from .gradcache import encode, grad_cache_step
-from .optim import lr_at, param_groups
 from .errors import TrainingError
+from .gradcache import encode, grad_cache_step
+from .objective import ContrastiveLoss
+from .optim import lr_at, param_groups
+from .parallel import Parallelism
 from .runlog import RunLog
+from .state import find_checkpoint, saved_config
 from .stop import Stopped, StopRequest
 from .validate import Validation
-from .state import (find_checkpoint, is_sharded, load_by_name, load_sharded, load_training, optimizer_state_by_name,
-                    save_sharded, save_training, saved_config, set_rng_state)
 
 __all__ = ["TrainingError", "build_model", "resume_config", "train"]
 
@@ -45,79 +48,31 @@ def train(cfg: TrainConfig, resume: str | None = None) -> dict:
     d = distributed.init(cfg.train.dist_timeout_s)
     if cfg.train.deterministic:
         torch.use_deterministic_algorithms(True)
-
-    # Model and optimizer, fresh or from the checkpoint being resumed (which also names the run directory).
-    start, state = 0, None
-    if resume:
-        directory = find_checkpoint(resume)
-        model, state = load_training(directory)
-        start, run = int(state["step"]), RunDir.of_checkpoint(directory)
-        cfg = replace(cfg, train=replace(cfg.train, out=str(run.root)))
-    else:
-        # Paths as absolute ones, so the saved config resumes from any working directory.
-        cfg = replace(cfg, data=replace(cfg.data, train=_absolute(cfg.data.train)),
-                      model=replace(cfg.model, init=_absolute(cfg.model.init)),
-                      train=replace(cfg.train, out=os.path.abspath(cfg.train.out)),
-                      val=replace(cfg.val, data=_absolute(cfg.val.data),
-                                  templates=os.path.abspath(cfg.val.templates) if cfg.val.templates else ""))
-        out = Path(cfg.train.out)
-        if out.exists() and not out.is_dir():
-            raise ValueError(f"train.out {cfg.train.out}: exists and is a file, not a run directory")
-        model, run = build_model(cfg), RunDir(out)
-    t = cfg.train
+    parallel = Parallelism.decide(cfg.train, d)
+    cfg, model, checkpoints = Checkpointer.begin(cfg, resume, build_model, parallel.sharded)
+    t, start = cfg.train, checkpoints.start
     if cfg.optim.warmup_steps > t.steps and d.main and not resume:
         log.warning("train.steps %d is smaller than optim.warmup_steps %d: the learning rate never reaches "
                     "optim.lr %g", t.steps, cfg.optim.warmup_steps, cfg.optim.lr)
+
+    # Model, sharding and optimizer; then the resumed state (or the seeds of a fresh run).
     model.to(d.device)
     if d.enabled and not resume:
         distributed.broadcast_params(model)
     params = _prepare(model, cfg)
-    # FSDP: shard the towers (after the training options are set, before the optimizer sees the parameters);
-    # the logit scale and bias stay whole on every process, their gradients averaged here as DDP's are.
-    sharded = t.parallel in ("fsdp", "hsdp")
-    group = (t.shard_size or int(os.environ.get("LOCAL_WORLD_SIZE", d.world))) if t.parallel == "hsdp" else 0
-    # A DDP checkpoint resumed sharded: its optimizer state, keyed by parameter position, is re-keyed by name
-    # on the whole model first (DCP's sharded checkpoints are keyed by name already).
-    by_name = optimizer_state_by_name(model, param_groups(model, cfg.optim.weight_decay), state["optimizer"]) \
-        if state is not None and not is_sharded(directory) and sharded and d.enabled else None
-    replicated = distributed.shard(model, d, t.precision, group) if sharded and d.enabled else []
-    params = [p for p in model.parameters() if p.requires_grad] if replicated else params
+    checkpoints.before_sharding(model, parallel.shards)
+    parallel.shard(model, params, t.precision)
     optimizer = torch.optim.AdamW(param_groups(model, cfg.optim.weight_decay), lr=cfg.optim.lr,
                                   betas=(cfg.optim.beta1, cfg.optim.beta2), eps=cfg.optim.eps)
-    ema = None  # the weights' moving average (train.ema_decay), every tensor of the model's state
-    if t.ema_decay:
-        if sharded:
-            raise TrainingError("train.ema_decay with train.parallel=fsdp is not supported yet")
-        saved = state.get("ema") if state is not None else None
-        ema = {k: (saved[k].to(v.device) if saved is not None else v.detach().clone())
-               for k, v in model.state_dict().items() if v.is_floating_point()}
-        averaged = [model.state_dict()[k] for k in ema]  # views of the parameters, updated in place
-    runlog = RunLog(run, t, d, start)
-    if state is not None:
-        if is_sharded(directory):  # any number of processes, sharded or not, reads it
-            load_sharded(directory, model, optimizer)
-        elif by_name is not None:
-            load_by_name(model, optimizer, by_name)
-        else:
-            optimizer.load_state_dict(state["optimizer"])
-        runlog.restore(state)
-        set_rng_state(state["rng"])
-    else:
-        torch.manual_seed(seeds.process_seed(t.seed, d.rank))
+    ema = checkpoints.ema(model)
+    runlog = RunLog(checkpoints.run, t, d, start)
+    checkpoints.restore(model, optimizer, runlog, d.rank)
 
     # Data: which records a step reads depends only on (seed, step, rank), so resuming is starting at `start`.
-    source = open_source(cfg.data.train, cfg.data.image_key, cfg.data.caption_key)
-    transform = train_transform(model.cfg.preprocess, cfg.data)
-    if cfg.data.max_tokens_per_batch:  # NaFlex: as many images as fit the token budget, by length bucket
-        lengths = record_lengths(source, transform, max(1, cfg.data.workers) * 2)
-        plan = TokenBudgetPlan(lengths, cfg.data.max_tokens_per_batch, cfg.data.length_buckets,
-                               transform.max_patches, t.seed, d.rank, d.world)
-    else:
-        plan = ShuffledPlan(len(source), cfg.data.batch_size, t.seed, d.rank, d.world)
-    stream = batches(source, plan, transform, start, t.steps, cfg.data.workers)
+    stream = _batches(cfg, model, d, start)
     tokenizer = get_tokenizer(model)  # a model's own tokenizer files (SigLIP's) come with it
     validation = Validation(cfg.val, cfg.data, cfg.data.workers) if cfg.val.data else None
-    loss_fn = choose_loss(model, t)
+    loss_fn = ContrastiveLoss(model, t.loss, t.label_smoothing, t.loss_chunk)
     autocast = (torch.autocast(d.device.type, dtype=torch.bfloat16) if t.precision == "bf16"
                 else contextlib.nullcontext())
 
@@ -140,22 +95,17 @@ def train(cfg: TrainConfig, resume: str | None = None) -> dict:
             else:
                 image, text = encode(model, pixels, ids, keys, autocast)
                 # Several processes: gather every process's embeddings with gradient (local rows, global columns).
-                loss = loss_fn(image, text, *(distributed.gather_features(image, text) if d.enabled else
-                                              (image, text, 0)))
+                everyone = distributed.gather_features(image, text) if d.enabled else (image, text, 0)
+                loss = loss_fn(image, text, *everyone)
                 loss.backward()
-            if d.enabled:  # FSDP reduced the sharded gradients in the backward pass
-                distributed.average_gradients([p for p in replicated if p.requires_grad] if replicated else params,
-                                              d.world)
-            clip = t.grad_clip if t.grad_clip > 0 else float("inf")
-            grad_norm = distributed.clip_grad_norm(params, clip) if replicated else \
-                torch.nn.utils.clip_grad_norm_(params, clip)
+            grad_norm = parallel.reduce_and_clip(t.grad_clip)
 
             # A non-finite loss or gradient on any process skips the update everywhere.
-            updated = _all_finite(loss, grad_norm, d)
+            updated = parallel.all_finite(loss, grad_norm)
             if updated:
                 optimizer.step()
-                if ema is not None:  # ema = decay * ema + (1 - decay) * weights
-                    torch._foreach_lerp_(list(ema.values()), averaged, 1.0 - t.ema_decay)
+                if ema is not None:
+                    ema.update()
             else:
                 optimizer.zero_grad(set_to_none=True)
                 runlog.update_skipped(step, loss, grad_norm)
@@ -168,27 +118,39 @@ def train(cfg: TrainConfig, resume: str | None = None) -> dict:
             best = runlog.validation(step, validation(model), validation.metric) if evaluate else False
             stopping = stop.agreed(d)  # Ctrl-C / SIGTERM on any process: all save this step, then stop
             if (t.save_every and done % t.save_every == 0) or done == t.steps or evaluate or stopping:
-                runlog.flush()
-                if sharded:  # every process writes its shards
-                    save_sharded(run, done, model, optimizer, runlog.state() if d.main else None,
-                                 to_dict(cfg) if d.main else None, t.keep_checkpoints, d.main, best)
-                elif d.main:
-                    save_training(run, done, model, optimizer, runlog.state(), to_dict(cfg), t.keep_checkpoints, ema,
-                                  best)
-                if d.enabled:
-                    torch.distributed.barrier()
+                checkpoints.save(done, model, optimizer, runlog, ema, best, d)
             if stopping and done < t.steps:
-                runlog.close()
-                if d.main:
-                    print(f"dualtower train: stopped after step {done} of {t.steps}; checkpoint {run.step(done)}\n"
-                          f"resume with: dualtower train --resume {run.root}", file=sys.stderr, flush=True)
-                distributed.shutdown(d)
-                raise Stopped(stopping, done, run.step(done))
+                _stop(checkpoints.run, runlog, d, stopping, done, t.steps)
     finally:
         stop.uninstall()
     summary = runlog.close()
     distributed.shutdown(d)
     return summary
+
+
+def _batches(cfg: TrainConfig, model: DualEncoder, d, start: int):
+    """The batches of steps start..train.steps-1: shuffled plans of data.batch_size, or for NaFlex with a token
+    budget as many images as fit it, by length bucket."""
+    source = open_source(cfg.data.train, cfg.data.image_key, cfg.data.caption_key)
+    transform = train_transform(model.cfg.preprocess, cfg.data)
+    t = cfg.train
+    if cfg.data.max_tokens_per_batch:
+        lengths = record_lengths(source, transform, max(1, cfg.data.workers) * 2)
+        plan = TokenBudgetPlan(lengths, cfg.data.max_tokens_per_batch, cfg.data.length_buckets,
+                               transform.max_patches, t.seed, d.rank, d.world)
+    else:
+        plan = ShuffledPlan(len(source), cfg.data.batch_size, t.seed, d.rank, d.world)
+    return batches(source, plan, transform, start, t.steps, cfg.data.workers)
+
+
+def _stop(run: RunDir, runlog: RunLog, d, signum, done: int, steps: int) -> None:
+    """After the checkpoint of step `done`: say how to resume, and stop the run (`Stopped`)."""
+    runlog.close()
+    if d.main:
+        print(f"dualtower train: stopped after step {done} of {steps}; checkpoint {run.step(done)}\n"
+              f"resume with: dualtower train --resume {run.root}", file=sys.stderr, flush=True)
+    distributed.shutdown(d)
+    raise Stopped(signum, done, run.step(done))
 
 
 def train_transform(pre, data) -> ImageTransform:
@@ -203,16 +165,6 @@ def train_transform(pre, data) -> ImageTransform:
     if data.crop_scale < 1:
         return NaFlexTrainTransform(pre, max_patches, scale=(data.crop_scale, 1.0), upscale=data.upscale)
     return eval_transform(pre, max_patches, data.upscale)
-
-
-def _absolute(spec: str) -> str:
-    """A data spec or checkpoint naming a local path, made absolute; anything else (builtin:, hf-hub:, a
-    registry name) as it is."""
-    prefix = "classes:" if spec.startswith("classes:") else ""
-    path = spec[len(prefix):]
-    if not path or ":" in path.split("/")[0] or not (os.path.exists(path) or ".tar" in path):
-        return spec
-    return prefix + os.path.abspath(path)
 
 
 def build_model(cfg: TrainConfig) -> DualEncoder:
@@ -233,19 +185,6 @@ def build_model(cfg: TrainConfig) -> DualEncoder:
     return model
 
 
-def choose_loss(model: DualEncoder, t):
-    """The run's loss, decided once: loss(image, text, all_image, all_text, offset) -> scalar."""
-    if t.loss == "clip" and t.loss_chunk:
-        return lambda i, x, ai, ax, o: chunked_clip_loss(i, x, model.scale(), ai, ax, o, t.label_smoothing,
-                                                         t.loss_chunk)
-    if t.loss == "clip":
-        return lambda i, x, ai, ax, o: clip_loss(i, x, model.scale(), ai, ax, o, t.label_smoothing)
-    if t.loss_chunk:
-        return lambda i, x, ai, ax, o: chunked_siglip_loss(i, x, model.scale(), model.logit_bias, ax, o,
-                                                           t.loss_chunk)
-    return lambda i, x, ai, ax, o: siglip_loss(i, x, model.scale(), model.logit_bias, ax, o)
-
-
 def _prepare(model: DualEncoder, cfg: TrainConfig) -> list[torch.nn.Parameter]:
     model.visual.set_patch_dropout(cfg.model.patch_dropout)
     model.set_dropout(cfg.model.dropout)
@@ -254,13 +193,6 @@ def _prepare(model: DualEncoder, cfg: TrainConfig) -> list[torch.nn.Parameter]:
     for tower, locked in ((model.visual, cfg.model.lock_image), (model.text, cfg.model.lock_text)):
         tower.requires_grad_(not locked)
     return [p for p in model.parameters() if p.requires_grad]
-
-
-def _all_finite(loss: torch.Tensor, grad_norm: torch.Tensor, d) -> bool:
-    finite = torch.tensor([float(torch.isfinite(loss) and torch.isfinite(grad_norm))], device=d.device)
-    if d.enabled:
-        torch.distributed.all_reduce(finite, op=torch.distributed.ReduceOp.MIN)
-    return finite.item() == 1.0
 
 
 RESUMABLE_CHANGES = ("train.parallel", "train.shard_size", "train.save_every", "train.log_every", "train.progress",
