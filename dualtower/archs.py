@@ -13,8 +13,19 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass
 
-from .config import (IMAGENET_MEAN, IMAGENET_STD, INCEPTION_MEAN, INCEPTION_STD, SIGLIP_INIT_LOGIT_BIAS,
-                     SIGLIP_INIT_LOGIT_SCALE, ModelConfig, PreprocessConfig, TextConfig, VisionConfig)
+from .config import (
+    IMAGENET_MEAN,
+    IMAGENET_STD,
+    INCEPTION_MEAN,
+    INCEPTION_STD,
+    SIGLIP_INIT_LOGIT_BIAS,
+    SIGLIP_INIT_LOGIT_SCALE,
+    ModelConfig,
+    PreprocessConfig,
+    TextConfig,
+    VisionConfig,
+)
+from .errors import UnknownName, UserError
 
 
 @dataclass(frozen=True)
@@ -162,7 +173,7 @@ def _table(*archs: Arch) -> dict[str, Arch]:
     table = {}
     for arch in archs:
         if arch.name in table:
-            raise ValueError(f"architecture {arch.name!r} is listed twice")
+            raise UserError(f"architecture {arch.name!r} is listed twice")
         table[arch.name] = arch
     return table
 
@@ -337,7 +348,7 @@ def get_config(name: str) -> ModelConfig:
     if name not in REGISTRY:
         near = closest(name, REGISTRY)
         hint = f"did you mean {' or '.join(near)}?" if near else "none is close"
-        raise KeyError(f"unknown architecture {name!r}: {hint} (`dualtower archs` lists all {len(REGISTRY)})")
+        raise UnknownName(f"unknown architecture {name!r}: {hint} (`dualtower archs` lists all {len(REGISTRY)})")
     return REGISTRY[name]
 
 

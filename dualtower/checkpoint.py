@@ -20,15 +20,16 @@ import torch
 
 from . import rundir, sharded
 from .config import CONFIG_VERSION, ModelConfig
-from .origin import tokenizer_files
+from .errors import UserError
 from .io import atomic_directory, read_json
 from .model import DualEncoder
+from .origin import tokenizer_files
 
 FORMAT, VERSION, READABLE_VERSIONS = "dualtower", CONFIG_VERSION, (1, CONFIG_VERSION)
 CONFIG_FILE, WEIGHTS_FILE, SHARDED_DIR = "config.json", "model.safetensors", "sharded"
 
 
-class CheckpointError(ValueError):
+class CheckpointError(UserError):
     """A checkpoint is unreadable, unsafe or does not match its config; the message names the file."""
 
 

@@ -15,6 +15,8 @@ import math
 from dataclasses import dataclass, field
 from typing import ClassVar
 
+from .errors import UserError
+
 ACTIVATIONS = ("gelu", "gelu_tanh", "quick_gelu")
 NORMS = ("layernorm", "rmsnorm")
 QK_NORMS = ("none", "head", "full")  # per head (timm), or over the full width before the heads split (InternViT-6B)
@@ -256,7 +258,7 @@ class ModelConfig:
     def from_dict(cls, data: dict, version: int = CONFIG_VERSION) -> "ModelConfig":
         """From `to_dict()`'s layout of `version` (1: block fields flat in each tower, 2: nested)."""
         if version not in (1, CONFIG_VERSION):
-            raise ValueError(f"config version {version!r} is not supported (1 or {CONFIG_VERSION})")
+            raise UserError(f"config version {version!r} is not supported (1 or {CONFIG_VERSION})")
         _check(isinstance(data, dict), f"config must be a JSON object, got {type(data).__name__}")
         data = dict(data)
         parts = {"vision": VisionConfig, "text": TextConfig, "preprocess": PreprocessConfig}
@@ -287,11 +289,11 @@ def _unnest_block(tower: dict, where: str) -> dict:
 
 def _build(cls, data: dict, where: str):
     if not isinstance(data, dict):
-        raise ValueError(f"{where} must be a JSON object, got {type(data).__name__}")
+        raise UserError(f"{where} must be a JSON object, got {type(data).__name__}")
     known = {f.name for f in dataclasses.fields(cls)}
     unknown = sorted(set(data) - known)
     if unknown:
-        raise ValueError(f"{where} has unknown keys {unknown}; known keys: {sorted(known)}")
+        raise UserError(f"{where} has unknown keys {unknown}; known keys: {sorted(known)}")
     data = {k: tuple(v) if isinstance(v, list) else v for k, v in data.items()}
     return cls(**data)
 
@@ -314,4 +316,4 @@ def _finite(where: str, cfg, **bounds: tuple[float, float]) -> None:
 
 def _check(ok: bool, message: str) -> None:
     if not ok:
-        raise ValueError(message)
+        raise UserError(message)

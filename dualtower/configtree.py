@@ -10,6 +10,8 @@ import dataclasses
 import typing
 from pathlib import Path
 
+from .errors import NotFound, UserError
+
 
 def _field_types(cls) -> dict[str, type]:
     hints = typing.get_type_hints(cls)
@@ -19,27 +21,27 @@ def _field_types(cls) -> dict[str, type]:
 def _convert(value, kind, where: str):
     if dataclasses.is_dataclass(kind):
         if not isinstance(value, dict):
-            raise ValueError(f"{where} must be a table of settings, got {value!r}")
+            raise UserError(f"{where} must be a table of settings, got {value!r}")
         return build(kind, value, where)
     if kind is bool:
         if isinstance(value, bool):
             return value
         if isinstance(value, str) and value.lower() in ("true", "1", "yes", "on", "false", "0", "no", "off"):
             return value.lower() in ("true", "1", "yes", "on")
-        raise ValueError(f"{where} must be true or false, got {value!r}")
+        raise UserError(f"{where} must be true or false, got {value!r}")
     if kind in (int, float):
         if isinstance(value, bool):
-            raise ValueError(f"{where} must be a number, got {value!r}")
+            raise UserError(f"{where} must be a number, got {value!r}")
         try:
             converted = kind(value)
         except (TypeError, ValueError):
-            raise ValueError(f"{where} must be {'an integer' if kind is int else 'a number'}, got {value!r}") from None
+            raise UserError(f"{where} must be {'an integer' if kind is int else 'a number'}, got {value!r}") from None
         if kind is int and isinstance(value, float) and value != converted:
-            raise ValueError(f"{where} must be an integer, got {value!r}")
+            raise UserError(f"{where} must be an integer, got {value!r}")
         return converted
     if kind is str:
         if not isinstance(value, (str, int, float)) or isinstance(value, bool):
-            raise ValueError(f"{where} must be a string, got {value!r}")
+            raise UserError(f"{where} must be a string, got {value!r}")
         return str(value)
     raise TypeError(f"{where}: unsupported field type {kind}")
 
@@ -48,7 +50,7 @@ def build(cls, data: dict, where: str = "config"):
     types = _field_types(cls)
     unknown = sorted(set(data) - set(types))
     if unknown:
-        raise ValueError(f"unknown key(s) {', '.join(f'{where}.{k}' for k in unknown)}; "
+        raise UserError(f"unknown key(s) {', '.join(f'{where}.{k}' for k in unknown)}; "
                          f"known in {where}: {', '.join(sorted(types))}")
     return cls(**{k: _convert(v, types[k], f"{where}.{k}") for k, v in data.items()})
 
@@ -60,11 +62,11 @@ def to_dict(cfg) -> dict:
 def read_file(path: str | Path) -> dict:
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"{path}: no such config file")
+        raise NotFound(f"{path}: no such config file")
     try:
         text = path.read_text(encoding="utf-8")
     except UnicodeDecodeError as e:
-        raise ValueError(f"{path}: not UTF-8 text ({e})") from e
+        raise UserError(f"{path}: not UTF-8 text ({e})") from e
     if path.suffix == ".toml":
         try:
             import tomllib
@@ -73,20 +75,20 @@ def read_file(path: str | Path) -> dict:
         try:
             return tomllib.loads(text)
         except tomllib.TOMLDecodeError as e:
-            raise ValueError(f"{path}: not valid TOML ({e})") from e
+            raise UserError(f"{path}: not valid TOML ({e})") from e
     if path.suffix in (".yaml", ".yml"):
         try:
             import yaml
         except ModuleNotFoundError as e:
-            raise ValueError(f"{path}: reading YAML needs PyYAML (pip install pyyaml), or use TOML") from e
+            raise UserError(f"{path}: reading YAML needs PyYAML (pip install pyyaml), or use TOML") from e
         try:
             data = yaml.safe_load(text) or {}
         except (yaml.YAMLError, RecursionError) as e:
-            raise ValueError(f"{path}: not valid YAML ({' '.join(str(e).split())[:300]})") from e
+            raise UserError(f"{path}: not valid YAML ({' '.join(str(e).split())[:300]})") from e
         if not isinstance(data, dict):
-            raise ValueError(f"{path}: the top level must be a mapping")
+            raise UserError(f"{path}: the top level must be a mapping")
         return data
-    raise ValueError(f"{path}: config files are .toml, .yaml or .yml")
+    raise UserError(f"{path}: config files are .toml, .yaml or .yml")
 
 
 def pair_overrides(args: list[str]) -> list[str]:
@@ -124,13 +126,13 @@ def apply_overrides(data: dict, overrides: list[str]) -> dict:
         item = item[2:] if item.startswith("--") else item
         key, sep, value = item.partition("=")
         if not sep or not key:
-            raise ValueError(f"override {item!r} is not of the form --section.key=value")
+            raise UserError(f"override {item!r} is not of the form --section.key=value")
         node = data
         *parents, leaf = key.split(".")
         for p in parents:
             node = node.setdefault(p, {})
             if not isinstance(node, dict):
-                raise ValueError(f"override {item!r}: {p} is not a section")
+                raise UserError(f"override {item!r}: {p} is not a section")
         node[leaf] = value
     return data
 

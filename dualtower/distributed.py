@@ -10,6 +10,8 @@ from dataclasses import dataclass
 import torch
 import torch.distributed as dist
 
+from .errors import UserError
+
 
 @dataclass(frozen=True)
 class Dist:
@@ -101,7 +103,7 @@ def shard(model: torch.nn.Module, d: Dist, precision: str = "fp32", shard_size: 
     from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
 
     if shard_size and (shard_size > d.world or d.world % shard_size):
-        raise ValueError(f"train.shard_size {shard_size} does not divide the {d.world} processes")
+        raise UserError(f"train.shard_size {shard_size} does not divide the {d.world} processes")
     mesh = init_device_mesh(d.device.type, (d.world // shard_size, shard_size), mesh_dim_names=("replicate", "shard")) \
         if shard_size else init_device_mesh(d.device.type, (d.world,))
     policy = MixedPrecisionPolicy(param_dtype=torch.bfloat16, reduce_dtype=torch.float32) if precision == "bf16" \

@@ -40,9 +40,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from . import io
-from .errors import require
-from .text_pool import pool_positions
+from .errors import UserError, require
 from .export_format import FORMAT_NAME, PRECISIONS, VERSION, _inside, read_config
+from .text_pool import pool_positions
 
 FORMATS = ("onnx", "torch-export")
 
@@ -86,18 +86,18 @@ class ExportReport:
 def export(model, out: "str | os.PathLike", format: str = "onnx", precision: str = "fp32", normalize: bool = False,
            opset: int = 18, dynamic_size: bool = False, aot: bool = False) -> ExportReport:
     if format not in FORMATS:
-        raise ValueError(f"format {format!r} is not one of {FORMATS}")
+        raise UserError(f"format {format!r} is not one of {FORMATS}")
     if precision not in PRECISIONS:
-        raise ValueError(f"precision {precision!r} is not one of {PRECISIONS}")
+        raise UserError(f"precision {precision!r} is not one of {PRECISIONS}")
     if format == "torch-export" and precision != "fp32":
-        raise ValueError("torch-export writes fp32 programs; --precision is for ONNX")
+        raise UserError("torch-export writes fp32 programs; --precision is for ONNX")
     if aot and format != "torch-export":
-        raise ValueError("aot (AOTInductor packages) is for format torch-export")
+        raise UserError("aot (AOTInductor packages) is for format torch-export")
     if aot and shutil.which(os.environ.get("CXX", "c++")) is None:
-        raise ValueError("aot needs a C++ compiler (AOTInductor compiles the programs); none found on PATH "
+        raise UserError("aot needs a C++ compiler (AOTInductor compiles the programs); none found on PATH "
                          "(set CXX or install g++)")
     if model.cfg.vision is not None and model.cfg.vision.naflex:
-        raise ValueError(f"{model.cfg.name} has a NaFlex vision tower (SigLIP 2), whose patch-sequence input is not "
+        raise UserError(f"{model.cfg.name} has a NaFlex vision tower (SigLIP 2), whose patch-sequence input is not "
                          "exported yet; export it as a transformers directory with `dualtower convert --to hf`")
     started = time.monotonic()
     # The caller's model keeps its dtype, device and mode. In eval mode the training-time parts (dropout, drop path,
@@ -106,7 +106,7 @@ def export(model, out: "str | os.PathLike", format: str = "onnx", precision: str
     model.set_grad_checkpointing(False)
     out = Path(out)
     if out.exists() and not out.is_dir():
-        raise ValueError(f"{out}: exists and is not a folder")
+        raise UserError(f"{out}: exists and is not a folder")
     graphs = {}
     if model.visual is not None:
         size = model.cfg.vision.image_size
@@ -173,13 +173,13 @@ def check_program_archive(path: Path) -> None:
     import zipfile
 
     def refuse(why: str):
-        raise ValueError(f"{path}: refused: {why}; a torch-export folder is a program, and dualtower loads only "
+        raise UserError(f"{path}: refused: {why}; a torch-export folder is a program, and dualtower loads only "
                          "the plain programs its exporter writes")
 
     try:
         archive = zipfile.ZipFile(path)
     except (OSError, zipfile.BadZipFile) as e:
-        raise ValueError(f"{path}: not a torch.export archive ({e})") from None
+        raise UserError(f"{path}: not a torch.export archive ({e})") from None
     with archive:
         names = archive.namelist()
         roots = {n.split("/", 1)[0] for n in names}

@@ -9,6 +9,7 @@ import os
 from pathlib import Path
 
 from . import io
+from .errors import UserError
 
 PRECISIONS = ("fp32", "fp16", "int8")
 FORMAT_NAME = "dualtower-export"
@@ -20,13 +21,13 @@ def read_config(directory: "str | os.PathLike", runtime: str) -> dict:
     graph files inside the folder) before anything runs on it; ValueError naming the file and the field."""
     path = Path(directory) / "config.json"
     if not path.is_file():
-        raise ValueError(f"{directory}: not a dualtower export (no config.json)")
+        raise UserError(f"{directory}: not a dualtower export (no config.json)")
     meta = io.read_json(path)
     if not isinstance(meta, dict) or meta.get("format") != FORMAT_NAME or meta.get("runtime") != runtime:
-        raise ValueError(f"{path}: not a dualtower {runtime} export")
+        raise UserError(f"{path}: not a dualtower {runtime} export")
 
     def bad(field: str, why: str):
-        raise ValueError(f"{path}: {field} {json.dumps(meta.get(field))[:60]} {why}")
+        raise UserError(f"{path}: {field} {json.dumps(meta.get(field))[:60]} {why}")
 
     if meta.get("version") != VERSION:
         bad("version", f"is not {VERSION}")
@@ -53,11 +54,11 @@ def read_config(directory: "str | os.PathLike", runtime: str) -> dict:
     try:
         ModelConfig.from_dict(meta.get("model"))
     except (TypeError, ValueError, AttributeError) as e:
-        raise ValueError(f"{path}: model: {e}") from None
+        raise UserError(f"{path}: model: {e}") from None
     return meta
 
 
 def _inside(directory: Path, name) -> Path:
     if not isinstance(name, str) or not name or Path(name).name != name or name in (".", ".."):
-        raise ValueError(f"{directory / 'config.json'}: names the file {name!r}, not a file of its folder")
+        raise UserError(f"{directory / 'config.json'}: names the file {name!r}, not a file of its folder")
     return directory / name

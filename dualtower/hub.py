@@ -16,6 +16,7 @@ from pathlib import Path
 
 from .archs import PRETRAINED
 from .config import TOKENIZER_FILES
+from .errors import NotFound, UserError
 
 PREFIX = "hf-hub:"
 
@@ -37,7 +38,7 @@ FILE_LIMITS = {"config": 16 << 20, "tokenizer": 64 << 20, "README.md": 1 << 20}
 REVISION = re.compile(r"(?!.*\.\.)(?!.*//)[\w][\w.\-/]{0,127}(?<![/.])")  # a branch, tag, refs/pr/N or commit
 
 
-class HubError(FileNotFoundError):
+class HubError(NotFound):
     """A model could not be fetched; the message names the repo, the files and what to do."""
 
 
@@ -66,9 +67,9 @@ def parse(spec: str) -> tuple[str, str | None, str | None]:
         return known.repo, None, known.layout
     repo, _, revision = spec[len(PREFIX):].partition("@")
     if not re.fullmatch(r"[\w.-]+/[\w.-]+", repo) or ".." in repo:
-        raise ValueError(f"{spec!r}: expected hf-hub:ORG/NAME or hf-hub:ORG/NAME@REVISION")
+        raise UserError(f"{spec!r}: expected hf-hub:ORG/NAME or hf-hub:ORG/NAME@REVISION")
     if revision and not REVISION.fullmatch(revision):
-        raise ValueError(f"{spec!r}: revision {revision!r} is not a branch, tag or commit name")
+        raise UserError(f"{spec!r}: revision {revision!r} is not a branch, tag or commit name")
     return repo, revision or None, None
 
 
@@ -101,7 +102,12 @@ class _Repo:
     def get(self, name: str, limit: int | None = None) -> Path | None:
         """The local path of `name`, downloaded if needed; None when the repo has no such file. A file over
         `limit` bytes (as the Hub announces it) is refused before a byte of it is downloaded."""
-        from huggingface_hub import get_hf_file_metadata, hf_hub_download, hf_hub_url, try_to_load_from_cache
+        from huggingface_hub import (
+            get_hf_file_metadata,
+            hf_hub_download,
+            hf_hub_url,
+            try_to_load_from_cache,
+        )
         from huggingface_hub.errors import EntryNotFoundError, LocalEntryNotFoundError
 
         try:
@@ -133,7 +139,11 @@ def fetch(spec: str) -> tuple[Path, str | None]:
         import huggingface_hub  # noqa: F401
     except ImportError as e:
         raise HubError(f"{spec}: loading from the Hub needs huggingface_hub (pip install huggingface_hub)") from e
-    from huggingface_hub.errors import HfHubHTTPError, RepositoryNotFoundError, RevisionNotFoundError
+    from huggingface_hub.errors import (
+        HfHubHTTPError,
+        RepositoryNotFoundError,
+        RevisionNotFoundError,
+    )
 
     repo_id, revision, layout = parse(spec)
     repo = _Repo(repo_id, revision)

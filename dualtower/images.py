@@ -20,6 +20,7 @@ import numpy as np
 from PIL import Image, ImageOps
 
 from .config import PreprocessConfig
+from .errors import UserError
 
 if TYPE_CHECKING:
     import torch
@@ -40,7 +41,7 @@ def _formats() -> tuple[str, ...]:
     return tuple(f for f in FORMATS if f in Image.OPEN)  # AVIF only where this Pillow was built with it
 
 
-class ImageDecodeError(ValueError):
+class ImageDecodeError(UserError):
     """A file could not be decoded as an image; the message names the file and the reason."""
 
 
@@ -234,11 +235,11 @@ class NaFlexTransform(ImageTransform):
         super().__init__(cfg)
         self.max_scale = 100.0 if upscale else 1.0  # the reference's bound on upscaling, or none at all
         if cfg.resize_mode != "naflex":
-            raise ValueError(f"NaFlexTransform needs preprocess resize_mode 'naflex', not {cfg.resize_mode!r}")
+            raise UserError(f"NaFlexTransform needs preprocess resize_mode 'naflex', not {cfg.resize_mode!r}")
         self.patch = cfg.patch_size
         self.max_patches = cfg.max_patches if max_patches is None else max_patches
         if self.max_patches < 1:
-            raise ValueError(f"max_patches must be at least 1, got {self.max_patches}")
+            raise UserError(f"max_patches must be at least 1, got {self.max_patches}")
 
     def size_for(self, width: int, height: int) -> tuple[int, int]:
         """The (width, height) in pixels an image of this size is resized to: its patch grid's."""
@@ -283,7 +284,7 @@ class NaFlexTrainTransform(NaFlexTransform):
 
     def __call__(self, image: Image.Image, seed: int | None = None) -> tuple[np.ndarray, tuple[int, int]]:
         if seed is None:
-            raise ValueError("NaFlexTrainTransform needs a seed per sample")
+            raise UserError("NaFlexTrainTransform needs a seed per sample")
         rng = random.Random(seed)
         image = self.rgb_before(image)
         width, height = image.size
@@ -300,7 +301,7 @@ def eval_transform(cfg: PreprocessConfig, max_patches: int | None = None, upscal
     if cfg.resize_mode == "naflex":
         return NaFlexTransform(cfg, max_patches, upscale)
     if max_patches is not None:
-        raise ValueError("max_patches applies to NaFlex models (SigLIP 2) only")
+        raise UserError("max_patches applies to NaFlex models (SigLIP 2) only")
     return ImageTransform(cfg)
 
 
@@ -329,7 +330,7 @@ class TrainTransform(ImageTransform):
 
     def __call__(self, image: Image.Image, seed: int | None = None) -> torch.Tensor:
         if seed is None:
-            raise ValueError("TrainTransform needs a seed per sample")
+            raise UserError("TrainTransform needs a seed per sample")
         image = self.rgb_before(image)
         box = self.crop_box(*image.size, random.Random(seed))
         size = self.cfg.image_size

@@ -14,6 +14,8 @@ from contextlib import contextmanager
 from functools import lru_cache
 from pathlib import Path
 
+from .errors import UserError
+
 
 def fsync_dir(path: Path) -> None:
     fd = os.open(path, os.O_RDONLY)
@@ -217,9 +219,9 @@ def read_json(path: "str | os.PathLike") -> dict:
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise ValueError(f"{path}: not a readable JSON file ({e})") from e
+        raise UserError(f"{path}: not a readable JSON file ({e})") from e
     except RecursionError as e:  # thousands of nested brackets: refused, never a crash
-        raise ValueError(f"{path}: not a readable JSON file (nested too deeply)") from e
+        raise UserError(f"{path}: not a readable JSON file (nested too deeply)") from e
     if not isinstance(data, dict):
-        raise ValueError(f"{path}: expected a JSON object")
+        raise UserError(f"{path}: expected a JSON object")
     return data

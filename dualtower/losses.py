@@ -11,6 +11,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+
 def clip_loss(image: torch.Tensor, text: torch.Tensor, logit_scale: torch.Tensor,
               all_image: torch.Tensor | None = None, all_text: torch.Tensor | None = None, offset: int = 0,
               label_smoothing: float = 0.0) -> torch.Tensor:

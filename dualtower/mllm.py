@@ -13,6 +13,8 @@ import torch
 from PIL import Image
 from torch import nn
 
+from .errors import UnknownName, UserError
+
 
 def tile_grids(min_tiles: int, max_tiles: int) -> list[tuple[int, int]]:
     """Every (columns, rows) with min_tiles <= columns * rows <= max_tiles, fewest tiles first."""
@@ -54,7 +56,7 @@ def pixel_shuffle(x: torch.Tensor, scale: float = 0.5) -> torch.Tensor:
     B, H, W, C = x.shape
     k = round(1 / scale)
     if H % k or W % k:
-        raise ValueError(f"a {H}x{W} token grid cannot be shuffled by {scale}: both sides must divide by {k}")
+        raise UserError(f"a {H}x{W} token grid cannot be shuffled by {scale}: both sides must divide by {k}")
     x = x.reshape(B, H, W // k, C * k).transpose(1, 2)  # merge k neighbours along W, then swap the axes
     x = x.reshape(B, W // k, H // k, C * k * k).transpose(1, 2)  # merge k neighbours along H, swap back
     return x.contiguous()  # (B, H/k, W/k, C k^2)
@@ -91,7 +93,7 @@ def load_projector(state: dict[str, torch.Tensor], layout: str) -> Projector:
     missing = [f"{prefix}{names[p]}.{w}" for p in names for w in ("weight", "bias")
                if f"{prefix}{names[p]}.{w}" not in state]
     if missing:
-        raise KeyError(f"projector keys missing from the {layout} state dict: {missing}")
+        raise UnknownName(f"projector keys missing from the {layout} state dict: {missing}")
     fc1 = state[prefix + anchor]
     projector = Projector(fc1.shape[1], fc1.shape[0])
     projector.load_state_dict({f"{p}.{w}": state[f"{prefix}{names[p]}.{w}"] for p in names for w in ("weight", "bias")})
@@ -137,7 +139,7 @@ class VisionFeatures:
 
 def check_features_path(path: "str | os.PathLike") -> None:
     if not str(path).endswith(".safetensors"):
-        raise ValueError(f"{path}: features are written as safetensors; name the output FILE.safetensors")
+        raise UserError(f"{path}: features are written as safetensors; name the output FILE.safetensors")
 
 
 @torch.inference_mode()
@@ -151,7 +153,7 @@ def extract_features(model, paths: list[str], layers: tuple[int, ...] = (-2,), k
     from .images import ImageDecodeError, open_image
 
     if model.cfg.vision is not None and model.cfg.vision.naflex:
-        raise ValueError(f"{model.cfg.name} is a NaFlex tower: its hidden states are padded sequences of a length "
+        raise UserError(f"{model.cfg.name} is a NaFlex tower: its hidden states are padded sequences of a length "
                          "per image; call model.visual.features(dualtower.naflex.Patches...) for them")
     device = next(model.parameters()).device
     transform = get_transform(model)
@@ -177,6 +179,6 @@ def extract_features(model, paths: list[str], layers: tuple[int, ...] = (-2,), k
             for out, f in zip(outputs, feats):
                 out.append(f.cpu())
     if not result.images:
-        raise ValueError("no image could be read")
+        raise UserError("no image could be read")
     result.tensors = {f"layer{layer}": torch.cat(out).contiguous() for layer, out in zip(layers, outputs)}
     return result

@@ -18,6 +18,8 @@ from typing import TYPE_CHECKING, Mapping, Sequence
 
 import numpy as np
 
+from .errors import UserError
+
 if TYPE_CHECKING:
     import torch
 
@@ -34,9 +36,9 @@ def grid_for(height: int, width: int, patch: int, max_patches: int, max_scale: f
     grid, each side rounded up to whole patches and at least one, holds at most `max_patches` patches.
     `max_scale=1` keeps an image smaller than the budget at its own size (native resolution, for training)."""
     if height < 1 or width < 1:
-        raise ValueError(f"an image of {width}x{height} pixels has no area")
+        raise UserError(f"an image of {width}x{height} pixels has no area")
     if max_patches < 1:
-        raise ValueError(f"max_patches must be at least 1, got {max_patches}")
+        raise UserError(f"max_patches must be at least 1, got {max_patches}")
 
     def sides(scale: float) -> tuple[int, int]:
         return max(1, math.ceil(height * scale / patch)), max(1, math.ceil(width * scale / patch))
@@ -88,7 +90,7 @@ class Patches:
 
         missing = [k for k in HF_KEYS if k not in batch]
         if missing:
-            raise ValueError(f"a NaFlex image batch needs {', '.join(HF_KEYS)}; missing {', '.join(missing)}")
+            raise UserError(f"a NaFlex image batch needs {', '.join(HF_KEYS)}; missing {', '.join(missing)}")
         values, mask, shapes = (torch.as_tensor(batch[k]) for k in HF_KEYS)
         return cls(values, mask, shapes)
 
@@ -99,11 +101,11 @@ class Patches:
         import torch
 
         if not items:
-            raise ValueError("a batch needs at least one image (Patches.empty makes an empty one)")
+            raise UserError("a batch needs at least one image (Patches.empty makes an empty one)")
         longest = max(len(p) for p, _ in items)
         length = longest if length is None else length
         if length < longest:
-            raise ValueError(f"an image has {longest} patches, more than the padded length {length}")
+            raise UserError(f"an image has {longest} patches, more than the padded length {length}")
         # Allocated by torch (64-byte aligned), not by numpy: matrix products can round differently on memory of
         # another alignment, and a resumed run must compute what the uninterrupted one did, bit for bit.
         values = torch.zeros(len(items), length, items[0][0].shape[1])
@@ -128,15 +130,15 @@ class Patches:
 
         v, m, s = self.values, self.mask, self.shapes
         if v.ndim != 3 or v.shape[2] != patch * patch * 3:
-            raise ValueError(f"pixel_values must be (B, N, {patch * patch * 3}) for {patch}-pixel patches, "
+            raise UserError(f"pixel_values must be (B, N, {patch * patch * 3}) for {patch}-pixel patches, "
                              f"got {tuple(v.shape)}")
         if tuple(m.shape) != tuple(v.shape[:2]) or tuple(s.shape) != (v.shape[0], 2):
-            raise ValueError(f"pixel_attention_mask {tuple(m.shape)} and spatial_shapes {tuple(s.shape)} do not "
+            raise UserError(f"pixel_attention_mask {tuple(m.shape)} and spatial_shapes {tuple(s.shape)} do not "
                              f"match pixel_values {tuple(v.shape)}")
         counts = s[:, 0] * s[:, 1]
         expected = torch.arange(m.shape[1], device=m.device)[None, :] < counts[:, None].to(m.device)
         bad = ((s <= 0).any(dim=1) | (counts > m.shape[1]) | (expected != m.bool()).any(dim=1).to(s.device))
         if bad.any():
             rows = bad.nonzero().flatten().tolist()
-            raise ValueError(f"images {rows[:8]}: spatial_shapes and pixel_attention_mask disagree (each image's "
+            raise UserError(f"images {rows[:8]}: spatial_shapes and pixel_attention_mask disagree (each image's "
                              "rows x columns patches must come first, marked 1, then padding marked 0)")

@@ -18,6 +18,7 @@ from dataclasses import dataclass
 
 from .archs import config_of
 from .config import ModelConfig
+from .errors import UserError
 
 GB = 1024 ** 3
 
@@ -92,9 +93,9 @@ def _vision_tokens(cfg: ModelConfig) -> int:
 def plan(arch, gpus: int, batch: int, parallel: str = "fsdp", precision: str = "bf16",
          grad_checkpointing: bool = False) -> Plan:
     if gpus < 1 or batch < gpus or batch % gpus:
-        raise ValueError(f"global batch {batch} must be a positive multiple of the {gpus} GPU(s)")
+        raise UserError(f"global batch {batch} must be a positive multiple of the {gpus} GPU(s)")
     if parallel not in ("ddp", "fsdp") or precision not in ("fp32", "bf16"):
-        raise ValueError("parallel is ddp or fsdp; precision is fp32 or bf16")
+        raise UserError("parallel is ddp or fsdp; precision is fp32 or bf16")
     cfg = config_of(arch)
     params, largest = _tower_params(cfg)
     shards = gpus if parallel == "fsdp" else 1

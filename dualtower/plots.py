@@ -10,6 +10,7 @@ from PIL import Image, ImageDraw, ImageFont
 
 from .io import atomic_file
 
+
 @lru_cache(maxsize=4)
 def default_font(size: int = 13):
     try:

@@ -19,6 +19,7 @@ import uuid
 from pathlib import Path
 
 from . import sharded
+from .errors import NotFound, UserError
 from .io import atomic_symlink, clean_stale, fsync_dir, recover_directory, write_text
 
 CHECKPOINTS, LATEST, BEST = "checkpoints", "latest", "best"
@@ -44,7 +45,7 @@ class RunDir:
         if checkpoint.parent.name != CHECKPOINTS:  # "." or a link: the real path tells
             checkpoint = checkpoint.resolve()
         if checkpoint.parent.name != CHECKPOINTS:
-            raise ValueError(f"{checkpoint}: not a checkpoint inside a run's {CHECKPOINTS}/ folder")
+            raise UserError(f"{checkpoint}: not a checkpoint inside a run's {CHECKPOINTS}/ folder")
         return cls(checkpoint.parent.parent)
 
     def file(self, name: str) -> Path:
@@ -97,7 +98,7 @@ class RunDir:
         for name in (LATEST, BEST) if best else (LATEST,):
             link = self.checkpoints / name
             if link.is_dir() and not link.is_symlink():
-                raise ValueError(f"{link}: a directory where the run's {name} link belongs")
+                raise UserError(f"{link}: a directory where the run's {name} link belongs")
             if not atomic_symlink(link, checkpoint.name):
                 write_text(link, checkpoint.name + "\n")
         clean_stale(self.checkpoints, every_name=True)  # the saves a kill -9 cut short
@@ -140,5 +141,5 @@ def resolve(path: "str | os.PathLike") -> Path:
         return path
     latest = run.latest()
     if latest is None:
-        raise FileNotFoundError(f"{path}: the run's {CHECKPOINTS}/{LATEST} names no complete checkpoint")
+        raise NotFound(f"{path}: the run's {CHECKPOINTS}/{LATEST} names no complete checkpoint")
     return latest

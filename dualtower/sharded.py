@@ -28,10 +28,12 @@ from pathlib import Path
 
 import torch
 
+from .errors import UserError
+
 INDEX, LEGACY_INDEX = "metadata.json", ".metadata"
 
 
-class ShardedCheckpointError(ValueError):
+class ShardedCheckpointError(UserError):
     """A sharded checkpoint folder that is unreadable or unsafe; the message names the file and the reason."""
 
 
@@ -203,7 +205,9 @@ def _classes():
                                 f"data ({unpickling_reason(e)})")
                 raise ShardedCheckpointError(self.refused) from None
             if self.flatten_state_dict:
-                from torch.distributed.checkpoint._traverse import set_element  # as DefaultLoadPlanner does
+                from torch.distributed.checkpoint._traverse import (
+                    set_element,  # as DefaultLoadPlanner does
+                )
 
                 set_element(self.original_state_dict, self.mappings[read_item.dest_index.fqn], obj)
             else:

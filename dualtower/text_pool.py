@@ -4,6 +4,7 @@ runtime. The operations used exist alike on torch tensors and numpy arrays, so a
 from __future__ import annotations
 
 from .config import TextConfig
+from .errors import UserError
 
 
 def pool_positions(ids, cfg: TextConfig, check: bool = True):
@@ -12,9 +13,9 @@ def pool_positions(ids, cfg: TextConfig, check: bool = True):
     `check=False` (inside an exported graph, which cannot raise) leaves the checks to the caller."""
     if check:
         if ids.ndim != 2:
-            raise ValueError(f"token ids must be (B, L), got {tuple(ids.shape)}")
+            raise UserError(f"token ids must be (B, L), got {tuple(ids.shape)}")
         if ids.shape[1] > cfg.context_length:
-            raise ValueError(f"token ids have length {ids.shape[1]}, the context length is {cfg.context_length}")
+            raise UserError(f"token ids have length {ids.shape[1]}, the context length is {cfg.context_length}")
     if cfg.pool == "last":
         return ids[:, 0] * 0 + (ids.shape[1] - 1)
     if cfg.pool == "first":
@@ -26,5 +27,5 @@ def pool_positions(ids, cfg: TextConfig, check: bool = True):
         found = is_eot.any(axis=1).tolist()
         missing = [row for row, ok in enumerate(found) if not ok]
         if missing:
-            raise ValueError(f"text rows {missing} have no end-of-text token (id {cfg.eot_id})")
+            raise UserError(f"text rows {missing} have no end-of-text token (id {cfg.eot_id})")
     return (is_eot * 1).argmax(axis=1)  # argmax returns the first maximum (torch and numpy alike)

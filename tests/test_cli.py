@@ -66,3 +66,53 @@ def test_a_missing_model_says_so_and_names_the_closest(capsys):
     assert "runs/nope/checkpoints: no such file or directory\n" in capsys.readouterr().err
     with pytest.raises(KeyError, match=r"unknown architecture 'vit-l-14': did you mean ViT-L-14"):
         dualtower.create_model("vit-l-14")
+
+
+def test_user_errors_are_one_line_and_library_faults_point_to_debug(monkeypatch, capsys, tmp_path):
+    """A user error (an unknown architecture, a missing file) is one line and exit 2. A plain ValueError from
+    inside the library is a fault of ours, not the user's: one line naming its type, the --debug hint, exit 1;
+    with --debug, the traceback (the exception itself)."""
+    import dualtower.plan
+    from dualtower.errors import UserError
+
+    assert main(["plan", "no-such-arch", "--batch", "8"]) == 2
+    err = capsys.readouterr().err
+    assert "unknown architecture 'no-such-arch'" in err and "--debug" not in err and len(err.splitlines()) == 1
+    assert main(["classify", "--model", str(tmp_path / "missing"), "--labels", "a,b", str(tmp_path)]) == 2
+    assert "no such file or directory" in capsys.readouterr().err
+
+    def broken(*args, **kwargs):
+        raise ValueError("an internal shape mismatch")
+
+    monkeypatch.setattr(dualtower.plan, "plan", broken)
+    assert main(["plan", "tiny", "--batch", "8"]) == 1
+    err = capsys.readouterr().err.splitlines()
+    assert err == ["dualtower plan: error: ValueError: an internal shape mismatch",
+                   "dualtower plan: (run with --debug for the traceback)"]
+    with pytest.raises(ValueError, match="internal shape mismatch"):
+        main(["--debug", "plan", "tiny", "--batch", "8"])
+    assert issubclass(UserError, ValueError)
+
+
+def test_every_error_class_of_the_library_has_one_base():
+    """Every exception class dualtower defines derives from DualtowerError (Ctrl-C's KeyboardInterrupt kinds
+    aside), so `except DualtowerError` catches what the library raises on purpose."""
+    import importlib
+    import inspect
+    import pkgutil
+
+    import dualtower
+    from dualtower.errors import DualtowerError
+
+    skip = ("dualtower.compat.clip_benchmark",)  # imports CLIP_benchmark, an optional peer
+    found = {}
+    for info in pkgutil.walk_packages(dualtower.__path__, "dualtower."):
+        if info.name.startswith(skip) or info.name.endswith("__main__"):
+            continue
+        module = importlib.import_module(info.name)
+        for name, value in vars(module).items():
+            if inspect.isclass(value) and issubclass(value, BaseException) and value.__module__ == info.name:
+                found[f"{info.name}.{name}"] = value
+    assert len(found) >= 10, sorted(found)
+    strays = [n for n, c in found.items() if not issubclass(c, (DualtowerError, KeyboardInterrupt))]
+    assert not strays, strays

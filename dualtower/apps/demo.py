@@ -18,6 +18,7 @@ from PIL import Image, ImageDraw
 from .. import configtree, load
 from ..data import open_source
 from ..data.builtin import TRAIN_TEMPLATES
+from ..errors import UserError
 from ..eval.embed import ImageEmbeddings, embed_source, embed_texts
 from ..eval.retrieval import retrieval
 from ..eval.templates import HELD_OUT, fill
@@ -39,7 +40,7 @@ def run(data: str = "builtin:digits", out: str = "demo-out", steps: int | None =
     start = time.perf_counter()
     name = data.removeprefix("builtin:")
     if not data.startswith("builtin:") or name not in RECIPES:
-        raise ValueError(f"the demo runs on built-in data: {', '.join('builtin:' + n for n in RECIPES)}")
+        raise UserError(f"the demo runs on built-in data: {', '.join('builtin:' + n for n in RECIPES)}")
     test_source = open_source(f"{data}:test")  # fails early, naming the package, when the data is absent
     recipe = RECIPES[name]
     out_dir = Path(out)

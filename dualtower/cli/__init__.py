@@ -9,6 +9,7 @@ import os
 import signal
 import sys
 
+from ..errors import UserError
 from . import embed, models, search, train
 from .common import Help, shown
 
@@ -41,9 +42,8 @@ def main(argv: list[str] | None = None) -> int:
     args, rest = parser.parse_known_args(argv)
     if rest and not getattr(args, "takes_overrides", False):
         parser.error(f"unrecognized arguments: {' '.join(rest)}")
-    from ..errors import MissingDependency
+    from ..errors import is_user_error
     from ..io import disk_full
-    from ..train.errors import TrainingError
 
     debug = args.debug or os.environ.get("DUALTOWER_DEBUG", "") not in ("", "0")
     previous = _terminate_as_interrupt()
@@ -63,8 +63,7 @@ def main(argv: list[str] | None = None) -> int:
     except Exception as e:  # every failure ends in one line naming the input and the problem; --debug: traceback
         if debug:
             raise
-        user = isinstance(e, (ValueError, KeyError, FileNotFoundError, TrainingError, MissingDependency)) or \
-            disk_full(e)
+        user = is_user_error(e) or disk_full(e)
         print(f"dualtower {args.command}: error: {shown(_describe(e))}", file=sys.stderr)
         if not user:
             print(f"dualtower {args.command}: (run with --debug for the traceback)", file=sys.stderr)
@@ -103,16 +102,16 @@ def _check_out(args) -> None:
     suffixes = getattr(args, "out_file", None)
     if suffixes:
         if os.path.isdir(path):
-            raise ValueError(f"--out {out}: is a folder; name the file to write ({' or '.join(suffixes)})")
+            raise UserError(f"--out {out}: is a folder; name the file to write ({' or '.join(suffixes)})")
         if not path.lower().endswith(suffixes):
-            raise ValueError(f"--out {out}: name the file {' or '.join('FILE' + x for x in suffixes)}")
+            raise UserError(f"--out {out}: name the file {' or '.join('FILE' + x for x in suffixes)}")
     elif getattr(args, "out_dir", False) and os.path.exists(path) and not os.path.isdir(path):
-        raise ValueError(f"--out {out}: exists and is a file, not a folder")
+        raise UserError(f"--out {out}: exists and is a file, not a folder")
     parent = os.path.dirname(path)
     while not os.path.exists(parent):  # the nearest folder that exists (the root always does)
         parent = os.path.dirname(parent)
     if not os.path.isdir(parent):
-        raise ValueError(f"--out {out}: {parent} is a file, not a folder")
+        raise UserError(f"--out {out}: {parent} is a file, not a folder")
 
 
 def _describe(error: Exception) -> str:
@@ -135,7 +134,9 @@ def _describe(error: Exception) -> str:
     if isinstance(error, KeyError) and error.args:
         return str(error.args[0])  # a KeyError's str() adds quotes
     text = " ".join(str(error).split())
-    if isinstance(error, (ValueError, FileNotFoundError)) or not text:
+    from ..errors import is_user_error
+
+    if is_user_error(error) or not text:  # a user error's message says it all; a fault of ours names its type
         return text or type(error).__name__
     return f"{type(error).__name__}: {text}"
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import sys
 
+from ..errors import UserError
 from .common import (
     count,
     data_args,
@@ -25,9 +26,9 @@ def _cmd_eval(args) -> int:
     # Everything that can be refused is checked before the model loads and the images are embedded.
     source = open_source(args.data, args.image_key, args.caption_key)
     if args.task in ("zeroshot", "linear-probe") and not source.classes:
-        raise ValueError(f"{args.data}: {args.task} needs data with classes (for example builtin:digits:test)")
+        raise UserError(f"{args.data}: {args.task} needs data with classes (for example builtin:digits:test)")
     if args.task == "linear-probe" and not args.train:
-        raise ValueError("linear-probe needs --train DATA (the probe's training data)")
+        raise UserError("linear-probe needs --train DATA (the probe's training data)")
     templates = prompt_templates(args, source.name) if args.task == "zeroshot" else None
     model = embedder(args)
     images, _ = embed_source(model, source, args.batch_size, args.workers, progress=True)
@@ -65,7 +66,7 @@ def _cmd_classify(args) -> int:
 
     labels = [x.strip() for x in args.labels.split(",") if x.strip()]
     if len(labels) < 2:
-        raise ValueError("--labels needs at least two comma-separated labels")
+        raise UserError("--labels needs at least two comma-separated labels")
     templates = prompt_templates(args, "")  # before the model loads
     from ..eval.classifier import ZeroShotClassifier
 
@@ -107,7 +108,7 @@ def _cmd_embed(args) -> int:
     source = open_source(args.data, args.image_key, args.caption_key, captions=args.text)
     got = embed_source(embedder(args), source, args.batch_size, args.workers, progress=True, with_text=args.text)
     if not got.ids:
-        raise ValueError(f"{args.data}: nothing to embed, so nothing was written; {got.stats.summary()}")
+        raise UserError(f"{args.data}: nothing to embed, so nothing was written; {got.stats.summary()}")
     write_embeddings(args.out, got.features, got.ids, got.texts, got.captions if args.text else None)
     print(f"wrote {len(got.ids)} embeddings to {args.out}; {got.stats.summary()}")
     return 0
@@ -132,7 +133,7 @@ def _cmd_features(args) -> int:
     except ValueError:
         tiles = (0, 0)
     if tiles is not None and not 1 <= tiles[0] <= tiles[1]:
-        raise ValueError(f"--tiles {args.tiles!r}: expected MIN-MAX with 1 <= MIN <= MAX, e.g. 1-12")
+        raise UserError(f"--tiles {args.tiles!r}: expected MIN-MAX with 1 <= MIN <= MAX, e.g. 1-12")
     result = extract_features(torch_model(args), args.images, layers=tuple(int(x) for x in args.layer.split(",")),
                               keep_cls=not args.no_cls, final_norm=args.final_norm, tiles=tiles,
                               batch_size=args.batch_size, on_skip=lambda message: print(message, file=sys.stderr))

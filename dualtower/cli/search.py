@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import sys
 
+from ..errors import UserError
 from .common import count, embedder, inference_args, model_args, runtime_arg, shown
 
 
@@ -18,13 +19,13 @@ def open_index(args):
     from ..search import SearchIndex, Store
 
     if args.runtime == "onnx" and not args.model:
-        raise ValueError("--runtime onnx needs --model: a folder from `dualtower export` of the index's model")
+        raise UserError("--runtime onnx needs --model: a folder from `dualtower export` of the index's model")
     if not args.model:  # the model the index was built with, on this command's device and precision
         store = Store(args.index)
         args.model = store.model.get("source")
         store.close()
         if not args.model:
-            raise ValueError(f"{args.index}: the index does not say where its model came from; pass --model")
+            raise UserError(f"{args.index}: the index does not say where its model came from; pass --model")
     return SearchIndex(args.index, model=embedder(args, service=True))  # a few queries at a time
 
 
@@ -81,9 +82,9 @@ def _cmd_search(args) -> int:
     import json
 
     if (args.text is None) == (args.image is None):
-        raise ValueError("give a text to search for, or --image FILE (one of them)")
+        raise UserError("give a text to search for, or --image FILE (one of them)")
     if not 1 <= args.k <= 10_000:
-        raise ValueError(f"-k {args.k}: expected 1 to 10000")
+        raise UserError(f"-k {args.k}: expected 1 to 10000")
     index = open_index(args)
     if args.image is not None:
         from ..images import open_image

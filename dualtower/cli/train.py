@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 
+from ..errors import UserError
 from .common import count
 
 
@@ -27,7 +28,7 @@ def _cmd_train(args, overrides: list[str]) -> int:
     overrides = configtree.pair_overrides(overrides)
     if args.resume:
         if args.config:
-            raise ValueError("--resume continues a run with its own saved config; give no CONFIG file")
+            raise UserError("--resume continues a run with its own saved config; give no CONFIG file")
         cfg = resume_config(args.resume, overrides)
     else:
         cfg = configtree.load(TrainConfig, args.config, overrides)

@@ -18,6 +18,7 @@ from pathlib import Path
 
 from .. import hub, rundir
 from ..checkpoint import CheckpointError, build, empty_model
+from ..errors import NotFound, UserError
 from ..origin import Origin
 from . import hf_clip, hf_siglip, internvl, open_clip, ours, timm  # noqa: F401 (they register their formats)
 from .files import Probe, read_state_file
@@ -46,7 +47,7 @@ def load(path: "str | os.PathLike", arch: str | None = None, source: str | None 
     architecture of a bare state dict; `towers="vision"` or `"text"` keeps only that tower (tower-only formats
     such as timm's and InternViT's, or transformers' CLIPTextModel, always load that way)."""
     if towers is not None and towers not in TOWERS:
-        raise ValueError(f"towers={towers!r}: expected one of {TOWERS}")
+        raise UserError(f"towers={towers!r}: expected one of {TOWERS}")
     name, spec = None, str(path)
     if hub.is_hub_name(path) and not os.path.exists(path):  # hf-hub:ORG/NAME[@REV] or a known short name
         name = str(path).removeprefix(hub.PREFIX)
@@ -55,7 +56,7 @@ def load(path: "str | os.PathLike", arch: str | None = None, source: str | None 
     given = str(path)
     path = rundir.resolve(Path(path))  # (puts back a checkpoint a killed save left aside)
     if not path.exists():
-        raise FileNotFoundError(_missing(given))
+        raise NotFound(_missing(given))
     probe = Probe.of(path)
     fmt = get_format(source) if source else detect(probe)
     try:

@@ -20,6 +20,7 @@ import torch
 from ..archs import get_config
 from ..checkpoint import CheckpointError, state_of
 from ..config import ModelConfig
+from ..errors import UserError
 from .files import Probe, write_model_directory, write_state_file
 from .remap import ConversionError
 
@@ -151,7 +152,7 @@ def names() -> list[str]:
 def get_format(name: str) -> Format:
     name = ALIASES.get(name, name)
     if name not in FORMATS:
-        raise ValueError(f"unknown format {name!r}; known: {', '.join(sorted(FORMATS))} (and aliases "
+        raise UserError(f"unknown format {name!r}; known: {', '.join(sorted(FORMATS))} (and aliases "
                          f"{', '.join(sorted(ALIASES))})")
     return FORMATS[name]
 

@@ -12,8 +12,10 @@ from dataclasses import dataclass
 
 import torch
 
+from ..errors import UserError
 
-class ConversionError(ValueError):
+
+class ConversionError(UserError):
     """A state dict does not match the key table of its format; the message names the keys."""
 
 

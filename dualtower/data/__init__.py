@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 
+from ..errors import UserError
 from .base import BadSample, Sample, SkipStats, Source
 
 
@@ -18,10 +19,10 @@ def open_source(spec: str, image_key: str = "image", caption_key: str = "caption
         name, _, split = spec[len("builtin:"):].partition(":")
         split = split or "train"
         if split not in ("train", "test"):
-            raise ValueError(f"{spec}: split {split!r} is not 'train' or 'test'")
+            raise UserError(f"{spec}: split {split!r} is not 'train' or 'test'")
         makers = {"digits": builtin.digits, "fashion-mnist": builtin.fashion_mnist}
         if name not in makers:
-            raise ValueError(f"{spec}: unknown built-in data; known: {', '.join('builtin:' + n for n in makers)}")
+            raise UserError(f"{spec}: unknown built-in data; known: {', '.join('builtin:' + n for n in makers)}")
         return makers[name](split)
     if spec.startswith("classes:"):
         from .files import ClassFolders
@@ -39,7 +40,7 @@ def open_source(spec: str, image_key: str = "image", caption_key: str = "caption
         from .files import CaptionsFile
 
         return CaptionsFile(spec, image_key=image_key, caption_key=caption_key, captions=captions)
-    raise ValueError(f"{spec}: not a built-in name, classes:DIR, a folder, a .csv/.tsv/.jsonl captions file or "
+    raise UserError(f"{spec}: not a built-in name, classes:DIR, a folder, a .csv/.tsv/.jsonl captions file or "
                      ".tar shards")
 
 

@@ -15,10 +15,12 @@ from dataclasses import dataclass
 
 from PIL import Image
 
+from ..errors import DualtowerError
+
 log = logging.getLogger("dualtower.data")
 
 
-class BadSample(Exception):
+class BadSample(DualtowerError):
     """A record that cannot be used; `reason` is one of a few short names, counted per reason."""
 
     def __init__(self, reason: str, detail: str = ""):

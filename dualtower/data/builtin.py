@@ -12,6 +12,7 @@ import struct
 import numpy as np
 from PIL import Image
 
+from ..errors import NotFound, UserError
 from .base import Sample, Source
 
 DIGIT_NAMES = ["zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine"]
@@ -83,7 +84,7 @@ def _read_idx(path: str) -> np.ndarray:
         data = f.read()
     zero, dtype, ndim = struct.unpack(">HBB", data[:4])
     if zero != 0 or dtype != 0x08:
-        raise ValueError(f"{path}: not an IDX file of unsigned bytes")
+        raise UserError(f"{path}: not an IDX file of unsigned bytes")
     shape = struct.unpack(f">{ndim}I", data[4 : 4 + 4 * ndim])
     return np.frombuffer(data, dtype=np.uint8, offset=4 + 4 * ndim).reshape(shape)
 
@@ -93,7 +94,7 @@ def fashion_mnist(split: str = "train", root: str = FASHION_DIR) -> ArraySource:
     images_path = os.path.join(root, f"{prefix}-images-idx3-ubyte.gz")
     labels_path = os.path.join(root, f"{prefix}-labels-idx1-ubyte.gz")
     if not (os.path.isfile(images_path) and os.path.isfile(labels_path)):
-        raise FileNotFoundError(
+        raise NotFound(
             f"Fashion-MNIST files not found in {root}; they come with Debian's package dataset-fashion-mnist "
             "(apt-get install dataset-fashion-mnist)")
     images, labels = _read_idx(images_path), _read_idx(labels_path)

@@ -9,6 +9,7 @@ import os
 from pathlib import Path
 from typing import NamedTuple
 
+from ..errors import NotFound, UserError
 from ..images import ImageDecodeError, open_image
 from .base import BadSample, Sample, Source, caption_if_needed, require_caption
 
@@ -42,7 +43,7 @@ def image_paths(items: list[str]) -> list[str]:
         if Path(item).is_dir():
             found = [str(p) for p in folder_images(Path(item))]
             if not found:
-                raise ValueError(f"{item}: a folder with no image files in it")
+                raise UserError(f"{item}: a folder with no image files in it")
             out += found
         else:
             out.append(item)
@@ -79,13 +80,13 @@ class CaptionsFile(Source):
         self.path, self.captions = Path(path), captions
         self.name = self.path.name
         if not self.path.is_file():
-            raise FileNotFoundError(f"{path}: no such captions file")
+            raise NotFound(f"{path}: no such captions file")
         rows = self._read_rows()
         first = next((r for r in rows if isinstance(r, dict)), None)
         if first is not None:
             missing = [k for k in (image_key, caption_key) if k not in first]
             if missing:
-                raise ValueError(f"{path}: no column {missing} (columns: {sorted(first)}); set image_key / "
+                raise UserError(f"{path}: no column {missing} (columns: {sorted(first)}); set image_key / "
                                  "caption_key")
         self.rows = [r if isinstance(r, BadRow) else (r.get(image_key), r.get(caption_key)) for r in rows]
 
@@ -125,7 +126,7 @@ class CaptionsFile(Source):
             at, line = line + 1, reader.line_num
             if header is None:
                 if not_utf8("".join(fields)):
-                    raise ValueError(f"{self.path}:{at}: the header row is not UTF-8")
+                    raise UserError(f"{self.path}:{at}: the header row is not UTF-8")
                 header = fields
                 continue
             if not fields:
@@ -174,7 +175,7 @@ class ImageFolder(Source):
         self.root = Path(root)
         self.name = self.root.name
         if not self.root.is_dir():
-            raise FileNotFoundError(f"{root}: no such folder")
+            raise NotFound(f"{root}: no such folder")
         self.unreadable = []
         self.images = folder_images(self.root, self.unreadable)
 
@@ -214,10 +215,10 @@ class ClassFolders(Source):
         self.root = Path(root)
         self.name = self.root.name
         if not self.root.is_dir():
-            raise FileNotFoundError(f"{root}: no such folder")
+            raise NotFound(f"{root}: no such folder")
         folders = sorted(p for p in self.root.iterdir() if p.is_dir())
         if not folders:
-            raise ValueError(f"{root}: no class folders inside")
+            raise UserError(f"{root}: no class folders inside")
         self.classes = [p.name.replace("_", " ") for p in folders]
         self.items = [(p, label) for label, folder in enumerate(folders) for p in folder_images(folder)]
 

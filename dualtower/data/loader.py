@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 
 import torch
 
+from ..errors import UserError
 from ..model.seeds import augment_seed, epoch_seed
 from ..naflex import Patches
 from .base import BadSample, Source
@@ -19,9 +20,9 @@ class ShuffledPlan:
 
     def __init__(self, n: int, global_batch: int, seed: int, rank: int = 0, world: int = 1):
         if global_batch % world:
-            raise ValueError(f"global batch {global_batch} is not divisible by the {world} processes")
+            raise UserError(f"global batch {global_batch} is not divisible by the {world} processes")
         if n < global_batch:
-            raise ValueError(f"the data has {n} records, fewer than one global batch of {global_batch}")
+            raise UserError(f"the data has {n} records, fewer than one global batch of {global_batch}")
         self.n, self.global_batch, self.seed, self.rank, self.world = n, global_batch, seed, rank, world
         self.steps_per_epoch = n // global_batch
         self._epoch, self._perm = -1, None

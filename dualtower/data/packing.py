@@ -13,13 +13,14 @@ from __future__ import annotations
 
 import torch
 
+from ..errors import UserError
 from ..model.seeds import epoch_seed
 
 
 def bucket_edges(max_length: int, buckets: int) -> list[int]:
     """The upper length of each bucket: equal ranges of (0, max_length]."""
     if buckets < 1:
-        raise ValueError(f"buckets must be at least 1, got {buckets}")
+        raise UserError(f"buckets must be at least 1, got {buckets}")
     return sorted({max(1, round(max_length * (b + 1) / buckets)) for b in range(buckets)})
 
 
@@ -28,12 +29,12 @@ def pack_by_tokens(lengths: list[int], max_tokens: int, buckets: int, max_length
     """Batches of record indices (in `order`, default as given) whose count x bucket top fits `max_tokens`."""
     edges = bucket_edges(max_length, buckets)
     if max_tokens < edges[-1] * multiple:
-        raise ValueError(f"max_tokens_per_batch {max_tokens} does not hold {multiple} image(s) of {edges[-1]} "
+        raise UserError(f"max_tokens_per_batch {max_tokens} does not hold {multiple} image(s) of {edges[-1]} "
                          "patches; raise it or lower the patch budget")
     groups: list[list[int]] = [[] for _ in edges]
     for i in (range(len(lengths)) if order is None else order):
         if not 0 <= lengths[i] <= max_length:
-            raise ValueError(f"record {i} has {lengths[i]} patches, outside 1..{max_length}")
+            raise UserError(f"record {i} has {lengths[i]} patches, outside 1..{max_length}")
         if lengths[i] == 0:  # unreadable: in no batch
             continue
         groups[next(b for b, top in enumerate(edges) if lengths[i] <= top)].append(i)
@@ -69,7 +70,7 @@ class TokenBudgetPlan:
         self.seed, self.rank, self.world = seed, rank, world
         first = pack_by_tokens(lengths, max_tokens, buckets, max_length, multiple=world)
         if not first:
-            raise ValueError(f"{len(lengths)} records fill no batch of {max_tokens} tokens")
+            raise UserError(f"{len(lengths)} records fill no batch of {max_tokens} tokens")
         self.steps_per_epoch = len(first)  # the same every epoch: bucket sizes do not depend on the order
         self._epoch, self._batches = -1, first
 

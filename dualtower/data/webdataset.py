@@ -14,6 +14,7 @@ import re
 import tarfile
 from dataclasses import dataclass, field
 
+from ..errors import NotFound, UserError
 from ..images import ImageDecodeError, open_image
 from .base import BadSample, Sample, Source, caption_if_needed, require_caption
 
@@ -30,7 +31,7 @@ def expand_braces(pattern: str, limit: int = MAX_SHARDS) -> list[str]:
     `limit` shards is refused before anything is expanded."""
     count = _brace_count(pattern)
     if count > limit:
-        raise ValueError(f"{pattern}: names {count:,} shards, more than the {limit:,} allowed")
+        raise UserError(f"{pattern}: names {count:,} shards, more than the {limit:,} allowed")
     return _expand(pattern)
 
 
@@ -76,7 +77,7 @@ class TarShards(Source):
         self.shards = expand_braces(pattern)
         missing = [s for s in self.shards if not os.path.isfile(s)]
         if missing:
-            raise FileNotFoundError(f"{pattern}: {len(missing)} shard(s) not found, e.g. {missing[0]}")
+            raise NotFound(f"{pattern}: {len(missing)} shard(s) not found, e.g. {missing[0]}")
         self.records: list[_Record] = []
         self.truncated_shards: list[str] = []
         for shard in self.shards:

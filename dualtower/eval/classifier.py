@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from ..errors import UserError
 from ..runtimes import as_embedder, normalize
 from .templates import fill
 
@@ -21,11 +22,11 @@ class ZeroShotClassifier:
 
     def __init__(self, model, labels: list[str], templates: list[str]):
         if len(labels) < 2:
-            raise ValueError(f"zero-shot classification needs at least two labels, got {labels}")
+            raise UserError(f"zero-shot classification needs at least two labels, got {labels}")
         self.embedder, self.labels = as_embedder(model), list(labels)
         self.scale = self.embedder.logit_scale
         if self.scale is None:
-            raise ValueError(f"{self.embedder.cfg.name}: a one-tower model has no logit scale to classify with")
+            raise UserError(f"{self.embedder.cfg.name}: a one-tower model has no logit scale to classify with")
         self.classifier = class_embeddings(self.embedder, self.labels, templates)  # (C, E)
 
     def probs(self, images: list) -> np.ndarray:

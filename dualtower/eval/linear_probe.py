@@ -6,6 +6,7 @@ import dataclasses
 
 import numpy as np
 
+from ..errors import UserError
 from .embed import ImageEmbeddings
 from .results import ClassificationResult
 from .zeroshot import scores
@@ -22,7 +23,7 @@ def linear_probe(train: ImageEmbeddings, test: ImageEmbeddings, classnames: list
 
     x, y = train.features.numpy().astype(np.float64), train.labels.numpy()
     if (y < 0).any() or (test.labels < 0).any():
-        raise ValueError("a linear probe needs labelled data (sources with classes)")
+        raise UserError("a linear probe needs labelled data (sources with classes)")
     order = np.random.default_rng(seed).permutation(len(y))
     n_val = max(1, int(len(y) * val_fraction))
     val, fit = order[:n_val], order[n_val:]

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ..errors import UserError
 from ..io import atomic_file
 
 
@@ -23,7 +24,7 @@ def write_predictions(path: "str | Path", rows: list[dict]) -> None:
         write_json(path, rows)
         return
     if path.suffix != ".csv":
-        raise ValueError(f"{path}: name the output .json or .csv")
+        raise UserError(f"{path}: name the output .json or .csv")
     buffer = io.StringIO()
     writer = csv.writer(buffer)
     writer.writerow(["image", "rank", "label", "prob"])
@@ -46,7 +47,7 @@ def write_embeddings(path: "str | Path", image_embeds, ids: list[str], text_embe
     for name, arr in (("image", image_embeds), ("text", text_embeds)):
         if arr is not None and not np.isfinite(arr).all():
             rows = np.flatnonzero(~np.isfinite(arr).all(axis=1))
-            raise ValueError(f"{path}: not written: {len(rows)} {name} embedding(s) hold NaN or infinite values "
+            raise UserError(f"{path}: not written: {len(rows)} {name} embedding(s) hold NaN or infinite values "
                              f"(first ids: {[ids[i] for i in rows[:3]]}); the model's weights or inputs are broken")
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -68,4 +69,4 @@ def write_embeddings(path: "str | Path", image_embeds, ids: list[str], text_embe
                 meta["captions"] = json.dumps(captions)
             save_file(tensors, tmp, metadata=meta)
         else:
-            raise ValueError(f"{path}: name the output .npz or .safetensors")
+            raise UserError(f"{path}: name the output .npz or .safetensors")

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from ..errors import UserError
+
 # Wording never used by the built-in training captions (dualtower.data.builtin.TRAIN_TEMPLATES), so zero-shot
 # numbers on held-out images measure new images *and* new wording (the classes themselves are not new).
 HELD_OUT = {
@@ -44,17 +46,17 @@ def read_templates(path: str) -> list[str]:
     """One template per line ({c} or {} for the class name); blank lines and # comments skipped."""
     file = Path(path)
     if not file.is_file():
-        raise ValueError(f"{path}: {'a directory, not a file' if file.is_dir() else 'no such file'} of templates")
+        raise UserError(f"{path}: {'a directory, not a file' if file.is_dir() else 'no such file'} of templates")
     try:
         lines = [ln.strip() for ln in file.read_text(encoding="utf-8").splitlines()]
     except UnicodeDecodeError as e:
-        raise ValueError(f"{path}: not UTF-8 text ({e})") from e
+        raise UserError(f"{path}: not UTF-8 text ({e})") from e
     templates = [ln for ln in lines if ln and not ln.startswith("#")]
     if not templates:
-        raise ValueError(f"{path}: no templates (one per line, {{c}} for the class name)")
+        raise UserError(f"{path}: no templates (one per line, {{c}} for the class name)")
     bad = [problem for t in templates if (problem := check_template(t))]
     if bad:
-        raise ValueError(f"{path}: {len(bad)} bad template(s): {'; '.join(bad[:3])}")
+        raise UserError(f"{path}: {len(bad)} bad template(s): {'; '.join(bad[:3])}")
     return templates
 
 

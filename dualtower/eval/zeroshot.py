@@ -6,6 +6,7 @@ import dataclasses
 
 import torch
 
+from ..errors import UserError
 from ..runtimes import as_embedder
 from .classifier import ZeroShotClassifier, class_embeddings
 from .embed import ImageEmbeddings
@@ -32,7 +33,7 @@ def scores(logits: torch.Tensor, labels: torch.Tensor, classnames: list[str]) ->
     recall = confusion.diagonal().double() / support.clamp(min=1)
     present = support > 0
     if not n:
-        raise ValueError("no images to score (every sample was skipped, or the data is empty)")
+        raise UserError("no images to score (every sample was skipped, or the data is empty)")
     return ClassificationResult(
         top1=int(hit[:, 0].sum()) / n,
         top5=int(hit.any(dim=1).sum()) / n if c > 5 else None,  # top-k only where k < classes
@@ -46,7 +47,7 @@ def scores(logits: torch.Tensor, labels: torch.Tensor, classnames: list[str]) ->
 
 def zeroshot(model, images: ImageEmbeddings, classnames: list[str], templates: list[str]) -> ClassificationResult:
     if (images.labels < 0).any():
-        raise ValueError("zero-shot classification needs labelled data (a source with classes)")
+        raise UserError("zero-shot classification needs labelled data (a source with classes)")
     logits = classify(images.features, build_classifier(model, classnames, templates))
     return dataclasses.replace(scores(logits, images.labels, classnames), templates=list(templates))
 

@@ -10,6 +10,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..config import ModelConfig
+from ..errors import UserError
 from ..naflex import Patches
 from ..origin import Origin
 from .layers import Attention
@@ -53,7 +54,7 @@ class DualEncoder(nn.Module):
         A NaFlex tower (SigLIP 2) also takes a `Patches` batch, or transformers' Siglip2 image processor output
         as it is (a mapping with pixel_values, pixel_attention_mask and spatial_shapes)."""
         if self.visual is None:
-            raise ValueError(f"{self.cfg.name} is a text-only model: it has no vision tower")
+            raise UserError(f"{self.cfg.name} is a text-only model: it has no vision tower")
         if isinstance(pixels, Mapping):
             pixels = Patches.from_hf(pixels)
         x = self.visual(pixels, interpolate_pos)
@@ -61,7 +62,7 @@ class DualEncoder(nn.Module):
 
     def encode_text(self, ids: torch.Tensor, normalize: bool = False) -> torch.Tensor:
         if self.text is None:
-            raise ValueError(f"{self.cfg.name} is a vision-only model: it has no text tower")
+            raise UserError(f"{self.cfg.name} is a vision-only model: it has no text tower")
         x = self.text(ids)
         return F.normalize(x.float(), dim=-1) if normalize else x
 

@@ -6,9 +6,11 @@ A block takes its parts as arguments; a part that is off is `nn.Identity()`, not
 from __future__ import annotations
 
 import torch
-import torch.utils.checkpoint
 import torch.nn.functional as F
+import torch.utils.checkpoint
 from torch import nn
+
+from ..errors import UserError
 
 
 def _at_least_fp32(t: torch.Tensor) -> torch.Tensor:
@@ -42,13 +44,13 @@ def make_norm(kind: str, dim: int, eps: float) -> nn.Module:
         return LayerNormFp32(dim, eps=eps)
     if kind == "rmsnorm":
         return RMSNormFp32(dim, eps=eps)
-    raise ValueError(f"unknown norm {kind!r}")
+    raise UserError(f"unknown norm {kind!r}")
 
 
 def make_act(kind: str) -> nn.Module:
     table = {"gelu": lambda: nn.GELU(), "gelu_tanh": lambda: nn.GELU(approximate="tanh"), "quick_gelu": QuickGELU}
     if kind not in table:
-        raise ValueError(f"unknown activation {kind!r}")
+        raise UserError(f"unknown activation {kind!r}")
     return table[kind]()
 
 
@@ -95,7 +97,7 @@ class Rope2D(nn.Module):
     def __init__(self, head_dim: int, ref_grid: int, temperature: float):
         super().__init__()
         if head_dim % 4:
-            raise ValueError(f"2-D rotary embedding needs a head width divisible by 4, got {head_dim}")
+            raise UserError(f"2-D rotary embedding needs a head width divisible by 4, got {head_dim}")
         self.bands, self.temperature, self.ref_grid = head_dim // 4, temperature, ref_grid
         self._cache: dict[tuple, tuple[torch.Tensor, torch.Tensor]] = {}
 

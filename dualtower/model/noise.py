@@ -15,6 +15,8 @@ import contextvars
 import torch
 from torch import nn
 
+from ..errors import UserError
+
 _KEYS: contextvars.ContextVar[torch.Tensor | None] = contextvars.ContextVar("dualtower_sample_keys", default=None)
 _MASK = 0x7FFFFFFF  # 31 bits: products of two such values stay inside int64
 
@@ -41,7 +43,7 @@ def uniform(shape: tuple[int, ...], salt: int, device: torch.device) -> torch.Te
     if keys is None:
         return torch.rand(shape, device=device)
     if keys.shape[0] != shape[0]:
-        raise ValueError(f"{keys.shape[0]} sample keys for a batch of {shape[0]}")
+        raise UserError(f"{keys.shape[0]} sample keys for a batch of {shape[0]}")
     per_sample = int(torch.tensor(shape[1:]).prod()) if len(shape) > 1 else 1
     index = torch.arange(per_sample, device=device, dtype=torch.int64)
     keys = keys.to(device=device, dtype=torch.int64)
@@ -59,7 +61,7 @@ class KeyedDropout(nn.Module):
     def __init__(self, prob: float, salt: int):
         super().__init__()
         if not 0.0 <= prob < 1.0:
-            raise ValueError(f"{self.WHAT} {prob} is not in [0, 1)")
+            raise UserError(f"{self.WHAT} {prob} is not in [0, 1)")
         self.prob, self.salt = prob, salt
 
     def mask_shape(self, x: torch.Tensor) -> tuple[int, ...]:

@@ -7,11 +7,11 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..config import TextConfig, VisionConfig
+from ..errors import UserError
 from ..naflex import Patches
 from ..text_pool import pool_positions
 from . import noise
 from .layers import LayerNormFp32, Mlp, Rope2D, build_transformer, make_act, make_norm
-
 
 # Every pool takes the tokens (B, L, D) and, for padded patch sequences (NaFlex), their mask (B, L) bool (True
 # for a real token); padding never enters the pooled vector.
@@ -73,7 +73,7 @@ class MeanQueryPool(nn.Module):
 
     def forward(self, x: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
         if mask is not None:
-            raise ValueError("InternVL-C's mean-query pool does not take padded patch sequences")
+            raise UserError("InternVL-C's mean-query pool does not take padded patch sequences")
         B, L, D = x.shape
         H = self.heads
         q = self.q(self.norm_q(x.mean(dim=1, keepdim=True))).view(B, 1, H, D // H).transpose(1, 2)  # (B, H, 1, hd)
@@ -106,7 +106,7 @@ class PatchDropout(nn.Module):
     def __init__(self, prob: float, prefix: int = 1):
         super().__init__()
         if not 0.0 <= prob < 1.0:
-            raise ValueError(f"patch dropout {prob} is not in [0, 1)")
+            raise UserError(f"patch dropout {prob} is not in [0, 1)")
         self.prob, self.prefix = prob, prefix
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
@@ -160,7 +160,7 @@ class VisionTower(nn.Module):
 
     def set_patch_dropout(self, prob: float) -> None:
         if prob > 0 and self.cfg.naflex:
-            raise ValueError("patch dropout is not supported on a NaFlex tower (its sequences are already "
+            raise UserError("patch dropout is not supported on a NaFlex tower (its sequences are already "
                              "variable; lower the patch budget instead)")
         self.patch_dropout = PatchDropout(prob, self.prefix) if prob > 0 else NoPatchDropout()
 
@@ -197,10 +197,10 @@ class VisionTower(nn.Module):
               ) -> tuple[torch.Tensor, tuple[torch.Tensor, torch.Tensor] | None]:
         """Tokens (B, prefix + N, D) and the rotary angles of the patch grid (None without rotary embedding)."""
         if pixels.ndim != 4 or pixels.shape[1] != 3:
-            raise ValueError(f"pixels must be (B, 3, H, W), got {tuple(pixels.shape)}")
+            raise UserError(f"pixels must be (B, 3, H, W), got {tuple(pixels.shape)}")
         size = self.cfg.image_size
         if not interpolate_pos and pixels.shape[-2:] != (size, size):
-            raise ValueError(f"pixels are {tuple(pixels.shape[-2:])}, this model takes {size}x{size} "
+            raise UserError(f"pixels are {tuple(pixels.shape[-2:])}, this model takes {size}x{size} "
                              "(interpolate_pos=True resizes the positional embeddings to other sizes)")
         x = self.patch_embed(pixels.to(self.patch_embed.weight.dtype))  # (B, D, gh, gw); a bf16 model takes fp32
         gh, gw = x.shape[2], x.shape[3]
@@ -215,7 +215,7 @@ class VisionTower(nn.Module):
         """NaFlex input: tokens (B, L, D) and their mask (B, L) bool, None when no image is padded. L is the
         longest image's patch count: padding past it is cut, since no real token ever attends to padding."""
         if not self.cfg.naflex:
-            raise ValueError("patch sequences (NaFlex input) need a NaFlex tower; this one takes (B, 3, H, W) pixels")
+            raise UserError("patch sequences (NaFlex input) need a NaFlex tower; this one takes (B, 3, H, W) pixels")
         patches.check(self.cfg.patch_size)
         counts = patches.shapes.prod(dim=1)  # (B,)
         length = int(counts.max())
@@ -266,7 +266,7 @@ class VisionTower(nn.Module):
         wanted = [layer + depth + 1 if layer < 0 else layer for layer in layers]
         bad = [layer for layer, w in zip(layers, wanted) if not 0 <= w <= depth]
         if bad:
-            raise ValueError(f"layers {bad} are outside this tower's hidden states 0..{depth} (or -{depth + 1}..-1)")
+            raise UserError(f"layers {bad} are outside this tower's hidden states 0..{depth} (or -{depth + 1}..-1)")
         x, rope, mask = self._tokens(pixels, interpolate_pos)
         keys = None if mask is None else mask[:, None, None, :]
         states = [x]

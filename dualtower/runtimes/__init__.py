@@ -16,6 +16,7 @@ import importlib
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from ..errors import UserError
 from .base import Embedder, length_batches, normalize
 
 RUNTIMES = {"torch": "pytorch", "onnx": "onnx"}  # --runtime name -> module in this package
@@ -39,7 +40,7 @@ class OpenOptions:
 def open(spec: str, runtime: str = "torch", options: OpenOptions | None = None) -> Embedder:  # noqa: A001
     """The Embedder of `spec` (a checkpoint, Hub name or architecture name for torch; an export folder for onnx)."""
     if runtime not in RUNTIMES:
-        raise ValueError(f"runtime {runtime!r} is not one of {', '.join(RUNTIMES)}")
+        raise UserError(f"runtime {runtime!r} is not one of {', '.join(RUNTIMES)}")
     module = importlib.import_module(f".{RUNTIMES[runtime]}", __name__)
     return module.open(spec, options or OpenOptions())
 

@@ -11,6 +11,7 @@ from collections.abc import Iterable, Iterator, Sequence
 import numpy as np
 
 from ..config import ModelConfig
+from ..errors import UserError
 from ..origin import Origin
 from ..text_pool import pool_positions
 
@@ -87,7 +88,7 @@ class Embedder(ABC):
         text and a few long texts do not pad many short ones. Under a causal mask the result is the same as one
         plain batch (tested); a bidirectional text tower gets plain batches."""
         if self.cfg.text is None:
-            raise ValueError(f"{self.cfg.name} is a vision-only model: it has no text tower")
+            raise UserError(f"{self.cfg.name} is a vision-only model: it has no text tower")
         texts = list(texts)
         out = np.zeros((len(texts), self.cfg.embed_dim), np.float32)
         if not texts:

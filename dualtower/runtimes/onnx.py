@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 
 from ..config import ModelConfig
-from ..errors import require
+from ..errors import UserError, require
 from ..images import ArrayTransform
 from ..origin import Origin
 from ..text_pool import pool_positions
@@ -45,7 +45,7 @@ class OnnxModel(Embedder):
         for name, graph in meta["graphs"].items():
             path = self.directory / graph["file"]
             if not path.is_file():
-                raise ValueError(f"{self.directory}: {graph['file']} is missing")
+                raise UserError(f"{self.directory}: {graph['file']} is missing")
             self.sessions[name] = ort.InferenceSession(str(path), options,
                                                        providers=providers or ["CPUExecutionProvider"])
         self.transform = ArrayTransform(self.cfg.preprocess) if self.cfg.vision is not None else None
@@ -54,14 +54,14 @@ class OnnxModel(Embedder):
 
     def encode_image(self, pixels: np.ndarray, normalize: bool = False) -> np.ndarray:
         if "image" not in self.sessions:
-            raise ValueError(f"{self.cfg.name}: the export has no image tower")
+            raise UserError(f"{self.cfg.name}: the export has no image tower")
         x = np.ascontiguousarray(pixels, dtype=np.float32)
         size, patch = self.cfg.vision.image_size, self.cfg.vision.patch_size
         if self.meta.get("dynamic_size"):
             if x.ndim != 4 or x.shape[1] != 3 or min(x.shape[2:]) < 2 * patch:
-                raise ValueError(f"pixels must be (B, 3, H, W) with H, W >= {2 * patch}, got {tuple(x.shape)}")
+                raise UserError(f"pixels must be (B, 3, H, W) with H, W >= {2 * patch}, got {tuple(x.shape)}")
         elif x.ndim != 4 or x.shape[1:] != (3, size, size):
-            raise ValueError(f"pixels must be (B, 3, {size}, {size}), got {tuple(x.shape)} (an export with "
+            raise UserError(f"pixels must be (B, 3, {size}, {size}), got {tuple(x.shape)} (an export with "
                              "--dynamic-size takes other sizes)")
         out = self.sessions["image"].run(None, {"pixels": x})[0]
         return _unit(out) if normalize and not self.normalized else out
@@ -70,11 +70,11 @@ class OnnxModel(Embedder):
         """ids (B, L) int64. Under a causal mask the padding after each row's pooled token changes nothing, so
         the batch is cut after its longest one, as the PyTorch tower does."""
         if "text" not in self.sessions:
-            raise ValueError(f"{self.cfg.name}: the export has no text tower")
+            raise UserError(f"{self.cfg.name}: the export has no text tower")
         ids = np.asarray(ids, dtype=np.int64)
         cfg = self.cfg.text
         if ids.ndim != 2 or not 1 <= ids.shape[1] <= cfg.context_length:
-            raise ValueError(f"token ids must be (B, L) with L <= {cfg.context_length}, got {tuple(ids.shape)}")
+            raise UserError(f"token ids must be (B, L) with L <= {cfg.context_length}, got {tuple(ids.shape)}")
         at = pool_positions(ids, cfg)
         if cfg.causal and len(ids):
             ids = ids[:, : int(at.max()) + 1]

@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from ..errors import UserError
 from ..images import eval_transform
 from .base import Embedder
 
@@ -20,7 +21,7 @@ class TorchEmbedder(Embedder):
 
     def __init__(self, model, device: "torch.device | str | None" = None, precision: str = "fp32"):
         if precision not in PRECISIONS:
-            raise ValueError(f"precision {precision!r} is not one of {PRECISIONS}")
+            raise UserError(f"precision {precision!r} is not one of {PRECISIONS}")
         super().__init__(model.cfg, model.origin)
         self._digest = model.origin.weights_sha256
         if precision == "bf16":
@@ -94,11 +95,11 @@ def device_of(name: str = "auto") -> torch.device:
     try:
         device = torch.device(name)
     except RuntimeError as e:
-        raise ValueError(f"--device {name!r}: not a device name (auto, cpu, cuda, cuda:N)") from e
+        raise UserError(f"--device {name!r}: not a device name (auto, cpu, cuda, cuda:N)") from e
     if device.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"--device {name}: this torch sees no CUDA GPU")
+        raise UserError(f"--device {name}: this torch sees no CUDA GPU")
     if device.type == "cuda" and (device.index or 0) >= torch.cuda.device_count():
-        raise ValueError(f"--device {name}: there are only {torch.cuda.device_count()} CUDA GPU(s)")
+        raise UserError(f"--device {name}: there are only {torch.cuda.device_count()} CUDA GPU(s)")
     if device.type not in ("cpu", "cuda"):
-        raise ValueError(f"--device {name}: only cpu and cuda are supported")
+        raise UserError(f"--device {name}: only cpu and cuda are supported")
     return device

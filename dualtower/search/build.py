@@ -20,6 +20,7 @@ from PIL import Image
 
 from ..data import BadSample, open_source
 from ..data.files import IMAGE_SUFFIXES, not_utf8
+from ..errors import UserError
 from ..images import white_rgb
 from ..runtimes import as_embedder
 from . import engines
@@ -201,10 +202,10 @@ def build_index(spec: str, model, out: "str | os.PathLike", engine: str = "auto"
 def _backend(name: str | None, uri: str | None, collection: str, out: Path) -> dict | None:
     if name in (None, "faiss"):
         if uri is not None:
-            raise ValueError("--uri is for the Milvus backend (--backend milvus)")
+            raise UserError("--uri is for the Milvus backend (--backend milvus)")
         return None if name is None else {"name": "faiss"}
     if name != "milvus":
-        raise ValueError(f"backend {name!r} is not faiss or milvus")
+        raise UserError(f"backend {name!r} is not faiss or milvus")
     uri = uri or str(out / "milvus.db")
     if "://" not in uri:  # Milvus Lite: a local file, kept by its absolute path
         uri = os.path.abspath(uri)

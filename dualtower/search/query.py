@@ -8,6 +8,7 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 
+from ..errors import UnknownName, UserError
 from ..runtimes import as_embedder
 from . import engines
 from .store import SearchIndexError, Store
@@ -102,7 +103,7 @@ class SearchIndex:
             if self.store.generation == generation:
                 break
         if item is None:
-            raise KeyError(f"no item {item_id} in {self.store.path}")
+            raise UnknownName(f"no item {item_id} in {self.store.path}")
         return np.asarray(engine.vectors[item.row], dtype=np.float32)
 
     # ------------------------------------------------------------------------------------------- searching
@@ -111,11 +112,11 @@ class SearchIndex:
         """The k nearest items of each row of `vectors` (any scale: each is normalised), in one engine call."""
         v = np.asarray(vectors, dtype=np.float32)
         if v.ndim != 2 or v.shape[1] != self.store.dim or not np.isfinite(v).all():
-            raise ValueError(f"an embedding of {self.store.dim} finite numbers is needed, got "
+            raise UserError(f"an embedding of {self.store.dim} finite numbers is needed, got "
                              f"{v.shape[-1] if v.ndim else 0}")
         norms = np.linalg.norm(v, axis=1, keepdims=True)
         if (norms == 0).any():
-            raise ValueError("the embedding is all zeros")
+            raise UserError("the embedding is all zeros")
         engine, row_to_id, _ = self.current()
         scores, rows = engine.search(v / norms, k)
         found = [[(float(s), int(row_to_id[r])) for s, r in zip(srow, rrow) if r >= 0]

@@ -15,11 +15,13 @@ import json
 import math
 from dataclasses import dataclass
 
+from ..errors import DualtowerError
+
 MAX_ID = 2**63 - 1  # SQLite's largest integer
 FIELDS = ("text", "embedding", "id")
 
 
-class Invalid(Exception):
+class Invalid(DualtowerError):
     def __init__(self, status: int, message: str):
         super().__init__(message)
         self.status, self.message = status, message

@@ -29,7 +29,7 @@ from concurrent.futures import Future
 from dataclasses import dataclass
 from importlib import resources
 
-from ..errors import require
+from ..errors import DualtowerError, require
 
 for _module in ("fastapi", "python_multipart", "prometheus_client"):
     require(_module, "the search service", "search")
@@ -141,7 +141,7 @@ def page() -> str:
     return resources.files("dualtower.search").joinpath("static/index.html").read_text(encoding="utf-8")
 
 
-class Problem(Exception):
+class Problem(DualtowerError):
     """A refusal of the request: its status and the message the JSON answer carries."""
 
     def __init__(self, status: int, message: str):

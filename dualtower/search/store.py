@@ -26,6 +26,7 @@ from pathlib import Path
 import numpy as np
 
 from .. import io
+from ..errors import UserError
 
 FORMAT = "dualtower-index"
 VERSION = 1
@@ -49,7 +50,7 @@ CREATE TABLE IF NOT EXISTS skipped (
 """
 
 
-class SearchIndexError(ValueError):
+class SearchIndexError(UserError):
     """An index that cannot be used as asked; the message names the index and the reason."""
 
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 from functools import lru_cache
 from pathlib import Path
 
+from ..errors import UserError
 from .base import IdsTokenizer
 from .clip_bpe import ClipTokenizer
 
@@ -38,7 +39,7 @@ def get_tokenizer(name_or_model="ViT-B-32") -> IdsTokenizer:
 
     cfg = config_of(name_or_model)
     if cfg.text is None:
-        raise ValueError(f"{cfg.name} is a vision-only model: it has no text tower and no tokenizer")
+        raise UserError(f"{cfg.name} is a vision-only model: it has no text tower and no tokenizer")
     if cfg.tokenizer == "clip-bpe":
         return _clip(cfg.text.context_length)
     origin = getattr(name_or_model, "origin", None)  # a model's or an Embedder's (a name or config has none)
@@ -46,7 +47,7 @@ def get_tokenizer(name_or_model="ViT-B-32") -> IdsTokenizer:
     for file, make in KINDS.items():
         if folder is not None and (folder / file).is_file():
             return make(folder, cfg)
-    raise ValueError(f"{cfg.name} uses its own tokenizer, and neither spiece.model nor tokenizer.json came with it; "
+    raise UserError(f"{cfg.name} uses its own tokenizer, and neither spiece.model nor tokenizer.json came with it; "
                      "load the model from a directory or hub repo that has them, or tokenize with it yourself and "
                      "pass token ids to encode_text")
 

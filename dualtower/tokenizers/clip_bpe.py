@@ -21,6 +21,7 @@ from typing import Sequence
 
 import numpy as np
 
+from ..errors import UserError
 from .base import IdsTokenizer, check_texts
 from .cleaning import clip as clean_text
 
@@ -108,7 +109,7 @@ class ClipTokenizer(IdsTokenizer):
         from tokenizers import Tokenizer, models, pre_tokenizers
 
         if context_length < 2:
-            raise ValueError(f"context_length must be at least 2 (start and end tokens), got {context_length}")
+            raise UserError(f"context_length must be at least 2 (start and end tokens), got {context_length}")
         self.context_length = context_length
         merges = _read_merges(vocab_path)
         units = list(bytes_to_unicode().values())
@@ -210,7 +211,7 @@ class ClipTokenizer(IdsTokenizer):
         texts = check_texts(texts)
         length = self.context_length if context_length is None else context_length
         if length < 2:
-            raise ValueError(f"context_length must be at least 2 (start and end tokens), got {length}")
+            raise UserError(f"context_length must be at least 2 (start and end tokens), got {length}")
         flat, counts = self._encode_flat(texts)
         starts = np.cumsum(counts) - counts
         # Each id's place in the flattened (B, length) result: its row's start, 1 for the start token, its column.

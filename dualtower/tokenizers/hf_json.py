@@ -22,6 +22,7 @@ from typing import Sequence
 import numpy as np
 
 from ..config import TEXT_CLEANS
+from ..errors import UserError
 from .base import IdsTokenizer, check_texts
 from .cleaning import CLEANS
 
@@ -32,16 +33,16 @@ class JsonTokenizer(IdsTokenizer):
         from tokenizers import Tokenizer, normalizers
 
         if clean not in TEXT_CLEANS:
-            raise ValueError(f"text clean {clean!r} is not one of {TEXT_CLEANS}")
+            raise UserError(f"text clean {clean!r} is not one of {TEXT_CLEANS}")
         if context_length < 1:
-            raise ValueError(f"context_length must be at least 1, got {context_length}")
+            raise UserError(f"context_length must be at least 1, got {context_length}")
         self.tokenizer = Tokenizer.from_file(str(tokenizer_file))
         if clean == "hf-lowercase":
             own = self.tokenizer.normalizer
             self.tokenizer.normalizer = normalizers.Sequence([normalizers.Lowercase()] + ([own] if own else []))
         self.pad_id = self.tokenizer.token_to_id(pad)
         if self.pad_id is None:
-            raise ValueError(f"{tokenizer_file}: the vocabulary has no pad token {pad!r}")
+            raise UserError(f"{tokenizer_file}: the vocabulary has no pad token {pad!r}")
         self.context_length, self.clean, self.pad = context_length, clean, pad
 
     @classmethod
@@ -62,7 +63,7 @@ class JsonTokenizer(IdsTokenizer):
         texts = check_texts(texts)
         length = self.context_length if context_length is None else context_length
         if length < 1:
-            raise ValueError(f"context_length must be at least 1, got {length}")
+            raise UserError(f"context_length must be at least 1, got {length}")
         self.tokenizer.enable_truncation(max_length=length)  # leaves room for the post-processor's tokens
         self.tokenizer.enable_padding(length=length, pad_id=self.pad_id, pad_token=self.pad)
         encodings = self.tokenizer.encode_batch([CLEANS[self.clean](t) for t in texts])

@@ -13,6 +13,7 @@ from pathlib import Path
 import torch
 
 from ..configtree import to_dict
+from ..errors import UserError
 from ..model import seeds
 from ..rundir import RunDir
 from .errors import TrainingError
@@ -81,7 +82,7 @@ class Checkpointer:
                                   templates=os.path.abspath(cfg.val.templates) if cfg.val.templates else ""))
         out = Path(cfg.train.out)
         if out.exists() and not out.is_dir():
-            raise ValueError(f"train.out {cfg.train.out}: exists and is a file, not a run directory")
+            raise UserError(f"train.out {cfg.train.out}: exists and is a file, not a run directory")
         return cfg, build_model(cfg), cls(RunDir(out), cfg, sharded, None)
 
     def before_sharding(self, model, shards: bool) -> None:

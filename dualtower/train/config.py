@@ -7,6 +7,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from ..errors import UserError
+
 
 def opt(default, help: str):
     return field(default=default, metadata={"help": help})
@@ -17,14 +19,14 @@ def _at_least(section: str, cfg, **lows) -> None:
     for key, low in lows.items():
         v = getattr(cfg, key)
         if isinstance(v, bool) or not isinstance(v, (int, float)) or not v >= low:
-            raise ValueError(f"{section}.{key} must be a number >= {low}, got {v!r}")
+            raise UserError(f"{section}.{key} must be a number >= {low}, got {v!r}")
 
 
 def _fraction(section: str, cfg, key: str, low_open: bool, high: float = 1.0) -> None:
     v = getattr(cfg, key)
     ok = isinstance(v, (int, float)) and not isinstance(v, bool) and (0 < v if low_open else 0 <= v) and v <= high
     if not ok:
-        raise ValueError(f"{section}.{key} must be in {'(0' if low_open else '[0'}, {high}], got {v!r}")
+        raise UserError(f"{section}.{key} must be in {'(0' if low_open else '[0'}, {high}], got {v!r}")
 
 
 @dataclass(frozen=True)
@@ -109,11 +111,11 @@ class TrainSection:
 
     def __post_init__(self):
         if self.loss not in ("clip", "siglip"):
-            raise ValueError(f"train.loss {self.loss!r} is not 'clip' or 'siglip'")
+            raise UserError(f"train.loss {self.loss!r} is not 'clip' or 'siglip'")
         if self.precision not in ("fp32", "bf16"):
-            raise ValueError(f"train.precision {self.precision!r} is not 'fp32' or 'bf16'")
+            raise UserError(f"train.precision {self.precision!r} is not 'fp32' or 'bf16'")
         if self.parallel not in ("ddp", "fsdp", "hsdp"):
-            raise ValueError(f"train.parallel {self.parallel!r} is not 'ddp', 'fsdp' or 'hsdp'")
+            raise UserError(f"train.parallel {self.parallel!r} is not 'ddp', 'fsdp' or 'hsdp'")
         _at_least("train", self, shard_size=0, steps=1, log_every=1, loss_chunk=0, micro_batch=0, save_every=0,
                   keep_checkpoints=1, max_nonfinite=1, grad_clip=0, dist_timeout_s=1, label_smoothing=0)
         _fraction("train", self, "label_smoothing", low_open=False, high=0.99)
@@ -137,7 +139,7 @@ class ValSection:
     def __post_init__(self):
         _at_least("val", self, every=0, batch_size=1)
         if self.task not in ("auto", "zeroshot", "retrieval"):
-            raise ValueError(f"val.task {self.task!r} is not auto, zeroshot or retrieval")
+            raise UserError(f"val.task {self.task!r} is not auto, zeroshot or retrieval")
 
 
 @dataclass(frozen=True)

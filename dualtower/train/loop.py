@@ -18,6 +18,7 @@ from ..convert import load
 from ..data import open_source
 from ..data.loader import ShuffledPlan, batches
 from ..data.packing import TokenBudgetPlan, record_lengths
+from ..errors import UserError
 from ..images import (
     ImageTransform,
     NaFlexTrainTransform,
@@ -157,7 +158,7 @@ def train_transform(pre, data) -> ImageTransform:
     """Random resized crops (crop_scale < 1) or the eval transform; NaFlex models keep each image's aspect."""
     naflex = pre.resize_mode == "naflex"
     if not naflex and (data.max_patches or data.max_tokens_per_batch or not data.upscale):
-        raise ValueError("data.max_patches, data.max_tokens_per_batch and data.upscale are for NaFlex models "
+        raise UserError("data.max_patches, data.max_tokens_per_batch and data.upscale are for NaFlex models "
                          f"(SigLIP 2); this model takes {pre.image_size}x{pre.image_size} images")
     if not naflex:
         return TrainTransform(pre, scale=(data.crop_scale, 1.0)) if data.crop_scale < 1 else ImageTransform(pre)
@@ -208,9 +209,9 @@ def resume_config(run_dir: str, overrides: list[str]) -> TrainConfig:
         key = item.lstrip("-").partition("=")[0]
         if key == "train.steps":  # refused, never re-planned silently: the schedule decays to the planned end
             steps = saved.get("train", {}).get("steps")
-            raise ValueError(f"train.steps cannot change on resume: the run's learning rate warms up and decays "
+            raise UserError(f"train.steps cannot change on resume: the run's learning rate warms up and decays "
                              f"to zero at step {steps}, and a new end would move it back up. To train on, start "
                              f"a new run from this one's weights: --model.init={run_dir} with its own schedule")
         if key not in RESUMABLE_CHANGES:
-            raise ValueError(f"{key} cannot change on resume; what can: {', '.join(RESUMABLE_CHANGES)}")
+            raise UserError(f"{key} cannot change on resume; what can: {', '.join(RESUMABLE_CHANGES)}")
     return build(TrainConfig, apply_overrides(saved, overrides))

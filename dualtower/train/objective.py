@@ -5,6 +5,7 @@ from __future__ import annotations
 import torch
 
 from ..chunked_losses import chunked_clip_loss, chunked_siglip_loss
+from ..errors import UserError
 from ..losses import clip_loss, siglip_loss
 
 
@@ -14,7 +15,7 @@ class ContrastiveLoss:
 
     def __init__(self, model, kind: str, label_smoothing: float = 0.0, chunk: int = 0):
         if kind not in ("clip", "siglip"):
-            raise ValueError(f"train.loss {kind!r} is not clip or siglip")
+            raise UserError(f"train.loss {kind!r} is not clip or siglip")
         self.model, self.kind, self.label_smoothing, self.chunk = model, kind, label_smoothing, chunk
 
     def __call__(self, image: torch.Tensor, text: torch.Tensor, all_image: torch.Tensor, all_text: torch.Tensor,

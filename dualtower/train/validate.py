@@ -7,6 +7,7 @@ from __future__ import annotations
 import torch
 
 from ..data import open_source
+from ..errors import UserError
 from ..eval import embed_source, retrieval, zeroshot
 from ..eval.templates import read_templates, templates_for
 
@@ -20,13 +21,13 @@ class Validation:
         self.source = open_source(val.data, data.image_key, data.caption_key)
         self.task = val.task if val.task != "auto" else ("zeroshot" if self.source.classes else "retrieval")
         if self.task == "zeroshot" and not self.source.classes:
-            raise ValueError(f"val.data {val.data}: zero-shot validation needs data with classes")
+            raise UserError(f"val.data {val.data}: zero-shot validation needs data with classes")
         self.templates = (read_templates(val.templates) if val.templates else templates_for(self.source.name)) \
             if self.task == "zeroshot" else None
         known = ZEROSHOT_METRICS if self.task == "zeroshot" else RETRIEVAL_METRICS
         self.metric = val.metric if val.metric != "auto" else known[0] if self.task == "zeroshot" else "mean_R@1"
         if self.metric not in known:
-            raise ValueError(f"val.metric {self.metric!r} is not a {self.task} metric: {', '.join(known)}")
+            raise UserError(f"val.metric {self.metric!r} is not a {self.task} metric: {', '.join(known)}")
         self.batch_size, self.workers = val.batch_size, workers
 
     def __call__(self, model) -> dict[str, float]:

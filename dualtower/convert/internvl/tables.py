@@ -21,6 +21,7 @@ from ...config import (
     PreprocessConfig,
     VisionConfig,
 )
+from ...errors import UserError
 from ..files import Probe
 from ..registry import Format, register
 from ..remap import ConversionError, Rule, expand, from_ours, rule, to_ours
@@ -82,7 +83,7 @@ def table(layout: str, p: str = "") -> list[Rule]:
             rule(_OURS + "attn.qkv.weight", f"{a}q_proj.weight", f"{a}k_proj.weight", f"{a}v_proj.weight"),
             rule(_OURS + "attn.qkv.bias", f"{a}q_proj.bias", f"{a}k_proj.bias", f"{a}v_proj.bias"),
         ]
-    raise ValueError(f"unknown InternViT layout {layout!r}")
+    raise UserError(f"unknown InternViT layout {layout!r}")
 
 
 def find_layout(keys, layout: str | None = None) -> tuple[str, str] | None:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import torch
 
 from ...config import VisionConfig
+from ...errors import UserError
 from ..registry import Format, register
 from ..remap import ConversionError, Rule, expand, from_ours, rule, to_ours
 
@@ -50,7 +51,7 @@ _LAYOUT_BLOCK = {
 def table(layout: str, prefix: str = "", ours: str = "visual.") -> list[Rule]:
     """Rules from our vision tower (keys under `ours`) to a timm trunk whose keys start with `prefix`."""
     if layout not in LAYOUTS:
-        raise ValueError(f"unknown timm layout {layout!r}; known: {LAYOUTS}")
+        raise UserError(f"unknown timm layout {layout!r}; known: {LAYOUTS}")
     p, o = prefix, ours
     block = [(a, (b,)) for a, b in _COMMON_BLOCK] + _LAYOUT_BLOCK[layout]
     return [

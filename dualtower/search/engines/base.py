@@ -7,6 +7,8 @@ from typing import Protocol
 
 import numpy as np
 
+from ...errors import UserError
+
 FLAT_LIMIT = 100_000
 KINDS = ("auto", "flat", "ivf")
 
@@ -26,7 +28,7 @@ class SearchEngine(Protocol):
 
 def choose(kind: str, n: int) -> str:
     if kind not in KINDS:
-        raise ValueError(f"engine {kind!r} is not one of {KINDS}")
+        raise UserError(f"engine {kind!r} is not one of {KINDS}")
     if kind != "auto":
         return kind
     return "flat" if n <= FLAT_LIMIT else "ivf"
