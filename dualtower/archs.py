@@ -13,18 +13,8 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass
 
-from .config import (
-    IMAGENET_MEAN,
-    IMAGENET_STD,
-    INCEPTION_MEAN,
-    INCEPTION_STD,
-    SIGLIP_INIT_LOGIT_BIAS,
-    SIGLIP_INIT_LOGIT_SCALE,
-    ModelConfig,
-    PreprocessConfig,
-    TextConfig,
-    VisionConfig,
-)
+from .config import (IMAGENET_MEAN, IMAGENET_STD, INCEPTION_MEAN, INCEPTION_STD, SIGLIP_INIT_LOGIT_BIAS,
+                     SIGLIP_INIT_LOGIT_SCALE, ModelConfig, PreprocessConfig, TextConfig, VisionConfig)
 from .errors import UnknownName, UserError
 
 

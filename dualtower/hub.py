@@ -102,12 +102,7 @@ class _Repo:
     def get(self, name: str, limit: int | None = None) -> Path | None:
         """The local path of `name`, downloaded if needed; None when the repo has no such file. A file over
         `limit` bytes (as the Hub announces it) is refused before a byte of it is downloaded."""
-        from huggingface_hub import (
-            get_hf_file_metadata,
-            hf_hub_download,
-            hf_hub_url,
-            try_to_load_from_cache,
-        )
+        from huggingface_hub import get_hf_file_metadata, hf_hub_download, hf_hub_url, try_to_load_from_cache
         from huggingface_hub.errors import EntryNotFoundError, LocalEntryNotFoundError
 
         try:
@@ -139,11 +134,7 @@ def fetch(spec: str) -> tuple[Path, str | None]:
         import huggingface_hub  # noqa: F401
     except ImportError as e:
         raise HubError(f"{spec}: loading from the Hub needs huggingface_hub (pip install huggingface_hub)") from e
-    from huggingface_hub.errors import (
-        HfHubHTTPError,
-        RepositoryNotFoundError,
-        RevisionNotFoundError,
-    )
+    from huggingface_hub.errors import HfHubHTTPError, RepositoryNotFoundError, RevisionNotFoundError
 
     repo_id, revision, layout = parse(spec)
     repo = _Repo(repo_id, revision)

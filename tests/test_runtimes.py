@@ -81,7 +81,8 @@ def test_classify_and_embed_agree_across_runtimes(models, tmp_path, capsys):
               "--out", str(tmp_path / f"{runtime}.json"), str(models["images"])], capsys)
         _run(["embed", "--model", str(models[runtime]), "--runtime", runtime, "--data", "builtin:digits:test",
               "--text", "--workers", "1", "--out", str(tmp_path / f"{runtime}.npz")], capsys)
-        results[runtime] = (json.loads((tmp_path / f"{runtime}.json").read_text()), np.load(tmp_path / f"{runtime}.npz"))
+        results[runtime] = (json.loads((tmp_path / f"{runtime}.json").read_text()),
+                            np.load(tmp_path / f"{runtime}.npz"))
     (rows_t, npz_t), (rows_o, npz_o) = results["torch"], results["onnx"]
     assert len(rows_t) == len(rows_o) == 14  # 12 digits, 2 photos
     for a, b in zip(rows_t, rows_o):

@@ -5,18 +5,8 @@ from __future__ import annotations
 import sys
 
 from ..errors import UserError
-from .common import (
-    count,
-    data_args,
-    embedder,
-    inference_args,
-    model_args,
-    prompt_templates,
-    runtime_arg,
-    shown,
-    torch_model,
-    write_json,
-)
+from .common import (count, data_args, embedder, inference_args, model_args, prompt_templates, runtime_arg, shown,
+                     torch_model, write_json)
 
 
 def _cmd_eval(args) -> int:

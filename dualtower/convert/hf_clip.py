@@ -7,17 +7,8 @@ import math
 
 import torch
 
-from ..config import (
-    CLIP_EOT_ID,
-    CLIP_SOT_ID,
-    CLIP_VOCAB_SIZE,
-    OPENAI_MEAN,
-    OPENAI_STD,
-    ModelConfig,
-    PreprocessConfig,
-    TextConfig,
-    VisionConfig,
-)
+from ..config import (CLIP_EOT_ID, CLIP_SOT_ID, CLIP_VOCAB_SIZE, OPENAI_MEAN, OPENAI_STD, ModelConfig, PreprocessConfig,
+                      TextConfig, VisionConfig)
 from .registry import HFDirectory, register
 from .remap import ConversionError, Rule, expand, from_ours, rule, to_ours
 

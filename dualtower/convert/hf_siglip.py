@@ -19,16 +19,8 @@ import math
 
 import torch
 
-from ..config import (
-    INCEPTION_MEAN,
-    INCEPTION_STD,
-    SIGLIP_INIT_LOGIT_BIAS,
-    SIGLIP_INIT_LOGIT_SCALE,
-    ModelConfig,
-    PreprocessConfig,
-    TextConfig,
-    VisionConfig,
-)
+from ..config import (INCEPTION_MEAN, INCEPTION_STD, SIGLIP_INIT_LOGIT_BIAS, SIGLIP_INIT_LOGIT_SCALE, ModelConfig,
+                      PreprocessConfig, TextConfig, VisionConfig)
 from .hf_clip import blocks
 from .registry import HFDirectory, register
 from .remap import ConversionError, Rule, expand, from_ours, rule, to_ours

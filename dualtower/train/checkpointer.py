@@ -18,17 +18,8 @@ from ..model import seeds
 from ..rundir import RunDir
 from .errors import TrainingError
 from .optim import param_groups
-from .state import (
-    find_checkpoint,
-    is_sharded,
-    load_by_name,
-    load_sharded,
-    load_training,
-    optimizer_state_by_name,
-    save_sharded,
-    save_training,
-    set_rng_state,
-)
+from .state import (find_checkpoint, is_sharded, load_by_name, load_sharded, load_training, optimizer_state_by_name,
+                    save_sharded, save_training, set_rng_state)
 
 log = logging.getLogger("dualtower.train")
 

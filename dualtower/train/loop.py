@@ -19,12 +19,7 @@ from ..data import open_source
 from ..data.loader import ShuffledPlan, batches
 from ..data.packing import TokenBudgetPlan, record_lengths
 from ..errors import UserError
-from ..images import (
-    ImageTransform,
-    NaFlexTrainTransform,
-    TrainTransform,
-    eval_transform,
-)
+from ..images import ImageTransform, NaFlexTrainTransform, TrainTransform, eval_transform
 from ..model import DualEncoder, seeds
 from ..rundir import RunDir
 from ..tokenizers import get_tokenizer

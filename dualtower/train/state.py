@@ -105,10 +105,7 @@ def load_sharded(directory: Path, model: DualEncoder, optimizer) -> None:
 def optimizer_state_by_name(model: DualEncoder, groups: list[dict], saved: dict) -> dict:
     """torch's optimizer state_dict (state keyed by parameter position in `groups`) keyed by parameter name,
     whole tensors: what `load_by_name` puts into the optimizer of a sharded copy of `model`."""
-    from torch.distributed.checkpoint.state_dict import (
-        StateDictOptions,
-        get_optimizer_state_dict,
-    )
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_optimizer_state_dict
 
     whole = torch.optim.AdamW(groups)
     whole.load_state_dict(saved)
@@ -116,10 +113,7 @@ def optimizer_state_by_name(model: DualEncoder, groups: list[dict], saved: dict)
 
 
 def load_by_name(model: DualEncoder, optimizer, by_name: dict) -> None:
-    from torch.distributed.checkpoint.state_dict import (
-        StateDictOptions,
-        set_optimizer_state_dict,
-    )
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, set_optimizer_state_dict
 
     set_optimizer_state_dict(model, optimizer, by_name, options=StateDictOptions(full_state_dict=True))
 

@@ -14,13 +14,7 @@ from __future__ import annotations
 
 import torch
 
-from ...config import (
-    IMAGENET_MEAN,
-    IMAGENET_STD,
-    ModelConfig,
-    PreprocessConfig,
-    VisionConfig,
-)
+from ...config import IMAGENET_MEAN, IMAGENET_STD, ModelConfig, PreprocessConfig, VisionConfig
 from ...errors import UserError
 from ..files import Probe
 from ..registry import Format, register

@@ -10,14 +10,7 @@ from ..files import STATE_DICT_SUFFIXES, Probe, read_state_file
 from ..registry import Format, register
 from ..remap import ConversionError
 from . import hub, tables
-from .hub import (
-    CONFIG,
-    WEIGHTS,
-    apply_preprocess_cfg,
-    decode_model_cfg,
-    encode_model_cfg,
-    write_directory,
-)
+from .hub import CONFIG, WEIGHTS, apply_preprocess_cfg, decode_model_cfg, encode_model_cfg, write_directory
 
 
 class OpenClip(Format):

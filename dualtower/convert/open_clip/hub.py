@@ -10,13 +10,7 @@ same text tower. `preprocess_cfg` sets mean, std, interpolation and resize mode.
 from __future__ import annotations
 
 from ...archs import REGISTRY, TIMM_NAMES
-from ...config import (
-    CLIP_VOCAB_SIZE,
-    ModelConfig,
-    PreprocessConfig,
-    TextConfig,
-    VisionConfig,
-)
+from ...config import CLIP_VOCAB_SIZE, ModelConfig, PreprocessConfig, TextConfig, VisionConfig
 from ..files import write_model_directory
 from ..remap import ConversionError
 from . import tables
