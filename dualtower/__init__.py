@@ -1,9 +1,11 @@
 """dualtower: CLIP-style dual-encoder vision-text models.
 
 The public API is here: create_model, load, save, get_config, get_tokenizer, get_transform. One room per job:
-config / archs (what a model is), model/ (the towers), checkpoint (our format) and convert/ (every other format,
-through one registry), rundir (a training run's layout), io (atomic writes), data/, train/, eval/, mllm, and
-apps/ (demo, smoke) on top. The README's layout section has the map.
+config / archs (what a model is, one table), model/ (the towers), tokenizers/ (one module per kind), checkpoint
+(our format) and convert/ (every other format, one package per family, through one registry), origin (where a
+loaded model came from), runtimes/ (the Embedder protocol: PyTorch and ONNX Runtime), rundir (a training run's
+layout), io (atomic writes), data/, train/, eval/, search/, mllm, errors (one base), cli/ and apps/ (demo, smoke)
+on top. The README's layout section has the map.
 """
 
 from __future__ import annotations

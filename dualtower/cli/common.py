@@ -88,14 +88,9 @@ def embedder(args, service: bool = False):
 
 def torch_model(args):
     """--model as a DualEncoder (the commands that need the module itself: features, export), at --precision."""
-    from ..runtimes.pytorch import load_model
+    from ..runtimes.pytorch import at_precision, load_model
 
-    model = load_model(args.model, options(args))
-    if getattr(args, "precision", "fp32") == "bf16":
-        import torch
-
-        model.to(torch.bfloat16)  # weights in bf16; norms still compute in fp32, outputs are returned as fp32
-    return model
+    return at_precision(load_model(args.model, options(args)), getattr(args, "precision", "fp32"))
 
 
 def prompt_templates(args, source_name: str) -> list[str]:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import sys
 
 from ..errors import UserError
-from .common import count, embedder, inference_args, model_args, runtime_arg, shown
+from .common import count, embedder, inference_args, model_args, options, runtime_arg, shown
 
 
 def model_source(name: str) -> str:
@@ -16,17 +16,10 @@ def model_source(name: str) -> str:
 
 
 def open_index(args):
-    from ..search import SearchIndex, Store
+    """--index with --model (or the model it records) on --runtime, at --device and --precision."""
+    from ..search import SearchIndex
 
-    if args.runtime == "onnx" and not args.model:
-        raise UserError("--runtime onnx needs --model: a folder from `dualtower export` of the index's model")
-    if not args.model:  # the model the index was built with, on this command's device and precision
-        store = Store(args.index)
-        args.model = store.model.get("source")
-        store.close()
-        if not args.model:
-            raise UserError(f"{args.index}: the index does not say where its model came from; pass --model")
-    return SearchIndex(args.index, model=embedder(args, service=True))  # a few queries at a time
+    return SearchIndex.open(args.index, args.model, args.runtime, options(args, service=True))
 
 
 def _cmd_index(args) -> int:

@@ -26,7 +26,7 @@ class TorchEmbedder(Embedder):
         self._digest = model.origin.weights_sha256
         if precision == "bf16":
             self._digest = self._digest or _digest(model)  # the weights' identity is their fp32 one
-            model = model.to(torch.bfloat16)
+        model = at_precision(model, precision)
         self.model = model.eval() if device is None else model.to(device).eval()
         self.device = next(self.model.parameters()).device
         self.precision = precision
@@ -82,6 +82,14 @@ def load_model(spec: str, options):
     else:
         model = dualtower.load(spec, arch=options.arch, source=options.source, towers=options.towers)
     return model.to(device_of(options.device))
+
+
+def at_precision(model, precision: str):
+    """`model` with its weights in `precision`: "bf16" casts them to bfloat16 (norms still compute in fp32,
+    outputs are returned as fp32); "fp32" leaves them."""
+    if precision not in PRECISIONS:
+        raise UserError(f"precision {precision!r} is not one of {PRECISIONS}")
+    return model.to(torch.bfloat16) if precision == "bf16" else model
 
 
 def open(spec: str, options) -> TorchEmbedder:  # noqa: A001 (the runtimes' factory calls it by this name)

@@ -31,24 +31,29 @@ class Hit:
 class SearchIndex:
     """An index opened for queries. `model`: the index's own model (checked by its weights digest) as an Embedder
     of any runtime (an ONNX Runtime export of it serves too, at any precision) or a DualEncoder; None loads the
-    one the index names. Queries may come from several threads; the Embedder runs one batch at a time."""
+    one the index names (with `options`: device, precision). Queries may come from several threads; the
+    Embedder runs one batch at a time."""
 
-    def __init__(self, path: "str | os.PathLike", model=None, engine: str | None = None):
+    def __init__(self, path: "str | os.PathLike", model=None, engine: str | None = None, options=None):
         self.store = Store(path)
-        self.embedder = self._load_model() if model is None else as_embedder(model)
+        self.embedder = open_model(self.store, options) if model is None else as_embedder(model)
         self.store.check_model(self.embedder.identity())
         self._refreshing = threading.Lock()
         self._engine_kind = engine
         self.refresh(engine)
 
-    def _load_model(self):
+    @classmethod
+    def open(cls, path: "str | os.PathLike", model: str | None = None, runtime: str = "torch",
+             options=None) -> "SearchIndex":
+        """The index with its model opened on `runtime` (runtimes.open, with `options`: device, precision): the
+        model named (it must have the index's weights), or the one the index records (PyTorch only: an export
+        for ONNX Runtime is named by the caller)."""
+        if runtime != "torch" and not model:
+            raise SearchIndexError(f"--runtime {runtime} needs --model: a folder from `dualtower export` of the "
+                                   "index's model")
         from .. import runtimes
 
-        source = self.store.model.get("source")
-        if not source:
-            raise SearchIndexError(f"{self.store.path}: the index does not say where its model came from; pass the "
-                                   "model (--model)")
-        return runtimes.open(source)
+        return cls(path, None if model is None else runtimes.open(model, runtime, options), options=options)
 
     def refresh(self, engine: str | None = None) -> None:
         """Load the saved engine, or build one in memory where it is missing or stale: a view of the index at one
@@ -143,3 +148,13 @@ class SearchIndex:
 
     def close(self) -> None:
         self.store.close()
+
+
+def open_model(store: Store, options=None):
+    """The Embedder of the model an index records where it came from (PyTorch)."""
+    from .. import runtimes
+
+    source = store.model.get("source")
+    if not source:
+        raise SearchIndexError(f"{store.path}: the index does not say where its model came from; pass --model")
+    return runtimes.open(source, "torch", options)
