@@ -166,3 +166,24 @@ def test_serve_answers_alike_on_both_runtimes(models, tmp_path, capsys):
     for a, b in zip(*answers):
         assert len(a) == 8
         _same_hits(a, b)
+
+
+def test_an_index_built_from_an_export_opens_on_onnx_runtime_by_itself(models, tmp_path, capsys):
+    """Issue 33, item 9: `search` of an index built with `--runtime onnx` needed `--runtime onnx --model` again and
+    otherwise failed with a 1,400-character "no known format" line. The index records its export: `search`
+    without flags opens it on ONNX Runtime; an export given as a PyTorch model is refused in one short line
+    naming the flag."""
+    _run(["index", str(models["images"]), "--model", str(models["onnx"]), "--runtime", "onnx", "--workers", "1",
+          "--out", str(tmp_path / "index")], capsys)
+    by_itself = _hits(_run(["search", str(tmp_path / "index"), "zero", "--json", "-k", "5"], capsys))
+    named = _hits(_run(["search", str(tmp_path / "index"), "zero", "--json", "-k", "5", "--runtime", "onnx",
+                        "--model", str(models["onnx"])], capsys))
+    assert by_itself == named and len(by_itself) == 5
+    assert main(["search", str(tmp_path / "index"), "zero", "--model", str(models["onnx"])]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "--runtime onnx" in err and "export" in err and len(err) < 300 and len(err.splitlines()) == 1, err
+    (tmp_path / "odd").mkdir()
+    (tmp_path / "odd" / "config.json").write_text('{"model_type": "bert"}')
+    assert main(["classify", "--model", str(tmp_path / "odd"), "--labels", "a,b", str(models["images"])]) == 2
+    err = capsys.readouterr().err.strip()  # a folder of no format: the formats named, not described
+    assert "no known format" in err and "hf-siglip" in err and len(err) < 400, err

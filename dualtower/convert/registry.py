@@ -164,9 +164,16 @@ def detect(probe: Probe) -> Format:
         return found[0]
     what = "directory" if probe.is_directory else "state dict"
     if not found:
+        from ..export_format import FORMAT_NAME
+
+        meta = probe.config if probe.is_directory else {}
+        if isinstance(meta, dict) and meta.get("format") == FORMAT_NAME:
+            runtime = meta.get("runtime")
+            raise CheckpointError(f"{probe.path}: an export for {runtime} (`dualtower export`), not a checkpoint"
+                                  + ("; run it with --runtime onnx" if runtime == "onnx" else ""))
         detail = f" (config.json model_type {probe.model_type!r})" if probe.is_directory else ""
         raise CheckpointError(f"{probe.path}: no known format recognises this {what}{detail}; known formats: "
-                              + "; ".join(f"{n}: {FORMATS[n].summary}" for n in sorted(FORMATS)))
+                              f"{', '.join(sorted(FORMATS))} (`dualtower convert --help` says what each holds)")
     candidates = ", ".join(sorted(f.name for f in found))
     raise CheckpointError(f"{probe.path}: this {what} matches several formats ({candidates}); name one with source= "
                           "(dualtower convert --from)")

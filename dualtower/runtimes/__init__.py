@@ -45,6 +45,22 @@ def open(spec: str, runtime: str = "torch", options: OpenOptions | None = None) 
     return module.open(spec, options or OpenOptions())
 
 
+def runtime_of(spec: str) -> str:
+    """The runtime a model spec is for: "onnx" for a folder `dualtower export` wrote for ONNX Runtime, else
+    "torch" (checkpoints, Hub names, architecture names)."""
+    import json
+    from pathlib import Path
+
+    from ..export_format import FORMAT_NAME
+
+    try:
+        meta = json.loads((Path(spec) / "config.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return "torch"
+    exported = isinstance(meta, dict) and meta.get("format") == FORMAT_NAME and meta.get("runtime") == "onnx"
+    return "onnx" if exported else "torch"
+
+
 def as_embedder(model) -> Embedder:
     """An Embedder as it is; a DualEncoder wrapped, on its own device and precision."""
     if isinstance(model, Embedder):
@@ -54,4 +70,4 @@ def as_embedder(model) -> Embedder:
     return TorchEmbedder(model)
 
 
-__all__ = ["RUNTIMES", "Embedder", "OpenOptions", "as_embedder", "length_batches", "normalize", "open"]
+__all__ = ["RUNTIMES", "Embedder", "OpenOptions", "as_embedder", "length_batches", "normalize", "open", "runtime_of"]

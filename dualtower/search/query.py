@@ -46,8 +46,8 @@ class SearchIndex:
     def open(cls, path: "str | os.PathLike", model: str | None = None, runtime: str = "torch",
              options=None) -> "SearchIndex":
         """The index with its model opened on `runtime` (runtimes.open, with `options`: device, precision): the
-        model named (it must have the index's weights), or the one the index records (PyTorch only: an export
-        for ONNX Runtime is named by the caller)."""
+        model named (it must have the index's weights), or the one the index records (on the runtime it was
+        built with; for another runtime, name the model)."""
         if runtime != "torch" and not model:
             raise SearchIndexError(f"--runtime {runtime} needs --model: a folder from `dualtower export` of the "
                                    "index's model")
@@ -151,10 +151,11 @@ class SearchIndex:
 
 
 def open_model(store: Store, options=None):
-    """The Embedder of the model an index records where it came from (PyTorch)."""
+    """The Embedder of the model an index records where it came from: on PyTorch, or on ONNX Runtime for an index
+    built with an export (`index --runtime onnx`)."""
     from .. import runtimes
 
     source = store.model.get("source")
     if not source:
         raise SearchIndexError(f"{store.path}: the index does not say where its model came from; pass --model")
-    return runtimes.open(source, "torch", options)
+    return runtimes.open(source, runtimes.runtime_of(source), options)
