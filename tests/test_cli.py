@@ -116,3 +116,19 @@ def test_every_error_class_of_the_library_has_one_base():
     assert len(found) >= 10, sorted(found)
     strays = [n for n, c in found.items() if not issubclass(c, (DualtowerError, KeyboardInterrupt))]
     assert not strays, strays
+
+
+def test_export_takes_model_as_every_command_does_and_argument_errors_show_the_command_usage(tmp_path, capsys):
+    """Issue 33, item 13: `export --model CKPT OUT` was refused with the top-level usage. It takes --model (the
+    positional stays); an unknown argument of any command prints that command's usage."""
+    assert main(["export", "--model", "tiny", str(tmp_path / "a")]) == 0
+    assert main(["export", "tiny", str(tmp_path / "b")]) == 0
+    assert {p.name for p in (tmp_path / "a").iterdir()} == {p.name for p in (tmp_path / "b").iterdir()}
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as raised:
+        main(["export", "--model", "tiny", "tiny", str(tmp_path / "c")])
+    assert raised.value.code == 2 and "give the model once" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        main(["embed", "--model", "tiny", "--data", "builtin:digits:test", "--out", "x.npz", "--bogus"])
+    err = capsys.readouterr().err
+    assert "usage: dualtower embed" in err and "unrecognized arguments: --bogus" in err

@@ -30,6 +30,8 @@ def build_parser() -> argparse.ArgumentParser:
                                 parser_class=functools.partial(argparse.ArgumentParser, formatter_class=Help))
     for add in COMMANDS:
         add(sub)
+    for command in sub.choices.values():  # an argument error prints that command's usage, not the top level's
+        command.set_defaults(parser=command)
     return parser
 
 
@@ -41,7 +43,7 @@ def main(argv: list[str] | None = None) -> int:
     argv = pair_overrides(list(sys.argv[1:] if argv is None else argv))
     args, rest = parser.parse_known_args(argv)
     if rest and not getattr(args, "takes_overrides", False):
-        parser.error(f"unrecognized arguments: {' '.join(rest)}")
+        args.parser.error(f"unrecognized arguments: {' '.join(rest)}")
     from ..errors import is_user_error
     from ..io import disk_full
 

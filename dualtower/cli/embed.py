@@ -151,6 +151,12 @@ def add_features(sub) -> None:
 def _cmd_export(args) -> int:
     from ..export import export
 
+    if args.model_option:  # `export --model CKPT OUT`: the one positional is OUT
+        if args.out is not None:
+            args.parser.error("give the model once: MODEL OUT, or --model MODEL OUT")
+        args.model, args.out = args.model_option, args.model
+    if not args.model or not args.out:
+        args.parser.error("the following arguments are required: MODEL OUT (or --model MODEL OUT)")
     model = torch_model(args)
     report = export(model, args.out, format=args.format, precision=args.lowering, normalize=args.normalize,
                     opset=args.opset, dynamic_size=args.dynamic_size, aot=args.aot)
@@ -160,9 +166,11 @@ def _cmd_export(args) -> int:
 
 def add_export(sub) -> None:
     p = sub.add_parser("export", help="export the towers for deployment: ONNX (ONNX Runtime) or torch.export")
-    p.add_argument("model", help="a checkpoint, hf-hub:ORG/NAME, a name from `dualtower models`, or an "
-                                 "architecture name for random weights")
-    p.add_argument("out", help="the folder to write (image.onnx, text.onnx, config.json, tokenizer files, README)")
+    p.add_argument("model", nargs="?", help="a checkpoint, hf-hub:ORG/NAME, a name from `dualtower models`, or an "
+                                            "architecture name for random weights (or give it as --model)")
+    p.add_argument("out", nargs="?", help="the folder to write (image.onnx, text.onnx, config.json, tokenizer files, "
+                                          "README)")
+    p.add_argument("--model", dest="model_option", metavar="MODEL", help="the model, as every other command takes it")
     p.add_argument("--arch", help="the architecture of a bare state dict checkpoint")
     p.add_argument("--format", choices=["onnx", "torch-export"], default="onnx", help="what to write")
     p.add_argument("--lowering", "--precision", dest="lowering", choices=["fp32", "fp16", "int8"], default="fp32",
