@@ -20,7 +20,7 @@ from ..data import open_source
 from ..data.builtin import TRAIN_TEMPLATES
 from ..errors import UserError
 from ..eval.embed import ImageEmbeddings, embed_source, embed_texts
-from ..eval.retrieval import retrieval
+from ..eval.retrieval import class_captions, retrieval
 from ..eval.templates import HELD_OUT, fill
 from ..eval.zeroshot import build_classifier, classify, scores
 from ..io import write_json, write_text
@@ -66,15 +66,7 @@ def run(data: str = "builtin:digits", out: str = "demo-out", steps: int | None =
     zs = scores(logits, images.labels, test_source.classes)
 
     # 3. Retrieval on the held-out images, every held-out prompt as a caption of each image of its class.
-    captions = [fill(t, test_source.classes[int(c)]) for c in images.labels for t in templates]
-    per_image = len(templates)
-    retr = retrieval(model, ImageEmbeddings(
-        features=images.features.repeat_interleave(per_image, dim=0),
-        labels=images.labels.repeat_interleave(per_image),
-        ids=[i for i in images.ids for _ in range(per_image)],
-        captions=captions,
-        image_keys=[k for k in images.image_keys for _ in range(per_image)],
-    ))
+    retr = retrieval(model, class_captions(images, test_source.classes, templates), match="class")
     total_seconds = time.perf_counter() - start
 
     # 4. The report.

@@ -12,6 +12,7 @@ from .common import (count, data_args, embedder, inference_args, model_args, pro
 def _cmd_eval(args) -> int:
     from ..data import open_source
     from ..eval import embed_source, linear_probe, retrieval, zeroshot
+    from ..eval.retrieval import class_captions
 
     # Everything that can be refused is checked before the model loads and the images are embedded.
     source = open_source(args.data, args.image_key, args.caption_key)
@@ -19,19 +20,26 @@ def _cmd_eval(args) -> int:
         raise UserError(f"{args.data}: {args.task} needs data with classes (for example builtin:digits:test)")
     if args.task == "linear-probe" and not args.train:
         raise UserError("linear-probe needs --train DATA (the probe's training data)")
-    templates = prompt_templates(args, source.name) if args.task == "zeroshot" else None
+    by_class = args.task == "retrieval" and args.match == "class"
+    if by_class and not source.classes:
+        raise UserError(f"{args.data}: --match class needs data with classes (for example builtin:digits:test)")
+    templates = prompt_templates(args, source.name) if args.task == "zeroshot" or by_class else None
     model = embedder(args)
     images, _ = embed_source(model, source, args.batch_size, args.workers, progress=True)
     if args.task == "zeroshot":
         result = zeroshot(model, images, source.classes, templates)
     elif args.task == "retrieval":
-        result = retrieval(model, images)
+        result = retrieval(model, class_captions(images, source.classes, templates) if by_class else images,
+                           match=args.match)
     else:
         train_source = open_source(args.train, args.image_key, args.caption_key)
         train_images, _ = embed_source(model, train_source, args.batch_size, args.workers, progress=True)
         result = linear_probe(train_images, images, source.classes)
     print(f"{args.task} on {args.data} ({images.stats.accepted} images, "
           f"{sum(images.stats.skipped.values())} skipped)")
+    if args.task == "retrieval":
+        print(f"  rule: {result.RULES[result.match]} (--match {result.match}; "
+              f"{result.n_images} images, {result.n_texts} texts)")
     for name, value in result.rows():
         print(f"  {name:<24} {value:.4g}")
     write_json(args.out, {"task": args.task, "model": args.model, "data": args.data, **result.to_dict(),
@@ -44,7 +52,12 @@ def add_eval(sub) -> None:
     p.add_argument("task", choices=["zeroshot", "retrieval", "linear-probe"], help="what to measure")
     data_args(p)
     p.add_argument("--train", help="linear-probe: the data the probe is fitted on")
-    p.add_argument("--templates", help="zeroshot: a file of prompt templates, one per line, {c} for the class")
+    p.add_argument("--templates", help="zeroshot, and retrieval --match class: a file of prompt templates, one per "
+                                       "line, {c} for the class")
+    p.add_argument("--match", choices=["caption", "class"], default="caption",
+                   help="retrieval: caption (a text matches the images it is a caption of; built-in data gives each "
+                        "image one rotating caption) or class (a text matches every image of the class it names, "
+                        "each template per class: the demo report's rule)")
     p.add_argument("--out", help="write the results as JSON here")
     p.set_defaults(func=_cmd_eval, out_file=(".json",))
 

@@ -43,10 +43,14 @@ class RetrievalResult:
     text_to_image: dict[str, float]
     n_images: int
     n_texts: int
+    match: str = "caption"  # the rule: "caption" (a text matches the images it captions) or "class"
+
+    RULES = {"caption": "a text matches the images it is a caption of",
+             "class": "a text matches every image of the class it names (each prompt template per class)"}
 
     def to_dict(self) -> dict:
         return {"image_to_text": self.image_to_text, "text_to_image": self.text_to_image, "n_images": self.n_images,
-                "n_texts": self.n_texts}
+                "n_texts": self.n_texts, "match": self.match}
 
     def rows(self) -> list[tuple[str, float]]:
         return [(f"image->text {k}", v) for k, v in self.image_to_text.items()] + \

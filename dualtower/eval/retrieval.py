@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import torch
 
+from ..errors import UserError
 from .embed import ImageEmbeddings, embed_texts
+from .templates import fill
 from .results import RetrievalResult
 
 
@@ -21,7 +23,26 @@ def recall_at_k(scores: torch.Tensor, positives: torch.Tensor, ks: tuple[int, ..
     return {f"R@{k}": int(hits[:, :k].any(dim=1).sum()) / len(hits) for k in ks}
 
 
-def retrieval(model, images: ImageEmbeddings, ks: tuple[int, ...] = (1, 5, 10)) -> RetrievalResult:
+def class_captions(images: ImageEmbeddings, classes: list[str], templates: list[str]) -> ImageEmbeddings:
+    """The class-level rule: every prompt of an image's class (each template filled with the class name) as a
+    caption of that image, so a text matches every image of the class it names."""
+    per_image = len(templates)
+    if (images.labels < 0).any():
+        raise UserError("the class-level retrieval rule needs labelled data (a source with classes)")
+    return ImageEmbeddings(
+        features=images.features.repeat_interleave(per_image, dim=0),
+        labels=images.labels.repeat_interleave(per_image),
+        ids=[i for i in images.ids for _ in range(per_image)],
+        captions=[fill(t, classes[int(c)]) for c in images.labels for t in templates],
+        image_keys=[k for k in images.image_keys for _ in range(per_image)],
+        stats=images.stats,
+    )
+
+
+def retrieval(model, images: ImageEmbeddings, ks: tuple[int, ...] = (1, 5, 10), match: str = "caption"
+              ) -> RetrievalResult:
+    """Recall@k both ways. `match` names the rule the captions follow, for the result to say: "caption" (each
+    image's own captions), or "class" (`class_captions` made them)."""
     key_index: dict[str, int] = {}
     text_index: dict[str, int] = {}
     rows, pairs = [], []
@@ -38,4 +59,4 @@ def retrieval(model, images: ImageEmbeddings, ks: tuple[int, ...] = (1, 5, 10)) 
     scores = image_features @ text_features.T  # (I, T)
     return RetrievalResult(image_to_text=recall_at_k(scores, positives, ks),
                            text_to_image=recall_at_k(scores.T, positives.T, ks),
-                           n_images=len(key_index), n_texts=len(text_index))
+                           n_images=len(key_index), n_texts=len(text_index), match=match)
