@@ -121,6 +121,11 @@ def test_text_and_image_queries_agree_through_cli_api_and_http(trained, digits, 
             status, reply = server.search({"text": text, "k": 10})
             assert status == 200
             assert cli == api == [r["key"] for r in reply["results"]]
+            # Issue 33, item 12: the service shows each file relative to its indexed folder, not the server's
+            # absolute path; the Python API and the command line (on the user's own machine) keep it whole.
+            paths, whole = [r["path"] for r in reply["results"]], [h.path for h in index.search_text(text, 10)]
+            assert paths == [os.path.relpath(os.path.realpath(p), os.path.realpath(digits)) for p in whole]
+            assert not any(os.path.isabs(p) for p in paths) and all(os.path.isabs(p) for p in whole)
         # The same model in bf16 is the same model: its weights digest is taken before the cast.
         assert main(["search", str(out), QUERIES["three"], "-k", "10", "--json", "--precision", "bf16"]) == 0
         bf16 = [h["key"] for h in json.loads(capsys.readouterr().out)]

@@ -1,7 +1,7 @@
 """The search service: FastAPI on uvicorn, one index, one model.
 
     POST /search        {"text": ..., "k": 10} | {"embedding": [...]} | {"id": N} as JSON, or a multipart form
-                        with an "image" file and "k"
+                        with an "image" file and "k"; each result's path is relative to its indexed folder
     GET  /image/{id}    the original file of an item (by id only: no path ever comes from a request; served only
                         while it is an image file whose real path is inside the folders the index was built from)
     GET  /thumb/{id}    its thumbnail, stored in the index
@@ -22,6 +22,7 @@ app's state.
 import asyncio
 import json
 import logging
+import os
 import threading
 import time
 import uuid
@@ -186,6 +187,17 @@ class Service:
         search = {"image": index.search_image, "id": index.search_item, "embedding": index.search_vector}[query.kind]
         return await run_in_threadpool(search, query.value, query.k)
 
+    def shown_path(self, path: str | None) -> str | None:
+        """An item's file as the service shows it: relative to the indexed folder that holds it, so answers do not
+        reveal the server's layout (`/image/{id}` serves the file itself)."""
+        if path is None:
+            return None
+        real = os.path.realpath(path)
+        for folder in self.index.store.folders:
+            if real.startswith(folder.rstrip(os.sep) + os.sep):
+                return os.path.relpath(real, folder)
+        return os.path.basename(path)
+
 
 def _service(request: Request) -> Service:
     return request.app.state.service
@@ -236,7 +248,8 @@ async def search(request: Request):
     finally:
         service.waiting -= 1
     return {"query": query.described, "k": query.k, "took_ms": round(took, 2),
-            "results": [{**h.to_dict(), "thumb": f"/thumb/{h.id}", "image": f"/image/{h.id}"} for h in hits]}
+            "results": [{**h.to_dict(), "path": service.shown_path(h.path), "thumb": f"/thumb/{h.id}",
+                         "image": f"/image/{h.id}"} for h in hits]}
 
 
 async def thumb(request: Request, item_id: int):
