@@ -132,3 +132,32 @@ def test_export_takes_model_as_every_command_does_and_argument_errors_show_the_c
         main(["embed", "--model", "tiny", "--data", "builtin:digits:test", "--out", "x.npz", "--bogus"])
     err = capsys.readouterr().err
     assert "usage: dualtower embed" in err and "unrecognized arguments: --bogus" in err
+
+
+def test_the_small_rough_edges_of_issue_33(tmp_path, capsys):
+    """Issue 33, item 15: a default of 0 shows in the help; `convert --to timm` says it wrote the vision tower
+    only; `--to onnx` points to `dualtower export`; `classify` names a bad file once; eval rows print in one
+    format; `dualtower models` lists SigLIP 2."""
+    from dualtower.cli import build_parser
+
+    choices = build_parser()._subparsers._group_actions[0].choices
+    assert "(default: 0)" in choices["demo"].format_help()  # --seed
+    dualtower.save(dualtower.create_model("tiny"), tmp_path / "ckpt")
+    assert main(["convert", str(tmp_path / "ckpt"), str(tmp_path / "tower.safetensors"), "--to", "timm"]) == 0
+    assert "vision tower only" in capsys.readouterr().out
+    assert main(["convert", str(tmp_path / "ckpt"), str(tmp_path / "x.onnx"), "--to", "onnx"]) == 2
+    assert "dualtower export MODEL OUT" in capsys.readouterr().err
+    (tmp_path / "images").mkdir()
+    (tmp_path / "images" / "broken.png").write_bytes(b"not a png")
+    assert main(["classify", "--model", "tiny", "--labels", "a,b", str(tmp_path / "images")]) == 2
+    err = capsys.readouterr().err
+    assert err.count("broken.png") == 1 and "error:" in err, err
+    assert main(["models"]) == 0
+    assert "ViT-B-16-SigLIP2/webli" in capsys.readouterr().out
+
+
+def test_eval_rows_print_in_one_format():
+    from dualtower.eval.results import ClassificationResult
+
+    result = ClassificationResult(0.98333, 1.0, 0.98, {}, [], [], 10)
+    assert [f"{v:.4f}" for _, v in result.rows()] == ["0.9833", "1.0000", "0.9800"]

@@ -13,7 +13,8 @@ class Help(argparse.RawDescriptionHelpFormatter):
 
     def _get_help_string(self, action):
         text = action.help or ""
-        if action.default not in (None, False, argparse.SUPPRESS) and "default" not in text and action.option_strings:
+        if action.default is not None and action.default is not False and action.default != argparse.SUPPRESS \
+                and "default" not in text and action.option_strings:  # 0 is a default too (0 == False)
             text += " (default: %(default)s)"
         return text
 

@@ -41,7 +41,7 @@ def _cmd_eval(args) -> int:
         print(f"  rule: {result.RULES[result.match]} (--match {result.match}; "
               f"{result.n_images} images, {result.n_texts} texts)")
     for name, value in result.rows():
-        print(f"  {name:<24} {value:.4g}")
+        print(f"  {name:<24} {value:.4f}")
     write_json(args.out, {"task": args.task, "model": args.model, "data": args.data, **result.to_dict(),
                           "images": {"accepted": images.stats.accepted, "skipped": dict(images.stats.skipped)}})
     return 0
@@ -79,7 +79,8 @@ def _cmd_classify(args) -> int:
         try:
             top = classifier.top(open_image(path), args.top_k)
         except ValueError as e:
-            print(f"{shown(path)}: error: {e}", file=sys.stderr)
+            reason = str(e).removeprefix(f"{path}: ")  # the decoder's message names the file already
+            print(f"{shown(path)}: error: {shown(reason)}", file=sys.stderr)
             status = 2
             continue
         rows.append({"image": path, "top": [{"label": label, "prob": p} for label, p in top]})

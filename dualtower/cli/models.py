@@ -67,8 +67,11 @@ def add_models(sub) -> None:
 def _cmd_convert(args) -> int:
     from ..convert import convert
 
+    from ..convert.registry import writer_for
+
     model = convert(args.src, args.dst, arch=args.arch, to=args.to, source=args.source, towers=args.towers)
-    towers = "vision tower only" if model.text is None else "both towers"
+    written = writer_for(args.to, model.cfg)
+    towers = "vision tower only" if model.text is None or written.vision_only else "both towers"
     print(f"wrote {args.dst} ({args.to} format, architecture {model.cfg.name}, {towers})")
     return 0
 

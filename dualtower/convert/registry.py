@@ -152,8 +152,10 @@ def names() -> list[str]:
 def get_format(name: str) -> Format:
     name = ALIASES.get(name, name)
     if name not in FORMATS:
+        export = "; an ONNX or torch.export deployment is written by `dualtower export MODEL OUT`" \
+            if name.lower() in ("onnx", "torch-export", "torchscript", "pt2") else ""
         raise UserError(f"unknown format {name!r}; known: {', '.join(sorted(FORMATS))} (and aliases "
-                         f"{', '.join(sorted(ALIASES))})")
+                        f"{', '.join(sorted(ALIASES))}){export}")
     return FORMATS[name]
 
 
