@@ -5,6 +5,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -161,3 +162,24 @@ def test_eval_rows_print_in_one_format():
 
     result = ClassificationResult(0.98333, 1.0, 0.98, {}, [], [], 10)
     assert [f"{v:.4f}" for _, v in result.rows()] == ["0.9833", "1.0000", "0.9800"]
+
+
+def test_embed_ids_of_a_captions_file_are_its_images_and_features_takes_a_folder(tmp_path, capsys):
+    """Issue 33, item 15: `embed` of a captions file wrote ids "captions.csv:0", ...; they are the image paths as
+    the file names them. `features` takes a folder, as `classify` does."""
+    from dualtower.data import open_source
+
+    digits = open_source("builtin:digits:test")
+    (tmp_path / "img").mkdir()
+    for i in range(3):
+        digits.load(i).image.save(tmp_path / "img" / f"{i}.png")
+    (tmp_path / "captions.csv").write_text("image,caption\nimg/0.png,zero\nimg/1.png,one\nimg/2.png,two\n")
+    assert main(["embed", "--model", "tiny", "--data", str(tmp_path / "captions.csv"), "--workers", "0",
+                 "--out", str(tmp_path / "e.npz")]) == 0
+    assert list(np.load(tmp_path / "e.npz")["ids"]) == ["img/0.png", "img/1.png", "img/2.png"]
+    assert main(["features", "--model", "tiny", "--out", str(tmp_path / "f.safetensors"), str(tmp_path / "img")]) == 0
+    assert "layer" in capsys.readouterr().out
+    from safetensors import safe_open
+
+    with safe_open(tmp_path / "f.safetensors", "np") as f:
+        assert next(iter(f.keys())).startswith("layer") and f.get_tensor(next(iter(f.keys()))).shape[0] == 3

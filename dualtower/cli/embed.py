@@ -138,7 +138,9 @@ def _cmd_features(args) -> int:
         tiles = (0, 0)
     if tiles is not None and not 1 <= tiles[0] <= tiles[1]:
         raise UserError(f"--tiles {args.tiles!r}: expected MIN-MAX with 1 <= MIN <= MAX, e.g. 1-12")
-    result = extract_features(torch_model(args), args.images, layers=tuple(int(x) for x in args.layer.split(",")),
+    from ..data.files import image_paths
+
+    result = extract_features(torch_model(args), image_paths(args.images), layers=tuple(int(x) for x in args.layer.split(",")),
                               keep_cls=not args.no_cls, final_norm=args.final_norm, tiles=tiles,
                               batch_size=args.batch_size, on_skip=lambda message: print(message, file=sys.stderr))
     result.save(args.out)
@@ -158,7 +160,7 @@ def add_features(sub) -> None:
     inference_args(p)
     p.add_argument("--out", required=True,
                    help="FILE.safetensors: tensors layer<N> (tiles, tokens, width); metadata images, tiles_per_image")
-    p.add_argument("images", nargs="+", help="image files")
+    p.add_argument("images", nargs="+", help="image files, or folders (their images, recursively)")
     p.set_defaults(func=_cmd_features, out_file=(".safetensors",))
 
 

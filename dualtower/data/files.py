@@ -151,7 +151,9 @@ class CaptionsFile(Source):
         if not isinstance(image, str) or not image:
             raise BadSample("missing image", f"{where}: no image path")
         caption = caption_if_needed(lambda: require_caption(caption, where), self.captions)
-        return Sample(_load_image(self.path.parent / image), caption, self.sample_id(index), image_key=image)
+        # The id is the image as the row names it (what `embed` writes beside each vector); the file's row number
+        # (sample_id) names a bad row.
+        return Sample(_load_image(self.path.parent / image), caption, image, image_key=image)
 
     def sample_id(self, index: int) -> str:
         return f"{self.name}:{index}"
