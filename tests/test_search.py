@@ -398,6 +398,12 @@ def test_the_web_page_in_a_real_browser(trained, digits, tmp_path):
         loaded = browser.execute_script(
             "return [...document.querySelectorAll('figure img')].filter(i => i.complete && i.naturalWidth > 0).length")
         assert loaded >= 10
+        # Issue 33, item 15: each result links its original image; the page asks for no favicon that 404s.
+        links = [a.get_attribute("href") for a in browser.find_elements(By.CSS_SELECTOR, "figure.result a.open")]
+        assert len(links) == 24 and all("/image/" in h for h in links)
+        status, _, data = server.request(links[0].removeprefix(server.url))
+        assert status == 200 and data[:8] == b"\x89PNG\r\n\x1a\n"
+        assert server.request("/favicon.ico")[0] == 204
         artifacts = Path(os.environ.get("DUALTOWER_ARTIFACTS", tmp_path))
         artifacts.mkdir(parents=True, exist_ok=True)
         browser.save_screenshot(str(artifacts / "search-page.png"))
