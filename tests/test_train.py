@@ -200,3 +200,16 @@ def test_ctrl_c_saves_the_step_and_the_run_resumes_exactly(tmp_path, signame):
         assert done.returncode == 0, done.stderr[-2000:]
     a, b = (load_file(tmp_path / r / "checkpoints" / f"step_{steps:06d}" / "model.safetensors") for r in "ab")
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_a_run_logged_to_a_file_says_what_it_trains_and_the_time_left(tmp_path, capsys):
+    """Issue 33, item 15: with stdout not a terminal (a log file, the demo under CI) nothing was printed until the
+    first metrics line. A first line says what runs and where; every line gives the time left."""
+    cfg = configtree.load(TrainConfig, None, FAST + ["--train.steps=4", "--train.log_every=2", "--train.progress=true",
+                                                     "--data.workers=0", f"--train.out={tmp_path}"])
+    train(cfg)
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0] == f"train: steps 1 to 4 into {tmp_path}; a line every 2 steps with the time left"
+    steps = [line for line in lines if line.startswith("step ")]
+    assert [s.split()[1] for s in steps] == ["2/4", "4/4"] and all(" left " in s for s in steps)
+    assert steps[-1].endswith("left 0m00s")

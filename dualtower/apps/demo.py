@@ -133,7 +133,8 @@ def _similarity(model, source, images: ImageEmbeddings, template: str, path: Pat
     sims = images.features[picks] @ embed_texts(model, texts).T
     labels = [f"image: {source.classes[int(images.labels[i])]}" for i in picks]
     heat_map([[round(v, 2) for v in row] for row in sims.tolist()], path,
-             f'cosine similarity, held-out images x "{template}"', labels, [f"text: {n}" for n in source.classes],
+             "cosine similarity (each row: one held-out image; each column: one class prompt)",
+             labels, [f"text: {n}" for n in source.classes],
              cell=44)
     return {"template": template, "images": labels, "texts": texts, "cosine": sims.tolist()}
 

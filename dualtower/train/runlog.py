@@ -55,6 +55,8 @@ class RunLog:
                 self.progress = tqdm(total=t.steps, initial=start, desc="train", unit="step", dynamic_ncols=True)
             else:  # a log file: one plain line per metrics record instead of a bar redrawn with carriage returns
                 self.plain = True
+                print(f"train: steps {start + 1} to {t.steps} into {run.root}; a line every {t.log_every} steps "
+                      "with the time left", flush=True)
         self.window_start, self.window_samples = time.perf_counter(), 0
         self.run_start = time.perf_counter()
         self.board = None  # TensorBoard (train.tensorboard): the same records, as scalars of RUN/tensorboard
@@ -127,8 +129,10 @@ class RunLog:
             self.metrics.flush()
             self.scalars(done, {f"train/{k}": v for k, v in record.items() if k != "step"})
             if self.plain:
+                left = (now - self.run_start) / max(done - self.start, 1) * (self.t.steps - done)
                 print(f"step {done}/{self.t.steps}  loss {record['loss']:.4f}  lr {lr:.2e}  "
-                      f"samples/s {record['samples_per_s']:.0f}  skipped {record['skipped']}", flush=True)
+                      f"samples/s {record['samples_per_s']:.0f}  skipped {record['skipped']}  "
+                      f"left {int(left) // 60}m{int(left) % 60:02d}s", flush=True)
             if self.progress is not None:
                 self.progress.set_postfix(loss=f"{record['loss']:.4f}", lr=f"{lr:.2e}",
                                           samples_s=f"{record['samples_per_s']:.0f}")
