@@ -33,17 +33,31 @@ class MissingDependency(DualtowerError, ImportError):
     """A feature's optional dependency is not installed; the message names the pip command that adds it."""
 
 
+class TrainingError(DualtowerError, RuntimeError):
+    """A training run cannot go on (for example, too many non-finite steps in a row); the message says why."""
+
+
+def unpickling_reason(error: Exception) -> str:
+    """What torch.load(weights_only=True) found wrong, without its advice to load with weights_only=False (which
+    would run the file's code): its "WeightsUnpickler error" line where it has one, else the first line."""
+    lines = [ln.strip() for ln in str(error).splitlines() if ln.strip()]
+    found = next((ln for ln in lines if ln.startswith(("WeightsUnpickler error", "Trying to load unsupported",
+                                                        "Unsupported global"))), None)
+    if found is None:
+        found = lines[0] if lines else ""
+        if "weights_only" in found:
+            found = "objects other than tensors, numbers and strings"
+    return f"{type(error).__name__}: {found[:200]}"
+
+
 def is_user_error(error: BaseException) -> bool:
     """Whether `error` is about what the user gave (shown as one line, exit 2) rather than a fault of ours. Besides
     our own user errors: a file the user named that the system cannot find, and text or JSON the user gave that
     does not decode."""
     import json
 
-    if isinstance(error, (UserError, MissingDependency)):
-        return True
-    from .train.errors import TrainingError
-
-    return isinstance(error, (TrainingError, FileNotFoundError, json.JSONDecodeError, UnicodeDecodeError))
+    return isinstance(error, (UserError, MissingDependency, TrainingError, FileNotFoundError, json.JSONDecodeError,
+                              UnicodeDecodeError))
 
 
 def require(module: str, feature: str, extra: str):

@@ -212,7 +212,7 @@ def check_program_archive(path: Path) -> None:
                 try:
                     torch.load(_io.BytesIO(archive.read(name)), weights_only=True)
                 except Exception as e:
-                    from .convert.files import unpickling_reason
+                    from .errors import unpickling_reason
 
                     refuse(f"{inner} is not plain data ({unpickling_reason(e)})")
                 continue

@@ -199,7 +199,7 @@ def _classes():
             try:
                 obj = torch.load(value, weights_only=True)
             except Exception as e:
-                from .convert.files import unpickling_reason
+                from .errors import unpickling_reason
 
                 self.refused = (f"{self.metadata_folder}: refused: entry {read_item.dest_index.fqn!r} is not plain "
                                 f"data ({unpickling_reason(e)})")

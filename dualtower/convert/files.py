@@ -14,6 +14,7 @@ from pathlib import Path
 import torch
 
 from ..checkpoint import CONFIG_FILE, WEIGHTS_FILE, CheckpointError
+from ..errors import unpickling_reason
 from ..io import atomic_file, read_json
 
 STATE_DICT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth")
@@ -41,19 +42,6 @@ def read_state_file(path: "str | os.PathLike") -> dict:
     if not isinstance(state, dict):
         raise CheckpointError(f"{path}: holds a {type(state).__name__}, not a state dict")
     return state
-
-
-def unpickling_reason(error: Exception) -> str:
-    """What torch.load(weights_only=True) found wrong, without its advice to load with weights_only=False (which
-    would run the file's code): its "WeightsUnpickler error" line where it has one, else the first line."""
-    lines = [ln.strip() for ln in str(error).splitlines() if ln.strip()]
-    found = next((ln for ln in lines if ln.startswith(("WeightsUnpickler error", "Trying to load unsupported",
-                                                        "Unsupported global"))), None)
-    if found is None:
-        found = lines[0] if lines else ""
-        if "weights_only" in found:
-            found = "objects other than tensors, numbers and strings"
-    return f"{type(error).__name__}: {found[:200]}"
 
 
 def unwrap(state: dict, source: str) -> dict[str, torch.Tensor]:

@@ -1,7 +1,6 @@
-"""Errors a training run raises; importable without torch (the command line catches them)."""
+"""Errors a training run raises; importable without torch (the command line catches them). TrainingError lives
+with the library's other errors (`dualtower.errors`)."""
 
-from ..errors import DualtowerError
+from ..errors import TrainingError
 
-
-class TrainingError(DualtowerError, RuntimeError):
-    """The run cannot go on (for example, too many non-finite steps in a row); the message says why."""
+__all__ = ["TrainingError"]

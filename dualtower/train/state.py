@@ -138,7 +138,7 @@ def load_training(directory: Path) -> tuple[DualEncoder, dict]:
     try:
         state = torch.load(directory / TRAIN_STATE, map_location="cpu", weights_only=True)
     except Exception as e:  # torch's message advises weights_only=False, which would run the pickle's code
-        from ..convert.files import unpickling_reason
+        from ..errors import unpickling_reason
 
         raise CheckpointError(
             f"{directory / TRAIN_STATE}: refused: not a training state that torch.load(weights_only=True) reads "
