@@ -29,6 +29,7 @@ are the caller's to refuse (the runtime does) since a graph cannot raise.
 from __future__ import annotations
 
 import copy
+import math
 import os
 import shutil
 import time
@@ -307,14 +308,26 @@ def _write_side_files(model, directory: Path, name: str, format: str, precision:
             for asset in ("bpe_simple_vocab_16e6.txt.gz", "NOTICE"):
                 data = resources.files("dualtower").joinpath(f"assets/{asset}").read_bytes()
                 (directory / asset).write_bytes(data)
+            from .tokenizers import get_tokenizer
+
+            files = get_tokenizer(cfg).hf_files()  # a fast tokenizer.json: no BPE to rebuild in another runtime
+            for name in ("tokenizer.json", "special_tokens_map.json"):
+                (directory / name).write_text(files[name], encoding="utf-8")
         else:  # SentencePiece, or SigLIP 2's tokenizer.json: the export embeds text with them
             from .origin import tokenizer_files
 
             for name, path in tokenizer_files(model).items():
                 shutil.copyfile(path, directory / name)
     p = cfg.preprocess
-    resize = (f"shortest side to {p.image_size} ({p.interpolation}), center crop {p.image_size} x {p.image_size}"
-              if p.resize_mode == "shortest" else f"both sides to {p.image_size} ({p.interpolation})")
+    side = p.image_size if p.crop_pct == 1 else math.floor(p.image_size / p.crop_pct)
+    left = f"(W - {p.image_size}) // 2" if p.center_crop == "floor" else f"round((W - {p.image_size}) / 2)"
+    resize = (f"the shortest side to {side} and the other to floor({side} x long / short), truncated, not rounded "
+              f"({p.interpolation}); then the center {p.image_size} x {p.image_size}, its left edge at {left} "
+              "for the resized width W (the top likewise)" if p.resize_mode == "shortest" else
+              f"both sides to {p.image_size} ({p.interpolation})")
+    texts = ("tokenizer.json gives the ids with the `tokenizers` library in any language (equal to ours on plain "
+             "text; ours also repairs mojibake and HTML entities with ftfy)" if cfg.tokenizer == "clip-bpe"
+             else "the tokenizer files beside the graphs give the ids")
     scaled = "L2-normalised" if normalize else "not normalised (divide each row by its L2 norm before comparing)"
     sized = ", image height and width too" if dynamic else ""
     listing = "".join(f"- `{name}.{ext}`: `{g[2]}` -> `{g[3]}`\n" for name, g in graphs.items())
@@ -332,5 +345,8 @@ Graphs (batch and text length dynamic{sized}):
 {listing}
 Image preprocessing, if you write your own: RGB; resize {resize};
 scale to 0..1, subtract mean {list(p.mean)}, divide by std {list(p.std)};
-channels first, float32. Outputs are {scaled}. config.json holds the model config.
+channels first, float32. Texts: {texts}. Outputs are {scaled}. config.json holds the model config.
+
+This folder is dualtower's own layout, not a transformers model directory: optimum's `ORTModel.from_pretrained`
+expects a config.json with a transformers `model_type` and is not the way to run it; plain onnxruntime is.
 """)

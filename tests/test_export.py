@@ -185,7 +185,10 @@ def test_the_runtime_needs_no_torch_and_the_cli_exports(tmp_path, capsys):
     assert main(["export", "tiny", str(tmp_path / "out"), "--normalize"]) == 0
     assert "image.onnx" in capsys.readouterr().out
     files = {p.name for p in (tmp_path / "out").iterdir()}
-    assert {"image.onnx", "text.onnx", "config.json", "README.md", "bpe_simple_vocab_16e6.txt.gz"} <= files
+    assert {"image.onnx", "text.onnx", "config.json", "README.md", "bpe_simple_vocab_16e6.txt.gz", "tokenizer.json",
+            "special_tokens_map.json"} <= files  # a fast tokenizer for other runtimes (issue 33, item 8)
+    recipe = (tmp_path / "out" / "README.md").read_text()  # the long side is truncated, as our transform does
+    assert "floor(32 x long / short), truncated, not rounded" in recipe and "optimum" in recipe
     script = f"""
 import sys
 sys.modules["torch"] = None  # any import of torch fails

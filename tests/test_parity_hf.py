@@ -134,3 +134,15 @@ def test_exported_tokenizer_files_match_ours_on_plain_text_and_our_loader_keeps_
     repaired = ["fish &amp; chips", "cafÃ© au lait"]  # ours: "fish & chips", "café au lait"
     assert [upto_end(r) for r in ours_tok(repaired).tolist()] != [upto_end(r) for r in hf_tok(repaired)["input_ids"]]
     assert dualtower.load(tmp_path / "hf").cfg.tokenizer == "clip-bpe"
+    # Issue 33, item 8: the export carries a fast tokenizer.json (and special_tokens_map.json), which the
+    # tokenizers library runs alone, and which transformers' fast tokenizer reads as its own conversion.
+    import tokenizers
+
+    assert {"tokenizer.json", "special_tokens_map.json"} <= {p.name for p in (tmp_path / "hf").iterdir()}
+    fast = tokenizers.Tokenizer.from_file(str(tmp_path / "hf" / "tokenizer.json"))
+    assert [upto_end(r) for r in ours_tok(plain).tolist()] == [e.ids for e in fast.encode_batch(plain)]
+    (tmp_path / "slow").mkdir()  # the same vocabulary without tokenizer.json: transformers converts it itself
+    for name in ("vocab.json", "merges.txt", "tokenizer_config.json"):
+        (tmp_path / "slow" / name).write_bytes((tmp_path / "hf" / name).read_bytes())
+    converted = transformers.AutoTokenizer.from_pretrained(tmp_path / "slow")
+    assert [hf_tok(t)["input_ids"] for t in plain] == [converted(t)["input_ids"] for t in plain]

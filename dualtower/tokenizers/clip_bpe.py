@@ -30,6 +30,7 @@ EOT = "<end_of_text>"
 # The word split of OpenAI's CLIP: the special tokens, English contractions, runs of letters, single digits,
 # runs of anything else that is not whitespace. Whitespace separates words and is dropped.
 WORD_PATTERN = SOT + "|" + EOT + r"""|'s|'t|'re|'ve|'m|'ll|'d|[\p{L}]+|[\p{N}]|[^\s\p{L}\p{N}]+"""
+HF_SOT, HF_EOT = "<|startoftext|>", "<|endoftext|>"  # transformers' spellings of the same two tokens
 NUM_MERGES = 49152 - 256 - 2  # the published vocabulary uses the first 48,894 merges of the file
 
 # Text that cleaning provably leaves alone, up to case and whitespace: printable ASCII, tabs and newlines (ftfy
@@ -241,20 +242,43 @@ class ClipTokenizer(IdsTokenizer):
         return out.decode("utf-8", errors="replace").strip()
 
     def hf_files(self) -> dict[str, str]:
-        """vocab.json, merges.txt and tokenizer_config.json for transformers' CLIPTokenizer (its special-token
-        spellings differ from OpenAI's; the ids are the same)."""
-        hf_names = {SOT: "<|startoftext|>", EOT: "<|endoftext|>"}
-        vocab = {hf_names.get(tok, tok): i for tok, i in self.encoder.items()}
-        config = {
-            "tokenizer_class": "CLIPTokenizer", "model_max_length": self.context_length, "do_lower_case": True,
-            "bos_token": "<|startoftext|>", "eos_token": "<|endoftext|>", "unk_token": "<|endoftext|>",
-            "pad_token": "<|endoftext|>", "errors": "replace",
-        }
+        """transformers' CLIPTokenizer files (vocab.json, merges.txt, tokenizer_config.json,
+        special_tokens_map.json) and a fast tokenizer.json, which the `tokenizers` library runs in any language
+        without rebuilding CLIP's BPE. Their special-token spellings differ from OpenAI's; the ids are the same.
+        They do not repair mojibake nor unescape HTML as OpenAI's cleaning does (ids equal on plain text)."""
+        special = {"bos_token": HF_SOT, "eos_token": HF_EOT, "unk_token": HF_EOT, "pad_token": HF_EOT}
+        config = {"tokenizer_class": "CLIPTokenizer", "model_max_length": self.context_length, "do_lower_case": True,
+                  **special, "errors": "replace"}
         return {
-            "vocab.json": json.dumps(vocab, ensure_ascii=False),
+            "vocab.json": json.dumps(self._hf_vocab(), ensure_ascii=False),
             "merges.txt": "#version: 0.2\n" + "\n".join(" ".join(m) for m in self.merges) + "\n",
             "tokenizer_config.json": json.dumps(config, indent=2) + "\n",
+            "special_tokens_map.json": json.dumps(special, indent=2) + "\n",
+            "tokenizer.json": self.fast_tokenizer_json(),
         }
+
+    def _hf_vocab(self) -> dict[str, int]:
+        return {{SOT: HF_SOT, EOT: HF_EOT}.get(tok, tok): i for tok, i in self.encoder.items()}
+
+    def fast_tokenizer_json(self) -> str:
+        """This vocabulary as one `tokenizers` pipeline: NFC, whitespace runs to one space, lower case; CLIP's word
+        split; byte-level BPE with "</w>" ending each word; the start and end tokens around the ids (the
+        pipeline transformers' CLIPTokenizerFast builds from vocab.json and merges.txt)."""
+        from tokenizers import AddedToken, Regex, Tokenizer, decoders, models, normalizers, pre_tokenizers, processors
+
+        fast = Tokenizer(models.BPE(vocab=self._hf_vocab(), merges=self.merges, continuing_subword_prefix="",
+                                    end_of_word_suffix="</w>", fuse_unk=False, unk_token=HF_EOT))
+        fast.normalizer = normalizers.Sequence([normalizers.NFC(), normalizers.Replace(Regex(r"\s+"), " "),
+                                                normalizers.Lowercase()])
+        words = WORD_PATTERN.split("|", 2)[2]  # the word split without OpenAI's special-token spellings
+        fast.pre_tokenizer = pre_tokenizers.Sequence([
+            pre_tokenizers.Split(Regex(words), behavior="removed", invert=True),
+            pre_tokenizers.ByteLevel(add_prefix_space=False)])
+        fast.decoder = decoders.ByteLevel()
+        fast.post_processor = processors.RobertaProcessing((HF_EOT, self.eot_id), (HF_SOT, self.sot_id),
+                                                           trim_offsets=False, add_prefix_space=False)
+        fast.add_special_tokens([AddedToken(HF_SOT, special=True), AddedToken(HF_EOT, special=True)])
+        return fast.to_str()
 
 
 def _read_merges(path: str | None) -> list[tuple[str, str]]:
