@@ -146,3 +146,34 @@ def test_exported_tokenizer_files_match_ours_on_plain_text_and_our_loader_keeps_
         (tmp_path / "slow" / name).write_bytes((tmp_path / "hf" / name).read_bytes())
     converted = transformers.AutoTokenizer.from_pretrained(tmp_path / "slow")
     assert [hf_tok(t)["input_ids"] for t in plain] == [converted(t)["input_ids"] for t in plain]
+
+
+def test_the_vision_tower_alone_is_written_for_transformers_vision_models_and_pipelines(tmp_path, photos):
+    """Issue 33, item 7: `convert --towers vision --to hf` writes a CLIPVisionModelWithProjection directory, which
+    transformers loads with no missing or unexpected key, whose image embeddings equal ours, and which
+    pipeline("image-feature-extraction") (it fails on a full CLIPModel: "You have to specify input_ids") runs:
+    its features equal our tower's last hidden states."""
+    from dualtower.cli import main
+
+    save_hf(_random_hf(_hf_config()), tmp_path / "full")
+    assert main(["convert", str(tmp_path / "full"), str(tmp_path / "vision"), "--towers", "vision", "--to", "hf"]) == 0
+    config = json.loads((tmp_path / "vision" / "config.json").read_text())
+    assert config["model_type"] == "clip_vision_model" and config["architectures"] == ["CLIPVisionModelWithProjection"]
+    ours = dualtower.load(tmp_path / "full", towers="vision")
+    theirs, info = transformers.CLIPVisionModelWithProjection.from_pretrained(tmp_path / "vision",
+                                                                             output_loading_info=True)
+    assert not info["missing_keys"] and not info["unexpected_keys"], info
+    processor = transformers.AutoImageProcessor.from_pretrained(tmp_path / "vision")
+    images = [im.convert("RGB") for im in photos.values()][:3]
+    pixels = processor(images, return_tensors="pt")["pixel_values"]
+    with torch.no_grad():
+        assert_close(ours.encode_image(pixels), theirs.eval()(pixel_values=pixels).image_embeds, "image embeds")
+        hidden = ours.visual.features(pixels, layers=(-1,))[0]  # (B, L, D): the last block, before the final norm
+    extractor = transformers.pipeline("image-feature-extraction", model=str(tmp_path / "vision"), device="cpu")
+    for image, want in zip(images, hidden):
+        got = torch.tensor(extractor(image))[0]
+        assert got.shape == want.shape
+        assert_close(got, want, "pipeline features")
+    again = dualtower.load(tmp_path / "vision")  # and it reads back as the same tower
+    with torch.no_grad():
+        assert torch.equal(again.encode_image(pixels), ours.encode_image(pixels))

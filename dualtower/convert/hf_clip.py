@@ -154,18 +154,21 @@ def config_from_hf(hf: dict, preprocessor: dict | None, name: str) -> ModelConfi
 def check_exportable(cfg: ModelConfig) -> None:
     problems = []
     for tower, c in (("vision", cfg.vision), ("text", cfg.text)):
+        if c is None:
+            continue
         if c.norm != "layernorm" or c.post_norm or c.ls_init:
             problems.append(f"{tower}: HF CLIP blocks are pre-norm LayerNorm without layer scale")
         if not (c.qkv_bias and c.proj_bias and c.mlp_bias) or c.head_bias:
             problems.append(f"{tower}: HF CLIP has all block biases and no projection bias")
     v = cfg.vision
-    if v.patch_bias or not v.norm_pre or v.pool != "cls" or v.final_norm == "none":
-        problems.append("vision: HF CLIP has a bias-free patch embedding, a pre-norm, class-token pooling and a final norm")
+    if v is not None and (v.patch_bias or not v.norm_pre or v.pool != "cls" or v.final_norm == "none"):
+        problems.append("vision: HF CLIP has a bias-free patch embedding, a pre-norm, class-token pooling and a final "
+                        "norm")
     if cfg.init_logit_bias is not None:
         problems.append("HF CLIP has no logit bias")
     t = cfg.text
-    expected = "argmax" if t.eot_id == 2 else "eot" if 0 <= t.eot_id < t.vocab_size else "first"
-    if t.pool != expected:
+    expected = None if t is None else "argmax" if t.eot_id == 2 else "eot" if 0 <= t.eot_id < t.vocab_size else "first"
+    if t is not None and t.pool != expected:
         problems.append("text: HF CLIP pools at argmax(ids) when eos_token_id is 2, at the first eos_token_id when "
                         "it is in the vocabulary, else at position 0")
     if problems:
@@ -174,6 +177,9 @@ def check_exportable(cfg: ModelConfig) -> None:
 
 def config_to_hf(cfg: ModelConfig) -> dict:
     v, t = cfg.vision, cfg.text
+    if t is None:  # the vision tower alone: CLIPVisionModelWithProjection (CLIPVisionModel without a projection)
+        return {"architectures": ["CLIPVisionModelWithProjection" if v.head else "CLIPVisionModel"],
+                "model_type": "clip_vision_model", **_vision_to_hf(cfg)}
     return {
         "architectures": ["CLIPModel"],
         "model_type": "clip",
@@ -185,12 +191,15 @@ def config_to_hf(cfg: ModelConfig) -> dict:
             "hidden_act": _ACT_TO_HF[t.act], "layer_norm_eps": t.norm_eps, "projection_dim": cfg.embed_dim,
             "bos_token_id": CLIP_SOT_ID, "eos_token_id": t.eot_id, "pad_token_id": t.pad_id,
         },
-        "vision_config": {
-            "image_size": v.image_size, "patch_size": v.patch_size, "hidden_size": v.width,
-            "num_hidden_layers": v.depth, "num_attention_heads": v.heads, "intermediate_size": v.mlp_dim,
-            "hidden_act": _ACT_TO_HF[v.act], "layer_norm_eps": v.norm_eps, "projection_dim": cfg.embed_dim,
-        },
+        "vision_config": _vision_to_hf(cfg),
     }
+
+
+def _vision_to_hf(cfg: ModelConfig) -> dict:
+    v = cfg.vision
+    return {"image_size": v.image_size, "patch_size": v.patch_size, "hidden_size": v.width,
+            "num_hidden_layers": v.depth, "num_attention_heads": v.heads, "intermediate_size": v.mlp_dim,
+            "hidden_act": _ACT_TO_HF[v.act], "layer_norm_eps": v.norm_eps, "projection_dim": cfg.embed_dim}
 
 
 def preprocessor_to_hf(cfg: ModelConfig) -> dict:
@@ -220,8 +229,11 @@ def export_state_dict(ours: dict[str, torch.Tensor], cfg: ModelConfig) -> dict[s
 
 
 def _check_writable(cfg: ModelConfig) -> None:
-    if cfg.text is None or cfg.vision is None:
-        raise ConversionError(f"{cfg.name}: a one-tower model is not written as an HF CLIPModel, which has both")
+    """Both towers: a CLIPModel; the vision tower alone (towers="vision"): a CLIPVisionModel(WithProjection), what
+    LLaVA-style stacks and pipeline("image-feature-extraction") load."""
+    if cfg.vision is None:
+        raise ConversionError(f"{cfg.name}: a text-only model is not written as an HF directory; write it as "
+                              "dualtower")
     check_exportable(cfg)
 
 
@@ -239,7 +251,7 @@ class HFClip(HFDirectory):
         from ..tokenizers import get_tokenizer
 
         files = {"preprocessor_config.json": json.dumps(preprocessor_to_hf(cfg), indent=2) + "\n",
-                 **get_tokenizer(cfg).hf_files()}
+                 **(get_tokenizer(cfg).hf_files() if cfg.text is not None else {})}
         return config_to_hf(cfg), files
 
 
