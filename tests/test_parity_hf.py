@@ -2,6 +2,7 @@
 
 import json
 
+import numpy as np
 import pytest
 import torch
 import transformers
@@ -177,3 +178,41 @@ def test_the_vision_tower_alone_is_written_for_transformers_vision_models_and_pi
     again = dualtower.load(tmp_path / "vision")  # and it reads back as the same tower
     with torch.no_grad():
         assert torch.equal(again.encode_image(pixels), ours.encode_image(pixels))
+
+
+def test_an_hf_export_says_how_its_preprocessing_changes_and_by_how_much(trained_digits, photos, tmp_path, capsys):
+    """Issue 33, item 5: `convert --to hf` of an open_clip-rule model gave transformers' pipeline other
+    probabilities than `dualtower classify` on the original, without a word. transformers' CLIPImageProcessor
+    cannot express open_clip's crop rounding nor its RGB rule, so the command says what changes; measured here on
+    real photos (and their RGBA / grayscale-with-alpha forms) through the same weights: the original's rules
+    against the export's."""
+    from dualtower.cli import main
+    from dualtower.eval.classifier import ZeroShotClassifier
+
+    assert main(["convert", str(trained_digits), str(tmp_path / "hf"), "--to", "hf"]) == 0
+    err = capsys.readouterr().err
+    assert "note: transformers' image processor will prepare images unlike this model" in err
+    assert "flattened onto white" in err and "(W - S) // 2" in err
+    original, exported = dualtower.load(trained_digits), dualtower.load(tmp_path / "hf")
+    assert exported.cfg.preprocess.rgb == "white_first" and exported.cfg.preprocess.center_crop == "floor"
+    images = []
+    for image in photos.values():
+        rgba = image.convert("RGBA")
+        rgba.putalpha(128)
+        images += [image, rgba, image.convert("LA")]
+    labels = ["zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine"]
+    template = ["a photo of the number {c}."]
+    a = ZeroShotClassifier(original, labels, template)
+    b = ZeroShotClassifier(exported, labels, template)
+    cosine = (a.embedder.embed_images(images) * b.embedder.embed_images(images)).sum(1)
+    moved = np.abs(a.probs(images) - b.probs(images)).max(1)
+    with capsys.disabled():  # the measured sizes (README, "Files other people made")
+        for kind, rows in (("as they are", slice(0, None, 3)), ("RGBA, half transparent", slice(1, None, 3)),
+                           ("grayscale with alpha", slice(2, None, 3))):
+            print(f"\nHF export preprocessing, {len(images[rows])} photos {kind}: cosine min {cosine[rows].min():.4f}"
+                  f" median {np.median(cosine[rows]):.4f}; zero-shot probability moved up to {moved[rows].max():.4f}"
+                  f" (median {np.median(moved[rows]):.4f})")
+    assert cosine.min() < 0.999 and moved.max() > 1e-3  # a real change, which the note is right to announce
+    # The same weights and rules (our own format) change nothing.
+    assert main(["convert", str(trained_digits), str(tmp_path / "ours"), "--to", "dualtower"]) == 0
+    assert "note:" not in capsys.readouterr().err

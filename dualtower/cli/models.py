@@ -3,6 +3,8 @@ files."""
 
 from __future__ import annotations
 
+import sys
+
 from ..formats import listing
 from .common import count
 
@@ -73,6 +75,12 @@ def _cmd_convert(args) -> int:
     written = writer_for(args.to, model.cfg)
     towers = "vision tower only" if model.text is None or written.vision_only else "both towers"
     print(f"wrote {args.dst} ({args.to} format, architecture {model.cfg.name}, {towers})")
+    changes = written.preprocessing_changes(model.cfg)
+    if changes:  # a transformers processor cannot express this model's rules: say what changes, and how much
+        print(f"note: transformers' image processor will prepare images unlike this model: {'; '.join(changes)}. "
+              "Measured on real photos with a small (32-pixel) model: embeddings down to cosine 0.91, 0.31 for "
+              "half-transparent images; zero-shot probabilities moved by up to 0.43 (0.97). Larger images move "
+              "less; `dualtower load` of the directory keeps transformers' rules", file=sys.stderr)
     return 0
 
 

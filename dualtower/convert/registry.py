@@ -56,6 +56,10 @@ class Format:
     def check(self, cfg: ModelConfig) -> None:
         """Raises ConversionError naming what of `cfg` this format cannot hold."""
 
+    def preprocessing_changes(self, cfg: ModelConfig) -> list[str]:
+        """How the reader of what this format writes will prepare images unlike this model (none: alike)."""
+        return []
+
     def can_write(self, cfg: ModelConfig) -> str | None:
         if cfg.vision is not None and cfg.vision.naflex and not self.holds_naflex:
             return (f"a NaFlex vision tower (SigLIP 2) is written as hf-siglip2 or dualtower; {self.name} has no "
@@ -107,6 +111,22 @@ class HFDirectory(Format):
 
     def config_from_hf(self, hf: dict, preprocessor: dict | None, name: str) -> ModelConfig:
         raise NotImplementedError
+
+    # What transformers' image processors do, which this family's processor config cannot change
+    hf_preprocess = {"rgb": "white_first", "center_crop": "floor"}
+
+    def preprocessing_changes(self, cfg: ModelConfig) -> list[str]:
+        """How transformers' image processor, reading the directory written, will prepare images unlike this model
+        does (empty when it prepares them alike)."""
+        p, changes = cfg.preprocess, []
+        if cfg.vision is None:
+            return changes
+        if p.rgb != self.hf_preprocess["rgb"]:
+            changes.append(f"images not RGB are flattened onto white before resizing (this model: {p.rgb!r})")
+        if p.resize_mode == "shortest" and p.center_crop != self.hf_preprocess["center_crop"]:
+            changes.append("the center crop starts at (W - S) // 2, not round((W - S) / 2): one pixel over on some "
+                           "sizes")
+        return changes
 
     def hf_files(self, cfg: ModelConfig) -> tuple[dict, dict[str, str]]:
         """config.json's content and the other text files of the directory."""
