@@ -232,8 +232,8 @@ def _check_writable(cfg: ModelConfig) -> None:
     """Both towers: a CLIPModel; the vision tower alone (towers="vision"): a CLIPVisionModel(WithProjection), what
     LLaVA-style stacks and pipeline("image-feature-extraction") load."""
     if cfg.vision is None:
-        raise ConversionError(f"{cfg.name}: a text-only model is not written as an HF directory; write it as "
-                              "dualtower")
+        raise ConversionError(f"{cfg.name}: a one-tower text model is not written as an HF directory (a vision "
+                              "tower alone is: CLIPVisionModelWithProjection); write it as dualtower")
     check_exportable(cfg)
 
 
