@@ -79,6 +79,7 @@ def test_torchrun_two_processes_split_the_data(tmp_path):
     done = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT, timeout=300,
                           env={**os.environ, "OMP_NUM_THREADS": "1"})
     assert done.returncode == 0, done.stderr[-3000:]
+    assert "Warning" not in done.stderr, done.stderr[-3000:]  # issue 33, item 15: no per-rank deprecation notice
     r0, r1 = _samples(out, 0), _samples(out, 1)
     for step in range(1, 5):  # the completed-step count, as every record names it
         assert len(r0[step]) == len(r1[step]) == 16
