@@ -19,8 +19,8 @@ from ..text_pool import pool_positions
 class Embedder(ABC):
     """A model ready to embed: its config, its origin, and embeddings as (N, E) float32 numpy arrays, L2-normalised.
 
-    A runtime implements `transform` (a picklable PIL image -> sample callable, run in decoding workers),
-    `collate` (samples -> one batch), `embed_pixels`, `embed_ids`, `weights_sha256` and `logit_scale`; it may
+    A runtime implements `transform` (a picklable PIL image -> sample callable, run in decoding workers, which
+    also batches its samples), `embed_pixels`, `embed_ids`, `weights_sha256` and `logit_scale`; it may
     override `map` (how records are decoded in parallel). Everything else is shared."""
 
     runtime: str = ""
@@ -33,9 +33,9 @@ class Embedder(ABC):
 
     # ------------------------------------------------------------------------ what a runtime implements
 
-    @abstractmethod
     def collate(self, samples: list):
-        """A list of `transform` outputs -> the batch `embed_pixels` takes."""
+        """A list of `transform` outputs -> the batch `embed_pixels` takes: each transform batches its own."""
+        return self.transform.collate(samples)
 
     @abstractmethod
     def embed_pixels(self, batch) -> np.ndarray:

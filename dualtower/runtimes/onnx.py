@@ -83,9 +83,6 @@ class OnnxModel(Embedder):
 
     # ------------------------------------------------------------------------------------ the protocol
 
-    def collate(self, samples: list) -> np.ndarray:
-        return self.transform.collate(samples)
-
     def embed_pixels(self, batch: np.ndarray) -> np.ndarray:
         with self._lock:
             return self.encode_image(batch, normalize=True)

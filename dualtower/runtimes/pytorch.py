@@ -32,10 +32,6 @@ class TorchEmbedder(Embedder):
         self.precision = precision
         self.transform = eval_transform(self.cfg.preprocess) if self.cfg.vision is not None else None
 
-    def collate(self, samples: list):
-        """(B, 3, S, S), or NaFlex patches padded to the longest image."""
-        return self.transform.collate(samples)
-
     @torch.inference_mode()
     def embed_pixels(self, batch) -> np.ndarray:
         with self._lock:

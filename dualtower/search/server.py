@@ -187,13 +187,13 @@ class Service:
         search = {"image": index.search_image, "id": index.search_item, "embedding": index.search_vector}[query.kind]
         return await run_in_threadpool(search, query.value, query.k)
 
-    def shown_path(self, path: str | None) -> str | None:
-        """An item's file as the service shows it: relative to the indexed folder that holds it, so answers do not
-        reveal the server's layout (`/image/{id}` serves the file itself)."""
+    def shown_path(self, path: str | None, folders: list[str]) -> str | None:
+        """An item's file as the service shows it: relative to the indexed folder (of `folders`, the store's) that
+        holds it, so answers do not reveal the server's layout (`/image/{id}` serves the file itself)."""
         if path is None:
             return None
         real = os.path.realpath(path)
-        for folder in self.index.store.folders:
+        for folder in folders:
             if real.startswith(folder.rstrip(os.sep) + os.sep):
                 return os.path.relpath(real, folder)
         return os.path.basename(path)
@@ -247,8 +247,9 @@ async def search(request: Request):
         took = (time.perf_counter() - started) * 1000
     finally:
         service.waiting -= 1
+    folders = service.index.store.folders  # one read for the whole answer
     return {"query": query.described, "k": query.k, "took_ms": round(took, 2),
-            "results": [{**h.to_dict(), "path": service.shown_path(h.path), "thumb": f"/thumb/{h.id}",
+            "results": [{**h.to_dict(), "path": service.shown_path(h.path, folders), "thumb": f"/thumb/{h.id}",
                          "image": f"/image/{h.id}"} for h in hits]}
 
 
