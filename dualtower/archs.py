@@ -111,6 +111,52 @@ def _siglip(name: str, image: int, patch: int, width: int, depth: int, heads: in
     )
 
 
+PE_MEAN = PE_STD = (0.5, 0.5, 0.5)
+
+
+def _pe_vision(image: int, patch: int, width: int, depth: int, heads: int, mlp_dim: int, class_token: bool = True,
+               offset: float = 1.0, **extra) -> VisionConfig:
+    """Perception Encoder's trunk (timm `vit_pe_*`, Bolya et al. 2025): no patch bias, a pre-norm, learned
+    positions resampled bilinearly, 2-D RoPE counted from 1 (0 for G) with the column first ("xy")."""
+    return VisionConfig(
+        image_size=image, patch_size=patch, width=width, depth=depth, heads=heads, mlp_dim=mlp_dim,
+        class_token=class_token, rope=True, rope_offset=offset, rope_indexing="xy", pos_resize="bilinear", **extra)
+
+
+def _pe_core(name: str, image: int, patch: int, width: int, depth: int, heads: int, mlp_dim: int, embed: int,
+             text: tuple[int, int, int], context: int = 32, class_token: bool = True, offset: float = 1.0
+             ) -> ModelConfig:
+    """open_clip's PE-Core-*: the PE trunk with an 8-head attention-pool head (MLP 4x) beside the class token
+    (G has none) and a biased projection; open_clip's CLIP text tower (`text` width, heads, depth) with a short
+    context; images squashed, bilinear, mean and std 0.5."""
+    t_width, t_heads, t_depth = text
+    return ModelConfig(
+        name=name,
+        embed_dim=embed,
+        vision=_pe_vision(image, patch, width, depth, heads, mlp_dim, class_token, offset, pool="map", pool_heads=8,
+                          pool_mlp_dim=4 * width, head_bias=True),
+        text=TextConfig(context_length=context, width=t_width, heads=t_heads, depth=t_depth, mlp_dim=4 * t_width,
+                        pool="argmax"),
+        preprocess=PreprocessConfig(image_size=image, mean=PE_MEAN, std=PE_STD, interpolation="bilinear",
+                                    resize_mode="squash"),
+    )
+
+
+def _pe_trunk(name: str, image: int, patch: int, width: int, depth: int, heads: int, mlp_dim: int,
+              class_token: bool = True, offset: float = 1.0, ls_init: float = 0.0) -> ModelConfig:
+    """PE-Spatial and PE-Lang (timm `vit_pe_spatial_*`, `vit_pe_lang_*`): the PE trunk alone, vision only, for
+    features. No final norm, no head; timm pools the mean of the patch tokens. PE-Lang is truncated (its last
+    block removed) and, like PE-Spatial-G, has layer scale."""
+    return ModelConfig(
+        name=name,
+        embed_dim=width,
+        vision=_pe_vision(image, patch, width, depth, heads, mlp_dim, class_token, offset, pool="mean",
+                          final_norm="none", head=False, ls_init=ls_init),
+        text=None,
+        preprocess=PreprocessConfig(image_size=image, mean=PE_MEAN, std=PE_STD, rgb="convert_first"),
+    )
+
+
 def _internvit(name: str, width: int, depth: int, heads: int, mlp_dim: int, six_b: bool, image: int = 448,
                clip_head: int = 0) -> ModelConfig:
     """InternViT (InternVL's vision encoder, vision only): layer scale 0.1, no final norm, class token out.
@@ -294,6 +340,38 @@ ARCHS: dict[str, Arch] = _table(
          timm="vit_giantopt_patch16_siglip_256", open_clip="timm"),
     Arch(_siglip2("ViT-gopt-16-SigLIP2-384", 384, 16, 1536, 40, 16, 6144, "gelu_tanh", text=(1152, 27, 16, 4304)),
          timm="vit_giantopt_patch16_siglip_384", open_clip="timm"),
+    Arch(_pe_core("PE-Core-T-16-384", 384, 16, 192, 12, 3, 768, 512, (512, 8, 12)),
+         timm="vit_pe_core_tiny_patch16_384", open_clip="timm",
+         pretrained=(Pretrained("PE-Core-T-16-384/meta", "timm/PE-Core-T-16-384", "open_clip_hub"),)),
+    Arch(_pe_core("PE-Core-S-16-384", 384, 16, 384, 12, 6, 1536, 512, (512, 8, 12)),
+         timm="vit_pe_core_small_patch16_384", open_clip="timm",
+         pretrained=(Pretrained("PE-Core-S-16-384/meta", "timm/PE-Core-S-16-384", "open_clip_hub"),)),
+    Arch(_pe_core("PE-Core-B-16", 224, 16, 768, 12, 12, 3072, 1024, (1024, 16, 24)),
+         timm="vit_pe_core_base_patch16_224", open_clip="timm",
+         pretrained=(Pretrained("PE-Core-B-16/meta", "timm/PE-Core-B-16", "open_clip_hub"),)),
+    Arch(_pe_core("PE-Core-L-14-336", 336, 14, 1024, 24, 16, 4096, 1024, (1024, 16, 24)),
+         timm="vit_pe_core_large_patch14_336", open_clip="timm",
+         pretrained=(Pretrained("PE-Core-L-14-336/meta", "timm/PE-Core-L-14-336", "open_clip_hub"),)),
+    Arch(_pe_core("PE-Core-bigG-14-448", 448, 14, 1536, 50, 16, 8960, 1280, (1280, 20, 24), context=72,
+                  class_token=False, offset=0.0),
+         timm="vit_pe_core_gigantic_patch14_448", open_clip="timm",
+         pretrained=(Pretrained("PE-Core-bigG-14-448/meta", "timm/PE-Core-bigG-14-448", "open_clip_hub"),)),
+    *[Arch(_pe_trunk(f"PE-Spatial-{size}-16-512", 512, 16, width, 12, heads, 4 * width),
+           timm=f"vit_pe_spatial_{timm_size}_patch16_512",
+           pretrained=(Pretrained(f"PE-Spatial-{size}-16-512/meta", f"timm/vit_pe_spatial_{timm_size}_patch16_512.fb",
+                                  "timm_hub"),))
+      for size, timm_size, width, heads in (("T", "tiny", 192, 3), ("S", "small", 384, 6), ("B", "base", 768, 12))],
+    Arch(_pe_trunk("PE-Spatial-L-14-448", 448, 14, 1024, 24, 16, 4096), timm="vit_pe_spatial_large_patch14_448",
+         pretrained=(Pretrained("PE-Spatial-L-14-448/meta", "timm/vit_pe_spatial_large_patch14_448.fb", "timm_hub"),)),
+    Arch(_pe_trunk("PE-Spatial-G-14-448", 448, 14, 1536, 50, 16, 8960, class_token=False, offset=0.0, ls_init=0.1),
+         timm="vit_pe_spatial_gigantic_patch14_448",
+         pretrained=(Pretrained("PE-Spatial-G-14-448/meta", "timm/vit_pe_spatial_gigantic_patch14_448.fb",
+                                "timm_hub"),)),
+    Arch(_pe_trunk("PE-Lang-L-14-448", 448, 14, 1024, 23, 16, 4096, ls_init=0.1), timm="vit_pe_lang_large_patch14_448",
+         pretrained=(Pretrained("PE-Lang-L-14-448/meta", "timm/vit_pe_lang_large_patch14_448.fb", "timm_hub"),)),
+    Arch(_pe_trunk("PE-Lang-G-14-448", 448, 14, 1536, 47, 16, 8960, class_token=False, offset=0.0, ls_init=0.1),
+         timm="vit_pe_lang_gigantic_patch14_448",
+         pretrained=(Pretrained("PE-Lang-G-14-448/meta", "timm/vit_pe_lang_gigantic_patch14_448.fb", "timm_hub"),)),
     Arch(_internvit("InternViT-300M-448px", 1024, 24, 16, 4096, six_b=False), timm="vit_intern300m_patch14_448",
          pretrained=(Pretrained("InternViT-300M-448px/opengvlab", "OpenGVLab/InternViT-300M-448px", "internvl"),)),
     Arch(_internvit("InternViT-6B-448px", 3200, 45, 25, 12800, six_b=True),

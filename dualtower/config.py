@@ -97,10 +97,17 @@ class VisionConfig(BlockConfig):
     rope: bool = False  # 2-D rotary position embedding on the patch tokens (EVA-02), beside the learned one
     rope_ref_grid: int = 0  # the grid rotary positions are scaled to; 0 = this tower's grid
     rope_temperature: float = 10000.0
+    rope_offset: float = 0.0  # added to each patch's row and column index before scaling (PE: 1, EVA-02: 0)
+    # which axis the first half of the rotary channel pairs follows: "ij" the row (EVA-02), "xy" the column (PE)
+    rope_indexing: str = "ij"
+    # how the learned positions follow another patch grid: "bicubic" (timm, HF, open_clip) or "bilinear" (PE's
+    # own rule); a NaFlex tower always resamples bilinearly with antialiasing
+    pos_resize: str = "bicubic"
     # "cls" (class token), "mean" (mean over patch tokens), "map" (a learned query attends; SigLIP) or
     # "mean_query" (the mean token attends over all tokens, InternVL-C's image head; the head is its projection)
     pool: str = "cls"
     pool_heads: int = 0  # heads of a "map"/"mean_query" pool; 0 = the tower's
+    pool_mlp_dim: int = 0  # the hidden width of a "map" pool's MLP; 0 = the tower's mlp_dim (PE-G's is narrower)
     pool_norm_eps: float = 1e-5  # eps of the "mean_query" pool's LayerNorms
     final_norm: str = "before_pool"  # "before_pool", "after_pool" or "none"
     head: bool = True  # False: no projection, the pooled features are the embedding (SigLIP)
@@ -121,9 +128,12 @@ class VisionConfig(BlockConfig):
                f"vision width {self.width} is not divisible by pool_heads {self.pool_heads}")
         _check(not self.rope or (self.width // self.heads) % 4 == 0,
                f"vision rope needs a head width divisible by 4, got {self.width // self.heads}")
+        _check(self.rope_indexing in ("ij", "xy"), f"vision rope_indexing {self.rope_indexing!r} is not 'ij' or 'xy'")
+        _check(self.pos_resize in ("bicubic", "bilinear"),
+               f"vision pos_resize {self.pos_resize!r} is not 'bicubic' or 'bilinear'")
         _ints("vision", self, image_size=(1, 1 << 14), patch_size=(1, 1 << 12), rope_ref_grid=(0, 1 << 12),
-              pool_heads=(0, 1 << 12))
-        _finite("vision", self, rope_temperature=(1e-6, 1e12), pool_norm_eps=(1e-12, 1))
+              pool_heads=(0, 1 << 12), pool_mlp_dim=(0, 1 << 20))
+        _finite("vision", self, rope_temperature=(1e-6, 1e12), pool_norm_eps=(1e-12, 1), rope_offset=(-1e6, 1e6))
         _check(self.image_size >= self.patch_size,
                f"image_size {self.image_size} is smaller than patch_size {self.patch_size}")
 

@@ -47,8 +47,8 @@ def _perturbed(cfg, seed=0):
     return model
 
 
-# The default run exports three families (each export takes several seconds); CI's slow run takes the rest.
-FAMILIES = ["tiny", "EVA02-B-16", "ViT-B-16-SigLIP",
+# The default run exports four families (each export takes several seconds); CI's slow run takes the rest.
+FAMILIES = ["tiny", "EVA02-B-16", "ViT-B-16-SigLIP", "PE-Core-T-16-384",
             *[pytest.param(n, marks=pytest.mark.slow) for n in ("tiny-quickgelu", "InternViT-300M-448px",
                                                                  "InternVL-C-vision", "tiny-post-rms")]]
 
@@ -94,7 +94,7 @@ def test_onnx_runtime_equals_pytorch_for_every_family(name, tmp_path):
 SIZES = ((28, 28), (42, 70), (100, 37))  # the trained size, then others (37: not a multiple of the patch)
 
 
-@pytest.mark.parametrize("name", ["EVA02-B-16", "ViT-B-16-SigLIP",
+@pytest.mark.parametrize("name", ["EVA02-B-16", "ViT-B-16-SigLIP", "PE-Core-T-16-384",
                                   pytest.param("InternViT-300M-448px", marks=pytest.mark.slow)])
 def test_dynamic_size_export_takes_any_image_size_as_pytorch_does(name, tmp_path):
     """--dynamic-size: one graph for every height and width, equal to encode_image(interpolate_pos=True), the

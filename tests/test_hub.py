@@ -78,9 +78,17 @@ def refs(tmp_path_factory):
     open_clip_save(oc.eval(), _NoTokenizer(), OPEN_CLIP_CFG, str(root / "open_clip"))
     made["laion-like/open-clip-tiny"] = ("open_clip", oc)
 
+    # Perception Encoder as timm/PE-Core-* ships it: open_clip's layout, a timm trunk, PE's preprocessing.
+    torch.manual_seed(0)
+    pe = perturb(open_clip.create_model("PE-Core-T-16-384", force_preprocess_cfg={
+        "mean": (0.5,) * 3, "std": (0.5,) * 3, "interpolation": "bilinear", "resize_mode": "squash"}))
+    open_clip_save(pe.eval(), _NoTokenizer(), open_clip.get_model_config("PE-Core-T-16-384"), str(root / "pe-core"))
+    made["timm-like/PE-Core-T-16-384"] = ("open_clip", pe)
+
     from timm.models._hub import save_for_hf as timm_save
 
     for repo, name, args in [
+        ("timm-like/pe-spatial-tiny", "vit_pe_spatial_tiny_patch16_512", dict(depth=2)),
         ("timm-like/vit-clip-tiny", "vit_base_patch16_clip_224",
          dict(embed_dim=64, depth=2, num_heads=4, img_size=32, num_classes=48)),
         ("timm-like/eva02-tiny", "eva02_base_patch16_clip_224",
@@ -118,7 +126,8 @@ def refs(tmp_path_factory):
     dirs = {"acme/clip-tiny": "clip", "acme/clip-tiny@v1": "clip-v1", "acme/clip-sharded": "clip-sharded",
             "google-like/siglip-tiny": "siglip", "laion-like/open-clip-tiny": "open_clip",
             "timm-like/vit-clip-tiny": "timm-like/vit-clip-tiny", "timm-like/eva02-tiny": "timm-like/eva02-tiny",
-            "acme/ours-tiny": "ours", "OpenGVLab-like/internvit-tiny": "internvit"}
+            "acme/ours-tiny": "ours", "OpenGVLab-like/internvit-tiny": "internvit",
+            "timm-like/PE-Core-T-16-384": "pe-core", "timm-like/pe-spatial-tiny": "timm-like/pe-spatial-tiny"}
     return root, made, dirs
 
 
@@ -211,6 +220,9 @@ def test_every_layout_loads_from_the_hub_and_matches_its_reference(refs, hub, tm
     assert (oc.preprocess.mean, oc.preprocess.interpolation, oc.preprocess.resize_mode) == \
         ((0.5, 0.4, 0.3), "bilinear", "squash")
     assert oc.vision.act == "quick_gelu" and oc.vision.ls_init == 0.1 and oc.name == "laion-like/open-clip-tiny"
+    pe = dualtower.load(specs["hf-hub:timm-like/PE-Core-T-16-384"]).cfg
+    assert (pe.vision.rope_indexing, pe.preprocess.resize_mode, pe.text.context_length) == ("xy", "squash", 32)
+    assert dualtower.load(specs["hf-hub:timm-like/pe-spatial-tiny"]).cfg.vision.depth == 2
 
     # Offline, the Hub gone: the cache serves what was fetched; anything else is a clear error.
     hub.stop()

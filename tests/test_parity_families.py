@@ -66,9 +66,9 @@ def _compare_open_clip(ref, ours, cfg):
                 assert_close(out.logits_per_image, ref_logits, "logits"))
 
 
-FAST_OPEN_CLIP = ["EVA02-B-16", "ViT-B-16-SigLIP"]
+FAST_OPEN_CLIP = ["EVA02-B-16", "ViT-B-16-SigLIP", "PE-Core-T-16-384", "PE-Core-B-16"]
 # SigLIP 2 (Gemma vocabulary, tanh GELU): full size, slow; the meta-device test covers all 15 configs' shapes
-SLOW_OPEN_CLIP = ["EVA02-L-14", "ViT-SO400M-14-SigLIP", "ViT-B-32-SigLIP2-256", "ViT-B-16-SigLIP2",
+SLOW_OPEN_CLIP = ["PE-Core-L-14-336", "EVA02-L-14", "ViT-SO400M-14-SigLIP", "ViT-B-32-SigLIP2-256", "ViT-B-16-SigLIP2",
                   "ViT-SO400M-16-SigLIP2-256"]
 
 
@@ -133,6 +133,33 @@ TIMM_CASES = {
                              patch_bias=True, norm_pre=False, qk_norm="head", head_bias=True), 10),
 }
 
+# Perception Encoder trunks, small: a 4x4 grid with the rotary reference grid set to it, as every PE config has.
+_PE = dict(patch_bias=False, rope=True, rope_indexing="xy", pos_resize="bilinear", rope_ref_grid=4)
+TIMM_CASES |= {
+    # PE-Core-G's shape: no class token, RoPE counted from 0, an 8-head MAP head with a narrower MLP, head bias.
+    "pe_core_g": ("vit_pe_core_gigantic_patch14_448",
+                  dict(img_size=56, embed_dim=64, depth=2, num_heads=4, mlp_ratio=3.0, num_classes=32,
+                       ref_feat_shape=(4, 4)),
+                  VisionConfig(image_size=56, patch_size=14, width=64, depth=2, heads=4, mlp_dim=192,
+                               class_token=False, pool="map", pool_heads=8, pool_mlp_dim=256, head_bias=True, **_PE),
+                  32),
+    # PE-Core-T's: class token, RoPE counted from 1.
+    "pe_core": ("vit_pe_core_tiny_patch16_384",
+                dict(img_size=64, embed_dim=64, depth=2, num_heads=4, num_classes=32, ref_feat_shape=(4, 4)),
+                VisionConfig(image_size=64, patch_size=16, width=64, depth=2, heads=4, mlp_dim=256, rope_offset=1.0,
+                             pool="map", pool_heads=8, pool_mlp_dim=256, head_bias=True, **_PE), 32),
+    # PE-Spatial: no final norm, no head, timm's mean of the patch tokens.
+    "pe_spatial": ("vit_pe_spatial_tiny_patch16_512",
+                   dict(img_size=64, embed_dim=64, depth=2, num_heads=4, ref_feat_shape=(4, 4)),
+                   VisionConfig(image_size=64, patch_size=16, width=64, depth=2, heads=4, mlp_dim=256,
+                                rope_offset=1.0, pool="mean", final_norm="none", head=False, **_PE), 64),
+    # PE-Lang: the same with layer scale 0.1.
+    "pe_lang": ("vit_pe_lang_large_patch14_448",
+                dict(img_size=56, embed_dim=64, depth=3, num_heads=4, ref_feat_shape=(4, 4)),
+                VisionConfig(image_size=56, patch_size=14, width=64, depth=3, heads=4, mlp_dim=256, rope_offset=1.0,
+                             ls_init=0.1, pool="mean", final_norm="none", head=False, **_PE), 64),
+}
+
 
 @pytest.mark.parametrize("case", sorted(TIMM_CASES))
 def test_timm_towers_match(case):
@@ -141,6 +168,45 @@ def test_timm_towers_match(case):
     ref = perturb(timm.create_model(name, pretrained=False, **kwargs).eval())
     _, diff = _compare_timm(ref, _vision_only(vision, embed))
     print(f"timm {case}: image {diff:.2e}")
+
+
+@pytest.mark.parametrize("case", ["pe_spatial", "pe_lang"])
+def test_pe_trunk_features_equal_timm_intermediates(case):
+    """`features` of a PE-Spatial / PE-Lang trunk at two layers equal timm's forward_intermediates (the hidden
+    states an MLLM reads, class token included), and the registry's trunks build on the meta device."""
+    name, kwargs, vision, embed = TIMM_CASES[case]
+    torch.manual_seed(0)
+    ref = perturb(timm.create_model(name, pretrained=False, **kwargs).eval())
+    ours, _ = _compare_timm(ref, _vision_only(vision, embed))
+    pixels = _pixels(vision.image_size)
+    with torch.no_grad():
+        theirs = ref.forward_intermediates(pixels, indices=[0, vision.depth - 2], output_fmt="NLC",
+                                           intermediates_only=True, return_prefix_tokens=True)
+        mine = ours.visual.features(pixels, layers=(1, vision.depth - 1))
+    for layer, (t, m) in enumerate(zip(theirs, mine)):
+        t = torch.cat([t[1], t[0]], dim=1) if isinstance(t, tuple) else t  # (patches, prefix) -> prefix first
+        assert_close(m, t, f"features of block {layer}")
+
+
+def test_pe_follows_other_image_sizes_by_its_own_rule():
+    """At another size PE resamples its learned positions bilinearly (align_corners=False, perception_models'
+    `_sample_abs_posemb`) and rescales the rotary grid to the reference grid: ours at 96 px equals timm's PE built
+    for 96 px with the positions resampled that way."""
+    name, kwargs, vision, embed = TIMM_CASES["pe_core"]
+    torch.manual_seed(0)
+    ref = perturb(timm.create_model(name, pretrained=False, **kwargs).eval())
+    cfg = _vision_only(vision, embed)
+    ours = dualtower.DualEncoder(cfg).eval()
+    ours.load_state_dict(timm_vit.import_state_dict(ref.state_dict(), cfg, set(ours.state_dict()), "timm"))
+    big = timm.create_model(name, pretrained=False, **dict(kwargs, img_size=96)).eval()
+    state = ref.state_dict()
+    grid = state["pos_embed"][:, 1:].reshape(1, 4, 4, -1).permute(0, 3, 1, 2)
+    grid = torch.nn.functional.interpolate(grid, size=(6, 6), mode="bilinear", align_corners=False)
+    state["pos_embed"] = torch.cat([state["pos_embed"][:, :1], grid.permute(0, 2, 3, 1).reshape(1, 36, -1)], dim=1)
+    big.load_state_dict(state)
+    pixels = _pixels(96)
+    with torch.no_grad():
+        assert_close(ours.encode_image(pixels, interpolate_pos=True), big(pixels), "image embeddings at 96 px")
 
 
 def test_eva_rope_follows_other_image_sizes():

@@ -92,13 +92,18 @@ def apply_rope(x: torch.Tensor, rope: tuple[torch.Tensor, torch.Tensor], prefix:
 class Rope2D(nn.Module):
     """Axial 2-D rotary position embedding for the patch grid (EVA-02): half the channel pairs rotate with the
     row, half with the column. Positions are rescaled to `ref_grid` (the pretraining grid), so other image
-    sizes keep the same angular range. Angles are computed in fp32 and cached per grid."""
+    sizes keep the same angular range. Angles are computed in fp32 and cached per grid.
 
-    def __init__(self, head_dim: int, ref_grid: int, temperature: float):
+    Two conventions, both timm's: EVA-02 counts patches from 0 and gives the first half of the pairs to the
+    row ("ij"); Perception Encoder counts from `offset` 1 and gives the first half to the column ("xy")."""
+
+    def __init__(self, head_dim: int, ref_grid: int, temperature: float, offset: float = 0.0,
+                 indexing: str = "ij"):
         super().__init__()
         if head_dim % 4:
             raise UserError(f"2-D rotary embedding needs a head width divisible by 4, got {head_dim}")
         self.bands, self.temperature, self.ref_grid = head_dim // 4, temperature, ref_grid
+        self.offset, self.columns_first = offset, indexing == "xy"
         self._cache: dict[tuple, tuple[torch.Tensor, torch.Tensor]] = {}
 
     def forward(self, grid_h: int, grid_w: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
@@ -114,10 +119,12 @@ class Rope2D(nn.Module):
 
     def _angles(self, grid_h, grid_w, device) -> tuple[torch.Tensor, torch.Tensor]:
         freqs = 1.0 / self.temperature ** (torch.arange(self.bands, dtype=torch.float32, device=device) / self.bands)
-        rows = torch.arange(grid_h, dtype=torch.float32, device=device) / grid_h * self.ref_grid
-        cols = torch.arange(grid_w, dtype=torch.float32, device=device) / grid_w * self.ref_grid
-        grid = torch.stack(torch.meshgrid(rows, cols, indexing="ij"), dim=-1)  # (gh, gw, 2)
-        angles = (grid[..., None] * freqs).flatten(0, 1).flatten(1)  # (N, 2 * bands): rows, then columns
+        rows = (torch.arange(grid_h, dtype=torch.float32, device=device) + self.offset) / grid_h * self.ref_grid
+        cols = (torch.arange(grid_w, dtype=torch.float32, device=device) + self.offset) / grid_w * self.ref_grid
+        grid = torch.stack(torch.meshgrid(rows, cols, indexing="ij"), dim=-1)  # (gh, gw, 2): row, column
+        if self.columns_first:
+            grid = grid.flip(-1)
+        angles = (grid[..., None] * freqs).flatten(0, 1).flatten(1)  # (N, 2 * bands): first axis, then second
         angles = angles.repeat_interleave(2, dim=-1)  # (N, head_dim): both channels of a pair share an angle
         return angles.sin(), angles.cos()
 

@@ -93,7 +93,7 @@ def _make_pool(cfg: VisionConfig, prefix: int) -> nn.Module:
         return MeanPool(prefix)
     if cfg.pool == "mean_query":
         return MeanQueryPool(cfg.width, cfg.pool_heads or cfg.heads, cfg.pool_norm_eps)
-    return AttentionPool(cfg.width, cfg.pool_heads or cfg.heads, cfg.mlp_dim, make_act(cfg.act),
+    return AttentionPool(cfg.width, cfg.pool_heads or cfg.heads, cfg.pool_mlp_dim or cfg.mlp_dim, make_act(cfg.act),
                          make_norm(cfg.norm, cfg.width, cfg.norm_eps))
 
 
@@ -147,8 +147,8 @@ class VisionTower(nn.Module):
         else:
             self.register_parameter("cls_token", None)
         self.pos_embed = nn.Parameter(torch.zeros(self.prefix + cfg.grid * cfg.grid, cfg.width))
-        self.rope = Rope2D(cfg.width // cfg.heads, cfg.rope_ref_grid or cfg.grid, cfg.rope_temperature) \
-            if cfg.rope else None
+        self.rope = Rope2D(cfg.width // cfg.heads, cfg.rope_ref_grid or cfg.grid, cfg.rope_temperature,
+                           cfg.rope_offset, cfg.rope_indexing) if cfg.rope else None
         self.patch_dropout: nn.Module = NoPatchDropout()  # set for training with `set_patch_dropout`
         self.norm_pre = _norm_or_identity(cfg.norm_pre, cfg)
         self.transformer = build_transformer(cfg, causal=False, rope_prefix=self.prefix)
@@ -166,7 +166,7 @@ class VisionTower(nn.Module):
 
     def pos_embed_for(self, grid_h: int, grid_w: int) -> torch.Tensor:
         """(prefix + gh * gw, D): the learned positional embeddings for another patch grid, the patch part resized
-        bicubically (align_corners=False, as HF's `interpolate_pos_encoding`), or for a NaFlex tower bilinearly
+        by `cfg.pos_resize` (align_corners=False, as HF's `interpolate_pos_encoding`), or for a NaFlex tower bilinearly
         with antialiasing (SigLIP 2's rule; a grid smaller than the learned one averages it down). Cached per grid
         while the weights are unchanged and no gradient is wanted, so a repeated size costs nothing. Traced
         (torch.export, ONNX export with dynamic height and width) it is one graph for every grid: no cache, no
@@ -185,7 +185,7 @@ class VisionTower(nn.Module):
             rows, cols = _antialiased_bilinear(grid_h, g, patches), _antialiased_bilinear(grid_w, g, patches)
             patches = (rows @ patches.float() @ cols.T).to(patches.dtype)  # (1, D, gh, gw)
         else:
-            patches = F.interpolate(patches, size=(grid_h, grid_w), mode="bicubic", align_corners=False)
+            patches = F.interpolate(patches, size=(grid_h, grid_w), mode=self.cfg.pos_resize, align_corners=False)
         resized = torch.cat([self.pos_embed[:p], patches.permute(0, 2, 3, 1).reshape(grid_h * grid_w, -1)])
         if not track:
             if len(self._pos_cache) >= 16:

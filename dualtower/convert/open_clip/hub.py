@@ -99,7 +99,7 @@ def encode_model_cfg(cfg: ModelConfig) -> dict:
     """open_clip's `model_cfg` for a model its own ViT and text towers build (the inverse of decode_model_cfg)."""
     v, t = cfg.vision, cfg.text
     problems = []
-    if v.patch_bias:
+    if tables.timm_trunk(cfg):
         problems.append("its vision tower is a timm trunk: name it by an open_clip architecture instead")
     if t is None or v.act != t.act or v.act not in ("gelu", "quick_gelu"):
         problems.append("open_clip's CLIP has both towers with one activation, GELU or QuickGELU")

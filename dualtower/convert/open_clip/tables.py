@@ -4,7 +4,8 @@ These files carry no config, so the architecture is named by the caller (`arch="
 
 Two layouts. open_clip's own VisionTransformer (`visual.conv1`, ...; text tower at the top level), and its
 CustomTextCLIP with a timm vision trunk (`visual.trunk.*`, text under `text.`), used by EVA02-* and *-SigLIP.
-A config selects the second when its patch embedding has a bias: every timm ViT has one, open_clip's never.
+A config selects the second when its vision tower has what open_clip's own ViT never has: a patch bias (every
+timm ViT but PE), rotary embedding or attention pooling (PE, SigLIP).
 """
 
 from __future__ import annotations
@@ -66,7 +67,8 @@ DROPPED = {"input_resolution", "context_length", "vocab_size", "attn_mask"}
 
 
 def timm_trunk(cfg: ModelConfig) -> bool:
-    return cfg.vision.patch_bias
+    v = cfg.vision
+    return v.patch_bias or v.rope or v.pool == "map" or v.head_bias
 
 
 def check_exportable(cfg: ModelConfig) -> None:

@@ -1,8 +1,9 @@
 """timm vision transformers (`VisionTransformer` and `Eva`) as vision towers: bare timm state dicts, and the
 `visual.trunk.` of open_clip's timm-based models (EVA02-*, *-SigLIP).
 
-Three layouts: "vit" (timm's VisionTransformer: fused qkv, `ls1.gamma`), "eva" (Eva with separate q/k/v
-projections, k without bias, `gamma_1`; EVA-02 CLIP) and "eva_fused" (Eva with fused qkv and `q_bias`/`v_bias`).
+Four layouts: "vit" (timm's VisionTransformer: fused qkv, `ls1.gamma`), "eva" (Eva with separate q/k/v
+projections, k without bias, `gamma_1`; EVA-02 CLIP), "eva_fused" (Eva with fused qkv and `q_bias`/`v_bias`) and
+"eva_rope" (Eva with attn_type='rope': a fused biased qkv, `gamma_1`; Perception Encoder).
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ from ...errors import UserError
 from ..registry import Format, register
 from ..remap import ConversionError, Rule, expand, from_ours, rule, to_ours
 
-LAYOUTS = ("vit", "eva", "eva_fused")
+LAYOUTS = ("vit", "eva", "eva_fused", "eva_rope")
 
 _COMMON_BLOCK = [
     ("norm1.weight", "norm1.weight"), ("norm1.bias", "norm1.bias"),
@@ -43,6 +44,10 @@ _LAYOUT_BLOCK = {
     "eva_fused": [
         ("attn.qkv.weight", ("attn.qkv.weight",)),
         ("attn.qkv.q_bias", ("attn.q_bias",)), ("attn.qkv.v_bias", ("attn.v_bias",)),
+        ("ls1.gamma", ("gamma_1",)), ("ls2.gamma", ("gamma_2",)),
+    ],
+    "eva_rope": [
+        ("attn.qkv.weight", ("attn.qkv.weight",)), ("attn.qkv.bias", ("attn.qkv.bias",)),
         ("ls1.gamma", ("gamma_1",)), ("ls2.gamma", ("gamma_2",)),
     ],
 }
@@ -86,14 +91,21 @@ def layout_of_state(keys, prefix: str = "") -> str:
     """Which timm layout a state dict uses, from its first block's keys."""
     if f"{prefix}blocks.0.attn.q_proj.weight" in keys:
         return "eva"
-    if f"{prefix}blocks.0.attn.q_bias" in keys or f"{prefix}blocks.0.gamma_1" in keys:
+    if f"{prefix}blocks.0.attn.q_bias" in keys:
         return "eva_fused"
+    if f"{prefix}blocks.0.gamma_1" in keys:
+        return "eva_rope" if f"{prefix}blocks.0.attn.qkv.bias" in keys else "eva_fused"
     return "vit"
 
 
 def layout_of_config(v: VisionConfig) -> str:
-    """The timm class that builds this tower: EVA's q/v-only bias or SwiGLU need `Eva` (unfused, as EVA-02 CLIP)."""
-    return "eva" if (v.qkv_bias and not v.k_bias) or v.mlp_type == "swiglu" or v.rope else "vit"
+    """The timm class that builds this tower: EVA's q/v-only bias or SwiGLU need `Eva` (unfused, as EVA-02 CLIP);
+    rotary embedding with a full qkv bias is Eva's 'rope' attention (Perception Encoder)."""
+    if (v.qkv_bias and not v.k_bias) or v.mlp_type == "swiglu":
+        return "eva"
+    if v.rope:
+        return "eva_rope" if v.qkv_bias else "eva"
+    return "vit"
 
 
 # Rotary angles and EVA's zero k bias are computed, not stored; older timm versions saved these buffers.
