@@ -65,6 +65,20 @@ def _vit(name: str, size: str, patch: int, embed: int, image: int = 224, text_de
     )
 
 
+def _worldwide(name: str, size: str, embed: int, text_depth: int, image: int = 224, quick_gelu: bool = False,
+               mt5: bool = False) -> ModelConfig:
+    """open_clip's ViT-*-worldwide (MetaCLIP 2): open_clip's CLIP towers with a multilingual vocabulary, pooled
+    at the first end token: XLM-V's (901,629 pieces, `</s>` 2, pad 1, text cleaned of extra whitespace) or, for
+    L/14, mT5's (250,100, `</s>` 1, pad 0, canonicalized). The tokenizer.json comes with the model's files.
+    The 378 px configs squash images instead of cropping them."""
+    cfg = _vit(name, size, patch=14, embed=embed, image=image, text_depth=text_depth, quick_gelu=quick_gelu)
+    vocab, eot, pad, clean = (250100, 1, 0, "canonicalize") if mt5 else (901629, 2, 1, "whitespace")
+    return cfg.replace(text=dataclasses.replace(cfg.text, vocab_size=vocab, eot_id=eot, pad_id=pad),
+                       tokenizer="external", text_clean=clean,
+                       preprocess=dataclasses.replace(cfg.preprocess, resize_mode="squash" if image != 224 else
+                                                      "shortest"))
+
+
 def _eva02(name: str, embed: int, image: int, patch: int, width: int, depth: int, heads: int, text_width: int,
            text_heads: int) -> ModelConfig:
     """open_clip's EVA02-* (timm `eva02_*_clip_*` vision trunk, open_clip's text tower)."""
@@ -285,6 +299,21 @@ ARCHS: dict[str, Arch] = _table(
          )),
     Arch(_vit("ViT-bigG-14-quickgelu", "bigG", patch=14, embed=1280, text_depth=32, quick_gelu=True), open_clip="vit"),
     Arch(_vit("ViT-e-14", "e", patch=14, embed=1280, text_depth=36), open_clip="vit"),
+    Arch(_worldwide("ViT-L-14-worldwide", "L", 768, 12, mt5=True), open_clip="vit"),
+    Arch(_worldwide("ViT-L-14-worldwide-quickgelu", "L", 768, 12, quick_gelu=True, mt5=True), open_clip="vit"),
+    Arch(_worldwide("ViT-H-14-worldwide", "H", 1024, 24), open_clip="vit"),
+    Arch(_worldwide("ViT-H-14-worldwide-quickgelu", "H", 1024, 24, quick_gelu=True), open_clip="vit",
+         pretrained=(Pretrained("ViT-H-14-worldwide-quickgelu/metaclip2_worldwide",
+                                "timm/vit_huge_patch14_clip_224.metaclip2_worldwide", "open_clip_hub"),)),
+    Arch(_worldwide("ViT-H-14-worldwide-378", "H", 1024, 24, image=378), open_clip="vit",
+         pretrained=(Pretrained("ViT-H-14-worldwide-378/metaclip2_worldwide",
+                                "timm/vit_huge_patch14_clip_378.metaclip2_worldwide", "open_clip_hub"),)),
+    Arch(_worldwide("ViT-bigG-14-worldwide", "bigG", 1280, 32), open_clip="vit",
+         pretrained=(Pretrained("ViT-bigG-14-worldwide/metaclip2_worldwide",
+                                "timm/vit_gigantic_patch14_clip_224.metaclip2_worldwide", "open_clip_hub"),)),
+    Arch(_worldwide("ViT-bigG-14-worldwide-378", "bigG", 1280, 32, image=378), open_clip="vit",
+         pretrained=(Pretrained("ViT-bigG-14-worldwide-378/metaclip2_worldwide",
+                                "timm/vit_gigantic_patch14_clip_378.metaclip2_worldwide", "open_clip_hub"),)),
     Arch(_eva02("EVA02-B-16", 512, 224, 16, 768, 12, 12, 512, 8), timm="eva02_base_patch16_clip_224", open_clip="timm",
          pretrained=(Pretrained("EVA02-B-16/merged2b_s8b_b131k", "timm/eva02_base_patch16_clip_224.merged2b_s8b_b131k",
                                 "open_clip_hub"),)),

@@ -28,8 +28,9 @@ TEXT_POOLS = ("eot", "last", "argmax", "first")
 # SentencePiece vocabulary); texts must come as token ids, or from a tokenizer.json beside the weights.
 TOKENIZERS = ("clip-bpe", "external")
 # How text is cleaned before a tokenizer.json tokenizer (SigLIP 2's Gemma vocabulary; see tokenizers/hf_json.py):
-# open_clip's cleaning functions, or transformers' Siglip2Tokenizer rule (a Lowercase normaliser, nothing else).
-TEXT_CLEANS = ("canonicalize", "lower", "whitespace", "hf-lowercase")
+# open_clip's cleaning functions, transformers' Siglip2Tokenizer rule (a Lowercase normaliser, nothing else), or
+# nothing before the file's own normaliser (transformers' other tokenizers: MetaCLIP 2's XLM-V and mT5).
+TEXT_CLEANS = ("canonicalize", "lower", "whitespace", "hf-lowercase", "none")
 
 # Image statistics. OpenAI CLIP's are used by every open_clip ViT config that does not override them.
 OPENAI_MEAN = (0.48145466, 0.4578275, 0.40821073)

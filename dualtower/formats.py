@@ -6,7 +6,7 @@ from __future__ import annotations
 # name -> a note for the help ("" where the name says enough); in the order the help lists them
 FORMATS = {
     "dualtower": "", "open_clip": "", "openai": "written for QuickGELU models only", "timm": "", "internvl": "",
-    "hf-clip": "", "hf-siglip": "", "hf-siglip2": "", "hf-internvl": "",
+    "hf-clip": "", "hf-metaclip2": "", "hf-siglip": "", "hf-siglip2": "", "hf-internvl": "",
 }
 DETECTED_ONLY = ("open_clip_hub", "timm_hub")  # hub layouts: read when detected, written by --to open_clip / timm
 

@@ -32,10 +32,13 @@ class Plan:
     precision: str
     grad_checkpointing: bool
     params: int
+    token_table: int  # of them, the text tower's token embedding (MetaCLIP 2's XLM-V table: half of H/14's)
     weights: float  # bytes per GPU
     grads: float
     optimizer: float
-    gathered: float  # FSDP: full blocks held during their forward/backward (two at a time, with prefetch)
+    # FSDP: what a tower holds whole while it runs: its own parameters (embeddings, token table, head) and two
+    # of its blocks at a time (with prefetch)
+    gathered: float
     activations: float
 
     @property
@@ -45,15 +48,18 @@ class Plan:
     def table(self) -> str:
         rows = [("weights", self.weights), ("gradients", self.grads), ("AdamW state", self.optimizer)]
         if self.parallel == "fsdp":
-            rows.append(("gathered blocks", self.gathered))
+            rows.append(("gathered", self.gathered))
         rows += [("activations", self.activations), ("total", self.total)]
-        head = (f"{self.arch}: {self.params / 1e9:.2f}B parameters, {self.parallel} on {self.gpus} GPU(s), global "
-                f"batch {self.batch} ({self.batch / self.gpus:g} per GPU), {self.precision}"
+        table = f" ({self.token_table / 1e9:.2f}B of them the text token table)" if self.token_table else ""
+        head = (f"{self.arch}: {self.params / 1e9:.2f}B parameters{table}, {self.parallel} on {self.gpus} GPU(s), "
+                f"global batch {self.batch} ({self.batch / self.gpus:g} per GPU), {self.precision}"
                 f"{', gradient checkpointing' if self.grad_checkpointing else ''}")
         return head + "\n" + "\n".join(f"  {name:<16}{value / GB:9.2f} GB" for name, value in rows)
 
 
-def _tower_params(cfg: ModelConfig) -> tuple[int, dict[str, int]]:
+def _tower_params(cfg: ModelConfig) -> tuple[int, int, dict[str, int]]:
+    """All parameters, the text token table's, and per tower what FSDP gathers while it runs (its own
+    parameters outside the blocks, and two of its largest blocks)."""
     import torch
 
     from .model import DualEncoder
@@ -61,11 +67,13 @@ def _tower_params(cfg: ModelConfig) -> tuple[int, dict[str, int]]:
     with torch.device("meta"):
         model = DualEncoder(cfg)
     total = sum(p.numel() for p in model.parameters())
-    largest = {}
+    table = model.text.token_embed.weight.numel() if model.text is not None else 0
+    held = {}
     for name, tower in (("vision", model.visual), ("text", model.text)):
         if tower is not None:
-            largest[name] = max(sum(p.numel() for p in b.parameters()) for b in tower.transformer.blocks)
-    return total, largest
+            blocks = [sum(p.numel() for p in b.parameters()) for b in tower.transformer.blocks]
+            held[name] = sum(p.numel() for p in tower.parameters()) - sum(blocks) + 2 * max(blocks)
+    return total, table, held
 
 
 def activation_bytes_per_sample(cfg: ModelConfig, act_bytes: int, grad_checkpointing: bool) -> float:
@@ -97,13 +105,13 @@ def plan(arch, gpus: int, batch: int, parallel: str = "fsdp", precision: str = "
     if parallel not in ("ddp", "fsdp") or precision not in ("fp32", "bf16"):
         raise UserError("parallel is ddp or fsdp; precision is fp32 or bf16")
     cfg = config_of(arch)
-    params, largest = _tower_params(cfg)
+    params, table, held = _tower_params(cfg)
     shards = gpus if parallel == "fsdp" else 1
     act_bytes = 2 if precision == "bf16" else 4
     weights = 4 * params / shards  # fp32 master weights (bf16: autocast, or FSDP's bf16 gathered copies)
     grads = 4 * params / shards
     optimizer = 8 * params / shards  # AdamW: exp_avg and exp_avg_sq in fp32
-    gathered = 2 * act_bytes * max(largest.values()) if parallel == "fsdp" and gpus > 1 else 0.0
+    gathered = act_bytes * max(held.values()) if parallel == "fsdp" and gpus > 1 else 0.0
     activations = batch / gpus * activation_bytes_per_sample(cfg, act_bytes, grad_checkpointing)
-    return Plan(cfg.name, gpus, batch, parallel, precision, grad_checkpointing, params, weights, grads, optimizer,
-                gathered, activations)
+    return Plan(cfg.name, gpus, batch, parallel, precision, grad_checkpointing, params, table, weights, grads,
+                optimizer, gathered, activations)

@@ -78,7 +78,7 @@ def save_hf(model, path, **kwargs):
     if vision is None:
         return
     kind = config.model_type
-    if kind.startswith("clip"):
+    if kind.startswith(("clip", "metaclip")):
         size = vision.image_size
         processor = transformers.CLIPImageProcessorPil(size={"shortest_edge": size}, crop_size=size)
     elif kind.startswith("siglip2"):

@@ -118,7 +118,7 @@ def test_detection_names_the_candidates_and_source_decides(tmp_path):
 
 def test_every_format_answers_the_same_interface():
     assert convert.names() == sorted(["dualtower", "open_clip", "openai", "open_clip_hub", "timm", "timm_hub",
-                                      "internvl", "hf-clip", "hf-siglip", "hf-siglip2", "hf-internvl"])
+                                      "internvl", "hf-clip", "hf-metaclip2", "hf-siglip", "hf-siglip2", "hf-internvl"])
     cfg = dualtower.get_config("tiny")
     for name, fmt in convert.FORMATS.items():
         assert fmt.name == name and fmt.summary

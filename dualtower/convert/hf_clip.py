@@ -1,9 +1,16 @@
-"""HF transformers `CLIPModel` directories: config.json + model.safetensors (or pytorch_model.bin), both ways."""
+"""HF transformers CLIP-architecture directories, both ways: `CLIPModel` and `MetaClip2Model` (MetaCLIP 2
+worldwide), config.json + model.safetensors (or pytorch_model.bin).
+
+MetaClip2Model is CLIPModel's computation with a family's two differences (`Family`): its tokenizer is the
+repo's own (XLM-V or mT5, a tokenizer.json transformers runs without any cleaning before it), and its text pools
+at the first eos_token_id always, where CLIP keeps the legacy argmax rule for configs that say 2 (XLM-V's end
+token is 2: under CLIP's rule it would pool at the largest id)."""
 
 from __future__ import annotations
 
 import json
 import math
+from dataclasses import dataclass
 
 import torch
 
@@ -64,7 +71,29 @@ def _rules(cfg: ModelConfig) -> list[Rule]:
                           "text.": cfg.text.depth if cfg.text is not None else 0})
 
 
-MODEL_TYPES = ("clip", "clip_vision_model", "clip_text_model")
+@dataclass(frozen=True)
+class Family:
+    prefix: str  # transformers' class names: {prefix}Model, {prefix}VisionModelWithProjection, ...
+    model_type: str
+    legacy_argmax: bool  # eos_token_id 2 means: pool at argmax(ids) (CLIP's configs from before transformers 4.31)
+    own_tokenizer: bool  # the tokenizer is the directory's tokenizer.json, not the CLIP BPE
+
+    @property
+    def model_types(self) -> tuple[str, ...]:
+        return (self.model_type, f"{self.model_type}_vision_model", f"{self.model_type}_text_model")
+
+    def text_pool(self, eot: int, vocab: int) -> str:
+        """transformers' rule: the first eos_token_id, or position 0 in a row without one (always, when the id
+        lies outside the vocabulary); CLIP's legacy configs (eos_token_id 2) argmax(ids) instead (with the CLIP
+        vocabulary: the first end-of-text token, the largest id)."""
+        if eot == 2 and self.legacy_argmax:
+            return "argmax"
+        return "eot" if 0 <= eot < vocab else "first"
+
+
+CLIP = Family("CLIP", "clip", legacy_argmax=True, own_tokenizer=False)
+METACLIP2 = Family("MetaClip2", "metaclip_2", legacy_argmax=False, own_tokenizer=True)
+MODEL_TYPES = CLIP.model_types
 
 
 def _act(c: dict, tower: str, name: str) -> str:
@@ -83,44 +112,42 @@ def _vision(v: dict, name: str, head: bool = True) -> VisionConfig:
     )
 
 
-def _text(t: dict, name: str, head: bool = True) -> TextConfig:
+def _text(t: dict, name: str, head: bool = True, family: Family = CLIP) -> TextConfig:
     vocab = t.get("vocab_size", CLIP_VOCAB_SIZE)
-    # transformers' rule: configs from before its PR #24773 say eos_token_id 2 and pool at argmax(ids) (with the
-    # CLIP vocabulary: the first end-of-text token, the largest id); others pool at the first eos_token_id, or at
-    # position 0 in a row without one (always, when the id lies outside the vocabulary).
     eot = t.get("eos_token_id", CLIP_EOT_ID)
-    pool = "argmax" if eot == 2 else "eot" if 0 <= eot < vocab else "first"
     return TextConfig(
         vocab_size=vocab, context_length=t.get("max_position_embeddings", 77), width=t.get("hidden_size", 512),
         depth=t.get("num_hidden_layers", 12), heads=t.get("num_attention_heads", 8),
         mlp_dim=t.get("intermediate_size", 2048), act=_act(t, "text", name), norm_eps=t.get("layer_norm_eps", 1e-5),
-        eot_id=eot, pool=pool, head=head,
+        eot_id=eot, pool=family.text_pool(eot, vocab), head=head,
+        pad_id=t.get("pad_token_id", 1) if family.own_tokenizer else 0,
     )
 
 
-def config_from_hf(hf: dict, preprocessor: dict | None, name: str) -> ModelConfig:
-    """Our config from an HF CLIPConfig dict, or a one-tower CLIPVisionConfig / CLIPTextConfig one
+def config_from_hf(hf: dict, preprocessor: dict | None, name: str, family: Family = CLIP) -> ModelConfig:
+    """Our config from an HF CLIPConfig (MetaClip2Config) dict, or a one-tower vision or text config
     (CLIPVisionModel, CLIPTextModel, with or without their projection), and its preprocessor_config.json when
     there is one."""
     kind = hf.get("model_type")
-    if kind not in MODEL_TYPES:
-        raise ConversionError(f"{name}: config.json has model_type {kind!r}, expected one of {MODEL_TYPES}")
+    if kind not in family.model_types:
+        raise ConversionError(f"{name}: config.json has model_type {kind!r}, expected one of {family.model_types}")
     try:
         # A one-tower config holds its tower's fields at the top; the projection only "...WithProjection".
         projected = any("WithProjection" in a for a in hf.get("architectures") or [])
-        if kind == "clip_vision_model":
+        if kind.endswith("_vision_model"):
             vision, text = _vision(hf, name, head=projected), None
             embed = hf.get("projection_dim", 512) if projected else vision.width
-        elif kind == "clip_text_model":
-            vision, text = None, _text(hf, name, head=projected)
+        elif kind.endswith("_text_model"):
+            vision, text = None, _text(hf, name, head=projected, family=family)
             embed = hf.get("projection_dim", 512) if projected else text.width
         else:
-            vision, text = _vision(hf.get("vision_config", {}), name), _text(hf.get("text_config", {}), name)
+            vision = _vision(hf.get("vision_config", {}), name)
+            text = _text(hf.get("text_config", {}), name, family=family)
             embed = hf.get("projection_dim", 512)
     except (TypeError, ValueError) as e:
         if isinstance(e, ConversionError):
             raise
-        raise ConversionError(f"{name}: config.json is not a CLIP config we can build: {e}") from e
+        raise ConversionError(f"{name}: config.json is not a {family.prefix} config we can build: {e}") from e
     image_size = vision.image_size if vision is not None else 224
     pre = preprocessor or {}
     crop = pre.get("crop_size", image_size)
@@ -138,8 +165,10 @@ def config_from_hf(hf: dict, preprocessor: dict | None, name: str) -> ModelConfi
     crop_pct = image_size / shortest  # our resize goes to floor(image_size / crop_pct): make that `shortest` exactly
     while math.floor(image_size / crop_pct) != shortest:
         crop_pct = math.nextafter(crop_pct, 0)
+    # MetaCLIP 2: the directory's tokenizer.json, run as transformers does (its own normaliser, nothing before)
+    own = dict(tokenizer="external", text_clean="none") if family.own_tokenizer else {}
     return ModelConfig(
-        name=hf.get("_name_or_path") or "hf-clip",
+        name=hf.get("_name_or_path") or f"hf-{family.model_type}",
         embed_dim=embed,
         vision=vision,
         text=text,
@@ -148,10 +177,11 @@ def config_from_hf(hf: dict, preprocessor: dict | None, name: str) -> ModelConfi
                                     interpolation="bicubic" if resample == 3 else "bilinear",
                                     crop_pct=crop_pct, rgb="white_first"),
         init_logit_scale=hf.get("logit_scale_init_value", 2.6592),  # transformers' CLIPConfig default
+        **own,
     )
 
 
-def check_exportable(cfg: ModelConfig) -> None:
+def check_exportable(cfg: ModelConfig, family: Family = CLIP) -> None:
     problems = []
     for tower, c in (("vision", cfg.vision), ("text", cfg.text)):
         if c is None:
@@ -167,29 +197,36 @@ def check_exportable(cfg: ModelConfig) -> None:
     if cfg.init_logit_bias is not None:
         problems.append("HF CLIP has no logit bias")
     t = cfg.text
-    expected = None if t is None else "argmax" if t.eot_id == 2 else "eot" if 0 <= t.eot_id < t.vocab_size else "first"
-    if t is not None and t.pool != expected:
-        problems.append("text: HF CLIP pools at argmax(ids) when eos_token_id is 2, at the first eos_token_id when "
-                        "it is in the vocabulary, else at position 0")
+    if t is not None and t.pool != family.text_pool(t.eot_id, t.vocab_size):
+        problems.append(f"text: HF {family.prefix} pools at the first eos_token_id when it is in the vocabulary, "
+                        "else at position 0" + (", and at argmax(ids) when eos_token_id is 2" if family.legacy_argmax
+                                                else ""))
+    if t is not None and (cfg.tokenizer != "clip-bpe") != family.own_tokenizer:
+        problems.append("text: a CLIPModel directory carries the CLIP BPE tokenizer; a model with its own "
+                        "tokenizer.json (MetaCLIP 2) is a MetaClip2Model" if family is CLIP else
+                        "text: a MetaClip2Model directory carries its own tokenizer.json; a CLIP BPE model is a "
+                        "CLIPModel")
     if problems:
-        raise ConversionError(f"{cfg.name} cannot be written as an HF CLIPModel: " + "; ".join(problems))
+        raise ConversionError(f"{cfg.name} cannot be written as an HF {family.prefix}Model: " + "; ".join(problems))
 
 
-def config_to_hf(cfg: ModelConfig) -> dict:
+def config_to_hf(cfg: ModelConfig, family: Family = CLIP) -> dict:
     v, t = cfg.vision, cfg.text
     if t is None:  # the vision tower alone: CLIPVisionModelWithProjection (CLIPVisionModel without a projection)
-        return {"architectures": ["CLIPVisionModelWithProjection" if v.head else "CLIPVisionModel"],
-                "model_type": "clip_vision_model", **_vision_to_hf(cfg)}
+        return {"architectures": [f"{family.prefix}VisionModel{'WithProjection' if v.head else ''}"],
+                "model_type": f"{family.model_type}_vision_model", **_vision_to_hf(cfg)}
+    ids = {"eos_token_id": t.eot_id, "pad_token_id": t.pad_id}
+    if not family.own_tokenizer:
+        ids["bos_token_id"] = CLIP_SOT_ID
     return {
-        "architectures": ["CLIPModel"],
-        "model_type": "clip",
+        "architectures": [f"{family.prefix}Model"],
+        "model_type": family.model_type,
         "projection_dim": cfg.embed_dim,
         "logit_scale_init_value": cfg.init_logit_scale,
         "text_config": {
             "vocab_size": t.vocab_size, "max_position_embeddings": t.context_length, "hidden_size": t.width,
             "num_hidden_layers": t.depth, "num_attention_heads": t.heads, "intermediate_size": t.mlp_dim,
-            "hidden_act": _ACT_TO_HF[t.act], "layer_norm_eps": t.norm_eps, "projection_dim": cfg.embed_dim,
-            "bos_token_id": CLIP_SOT_ID, "eos_token_id": t.eot_id, "pad_token_id": t.pad_id,
+            "hidden_act": _ACT_TO_HF[t.act], "layer_norm_eps": t.norm_eps, "projection_dim": cfg.embed_dim, **ids,
         },
         "vision_config": _vision_to_hf(cfg),
     }
@@ -223,36 +260,47 @@ def import_state_dict(state: dict, cfg: ModelConfig, our_keys: set[str], source:
     return to_ours(state, _rules(cfg), our_keys, DROPPED, source)
 
 
-def export_state_dict(ours: dict[str, torch.Tensor], cfg: ModelConfig) -> dict[str, torch.Tensor]:
-    check_exportable(cfg)
-    return from_ours(ours, _rules(cfg))
-
-
-def _check_writable(cfg: ModelConfig) -> None:
-    """Both towers: a CLIPModel; the vision tower alone (towers="vision"): a CLIPVisionModel(WithProjection), what
-    LLaVA-style stacks and pipeline("image-feature-extraction") load."""
-    if cfg.vision is None:
-        raise ConversionError(f"{cfg.name}: a one-tower text model is not written as an HF directory (a vision "
-                              "tower alone is: CLIPVisionModelWithProjection); write it as dualtower")
-    check_exportable(cfg)
-
-
 class HFClip(HFDirectory):
     name = "hf-clip"
     summary = ("a transformers CLIPModel, CLIPVisionModel(WithProjection) or CLIPTextModel(WithProjection) "
                "directory (model_type 'clip', ...)")
-    model_types = MODEL_TYPES
-    config_from_hf = staticmethod(config_from_hf)
+    family = CLIP
     to_ours = staticmethod(import_state_dict)
-    from_ours = staticmethod(export_state_dict)
-    check = staticmethod(_check_writable)
+
+    @property
+    def model_types(self) -> tuple[str, ...]:
+        return self.family.model_types
+
+    def config_from_hf(self, hf: dict, preprocessor: dict | None, name: str) -> ModelConfig:
+        return config_from_hf(hf, preprocessor, name, self.family)
+
+    def from_ours(self, ours: dict, cfg: ModelConfig) -> dict:
+        check_exportable(cfg, self.family)
+        return from_ours(ours, _rules(cfg))
+
+    def check(self, cfg: ModelConfig) -> None:
+        """Both towers: a CLIPModel (MetaClip2Model); the vision tower alone (towers="vision"): a
+        CLIPVisionModel(WithProjection), what LLaVA-style stacks and pipeline("image-feature-extraction") load."""
+        if cfg.vision is None:
+            raise ConversionError(f"{cfg.name}: a one-tower text model is not written as an HF directory (a vision "
+                                  "tower alone is: CLIPVisionModelWithProjection); write it as dualtower")
+        check_exportable(cfg, self.family)
 
     def hf_files(self, cfg: ModelConfig) -> tuple[dict, dict[str, str]]:
         from ..tokenizers import get_tokenizer
 
-        files = {"preprocessor_config.json": json.dumps(preprocessor_to_hf(cfg), indent=2) + "\n",
-                 **(get_tokenizer(cfg).hf_files() if cfg.text is not None else {})}
-        return config_to_hf(cfg), files
+        files = {"preprocessor_config.json": json.dumps(preprocessor_to_hf(cfg), indent=2) + "\n"}
+        if cfg.text is not None and not self.family.own_tokenizer:  # own files: copied by HFDirectory.write
+            files.update(get_tokenizer(cfg).hf_files())
+        return config_to_hf(cfg, self.family), files
+
+
+class HFMetaClip2(HFClip):
+    name = "hf-metaclip2"
+    summary = ("a transformers MetaClip2Model directory (MetaCLIP 2 worldwide, model_type 'metaclip_2', ...) with "
+               "its tokenizer.json")
+    family = METACLIP2
 
 
 FORMAT = register(HFClip())
+METACLIP2_FORMAT = register(HFMetaClip2())

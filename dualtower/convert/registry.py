@@ -157,7 +157,7 @@ def reason(check, cfg: ModelConfig) -> str | None:
 
 FORMATS: dict[str, Format] = {}  # filled by the format modules as dualtower.convert imports them
 ALIASES = {"ours": "dualtower"}
-HF_FORMATS = ("hf-clip", "hf-siglip", "hf-siglip2", "hf-internvl")  # what `to="hf"` chooses among, by the model
+HF_FORMATS = ("hf-clip", "hf-metaclip2", "hf-siglip", "hf-siglip2", "hf-internvl")  # what `to="hf"` chooses among, by the model
 
 
 def register(fmt: Format) -> Format:

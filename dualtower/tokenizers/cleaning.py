@@ -48,4 +48,5 @@ CLEANS = {
     "lower": clip,
     "whitespace": whitespace,
     "hf-lowercase": lambda text: text,  # lower-cased by the tokenizer's normaliser instead
+    "none": lambda text: text,  # the tokenizer's normaliser only (transformers' tokenizers)
 }

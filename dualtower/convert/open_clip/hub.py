@@ -10,7 +10,7 @@ same text tower. `preprocess_cfg` sets mean, std, interpolation and resize mode.
 from __future__ import annotations
 
 from ...archs import REGISTRY, TIMM_NAMES
-from ...config import CLIP_VOCAB_SIZE, ModelConfig, PreprocessConfig, TextConfig, VisionConfig
+from ...config import CLIP_EOT_ID, CLIP_VOCAB_SIZE, ModelConfig, PreprocessConfig, TextConfig, VisionConfig
 from ..files import write_model_directory
 from ..remap import ConversionError
 from . import tables
@@ -20,17 +20,17 @@ WEIGHTS = ("open_clip_model.safetensors", "open_clip_pytorch_model.bin")
 
 # Fields that only matter in training or for outputs we do not produce; any value is fine.
 _IGNORED = {"patch_dropout", "output_tokens", "timm_model_pretrained", "timm_drop", "timm_drop_path",
-            "hf_tokenizer_name", "tokenizer_kwargs", "eos_id", "pad_id"}
+            "hf_tokenizer_name", "tokenizer_kwargs", "pad_id"}
 # Fields we do not build, with the value they must have.
 _VISION_DEFAULTS = {"attentional_pool": False, "no_ln_pre": False, "pos_embed_type": "learnable", "act_kwargs": None,
                     "norm_kwargs": None, "block_type": None, "qk_norm": False, "scaled_cosine_attn": False,
                     "scale_heads": False, "scale_attn_inner": False, "scale_attn": False, "scale_fc": False,
                     "timm_model_name": None}
-_TEXT_DEFAULTS = {"embed_cls": False, "no_causal_mask": False, "pool_type": "argmax", "proj_bias": False,
+_TEXT_DEFAULTS = {"embed_cls": False, "no_causal_mask": False, "proj_bias": False,
                   "proj_type": "linear", "act_kwargs": None, "norm_kwargs": None, "block_type": None,
                   "qk_norm": False, "scaled_cosine_attn": False, "scale_heads": False, "scale_attn_inner": False,
                   "scale_attn": False, "scale_fc": False, "hf_model_name": None, "tokenizer_mode": None,
-                  "final_ln_after_pool": False, "vocab_size": CLIP_VOCAB_SIZE}
+                  "final_ln_after_pool": False}
 
 
 def _refuse_unbuilt(cfg: dict, defaults: dict, known: set[str], where: str) -> None:
@@ -47,16 +47,26 @@ def decode_model_cfg(model_cfg: dict, name: str) -> ModelConfig:
         return _timm_trunk_config(model_cfg, name)
     _refuse_unbuilt(v, _VISION_DEFAULTS, {"layers", "width", "head_width", "mlp_ratio", "patch_size", "image_size",
                                           "ls_init_value", "final_ln_after_pool", "pool_type"}, f"{name} vision_cfg")
-    _refuse_unbuilt(t, _TEXT_DEFAULTS, {"context_length", "width", "heads", "layers", "mlp_ratio", "ls_init_value"},
-                    f"{name} text_cfg")
+    _refuse_unbuilt(t, _TEXT_DEFAULTS, {"context_length", "width", "heads", "layers", "mlp_ratio", "ls_init_value",
+                                        "vocab_size", "pool_type", "eos_id"}, f"{name} text_cfg")
     unknown = sorted(set(model_cfg) - {"embed_dim", "vision_cfg", "text_cfg", "quick_gelu", "custom_text",
                                        "init_logit_scale", "init_logit_bias"})
     if unknown:
         raise ConversionError(f"{name} model_cfg: fields dualtower does not build: {', '.join(unknown)}")
     if v.get("pool_type", "tok") not in ("tok", "avg"):
         raise ConversionError(f"{name} vision_cfg: pool_type {v['pool_type']!r} is not built (tok or avg)")
+    if t.get("pool_type", "argmax") not in ("argmax", "eos"):
+        raise ConversionError(f"{name} text_cfg: pool_type {t['pool_type']!r} is not built (argmax or eos)")
+    # MetaCLIP 2 worldwide: an HF tokenizer (XLM-V, mT5) pooled at the first end token, cleaned by tokenizer_kwargs
+    tokenizer = {}
+    if t.get("hf_tokenizer_name"):
+        clean = (t.get("tokenizer_kwargs") or {}).get("clean", "whitespace")
+        if clean not in ("canonicalize", "lower", "whitespace"):
+            raise ConversionError(f"{name}: text_cfg tokenizer_kwargs clean {clean!r} is not built")
+        tokenizer = dict(tokenizer="external", text_clean=clean)
     act = "quick_gelu" if model_cfg.get("quick_gelu", False) else "gelu"
     width, twidth = int(v.get("width", 768)), int(t.get("width", 512))
+    eos, vocab = t.get("pool_type", "argmax") == "eos", int(t.get("vocab_size", CLIP_VOCAB_SIZE))
     try:
         vision = VisionConfig(
             image_size=int(v.get("image_size", 224)), patch_size=int(v.get("patch_size", 16)), width=width,
@@ -67,10 +77,12 @@ def decode_model_cfg(model_cfg: dict, name: str) -> ModelConfig:
         text = TextConfig(
             context_length=int(t.get("context_length", 77)), width=twidth, heads=int(t.get("heads", 8)),
             depth=int(t.get("layers", 12)), mlp_dim=int(twidth * float(t.get("mlp_ratio", 4.0))), act=act,
-            ls_init=float(t.get("ls_init_value") or 0))
+            ls_init=float(t.get("ls_init_value") or 0), vocab_size=vocab,
+            pool="eot" if eos or vocab == CLIP_VOCAB_SIZE else "argmax",  # argmax: with the CLIP BPE, the EOT
+            eot_id=int(t.get("eos_id", 2)) if eos else CLIP_EOT_ID, pad_id=int(t.get("pad_id", 0)))
         extra = {k: float(model_cfg[k]) for k in ("init_logit_scale", "init_logit_bias") if k in model_cfg}
         return ModelConfig(name=name, embed_dim=int(model_cfg.get("embed_dim", 512)), vision=vision, text=text,
-                           preprocess=PreprocessConfig(image_size=vision.image_size), **extra)
+                           preprocess=PreprocessConfig(image_size=vision.image_size), **extra, **tokenizer)
     except (TypeError, ValueError) as e:
         raise ConversionError(f"{name}: model_cfg does not describe a model dualtower can build ({e})") from e
 
