@@ -34,7 +34,7 @@ EXTRA_FILES = (*TOKENIZER_FILES, "vocab.json", "merges.txt", "tokenizer.model", 
 
 # The most bytes each kind of small file may have (a Gemma tokenizer.json is about 33 MB): a repo's 100 MB README
 # or tokenizer file is refused before it is downloaded.
-FILE_LIMITS = {"config": 16 << 20, "tokenizer": 64 << 20, "README.md": 1 << 20}
+FILE_LIMITS = {"config": 16 << 20, "tokenizer": 128 << 20, "README.md": 1 << 20}  # XLM-V's tokenizer.json: ~50 MB
 REVISION = re.compile(r"(?!.*\.\.)(?!.*//)[\w][\w.\-/]{0,127}(?<![/.])")  # a branch, tag, refs/pr/N or commit
 
 
@@ -128,8 +128,12 @@ class _Repo:
         return None
 
 
-def fetch(spec: str) -> tuple[Path, str | None]:
-    """The local snapshot directory holding what the model needs, and the format it is in (None: detect it)."""
+def fetch(spec: str) -> tuple[Path, str | None, Path | None]:
+    """The local snapshot directory holding what the model needs, the format it is in (None: detect it), and
+    the folder of its own tokenizer when that lives in another repo (None: beside the weights, or none).
+
+    open_clip's MetaCLIP 2 repos name their tokenizer (text_cfg.hf_tokenizer_name, e.g. facebook/xlm-v-base)
+    instead of carrying it, as open_clip's get_tokenizer reads it: the tokenizer files come from that repo."""
     try:
         import huggingface_hub  # noqa: F401
     except ImportError as e:
@@ -159,6 +163,7 @@ def fetch(spec: str) -> tuple[Path, str | None]:
             verify(path)
         for name in EXTRA_FILES:
             repo.get(name, FILE_LIMITS["README.md" if name == "README.md" else "tokenizer"])
+        tokenizer_dir = _named_tokenizer(meta["open_clip_config.json"], snapshot, spec)
     except HubError:
         raise
     except (RepositoryNotFoundError, RevisionNotFoundError) as e:
@@ -169,7 +174,28 @@ def fetch(spec: str) -> tuple[Path, str | None]:
         raise HubError(f"{spec}: downloading from {repo_id} failed ({type(e).__name__}: "
                        f"{str(e).splitlines()[0] if str(e) else ''}); the file was not added to the cache. "
                        "Try again.") from e
-    return snapshot, layout
+    return snapshot, layout, tokenizer_dir
+
+
+def _named_tokenizer(config: Path | None, snapshot: Path, spec: str) -> Path | None:
+    """The snapshot of the tokenizer repo an open_clip config names, when the model's repo has no tokenizer.json."""
+    import json
+
+    if config is None or (snapshot / "tokenizer.json").is_file():
+        return None
+    try:
+        text_cfg = json.loads(config.read_text(encoding="utf-8")).get("model_cfg", {}).get("text_cfg", {})
+    except (ValueError, AttributeError):
+        return None  # the loader reports a bad config
+    name = text_cfg.get("hf_tokenizer_name") if isinstance(text_cfg, dict) else None
+    if not isinstance(name, str) or name.count("/") != 1:
+        return None
+    repo = _Repo(name, None)
+    files = {n: repo.get(n, FILE_LIMITS["tokenizer"]) for n in TOKENIZER_FILES}
+    if files["tokenizer.json"] is None:
+        raise HubError(f"{spec}: its open_clip config names the tokenizer {name}, which has no tokenizer.json"
+                       + (" in the cache (offline)" if repo.missing else ""))
+    return files["tokenizer.json"].parent
 
 
 def _shard(repo: _Repo, spec: str, name: str) -> Path:

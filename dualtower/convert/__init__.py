@@ -48,10 +48,10 @@ def load(path: "str | os.PathLike", arch: str | None = None, source: str | None 
     such as timm's and InternViT's, or transformers' CLIPTextModel, always load that way)."""
     if towers is not None and towers not in TOWERS:
         raise UserError(f"towers={towers!r}: expected one of {TOWERS}")
-    name, spec = None, str(path)
+    name, spec, tokenizer_dir = None, str(path), None
     if hub.is_hub_name(path) and not os.path.exists(path):  # hf-hub:ORG/NAME[@REV] or a known short name
         name = str(path).removeprefix(hub.PREFIX)
-        path, layout = hub.fetch(path)
+        path, layout, tokenizer_dir = hub.fetch(path)
         source = source or layout
     given = str(path)
     path = rundir.resolve(Path(path))  # (puts back a checkpoint a killed save left aside)
@@ -76,6 +76,8 @@ def load(path: "str | os.PathLike", arch: str | None = None, source: str | None 
         state = {k: v for k, v in state.items() if k.startswith(keep)}
     model = build(cfg, state, str(path))
     model.origin = Origin.of_folder(path, fmt.name, source=spec)
+    if tokenizer_dir is not None:  # named by the model's config, fetched from its own repo
+        model.origin = model.origin.replace(tokenizer_dir=tokenizer_dir)
     return model
 
 
