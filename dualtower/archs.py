@@ -14,7 +14,7 @@ import dataclasses
 from dataclasses import dataclass
 
 from .config import (IMAGENET_MEAN, IMAGENET_STD, INCEPTION_MEAN, INCEPTION_STD, SIGLIP_INIT_LOGIT_BIAS,
-                     SIGLIP_INIT_LOGIT_SCALE, ModelConfig, PreprocessConfig, TextConfig, VisionConfig)
+                     SIGLIP_INIT_LOGIT_SCALE, HFTextConfig, ModelConfig, PreprocessConfig, TextConfig, VisionConfig)
 from .errors import UnknownName, UserError
 
 
@@ -33,6 +33,7 @@ class Arch:
     config: ModelConfig
     timm: str | None = None  # the timm model that builds its vision tower (timm's hub config.json names it)
     open_clip: str | None = None  # "vit" or "timm": how open_clip builds it; None: open_clip has no such config
+    hf_text: str | None = None  # the Hub name of its transformers text encoder (open_clip's text_cfg.hf_model_name)
     pretrained: tuple[Pretrained, ...] = ()
 
     @property
@@ -77,6 +78,47 @@ def _worldwide(name: str, size: str, embed: int, text_depth: int, image: int = 2
                        tokenizer="external", text_clean=clean,
                        preprocess=dataclasses.replace(cfg.preprocess, resize_mode="squash" if image != 224 else
                                                       "shortest"))
+
+
+# The transformers encoders open_clip's multilingual configs name, as their public config.json files give them
+# (the fields that shape the encoder; dropout and the rest at transformers' defaults, as there).
+_XLMR = dict(vocab_size=250002, max_position_embeddings=514, type_vocab_size=1, layer_norm_eps=1e-5, hidden_act="gelu",
+             pad_token_id=1, bos_token_id=0, eos_token_id=2)
+_NLLB = dict(vocab_size=256206, d_model=1024, encoder_attention_heads=16, decoder_attention_heads=16,
+             activation_function="relu", max_position_embeddings=1024, scale_embedding=True, pad_token_id=1,
+             bos_token_id=0, eos_token_id=2, decoder_start_token_id=2)
+_MT5 = dict(vocab_size=250112, d_kv=64, relative_attention_num_buckets=32, relative_attention_max_distance=128,
+            feed_forward_proj="gated-gelu", layer_norm_epsilon=1e-6, tie_word_embeddings=False, pad_token_id=0,
+            eos_token_id=1, decoder_start_token_id=0)
+HF_TEXT_ENCODERS = {
+    "xlm-roberta-base": ("xlm-roberta", dict(_XLMR, hidden_size=768, num_hidden_layers=12, num_attention_heads=12,
+                                             intermediate_size=3072)),
+    "xlm-roberta-large": ("xlm-roberta", dict(_XLMR, hidden_size=1024, num_hidden_layers=24, num_attention_heads=16,
+                                              intermediate_size=4096)),
+    "facebook/nllb-200-distilled-600M": ("m2m_100", dict(_NLLB, encoder_layers=12, decoder_layers=12,
+                                                         encoder_ffn_dim=4096, decoder_ffn_dim=4096)),
+    "facebook/nllb-200-distilled-1.3B": ("m2m_100", dict(_NLLB, encoder_layers=24, decoder_layers=24,
+                                                         encoder_ffn_dim=8192, decoder_ffn_dim=8192)),
+    "google/mt5-base": ("mt5", dict(_MT5, d_model=768, d_ff=2048, num_layers=12, num_decoder_layers=12, num_heads=12)),
+    "google/mt5-xl": ("mt5", dict(_MT5, d_model=2048, d_ff=5120, num_layers=24, num_decoder_layers=24, num_heads=32)),
+}
+
+
+def hf_text(hub_name: str, pool: str, proj: str, context: int = 77, **fields) -> HFTextConfig:
+    """The text tower of a transformers encoder named as open_clip names it (`fields` override its config)."""
+    import json
+
+    kind, base = HF_TEXT_ENCODERS[hub_name]
+    return HFTextConfig(model_type=kind, encoder=json.dumps({**base, **fields}), pool=pool, proj=proj,
+                        context_length=context)
+
+
+def _multilingual(name: str, hub_name: str, vision: ModelConfig, embed: int, pool: str, proj: str) -> ModelConfig:
+    """open_clip's xlm-roberta-*, nllb-clip-* and mt5-* configs: a vision tower of another config, a transformers
+    text encoder (open_clip's HFTextEncoder) pooled by `pool` and projected by `proj`; the repo's own
+    tokenizer.json (XLM-R's, NLLB's, mT5's), cleaned of extra whitespace as open_clip's HFTokenizer does."""
+    return vision.replace(name=name, embed_dim=embed, text=hf_text(hub_name, pool, proj), tokenizer="external",
+                          text_clean="whitespace")
 
 
 def _eva02(name: str, embed: int, image: int, patch: int, width: int, depth: int, heads: int, text_width: int,
@@ -314,6 +356,20 @@ ARCHS: dict[str, Arch] = _table(
     Arch(_worldwide("ViT-bigG-14-worldwide-378", "bigG", 1280, 32, image=378), open_clip="vit",
          pretrained=(Pretrained("ViT-bigG-14-worldwide-378/metaclip2_worldwide",
                                 "timm/vit_gigantic_patch14_clip_378.metaclip2_worldwide", "open_clip_hub"),)),
+    *[Arch(_multilingual(name, hub_name, _vit("", size, patch=patch, embed=embed), embed, pool, proj),
+           open_clip="vit", hf_text=hub_name,
+           pretrained=(Pretrained(f"{name}/{tag}", repo, "open_clip_hub"),) if repo else ())
+      for name, hub_name, size, patch, embed, pool, proj, tag, repo in (
+          ("xlm-roberta-base-ViT-B-32", "xlm-roberta-base", "B", 32, 512, "mean", "mlp", "laion5b_s13b_b90k",
+           "laion/CLIP-ViT-B-32-xlm-roberta-base-laion5B-s13B-b90k"),
+          ("xlm-roberta-large-ViT-H-14", "xlm-roberta-large", "H", 14, 1024, "mean", "mlp",
+           "frozen_laion5b_s13b_b90k", "laion/CLIP-ViT-H-14-frozen-xlm-roberta-large-laion5B-s13B-b90k"),
+          ("nllb-clip-base", "facebook/nllb-200-distilled-600M", "B", 32, 512, "cls", "linear", "v1",
+           "visheratin/nllb-clip-base-oc"),
+          ("nllb-clip-large", "facebook/nllb-200-distilled-1.3B", "H", 14, 1024, "cls", "linear", "v1",
+           "visheratin/nllb-clip-large-oc"),
+          ("mt5-base-ViT-B-32", "google/mt5-base", "B", 32, 512, "mean", "mlp", None, None),
+          ("mt5-xl-ViT-H-14", "google/mt5-xl", "H", 14, 1024, "mean", "mlp", None, None))],
     Arch(_eva02("EVA02-B-16", 512, 224, 16, 768, 12, 12, 512, 8), timm="eva02_base_patch16_clip_224", open_clip="timm",
          pretrained=(Pretrained("EVA02-B-16/merged2b_s8b_b131k", "timm/eva02_base_patch16_clip_224.merged2b_s8b_b131k",
                                 "open_clip_hub"),)),

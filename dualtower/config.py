@@ -170,6 +170,76 @@ class TextConfig(BlockConfig):
                f"eot_id {self.eot_id} is outside the vocabulary")
 
 
+# A Hugging Face encoder as the text tower (open_clip's HFTextEncoder): its kinds (transformers model_type), how
+# its tokens are pooled (open_clip's mean_pooler, max_pooler, cls_pooler) and projected (hf_proj_type)
+HF_ENCODERS = ("xlm-roberta", "roberta", "bert", "m2m_100", "mt5")
+HF_TEXT_POOLS = ("mean", "max", "cls")
+HF_TEXT_PROJS = ("linear", "mlp", "none")
+
+
+@dataclass(frozen=True)
+class HFTextConfig:
+    """A transformers encoder as the text tower: XLM-R / BERT (XLMRobertaModel without its pooler), NLLB's
+    M2M100 encoder, mT5's encoder stack, built from `encoder` (the transformers config's fields as JSON: frozen
+    and hashable), attending only to tokens other than `pad_id`, pooled by `pool` (over real tokens only; "cls":
+    position 0, NLLB's language tag) and projected by `proj` ("mlp": Linear-GELU-Linear through the mean of the
+    two widths, no biases; "none": the encoder's width is the embedding). Bidirectional, so never causal."""
+
+    TOWER: ClassVar[str] = "text"
+    model_type: str = "xlm-roberta"
+    encoder: str = "{}"
+    pool: str = "mean"
+    proj: str = "mlp"
+    context_length: int = 77  # what the tokenizer pads to (open_clip's text_cfg context_length)
+    causal: ClassVar[bool] = False
+
+    def __post_init__(self):
+        import json
+
+        _check(self.model_type in HF_ENCODERS, f"text model_type {self.model_type!r} is not one of {HF_ENCODERS}")
+        _check(self.pool in HF_TEXT_POOLS, f"text pool {self.pool!r} is not one of {HF_TEXT_POOLS}")
+        _check(self.proj in HF_TEXT_PROJS, f"text proj {self.proj!r} is not one of {HF_TEXT_PROJS}")
+        _ints("text", self, context_length=(1, 1 << 16))
+        try:
+            fields = json.loads(self.encoder)
+        except (TypeError, ValueError) as e:
+            raise UserError(f"text encoder is not a JSON object of transformers config fields ({e})") from None
+        _check(isinstance(fields, dict), "text encoder must be a JSON object of transformers config fields")
+        object.__setattr__(self, "encoder", json.dumps(fields, sort_keys=True))  # one spelling per config
+        for key in ("vocab_size", "pad_token_id"):
+            _check(isinstance(fields.get(key), int), f"text encoder needs an integer {key}")
+        _check(isinstance(self.width, int) and self.width > 0, "text encoder needs its width (hidden_size/d_model)")
+
+    @property
+    def fields(self) -> dict:
+        import json
+
+        return json.loads(self.encoder)
+
+    @property
+    def width(self) -> int:
+        f = self.fields
+        return f.get("d_model") if self.model_type in ("m2m_100", "mt5") else f.get("hidden_size")
+
+    @property
+    def depth(self) -> int:
+        f = self.fields
+        return {"m2m_100": f.get("encoder_layers"), "mt5": f.get("num_layers")}.get(self.model_type,
+                                                                                   f.get("num_hidden_layers"))
+
+    @property
+    def vocab_size(self) -> int:
+        return self.fields["vocab_size"]
+
+    @property
+    def pad_id(self) -> int:
+        return self.fields["pad_token_id"]
+
+    @property
+    def head(self) -> bool:
+        return self.proj != "none"
+
+
 RGB_RULES = ("after_resize", "white_first", "convert_first", "scaled_first")
 
 
@@ -260,7 +330,7 @@ class ModelConfig:
         """JSON-ready, in the layout of CONFIG_VERSION: each tower's block fields under "block"."""
         data = dataclasses.asdict(self)
         for tower in ("vision", "text"):
-            if data[tower] is not None:
+            if data[tower] is not None and not isinstance(getattr(self, tower), HFTextConfig):
                 flat = data[tower]
                 data[tower] = {"block": {k: flat.pop(k) for k in BLOCK_FIELDS}, **flat}
         return data
@@ -276,6 +346,9 @@ class ModelConfig:
         for key, part in parts.items():
             value = data.get(key)
             if value is None:
+                continue
+            if key == "text" and isinstance(value, dict) and "model_type" in value:
+                data[key] = _build(HFTextConfig, value, f"config.{key}")
                 continue
             if version >= 2 and key != "preprocess":
                 value = _unnest_block(value, f"config.{key}")

@@ -118,7 +118,7 @@ def shard(model: torch.nn.Module, d: Dist, precision: str = "fp32", shard_size: 
     for tower in (model.visual, model.text):
         if tower is None:
             continue
-        for block in tower.transformer.blocks:
+        for block in tower.blocks():
             fully_shard(block, mesh=mesh, mp_policy=policy)
         fully_shard(tower, mesh=mesh, mp_policy=policy)
     return [p for p in (model.logit_scale, model.logit_bias) if p is not None]

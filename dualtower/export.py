@@ -43,7 +43,6 @@ from torch import nn
 from . import io
 from .errors import UserError, require
 from .export_format import FORMAT_NAME, PRECISIONS, VERSION, _inside, read_config
-from .text_pool import pool_positions
 
 FORMATS = ("onnx", "torch-export")
 
@@ -69,7 +68,7 @@ class TextGraph(nn.Module):
         self.text, self.normalize = model.text, normalize
 
     def forward(self, ids: torch.Tensor) -> torch.Tensor:
-        out = self.text.encode_at(ids, pool_positions(ids, self.text.cfg, check=False))
+        out = self.text.encode(ids)
         return F.normalize(out, dim=-1) if self.normalize else out
 
 

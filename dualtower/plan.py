@@ -67,11 +67,11 @@ def _tower_params(cfg: ModelConfig) -> tuple[int, int, dict[str, int]]:
     with torch.device("meta"):
         model = DualEncoder(cfg)
     total = sum(p.numel() for p in model.parameters())
-    table = model.text.token_embed.weight.numel() if model.text is not None else 0
+    table = model.text.token_table().weight.numel() if model.text is not None else 0
     held = {}
     for name, tower in (("vision", model.visual), ("text", model.text)):
         if tower is not None:
-            blocks = [sum(p.numel() for p in b.parameters()) for b in tower.transformer.blocks]
+            blocks = [sum(p.numel() for p in b.parameters()) for b in tower.blocks()]
             held[name] = sum(p.numel() for p in tower.parameters()) - sum(blocks) + 2 * max(blocks)
     return total, table, held
 

@@ -59,4 +59,6 @@ def test_the_views_are_the_table():
     widths = {size[0] for size in archs.VISION_SIZES.values()}
     for name in archs.OPENCLIP_NAMES:  # open_clip's own ViTs: a decoded size, a text tower as wide as the embedding
         cfg = archs.REGISTRY[name]
-        assert cfg.vision.width in widths and cfg.text.width == cfg.embed_dim == 64 * cfg.text.heads, name
+        assert cfg.vision.width in widths, name
+        if archs.ARCHS[name].hf_text is None:  # (a transformers encoder has its own width: multilingual CLIP)
+            assert cfg.text.width == cfg.embed_dim == 64 * cfg.text.heads, name

@@ -19,7 +19,7 @@ import torch
 
 from ..archs import get_config
 from ..checkpoint import CheckpointError, state_of
-from ..config import ModelConfig
+from ..config import HFTextConfig, ModelConfig
 from ..errors import UserError
 from .files import Probe, write_model_directory, write_state_file
 from .remap import ConversionError
@@ -30,6 +30,7 @@ class Format:
     summary: str = ""  # one line for error messages and `dualtower convert --help`
     vision_only: bool = False  # holds a vision tower and no text tower, whatever the architecture has
     holds_naflex: bool = False  # can hold a NaFlex vision tower
+    holds_hf_text: bool = False  # can hold a transformers text encoder (multilingual CLIP)
 
     def detect(self, probe: Probe) -> bool:
         raise NotImplementedError
@@ -64,6 +65,9 @@ class Format:
         if cfg.vision is not None and cfg.vision.naflex and not self.holds_naflex:
             return (f"a NaFlex vision tower (SigLIP 2) is written as hf-siglip2 or dualtower; {self.name} has no "
                     "place for its patch-sequence input")
+        if isinstance(cfg.text, HFTextConfig) and not self.holds_hf_text:
+            return (f"a transformers text encoder ({cfg.text.model_type}) is written as open_clip or dualtower; "
+                    f"{self.name} has no place for it")
         return reason(self.check, cfg)
 
     def write(self, model, dst: Path) -> None:
@@ -157,7 +161,8 @@ def reason(check, cfg: ModelConfig) -> str | None:
 
 FORMATS: dict[str, Format] = {}  # filled by the format modules as dualtower.convert imports them
 ALIASES = {"ours": "dualtower"}
-HF_FORMATS = ("hf-clip", "hf-metaclip2", "hf-siglip", "hf-siglip2", "hf-internvl")  # what `to="hf"` chooses among, by the model
+# what `to="hf"` chooses among, by the model
+HF_FORMATS = ("hf-clip", "hf-metaclip2", "hf-siglip", "hf-siglip2", "hf-internvl")
 
 
 def register(fmt: Format) -> Format:

@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..config import ModelConfig
+from ..config import HFTextConfig, ModelConfig
 from ..errors import UserError
 from ..naflex import Patches
 from ..origin import Origin
@@ -40,7 +40,7 @@ class DualEncoder(nn.Module):
         super().__init__()
         self.cfg = cfg
         self.visual = VisionTower(cfg.vision, cfg.embed_dim) if cfg.vision is not None else None
-        self.text = TextTower(cfg.text, cfg.embed_dim) if cfg.text is not None else None
+        self.text = None if cfg.text is None else _text_tower(cfg.text)(cfg.text, cfg.embed_dim)
         # A one-tower model compares nothing, so it has no temperature either.
         contrastive = cfg.vision is not None and cfg.text is not None
         self.logit_scale = nn.Parameter(torch.tensor(float(cfg.init_logit_scale))) if contrastive else None
@@ -90,9 +90,16 @@ class DualEncoder(nn.Module):
     def _towers(self) -> list[nn.Module]:
         return [t for t in (self.visual, self.text) if t is not None]
 
+    def _own_blocks(self, what: str, tower) -> list[nn.Module]:
+        if isinstance(tower.cfg, HFTextConfig):
+            raise UserError(f"{what} is not set on a transformers text encoder ({tower.cfg.model_type}): its own "
+                            "dropout is in its config (hidden_dropout_prob, dropout), active in training")
+        return tower.blocks()
+
     def set_dropout(self, prob: float) -> None:
         """Dropout on every residual branch of both towers (keyed per sample, see model.noise); 0 removes it."""
-        blocks = [b for t in self._towers() for b in t.transformer.blocks]
+        towers = [t for t in self._towers() if prob > 0 or not isinstance(t.cfg, HFTextConfig)]
+        blocks = [b for t in towers for b in self._own_blocks("residual dropout", t)]
         for i, block in enumerate(blocks):
             block.drop1 = KeyedDropout(prob, salt=2 + 2 * i) if prob > 0 else nn.Identity()
             block.drop2 = KeyedDropout(prob, salt=3 + 2 * i) if prob > 0 else nn.Identity()
@@ -102,9 +109,9 @@ class DualEncoder(nn.Module):
         last (the rule of timm, EVA and InternViT); keyed per sample like dropout. 0 removes it."""
         salt = 1 << 20  # above every dropout salt
         for tower, rate in ((self.visual, vision), (self.text, text)):
-            if tower is None:
+            if tower is None or (rate == 0 and isinstance(tower.cfg, HFTextConfig)):
                 continue
-            blocks = tower.transformer.blocks
+            blocks = self._own_blocks("drop path", tower)
             for i, block in enumerate(blocks):
                 p = rate * i / max(len(blocks) - 1, 1)
                 block.path1 = KeyedDropPath(p, salt) if p > 0 else nn.Identity()
@@ -113,7 +120,7 @@ class DualEncoder(nn.Module):
 
     def set_grad_checkpointing(self, enable: bool = True) -> None:
         for tower in self._towers():
-            tower.transformer.grad_checkpointing = enable
+            tower.set_grad_checkpointing(enable)
 
     @torch.no_grad()
     def init_weights(self) -> None:
@@ -133,7 +140,7 @@ class DualEncoder(nn.Module):
                 nn.init.xavier_uniform_(block.attn.qkv.weight)
                 _zero_bias(block.attn.qkv, block.attn.proj)
             _zero_bias(v.head)
-        if t is None:
+        if t is None or isinstance(t.cfg, HFTextConfig):  # transformers initialises its encoder as its own
             return
 
         t.token_embed.weight.normal_(std=0.02)
@@ -152,6 +159,14 @@ class DualEncoder(nn.Module):
         if isinstance(t.head, nn.Linear):
             t.head.weight.normal_(std=width ** -0.5)
         _zero_bias(t.head)
+
+
+def _text_tower(cfg):
+    if isinstance(cfg, HFTextConfig):
+        from .hf_text import HFTextTower
+
+        return HFTextTower
+    return TextTower
 
 
 def _zero_bias(*linears: nn.Module) -> None:

@@ -158,6 +158,12 @@ class VisionTower(nn.Module):
         self.head = nn.Linear(cfg.width, embed_dim, bias=cfg.head_bias) if cfg.head else nn.Identity()
         self._pos_cache: dict[tuple, torch.Tensor] = {}
 
+    def blocks(self) -> list[nn.Module]:
+        return list(self.transformer.blocks)
+
+    def set_grad_checkpointing(self, enable: bool) -> None:
+        self.transformer.grad_checkpointing = enable
+
     def set_patch_dropout(self, prob: float) -> None:
         if prob > 0 and self.cfg.naflex:
             raise UserError("patch dropout is not supported on a NaFlex tower (its sequences are already "
@@ -288,6 +294,15 @@ class TextTower(nn.Module):
         self.norm = make_norm(cfg.norm, cfg.width, cfg.norm_eps)
         self.head = nn.Linear(cfg.width, embed_dim, bias=cfg.head_bias) if cfg.head else nn.Identity()
 
+    def blocks(self) -> list[nn.Module]:
+        return list(self.transformer.blocks)
+
+    def set_grad_checkpointing(self, enable: bool) -> None:
+        self.transformer.grad_checkpointing = enable
+
+    def token_table(self) -> nn.Embedding:
+        return self.token_embed
+
     def pool_positions(self, ids: torch.Tensor) -> torch.Tensor:
         """The position each row is pooled at (`text_pool.pool_positions`, the rule every runtime shares)."""
         return pool_positions(ids, self.cfg)
@@ -303,6 +318,10 @@ class TextTower(nn.Module):
         if ids.device != self.pos_embed.device:
             ids, at = ids.to(self.pos_embed.device), at.to(self.pos_embed.device)
         return self.encode_at(ids, at)
+
+    def encode(self, ids: torch.Tensor) -> torch.Tensor:
+        """Without checks or trimming (what an exported graph runs): pooled where `text_pool` says."""
+        return self.encode_at(ids, pool_positions(ids, self.cfg, check=False))
 
     def encode_at(self, ids: torch.Tensor, at: torch.Tensor) -> torch.Tensor:
         """ids (B, L) pooled at positions `at` (B,), without checks or trimming (what an exported graph runs)."""

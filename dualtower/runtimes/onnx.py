@@ -75,9 +75,8 @@ class OnnxModel(Embedder):
         cfg = self.cfg.text
         if ids.ndim != 2 or not 1 <= ids.shape[1] <= cfg.context_length:
             raise UserError(f"token ids must be (B, L) with L <= {cfg.context_length}, got {tuple(ids.shape)}")
-        at = pool_positions(ids, cfg)
         if cfg.causal and len(ids):
-            ids = ids[:, : int(at.max()) + 1]
+            ids = ids[:, : int(pool_positions(ids, cfg).max()) + 1]
         out = self.sessions["text"].run(None, {"ids": np.ascontiguousarray(ids)})[0]
         return _unit(out) if normalize and not self.normalized else out
 

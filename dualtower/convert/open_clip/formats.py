@@ -18,6 +18,7 @@ class OpenClip(Format):
     folder: open_clip's hub layout with its model config (for architectures open_clip does not name)."""
 
     name = "open_clip"
+    holds_hf_text = True
     summary = ("an open_clip or OpenAI CLIP state dict (visual.conv1 / visual.trunk; CLIP or CustomTextCLIP), "
                "architecture named by arch=")
 
@@ -41,6 +42,7 @@ class OpenAI(OpenClip):
     the one activation OpenAI's loader builds."""
 
     name = "openai"
+    holds_hf_text = False
     summary = "OpenAI's CLIP state dict (open_clip's CLIP layout; written only for QuickGELU architectures)"
 
     def detect(self, probe) -> bool:

@@ -9,7 +9,7 @@ same text tower. `preprocess_cfg` sets mean, std, interpolation and resize mode.
 
 from __future__ import annotations
 
-from ...archs import REGISTRY, TIMM_NAMES
+from ...archs import ARCHS, REGISTRY, TIMM_NAMES
 from ...config import CLIP_EOT_ID, CLIP_VOCAB_SIZE, ModelConfig, PreprocessConfig, TextConfig, VisionConfig
 from ..files import write_model_directory
 from ..remap import ConversionError
@@ -43,6 +43,8 @@ def _refuse_unbuilt(cfg: dict, defaults: dict, known: set[str], where: str) -> N
 def decode_model_cfg(model_cfg: dict, name: str) -> ModelConfig:
     """Our config from open_clip's `model_cfg` dict."""
     v, t = model_cfg.get("vision_cfg", {}), model_cfg.get("text_cfg", {})
+    if t.get("hf_model_name"):
+        return _hf_text_config(model_cfg, name)
     if v.get("timm_model_name"):
         return _timm_trunk_config(model_cfg, name)
     _refuse_unbuilt(v, _VISION_DEFAULTS, {"layers", "width", "head_width", "mlp_ratio", "patch_size", "image_size",
@@ -87,6 +89,37 @@ def decode_model_cfg(model_cfg: dict, name: str) -> ModelConfig:
         raise ConversionError(f"{name}: model_cfg does not describe a model dualtower can build ({e})") from e
 
 
+def _hf_text_config(model_cfg: dict, name: str) -> ModelConfig:
+    """A config with a transformers text encoder (text_cfg.hf_model_name): the encoder's own config is on the
+    Hub, not in the file, so the architecture is the one registry entry with that encoder, the same embedding
+    width and the same vision tower; pooling and projection as the file says."""
+    t = model_cfg["text_cfg"]
+    vision = model_cfg.get("vision_cfg", {})
+    matches = [a for a, arch in ARCHS.items() if arch.hf_text == t["hf_model_name"]
+               and arch.config.embed_dim == model_cfg.get("embed_dim")]
+    if vision.get("timm_model_name"):
+        matches = [a for a in matches if ARCHS[a].timm == vision["timm_model_name"]]
+    else:
+        plain = {k: vision[k] for k in ("layers", "width", "patch_size", "image_size") if k in vision}
+        matches = [a for a in matches if all(getattr(REGISTRY[a].vision, f) == plain[k] for k, f in (
+            ("layers", "depth"), ("width", "width"), ("patch_size", "patch_size"), ("image_size", "image_size"))
+            if k in plain)]
+    if len(matches) != 1:
+        raise ConversionError(f"{name}: no single architecture has the text encoder {t['hf_model_name']!r} with "
+                              f"this vision tower (candidates: {matches or 'none'})")
+    cfg = REGISTRY[matches[0]]
+    pools = {"mean_pooler": "mean", "max_pooler": "max", "cls_pooler": "cls",
+             "cls_last_hidden_state_pooler": "cls"}
+    pool, proj = t.get("hf_pooler_type", "mean_pooler"), t.get("hf_proj_type", "mlp")
+    if pool not in pools or proj not in ("linear", "mlp", None):
+        raise ConversionError(f"{name}: text_cfg hf_pooler_type {pool!r} / hf_proj_type {proj!r} are not built")
+    clean = (t.get("tokenizer_kwargs") or {}).get("clean", "whitespace")
+    from dataclasses import replace
+
+    return cfg.replace(text=replace(cfg.text, pool=pools[pool], proj=proj or "none",
+                                    context_length=int(t.get("context_length", 77))), text_clean=clean)
+
+
 def _timm_trunk_config(model_cfg: dict, name: str) -> ModelConfig:
     v, t = model_cfg["vision_cfg"], model_cfg.get("text_cfg", {})
     trunk = v["timm_model_name"]
@@ -110,6 +143,10 @@ def _timm_trunk_config(model_cfg: dict, name: str) -> ModelConfig:
 def encode_model_cfg(cfg: ModelConfig) -> dict:
     """open_clip's `model_cfg` for a model its own ViT and text towers build (the inverse of decode_model_cfg)."""
     v, t = cfg.vision, cfg.text
+    if not isinstance(t, TextConfig) and t is not None:
+        raise ConversionError(f"{cfg.name}: a transformers text encoder's config lives on the Hub, not in "
+                              "open_clip_config.json; write the state dict (a .safetensors name) for "
+                              "open_clip.create_model of its architecture")
     problems = []
     if tables.timm_trunk(cfg):
         problems.append("its vision tower is a timm trunk: name it by an open_clip architecture instead")

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import torch
 
-from ...config import ModelConfig
+from ...config import HFTextConfig, ModelConfig, TextConfig
 from .. import files
 from ..remap import ConversionError, Rule, expand, from_ours, rule, to_ours
 from ..timm import tables as timm_vit
@@ -62,6 +62,15 @@ def text_table(p: str, linear_head: bool) -> list[Rule]:
     ]
 
 
+def hf_text_table(our_keys) -> list[Rule]:
+    """open_clip's HFTextEncoder: transformers' encoder under `text.transformer.` (ours: `text.encoder.`), the
+    projection under `text.proj.` (a Linear, or the MLP's Sequential: proj.0 and proj.2)."""
+    rules = [rule(k, "text.transformer." + k[len("text.encoder."):]) for k in sorted(our_keys)
+             if k.startswith("text.encoder.")]
+    rules += [rule(k, "text.proj." + k[len("text.head."):]) for k in sorted(our_keys) if k.startswith("text.head.")]
+    return rules + [rule("logit_scale", "logit_scale"), rule("logit_bias", "logit_bias")]
+
+
 # Not weights: OpenAI's archives store their hyper-parameters beside the tensors; old open_clip saved the mask.
 DROPPED = {"input_resolution", "context_length", "vocab_size", "attn_mask"}
 
@@ -76,7 +85,7 @@ def check_exportable(cfg: ModelConfig) -> None:
     problems = []
     if cfg.text is None:
         problems.append("open_clip models have a text tower")
-    towers = [("text", cfg.text)] if cfg.text is not None else []
+    towers = [("text", cfg.text)] if cfg.text is not None and not isinstance(cfg.text, HFTextConfig) else []
     if not timm_trunk(cfg):
         towers.append(("vision", cfg.vision))
         if cfg.vision.final_norm == "none":
@@ -92,23 +101,26 @@ def check_exportable(cfg: ModelConfig) -> None:
             problems.append(f"{tower}: open_clip blocks have no QK-norm, sub-LN or SwiGLU")
         if c.act == "gelu_tanh" and not timm_trunk(cfg):  # its timm-trunk configs set it by act_kwargs (SigLIP 2)
             problems.append(f"{tower}: open_clip's CLIP towers use GELU or QuickGELU")
-    if cfg.text is not None and (cfg.text.head_bias and not timm_trunk(cfg)):
+    if isinstance(cfg.text, TextConfig) and cfg.text.head_bias and not timm_trunk(cfg):
         problems.append("text: open_clip's CLIP class has no text projection bias")
     if problems:
         raise ConversionError(f"{cfg.name} cannot be written as an open_clip state dict: " + "; ".join(problems))
 
 
-def _rules(cfg: ModelConfig, state: dict | None = None) -> list[Rule]:
+def _rules(cfg: ModelConfig, state: dict | None = None, our_keys=()) -> list[Rule]:
     """The table for this config. On import two layout variants are read from the state dict itself: the timm
     trunk's block layout, and whether the text tower sits under `text.` (CustomTextCLIP, e.g. a plain ViT built
-    with force_custom_text=True) or at the top (CLIP)."""
+    with force_custom_text=True) or at the top (CLIP). A transformers text encoder's table follows our keys."""
     if timm_trunk(cfg):
         layout = timm_vit.layout_of_state(state, "visual.trunk.") if state is not None else \
             timm_vit.layout_of_config(cfg.vision)
         table, custom_text = timm_vit.table(layout, "visual.trunk."), True
     else:
         table, custom_text = list(VISION_TABLE), state is not None and "text.token_embedding.weight" in state
-    table += text_table("text." if custom_text else "", linear_head=cfg.text is not None and cfg.text.head_bias)
+    if isinstance(cfg.text, HFTextConfig):
+        table += hf_text_table(our_keys)
+    else:
+        table += text_table("text." if custom_text else "", linear_head=cfg.text is not None and cfg.text.head_bias)
     depths = {"visual.": cfg.vision.depth, "text.": cfg.text.depth if cfg.text is not None else 0}
     return expand(table, depths)
 
@@ -125,12 +137,12 @@ def unwrap(state: dict, source: str) -> dict[str, torch.Tensor]:
 def import_state_dict(state: dict, cfg: ModelConfig, our_keys: set[str], source: str) -> dict[str, torch.Tensor]:
     state = unwrap(state, source)
     dropped = DROPPED | {f"text.{k}" for k in DROPPED} | timm_vit.dropped("visual.trunk.", cfg.vision.depth)
-    return to_ours(state, _rules(cfg, state), our_keys, dropped, source)
+    return to_ours(state, _rules(cfg, state, our_keys), our_keys, dropped, source)
 
 
 def export_state_dict(ours: dict[str, torch.Tensor], cfg: ModelConfig) -> dict[str, torch.Tensor]:
     check_exportable(cfg)
-    return from_ours(ours, _rules(cfg))
+    return from_ours(ours, _rules(cfg, None, set(ours)))
 
 
 def check_openai(cfg: ModelConfig) -> None:
