@@ -101,3 +101,40 @@ def make_mt5_like(directory, vocab_size: int = 1500):
     return _unigram(directory, {"<pad>": 0, "</s>": 1, "<unk>": 2}, "$A </s>", "$A </s> $B </s>",
                     {"tokenizer_class": "T5Tokenizer", "eos_token": "</s>", "pad_token": "<pad>",
                      "unk_token": "<unk>", "extra_ids": 0, "model_max_length": 512}, vocab_size)
+
+
+LANGUAGES = ("eng_Latn", "fra_Latn", "deu_Latn", "rus_Cyrl", "zho_Hans", "arb_Arab", "hin_Deva", "tha_Thai")
+
+
+def make_nllb_like(directory, vocab_size: int = 1500):
+    """NLLB's kind (open_clip's nllb-clip-* configs): BPE over "▁"-marked words with a SentencePiece charsmap,
+    `<s>` 0, `<pad>` 1, `</s>` 2, `<unk>` 3, the language tags after the pieces; each text `lang text </s>`."""
+    import sentencepiece
+    from sentencepiece import sentencepiece_model_pb2
+    from tokenizers import AddedToken, Regex, Tokenizer, decoders, models, normalizers, pre_tokenizers, trainers
+
+    directory.mkdir(parents=True, exist_ok=True)
+    corpus = directory / "corpus.txt"
+    corpus.write_text("\n".join(texts(3000, seed=99)), encoding="utf-8")
+    sentencepiece.SentencePieceTrainer.train(input=str(corpus), model_prefix=str(directory / "spm"), vocab_size=300,
+                                             hard_vocab_limit=False, normalization_rule_name="nmt_nfkc",
+                                             minloglevel=2)
+    proto = sentencepiece_model_pb2.ModelProto()
+    proto.ParseFromString((directory / "spm.model").read_bytes())
+    tokenizer = Tokenizer(models.BPE(unk_token="<unk>", fuse_unk=True))
+    tokenizer.normalizer = normalizers.Sequence([normalizers.Precompiled(proto.normalizer_spec.precompiled_charsmap),
+                                                 normalizers.Replace(Regex(" {2,}"), " ")])
+    tokenizer.pre_tokenizer = pre_tokenizers.Metaspace(replacement="\u2581", prepend_scheme="always")
+    tokenizer.decoder = decoders.Metaspace(replacement="\u2581", prepend_scheme="always")
+    tokenizer.train_from_iterator(texts(3000, seed=99), trainers.BpeTrainer(
+        vocab_size=vocab_size, special_tokens=["<s>", "<pad>", "</s>", "<unk>"], show_progress=False))
+    tokenizer.add_special_tokens([AddedToken(t, special=True) for t in LANGUAGES])
+    for name in ("spm.model", "spm.vocab", "corpus.txt"):
+        (directory / name).unlink()
+    tokenizer.save(str(directory / "tokenizer.json"))
+    (directory / "tokenizer_config.json").write_text(json.dumps({
+        "tokenizer_class": "NllbTokenizer", "bos_token": "<s>", "eos_token": "</s>", "pad_token": "<pad>",
+        "unk_token": "<unk>", "sep_token": "</s>", "cls_token": "<s>", "src_lang": None, "legacy_behaviour": False,
+        "additional_special_tokens": list(LANGUAGES), "model_max_length": 1024}))
+    return {t: tokenizer.token_to_id(t) for t in ("<s>", "<pad>", "</s>", "<unk>", *LANGUAGES)}, \
+        tokenizer.get_vocab_size()

@@ -11,6 +11,7 @@ import transformers
 
 import dualtower
 from dualtower.archs import get_config, hf_text
+from dualtower.errors import UserError
 from dualtower.convert.open_clip import tables as oc_tables
 from dualtower.tokenizers.hf_json import JsonTokenizer
 
@@ -69,3 +70,66 @@ def test_open_clip_hf_text_towers_match_and_export_back(kind, tmp_path, monkeypa
     again.load_state_dict(load_file(out), strict=True)
     with torch.no_grad():
         assert_close(ours.encode_text(ids), again.encode_text(ids), "text embeddings after export")
+
+
+def test_tokenizer_ids_equal_transformers_and_open_clip_for_each_kind(tmp_path):
+    """2,000 strings in many scripts, each kind read from the files its repos ship: ids equal transformers'
+    AutoTokenizer (padding="max_length", truncation, context 77) and open_clip's HFTokenizer (clean
+    "whitespace", its multilingual configs' default). NLLB's language tag is the tokenizer's `language`, as
+    transformers' src_lang (default eng_Latn). (open_clip 3.3's HFTokenizer(language=...) has no effect under
+    transformers 5, which resets the tag on every call: its ids are eng_Latn's; the no-language case is compared.)"""
+    from open_clip.tokenizer import HFTokenizer
+
+    from .multilingual import make_nllb_like
+
+    strings = texts(2000)
+    agree = {}
+    for kind, make in (("xlm-r", make_xlmr_like), ("mt5", make_mt5_like), ("nllb", make_nllb_like)):
+        folder = tmp_path / kind
+        make(folder)
+        languages = (None, "fra_Latn", "rus_Cyrl") if kind == "nllb" else (None,)
+        for language in languages:
+            reference = transformers.AutoTokenizer.from_pretrained(folder, **({"src_lang": language} if language
+                                                                              else {}))
+            expected = reference(strings, padding="max_length", max_length=77, truncation=True,
+                                 return_tensors="pt").input_ids
+            ours = JsonTokenizer.from_directory(folder, 77, "none", language=language)(strings)
+            agree[(kind, language or "default")] = int((ours == expected).all(dim=1).sum())
+        ours = JsonTokenizer.from_directory(folder, 77, "whitespace")(strings)
+        agree[(kind, "open_clip")] = int((ours == HFTokenizer(str(folder), context_length=77)(strings)).all(dim=1).sum())
+    print(agree)
+    assert all(n == len(strings) for n in agree.values()), agree
+
+    nllb = JsonTokenizer.from_directory(tmp_path / "nllb", 77, "none", language="fra_Latn")
+    tag = nllb.tokenizer.token_to_id("fra_Latn")
+    assert nllb(["un chat"])[0, 0] == tag and nllb(["un chat"])[0].tolist().count(2) == 1
+    with pytest.raises(UserError, match="xyz_Latn"):
+        JsonTokenizer.from_directory(tmp_path / "nllb", 77, "none", language="xyz_Latn")
+    with pytest.raises(UserError, match="NLLB"):
+        JsonTokenizer.from_directory(tmp_path / "xlm-r", 77, "none", language="fra_Latn")
+
+
+@pytest.mark.parametrize("kind", sorted(SMALL))
+def test_onnx_runtime_equals_pytorch_for_each_encoder_kind(kind, tmp_path, monkeypatch):
+    """The exported text graph holds the transformers encoder, its padding mask and pooling: ONNX Runtime's
+    embeddings equal PyTorch's at any length up to the context."""
+    import numpy as np
+
+    import dualtower.onnx
+    from dualtower.export import export
+
+    _, cfg, tok = small_pair(kind, tmp_path, monkeypatch)
+    from dataclasses import replace
+
+    cfg = cfg.replace(vision=replace(cfg.vision, image_size=64, width=64, depth=1, heads=4, mlp_dim=128),
+                      preprocess=replace(cfg.preprocess, image_size=64))
+    model = perturb(dualtower.create_model(cfg, seed=1).eval())
+    export(model, tmp_path / "onnx")
+    runtime = dualtower.onnx.load(tmp_path / "onnx")
+    tokenizer = JsonTokenizer.from_directory(tok, 77, "whitespace")
+    for n, length in ((1, 77), (7, 77), (7, 20)):
+        ids = tokenizer(texts(n, seed=n), context_length=length)
+        with torch.no_grad():
+            ref = model.encode_text(ids).numpy()
+        got = runtime.encode_text(ids.numpy())
+        assert np.abs(got - ref).max() <= 1e-4 * np.abs(ref).max(), (kind, n, length)

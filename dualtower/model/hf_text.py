@@ -89,10 +89,16 @@ class HFTextTower(nn.Module):
         return list(module)
 
     def set_grad_checkpointing(self, enable: bool) -> None:
-        if enable:
-            self.encoder.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
-        else:
-            self.encoder.gradient_checkpointing_disable()
+        enc = self.encoder
+        if hasattr(enc, "activation_checkpointing_enable"):  # transformers 5 (its gradient_* names warn)
+            if enable:
+                enc.activation_checkpointing_enable()  # non-reentrant by default
+            elif enc.is_activation_checkpointing:
+                enc.activation_checkpointing_disable()
+        elif enable:
+            enc.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        elif enc.is_gradient_checkpointing:
+            enc.gradient_checkpointing_disable()
 
     def token_table(self) -> nn.Embedding:
         return self.encoder.get_input_embeddings()
