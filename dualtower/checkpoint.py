@@ -209,6 +209,8 @@ def build(cfg: ModelConfig, state: dict[str, torch.Tensor], source: str) -> Dual
         raise CheckpointError(f"{source}: {len(bad)} tensor(s) hold NaN or infinite values, e.g. {bad[:3]}")
     # Taken out of `state` one by one, so a tensor that has to be copied is freed before the next is.
     model.load_state_dict({k: _aligned(state.pop(k)) for k in list(state)}, assign=True)
+    if hasattr(model.text, "fill_buffers"):  # a transformers encoder's buffers are in no state dict
+        model.text.fill_buffers()
     return model.eval()
 
 

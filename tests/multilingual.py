@@ -51,7 +51,8 @@ def texts(n: int, seed: int = 0) -> list[str]:
     return out
 
 
-def _unigram(directory, ids: dict[str, int], template: str, pair: str, config: dict, vocab_size: int):
+def _unigram(directory, ids: dict[str, int], template: str, pair: str, config: dict, vocab_size: int,
+             corpus: list[str] | None = None):
     """A SentencePiece unigram model trained here (nmt_nfkc normalisation), written as tokenizer.json the way
     transformers' converter writes the real repos' files: the Unigram pieces and scores, a Precompiled charsmap
     and a Replace of repeated spaces as normaliser, Metaspace, the template post-processor."""
@@ -60,8 +61,9 @@ def _unigram(directory, ids: dict[str, int], template: str, pair: str, config: d
     from tokenizers import AddedToken, Regex, Tokenizer, decoders, models, normalizers, pre_tokenizers, processors
 
     directory.mkdir(parents=True, exist_ok=True)
+    lines = corpus if corpus is not None else texts(3000, seed=99)
     corpus = directory / "corpus.txt"
-    corpus.write_text("\n".join(texts(3000, seed=99)), encoding="utf-8")
+    corpus.write_text("\n".join(lines), encoding="utf-8")
     names = {"<s>": "bos", "<pad>": "pad", "</s>": "eos", "<unk>": "unk"}
     flags = {f"{names[t]}_id": ids.get(t, -1) for t in names}
     sentencepiece.SentencePieceTrainer.train(
@@ -88,13 +90,13 @@ def _unigram(directory, ids: dict[str, int], template: str, pair: str, config: d
     return ids, tokenizer.get_vocab_size()
 
 
-def make_xlmr_like(directory, vocab_size: int = 1500):
-    """Returns ({special: id}, vocabulary size)."""
+def make_xlmr_like(directory, vocab_size: int = 1500, corpus: list[str] | None = None):
+    """Returns ({special: id}, vocabulary size). `corpus`: the texts it is trained on (default: `texts`')."""
     return _unigram(directory, {"<s>": 0, "<pad>": 1, "</s>": 2, "<unk>": 3, "<mask>": 4}, "<s> $A </s>",
                     "<s> $A </s> </s> $B </s>",
                     {"tokenizer_class": "XLMRobertaTokenizer", "bos_token": "<s>", "eos_token": "</s>",
                      "pad_token": "<pad>", "unk_token": "<unk>", "sep_token": "</s>", "cls_token": "<s>",
-                     "mask_token": "<mask>", "model_max_length": 512}, vocab_size)
+                     "mask_token": "<mask>", "model_max_length": 512}, vocab_size, corpus)
 
 
 def make_mt5_like(directory, vocab_size: int = 1500):

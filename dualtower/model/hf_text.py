@@ -100,6 +100,26 @@ class HFTextTower(nn.Module):
         elif enc.is_gradient_checkpointing:
             enc.gradient_checkpointing_disable()
 
+    def fill_buffers(self) -> None:
+        """The encoder's non-persistent buffers, which no state dict holds, computed where a model built on the
+        meta device (and loaded with assign=True) left them empty: XLM-R's position and token-type ids, NLLB's
+        sinusoidal positions. They are functions of the config; an unknown one is an error, not a guess."""
+        for module in self.encoder.modules():
+            for name in list(module._non_persistent_buffers_set):
+                buffer = getattr(module, name)
+                if buffer is None or not buffer.is_meta:
+                    continue
+                if name == "position_ids":
+                    value = torch.arange(buffer.shape[-1]).expand(buffer.shape)
+                elif name == "token_type_ids":
+                    value = torch.zeros(buffer.shape, dtype=buffer.dtype)
+                elif name == "weights" and hasattr(module, "get_embedding"):  # M2M100's sinusoidal positions
+                    value = module.get_embedding(buffer.shape[0], module.embedding_dim, module.padding_idx)
+                else:
+                    raise UserError(f"{self.cfg.model_type} encoder: its buffer {type(module).__name__}.{name} is "
+                                    "not known to dualtower and cannot be computed")
+                module.register_buffer(name, value.to(buffer.dtype), persistent=False)
+
     def token_table(self) -> nn.Embedding:
         return self.encoder.get_input_embeddings()
 
