@@ -43,6 +43,8 @@ def model_args(p) -> None:
                                                                 f"detected: {listing()}")
     p.add_argument("--towers", choices=["both", "vision", "text"],
                    help="vision or text: load that tower alone (tower-only formats such as timm's always do)")
+    p.add_argument("--language", help="NLLB models (nllb-clip-*): the language tag put before each text, such as "
+                                      "fra_Latn or zho_Hans (default eng_Latn)")
 
 
 def data_args(p, data_help: str = "a data spec (builtin:digits:test, a captions file, a folder, tar shards)"):
@@ -76,7 +78,8 @@ def options(args, service: bool = False):
 
     return OpenOptions(device=getattr(args, "device", "auto"), precision=getattr(args, "precision", "fp32"),
                        arch=getattr(args, "arch", None), source=getattr(args, "source", None),
-                       towers=getattr(args, "towers", None), service=service,
+                       towers=getattr(args, "towers", None), language=getattr(args, "language", None),
+                       service=service,
                        note=lambda message: print(message, file=sys.stderr))
 
 

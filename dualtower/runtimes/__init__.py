@@ -33,6 +33,7 @@ class OpenOptions:
     arch: str | None = None
     source: str | None = None
     towers: str | None = None
+    language: str | None = None  # NLLB's tokenizer: the language tag before each text (tokenizers.get_tokenizer)
     service: bool = False
     note: Callable[[str], None] | None = None
 
@@ -41,8 +42,11 @@ def open(spec: str, runtime: str = "torch", options: OpenOptions | None = None) 
     """The Embedder of `spec` (a checkpoint, Hub name or architecture name for torch; an export folder for onnx)."""
     if runtime not in RUNTIMES:
         raise UserError(f"runtime {runtime!r} is not one of {', '.join(RUNTIMES)}")
+    options = options or OpenOptions()
     module = importlib.import_module(f".{RUNTIMES[runtime]}", __name__)
-    return module.open(spec, options or OpenOptions())
+    embedder = module.open(spec, options)
+    embedder.language = options.language
+    return embedder
 
 
 def runtime_of(spec: str) -> str:

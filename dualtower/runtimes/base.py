@@ -25,6 +25,7 @@ class Embedder(ABC):
 
     runtime: str = ""
     transform = None  # PIL image -> sample; set by each runtime
+    language: str | None = None  # NLLB's tokenizer: the language tag before each text (None: its default)
 
     def __init__(self, cfg: ModelConfig, origin: Origin):
         self.cfg, self.origin = cfg, origin
@@ -66,7 +67,7 @@ class Embedder(ABC):
         if self._tokenizer is None:
             from ..tokenizers import get_tokenizer
 
-            self._tokenizer = get_tokenizer(self)
+            self._tokenizer = get_tokenizer(self, self.language)
         return self._tokenizer
 
     def identity(self, source: str | None = None) -> dict:
