@@ -213,6 +213,22 @@ def _pe_trunk(name: str, image: int, patch: int, width: int, depth: int, heads: 
     )
 
 
+def _aimv2(name: str, image: int, width: int, depth: int, heads: int, mlp_ratio: float) -> ModelConfig:
+    """AIMv2 (timm `aimv2_*`, Apple's autoregressive image pretraining): vision only, for features. A patch
+    embedding with a bias and an RMSNorm, no class token, RMSNorm blocks without biases and a SwiGLU MLP, the
+    final norm then the mean of the patches; OpenAI's statistics, no crop margin."""
+    return ModelConfig(
+        name=name,
+        embed_dim=width,
+        vision=VisionConfig(
+            image_size=image, patch_size=14, width=width, depth=depth, heads=heads, mlp_dim=int(width * mlp_ratio),
+            norm="rmsnorm", patch_bias=True, patch_norm=True, norm_pre=False, class_token=False, qkv_bias=False,
+            proj_bias=False, mlp_bias=False, mlp_type="swiglu", pool="mean", head=False),
+        text=None,
+        preprocess=PreprocessConfig(image_size=image, rgb="convert_first"),
+    )
+
+
 def _internvit(name: str, width: int, depth: int, heads: int, mlp_dim: int, six_b: bool, image: int = 448,
                clip_head: int = 0) -> ModelConfig:
     """InternViT (InternVL's vision encoder, vision only): layer scale 0.1, no final norm, class token out.
@@ -457,6 +473,15 @@ ARCHS: dict[str, Arch] = _table(
     Arch(_pe_trunk("PE-Lang-G-14-448", 448, 14, 1536, 47, 16, 8960, class_token=False, offset=0.0, ls_init=0.1),
          timm="vit_pe_lang_gigantic_patch14_448",
          pretrained=(Pretrained("PE-Lang-G-14-448/meta", "timm/vit_pe_lang_gigantic_patch14_448.fb", "timm_hub"),)),
+    *[Arch(_aimv2(f"AIMv2-{size}-14-{image}", image, width, depth, heads, ratio),
+           timm=f"aimv2_{timm_size}_patch14_{image}",
+           pretrained=(Pretrained(f"AIMv2-{size}-14-{image}/apple_pt",
+                                  f"timm/aimv2_{timm_size}_patch14_{image}.apple_pt", "timm_hub"),))
+      for size, timm_size, width, depth, heads, ratio in (("L", "large", 1024, 24, 8, 2.75),
+                                                          ("H", "huge", 1536, 24, 12, 2.6667),
+                                                          ("1B", "1b", 2048, 24, 16, 2.75),
+                                                          ("3B", "3b", 3072, 24, 24, 2.6667))
+      for image in (224, 336, 448)],
     Arch(_internvit("InternViT-300M-448px", 1024, 24, 16, 4096, six_b=False), timm="vit_intern300m_patch14_448",
          pretrained=(Pretrained("InternViT-300M-448px/opengvlab", "OpenGVLab/InternViT-300M-448px", "internvl"),)),
     Arch(_internvit("InternViT-6B-448px", 3200, 45, 25, 12800, six_b=True),

@@ -93,6 +93,7 @@ class VisionConfig(BlockConfig):
     image_size: int = 224
     patch_size: int = 32
     patch_bias: bool = False
+    patch_norm: bool = False  # a norm on the patch embeddings, before the positions are added (AIMv2)
     class_token: bool = True
     norm_pre: bool = True  # norm on the tokens before the transformer
     rope: bool = False  # 2-D rotary position embedding on the patch tokens (EVA-02), beside the learned one

@@ -161,6 +161,13 @@ TIMM_CASES |= {
 }
 
 
+TIMM_CASES["aimv2"] = (  # AIMv2: patch-embedding RMSNorm, no class token, bias-free RMSNorm SwiGLU blocks, mean pool
+    "aimv2_large_patch14_224", dict(img_size=56, embed_dim=64, depth=2, num_heads=4, num_classes=0),
+    VisionConfig(image_size=56, patch_size=14, width=64, depth=2, heads=4, mlp_dim=176, norm="rmsnorm",
+                 patch_bias=True, patch_norm=True, norm_pre=False, class_token=False, qkv_bias=False, proj_bias=False,
+                 mlp_bias=False, mlp_type="swiglu", pool="mean", head=False), 64)
+
+
 @pytest.mark.parametrize("case", sorted(TIMM_CASES))
 def test_timm_towers_match(case):
     name, kwargs, vision, embed = TIMM_CASES[case]

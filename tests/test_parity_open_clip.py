@@ -75,10 +75,20 @@ def test_registry_configs_match_open_clip(name, tmp_path, record_property):
 
 
 @pytest.mark.parametrize("name", sorted(OPENCLIP_NAMES + OPENCLIP_TIMM_NAMES))
-def test_every_registry_config_has_open_clip_keys_and_shapes(name):
-    """Built on the meta device (no memory, no compute): our export has exactly open_clip's keys and shapes."""
+def test_every_registry_config_has_open_clip_keys_and_shapes(name, monkeypatch):
+    """Built on the meta device (no memory, no compute): our export has exactly open_clip's keys and shapes.
+    open_clip reads a transformers text encoder's config from the Hub: it gets the fields our table gives it."""
+    from dualtower.archs import ARCHS
+
+    text, extra = get_config(name).text, {}
+    if ARCHS[name].hf_text is not None:
+        extra = {"pretrained_hf": False}
+        import transformers
+
+        hf = transformers.AutoConfig.for_model(text.model_type, **text.fields)
+        monkeypatch.setattr(transformers.AutoConfig, "from_pretrained", classmethod(lambda cls, *a, **k: hf))
     with torch.device("meta"):
-        ref = open_clip.create_model(name, device="meta")
+        ref = open_clip.create_model(name, device="meta", **extra)
         ours = dualtower.DualEncoder(get_config(name))
     ref_shapes = {k: tuple(v.shape) for k, v in ref.state_dict().items()}
     exported = convert.open_clip.export_state_dict(dict(ours.state_dict()), ours.cfg)

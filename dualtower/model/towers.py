@@ -142,6 +142,7 @@ class VisionTower(nn.Module):
         self.cfg = cfg
         self.prefix = 1 if cfg.class_token else 0  # tokens before the patches
         self.patch_embed = nn.Conv2d(3, cfg.width, cfg.patch_size, stride=cfg.patch_size, bias=cfg.patch_bias)
+        self.patch_norm = _norm_or_identity(cfg.patch_norm, cfg)
         if cfg.class_token:
             self.cls_token = nn.Parameter(torch.zeros(cfg.width))
         else:
@@ -211,7 +212,7 @@ class VisionTower(nn.Module):
         x = self.patch_embed(pixels.to(self.patch_embed.weight.dtype))  # (B, D, gh, gw); a bf16 model takes fp32
         gh, gw = x.shape[2], x.shape[3]
         pos = self.pos_embed_for(gh, gw)
-        x = x.flatten(2).transpose(1, 2)  # (B, N, D)
+        x = self.patch_norm(x.flatten(2).transpose(1, 2))  # (B, N, D)
         if self.cls_token is not None:
             x = torch.cat([self.cls_token.to(x.dtype).expand(x.shape[0], 1, -1), x], dim=1)  # (B, 1 + N, D)
         rope = self.rope(gh, gw, x.device) if self.rope is not None else None
@@ -228,7 +229,7 @@ class VisionTower(nn.Module):
         weight = self.patch_embed.weight  # (D, 3, p, p)
         flat = weight.permute(0, 2, 3, 1).reshape(weight.shape[0], -1)  # (D, p * p * 3): a patch's (p, p, C) order
         values = patches.values[:, :length].to(device=weight.device, dtype=weight.dtype)
-        x = F.linear(values, flat, self.patch_embed.bias)  # (B, L, D)
+        x = self.patch_norm(F.linear(values, flat, self.patch_embed.bias))  # (B, L, D)
         pos = x.new_empty(x.shape)
         shapes = patches.shapes.to(x.device)
         for gh, gw in torch.unique(patches.shapes, dim=0).tolist():  # each image's grid resampled once per shape

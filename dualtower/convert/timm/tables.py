@@ -62,6 +62,8 @@ def table(layout: str, prefix: str = "", ours: str = "visual.") -> list[Rule]:
     return [
         rule(f"{o}patch_embed.weight", f"{p}patch_embed.proj.weight"),
         rule(f"{o}patch_embed.bias", f"{p}patch_embed.proj.bias"),
+        rule(f"{o}patch_norm.weight", f"{p}patch_embed.norm.weight"),
+        rule(f"{o}patch_norm.bias", f"{p}patch_embed.norm.bias"),
         rule(f"{o}cls_token", f"{p}cls_token", lead=2),
         rule(f"{o}pos_embed", f"{p}pos_embed", lead=1),
         rule(f"{o}norm_pre.weight", f"{p}norm_pre.weight"),
@@ -99,9 +101,9 @@ def layout_of_state(keys, prefix: str = "") -> str:
 
 
 def layout_of_config(v: VisionConfig) -> str:
-    """The timm class that builds this tower: EVA's q/v-only bias or SwiGLU need `Eva` (unfused, as EVA-02 CLIP);
+    """The timm class that builds this tower: EVA's q/v-only bias or sub-LN MLP need `Eva` (unfused, as EVA-02 CLIP);
     rotary embedding with a full qkv bias is Eva's 'rope' attention (Perception Encoder)."""
-    if (v.qkv_bias and not v.k_bias) or v.mlp_type == "swiglu":
+    if (v.qkv_bias and not v.k_bias) or v.mlp_norm:  # (a SwiGLU alone is VisionTransformer's too: AIMv2)
         return "eva"
     if v.rope:
         return "eva_rope" if v.qkv_bias else "eva"
