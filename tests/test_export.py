@@ -94,8 +94,9 @@ def test_onnx_runtime_equals_pytorch_for_every_family(name, tmp_path):
 SIZES = ((28, 28), (42, 70), (100, 37))  # the trained size, then others (37: not a multiple of the patch)
 
 
-@pytest.mark.parametrize("name", ["EVA02-B-16", "ViT-B-16-SigLIP", "PE-Core-T-16-384",
-                                  pytest.param("InternViT-300M-448px", marks=pytest.mark.slow)])
+@pytest.mark.parametrize("name", ["EVA02-B-16", "ViT-B-16-SigLIP",
+                                  *[pytest.param(n, marks=pytest.mark.slow)
+                                    for n in ("PE-Core-T-16-384", "InternViT-300M-448px")]])
 def test_dynamic_size_export_takes_any_image_size_as_pytorch_does(name, tmp_path):
     """--dynamic-size: one graph for every height and width, equal to encode_image(interpolate_pos=True), the
     positional embeddings resized and (EVA02) the rotary angles computed in the graph."""

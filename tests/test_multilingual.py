@@ -215,3 +215,30 @@ def test_a_small_xlmr_kind_model_learns_the_digits_in_three_languages(tmp_path):
     for lang, (zero_shot, text_r1) in report.items():
         assert zero_shot >= 0.6 and text_r1 >= 0.8, (lang, report)
 
+
+
+@pytest.mark.slow
+def test_open_clip_hub_layout_of_a_multilingual_model_loads_at_full_size(tmp_path, monkeypatch):
+    """laion/CLIP-ViT-B-32-xlm-roberta-base-laion5B-s13B-b90k's layout: open_clip_config.json names its encoder
+    (hf_model_name) and tokenizer; the architecture is found by them, the tokenizer read from the folder, and the
+    outputs equal open_clip's at full size (xlm-roberta-base: 278M parameters, 192M of them its token table)."""
+    from open_clip.push_to_hf_hub import save_for_hf
+
+    from .test_hub import _NoTokenizer
+
+    name = "xlm-roberta-base-ViT-B-32"
+    text = get_config(name).text
+    hf = transformers.AutoConfig.for_model(text.model_type, **text.fields)
+    monkeypatch.setattr(transformers.AutoConfig, "from_pretrained", classmethod(lambda cls, *a, **k: hf))
+    torch.manual_seed(0)
+    ref = perturb(open_clip.create_model(name, pretrained_hf=False)).eval()
+    save_for_hf(ref, _NoTokenizer(), open_clip.get_model_config(name), str(tmp_path / "repo"))
+    make_xlmr_like(tmp_path / "repo")
+    ours = dualtower.load(tmp_path / "repo")
+    assert ours.cfg.text.model_type == "xlm-roberta" and ours.cfg.text.pool == "mean"
+    ids = dualtower.get_tokenizer(ours)(texts(16, seed=7))
+    pixels = torch.randn(2, 3, 224, 224, generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        text = assert_close(ours.encode_text(ids), ref.encode_text(ids), "text")
+        image = assert_close(ours.encode_image(pixels), ref.encode_image(pixels), "image")
+    print(f"{name} (open_clip hub layout): text {text:.2e} image {image:.2e}")
