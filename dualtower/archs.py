@@ -13,8 +13,8 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass
 
-from .config import (IMAGENET_MEAN, IMAGENET_STD, INCEPTION_MEAN, INCEPTION_STD, SIGLIP_INIT_LOGIT_BIAS,
-                     SIGLIP_INIT_LOGIT_SCALE, HFTextConfig, ModelConfig, PreprocessConfig, TextConfig, VisionConfig)
+from .config import (CLIP_INIT_LOGIT_SCALE, IMAGENET_MEAN, IMAGENET_STD, INCEPTION_MEAN, INCEPTION_STD,
+                     SIGLIP_INIT_LOGIT_BIAS, SIGLIP_INIT_LOGIT_SCALE, HFTextConfig, ModelConfig, PreprocessConfig, TextConfig, VisionConfig)
 from .errors import UnknownName, UserError
 
 
@@ -119,6 +119,14 @@ def _multilingual(name: str, hub_name: str, vision: ModelConfig, embed: int, poo
     tokenizer.json (XLM-R's, NLLB's, mT5's), cleaned of extra whitespace as open_clip's HFTokenizer does."""
     return vision.replace(name=name, embed_dim=embed, text=hf_text(hub_name, pool, proj), tokenizer="external",
                           text_clean="whitespace")
+
+
+def _nllb_siglip(name: str, vision: ModelConfig, hub_name: str) -> ModelConfig:
+    """open_clip's nllb-clip-*-siglip: a SigLIP vision tower (its width the embedding) with NLLB's encoder, pooled
+    at its language tag and projected linearly; SigLIP's logit bias, CLIP's initial temperature (the config
+    names only the bias), no clamp."""
+    return _multilingual(name, hub_name, vision, vision.embed_dim, "cls", "linear").replace(
+        init_logit_scale=CLIP_INIT_LOGIT_SCALE, init_logit_bias=-10.0, max_logit_scale=None)
 
 
 def _eva02(name: str, embed: int, image: int, patch: int, width: int, depth: int, heads: int, text_width: int,
@@ -386,6 +394,16 @@ ARCHS: dict[str, Arch] = _table(
            "visheratin/nllb-clip-large-oc"),
           ("mt5-base-ViT-B-32", "google/mt5-base", "B", 32, 512, "mean", "mlp", None, None),
           ("mt5-xl-ViT-H-14", "google/mt5-xl", "H", 14, 1024, "mean", "mlp", None, None))],
+    Arch(_nllb_siglip("nllb-clip-base-siglip", _siglip("", 384, 16, 768, 12, 12, 3072),
+                      "facebook/nllb-200-distilled-600M"),
+         timm="vit_base_patch16_siglip_384", open_clip="timm", hf_text="facebook/nllb-200-distilled-600M",
+         pretrained=(Pretrained("nllb-clip-base-siglip/v1", "visheratin/nllb-clip-base-siglip", "open_clip_hub"),
+                     Pretrained("nllb-clip-base-siglip/mrl", "visheratin/nllb-siglip-mrl-base", "open_clip_hub"))),
+    Arch(_nllb_siglip("nllb-clip-large-siglip", _siglip("", 384, 14, 1152, 27, 16, 4304),
+                      "facebook/nllb-200-distilled-1.3B"),
+         timm="vit_so400m_patch14_siglip_384", open_clip="timm", hf_text="facebook/nllb-200-distilled-1.3B",
+         pretrained=(Pretrained("nllb-clip-large-siglip/v1", "visheratin/nllb-clip-large-siglip", "open_clip_hub"),
+                     Pretrained("nllb-clip-large-siglip/mrl", "visheratin/nllb-siglip-mrl-large", "open_clip_hub"))),
     Arch(_eva02("EVA02-B-16", 512, 224, 16, 768, 12, 12, 512, 8), timm="eva02_base_patch16_clip_224", open_clip="timm",
          pretrained=(Pretrained("EVA02-B-16/merged2b_s8b_b131k", "timm/eva02_base_patch16_clip_224.merged2b_s8b_b131k",
                                 "open_clip_hub"),)),

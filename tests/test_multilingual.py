@@ -27,6 +27,10 @@ SMALL = {
     "m2m_100": ("nllb-clip-base", "facebook/nllb-200-distilled-600M", make_xlmr_like,
                 dict(d_model=48, encoder_layers=2, decoder_layers=1, encoder_attention_heads=4,
                      decoder_attention_heads=4, encoder_ffn_dim=96, decoder_ffn_dim=96, max_position_embeddings=80)),
+    "m2m_100-siglip": ("nllb-clip-base-siglip", "facebook/nllb-200-distilled-600M", make_xlmr_like,
+                       dict(d_model=48, encoder_layers=2, decoder_layers=1, encoder_attention_heads=4,
+                            decoder_attention_heads=4, encoder_ffn_dim=96, decoder_ffn_dim=96,
+                            max_position_embeddings=80)),
     "mt5": ("mt5-base-ViT-B-32", "google/mt5-base", make_mt5_like,
             dict(d_model=48, d_kv=12, d_ff=96, num_layers=2, num_decoder_layers=1, num_heads=4)),
 }
@@ -53,12 +57,15 @@ def test_open_clip_hf_text_towers_match_and_export_back(kind, tmp_path, monkeypa
     tokenizer = JsonTokenizer.from_directory(tok, 77, "whitespace")
     ids = tokenizer(texts(24, seed=5))
     assert (ids == cfg.text.pad_id).any(), "some rows are padded, so the mask is tested"
-    pixels = torch.randn(2, 3, 224, 224, generator=torch.Generator().manual_seed(1))
+    size = cfg.vision.image_size
+    pixels = torch.randn(2, 3, size, size, generator=torch.Generator().manual_seed(1))
     with torch.no_grad():
         text = assert_close(ours.encode_text(ids), ref.encode_text(ids), "text embeddings")
         image = assert_close(ours.encode_image(pixels), ref.encode_image(pixels), "image embeddings")
         ref_logits = ref.logit_scale.exp() * ref.encode_image(pixels, normalize=True) @ \
             ref.encode_text(ids, normalize=True).T
+        if getattr(ref, "logit_bias", None) is not None:  # nllb-clip-*-siglip
+            ref_logits = ref_logits + ref.logit_bias
         assert_close(ours(pixels, ids).logits_per_image, ref_logits, "logits")
     print(f"{kind}: text {text:.2e} image {image:.2e}")
 
@@ -110,7 +117,7 @@ def test_tokenizer_ids_equal_transformers_and_open_clip_for_each_kind(tmp_path):
         JsonTokenizer.from_directory(tmp_path / "xlm-r", 77, "none", language="fra_Latn")
 
 
-@pytest.mark.parametrize("kind", sorted(SMALL))
+@pytest.mark.parametrize("kind", ["m2m_100", "mt5", "xlm-roberta"])
 def test_onnx_runtime_equals_pytorch_for_each_encoder_kind(kind, tmp_path, monkeypatch):
     """The exported text graph holds the transformers encoder, its padding mask and pooling: ONNX Runtime's
     embeddings equal PyTorch's at any length up to the context."""
