@@ -14,7 +14,8 @@ import dataclasses
 from dataclasses import dataclass
 
 from .config import (CLIP_INIT_LOGIT_SCALE, IMAGENET_MEAN, IMAGENET_STD, INCEPTION_MEAN, INCEPTION_STD,
-                     SIGLIP_INIT_LOGIT_BIAS, SIGLIP_INIT_LOGIT_SCALE, HFTextConfig, ModelConfig, PreprocessConfig, TextConfig, VisionConfig)
+                     SIGLIP_INIT_LOGIT_BIAS, SIGLIP_INIT_LOGIT_SCALE, HFTextConfig, ModelConfig, PreprocessConfig,
+                     TextConfig, VisionConfig)
 from .errors import UnknownName, UserError
 
 
