@@ -295,6 +295,10 @@ def test_models_command_lists_the_known_names(capsys):
     assert main(["models"]) == 0
     out = capsys.readouterr().out
     assert "ViT-B-32/openai" in out and "openai/clip-vit-base-patch32" in out and "hf-clip" in out
+    for name in ("PE-Core-L-14-336/meta", "PE-Spatial-B-16-512/meta",
+                 "ViT-H-14-worldwide-quickgelu/metaclip2_worldwide", "xlm-roberta-base-ViT-B-32/laion5b_s13b_b90k",
+                 "nllb-clip-base/v1", "AIMv2-L-14-224/apple_pt"):
+        assert name in out, name
 
 
 def test_oversized_side_files_are_refused_before_download_and_revisions_are_names(refs, hub, tmp_path):
