@@ -249,3 +249,34 @@ def test_open_clip_hub_layout_of_a_multilingual_model_loads_at_full_size(tmp_pat
         text = assert_close(ours.encode_text(ids), ref.encode_text(ids), "text")
         image = assert_close(ours.encode_image(pixels), ref.encode_image(pixels), "image")
     print(f"{name} (open_clip hub layout): text {text:.2e} image {image:.2e}")
+
+
+def test_the_language_option_reaches_the_tokenizer_from_the_command_line(tmp_path, capsys):
+    """`--language` on a command that opens an NLLB-kind model puts that tag before each text; an unknown tag
+    is a one-line error naming it."""
+    from dualtower.cli import main
+    from dualtower.origin import Origin
+    from dualtower.runtimes import OpenOptions, open as open_embedder
+
+    from .multilingual import make_nllb_like
+
+    ids, vocab = make_nllb_like(tmp_path / "tok")
+    cfg = get_config("small-digits").replace(
+        name="tiny-nllb", tokenizer="external", text_clean="whitespace",
+        text=hf_text("facebook/nllb-200-distilled-600M", "cls", "linear", context=32, vocab_size=vocab, d_model=32,
+                     encoder_layers=1, encoder_attention_heads=2, encoder_ffn_dim=64, max_position_embeddings=40))
+    model = dualtower.create_model(cfg, seed=0)
+    model.origin = Origin(tokenizer_dir=tmp_path / "tok")
+    dualtower.save(model, tmp_path / "ckpt")
+    embedder = open_embedder(str(tmp_path / "ckpt"), options=OpenOptions(device="cpu", language="rus_Cyrl"))
+    assert embedder.tokenizer.numpy(["кошка"])[0, 0] == ids["rus_Cyrl"]
+    image = tmp_path / "digit.png"
+    from dualtower.data import builtin
+
+    builtin.digits("test").load(0).image.save(image)
+    for language in ("fra_Latn", "zho_Hans"):
+        assert main(["classify", "--device", "cpu", "--model", str(tmp_path / "ckpt"), "--language", language,
+                     "--labels", "un,deux", str(image)]) == 0
+    assert main(["classify", "--device", "cpu", "--model", str(tmp_path / "ckpt"), "--language", "xyz_Latn",
+                 "--labels", "un,deux", str(image)]) != 0
+    assert "xyz_Latn" in capsys.readouterr().err
