@@ -238,6 +238,21 @@ def _aimv2(name: str, image: int, width: int, depth: int, heads: int, mlp_ratio:
     )
 
 
+def _tipsv2(name: str, width: int, depth: int, heads: int, mlp_dim: int) -> ModelConfig:
+    """TIPSv2's vision towers (timm `vit_*_patch14_reg1_tipsv2`, DINOv2-style): a class token and one register
+    token, learned positions for the patches only, layer scale 1, the class token pooled after the final norm;
+    pixels scaled to [0, 1] and not normalised; 448 px. Vision only (its text tower is not built)."""
+    return ModelConfig(
+        name=name,
+        embed_dim=width,
+        vision=VisionConfig(
+            image_size=448, patch_size=14, width=width, depth=depth, heads=heads, mlp_dim=mlp_dim, norm_eps=1e-6,
+            patch_bias=True, norm_pre=False, registers=1, pos_prefix=False, ls_init=1.0, head=False),
+        text=None,
+        preprocess=PreprocessConfig(image_size=448, mean=(0.0, 0.0, 0.0), std=(1.0, 1.0, 1.0), rgb="convert_first"),
+    )
+
+
 def _internvit(name: str, width: int, depth: int, heads: int, mlp_dim: int, six_b: bool, image: int = 448,
                clip_head: int = 0) -> ModelConfig:
     """InternViT (InternVL's vision encoder, vision only): layer scale 0.1, no final norm, class token out.
@@ -505,6 +520,12 @@ ARCHS: dict[str, Arch] = _table(
                                                           ("1B", "1b", 2048, 24, 16, 2.75),
                                                           ("3B", "3b", 3072, 24, 24, 2.6667))
       for image in (224, 336, 448)],
+    *[Arch(_tipsv2(f"TIPSv2-{size}-14", width, depth, heads, mlp_dim), timm=f"vit_{timm_size}_patch14_reg1_tipsv2",
+           pretrained=(Pretrained(f"TIPSv2-{size}-14/webli", f"timm/vit_{timm_size}_patch14_reg1_tipsv2.webli",
+                                  "timm_hub"),))
+      for size, timm_size, width, depth, heads, mlp_dim in (("B", "base", 768, 12, 12, 3072),
+                                                            ("L", "large", 1024, 24, 16, 4096),
+                                                            ("SO400M", "so400m", 1152, 27, 16, 4304))],
     Arch(_internvit("InternViT-300M-448px", 1024, 24, 16, 4096, six_b=False), timm="vit_intern300m_patch14_448",
          pretrained=(Pretrained("InternViT-300M-448px/opengvlab", "OpenGVLab/InternViT-300M-448px", "internvl"),)),
     Arch(_internvit("InternViT-6B-448px", 3200, 45, 25, 12800, six_b=True),

@@ -95,6 +95,8 @@ class VisionConfig(BlockConfig):
     patch_bias: bool = False
     patch_norm: bool = False  # a norm on the patch embeddings, before the positions are added (AIMv2)
     class_token: bool = True
+    registers: int = 0  # learned register tokens after the class token (DINOv2-style; TIPSv2 has 1)
+    pos_prefix: bool = True  # the learned positions cover the class and register tokens; False: patches only
     norm_pre: bool = True  # norm on the tokens before the transformer
     rope: bool = False  # 2-D rotary position embedding on the patch tokens (EVA-02), beside the learned one
     rope_ref_grid: int = 0  # the grid rotary positions are scaled to; 0 = this tower's grid
@@ -120,8 +122,8 @@ class VisionConfig(BlockConfig):
 
     def __post_init__(self):
         super().__post_init__()
-        _check(not self.naflex or not (self.class_token or self.rope),
-               "a NaFlex vision tower has no class token and no rotary embedding")
+        _check(not self.naflex or not (self.class_token or self.rope or self.registers),
+               "a NaFlex vision tower has no class token, register tokens or rotary embedding")
         _check(self.pool in VISION_POOLS, f"vision pool {self.pool!r} is not one of {VISION_POOLS}")
         _check(self.class_token or self.pool != "cls", "vision pool 'cls' needs class_token=True")
         _check(self.final_norm in ("before_pool", "after_pool", "none"),
@@ -134,7 +136,7 @@ class VisionConfig(BlockConfig):
         _check(self.pos_resize in ("bicubic", "bilinear"),
                f"vision pos_resize {self.pos_resize!r} is not 'bicubic' or 'bilinear'")
         _ints("vision", self, image_size=(1, 1 << 14), patch_size=(1, 1 << 12), rope_ref_grid=(0, 1 << 12),
-              pool_heads=(0, 1 << 12), pool_mlp_dim=(0, 1 << 20))
+              pool_heads=(0, 1 << 12), pool_mlp_dim=(0, 1 << 20), registers=(0, 256))
         _finite("vision", self, rope_temperature=(1e-6, 1e12), pool_norm_eps=(1e-12, 1), rope_offset=(-1e6, 1e6))
         _check(self.image_size >= self.patch_size,
                f"image_size {self.image_size} is smaller than patch_size {self.patch_size}")

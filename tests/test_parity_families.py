@@ -168,6 +168,12 @@ TIMM_CASES["aimv2"] = (  # AIMv2: patch-embedding RMSNorm, no class token, bias-
                  mlp_bias=False, mlp_type="swiglu", pool="mean", head=False), 64)
 
 
+TIMM_CASES["tipsv2"] = (  # TIPSv2: a register token, positions for the patches only, layer scale 1
+    "vit_base_patch14_reg1_tipsv2", dict(img_size=56, embed_dim=64, depth=2, num_heads=4, num_classes=0),
+    VisionConfig(image_size=56, patch_size=14, width=64, depth=2, heads=4, mlp_dim=256, norm_eps=1e-6,
+                 patch_bias=True, norm_pre=False, registers=1, pos_prefix=False, ls_init=1.0, head=False), 64)
+
+
 @pytest.mark.parametrize("case", sorted(TIMM_CASES))
 def test_timm_towers_match(case):
     name, kwargs, vision, embed = TIMM_CASES[case]

@@ -131,6 +131,8 @@ class DualEncoder(nn.Module):
             scale = v.cfg.width ** -0.5
             if v.cls_token is not None:
                 v.cls_token.normal_(std=scale)
+            if v.reg_token is not None:
+                v.reg_token.normal_(std=scale)
             v.pos_embed.normal_(std=scale)
             if isinstance(v.head, nn.Linear):
                 v.head.weight.normal_(std=scale)

@@ -140,14 +140,19 @@ class VisionTower(nn.Module):
     def __init__(self, cfg: VisionConfig, embed_dim: int):
         super().__init__()
         self.cfg = cfg
-        self.prefix = 1 if cfg.class_token else 0  # tokens before the patches
+        self.prefix = (1 if cfg.class_token else 0) + cfg.registers  # tokens before the patches
+        self.pos_prefix = self.prefix if cfg.pos_prefix else 0  # of them, those with a learned position
         self.patch_embed = nn.Conv2d(3, cfg.width, cfg.patch_size, stride=cfg.patch_size, bias=cfg.patch_bias)
         self.patch_norm = _norm_or_identity(cfg.patch_norm, cfg)
         if cfg.class_token:
             self.cls_token = nn.Parameter(torch.zeros(cfg.width))
         else:
             self.register_parameter("cls_token", None)
-        self.pos_embed = nn.Parameter(torch.zeros(self.prefix + cfg.grid * cfg.grid, cfg.width))
+        if cfg.registers:
+            self.reg_token = nn.Parameter(torch.zeros(cfg.registers, cfg.width))
+        else:
+            self.register_parameter("reg_token", None)
+        self.pos_embed = nn.Parameter(torch.zeros(self.pos_prefix + cfg.grid * cfg.grid, cfg.width))
         self.rope = Rope2D(cfg.width // cfg.heads, cfg.rope_ref_grid or cfg.grid, cfg.rope_temperature,
                            cfg.rope_offset, cfg.rope_indexing) if cfg.rope else None
         self.patch_dropout: nn.Module = NoPatchDropout()  # set for training with `set_patch_dropout`
@@ -186,7 +191,7 @@ class VisionTower(nn.Module):
         key = (grid_h, grid_w, self.pos_embed._version, self.pos_embed.device, self.pos_embed.dtype)
         if not track and key in self._pos_cache:
             return self._pos_cache[key]
-        p = self.prefix
+        p = self.pos_prefix
         patches = self.pos_embed[p:].reshape(1, g, g, -1).permute(0, 3, 1, 2)  # (1, D, g, g)
         if self.cfg.naflex:  # as matrix products: the same numbers, and a backward pass that is deterministic
             rows, cols = _antialiased_bilinear(grid_h, g, patches), _antialiased_bilinear(grid_w, g, patches)
@@ -213,10 +218,18 @@ class VisionTower(nn.Module):
         gh, gw = x.shape[2], x.shape[3]
         pos = self.pos_embed_for(gh, gw)
         x = self.patch_norm(x.flatten(2).transpose(1, 2))  # (B, N, D)
-        if self.cls_token is not None:
-            x = torch.cat([self.cls_token.to(x.dtype).expand(x.shape[0], 1, -1), x], dim=1)  # (B, 1 + N, D)
+        if not self.pos_prefix:  # positions for the patches alone (timm's no_embed_class): added before the prefix
+            x = x + pos.to(x.dtype)
+        B = x.shape[0]
+        head = [] if self.cls_token is None else [self.cls_token.to(x.dtype).expand(B, 1, -1)]  # (B, 1, D)
+        if self.reg_token is not None:
+            head.append(self.reg_token.to(x.dtype).expand(B, -1, -1))  # (B, R, D)
+        if head:
+            x = torch.cat([*head, x], dim=1)  # (B, prefix + N, D)
+        if self.pos_prefix:
+            x = x + pos.to(x.dtype)
         rope = self.rope(gh, gw, x.device) if self.rope is not None else None
-        return x + pos.to(x.dtype), rope
+        return x, rope
 
     def embed_patches(self, patches: Patches) -> tuple[torch.Tensor, torch.Tensor | None]:
         """NaFlex input: tokens (B, L, D) and their mask (B, L) bool, None when no image is padded. L is the

@@ -7,7 +7,7 @@ import math
 import torch
 
 # Embeddings are looked up, not multiplied: decaying them only shrinks the input scale.
-_NO_DECAY_NAMES = ("token_embed", "pos_embed", "cls_token", "logit_scale", "logit_bias")
+_NO_DECAY_NAMES = ("token_embed", "pos_embed", "cls_token", "reg_token", "logit_scale", "logit_bias")
 
 
 def param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict]:

@@ -65,6 +65,7 @@ def table(layout: str, prefix: str = "", ours: str = "visual.") -> list[Rule]:
         rule(f"{o}patch_norm.weight", f"{p}patch_embed.norm.weight"),
         rule(f"{o}patch_norm.bias", f"{p}patch_embed.norm.bias"),
         rule(f"{o}cls_token", f"{p}cls_token", lead=2),
+        rule(f"{o}reg_token", f"{p}reg_token", lead=1),
         rule(f"{o}pos_embed", f"{p}pos_embed", lead=1),
         rule(f"{o}norm_pre.weight", f"{p}norm_pre.weight"),
         rule(f"{o}norm_pre.bias", f"{p}norm_pre.bias"),
