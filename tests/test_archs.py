@@ -9,7 +9,7 @@ import json
 import pytest
 import torch
 
-from dualtower import archs, hub
+from dualtower import archs, families, hub
 from dualtower.config import ModelConfig
 from dualtower.convert.registry import FORMATS
 from dualtower.model import DualEncoder
@@ -56,7 +56,7 @@ def test_the_views_are_the_table():
         p.name: (p.repo, p.layout, n) for n, a in archs.ARCHS.items() for p in a.pretrained}
     for known in hub.KNOWN.values():
         assert known.layout in FORMATS and known.arch in archs.REGISTRY
-    widths = {size[0] for size in archs.VISION_SIZES.values()}
+    widths = {size[0] for size in families.VISION_SIZES.values()}
     for name in archs.OPENCLIP_NAMES:  # open_clip's own ViTs: a decoded size, a text tower as wide as the embedding
         cfg = archs.REGISTRY[name]
         assert cfg.vision.width in widths, name

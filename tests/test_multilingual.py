@@ -10,7 +10,8 @@ import torch
 import transformers
 
 import dualtower
-from dualtower.archs import get_config, hf_text
+from dualtower.archs import get_config
+from dualtower.families import hf_text
 from dualtower.errors import UserError
 from dualtower.convert.open_clip import tables as oc_tables
 from dualtower.tokenizers.hf_json import JsonTokenizer
