@@ -14,8 +14,8 @@ from dataclasses import dataclass
 
 from .config import ModelConfig, PreprocessConfig, TextConfig, VisionConfig
 from .errors import UnknownName, UserError
-from .families import (aimv2, eva02, internvit, multilingual, nllb_siglip, pe_core, pe_trunk, siglip, siglip2, tiny,
-                       tiny_naflex, tipsv2, vit, worldwide)
+from .families import (aimv2, eva02, internvit, mobileclip, multilingual, nllb_siglip, pe_core, pe_trunk, siglip,
+                       siglip2, tiny, tiny_fastvit, tiny_naflex, tipsv2, vit, worldwide)
 
 
 @dataclass(frozen=True)
@@ -260,6 +260,21 @@ ARCHS: dict[str, Arch] = _table(
       for size, timm_size, width, depth, heads, mlp_dim in (("B", "base", 768, 12, 12, 3072),
                                                             ("L", "large", 1024, 24, 16, 4096),
                                                             ("SO400M", "so400m", 1152, 27, 16, 4304))],
+    # MobileCLIP (apple/MobileCLIP-*-OpenCLIP) and MobileCLIP 2 (timm/MobileCLIP2-*-OpenCLIP) as open_clip has them
+    *[Arch(mobileclip(name, vision, embed, causal, openai), timm=trunk, open_clip="timm",
+           pretrained=(Pretrained(f"{name}/{tag}", repo, "open_clip_hub"),) if repo else ())
+      for name, vision, trunk, embed, causal, openai, tag, repo in (
+          ("MobileCLIP-S1", "mci1", "fastvit_mci1", 512, False, False, "datacompdr", "apple/MobileCLIP-S1-OpenCLIP"),
+          ("MobileCLIP-S2", "mci2", "fastvit_mci2", 512, False, False, "datacompdr", "apple/MobileCLIP-S2-OpenCLIP"),
+          ("MobileCLIP-B", "vit-b", "vit_base_mci_224", 512, True, False, "datacompdr_lt",
+           "apple/MobileCLIP-B-LT-OpenCLIP"),
+          ("MobileCLIP2-S0", "mci0", "fastvit_mci0", 512, False, False, "dfndr2b", "timm/MobileCLIP2-S0-OpenCLIP"),
+          ("MobileCLIP2-S2", "mci2", "fastvit_mci2", 512, False, False, "dfndr2b", "timm/MobileCLIP2-S2-OpenCLIP"),
+          ("MobileCLIP2-S3", "mci3", "fastvit_mci3", 768, False, True, "dfndr2b", "timm/MobileCLIP2-S3-OpenCLIP"),
+          ("MobileCLIP2-S4", "mci4", "fastvit_mci4", 768, False, True, "dfndr2b", "timm/MobileCLIP2-S4-OpenCLIP"),
+          ("MobileCLIP2-B", "vit-b", "vit_base_mci_224", 512, True, False, "dfndr2b", "timm/MobileCLIP2-B-OpenCLIP"),
+          ("MobileCLIP2-L-14", "vit-l", "vit_large_patch14_clip_224", 768, False, True, "dfndr2b",
+           "timm/MobileCLIP2-L-14-OpenCLIP"))],
     Arch(internvit("InternViT-300M-448px", 1024, 24, 16, 4096, six_b=False), timm="vit_intern300m_patch14_448",
          pretrained=(Pretrained("InternViT-300M-448px/opengvlab", "OpenGVLab/InternViT-300M-448px", "internvl"),)),
     Arch(internvit("InternViT-6B-448px", 3200, 45, 25, 12800, six_b=True),
@@ -268,6 +283,7 @@ ARCHS: dict[str, Arch] = _table(
     Arch(internvit("InternVL-C-vision", 3200, 48, 25, 12800, six_b=True, image=224, clip_head=768),
          pretrained=(Pretrained("InternVL-C-vision/internvl-14b-224px", "OpenGVLab/InternVL-14B-224px", "internvl"),)),
     Arch(tiny_naflex("tiny-naflex")),
+    Arch(tiny_fastvit("tiny-fastvit")),
     Arch(tiny("tiny")),
     Arch(tiny("tiny-quickgelu", act="quick_gelu")),
     Arch(tiny("tiny-ls-mean", ls_init=0.1, pool="mean", final_norm="after_pool", image_size=40)),

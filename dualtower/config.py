@@ -93,6 +93,9 @@ class VisionConfig(BlockConfig):
     image_size: int = 224
     patch_size: int = 32
     patch_bias: bool = False
+    # "patch": one convolution per patch; "mci": MobileCLIP-B's convolutional stem (timm's vit_base_mci_224:
+    # 4x4 stride 4 and 2x2 stride 2, each with BatchNorm and GELU, then a biased 2x2 stride 2; patch_size 16)
+    stem: str = "patch"
     patch_norm: bool = False  # a norm on the patch embeddings, before the positions are added (AIMv2)
     class_token: bool = True
     registers: int = 0  # learned register tokens after the class token (DINOv2-style; TIPSv2 has 1)
@@ -124,6 +127,9 @@ class VisionConfig(BlockConfig):
         super().__post_init__()
         _check(not self.naflex or not (self.class_token or self.rope or self.registers),
                "a NaFlex vision tower has no class token, register tokens or rotary embedding")
+        _check(self.stem in ("patch", "mci"), f"vision stem {self.stem!r} is not 'patch' or 'mci'")
+        _check(self.stem == "patch" or (self.patch_size == 16 and not self.naflex and self.width % 4 == 0),
+               "vision stem 'mci' has patch_size 16, a width divisible by 4 and no NaFlex input")
         _check(self.pool in VISION_POOLS, f"vision pool {self.pool!r} is not one of {VISION_POOLS}")
         _check(self.class_token or self.pool != "cls", "vision pool 'cls' needs class_token=True")
         _check(self.final_norm in ("before_pool", "after_pool", "none"),
@@ -171,6 +177,77 @@ class TextConfig(BlockConfig):
         _check(self.pool in TEXT_POOLS, f"text pool {self.pool!r} is not one of {TEXT_POOLS}")
         _check(self.pool != "eot" or 0 <= self.eot_id < self.vocab_size,
                f"eot_id {self.eot_id} is outside the vocabulary")
+
+
+FASTVIT_MIXERS = ("repmixer", "attention")
+
+
+@dataclass(frozen=True)
+class FastViTConfig:
+    """A FastViT "MCi" convolutional vision tower (MobileCLIP, MobileCLIP 2 S0-S4; see model.fastvit): a
+    MobileOne stem to dims[0] channels at 1/4 size, then one stage per entry of `dims` (each after the first
+    halving the size), `layers` blocks each mixed by RepMixer or attention, a conditional positional encoding
+    where `pos_conv` says, a final MobileOne to `head_ratio` x the last width, average pooling and the
+    projection. `folded`: the training-time branches are folded into single convolutions (inference only)."""
+
+    TOWER: ClassVar[str] = "vision"
+    naflex: ClassVar[bool] = False
+    kind: str = "fastvit"  # tells this config from a ViT's in config.json
+    image_size: int = 256
+    layers: tuple[int, ...] = (2, 6, 10, 2)
+    dims: tuple[int, ...] = (64, 128, 256, 512)
+    mixers: tuple[str, ...] = ("repmixer", "repmixer", "repmixer", "attention")
+    pos_conv: tuple[bool, ...] = (False, False, False, True)  # a conditional positional encoding before the blocks
+    se_downsample: tuple[bool, ...] = (False, False, True, True)  # squeeze-excite in the stage's downsampling
+    mlp_ratio: float = 3.0
+    attn_norm: str = "batchnorm"  # the attention blocks' norm: "batchnorm" (MCi0-2) or "layernorm" (MCi3-4)
+    stem_scale: bool = True  # the stem's 3x3 MobileOnes have a 1x1 branch (not in MCi3-4)
+    down_act: bool = True  # GELU after the downsampling large kernel (MCi's lkc_use_act)
+    head_ratio: float = 2.0  # the final convolution's width over the last stage's
+    head: bool = True
+    head_bias: bool = True
+    folded: bool = False
+
+    def __post_init__(self):
+        _check(self.kind == "fastvit", f"vision kind {self.kind!r} is not 'fastvit'")
+        for key in ("layers", "dims", "mixers", "pos_conv", "se_downsample"):
+            value = getattr(self, key)
+            _check(isinstance(value, (list, tuple)), f"vision {key} must be a list, got {value!r}")
+            object.__setattr__(self, key, tuple(value))
+        n = len(self.dims)
+        _check(1 <= n <= 8 and all(len(getattr(self, k)) == n for k in ("layers", "mixers", "pos_conv", "se_downsample")),
+               f"vision layers, dims, mixers, pos_conv and se_downsample need one entry per stage (1 to 8), got "
+               f"{[len(getattr(self, k)) for k in ('layers', 'dims', 'mixers', 'pos_conv', 'se_downsample')]}")
+        _check(all(isinstance(v, int) and not isinstance(v, bool) and 1 <= v <= 256 for v in self.layers),
+               f"vision layers {list(self.layers)} must be integers in [1, 256]")
+        _check(all(isinstance(v, int) and not isinstance(v, bool) and 1 <= v <= 1 << 14 for v in self.dims),
+               f"vision dims {list(self.dims)} must be integers in [1, 16384]")
+        _check(all(m in FASTVIT_MIXERS for m in self.mixers), f"vision mixers {list(self.mixers)} must each be one "
+               f"of {FASTVIT_MIXERS}")
+        _check(all(self.dims[i] % self.dims[i - 1] == 0 for i in range(1, n)),
+               f"vision dims {list(self.dims)}: each stage's width is a multiple of the one before (its "
+               "downsampling is depthwise)")
+        _check(all(d % 32 == 0 for d, m in zip(self.dims, self.mixers) if m == "attention"),
+               f"vision dims {list(self.dims)}: an attention stage's width is a multiple of its head width 32")
+        _check(self.attn_norm in ("batchnorm", "layernorm"),
+               f"vision attn_norm {self.attn_norm!r} is not 'batchnorm' or 'layernorm'")
+        _ints("vision", self, image_size=(32, 1 << 14))
+        _finite("vision", self, mlp_ratio=(0.01, 64), head_ratio=(0.01, 64))
+        _check(self.head or not self.head_bias, "vision head_bias needs head=True")
+
+    @property
+    def width(self) -> int:
+        """The pooled features' width (the final convolution's)."""
+        return int(self.dims[-1] * self.head_ratio)
+
+    @property
+    def depth(self) -> int:
+        return sum(self.layers)
+
+    @property
+    def stride(self) -> int:
+        """Input pixels per feature-map position at the last stage."""
+        return 4 * 2 ** (len(self.dims) - 1)
 
 
 # A Hugging Face encoder as the text tower (open_clip's HFTextEncoder): its kinds (transformers model_type), how
@@ -298,7 +375,7 @@ TOKENIZER_FILES = ("spiece.model", "tokenizer.json", "tokenizer_config.json", "s
 class ModelConfig:
     name: str = "custom"
     embed_dim: int = 512
-    vision: VisionConfig | None = field(default_factory=VisionConfig)  # None: a text-only model (CLIPTextModel)
+    vision: VisionConfig | FastViTConfig | None = field(default_factory=VisionConfig)  # None: a text-only model (CLIPTextModel)
     text: TextConfig | None = field(default_factory=TextConfig)  # None: a vision-only model (InternViT)
     preprocess: PreprocessConfig = field(default_factory=PreprocessConfig)
     tokenizer: str = "clip-bpe"
@@ -324,7 +401,7 @@ class ModelConfig:
                "a NaFlex vision tower and preprocess resize_mode 'naflex' go together")
         _check(self.vision is None or not self.vision.naflex or self.preprocess.patch_size == self.vision.patch_size,
                f"preprocess patch_size {self.preprocess.patch_size} differs from the vision tower's "
-               f"{self.vision and self.vision.patch_size}")
+               f"{getattr(self.vision, 'patch_size', None)}")
         _check(self.vision is None or self.preprocess.image_size == self.vision.image_size,
                f"preprocess image_size {self.preprocess.image_size} differs from the vision tower's "
                f"{self.vision and self.vision.image_size}")
@@ -333,7 +410,7 @@ class ModelConfig:
         """JSON-ready, in the layout of CONFIG_VERSION: each tower's block fields under "block"."""
         data = dataclasses.asdict(self)
         for tower in ("vision", "text"):
-            if data[tower] is not None and not isinstance(getattr(self, tower), HFTextConfig):
+            if data[tower] is not None and isinstance(getattr(self, tower), BlockConfig):
                 flat = data[tower]
                 data[tower] = {"block": {k: flat.pop(k) for k in BLOCK_FIELDS}, **flat}
         return data
@@ -352,6 +429,9 @@ class ModelConfig:
                 continue
             if key == "text" and isinstance(value, dict) and "model_type" in value:
                 data[key] = _build(HFTextConfig, value, f"config.{key}")
+                continue
+            if key == "vision" and isinstance(value, dict) and "kind" in value:
+                data[key] = _build(FastViTConfig, value, f"config.{key}")
                 continue
             if version >= 2 and key != "preprocess":
                 value = _unnest_block(value, f"config.{key}")

@@ -1,5 +1,5 @@
 """The families' config builders that `archs.ARCHS` is written with: pure functions from a family's few
-numbers to a ModelConfig (open_clip's ViTs and MetaCLIP 2, EVA-02, SigLIP and SigLIP 2, Perception Encoder,
+numbers to a ModelConfig (open_clip's ViTs and MetaCLIP 2, MobileCLIP, EVA-02, SigLIP and SigLIP 2, Perception Encoder,
 AIMv2, TIPSv2, InternViT, the multilingual towers' transformers encoders, the tiny test configs). A new family
 is one builder here and its rows in `archs.ARCHS`."""
 
@@ -7,9 +7,9 @@ from __future__ import annotations
 
 import dataclasses
 
-from .config import (CLIP_INIT_LOGIT_SCALE, IMAGENET_MEAN, IMAGENET_STD, INCEPTION_MEAN, INCEPTION_STD,
-                     SIGLIP_INIT_LOGIT_BIAS, SIGLIP_INIT_LOGIT_SCALE, HFTextConfig, ModelConfig, PreprocessConfig,
-                     TextConfig, VisionConfig)
+from .config import (CLIP_INIT_LOGIT_SCALE, IMAGENET_MEAN, IMAGENET_STD, INCEPTION_MEAN, INCEPTION_STD, OPENAI_MEAN,
+                     OPENAI_STD, SIGLIP_INIT_LOGIT_BIAS, SIGLIP_INIT_LOGIT_SCALE, FastViTConfig, HFTextConfig,
+                     ModelConfig, PreprocessConfig, TextConfig, VisionConfig)
 
 
 # open_clip's ViT sizes: width, depth, head width, MLP ratio
@@ -269,3 +269,64 @@ def tiny_naflex(name: str) -> ModelConfig:
                        preprocess=PreprocessConfig(image_size=32, mean=INCEPTION_MEAN, std=INCEPTION_STD,
                                                    interpolation="bilinear", resize_mode="naflex", patch_size=8,
                                                    max_patches=16))
+
+
+# timm's fastvit_mci0..4 (MobileCLIP's image encoders): blocks per stage, widths, MLP ratio. MCi3 and MCi4
+# (MobileCLIP 2) add a fifth stage, attention in the last two, LayerNorm in their attention blocks, no
+# squeeze-excite in the downsampling and no 1x1 branch in the stem.
+FASTVIT_MCI = {
+    "mci0": ((2, 6, 10, 2), (64, 128, 256, 512), 3.0),
+    "mci1": ((4, 12, 20, 4), (64, 128, 256, 512), 3.0),
+    "mci2": ((4, 12, 24, 4), (80, 160, 320, 640), 3.0),
+    "mci3": ((2, 12, 24, 4, 2), (96, 192, 384, 768, 1536), 4.0),
+    "mci4": ((2, 12, 24, 4, 4), (128, 256, 512, 1024, 2048), 4.0),
+}
+MOBILECLIP_MEAN, MOBILECLIP_STD = (0.0, 0.0, 0.0), (1.0, 1.0, 1.0)  # open_clip's _mccfg: pixels in [0, 1]
+
+
+def fastvit_mci(kind: str, image: int = 256) -> FastViTConfig:
+    layers, dims, ratio = FASTVIT_MCI[kind]
+    n = len(dims)
+    attn = 2 if n == 5 else 1
+    return FastViTConfig(
+        image_size=image, layers=layers, dims=dims, mlp_ratio=ratio,
+        mixers=("repmixer",) * (n - attn) + ("attention",) * attn,
+        pos_conv=(False,) * (n - attn) + (True,) * attn,
+        se_downsample=(False,) * n if n == 5 else (False, False, True, True),
+        attn_norm="layernorm" if n == 5 else "batchnorm", stem_scale=n != 5)
+
+
+def mobileclip(name: str, vision: str, embed: int, causal: bool, openai_stats: bool = False) -> ModelConfig:
+    """open_clip's MobileCLIP and MobileCLIP 2 (Vasu et al. 2024, 2025): a FastViT MCi tower (`vision` one of
+    FASTVIT_MCI) at 256 px, or "vit-b" (timm's vit_base_mci_224: ViT-B/16 behind a three-convolution stem, positions
+    for the patches only) or "vit-l" (timm's vit_large_patch14_clip_224) at 224 px, each with a biased
+    projection; open_clip's CLIP text tower `embed` wide, without the causal mask except in B. Preprocessing as
+    open_clip's pretrained configs: the shortest side resized bilinearly (L-14: bicubic), pixels in [0, 1]
+    (MobileCLIP, MobileCLIP 2 S0, S2 and B) or OpenAI's statistics (S3, S4, L-14)."""
+    if vision == "vit-b":
+        tower, image = VisionConfig(patch_size=16, stem="mci", pos_prefix=False, norm_pre=False, norm_eps=1e-6,
+                                    head_bias=True), 224
+    elif vision == "vit-l":
+        tower, image = VisionConfig(patch_size=14, width=1024, depth=24, heads=16, mlp_dim=4096, head_bias=True), 224
+    else:
+        tower, image = fastvit_mci(vision), 256
+    mean, std = (OPENAI_MEAN, OPENAI_STD) if openai_stats else (MOBILECLIP_MEAN, MOBILECLIP_STD)
+    return ModelConfig(
+        name=name,
+        embed_dim=embed,
+        vision=tower,
+        text=TextConfig(width=embed, heads=embed // 64, depth=12, mlp_dim=4 * embed, causal=causal),
+        preprocess=PreprocessConfig(image_size=image, mean=mean, std=std,
+                                    interpolation="bicubic" if vision == "vit-l" else "bilinear"),
+    )
+
+
+def tiny_fastvit(name: str) -> ModelConfig:
+    """A small FastViT (every block kind: RepMixer stages, an attention stage with its positional encoding and
+    LayerNorm, squeeze-excite downsampling) at 64 px with the CLIP text tower, for fast tests."""
+    cfg = tiny(name)
+    vision = FastViTConfig(image_size=64, layers=(1, 1, 2), dims=(16, 32, 64), mlp_ratio=2.0,
+                           mixers=("repmixer", "repmixer", "attention"), pos_conv=(False, False, True),
+                           se_downsample=(False, True, True), attn_norm="layernorm")
+    return cfg.replace(vision=vision, preprocess=PreprocessConfig(image_size=64, mean=MOBILECLIP_MEAN,
+                                                                  std=MOBILECLIP_STD, interpolation="bilinear"))

@@ -136,13 +136,32 @@ def _antialiased_bilinear(out_size, in_size: int, like: torch.Tensor) -> torch.T
     return weights / weights.sum(dim=1, keepdim=True)
 
 
+class ConvBNAct(nn.Module):
+    def __init__(self, cin: int, cout: int, kernel: int):
+        super().__init__()
+        self.conv = nn.Conv2d(cin, cout, kernel, stride=kernel, bias=False)
+        self.bn = nn.BatchNorm2d(cout)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.gelu(self.bn(self.conv(x)))
+
+
+def _patch_embed(cfg: VisionConfig) -> nn.Module:
+    """(B, 3, H, W) -> (B, D, H / p, W / p): one convolution per patch, or MobileCLIP-B's stem of three."""
+    if cfg.stem == "mci":
+        quarter = cfg.width // 4
+        return nn.Sequential(ConvBNAct(3, quarter, 4), ConvBNAct(quarter, quarter, 2),
+                             nn.Conv2d(quarter, cfg.width, 2, stride=2))
+    return nn.Conv2d(3, cfg.width, cfg.patch_size, stride=cfg.patch_size, bias=cfg.patch_bias)
+
+
 class VisionTower(nn.Module):
     def __init__(self, cfg: VisionConfig, embed_dim: int):
         super().__init__()
         self.cfg = cfg
         self.prefix = (1 if cfg.class_token else 0) + cfg.registers  # tokens before the patches
         self.pos_prefix = self.prefix if cfg.pos_prefix else 0  # of them, those with a learned position
-        self.patch_embed = nn.Conv2d(3, cfg.width, cfg.patch_size, stride=cfg.patch_size, bias=cfg.patch_bias)
+        self.patch_embed = _patch_embed(cfg)
         self.patch_norm = _norm_or_identity(cfg.patch_norm, cfg)
         if cfg.class_token:
             self.cls_token = nn.Parameter(torch.zeros(cfg.width))
@@ -214,7 +233,7 @@ class VisionTower(nn.Module):
         if not interpolate_pos and pixels.shape[-2:] != (size, size):
             raise UserError(f"pixels are {tuple(pixels.shape[-2:])}, this model takes {size}x{size} "
                              "(interpolate_pos=True resizes the positional embeddings to other sizes)")
-        x = self.patch_embed(pixels.to(self.patch_embed.weight.dtype))  # (B, D, gh, gw); a bf16 model takes fp32
+        x = self.patch_embed(pixels.to(self.pos_embed.dtype))  # (B, D, gh, gw); a bf16 model takes fp32
         gh, gw = x.shape[2], x.shape[3]
         pos = self.pos_embed_for(gh, gw)
         x = self.patch_norm(x.flatten(2).transpose(1, 2))  # (B, N, D)

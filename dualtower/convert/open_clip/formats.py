@@ -24,7 +24,9 @@ class OpenClip(Format):
 
     def detect(self, probe) -> bool:
         keys = probe.keys
-        return "visual.conv1.weight" in keys or "visual.trunk.patch_embed.proj.weight" in keys
+        trunk = ("patch_embed.proj.weight", "patch_embed.backbone.0.conv.weight", "stem.0.identity.weight",
+                 "stem.0.conv_kxk.0.conv.weight", "stem.0.reparam_conv.weight")
+        return "visual.conv1.weight" in keys or any(f"visual.trunk.{k}" in keys for k in trunk)
 
     to_ours = staticmethod(tables.import_state_dict)
     from_ours = staticmethod(tables.export_state_dict)

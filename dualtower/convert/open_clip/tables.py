@@ -5,14 +5,15 @@ These files carry no config, so the architecture is named by the caller (`arch="
 Two layouts. open_clip's own VisionTransformer (`visual.conv1`, ...; text tower at the top level), and its
 CustomTextCLIP with a timm vision trunk (`visual.trunk.*`, text under `text.`), used by EVA02-* and *-SigLIP.
 A config selects the second when its vision tower has what open_clip's own ViT never has: a patch bias (every
-timm ViT but PE), rotary embedding or attention pooling (PE, SigLIP).
+timm ViT but PE), rotary embedding or attention pooling (PE, SigLIP), a biased projection (MobileCLIP), or no
+ViT at all (MobileCLIP's FastViT).
 """
 
 from __future__ import annotations
 
 import torch
 
-from ...config import HFTextConfig, ModelConfig, TextConfig
+from ...config import FastViTConfig, HFTextConfig, ModelConfig, TextConfig
 from .. import files
 from ..remap import ConversionError, Rule, expand, from_ours, rule, to_ours
 from ..timm import tables as timm_vit
@@ -77,6 +78,8 @@ DROPPED = {"input_resolution", "context_length", "vocab_size", "attn_mask"}
 
 def timm_trunk(cfg: ModelConfig) -> bool:
     v = cfg.vision
+    if isinstance(v, FastViTConfig):
+        return True
     return v.patch_bias or v.rope or v.pool == "map" or v.head_bias
 
 
@@ -85,6 +88,9 @@ def check_exportable(cfg: ModelConfig) -> None:
     problems = []
     if cfg.text is None:
         problems.append("open_clip models have a text tower")
+    if isinstance(cfg.vision, FastViTConfig) and cfg.vision.folded:
+        problems.append("vision: its branches are folded (reparameterized), and open_clip builds the training-time "
+                        "form; write the model as loaded, before reparameterize()")
     towers = [("text", cfg.text)] if cfg.text is not None and not isinstance(cfg.text, HFTextConfig) else []
     if not timm_trunk(cfg):
         towers.append(("vision", cfg.vision))
@@ -111,7 +117,9 @@ def _rules(cfg: ModelConfig, state: dict | None = None, our_keys=()) -> list[Rul
     """The table for this config. On import two layout variants are read from the state dict itself: the timm
     trunk's block layout, and whether the text tower sits under `text.` (CustomTextCLIP, e.g. a plain ViT built
     with force_custom_text=True) or at the top (CLIP). A transformers text encoder's table follows our keys."""
-    if timm_trunk(cfg):
+    if isinstance(cfg.vision, FastViTConfig):
+        table, custom_text = timm_vit.fastvit_table(our_keys, "visual.trunk."), True
+    elif timm_trunk(cfg):
         layout = timm_vit.layout_of_state(state, "visual.trunk.") if state is not None else \
             timm_vit.layout_of_config(cfg.vision)
         table, custom_text = timm_vit.table(layout, "visual.trunk."), True

@@ -3,14 +3,18 @@
 
 Four layouts: "vit" (timm's VisionTransformer: fused qkv, `ls1.gamma`), "eva" (Eva with separate q/k/v
 projections, k without bias, `gamma_1`; EVA-02 CLIP), "eva_fused" (Eva with fused qkv and `q_bias`/`v_bias`) and
-"eva_rope" (Eva with attn_type='rope': a fused biased qkv, `gamma_1`; Perception Encoder).
+"eva_rope" (Eva with attn_type='rope': a fused biased qkv, `gamma_1`; Perception Encoder). MobileCLIP-B's
+convolutional stem is timm's HybridEmbed backbone (`patch_embed.backbone.N`).
+
+timm's FastViT (MobileCLIP's MCi towers) has the names our convolutional tower has, so its table is our keys
+under the prefix (`fastvit_table`), in either form: training-time branches or folded (`reparam_conv`).
 """
 
 from __future__ import annotations
 
 import torch
 
-from ...config import VisionConfig
+from ...config import FastViTConfig, VisionConfig
 from ...errors import UserError
 from ..registry import Format, register
 from ..remap import ConversionError, Rule, expand, from_ours, rule, to_ours
@@ -59,7 +63,11 @@ def table(layout: str, prefix: str = "", ours: str = "visual.") -> list[Rule]:
         raise UserError(f"unknown timm layout {layout!r}; known: {LAYOUTS}")
     p, o = prefix, ours
     block = [(a, (b,)) for a, b in _COMMON_BLOCK] + _LAYOUT_BLOCK[layout]
-    return [
+    stem = [rule(f"{o}patch_embed.{j}.{part}", f"{p}patch_embed.backbone.{j}.{part}") for j in (0, 1)
+            for part in ("conv.weight", "bn.weight", "bn.bias", "bn.running_mean", "bn.running_var",
+                         "bn.num_batches_tracked")]
+    stem += [rule(f"{o}patch_embed.2.{part}", f"{p}patch_embed.backbone.2.conv.{part}") for part in ("weight", "bias")]
+    return stem + [
         rule(f"{o}patch_embed.weight", f"{p}patch_embed.proj.weight"),
         rule(f"{o}patch_embed.bias", f"{p}patch_embed.proj.bias"),
         rule(f"{o}patch_norm.weight", f"{p}patch_embed.norm.weight"),
@@ -88,6 +96,11 @@ def table(layout: str, prefix: str = "", ours: str = "visual.") -> list[Rule]:
         rule(f"{o}head.weight", f"{p}head.weight"),
         rule(f"{o}head.bias", f"{p}head.bias"),
     ]
+
+
+def fastvit_table(keys, prefix: str = "", ours: str = "visual.") -> list[Rule]:
+    """A FastViT tower's rules: each of our keys (under `ours`) is the same key under `prefix`."""
+    return [rule(k, prefix + k[len(ours):]) for k in sorted(keys) if k.startswith(ours)]
 
 
 def layout_of_state(keys, prefix: str = "") -> str:
@@ -121,8 +134,10 @@ def import_state_dict(state: dict, cfg, our_keys: set[str], source: str, prefix:
 
     timm's classifier head is an nn.Linear with a bias; a tower whose projection has none (CLIP ViTs, whose bias
     timm fills with zeros when it converts them) takes the head only when that bias is all zeros."""
-    head_bias = f"{prefix}head.bias"
     v = cfg.vision
+    if isinstance(v, FastViTConfig):
+        return to_ours(state, fastvit_table(our_keys, prefix), our_keys, set(), source)
+    head_bias = f"{prefix}head.bias"
     if head_bias in state and v.head and not v.head_bias:
         if torch.count_nonzero(state[head_bias]):
             raise ConversionError(f"{source}: {head_bias} is not zero, and {cfg.name}'s projection has no bias")
@@ -132,6 +147,8 @@ def import_state_dict(state: dict, cfg, our_keys: set[str], source: str, prefix:
 
 
 def export_state_dict(ours: dict, cfg, prefix: str = "") -> dict:
+    if isinstance(cfg.vision, FastViTConfig):
+        return from_ours(ours, fastvit_table(ours, prefix))
     out = from_ours(ours, expand(table(layout_of_config(cfg.vision), prefix), {"visual.": cfg.vision.depth}))
     head = f"{prefix}head.weight"
     if head in out and f"{prefix}head.bias" not in out:  # timm's head always has a bias (see import)
@@ -141,16 +158,22 @@ def export_state_dict(ours: dict, cfg, prefix: str = "") -> dict:
 
 class Timm(Format):
     name = "timm"
-    summary = "a bare timm VisionTransformer or Eva state dict (patch_embed.proj, blocks.N), architecture by arch="
+    summary = ("a bare timm VisionTransformer, Eva or FastViT state dict (patch_embed, blocks.N; stem, stages.N), "
+               "architecture by arch=")
     vision_only = True
 
     def detect(self, probe) -> bool:
         keys = probe.keys
-        return "patch_embed.proj.weight" in keys and "blocks.0.norm1.weight" in keys
+        vit = ("patch_embed.proj.weight" in keys or "patch_embed.backbone.0.conv.weight" in keys) and \
+            "blocks.0.norm1.weight" in keys
+        return vit or ("stem.0.identity.weight" in keys or "stem.0.conv_kxk.0.conv.weight" in keys
+                       or "stem.0.reparam_conv.weight" in keys) and "stages.0.blocks.0.mlp.fc1.weight" in keys
 
     to_ours = staticmethod(import_state_dict)
 
     def check(self, cfg) -> None:
+        if isinstance(cfg.vision, FastViTConfig):
+            return  # timm builds either form (fastvit_mci*, with inference_mode=True when folded)
         pool = cfg.vision.pool
         if pool not in ("cls", "mean", "map"):  # timm's global_pool: token, avg, map
             raise ConversionError(f"{cfg.name}: timm's VisionTransformer has no {pool!r} pooling (InternVL-C's "
