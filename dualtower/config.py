@@ -151,6 +151,11 @@ class VisionConfig(BlockConfig):
     def grid(self) -> int:
         return self.image_size // self.patch_size  # pixels past the last whole patch are unused (as timm, HF)
 
+    @property
+    def stride(self) -> int:
+        """Input pixels per output position (a convolutional tower's is its last stage's)."""
+        return self.patch_size
+
 
 @dataclass(frozen=True)
 class TextConfig(BlockConfig):
@@ -214,10 +219,10 @@ class FastViTConfig:
             value = getattr(self, key)
             _check(isinstance(value, (list, tuple)), f"vision {key} must be a list, got {value!r}")
             object.__setattr__(self, key, tuple(value))
-        n = len(self.dims)
-        _check(1 <= n <= 8 and all(len(getattr(self, k)) == n for k in ("layers", "mixers", "pos_conv", "se_downsample")),
-               f"vision layers, dims, mixers, pos_conv and se_downsample need one entry per stage (1 to 8), got "
-               f"{[len(getattr(self, k)) for k in ('layers', 'dims', 'mixers', 'pos_conv', 'se_downsample')]}")
+        n, lists = len(self.dims), ("layers", "dims", "mixers", "pos_conv", "se_downsample")
+        _check(1 <= n <= 8 and all(len(getattr(self, k)) == n for k in lists),
+               f"vision {', '.join(lists)} need one entry per stage (1 to 8), got "
+               f"{[len(getattr(self, k)) for k in lists]}")
         _check(all(isinstance(v, int) and not isinstance(v, bool) and 1 <= v <= 256 for v in self.layers),
                f"vision layers {list(self.layers)} must be integers in [1, 256]")
         _check(all(isinstance(v, int) and not isinstance(v, bool) and 1 <= v <= 1 << 14 for v in self.dims),
@@ -375,7 +380,8 @@ TOKENIZER_FILES = ("spiece.model", "tokenizer.json", "tokenizer_config.json", "s
 class ModelConfig:
     name: str = "custom"
     embed_dim: int = 512
-    vision: VisionConfig | FastViTConfig | None = field(default_factory=VisionConfig)  # None: a text-only model (CLIPTextModel)
+    # None: a text-only model (CLIPTextModel)
+    vision: VisionConfig | FastViTConfig | None = field(default_factory=VisionConfig)
     text: TextConfig | None = field(default_factory=TextConfig)  # None: a vision-only model (InternViT)
     preprocess: PreprocessConfig = field(default_factory=PreprocessConfig)
     tokenizer: str = "clip-bpe"

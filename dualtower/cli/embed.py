@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import sys
 
 from ..errors import UserError
@@ -175,9 +176,30 @@ def _cmd_export(args) -> int:
         args.parser.error("the following arguments are required: MODEL OUT (or --model MODEL OUT)")
     model = torch_model(args)
     report = export(model, args.out, format=args.format, precision=args.lowering, normalize=args.normalize,
-                    opset=args.opset, dynamic_size=args.dynamic_size, aot=args.aot)
+                    opset=args.opset, dynamic_size=args.dynamic_size, aot=args.aot,
+                    reparameterize=args.reparameterize, calibration=_calibration_files(args.calibration))
     print(f"wrote {report.summary()}")
     return 0
+
+
+def _calibration_files(paths: list[str] | None) -> list | None:
+    from pathlib import Path
+
+    from ..data.files import IMAGE_SUFFIXES
+
+    if not paths:
+        return None
+    files = []
+    for p in map(Path, paths):
+        if p.is_dir():
+            files += sorted(f for f in p.rglob("*") if f.suffix.lower() in IMAGE_SUFFIXES)
+        elif p.is_file():
+            files.append(p)
+        else:
+            raise UserError(f"--calibration {p}: no such file or folder")
+    if not files:
+        raise UserError(f"--calibration {' '.join(paths)}: no images found")
+    return files[:256]
 
 
 def add_export(sub) -> None:
@@ -193,9 +215,15 @@ def add_export(sub) -> None:
                    help="ONNX: fp16 weights and activations, or int8 (dynamic quantisation of the matrix products); "
                         "--precision is its older name")
     p.add_argument("--normalize", action="store_true", help="L2-normalise the embeddings inside the graphs")
-    p.add_argument("--opset", type=count(7, 30), default=18, help="the ONNX opset")
+    p.add_argument("--opset", type=count(7, 30), help="the ONNX opset (default 18; 20 for a convolutional tower)")
+    p.add_argument("--calibration", metavar="PATH", nargs="+",
+                   help="int8 of a convolutional tower (MobileCLIP S0-S4): images or folders of images its activation "
+                        "ranges are calibrated on (default: scikit-learn's sample photos)")
     p.add_argument("--dynamic-size", action="store_true",
                    help="image graph for any height and width (positional embeddings resized in the graph)")
     p.add_argument("--aot", action="store_true", help="torch-export: also compile AOTInductor packages "
                                                       "(*.aoti.pt2) for this platform; needs a C++ compiler")
+    p.add_argument("--reparameterize", action=argparse.BooleanOptionalAction, default=True,
+                   help="fold a convolutional tower's training-time branches into single convolutions (MobileCLIP; "
+                        "the same outputs, fewer operations); on by default, --no-reparameterize keeps them")
     p.set_defaults(func=_cmd_export)

@@ -385,12 +385,7 @@ class FastViTTower(nn.Module):
 
     def set_patch_dropout(self, prob: float) -> None:
         if prob > 0:
-            raise UserError("patch dropout needs patch tokens; this vision tower is convolutional (it has none to drop)")
-
-    def check_trainable(self) -> None:
-        if self.cfg.folded:
-            raise UserError("this vision tower is reparameterized (its branches folded into single convolutions, "
-                            "for inference): train the unfolded form, the model as loaded before reparameterize()")
+            raise UserError("patch dropout needs patch tokens; this vision tower is convolutional (it has none)")
 
     def reparameterize(self) -> None:
         """Fold every multi-branch module into one convolution, in place (eval mode: BatchNorm's running

@@ -56,7 +56,7 @@ class OnnxModel(Embedder):
         if "image" not in self.sessions:
             raise UserError(f"{self.cfg.name}: the export has no image tower")
         x = np.ascontiguousarray(pixels, dtype=np.float32)
-        size, patch = self.cfg.vision.image_size, self.cfg.vision.patch_size
+        size, patch = self.cfg.vision.image_size, self.cfg.vision.stride
         if self.meta.get("dynamic_size"):
             if x.ndim != 4 or x.shape[1] != 3 or min(x.shape[2:]) < 2 * patch:
                 raise UserError(f"pixels must be (B, 3, H, W) with H, W >= {2 * patch}, got {tuple(x.shape)}")

@@ -182,6 +182,10 @@ def build_model(cfg: TrainConfig) -> DualEncoder:
 
 
 def _prepare(model: DualEncoder, cfg: TrainConfig) -> list[torch.nn.Parameter]:
+    if getattr(model.cfg.vision, "folded", False):
+        raise TrainingError(f"{model.cfg.name}'s vision tower is reparameterized (its branches folded into single "
+                            "convolutions, for inference); train the unfolded form, the model as it was before "
+                            "reparameterize() or export")
     model.visual.set_patch_dropout(cfg.model.patch_dropout)
     model.set_dropout(cfg.model.dropout)
     model.set_drop_path(cfg.model.drop_path)

@@ -9,7 +9,7 @@ from __future__ import annotations
 from dataclasses import replace
 
 from ...archs import REGISTRY, TIMM_NAMES
-from ...config import ModelConfig
+from ...config import FastViTConfig, ModelConfig
 from ..files import Probe
 from ..registry import ReadOnlyFormat, register
 from ..remap import ConversionError
@@ -25,6 +25,12 @@ def _apply_model_args(v, args: dict, name: str):
         raise ConversionError(f"{name}: model_args in_chans must be 3")
     args.pop("num_classes", None)  # config.json's num_classes decides the projection
     pool = args.pop("global_pool", None)
+    if isinstance(v, FastViTConfig):  # timm's fastvit_mci*: built as named (folded with inference_mode=True)
+        folded = bool(args.pop("inference_mode", False))
+        if pool not in (None, "avg") or args:
+            raise ConversionError(f"{name}: model_args dualtower does not build for a FastViT: "
+                                  f"{sorted(args) or [f'global_pool={pool!r}']}")
+        return replace(v, folded=folded)
     if pool is not None and _POOLS.get(pool) != v.pool:
         raise ConversionError(f"{name}: model_args global_pool {pool!r} is not this tower's pooling ({v.pool})")
     size = args.pop("img_size", v.image_size)
