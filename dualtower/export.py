@@ -41,6 +41,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from . import io
+from .checkpoint import weights_sha256
 from .config import FastViTConfig
 from .errors import UserError, require
 from .export_format import FORMAT_NAME, PRECISIONS, VERSION, _inside, read_config
@@ -114,6 +115,7 @@ def export(model, out: "str | os.PathLike", format: str = "onnx", precision: str
     # patch dropout) are identities; every family built here exports exactly (tests/test_export.py).
     model = copy.deepcopy(model).float().eval().cpu()
     model.set_grad_checkpointing(False)
+    digest = weights_sha256(model)  # the model's identity is its weights as given: folding computes the same
     if reparameterize:
         model.reparameterize()
     out = Path(out)
@@ -150,7 +152,7 @@ def export(model, out: "str | os.PathLike", format: str = "onnx", precision: str
                     aoti_compile_and_package(program, package_path=str(package))
                     files[package.name] = package.stat().st_size
             files[path.name] = path.stat().st_size
-        _write_side_files(model, tmp, out.name, format, precision, normalize, opset, graphs, aot)
+        _write_side_files(model, tmp, out.name, format, precision, normalize, opset, graphs, aot, digest)
     report = ExportReport(out, files, time.monotonic() - started)
     return report
 
@@ -361,10 +363,8 @@ def _lower(path: Path, precision: str) -> None:
 
 
 def _write_side_files(model, directory: Path, name: str, format: str, precision: str, normalize: bool, opset: int,
-                      graphs: dict, aot: bool = False) -> None:
+                      graphs: dict, aot: bool = False, digest: str = "") -> None:
     from importlib import resources
-
-    from .checkpoint import weights_sha256
 
     cfg = model.cfg
     dynamic = "image" in graphs and graphs["image"][0].dynamic_size
@@ -380,7 +380,7 @@ def _write_side_files(model, directory: Path, name: str, format: str, precision:
         "logit_bias": float(model.logit_bias.detach()) if model.logit_bias is not None else None,
         "model": cfg.to_dict(),
         # the exported weights' identity, as a search index records it (of the fp32 weights, before lowering)
-        "weights_sha256": weights_sha256(model),
+        "weights_sha256": digest,
     })
     if cfg.text is not None:
         if cfg.tokenizer == "clip-bpe":  # OpenAI's vocabulary (MIT), for clients in other languages

@@ -85,6 +85,15 @@ def refs(tmp_path_factory):
     open_clip_save(pe.eval(), _NoTokenizer(), open_clip.get_model_config("PE-Core-T-16-384"), str(root / "pe-core"))
     made["timm-like/PE-Core-T-16-384"] = ("open_clip", pe)
 
+    # MobileCLIP 2 as timm/MobileCLIP2-*-OpenCLIP ships it: a FastViT trunk, pixels in [0, 1], bilinear.
+    from .test_mobileclip import perturb_bn
+
+    torch.manual_seed(0)
+    mc = perturb_bn(open_clip.create_model("MobileCLIP2-S0", force_preprocess_cfg={
+        "mean": (0.0,) * 3, "std": (1.0,) * 3, "interpolation": "bilinear", "resize_mode": "shortest"}))
+    open_clip_save(mc.eval(), _NoTokenizer(), open_clip.get_model_config("MobileCLIP2-S0"), str(root / "mobileclip"))
+    made["timm-like/MobileCLIP2-S0-OpenCLIP"] = ("open_clip", mc)
+
     # MetaCLIP 2 as open_clip's repos ship it: the config names its tokenizer repo, which holds the files.
     from .multilingual import make_xlmr_like
 
@@ -103,12 +112,13 @@ def refs(tmp_path_factory):
 
     for repo, name, args in [
         ("timm-like/pe-spatial-tiny", "vit_pe_spatial_tiny_patch16_512", dict(depth=2)),
+        ("timm-like/fastvit-mci0", "fastvit_mci0", dict(num_classes=512)),
         ("timm-like/vit-clip-tiny", "vit_base_patch16_clip_224",
          dict(embed_dim=64, depth=2, num_heads=4, img_size=32, num_classes=48)),
         ("timm-like/eva02-tiny", "eva02_base_patch16_clip_224",
          dict(embed_dim=64, depth=2, num_heads=4, img_size=64, num_classes=32))]:
         torch.manual_seed(0)
-        model = perturb(timm.create_model(name, pretrained=False, **args)).eval()
+        model = perturb_bn(timm.create_model(name, pretrained=False, **args)).eval()
         if "clip_224" in name and "eva" not in name:
             with torch.no_grad():
                 model.head.bias.zero_()  # timm's CLIP ViTs: the projection with a zero bias
@@ -142,7 +152,8 @@ def refs(tmp_path_factory):
             "timm-like/vit-clip-tiny": "timm-like/vit-clip-tiny", "timm-like/eva02-tiny": "timm-like/eva02-tiny",
             "acme/ours-tiny": "ours", "OpenGVLab-like/internvit-tiny": "internvit",
             "timm-like/PE-Core-T-16-384": "pe-core", "timm-like/pe-spatial-tiny": "timm-like/pe-spatial-tiny",
-            "timm-like/worldwide-tiny": "worldwide", "facebook-like/xlm-v-tiny": "xlmv"}
+            "timm-like/worldwide-tiny": "worldwide", "facebook-like/xlm-v-tiny": "xlmv",
+            "timm-like/MobileCLIP2-S0-OpenCLIP": "mobileclip", "timm-like/fastvit-mci0": "timm-like/fastvit-mci0"}
     return root, made, dirs
 
 
@@ -244,6 +255,9 @@ def test_every_layout_loads_from_the_hub_and_matches_its_reference(refs, hub, tm
     pe = dualtower.load(specs["hf-hub:timm-like/PE-Core-T-16-384"]).cfg
     assert (pe.vision.rope_indexing, pe.preprocess.resize_mode, pe.text.context_length) == ("xy", "squash", 32)
     assert dualtower.load(specs["hf-hub:timm-like/pe-spatial-tiny"]).cfg.vision.depth == 2
+    mc = dualtower.load(specs["hf-hub:timm-like/MobileCLIP2-S0-OpenCLIP"]).cfg
+    assert (mc.vision.kind, mc.preprocess.mean, mc.preprocess.interpolation) == ("fastvit", (0.0,) * 3, "bilinear")
+    assert dualtower.load(specs["hf-hub:timm-like/fastvit-mci0"]).cfg.vision.dims == (64, 128, 256, 512)
 
     # Offline, the Hub gone: the cache serves what was fetched; anything else is a clear error.
     hub.stop()

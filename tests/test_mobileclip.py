@@ -229,3 +229,83 @@ def test_onnx_runtime_equals_pytorch(name, tmp_path):
         int8 = donnx.load(tmp_path / "int8").embed_pixels(pixels.numpy())
         assert float((int8 * ref_img).sum(axis=1).min()) >= 0.99
         assert (tmp_path / "int8" / "image.onnx").stat().st_size < (tmp_path / "fp32" / "image.onnx").stat().st_size / 2
+
+
+def test_search_with_a_conv_tower_on_both_runtimes(tmp_path, capsys):
+    """index, search by text and by image through the CLI, the Python API and HTTP, with a FastViT model (random
+    weights: the answers must agree, and an image must find itself); then the index's model exported folded to
+    ONNX (its identity is the unfolded weights') answers the same, and `index --runtime onnx` builds the same
+    vectors."""
+    from dualtower import onnx as donnx
+    from dualtower.cli import main
+    from dualtower.export import export
+    from dualtower.search import SearchIndex, Store
+
+    from .test_search import _Server
+
+    photos = tmp_path / "photos"
+    for i, (name, image) in enumerate(_real_photos()):
+        (photos / ("a" if i % 2 else "b")).mkdir(parents=True, exist_ok=True)
+        image.save(photos / ("a" if i % 2 else "b") / f"{name}.png")
+    model = _discriminative("tiny-fastvit", [im for _, im in _real_photos()])
+    dualtower.save(model, tmp_path / "model")
+    out = tmp_path / "index"
+    assert main(["index", str(photos), "--model", str(tmp_path / "model"), "--out", str(out), "--workers", "0"]) == 0
+    assert "accepted" in capsys.readouterr().out
+    index = SearchIndex(out)
+    server = _Server(index)
+    try:
+        api = [h.key for h in index.search_text("a photo of a cat", 5)]
+        assert main(["search", str(out), "a photo of a cat", "-k", "5", "--json"]) == 0
+        assert [h["key"] for h in json.loads(capsys.readouterr().out)] == api
+        status, reply = server.search({"text": "a photo of a cat", "k": 5})
+        assert status == 200 and [r["key"] for r in reply["results"]] == api
+        path = sorted((photos / "a").iterdir())[0]
+        hits = index.search_image(dualtower.images.open_image(path), 3)
+        assert hits[0].path == str(path) and hits[0].score == pytest.approx(1, abs=2e-3)
+        status, reply = server.upload(path.name, path.read_bytes(), k=3)
+        assert status == 200 and [r["key"] for r in reply["results"]] == [h.key for h in hits]
+    finally:
+        server.stop()
+    export(model, tmp_path / "onnx")
+    onnx_index = SearchIndex(out, model=donnx.load(tmp_path / "onnx"))
+    assert [h.key for h in onnx_index.search_text("a photo of a cat", 5)] == api
+    assert main(["index", str(photos), "--out", str(tmp_path / "index-onnx"), "--runtime", "onnx", "--model",
+                 str(tmp_path / "onnx"), "--workers", "2"]) == 0
+    a, b = Store(out), Store(tmp_path / "index-onnx")
+    assert a.model["weights_sha256"] == b.model["weights_sha256"]
+    assert np.abs(a.vectors().astype(np.float32)[np.argsort(a.live_rows()[1])] -
+                  b.vectors().astype(np.float32)[np.argsort(b.live_rows()[1])]).max() < 2e-3
+    for x in (a, b, index, onnx_index):
+        x.close()
+
+
+def _discriminative(name: str, images) -> "dualtower.DualEncoder":
+    """A random FastViT tells images apart once its BatchNorm statistics are those of real images and its layer
+    scales are not 1e-5 (at init every photo embeds to nearly the same vector)."""
+    from dualtower.images import eval_transform
+
+    model = dualtower.create_model(name, seed=0)
+    transform = eval_transform(model.cfg.preprocess)
+    with torch.no_grad():
+        for m in model.visual.modules():
+            if isinstance(m, fastvit.LayerScale2d):
+                m.gamma.fill_(0.5)
+            elif isinstance(m, torch.nn.BatchNorm2d):
+                m.momentum = None  # a plain average over the batches seen
+        model.train().encode_image(torch.stack([transform(im) for im in images]))
+    return model.eval()
+
+
+def _real_photos():
+    """skimage's bundled colour photos, at most 256 px a side."""
+    import skimage.data
+
+    out = []
+    for name in ("astronaut", "coffee", "chelsea", "rocket", "hubble_deep_field", "immunohistochemistry"):
+        from PIL import Image
+
+        image = Image.fromarray(getattr(skimage.data, name)())
+        image.thumbnail((256, 256))
+        out.append((name, image))
+    return out

@@ -395,4 +395,11 @@ class Store:
 
 
 def _unnamed(config):
-    return {k: v for k, v in config.items() if k != "name"} if isinstance(config, dict) else config
+    """A config as model identity: without its name, and a convolutional tower folded or not (reparameterizing
+    changes the operations, not the function; the weights digest is the unfolded model's)."""
+    if not isinstance(config, dict):
+        return config
+    out = {k: v for k, v in config.items() if k != "name"}
+    if isinstance(out.get("vision"), dict) and "folded" in out["vision"]:
+        out["vision"] = {k: v for k, v in out["vision"].items() if k != "folded"}
+    return out

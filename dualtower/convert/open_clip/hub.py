@@ -128,7 +128,8 @@ def _timm_trunk_config(model_cfg: dict, name: str) -> ModelConfig:
                and REGISTRY[a].text.context_length == t.get("context_length", 77)
                and REGISTRY[a].text.width == t.get("width", 512) and REGISTRY[a].text.depth == t.get("layers", 12)
                and REGISTRY[a].text.vocab_size == t.get("vocab_size", CLIP_VOCAB_SIZE)]
-    if len(matches) != 1:
+    matches = [a for a in matches if REGISTRY[a].text.causal == (not t.get("no_causal_mask", False))]
+    if len({REGISTRY[a].replace(name="") for a in matches}) > 1 or not matches:  # one architecture, maybe two names
         raise ConversionError(f"{name}: no single architecture has the timm trunk {trunk!r} with this text tower "
                               f"(candidates: {matches or 'none'})")
     # open_clip's HFTokenizer cleans text by tokenizer_kwargs.clean, "whitespace" when unset (SigLIP 2's configs
