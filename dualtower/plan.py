@@ -17,7 +17,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from .archs import config_of
-from .config import ModelConfig
+from .config import FastViTConfig, ModelConfig
 from .errors import UserError
 
 GB = 1024 ** 3
@@ -82,6 +82,9 @@ def activation_bytes_per_sample(cfg: ModelConfig, act_bytes: int, grad_checkpoin
     for c, tokens in ((cfg.vision, _vision_tokens(cfg)), (cfg.text, cfg.text and cfg.text.context_length)):
         if c is None:
             continue
+        if isinstance(c, FastViTConfig):
+            total += _conv_activation_bytes(cfg, act_bytes, grad_checkpointing)
+            continue
         block = tokens * (8 * c.width + 2 * c.mlp_dim) * act_bytes
         edges = 2 * tokens * c.width * act_bytes  # embeddings in, final norm out
         if grad_checkpointing:  # each block's input kept, one block's activations alive while it is recomputed
@@ -91,8 +94,45 @@ def activation_bytes_per_sample(cfg: ModelConfig, act_bytes: int, grad_checkpoin
     return total
 
 
+def _conv_activation_bytes(cfg: ModelConfig, act_bytes: int, grad_checkpointing: bool) -> float:
+    """A convolutional tower's activations are not the transformer formula's: they are counted as autograd saves
+    them, one sample through the tower built on the meta device (no memory, no compute), in training mode.
+    With checkpointing: each stage's input, plus the largest stage's activations while it is recomputed."""
+    import torch
+
+    from .model import DualEncoder
+
+    with torch.device("meta"):
+        tower = DualEncoder(cfg.replace(text=None)).visual.train()
+        pixels = torch.zeros(1, 3, cfg.vision.image_size, cfg.vision.image_size)
+    per_stage, current = {}, ["edges"]
+
+    def pack(t):
+        if not isinstance(t, torch.nn.Parameter):
+            per_stage[current[0]] = per_stage.get(current[0], 0) + t.numel() * act_bytes
+        return t
+
+    hooks = [stage.register_forward_pre_hook(lambda m, args, i=i: current.__setitem__(0, i))
+             for i, stage in enumerate(tower.stages)]
+    inputs = []
+    hooks += [stage.register_forward_pre_hook(lambda m, args: inputs.append(args[0].numel() * act_bytes))
+              for stage in tower.stages]
+    try:
+        with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+            tower(pixels)
+    finally:
+        for h in hooks:
+            h.remove()
+    stages = [v for k, v in per_stage.items() if k != "edges"]
+    if grad_checkpointing:
+        return per_stage.get("edges", 0) + sum(inputs) + max(stages)
+    return float(sum(per_stage.values()))
+
+
 def _vision_tokens(cfg: ModelConfig) -> int:
     v = cfg.vision
+    if isinstance(v, FastViTConfig):
+        return 0
     if v.naflex:
         return cfg.preprocess.max_patches
     return (1 if v.class_token else 0) + v.grid * v.grid
