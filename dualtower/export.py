@@ -273,7 +273,7 @@ def _to_onnx(graph, example, input_name: str, output_name: str, path: Path, opse
     program.save(str(path))  # one file: the weights inside (towers up to 2 GB)
 
 
-def _calibration_pixels(cfg, calibration) -> "np.ndarray":
+def _calibration_pixels(cfg, calibration):
     """(N, 3, S, S) float32: the calibration images through the model's eval preprocessing. By default
     scikit-learn's two sample photos (a temple, a flower), each as the whole photo and eight crops."""
     import numpy as np

@@ -103,7 +103,7 @@ class DualEncoder(nn.Module):
         """Fold a convolutional tower's training-time branches into single convolutions, in place, for inference:
         the same outputs (within float rounding), fewer operations. The config records it (`folded`), so a saved
         folded model loads folded; it no longer trains. A ViT has nothing to fold and is left as it is."""
-        if self.visual is not None and hasattr(self.visual, "reparameterize"):
+        if isinstance(self.cfg.vision, FastViTConfig):
             self.visual.reparameterize()
             self.cfg = self.cfg.replace(vision=self.visual.cfg)
         return self

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 import torch
 
+from ..config import FastViTConfig
 from ..errors import UserError
 from ..images import eval_transform
 from .base import Embedder
@@ -89,7 +92,13 @@ def at_precision(model, precision: str):
 
 
 def open(spec: str, options) -> TorchEmbedder:  # noqa: A001 (the runtimes' factory calls it by this name)
-    return TorchEmbedder(load_model(spec, options), precision=options.precision)
+    """The model of `spec`, loaded for inference: a convolutional tower is folded (`reparameterize`: the same
+    outputs, fewer operations), keeping the digest of the weights as loaded."""
+    model = load_model(spec, options)
+    if isinstance(model.cfg.vision, FastViTConfig) and not model.cfg.vision.folded:
+        model.origin = dataclasses.replace(model.origin, weights_sha256=model.origin.weights_sha256 or _digest(model))
+        model.reparameterize()
+    return TorchEmbedder(model, precision=options.precision)
 
 
 def device_of(name: str = "auto") -> torch.device:

@@ -1,0 +1,172 @@
+"""MobileCLIP on a CPU, in one run: image towers (open_clip's MobileCLIP2-S0 fp32 as the baseline; ours on PyTorch
+and ONNX Runtime, fp32 and int8), indexing real photos end to end with `dualtower index` (decode, preprocess,
+embed, store) with MobileCLIP2-S0 and -S2 beside ViT-B-32, the share of each stage, and a text query's latency.
+
+    .venv/bin/python benchmarks/mobileclip.py [--seconds 6] [--photos 96]
+
+Random weights (none can be downloaded here): speed does not depend on them; int8's cosine to fp32 does a
+little. The photos are skimage's bundled ones, re-encoded as JPEG at several sizes (real decode work).
+"""
+
+from __future__ import annotations
+
+import argparse
+import platform
+import statistics
+import subprocess
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+
+def cpu_name() -> str:
+    try:
+        out = subprocess.run(["lscpu"], capture_output=True, text=True).stdout
+        model = next(line.split(":", 1)[1].strip() for line in out.splitlines() if line.startswith("Model name"))
+        flags = next(line for line in out.splitlines() if line.startswith("Flags"))
+        isa = [f for f in ("avx2", "avx512f", "avx512_vnni", "avx512_bf16", "amx_tile") if f" {f}" in flags]
+        return f"{model} ({', '.join(isa)}), {torch.get_num_threads()} threads"
+    except (OSError, StopIteration):
+        return platform.processor()
+
+
+def photos(root: Path, n: int) -> Path:
+    import skimage.data
+    from PIL import Image
+
+    names = [n for n in ("astronaut", "coffee", "chelsea", "rocket", "hubble_deep_field", "immunohistochemistry",
+                         "camera", "cat", "retina", "colorwheel", "logo", "page", "moon", "horse", "text")
+             if hasattr(skimage.data, n)]
+    folder = root / "photos"
+    folder.mkdir()
+    for i in range(n):
+        name = names[i % len(names)]
+        image = Image.fromarray(getattr(skimage.data, name)()).convert("RGB")
+        side = (640, 512, 800, 400)[i % 4]
+        image.thumbnail((side, side))
+        image.save(folder / f"{i:04d}-{name}.jpg", quality=90)
+    return folder
+
+
+def rate(fn, images: int, seconds: float) -> float:
+    fn()
+    start, n = time.perf_counter(), 0
+    while time.perf_counter() - start < seconds:
+        fn()
+        n += 1
+    return n * images / (time.perf_counter() - start)
+
+
+def cosine(a: np.ndarray, b: np.ndarray) -> float:
+    a, b = a / np.linalg.norm(a, axis=1, keepdims=True), b / np.linalg.norm(b, axis=1, keepdims=True)
+    return float((a * b).sum(axis=1).min())
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--seconds", type=float, default=6.0)
+    p.add_argument("--photos", type=int, default=96)
+    p.add_argument("--batch", type=int, default=16)
+    args = p.parse_args()
+    import open_clip
+
+    import dualtower
+    from dualtower import onnx as donnx
+    from dualtower.export import export
+    from dualtower.search import build_index
+
+    torch.set_num_threads(torch.get_num_threads())
+    print(f"machine: {cpu_name()}; torch {torch.__version__}")
+    tmp = Path(tempfile.mkdtemp())
+    folder = photos(tmp, args.photos)
+
+    # 1. Image towers, batch of real photos preprocessed as each model wants
+    from PIL import Image
+
+    rows = []
+    files = sorted(folder.iterdir())[: args.batch]
+    ref = open_clip.create_model("MobileCLIP2-S0").eval()
+    model = dualtower.create_model("MobileCLIP2-S0", seed=0)
+    transform = dualtower.images.eval_transform(model.cfg.preprocess)
+    pixels = torch.stack([transform(Image.open(f)) for f in files])
+    with torch.no_grad():
+        base = rate(lambda: ref.encode_image(pixels), len(files), args.seconds)
+        folded = dualtower.create_model("MobileCLIP2-S0", seed=0).reparameterize()
+        fp32_out = folded.encode_image(pixels).numpy()
+        rows.append(("open_clip MobileCLIP2-S0, PyTorch fp32", base, 1.0))
+        unfolded = rate(lambda: model.encode_image(pixels), len(files), args.seconds)
+        rows.append(("ours, PyTorch fp32, unfolded", unfolded, 1.0))
+        rows.append(("ours, PyTorch fp32, folded", rate(lambda: folded.encode_image(pixels), len(files),
+                                                        args.seconds), 1.0))
+    for precision in ("fp32", "int8"):
+        export(model, tmp / f"s0-{precision}", precision=precision)
+        rt = donnx.load(tmp / f"s0-{precision}")
+        x = pixels.numpy()
+        out = rt.encode_image(x)
+        rows.append((f"ours, ONNX Runtime {precision} (folded)", rate(lambda: rt.encode_image(x), len(files),
+                                                                      args.seconds), cosine(out, fp32_out)))
+    print(f"\n## MobileCLIP2-S0 image tower, batch {len(files)} photos at 256 px\n")
+    print("| tower | images/s | vs open_clip fp32 | cosine to fp32 |\n|---|---|---|---|")
+    for name, ips, cos in rows:
+        print(f"| {name} | {ips:.1f} | {ips / base:.2f}x | {cos:.5f} |")
+
+    # 2. A text query's latency (one text, as the search service embeds it)
+    rt = donnx.load(tmp / "s0-fp32")
+    embedder = dualtower.runtimes.as_embedder(folded)
+    print("\n## A text query's embedding, MobileCLIP2-S0 (one text)\n")
+    print("| runtime | p50 ms | p99 ms |\n|---|---|---|")
+    for name, fn in (("PyTorch fp32", lambda: embedder.embed_texts(["a photo of a dog on a beach"])),
+                     ("ONNX Runtime fp32", lambda: rt.embed_texts(["a photo of a dog on a beach"]))):
+        fn()
+        times = []
+        for _ in range(200):
+            t = time.perf_counter()
+            fn()
+            times.append((time.perf_counter() - t) * 1000)
+        times.sort()
+        print(f"| {name} | {statistics.median(times):.2f} | {times[int(0.99 * len(times)) - 1]:.2f} |")
+
+    # 3. dualtower index end to end, and the share of each stage
+    print(f"\n## `dualtower index` of {args.photos} JPEG photos (400-800 px), end to end\n")
+    print("| model | runtime | images/s | vs ViT-B-32 fp32 | decode | preprocess | model |")
+    print("|---|---|---|---|---|---|---|")
+    configs = [("ViT-B-32", "torch", "fp32"), ("MobileCLIP2-S0", "torch", "fp32"), ("MobileCLIP2-S0", "onnx", "fp32"),
+               ("MobileCLIP2-S0", "onnx", "int8"), ("MobileCLIP2-S2", "torch", "fp32"),
+               ("MobileCLIP2-S2", "onnx", "fp32"), ("MobileCLIP2-S2", "onnx", "int8")]
+    vit = None
+    images = [Image.open(f) for f in sorted(folder.iterdir())]
+    for name, runtime, precision in configs:
+        m = dualtower.create_model(name, seed=0)
+        if runtime == "onnx":
+            export(m, tmp / f"{name}-{precision}", precision=precision)
+            emb = donnx.load(tmp / f"{name}-{precision}")
+        else:
+            if name != "ViT-B-32":
+                m.reparameterize()
+            emb = dualtower.runtimes.as_embedder(m)
+        out = tmp / f"index-{name}-{runtime}-{precision}"
+        start = time.perf_counter()
+        build_index(str(folder), emb, out, workers=2, batch_size=32)
+        ips = args.photos / (time.perf_counter() - start)
+        vit = vit or ips
+        # the stages alone, on the same files: decode (Pillow, full), preprocess (resize, crop, normalise), model
+        t = time.perf_counter()
+        decoded = [Image.open(f).convert("RGB") for f in sorted(folder.iterdir())]
+        decode = time.perf_counter() - t
+        t = time.perf_counter()
+        batch = emb.collate([emb.transform(im) for im in decoded])
+        prep = time.perf_counter() - t
+        t = time.perf_counter()
+        emb.embed_pixels(batch)
+        model_s = time.perf_counter() - t
+        total = decode + prep + model_s
+        print(f"| {name} | {runtime} {precision} | {ips:.1f} | {ips / vit:.2f}x | {decode / total:.0%} | "
+              f"{prep / total:.0%} | {model_s / total:.0%} |")
+    del images
+
+
+if __name__ == "__main__":
+    main()
