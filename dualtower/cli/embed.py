@@ -217,8 +217,8 @@ def add_export(sub) -> None:
     p.add_argument("--normalize", action="store_true", help="L2-normalise the embeddings inside the graphs")
     p.add_argument("--opset", type=count(7, 30), help="the ONNX opset (default 18; 20 for a convolutional tower)")
     p.add_argument("--calibration", metavar="PATH", nargs="+",
-                   help="int8 of a convolutional tower (MobileCLIP S0-S4): images or folders of images its activation "
-                        "ranges are calibrated on (default: scikit-learn's sample photos)")
+                   help="int8 of a convolutional tower (MobileCLIP S0-S4): images or folders of images its "
+                        "activation ranges are calibrated on (default: scikit-learn's sample photos)")
     p.add_argument("--dynamic-size", action="store_true",
                    help="image graph for any height and width (positional embeddings resized in the graph)")
     p.add_argument("--aot", action="store_true", help="torch-export: also compile AOTInductor packages "

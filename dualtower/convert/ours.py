@@ -15,6 +15,7 @@ class Ours(Format):
     summary = "a dualtower checkpoint directory (config.json with format 'dualtower', model.safetensors)"
     holds_naflex = True
     holds_hf_text = True
+    holds_conv = True
 
     def detect(self, probe: Probe) -> bool:
         return probe.is_directory and probe.config.get("format") == checkpoint.FORMAT

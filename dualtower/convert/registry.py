@@ -19,7 +19,7 @@ import torch
 
 from ..archs import get_config
 from ..checkpoint import CheckpointError, state_of
-from ..config import HFTextConfig, ModelConfig
+from ..config import FastViTConfig, HFTextConfig, ModelConfig
 from ..errors import UserError
 from .files import Probe, write_model_directory, write_state_file
 from .remap import ConversionError
@@ -31,6 +31,7 @@ class Format:
     vision_only: bool = False  # holds a vision tower and no text tower, whatever the architecture has
     holds_naflex: bool = False  # can hold a NaFlex vision tower
     holds_hf_text: bool = False  # can hold a transformers text encoder (multilingual CLIP)
+    holds_conv: bool = False  # can hold convolutional vision parts (MobileCLIP's FastViT tower, B's conv stem)
 
     def detect(self, probe: Probe) -> bool:
         raise NotImplementedError
@@ -65,6 +66,9 @@ class Format:
         if cfg.vision is not None and cfg.vision.naflex and not self.holds_naflex:
             return (f"a NaFlex vision tower (SigLIP 2) is written as hf-siglip2 or dualtower; {self.name} has no "
                     "place for its patch-sequence input")
+        if _conv_parts(cfg) and not self.holds_conv:
+            return (f"{_conv_parts(cfg)} is written as open_clip, timm or dualtower; {self.name} has no place for "
+                    "it")
         if isinstance(cfg.text, HFTextConfig) and not self.holds_hf_text:
             return (f"a transformers text encoder ({cfg.text.model_type}) is written as open_clip or dualtower; "
                     f"{self.name} has no place for it")
@@ -72,6 +76,13 @@ class Format:
 
     def write(self, model, dst: Path) -> None:
         write_state_file(self.from_ours(state_of(model), model.cfg), dst)
+
+
+def _conv_parts(cfg: ModelConfig) -> str:
+    v = cfg.vision
+    if isinstance(v, FastViTConfig):
+        return "a convolutional vision tower (FastViT: MobileCLIP S0-S4)"
+    return "MobileCLIP-B's convolutional stem" if v is not None and v.stem != "patch" else ""
 
 
 class ReadOnlyFormat(Format):

@@ -19,6 +19,7 @@ class OpenClip(Format):
 
     name = "open_clip"
     holds_hf_text = True
+    holds_conv = True
     summary = ("an open_clip or OpenAI CLIP state dict (visual.conv1 / visual.trunk; CLIP or CustomTextCLIP), "
                "architecture named by arch=")
 

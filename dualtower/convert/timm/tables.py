@@ -161,6 +161,7 @@ class Timm(Format):
     summary = ("a bare timm VisionTransformer, Eva or FastViT state dict (patch_embed, blocks.N; stem, stages.N), "
                "architecture by arch=")
     vision_only = True
+    holds_conv = True
 
     def detect(self, probe) -> bool:
         keys = probe.keys
