@@ -166,6 +166,7 @@ def add_features(sub) -> None:
 
 
 def _cmd_export(args) -> int:
+    from ..data.files import image_paths
     from ..export import export
 
     if args.model_option:  # `export --model CKPT OUT`: the one positional is OUT
@@ -177,29 +178,10 @@ def _cmd_export(args) -> int:
     model = torch_model(args)
     report = export(model, args.out, format=args.format, precision=args.lowering, normalize=args.normalize,
                     opset=args.opset, dynamic_size=args.dynamic_size, aot=args.aot,
-                    reparameterize=args.reparameterize, calibration=_calibration_files(args.calibration))
+                    reparameterize=args.reparameterize,
+                    calibration=image_paths(args.calibration)[:256] if args.calibration else None)
     print(f"wrote {report.summary()}")
     return 0
-
-
-def _calibration_files(paths: list[str] | None) -> list | None:
-    from pathlib import Path
-
-    from ..data.files import IMAGE_SUFFIXES
-
-    if not paths:
-        return None
-    files = []
-    for p in map(Path, paths):
-        if p.is_dir():
-            files += sorted(f for f in p.rglob("*") if f.suffix.lower() in IMAGE_SUFFIXES)
-        elif p.is_file():
-            files.append(p)
-        else:
-            raise UserError(f"--calibration {p}: no such file or folder")
-    if not files:
-        raise UserError(f"--calibration {' '.join(paths)}: no images found")
-    return files[:256]
 
 
 def add_export(sub) -> None:

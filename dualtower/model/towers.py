@@ -82,6 +82,16 @@ class MeanQueryPool(nn.Module):
         return F.scaled_dot_product_attention(q, k, v).reshape(B, D)
 
 
+def state_indices(layers: tuple[int, ...], count: int, what: str, hint: str = "") -> list[int]:
+    """Indices 0..count of the states a tower's `features` returns (0 its input, i the output of unit i,
+    negative from the end); any other is refused, naming `what` the states are."""
+    wanted = [layer + count + 1 if layer < 0 else layer for layer in layers]
+    bad = [layer for layer, w in zip(layers, wanted) if not 0 <= w <= count]
+    if bad:
+        raise UserError(f"layers {bad} are outside this tower's {what} 0..{count} (or -{count + 1}..-1){hint}")
+    return wanted
+
+
 def _norm_or_identity(on: bool, cfg) -> nn.Module:
     return make_norm(cfg.norm, cfg.width, cfg.norm_eps) if on else nn.Identity()
 
@@ -301,11 +311,7 @@ class VisionTower(nn.Module):
         output of block i, negative from the end (-1 the last block, -2 the one before, LLaVA's choice).
         `final_norm` applies the tower's final norm to every token; `keep_cls=False` drops the class token.
         """
-        depth = len(self.transformer.blocks)
-        wanted = [layer + depth + 1 if layer < 0 else layer for layer in layers]
-        bad = [layer for layer, w in zip(layers, wanted) if not 0 <= w <= depth]
-        if bad:
-            raise UserError(f"layers {bad} are outside this tower's hidden states 0..{depth} (or -{depth + 1}..-1)")
+        wanted = state_indices(layers, len(self.transformer.blocks), "hidden states")
         x, rope, mask = self._tokens(pixels, interpolate_pos)
         keys = None if mask is None else mask[:, None, None, :]
         states = [x]
