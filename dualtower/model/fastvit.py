@@ -21,7 +21,7 @@ from torch import nn
 
 from ..config import FastViTConfig
 from ..errors import UserError
-from .reparam import FOLDABLE, ConditionalPosEnc, ConvBN, LargeKernel, LayerScale2d, MobileOne, RepMixer
+from .reparam import ConditionalPosEnc, ConvBN, Foldable, LargeKernel, LayerScale2d, MobileOne, RepMixer
 from .towers import state_indices
 
 
@@ -183,7 +183,7 @@ class FastViTTower(nn.Module):
         self.eval()
         with torch.no_grad():
             for m in list(self.modules()):
-                if isinstance(m, FOLDABLE):
+                if isinstance(m, Foldable):
                     m.reparameterize()
         from dataclasses import replace
 

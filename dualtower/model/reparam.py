@@ -69,39 +69,69 @@ def _conv(cin: int, cout: int, kernel: int, stride: int = 1, groups: int = 1) ->
     return nn.Conv2d(cin, cout, kernel, stride, kernel // 2, groups=groups)
 
 
-def _folded_conv(cin: int, cout: int, kernel: int, stride: int, groups: int,
-                 weight: torch.Tensor, bias: torch.Tensor) -> nn.Conv2d:
-    conv = _conv(cin, cout, kernel, stride, groups).to(weight.device, weight.dtype)
-    with torch.no_grad():
-        conv.weight.copy_(weight)
-        conv.bias.copy_(bias)
-    return conv
+class Foldable(nn.Module):
+    """A block that trains as `branches` and runs folded as one convolution, `reparam_conv` (None until then),
+    each followed by `after`. A subclass names its training-time modules in BRANCHES and gives the one kernel
+    and bias they sum to (`fold_branches`)."""
+
+    BRANCHES: tuple[str, ...] = ()
+
+    def _shape(self, cin: int, cout: int, kernel: int, stride: int, groups: int, folded: bool) -> bool:
+        """Records the folded convolution's shape, builds it when `folded`; True when it did."""
+        self.cin, self.cout, self.kernel, self.stride, self.groups = cin, cout, kernel, stride, groups
+        self.reparam_conv = _conv(cin, cout, kernel, stride, groups) if folded else None
+        return folded
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.after(self.reparam_conv(x) if self.reparam_conv is not None else self.branches(x))
+
+    def after(self, x: torch.Tensor) -> torch.Tensor:
+        return x
+
+    def branches(self, x: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
+    def fold_branches(self) -> tuple[torch.Tensor, torch.Tensor]:
+        raise NotImplementedError
+
+    def fold(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """(weight, bias) of the one convolution this block's branches are (in eval mode)."""
+        if self.reparam_conv is not None:
+            return self.reparam_conv.weight, self.reparam_conv.bias
+        return self.fold_branches()
+
+    def reparameterize(self) -> None:
+        if self.reparam_conv is None:
+            weight, bias = self.fold_branches()
+            conv = _conv(self.cin, self.cout, self.kernel, self.stride, self.groups).to(weight.device, weight.dtype)
+            with torch.no_grad():
+                conv.weight.copy_(weight)
+                conv.bias.copy_(bias)
+            self.reparam_conv = conv
+            for name in self.BRANCHES:
+                delattr(self, name)
 
 
-class MobileOne(nn.Module):
+class MobileOne(Foldable):
     """MobileOne's block (Vasu et al. 2023, arXiv:2206.04040): `branches` kxk ConvBN, a 1x1 ConvBN (`scale`,
     for k > 1) and a BatchNorm on the input itself (`identity`, when the shape is kept), summed, then
-    squeeze-excite and the activation. Folded: one kxk convolution with a bias (`reparam_conv`)."""
+    squeeze-excite and the activation."""
+
+    BRANCHES = ("identity", "conv_kxk", "conv_scale")
 
     def __init__(self, cin: int, cout: int, kernel: int, stride: int = 1, depthwise: bool = False,
                  se: bool = False, act: bool = True, scale: bool = True, branches: int = 1, folded: bool = False):
         super().__init__()
-        self.cin, self.cout, self.kernel, self.stride = cin, cout, kernel, stride
-        self.groups = cin if depthwise else 1
         self.se = SqueezeExcite(cout, 1 / 16, 1) if se else nn.Identity()
         self.act = nn.GELU() if act else nn.Identity()
-        if folded:
-            self.reparam_conv = _conv(cin, cout, kernel, stride, self.groups)
+        if self._shape(cin, cout, kernel, stride, cin if depthwise else 1, folded):
             return
-        self.reparam_conv = None
         self.identity = nn.BatchNorm2d(cin) if cin == cout and stride == 1 else None
         self.conv_kxk = nn.ModuleList(ConvBN(cin, cout, kernel, stride, self.groups) for _ in range(branches)) \
             if branches else None
         self.conv_scale = ConvBN(cin, cout, 1, stride, self.groups) if kernel > 1 and scale else None
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self.reparam_conv is not None:
-            return self.act(self.se(self.reparam_conv(x)))
+    def branches(self, x: torch.Tensor) -> torch.Tensor:
         out = 0
         if self.identity is not None:
             out = self.identity(x)
@@ -109,12 +139,12 @@ class MobileOne(nn.Module):
             out = out + self.conv_scale(x)
         for branch in self.conv_kxk or ():
             out = out + branch(x)
-        return self.act(self.se(out))
+        return out
 
-    def fold(self) -> tuple[torch.Tensor, torch.Tensor]:
-        """(weight, bias) of the one convolution the branches sum to (in eval mode)."""
-        if self.reparam_conv is not None:
-            return self.reparam_conv.weight, self.reparam_conv.bias
+    def after(self, x: torch.Tensor) -> torch.Tensor:
+        return self.act(self.se(x))
+
+    def fold_branches(self) -> tuple[torch.Tensor, torch.Tensor]:
         parts = [b.fold(self.kernel) for b in self.conv_kxk or ()]
         if self.conv_scale is not None:
             parts.append(self.conv_scale.fold(self.kernel))
@@ -123,42 +153,31 @@ class MobileOne(nn.Module):
             parts.append(_fold_bn(_identity_kernel(self.cin, self.groups, self.kernel, like), self.identity))
         return sum(w for w, _ in parts), sum(b for _, b in parts)
 
-    def reparameterize(self) -> None:
-        if self.reparam_conv is None:
-            w, b = self.fold()
-            self.reparam_conv = _folded_conv(self.cin, self.cout, self.kernel, self.stride, self.groups, w, b)
-            del self.identity, self.conv_kxk, self.conv_scale
 
-
-class LargeKernel(nn.Module):
+class LargeKernel(Foldable):
     """RepLKNet's large kernel (Ding et al. 2022): a kxk ConvBN beside a 3x3 ConvBN, then squeeze-excite and
-    the activation (MCi's downsampling convolution). Folded: one kxk convolution."""
+    the activation (MCi's downsampling convolution); depthwise."""
+
+    BRANCHES = ("large_conv", "small_conv")
 
     def __init__(self, cin: int, cout: int, kernel: int, stride: int, se: bool, act: bool, folded: bool = False):
         super().__init__()
-        self.cin, self.cout, self.kernel, self.stride, self.groups = cin, cout, kernel, stride, cin  # depthwise
         self.se = SqueezeExcite(cout, 0.25, 8) if se else nn.Identity()
         self.act = nn.GELU() if act else nn.Identity()
-        if folded:
-            self.reparam_conv = _conv(cin, cout, kernel, stride, cin)
+        if self._shape(cin, cout, kernel, stride, cin, folded):
             return
-        self.reparam_conv = None
         self.large_conv = ConvBN(cin, cout, kernel, stride, cin)
         self.small_conv = ConvBN(cin, cout, 3, stride, cin)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self.reparam_conv is not None:
-            out = self.reparam_conv(x)
-        else:
-            out = self.large_conv(x) + self.small_conv(x)
-        return self.act(self.se(out))
+    def branches(self, x: torch.Tensor) -> torch.Tensor:
+        return self.large_conv(x) + self.small_conv(x)
 
-    def reparameterize(self) -> None:
-        if self.reparam_conv is None:
-            (wl, bl), (ws, bs) = self.large_conv.fold(self.kernel), self.small_conv.fold(self.kernel)
-            self.reparam_conv = _folded_conv(self.cin, self.cout, self.kernel, self.stride, self.groups,
-                                             wl + ws, bl + bs)
-            del self.large_conv, self.small_conv
+    def after(self, x: torch.Tensor) -> torch.Tensor:
+        return self.act(self.se(x))
+
+    def fold_branches(self) -> tuple[torch.Tensor, torch.Tensor]:
+        (wl, bl), (ws, bs) = self.large_conv.fold(self.kernel), self.small_conv.fold(self.kernel)
+        return wl + ws, bl + bs
 
 
 class LayerScale2d(nn.Module):
@@ -170,60 +189,46 @@ class LayerScale2d(nn.Module):
         return x * self.gamma
 
 
-class RepMixer(nn.Module):
+class RepMixer(Foldable):
     """FastViT's token mixer: x + gamma * (mixer(x) - norm(x)), with mixer a depthwise MobileOne and norm a
     BatchNorm of the input (a MobileOne of its identity branch only). Folded: one depthwise convolution, the
     residual inside its kernel."""
 
+    BRANCHES = ("norm", "mixer", "layer_scale")
+
     def __init__(self, dim: int, kernel: int = 3, folded: bool = False):
         super().__init__()
-        self.dim, self.kernel = dim, kernel
-        if folded:
-            self.reparam_conv = _conv(dim, dim, kernel, groups=dim)
+        if self._shape(dim, dim, kernel, 1, dim, folded):
             return
-        self.reparam_conv = None
         self.norm = MobileOne(dim, dim, kernel, depthwise=True, act=False, scale=False, branches=0)
         self.mixer = MobileOne(dim, dim, kernel, depthwise=True, act=False)
         self.layer_scale = LayerScale2d(dim)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self.reparam_conv is not None:
-            return self.reparam_conv(x)
+    def branches(self, x: torch.Tensor) -> torch.Tensor:
         return x + self.layer_scale(self.mixer(x) - self.norm(x))
 
-    def reparameterize(self) -> None:
-        if self.reparam_conv is None:
-            (wm, bm), (wn, bn) = self.mixer.fold(), self.norm.fold()
-            gamma = self.layer_scale.gamma  # (C, 1, 1)
-            w = _identity_kernel(self.dim, self.dim, self.kernel, wm) + gamma.unsqueeze(-1) * (wm - wn)
-            self.reparam_conv = _folded_conv(self.dim, self.dim, self.kernel, 1, self.dim, w,
-                                             gamma.flatten() * (bm - bn))
-            del self.norm, self.mixer, self.layer_scale
+    def fold_branches(self) -> tuple[torch.Tensor, torch.Tensor]:
+        (wm, bm), (wn, bn) = self.mixer.fold(), self.norm.fold()
+        gamma = self.layer_scale.gamma  # (C, 1, 1)
+        w = _identity_kernel(self.cin, self.groups, self.kernel, wm) + gamma.unsqueeze(-1) * (wm - wn)
+        return w, gamma.flatten() * (bm - bn)
 
 
-class ConditionalPosEnc(nn.Module):
+class ConditionalPosEnc(Foldable):
     """Conditional positional encoding (Chu et al. 2021): x + a depthwise 7x7 convolution of x. Folded: the
     residual inside the kernel."""
 
+    BRANCHES = ("pos_enc",)
+
     def __init__(self, dim: int, kernel: int = 7, folded: bool = False):
         super().__init__()
-        self.dim, self.kernel = dim, kernel
-        if folded:
-            self.reparam_conv = _conv(dim, dim, kernel, groups=dim)
+        if self._shape(dim, dim, kernel, 1, dim, folded):
             return
-        self.reparam_conv = None
         self.pos_enc = _conv(dim, dim, kernel, groups=dim)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self.reparam_conv is not None:
-            return self.reparam_conv(x)
+    def branches(self, x: torch.Tensor) -> torch.Tensor:
         return x + self.pos_enc(x)
 
-    def reparameterize(self) -> None:
-        if self.reparam_conv is None:
-            w = self.pos_enc.weight + _identity_kernel(self.dim, self.dim, self.kernel, self.pos_enc.weight)
-            self.reparam_conv = _folded_conv(self.dim, self.dim, self.kernel, 1, self.dim, w, self.pos_enc.bias)
-            del self.pos_enc
-
-
-FOLDABLE = (MobileOne, LargeKernel, RepMixer, ConditionalPosEnc)  # what `reparameterize()` folds, in a tower
+    def fold_branches(self) -> tuple[torch.Tensor, torch.Tensor]:
+        w = self.pos_enc.weight
+        return w + _identity_kernel(self.cin, self.groups, self.kernel, w), self.pos_enc.bias
