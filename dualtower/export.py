@@ -40,7 +40,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from . import io
+from . import io, lowering
 from .checkpoint import weights_sha256
 from .config import FastViTConfig
 from .errors import UserError, require
@@ -136,9 +136,9 @@ def export(model, out: "str | os.PathLike", format: str = "onnx", precision: str
                 path = tmp / f"{name}.onnx"
                 _to_onnx(graph, example, input_name, output_name, path, opset, name == "text")
                 if precision == "int8" and name == "image" and conv:
-                    _quantize_conv(path, _calibration_pixels(model.cfg, calibration))
+                    lowering.quantize_conv(path, lowering.calibration_pixels(model.cfg, calibration))
                 elif precision != "fp32":
-                    _lower(path, precision)
+                    lowering.lower(path, precision)
             else:
                 path = tmp / f"{name}.pt2"
                 dims = _dims(example, name == "text", graph)
@@ -271,95 +271,6 @@ def _to_onnx(graph, example, input_name: str, output_name: str, path: Path, opse
                                     input_names=[input_name], output_names=[output_name],
                                     dynamic_shapes={input_name: _dims(example, text, graph)})
     program.save(str(path))  # one file: the weights inside (towers up to 2 GB)
-
-
-def _calibration_pixels(cfg, calibration):
-    """(N, 3, S, S) float32: the calibration images through the model's eval preprocessing. By default
-    scikit-learn's two sample photos (a temple, a flower), each as the whole photo and eight crops."""
-    import numpy as np
-
-    from .images import ArrayTransform, open_image
-
-    transform = ArrayTransform(cfg.preprocess)
-    if calibration:
-        images = [open_image(p) for p in calibration]
-    else:
-        try:
-            from sklearn.datasets import load_sample_images
-        except ImportError:
-            raise UserError("int8 export of a convolutional tower calibrates its activations on images: pass "
-                            "--calibration with a few dozen of your photos (or install scikit-learn, whose sample "
-                            "photos are the default)") from None
-        from PIL import Image
-
-        images = []
-        for array in load_sample_images().images:
-            photo = Image.fromarray(array)
-            w, h = photo.size
-            images.append(photo)
-            for i in range(8):  # crops at two scales across the photo
-                side = int(min(w, h) * (0.5 if i < 4 else 0.75))
-                x, y = (w - side) * (i % 4) // 3, (h - side) * ((i // 2) % 2)
-                images.append(photo.crop((x, y, x + side, y + side)))
-    return np.stack([transform(im) for im in images]).astype(np.float32)
-
-
-def _quantize_conv(path: Path, pixels) -> None:
-    """Static int8 of a convolutional image graph: the dense convolutions and matrix products quantised per
-    channel (int8 weights, uint8 activations with ranges calibrated on `pixels`), the depthwise convolutions
-    left in fp32. Measured on MobileCLIP2-S0 (benchmarks/mobileclip.py): 1.3x the images/s of the fp32 graph,
-    where quantising every convolution (depthwise too) or only the matrix products (the dynamic scheme of the
-    ViTs) gains nothing, the depthwise ones being memory-bound and surrounded by conversions."""
-    onnx = require("onnx", "int8 export", "onnx")
-    quantization = require("onnxruntime.quantization", "int8 export", "onnx")
-    import logging
-
-    class Reader(quantization.CalibrationDataReader):
-        def __init__(self):
-            self.batches = iter([{"pixels": pixels[i:i + 4]} for i in range(0, len(pixels), 4)])
-
-        def get_next(self):
-            return next(self.batches, None)
-
-    pre, tmp = path.with_suffix(".pre.onnx"), path.with_suffix(".int8.onnx")
-    root, level = logging.getLogger(), logging.getLogger().level
-    root.setLevel(logging.ERROR)
-    try:
-        quantization.quant_pre_process(str(path), str(pre))  # shapes inferred, so every node can be quantised
-        graph = onnx.load(str(pre))
-        depthwise = [n.name for n in graph.graph.node if n.op_type == "Conv"
-                     and any(a.name == "group" and a.i > 1 for a in n.attribute)]
-        quantization.quantize_static(
-            str(pre), str(tmp), Reader(), quant_format=quantization.QuantFormat.QOperator, per_channel=True,
-            activation_type=quantization.QuantType.QUInt8, weight_type=quantization.QuantType.QInt8,
-            op_types_to_quantize=["Conv", "MatMul"], nodes_to_exclude=depthwise)
-    finally:
-        root.setLevel(level)
-        pre.unlink(missing_ok=True)
-    os.replace(tmp, path)
-
-
-def _lower(path: Path, precision: str) -> None:
-    if precision == "int8":
-        quantization = require("onnxruntime.quantization", "int8 export", "onnx")
-        tmp = path.with_suffix(".int8.onnx")
-        import logging
-
-        root, level = logging.getLogger(), logging.getLogger().level
-        root.setLevel(logging.ERROR)  # its advice to pre-process is for models with dynamic shapes it cannot infer
-        try:
-            # Dynamic quantisation of the products' weights. ONNX Runtime's transformer fusions first, or static
-            # quantisation, gave no more images/s here (benchmarks/int8_variants.py, RESULTS.md).
-            quantization.quantize_dynamic(str(path), str(tmp), weight_type=quantization.QuantType.QInt8,
-                                          op_types_to_quantize=["MatMul", "Gemm"])
-        finally:
-            root.setLevel(level)
-        os.replace(tmp, path)
-        return
-    onnx = require("onnx", "fp16 export", "onnx")
-    float16 = require("onnxruntime.transformers.float16", "fp16 export", "onnx")
-    model = float16.convert_float_to_float16(onnx.load(str(path)), keep_io_types=True)
-    onnx.save(model, str(path))
 
 
 def _write_side_files(model, directory: Path, name: str, format: str, precision: str, normalize: bool, opset: int,
