@@ -66,9 +66,9 @@ class Format:
         if cfg.vision is not None and cfg.vision.naflex and not self.holds_naflex:
             return (f"a NaFlex vision tower (SigLIP 2) is written as hf-siglip2 or dualtower; {self.name} has no "
                     "place for its patch-sequence input")
-        if _conv_parts(cfg) and not self.holds_conv:
-            return (f"{_conv_parts(cfg)} is written as open_clip, timm or dualtower; {self.name} has no place for "
-                    "it")
+        conv = _conv_parts(cfg)
+        if conv and not self.holds_conv:
+            return f"{conv} is written as open_clip, timm or dualtower; {self.name} has no place for it"
         if isinstance(cfg.text, HFTextConfig) and not self.holds_hf_text:
             return (f"a transformers text encoder ({cfg.text.model_type}) is written as open_clip or dualtower; "
                     f"{self.name} has no place for it")

@@ -9,6 +9,7 @@ from ...config import ModelConfig
 from ..files import STATE_DICT_SUFFIXES, Probe, read_state_file
 from ..registry import Format, register
 from ..remap import ConversionError
+from ..timm import tables as timm_tables
 from . import hub, tables
 from .hub import CONFIG, WEIGHTS, apply_preprocess_cfg, decode_model_cfg, encode_model_cfg, write_directory
 
@@ -24,10 +25,7 @@ class OpenClip(Format):
                "architecture named by arch=")
 
     def detect(self, probe) -> bool:
-        keys = probe.keys
-        trunk = ("patch_embed.proj.weight", "patch_embed.backbone.0.conv.weight", "stem.0.identity.weight",
-                 "stem.0.conv_kxk.0.conv.weight", "stem.0.reparam_conv.weight")
-        return "visual.conv1.weight" in keys or any(f"visual.trunk.{k}" in keys for k in trunk)
+        return "visual.conv1.weight" in probe.keys or timm_tables.is_trunk(probe.keys, "visual.trunk.")
 
     to_ours = staticmethod(tables.import_state_dict)
     from_ours = staticmethod(tables.export_state_dict)

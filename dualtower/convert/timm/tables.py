@@ -103,6 +103,17 @@ def fastvit_table(keys, prefix: str = "", ours: str = "visual.") -> list[Rule]:
     return [rule(k, prefix + k[len(ours):]) for k in sorted(keys) if k.startswith(ours)]
 
 
+def is_trunk(keys, prefix: str = "") -> bool:
+    """Whether the keys under `prefix` are a timm trunk of a kind held here: a ViT or Eva (a patch embedding, by
+    one convolution or MobileCLIP-B's backbone, and blocks) or a FastViT (a MobileOne stem, either form, and
+    stages)."""
+    p = prefix
+    embed = (f"{p}patch_embed.proj.weight", f"{p}patch_embed.backbone.0.conv.weight")
+    stem = (f"{p}stem.0.identity.weight", f"{p}stem.0.conv_kxk.0.conv.weight", f"{p}stem.0.reparam_conv.weight")
+    return (any(k in keys for k in embed) and f"{p}blocks.0.norm1.weight" in keys) or \
+        (any(k in keys for k in stem) and f"{p}stages.0.blocks.0.mlp.fc1.weight" in keys)
+
+
 def layout_of_state(keys, prefix: str = "") -> str:
     """Which timm layout a state dict uses, from its first block's keys."""
     if f"{prefix}blocks.0.attn.q_proj.weight" in keys:
@@ -164,11 +175,7 @@ class Timm(Format):
     holds_conv = True
 
     def detect(self, probe) -> bool:
-        keys = probe.keys
-        vit = ("patch_embed.proj.weight" in keys or "patch_embed.backbone.0.conv.weight" in keys) and \
-            "blocks.0.norm1.weight" in keys
-        return vit or ("stem.0.identity.weight" in keys or "stem.0.conv_kxk.0.conv.weight" in keys
-                       or "stem.0.reparam_conv.weight" in keys) and "stages.0.blocks.0.mlp.fc1.weight" in keys
+        return is_trunk(probe.keys)
 
     to_ours = staticmethod(import_state_dict)
 
