@@ -4,6 +4,7 @@ ONNX Runtime's tools do the work; they are imported only here."""
 
 from __future__ import annotations
 
+import logging
 import os
 from pathlib import Path
 
@@ -15,11 +16,21 @@ def calibration_pixels(cfg, calibration):
     scikit-learn's two sample photos (a temple, a flower), each as the whole photo and eight crops."""
     import numpy as np
 
-    from .images import ArrayTransform, open_image
+    from .images import ArrayTransform, ImageDecodeError, open_image
 
     transform = ArrayTransform(cfg.preprocess)
     if calibration:
-        images = [open_image(p) for p in calibration]
+        images, skipped = [], []
+        for path in calibration:
+            try:
+                images.append(open_image(path))
+            except ImageDecodeError as e:  # a bad file is skipped, counted and logged, as a dataset's are
+                skipped.append(str(e))
+        if skipped:
+            logging.getLogger("dualtower.export").warning("calibration: %d file(s) skipped, e.g. %s", len(skipped),
+                                                          skipped[0])
+        if not images:
+            raise UserError(f"calibration: none of the {len(skipped)} files is an image read here")
     else:
         try:
             from sklearn.datasets import load_sample_images
@@ -49,7 +60,6 @@ def quantize_conv(path: Path, pixels) -> None:
     ViTs) gains nothing, the depthwise ones being memory-bound and surrounded by conversions."""
     onnx = require("onnx", "int8 export", "onnx")
     quantization = require("onnxruntime.quantization", "int8 export", "onnx")
-    import logging
 
     class Reader(quantization.CalibrationDataReader):
         def __init__(self):
@@ -80,8 +90,6 @@ def lower(path: Path, precision: str) -> None:
     if precision == "int8":
         quantization = require("onnxruntime.quantization", "int8 export", "onnx")
         tmp = path.with_suffix(".int8.onnx")
-        import logging
-
         root, level = logging.getLogger(), logging.getLogger().level
         root.setLevel(logging.ERROR)  # its advice to pre-process is for models with dynamic shapes it cannot infer
         try:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 
 from ..errors import UserError
@@ -175,11 +176,14 @@ def _cmd_export(args) -> int:
         args.model, args.out = args.model_option, args.model
     if not args.model or not args.out:
         args.parser.error("the following arguments are required: MODEL OUT (or --model MODEL OUT)")
+    calibration = image_paths(args.calibration)[:256] if args.calibration else None  # refused before the model
+    missing = [p for p in calibration or () if not os.path.isfile(p)]
+    if missing:
+        raise UserError(f"--calibration {missing[0]}: no such file or folder")
     model = torch_model(args)
     report = export(model, args.out, format=args.format, precision=args.lowering, normalize=args.normalize,
                     opset=args.opset, dynamic_size=args.dynamic_size, aot=args.aot,
-                    reparameterize=args.reparameterize,
-                    calibration=image_paths(args.calibration)[:256] if args.calibration else None)
+                    reparameterize=args.reparameterize, calibration=calibration)
     print(f"wrote {report.summary()}")
     return 0
 
@@ -194,8 +198,9 @@ def add_export(sub) -> None:
     p.add_argument("--arch", help="the architecture of a bare state dict checkpoint")
     p.add_argument("--format", choices=["onnx", "torch-export"], default="onnx", help="what to write")
     p.add_argument("--lowering", "--precision", dest="lowering", choices=["fp32", "fp16", "int8"], default="fp32",
-                   help="ONNX: fp16 weights and activations, or int8 (dynamic quantisation of the matrix products); "
-                        "--precision is its older name")
+                   help="ONNX: fp16 weights and activations, or int8 (dynamic quantisation of the matrix products; "
+                        "a convolutional tower's dense convolutions static, see --calibration); --precision is its "
+                        "older name")
     p.add_argument("--normalize", action="store_true", help="L2-normalise the embeddings inside the graphs")
     p.add_argument("--opset", type=count(7, 30), help="the ONNX opset (default 18; 20 for a convolutional tower)")
     p.add_argument("--calibration", metavar="PATH", nargs="+",
