@@ -152,7 +152,10 @@ def export(model, out: "str | os.PathLike", format: str = "onnx", precision: str
                     aoti_compile_and_package(program, package_path=str(package))
                     files[package.name] = package.stat().st_size
             files[path.name] = path.stat().st_size
-        _write_side_files(model, tmp, out.name, format, precision, normalize, opset, graphs, aot, digest)
+        from .runtimes import as_embedder, probes
+
+        record = probes.save(probes.embed(as_embedder(model)), tmp)  # the fp32 reference every runtime is held to
+        _write_side_files(model, tmp, out.name, format, precision, normalize, opset, graphs, aot, digest, record)
     report = ExportReport(out, files, time.monotonic() - started)
     return report
 
@@ -274,7 +277,7 @@ def _to_onnx(graph, example, input_name: str, output_name: str, path: Path, opse
 
 
 def _write_side_files(model, directory: Path, name: str, format: str, precision: str, normalize: bool, opset: int,
-                      graphs: dict, aot: bool = False, digest: str = "") -> None:
+                      graphs: dict, aot: bool = False, digest: str = "", probes: dict | None = None) -> None:
     from importlib import resources
 
     cfg = model.cfg
@@ -292,6 +295,9 @@ def _write_side_files(model, directory: Path, name: str, format: str, precision:
         "model": cfg.to_dict(),
         # the exported weights' identity, as a search index records it (of the fp32 weights, before lowering)
         "weights_sha256": digest,
+        # fixed probe images and texts embedded by PyTorch in fp32: a runtime loading this folder embeds them too
+        # and refuses to run below its precision's floor (runtimes/probes.py)
+        "probes": probes,
     })
     if cfg.text is not None:
         if cfg.tokenizer == "clip-bpe":  # OpenAI's vocabulary (MIT), for clients in other languages

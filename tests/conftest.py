@@ -10,6 +10,9 @@ import torch
 RTOL = 1e-5
 
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+# The commands default to --precision auto, which picks bf16 where this processor makes it faster: the tests compare
+# the commands' outputs with fp32 ones, so they pin fp32; tests/test_selfcheck.py tries auto itself.
+os.environ["DUALTOWER_PRECISION"] = "fp32"
 warnings.filterwarnings("ignore", message="No pretrained weights loaded")
 torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
 

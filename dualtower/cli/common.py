@@ -57,10 +57,24 @@ def data_args(p, data_help: str = "a data spec (builtin:digits:test, a captions 
     inference_args(p)
 
 
+PRECISIONS = ("auto", "fp32", "bf16")
+
+
+def default_precision() -> str:
+    """--precision when it is not given: $DUALTOWER_PRECISION (to pin one for a deployment), else auto. A value
+    that is not a precision is refused when a command opens its model (`options`)."""
+    import os
+
+    return os.environ.get("DUALTOWER_PRECISION", "auto")
+
+
 def inference_args(p) -> None:
-    p.add_argument("--precision", choices=["fp32", "bf16"], default="fp32",
-                   help="bf16: weights in bfloat16 (about 2x faster on CPUs with AVX512-BF16 or AMX; embeddings "
-                        "within cosine 0.999 of fp32)")
+    p.add_argument("--precision", choices=PRECISIONS, default=default_precision(),
+                   help="auto: each tower at the fastest precision this processor runs it at (bf16 where AMX, "
+                        "AVX512-BF16 or a GPU makes it faster; measured once per machine and cached) that passes the "
+                        "self-check, said in one line; bf16: weights in bfloat16 (embeddings within cosine 0.999 of "
+                        "fp32, checked on load); fp32: exact. $DUALTOWER_PRECISION sets the default. The onnx "
+                        "runtime runs the precision its export was written at")
     p.add_argument("--device", default="auto",
                    help="auto (a CUDA GPU when there is one, else the CPU), cpu, cuda or cuda:N")
 
@@ -74,9 +88,13 @@ def runtime_arg(p) -> None:
 
 def options(args, service: bool = False):
     """How --model is opened: --device, --precision, --arch, --source, --towers where the command has them."""
+    from ..errors import UserError
     from ..runtimes import OpenOptions
 
-    return OpenOptions(device=getattr(args, "device", "auto"), precision=getattr(args, "precision", "fp32"),
+    precision = getattr(args, "precision", "fp32")
+    if precision not in PRECISIONS:
+        raise UserError(f"DUALTOWER_PRECISION={precision!r} is not one of {', '.join(PRECISIONS)}")
+    return OpenOptions(device=getattr(args, "device", "auto"), precision=precision,
                        arch=getattr(args, "arch", None), source=getattr(args, "source", None),
                        towers=getattr(args, "towers", None), language=getattr(args, "language", None),
                        service=service,
@@ -94,7 +112,8 @@ def torch_model(args):
     """--model as a DualEncoder (the commands that need the module itself: features, export), at --precision."""
     from ..runtimes.pytorch import at_precision, load_model
 
-    return at_precision(load_model(args.model, options(args)), getattr(args, "precision", "fp32"))
+    opened = options(args)
+    return at_precision(load_model(args.model, opened), opened.precision)
 
 
 def prompt_templates(args, source_name: str) -> list[str]:

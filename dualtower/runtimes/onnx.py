@@ -21,12 +21,14 @@ class OnnxModel(Embedder):
     """`threads`: intra-op threads (default: ONNX Runtime's choice); `providers`: e.g. ["CUDAExecutionProvider",
     "CPUExecutionProvider"]. `spinning=False` stops idle worker threads from spinning while they wait for work:
     right for a service answering a few queries at a time beside other processes (ONNX Runtime spins by default,
-    which suits bulk embedding)."""
+    which suits bulk embedding). `check=True`: the probes the export recorded are embedded and compared with
+    PyTorch's fp32 reference (`probes.check`), refusing the export below its precision's floor; `self.checked`
+    holds the result (None for an export that recorded no probes)."""
 
     runtime = "onnx"
 
     def __init__(self, directory: "str | os.PathLike", threads: int | None = None,
-                 providers: list[str] | None = None, spinning: bool = True):
+                 providers: list[str] | None = None, spinning: bool = True, check: bool = True):
         ort = require("onnxruntime", "running exported models", "onnx")
         from ..export_format import read_config
 
@@ -49,6 +51,7 @@ class OnnxModel(Embedder):
             self.sessions[name] = ort.InferenceSession(str(path), options,
                                                        providers=providers or ["CPUExecutionProvider"])
         self.transform = ArrayTransform(self.cfg.preprocess) if self.cfg.vision is not None else None
+        self.checked = self_check(self, meta, "ONNX Runtime") if check else None
 
     # --------------------------------------------------------------------------------------- numpy in, out
 
@@ -99,9 +102,20 @@ class OnnxModel(Embedder):
         return None if scale is None else float(scale)
 
 
+def self_check(embedder, meta: dict, runtime: str, precision: str | None = None):
+    """The export's probes through `embedder` against their fp32 reference (None when it recorded none)."""
+    from . import probes
+
+    reference = probes.load(embedder.directory, meta.get("probes"))
+    if reference is None:
+        return None
+    precision = precision or meta["precision"]
+    return probes.check(embedder, reference, precision, f"{embedder.directory} on {runtime} ({precision})")
+
+
 def load(directory: "str | os.PathLike", threads: int | None = None, providers: list[str] | None = None,
-         spinning: bool = True) -> OnnxModel:
-    return OnnxModel(directory, threads, providers, spinning)
+         spinning: bool = True, check: bool = True) -> OnnxModel:
+    return OnnxModel(directory, threads, providers, spinning, check)
 
 
 def open(spec: str, options) -> OnnxModel:  # noqa: A001 (the runtimes' factory calls it by this name)

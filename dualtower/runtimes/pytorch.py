@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import sys
 
 import numpy as np
 import torch
@@ -16,24 +17,32 @@ PRECISIONS = ("fp32", "bf16")
 
 
 class TorchEmbedder(Embedder):
-    """`model` (a DualEncoder) in eval mode on `device` (default: where its weights are). `precision="bf16"` casts
-    the weights to bfloat16 (norms still compute in fp32, outputs are fp32); the identity keeps the digest of
-    the fp32 weights it was given."""
+    """`model` (a DualEncoder) in eval mode on `device` (default: where its weights are). `precision`: "fp32",
+    "bf16" (weights cast to bfloat16; norms still compute in fp32, outputs are fp32), or one per tower
+    ({"image": "bf16", "text": "fp32"}, what `--precision auto` chooses). A tower cast here is first held to the
+    self-check: its probe embeddings against the fp32 ones (`probes.py`), refused below the bf16 floor. The
+    identity keeps the digest of the fp32 weights it was given."""
 
     runtime = "torch"
 
-    def __init__(self, model, device: "torch.device | str | None" = None, precision: str = "fp32"):
-        if precision not in PRECISIONS:
-            raise UserError(f"precision {precision!r} is not one of {PRECISIONS}")
+    def __init__(self, model, device: "torch.device | str | None" = None, precision: "str | dict" = "fp32"):
+        per_tower = _per_tower(model, precision)
         super().__init__(model.cfg, model.origin)
         self._digest = model.origin.weights_sha256
-        if precision == "bf16":
-            self._digest = self._digest or _digest(model)  # the weights' identity is their fp32 one
-        model = at_precision(model, precision)
         self.model = model.eval() if device is None else model.to(device).eval()
         self.device = next(self.model.parameters()).device
-        self.precision = precision
         self.transform = eval_transform(self.cfg.preprocess) if self.cfg.vision is not None else None
+        lowered = [t for t, p in per_tower.items()
+                   if p == "bf16" and next(_tower(model, t).parameters()).dtype != torch.bfloat16]
+        if lowered:
+            from . import probes
+
+            self._digest = self._digest or _digest(model)  # the weights' identity is their fp32 one
+            reference = probes.embed(self)
+            for name in lowered:
+                _tower(model, name).to(torch.bfloat16)  # the temperature and bias stay fp32
+            probes.check(self, {t: reference[t] for t in lowered}, "bf16", f"{self.cfg.name} on PyTorch (bf16)")
+        self.precision = per_tower
 
     @torch.inference_mode()
     def embed_pixels(self, batch) -> np.ndarray:
@@ -85,10 +94,30 @@ def load_model(spec: str, options):
 
 def at_precision(model, precision: str):
     """`model` with its weights in `precision`: "bf16" casts them to bfloat16 (norms still compute in fp32,
-    outputs are returned as fp32); "fp32" leaves them."""
+    outputs are returned as fp32); "fp32" leaves them; "auto" casts each tower as `auto.choose` decides."""
+    if precision == "auto":
+        from .auto import choose
+
+        print(choose(model.eval()).line, file=sys.stderr)
+        return model
     if precision not in PRECISIONS:
         raise UserError(f"precision {precision!r} is not one of {PRECISIONS}")
     return model.to(torch.bfloat16) if precision == "bf16" else model
+
+
+def _per_tower(model, precision: "str | dict") -> dict[str, str]:
+    towers = [t for t, m in (("image", model.visual), ("text", model.text)) if m is not None]
+    chosen = dict.fromkeys(towers, precision) if isinstance(precision, str) else dict(precision)
+    for tower, value in chosen.items():
+        if value not in PRECISIONS:
+            raise UserError(f"precision {value!r} is not one of {PRECISIONS}")
+        if tower not in towers:
+            raise UserError(f"{model.cfg.name} has no {tower} tower to run at {value}")
+    return chosen
+
+
+def _tower(model, name: str):
+    return model.visual if name == "image" else model.text
 
 
 def open(spec: str, options) -> TorchEmbedder:  # noqa: A001 (the runtimes' factory calls it by this name)
@@ -98,7 +127,15 @@ def open(spec: str, options) -> TorchEmbedder:  # noqa: A001 (the runtimes' fact
     if isinstance(model.cfg.vision, FastViTConfig) and not model.cfg.vision.folded:
         model.origin = dataclasses.replace(model.origin, weights_sha256=model.origin.weights_sha256 or _digest(model))
         model.reparameterize()
-    return TorchEmbedder(model, precision=options.precision)
+    if options.precision != "auto":
+        return TorchEmbedder(model, precision=options.precision)
+    from .auto import choose
+
+    model.origin = dataclasses.replace(model.origin, weights_sha256=model.origin.weights_sha256 or _digest(model))
+    choice = choose(model.eval())
+    if options.note is not None:
+        options.note(choice.line)
+    return TorchEmbedder(model, precision=choice.precision)
 
 
 def device_of(name: str = "auto") -> torch.device:

@@ -1,0 +1,189 @@
+"""The self-check (fixed probes against PyTorch's fp32 reference, refused below a precision's floor) and
+`--precision auto` (each tower at its fastest precision that passes it, chosen once per machine)."""
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+import dualtower
+import dualtower.onnx
+from dualtower import runtimes
+from dualtower.cli import main
+from dualtower.errors import UserError
+from dualtower.runtimes import auto, probes
+
+
+def _tiny(seed=0):
+    torch.manual_seed(seed)
+    return dualtower.create_model("tiny").eval()
+
+
+def _hostile_text(model):
+    """The same fp32 function, written so that bf16 cannot hold it: every token embedding carries +1000 that the
+    positional embedding takes away again (fp32 keeps the small difference; bf16 rounds 1000 to steps of 4)."""
+    with torch.no_grad():
+        model.text.token_embed.weight += 1000.0
+        model.text.pos_embed -= 1000.0
+    return model
+
+
+def _corrupt(path):
+    """Reverses the largest weight matrix of an ONNX graph along its last axis: a graph that runs and is wrong."""
+    import onnx
+    from onnx import numpy_helper
+
+    graph = onnx.load(str(path))
+    init = max(graph.graph.initializer, key=lambda t: int(np.prod(t.dims)))
+    init.CopyFrom(numpy_helper.from_array(numpy_helper.to_array(init)[..., ::-1].copy(), init.name))
+    onnx.save(graph, str(path))
+
+
+def test_probes_are_fixed_images_and_texts():
+    a, b = probes.images(), probes.images()
+    assert len(a) == 4 and all(x.mode == "RGB" and x.size == (256, 256) for x in a)
+    assert all(np.array_equal(np.asarray(x), np.asarray(y)) for x, y in zip(a, b))
+    assert len({np.asarray(x).tobytes() for x in a}) == 4  # four different pictures
+
+
+@pytest.mark.parametrize("precision", ["fp32", "fp16", "int8"])
+def test_every_export_records_probes_and_passes_its_own_check(precision, tmp_path):
+    from dualtower.export import export
+
+    model = _tiny()
+    export(model, tmp_path / "x", precision=precision)
+    meta = json.loads((tmp_path / "x" / "config.json").read_text())
+    assert meta["probes"]["file"] == "probes.safetensors" and meta["probes"]["texts"] == list(probes.TEXTS)
+    reference = probes.load(tmp_path / "x", meta["probes"])
+    ours = probes.embed(runtimes.as_embedder(model))
+    for tower in ("image", "text"):  # the reference is PyTorch's fp32 embedding of the probes
+        np.testing.assert_allclose(reference[tower], ours[tower], rtol=0, atol=1e-6)
+    loaded = dualtower.onnx.load(tmp_path / "x")
+    assert loaded.checked.passed and loaded.checked.floor == probes.FLOORS[precision]
+    assert set(loaded.checked.cosines) == {"image", "text"}
+
+
+def test_a_corrupted_export_is_refused_by_the_library_and_the_commands(tmp_path, capsys):
+    from dualtower.export import export
+
+    export(_tiny(), tmp_path / "x")
+    _corrupt(tmp_path / "x" / "image.onnx")
+    with pytest.raises(UserError, match=r"refused by the self-check: .*image 0\.\d+, text 1\.00000 \(floor 0\.9999\)"):
+        dualtower.onnx.load(tmp_path / "x")
+    assert dualtower.onnx.load(tmp_path / "x", check=False).checked is None  # asked not to check
+    (tmp_path / "photos").mkdir()
+    for i, im in enumerate(probes.images()):
+        im.save(tmp_path / "photos" / f"{i}.png")
+    capsys.readouterr()
+    assert main(["index", str(tmp_path / "photos"), "--model", str(tmp_path / "x"), "--runtime", "onnx",
+                 "--out", str(tmp_path / "index")]) == 2
+    err = capsys.readouterr().err
+    assert "refused by the self-check" in err and "Traceback" not in err
+    assert not (tmp_path / "index").exists()  # refused before anything was written
+
+
+def test_a_missing_or_malformed_probe_record_is_named(tmp_path):
+    from dualtower.export import export
+
+    export(_tiny(), tmp_path / "x")
+    config = tmp_path / "x" / "config.json"
+    meta = json.loads(config.read_text())
+    (tmp_path / "x" / "probes.safetensors").rename(tmp_path / "probes.bak")
+    with pytest.raises(UserError, match="names probes.safetensors, which is missing"):
+        dualtower.onnx.load(tmp_path / "x")
+    (tmp_path / "probes.bak").rename(tmp_path / "x" / "probes.safetensors")
+    config.write_text(json.dumps({**meta, "probes": {"file": "../elsewhere"}}))
+    with pytest.raises(UserError, match="probes is not a record"):
+        dualtower.onnx.load(tmp_path / "x")
+    config.write_text(json.dumps({k: v for k, v in meta.items() if k != "probes"}))  # an export made before probes
+    assert dualtower.onnx.load(tmp_path / "x").checked is None
+
+
+def test_bf16_that_cannot_hold_the_model_is_refused_on_pytorch():
+    from dualtower.runtimes.pytorch import TorchEmbedder
+
+    embedder = TorchEmbedder(_tiny(), precision="bf16")  # an ordinary model passes
+    assert embedder.precision == {"image": "bf16", "text": "bf16"}
+    with pytest.raises(UserError, match=r"refused by the self-check: .* image 0\.99\d+, text 0\.\d+ \(floor 0\.999\)"):
+        TorchEmbedder(_hostile_text(_tiny()), precision="bf16")
+
+
+@pytest.fixture
+def cache(tmp_path, monkeypatch):
+    monkeypatch.setenv("DUALTOWER_CACHE", str(tmp_path / "cache"))
+    return tmp_path / "cache" / "precision-auto.json"
+
+
+def _seed(model, cache, ratio):
+    """What an earlier start on this machine measured: bf16 at `ratio` times fp32's rate, for both towers."""
+    device = torch.device("cpu")
+    cache.parent.mkdir(parents=True, exist_ok=True)
+    cache.write_text(json.dumps({auto._key(model, t, device): {"bf16_vs_fp32": ratio} for t in ("image", "text")}))
+
+
+def test_auto_keeps_fp32_where_the_processor_has_no_bf16_units(cache, monkeypatch):
+    monkeypatch.setattr(auto, "bf16_units", lambda device: None)
+    model = _tiny()
+    choice = auto.choose(model)
+    assert choice.precision == {"image": "fp32", "text": "fp32"}
+    assert "no bf16 matrix units" in choice.line and not cache.exists()  # nothing to measure
+
+
+def test_auto_takes_bf16_where_it_is_faster_and_passes_the_check(cache, monkeypatch):
+    monkeypatch.setattr(auto, "bf16_units", lambda device: "AMX")
+    model = _tiny()
+    fp32 = probes.embed(runtimes.as_embedder(model))
+    _seed(model, cache, 3.0)
+    choice = auto.choose(model)
+    assert choice.precision == {"image": "bf16", "text": "bf16"}
+    assert "3.00x fp32's rate on AMX, cached; probes cosine" in choice.line
+    assert next(model.visual.parameters()).dtype == torch.bfloat16 == next(model.text.parameters()).dtype
+    assert model.logit_scale.dtype == torch.float32
+    now = probes.compare(probes.embed(runtimes.as_embedder(model)), fp32, "bf16")
+    assert now.passed and min(now.cosines.values()) < 1  # really bf16, and close
+
+    slower = _tiny()
+    _seed(slower, cache, 0.8)
+    choice = auto.choose(slower)
+    assert choice.precision == {"image": "fp32", "text": "fp32"} and "bf16 ran at 0.80x" in choice.line
+    assert next(slower.visual.parameters()).dtype == torch.float32
+
+
+def test_auto_falls_back_to_fp32_for_a_tower_that_fails_the_check(cache, monkeypatch):
+    monkeypatch.setattr(auto, "bf16_units", lambda device: "AMX")
+    model = _hostile_text(_tiny())
+    _seed(model, cache, 3.0)
+    choice = auto.choose(model)
+    assert choice.precision == {"image": "bf16", "text": "fp32"}
+    assert "text fp32 (bf16 is 3.00x faster on AMX but failed the self-check: text 0." in choice.line
+    assert next(model.text.parameters()).dtype == torch.float32
+
+
+def test_auto_measures_once_and_caches_per_machine(cache, monkeypatch):
+    monkeypatch.setattr(auto, "bf16_units", lambda device: "AMX")
+    model = _tiny()
+    first = auto.choose(model)
+    assert "measured now" in first.line or "bf16 ran at" in first.line
+    stored = json.loads(cache.read_text())
+    assert len(stored) == 2 and all(v["bf16_vs_fp32"] > 0 for v in stored.values())
+    second = auto.choose(_tiny(seed=1))  # another model of the same shape: the measurement is reused
+    assert "measured now" not in second.line
+    assert first.precision == second.precision
+
+
+def test_the_commands_say_what_auto_chose(tmp_path, cache, capsys, monkeypatch):
+    monkeypatch.delenv("DUALTOWER_PRECISION", raising=False)
+    path = tmp_path / "m"
+    dualtower.save(_tiny(), path)
+    (tmp_path / "photos").mkdir()
+    for i, im in enumerate(probes.images()):
+        im.save(tmp_path / "photos" / f"{i}.png")
+    assert main(["embed", "--device", "cpu", "--workers", "0", "--model", str(path), "--data",
+                 str(tmp_path / "photos"), "--out", str(tmp_path / "e.npz")]) == 0
+    err = capsys.readouterr().err
+    assert err.count("precision auto: image ") == 1
+    monkeypatch.setenv("DUALTOWER_PRECISION", "fp16")
+    assert main(["embed", "--device", "cpu", "--workers", "0", "--model", str(path), "--data",
+                 str(tmp_path / "photos"), "--out", str(tmp_path / "e.npz")]) == 2
+    assert "DUALTOWER_PRECISION='fp16' is not one of auto, fp32, bf16" in capsys.readouterr().err
