@@ -154,7 +154,7 @@ def export(model, out: "str | os.PathLike", format: str = "onnx", precision: str
             files[path.name] = path.stat().st_size
         from .runtimes import as_embedder, probes
 
-        record = probes.save(probes.embed(as_embedder(model)), tmp)  # the fp32 reference every runtime is held to
+        record = probes.save(as_embedder(model), tmp)  # the fp32 reference every runtime is held to
         _write_side_files(model, tmp, out.name, format, precision, normalize, opset, graphs, aot, digest, record)
     report = ExportReport(out, files, time.monotonic() - started)
     return report

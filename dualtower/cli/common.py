@@ -83,7 +83,9 @@ def runtime_arg(p) -> None:
     from ..runtimes import RUNTIMES
 
     p.add_argument("--runtime", choices=list(RUNTIMES), default="torch",
-                   help="onnx: --model is a folder from `dualtower export`, run on ONNX Runtime without torch")
+                   help="onnx: --model is a folder from `dualtower export`, run on ONNX Runtime without torch; "
+                        "openvino: the same folder on OpenVINO (pip install 'dualtower[openvino]'), whose --precision "
+                        "auto runs the products in bf16 on AMX or AVX512-BF16 processors")
 
 
 def options(args, service: bool = False):

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from ..errors import UserError
 from .base import Embedder, length_batches, normalize
 
-RUNTIMES = {"torch": "pytorch", "onnx": "onnx"}  # --runtime name -> module in this package
+RUNTIMES = {"torch": "pytorch", "onnx": "onnx", "openvino": "openvino"}  # --runtime name -> module in this package
 
 
 @dataclass(frozen=True)

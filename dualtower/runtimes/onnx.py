@@ -29,7 +29,6 @@ class OnnxModel(Embedder):
 
     def __init__(self, directory: "str | os.PathLike", threads: int | None = None,
                  providers: list[str] | None = None, spinning: bool = True, check: bool = True):
-        ort = require("onnxruntime", "running exported models", "onnx")
         from ..export_format import read_config
 
         self.directory = Path(directory)
@@ -38,20 +37,40 @@ class OnnxModel(Embedder):
         super().__init__(ModelConfig.from_dict(meta["model"]),
                          Origin.of_folder(self.directory, "onnx", weights_sha256=meta.get("weights_sha256")))
         self.normalized = bool(meta.get("normalized"))
-        options = ort.SessionOptions()
-        if threads:
-            options.intra_op_num_threads = threads
-        if not spinning:
-            options.add_session_config_entry("session.intra_op.allow_spinning", "0")
         self.sessions = {}
         for name, graph in meta["graphs"].items():
             path = self.directory / graph["file"]
             if not path.is_file():
                 raise UserError(f"{self.directory}: {graph['file']} is missing")
-            self.sessions[name] = ort.InferenceSession(str(path), options,
-                                                       providers=providers or ["CPUExecutionProvider"])
+            self.sessions[name] = path
+        self.sessions = self.compile(self.sessions, threads=threads, providers=providers, spinning=spinning)
         self.transform = ArrayTransform(self.cfg.preprocess) if self.cfg.vision is not None else None
-        self.checked = self_check(self, meta, "ONNX Runtime") if check else None
+        self.checked = self_check(self, meta, self.runtime_name, self.precision) if check else None
+
+    # ---------------------------------------------------------------- what another runtime of exports replaces
+
+    runtime_name = "ONNX Runtime"
+
+    @property
+    def precision(self) -> str:
+        """The precision the graphs run at: the export's own on ONNX Runtime."""
+        return self.meta["precision"]
+
+    def compile(self, graphs: dict[str, Path], threads: int | None, providers: list[str] | None,
+                spinning: bool) -> dict:
+        """name -> something `run` takes, for each graph file."""
+        ort = require("onnxruntime", "running exported models", "onnx")
+        options = ort.SessionOptions()
+        if threads:
+            options.intra_op_num_threads = threads
+        if not spinning:
+            options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+        return {name: ort.InferenceSession(str(path), options, providers=providers or ["CPUExecutionProvider"])
+                for name, path in graphs.items()}
+
+    def run(self, name: str, inputs: dict[str, np.ndarray]) -> np.ndarray:
+        """The graph `name`'s one output for `inputs`."""
+        return self.sessions[name].run(None, inputs)[0]
 
     # --------------------------------------------------------------------------------------- numpy in, out
 
@@ -66,7 +85,7 @@ class OnnxModel(Embedder):
         elif x.ndim != 4 or x.shape[1:] != (3, size, size):
             raise UserError(f"pixels must be (B, 3, {size}, {size}), got {tuple(x.shape)} (an export with "
                              "--dynamic-size takes other sizes)")
-        out = self.sessions["image"].run(None, {"pixels": x})[0]
+        out = self.run("image", {"pixels": x})
         return _unit(out) if normalize and not self.normalized else out
 
     def encode_text(self, ids: np.ndarray, normalize: bool = False) -> np.ndarray:
@@ -80,7 +99,7 @@ class OnnxModel(Embedder):
             raise UserError(f"token ids must be (B, L) with L <= {cfg.context_length}, got {tuple(ids.shape)}")
         if cfg.causal and len(ids):
             ids = ids[:, : int(pool_positions(ids, cfg).max()) + 1]
-        out = self.sessions["text"].run(None, {"ids": np.ascontiguousarray(ids)})[0]
+        out = self.run("text", {"ids": np.ascontiguousarray(ids)})
         return _unit(out) if normalize and not self.normalized else out
 
     # ------------------------------------------------------------------------------------ the protocol
@@ -102,14 +121,13 @@ class OnnxModel(Embedder):
         return None if scale is None else float(scale)
 
 
-def self_check(embedder, meta: dict, runtime: str, precision: str | None = None):
+def self_check(embedder, meta: dict, runtime: str, precision: str):
     """The export's probes through `embedder` against their fp32 reference (None when it recorded none)."""
     from . import probes
 
     reference = probes.load(embedder.directory, meta.get("probes"))
     if reference is None:
         return None
-    precision = precision or meta["precision"]
     return probes.check(embedder, reference, precision, f"{embedder.directory} on {runtime} ({precision})")
 
 

@@ -46,21 +46,43 @@ def images(size: int = 256) -> list:
     return [Image.fromarray((np.clip(a, 0, 1) * 255).round().astype(np.uint8), "RGB") for a in arrays]
 
 
-def embed(embedder) -> dict[str, np.ndarray]:
-    """The probes through `embedder` (any runtime): {"image": (4, E), "text": (4, E)} for the towers it has."""
+def text_ids(embedder) -> np.ndarray:
+    """(4, L) int64: TEXTS through the model's tokenizer; for a model that came without its tokenizer files (a
+    SentencePiece model made from a config), fixed ids of its vocabulary, each row ended as its pooling rule wants."""
+    try:
+        return np.asarray(embedder.tokenizer.numpy(list(TEXTS)), np.int64)
+    except UserError:
+        cfg = embedder.cfg.text
+        length = min(cfg.context_length, 16)
+        ids = np.random.default_rng(7).integers(1, max(2, min(cfg.vocab_size, 1000)), (len(TEXTS), length))
+        if cfg.pool == "eot":
+            ids[ids == cfg.eot_id] = 1
+            ids[np.arange(len(TEXTS)), [length - 1, length // 2, 3 % length, 1 % length]] = cfg.eot_id
+        return ids
+
+
+def embed(embedder, ids: np.ndarray | None = None) -> dict[str, np.ndarray]:
+    """The probes through `embedder` (any runtime): {"image": (4, E), "text": (4, E)} for the towers it has; the
+    text rows from `ids` (an export's recorded ids), else `text_ids`."""
     out = {}
     if embedder.cfg.vision is not None:
         out["image"] = embedder.embed_images(images())
     if embedder.cfg.text is not None:
-        out["text"] = embedder.embed_texts(list(TEXTS))
+        out["text"] = embedder.embed_ids(text_ids(embedder) if ids is None else ids)
     return out
 
 
-def save(reference: dict[str, np.ndarray], directory: Path) -> dict:
-    """Writes the reference into `directory` (probes.safetensors); returns what config.json records of it."""
+def save(embedder, directory: Path) -> dict:
+    """Embeds the probes with `embedder` (PyTorch, fp32: the reference) into `directory` (probes.safetensors, with
+    the text rows' token ids); returns what config.json records of it."""
     from safetensors.numpy import save_file
 
-    save_file({k: np.ascontiguousarray(v, np.float32) for k, v in reference.items()}, str(directory / FILE))
+    ids = text_ids(embedder) if embedder.cfg.text is not None else None
+    reference = embed(embedder, ids)
+    tensors = {k: np.ascontiguousarray(v, np.float32) for k, v in reference.items()}
+    if ids is not None:
+        tensors["text_ids"] = np.ascontiguousarray(ids, np.int64)
+    save_file(tensors, str(directory / FILE))
     return {"file": FILE, "version": VERSION, "texts": list(TEXTS), "towers": sorted(reference)}
 
 
@@ -79,7 +101,7 @@ def load(directory: Path, record) -> dict[str, np.ndarray] | None:
     from safetensors.numpy import load_file
 
     try:
-        return load_file(str(path))
+        return load_file(str(path))  # "image", "text" (4, E) float32 and "text_ids" (4, L) int64
     except (SafetensorError, OSError, ValueError) as e:
         raise UserError(f"{path}: not a safetensors file ({e})") from None
 
@@ -116,9 +138,12 @@ def compare(found: dict[str, np.ndarray], reference: dict[str, np.ndarray], prec
 
 
 def check(embedder, reference: dict[str, np.ndarray], precision: str, what: str) -> CheckResult:
-    """Embeds the probes with `embedder` and raises UserError, naming `what` and the cosines, when any tower is
-    below the floor of `precision`; returns the result otherwise."""
-    result = compare(embed(embedder), reference, precision)
+    """Embeds the probes with `embedder` (the text rows from reference["text_ids"] when it has them) and raises
+    UserError, naming `what` and the cosines, when any tower is below the floor of `precision`; returns the result
+    otherwise."""
+    reference = dict(reference)
+    ids = reference.pop("text_ids", None)
+    result = compare(embed(embedder, ids), reference, precision)
     if not result.passed:
         raise UserError(f"{what}: refused by the self-check: the probe embeddings' cosine to the fp32 reference is "
                         f"{result.summary()}: it computes something else than the model on this machine (a "

@@ -1,0 +1,70 @@
+"""The OpenVINO runtime: the graphs of an ONNX export folder (`dualtower export --format onnx`) compiled by OpenVINO
+for the CPU, behind the Embedder protocol. Needs numpy, Pillow and `openvino` (pip install 'dualtower[openvino]'),
+not torch.
+
+Why a third runtime: on processors with AMX, OpenVINO runs an fp32 export's products in bf16 on the AMX units
+(its `INFERENCE_PRECISION_HINT`), where ONNX Runtime's CPU kernels have no bf16 path (benchmarks/roofline.py,
+RESULTS.md "Every CPU at its roofline"). The export folder, its preprocessing, tokenizer and self-check probes are
+the ONNX runtime's; only the sessions differ.
+
+    model = dualtower.runtimes.open("export-folder", runtime="openvino", options)   # precision: auto, fp32, bf16
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from ..errors import UserError, require
+from .onnx import OnnxModel
+
+PRECISIONS = ("auto", "fp32", "bf16")
+
+
+class OpenVinoModel(OnnxModel):
+    """`precision`: "fp32" (exact), "bf16" (the products in bfloat16: on AMX or AVX512-BF16 processors), or "auto"
+    (bf16 where the processor has bf16 units, else fp32). An int8 or fp16 export runs as it was written."""
+
+    runtime = "openvino"
+    runtime_name = "OpenVINO"
+
+    def __init__(self, directory, threads: int | None = None, precision: str = "auto", check: bool = True,
+                 spinning: bool = True):
+        if precision not in PRECISIONS:
+            raise UserError(f"precision {precision!r} is not one of {PRECISIONS} for the openvino runtime")
+        self._asked = precision
+        super().__init__(directory, threads, spinning=spinning, check=check)
+
+    @property
+    def precision(self) -> str:
+        if self.meta["precision"] != "fp32":
+            return self.meta["precision"]
+        return self._hint
+
+    def compile(self, graphs: dict[str, Path], threads: int | None, providers, spinning: bool) -> dict:
+        ov = require("openvino", "the openvino runtime", "openvino")
+        core = ov.Core()
+        self._hint = self._asked
+        if self._asked == "auto":
+            from ..apps.machine import cpu_flags
+
+            self._hint = "bf16" if {"amx_bf16", "avx512_bf16"} & cpu_flags() else "fp32"
+        config = {"INFERENCE_PRECISION_HINT": "bf16" if self._hint == "bf16" else "f32",
+                  # a service answering one query at a time wants its answer soon; bulk embedding wants throughput
+                  "PERFORMANCE_HINT": "THROUGHPUT" if spinning else "LATENCY"}
+        if threads:
+            config["INFERENCE_NUM_THREADS"] = int(threads)
+        compiled = {}
+        for name, path in graphs.items():
+            compiled[name] = core.compile_model(core.read_model(str(path)), "CPU", config)
+        return compiled
+
+    def run(self, name: str, inputs: dict[str, np.ndarray]) -> np.ndarray:
+        result = self.sessions[name](inputs)  # a compiled model is callable: one synchronous inference
+        return np.asarray(result[0], dtype=np.float32)
+
+
+def open(spec: str, options) -> OpenVinoModel:  # noqa: A001 (the runtimes' factory calls it by this name)
+    """`spec`: a folder from `dualtower export --format onnx`, at options.precision (auto, fp32 or bf16)."""
+    return OpenVinoModel(spec, precision=options.precision, spinning=not options.service)
