@@ -1,7 +1,7 @@
 """Export the towers for deployment without PyTorch: ONNX (run by ONNX Runtime, `dualtower.onnx`) or torch.export
 programs (`.pt2`).
 
-    export(model, out, format="onnx", precision="fp32", normalize=False, opset=18)
+    export(model, out, format="onnx", precision="fp32", normalize=False, opset=20)
 
 writes into the folder `out`:
 
@@ -90,8 +90,8 @@ def export(model, out: "str | os.PathLike", format: str = "onnx", precision: str
            calibration: "list | None" = None) -> ExportReport:
     """`reparameterize`: a convolutional tower's training-time branches are folded into single convolutions
     first (`DualEncoder.reparameterize`: the same outputs, fewer operations); the caller's model is unchanged.
-    `opset`: 18, or 20 for a convolutional tower (its GELUs are then one ONNX op each: 1.4x the images/s of
-    opset 18's erf decomposition here). `calibration`: image paths for int8 of a convolutional tower, whose
+    `opset`: 20 by default, where a GELU is one ONNX op (at 18 it is Div/Erf/Mul/Add: 1.4x the images/s on the
+    conv towers, 1.2x on ViT-B-16 int8, benchmarks/RESULTS.md). `calibration`: image paths for int8 of a convolutional tower, whose
     convolutions are quantised statically (see `_quantize_conv`); scikit-learn's sample photos by default."""
     if format not in FORMATS:
         raise UserError(f"format {format!r} is not one of {FORMATS}")
@@ -109,7 +109,7 @@ def export(model, out: "str | os.PathLike", format: str = "onnx", precision: str
                          "exported yet; export it as a transformers directory with `dualtower convert --to hf`")
     conv = isinstance(model.cfg.vision, FastViTConfig)
     if opset is None:
-        opset = 20 if conv else 18
+        opset = 20
     started = time.monotonic()
     # The caller's model keeps its dtype, device and mode. In eval mode the training-time parts (dropout, drop path,
     # patch dropout) are identities; every family built here exports exactly (tests/test_export.py).

@@ -62,6 +62,11 @@ def test_every_export_records_probes_and_passes_its_own_check(precision, tmp_pat
     loaded = dualtower.onnx.load(tmp_path / "x")
     assert loaded.checked.passed and loaded.checked.floor == probes.FLOORS[precision]
     assert set(loaded.checked.cosines) == {"image", "text"}
+    from dualtower.runtimes.openvino import OpenVinoModel
+
+    on_openvino = OpenVinoModel(tmp_path / "x", precision="bf16")
+    assert on_openvino.checked.passed and on_openvino.checked.floor == probes.FLOORS["bf16" if precision == "fp32"
+                                                                                      else precision]
 
 
 def test_a_corrupted_export_is_refused_by_the_library_and_the_commands(tmp_path, capsys):
@@ -72,6 +77,11 @@ def test_a_corrupted_export_is_refused_by_the_library_and_the_commands(tmp_path,
     with pytest.raises(UserError, match=r"refused by the self-check: .*image 0\.\d+, text 1\.00000 \(floor 0\.9999\)"):
         dualtower.onnx.load(tmp_path / "x")
     assert dualtower.onnx.load(tmp_path / "x", check=False).checked is None  # asked not to check
+    from dualtower.runtimes.openvino import OpenVinoModel
+
+    for precision in ("fp32", "bf16"):  # the other runtime of exports holds them to the same reference
+        with pytest.raises(UserError, match=rf"on OpenVINO \({precision}\): refused by the self-check"):
+            OpenVinoModel(tmp_path / "x", precision=precision)
     (tmp_path / "photos").mkdir()
     for i, im in enumerate(probes.images()):
         im.save(tmp_path / "photos" / f"{i}.png")

@@ -202,7 +202,7 @@ def add_export(sub) -> None:
                         "a convolutional tower's dense convolutions static, see --calibration); --precision is its "
                         "older name")
     p.add_argument("--normalize", action="store_true", help="L2-normalise the embeddings inside the graphs")
-    p.add_argument("--opset", type=count(7, 30), help="the ONNX opset (default 18; 20 for a convolutional tower)")
+    p.add_argument("--opset", type=count(7, 30), help="the ONNX opset (default 20: one Gelu op per GELU)")
     p.add_argument("--calibration", metavar="PATH", nargs="+",
                    help="int8 of a convolutional tower (MobileCLIP S0-S4): images or folders of images its "
                         "activation ranges are calibrated on (default: scikit-learn's sample photos)")
