@@ -65,7 +65,7 @@ def default_precision() -> str:
     that is not a precision is refused when a command opens its model (`options`)."""
     import os
 
-    return os.environ.get("DUALTOWER_PRECISION", "auto")
+    return os.environ.get("DUALTOWER_PRECISION") or "auto"
 
 
 def inference_args(p) -> None:
