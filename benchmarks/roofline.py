@@ -4,6 +4,7 @@ ceiling of its precision and runtime reached, the ratio to open_clip fp32 in the
 and what `--precision auto` picks (checked never slower than fp32).
 
     .venv/bin/python benchmarks/roofline.py [--towers ViT-B-32,ViT-B-16,text,MobileCLIP2-S0] [--seconds 3]
+    .venv/bin/python benchmarks/roofline.py --profile-onnx ViT-B-16    # where an int8 image graph's time goes
 
 Random weights (none can be downloaded here): speed does not depend on them; the reduced precisions' cosine to fp32
 does a little. Paths are timed in rounds, alternated, each path's best round kept.
@@ -192,7 +193,11 @@ def main() -> None:
     p.add_argument("--seconds", type=float, default=3.0, help="per path and round")
     p.add_argument("--rounds", type=int, default=2)
     p.add_argument("--batch", type=int, default=16, help="images per batch (texts: 4x this)")
+    p.add_argument("--profile-onnx", metavar="ARCH", help="only this: the image tower's int8 ONNX graph at opset 18 "
+                                                          "and 20, images/s and each operator's share of the time")
     args = p.parse_args()
+    if args.profile_onnx:
+        return profile_onnx(args.profile_onnx, args.batch)
     import onnxruntime
 
     from dualtower.apps.machine import describe
@@ -243,6 +248,39 @@ def main() -> None:
               f"{auto_rate / fp32_rate:.2f}x torch fp32, {auto_rate / base:.2f}x open_clip fp32: {verdict}")
     for arch in ("ViT-B-32", "MobileCLIP2-S0"):
         queries(arch, tmp)
+
+
+def profile_onnx(arch: str, batch: int) -> None:
+    import collections
+    import dataclasses
+    import json
+
+    import onnxruntime as ort
+
+    import dualtower
+    from dualtower.apps.machine import describe
+    from dualtower.export import export
+
+    print(f"machine: {describe()}; onnxruntime {ort.__version__}")
+    model = dualtower.create_model(arch, seed=0).eval()
+    model.text, model.cfg = None, dataclasses.replace(model.cfg, text=None)
+    size = model.cfg.vision.image_size
+    x = np.random.default_rng(0).standard_normal((batch, 3, size, size)).astype(np.float32)
+    tmp = Path(tempfile.mkdtemp())
+    for opset in (18, 20):
+        export(model, tmp / str(opset), precision="int8", opset=opset)
+        options = ort.SessionOptions()
+        options.enable_profiling, options.profile_file_prefix = True, str(tmp / f"profile{opset}")
+        session = ort.InferenceSession(str(tmp / str(opset) / "image.onnx"), options,
+                                       providers=["CPUExecutionProvider"])
+        rate = best_rate(lambda: session.run(None, {"pixels": x}), batch, 6.0)
+        shares = collections.Counter()
+        for event in json.loads(Path(session.end_profiling()).read_text()):
+            if event.get("cat") == "Node" and event["name"].endswith("_kernel_time"):
+                shares[event["args"]["op_name"]] += event["dur"]
+        total = sum(shares.values())
+        top = ", ".join(f"{op} {t / total:.0%}" for op, t in shares.most_common(10))
+        print(f"{arch} int8, opset {opset}, batch {batch}: {rate:.1f} images/s; {top}")
 
 
 def queries(arch: str, tmp: Path) -> None:

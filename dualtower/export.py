@@ -62,6 +62,26 @@ class ImageGraph(nn.Module):
         return F.normalize(x, dim=-1) if self.normalize else x
 
 
+# A NaFlex image graph's inputs, named as transformers' Siglip2 image processor names them.
+NAFLEX_INPUTS = ("pixel_values", "pixel_attention_mask", "spatial_shapes")
+
+
+class NaFlexGraph(nn.Module):
+    """A NaFlex tower (SigLIP 2): patches (B, N, p * p * 3) float32, their mask (B, N) int64 (1 for a patch, the
+    patches first) and each image's grid (B, 2) int64 -> (B, E). N is dynamic; the positions are resampled to
+    every image's grid inside the graph (`VisionTower.encode_patch_graph`)."""
+
+    dynamic_size = False  # the patch count is dynamic; there is no image size
+
+    def __init__(self, model, normalize: bool):
+        super().__init__()
+        self.visual, self.normalize = model.visual, normalize
+
+    def forward(self, values: torch.Tensor, mask: torch.Tensor, shapes: torch.Tensor) -> torch.Tensor:
+        x = self.visual.encode_patch_graph(values, mask, shapes)
+        return F.normalize(x, dim=-1) if self.normalize else x
+
+
 class TextGraph(nn.Module):
     """The text tower without its data-dependent checks and trimming: pooling positions come from the ids."""
 
@@ -104,9 +124,10 @@ def export(model, out: "str | os.PathLike", format: str = "onnx", precision: str
     if aot and shutil.which(os.environ.get("CXX", "c++")) is None:
         raise UserError("aot needs a C++ compiler (AOTInductor compiles the programs); none found on PATH "
                          "(set CXX or install g++)")
-    if model.cfg.vision is not None and model.cfg.vision.naflex:
-        raise UserError(f"{model.cfg.name} has a NaFlex vision tower (SigLIP 2), whose patch-sequence input is not "
-                         "exported yet; export it as a transformers directory with `dualtower convert --to hf`")
+    naflex = model.cfg.vision is not None and model.cfg.vision.naflex
+    if naflex and dynamic_size:
+        raise UserError(f"{model.cfg.name} has a NaFlex vision tower: its graph takes any patch count and grid "
+                         "already; --dynamic-size is for fixed-size towers")
     conv = isinstance(model.cfg.vision, FastViTConfig)
     if opset is None:
         opset = 20
@@ -122,7 +143,10 @@ def export(model, out: "str | os.PathLike", format: str = "onnx", precision: str
     if out.exists() and not out.is_dir():
         raise UserError(f"{out}: exists and is not a folder")
     graphs = {}
-    if model.visual is not None:
+    if naflex:
+        graphs["image"] = (NaFlexGraph(model, normalize).eval(), _example_patches(model), list(NAFLEX_INPUTS),
+                           "image_embeds")
+    elif model.visual is not None:
         size = model.cfg.vision.image_size
         graphs["image"] = (ImageGraph(model, normalize, dynamic_size).eval(), torch.zeros(2, 3, size, size),
                            "pixels", "image_embeds")
@@ -143,7 +167,7 @@ def export(model, out: "str | os.PathLike", format: str = "onnx", precision: str
                 path = tmp / f"{name}.pt2"
                 dims = _dims(example, name == "text", graph)
                 with torch.no_grad():
-                    program = torch.export.export(graph, (example,), dynamic_shapes=(dims,))
+                    program = torch.export.export(graph, _tuple(example), dynamic_shapes=_tuple(dims))
                 torch.export.save(program, path)
                 if aot:  # compiled for this platform (CPU here; a CUDA model compiles for its GPU)
                     from torch._inductor import aoti_compile_and_package
@@ -250,8 +274,24 @@ def _example_ids(model) -> torch.Tensor:
     return ids
 
 
-def _dims(example: torch.Tensor, text: bool, graph) -> dict:
+def _example_patches(model) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Two images of other grids (2 x 3 and 3 x 1 patches), padded to 6: the graph sees padding and two shapes."""
+    p = model.cfg.vision.patch_size
+    values = torch.randn(2, 6, p * p * 3)
+    mask = torch.tensor([[1] * 6, [1, 1, 1, 0, 0, 0]], dtype=torch.long)
+    return values, mask, torch.tensor([[2, 3], [3, 1]], dtype=torch.long)
+
+
+def _tuple(x) -> tuple:
+    return x if isinstance(x, tuple) else (x,)
+
+
+def _dims(example, text: bool, graph):
+    """The dynamic dimensions of a graph's input (a tuple of them for the NaFlex graph's three inputs)."""
     batch = torch.export.Dim("batch", min=1, max=65536)
+    if isinstance(graph, NaFlexGraph):
+        patches = torch.export.Dim("patches", min=2, max=65536)
+        return {0: batch, 1: patches}, {0: batch, 1: patches}, {0: batch}
     if not text:
         if not graph.dynamic_size:
             return {0: batch}
@@ -270,9 +310,10 @@ def _to_onnx(graph, example, input_name: str, output_name: str, path: Path, opse
     with warnings.catch_warnings(), torch.no_grad():
         warnings.simplefilter("ignore")
         logging.getLogger("torch.onnx").setLevel(logging.ERROR)
-        program = torch.onnx.export(graph, (example,), dynamo=True, opset_version=opset, verbose=False,
-                                    input_names=[input_name], output_names=[output_name],
-                                    dynamic_shapes={input_name: _dims(example, text, graph)})
+        names = input_name if isinstance(input_name, list) else [input_name]
+        program = torch.onnx.export(graph, _tuple(example), dynamo=True, opset_version=opset, verbose=False,
+                                    input_names=names, output_names=[output_name],
+                                    dynamic_shapes=_tuple(_dims(example, text, graph)))  # by position
     program.save(str(path))  # one file: the weights inside (towers up to 2 GB)
 
 
@@ -320,13 +361,19 @@ def _write_side_files(model, directory: Path, name: str, format: str, precision:
     resize = (f"the shortest side to {side} and the other to floor({side} x long / short), truncated, not rounded "
               f"({p.interpolation}); then the center {p.image_size} x {p.image_size}, its left edge at {left} "
               "for the resized width W (the top likewise)" if p.resize_mode == "shortest" else
+              f"to the largest grid of {p.patch_size}-pixel patches of the image's own aspect ratio that holds at "
+              f"most {p.max_patches} patches ({p.interpolation}; transformers' Siglip2 image processor does the "
+              "same); cut into patches row-major over the grid, each patch's pixels row-major with the channels "
+              "last; pad a batch to its longest image, pixel_attention_mask 1 for a patch and 0 for padding, "
+              "spatial_shapes each image's (rows, columns)" if p.resize_mode == "naflex" else
               f"both sides to {p.image_size} ({p.interpolation})")
     texts = ("tokenizer.json gives the ids with the `tokenizers` library in any language (equal to ours on plain "
              "text; ours also repairs mojibake and HTML entities with ftfy)" if cfg.tokenizer == "clip-bpe"
              else "the tokenizer files beside the graphs give the ids")
     scaled = "L2-normalised" if normalize else "not normalised (divide each row by its L2 norm before comparing)"
     sized = ", image height and width too" if dynamic else ""
-    listing = "".join(f"- `{name}.{ext}`: `{g[2]}` -> `{g[3]}`\n" for name, g in graphs.items())
+    listing = "".join(f"- `{name}.{ext}`: `{', '.join(g[2]) if isinstance(g[2], list) else g[2]}` -> `{g[3]}`\n"
+                      for name, g in graphs.items())
     io.write_text(directory / "README.md", f"""# {cfg.name}, exported by dualtower ({format}, {precision})
 
 Run with ONNX Runtime and no PyTorch: `pip install onnxruntime numpy pillow`, and for the tokenizer and the

@@ -272,6 +272,16 @@ class NaFlexTransform(ImageTransform):
         return Patches.collate(samples) if samples else Patches.empty(self.patch)
 
 
+class NaFlexArrayTransform(NaFlexTransform):
+    """NaFlexTransform without torch: `collate` gives numpy (values, mask, shapes), what an exported NaFlex graph
+    takes (`naflex.collate_arrays`)."""
+
+    def collate(self, samples: list) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        from .naflex import collate_arrays
+
+        return collate_arrays(samples, self.patch)
+
+
 class NaFlexTrainTransform(NaFlexTransform):
     """A random crop of `scale` of the area at the image's own aspect ratio, resized to the grid of the whole
     image: each record's patch count is known before it is decoded (token-budget batches plan with it), and the

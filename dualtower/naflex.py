@@ -61,6 +61,20 @@ def patchify(pixels: np.ndarray, patch: int) -> np.ndarray:
     return grid.transpose(1, 3, 2, 4, 0).reshape((h // patch) * (w // patch), patch * patch * c)
 
 
+def collate_arrays(items: Sequence[tuple[np.ndarray, tuple[int, int]]], patch: int
+                   ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """`Patches.collate` in numpy, for a runtime without torch: values (B, N, p*p*3) float32 padded with zeros to
+    the longest image, mask (B, N) int64 (1 for a patch), shapes (B, 2) int64: an exported NaFlex graph's inputs."""
+    longest = max((len(p) for p, _ in items), default=0)
+    values = np.zeros((len(items), longest, patch * patch * 3), np.float32)
+    mask = np.zeros((len(items), longest), np.int64)
+    for i, (p, _) in enumerate(items):
+        values[i, : len(p)] = p
+        mask[i, : len(p)] = 1
+    shapes = np.array([list(grid) for _, grid in items], np.int64).reshape(len(items), 2)
+    return values, mask, shapes
+
+
 @dataclass
 class Patches:
     """A batch of images as padded patch sequences; see the module docstring for the layout."""

@@ -146,6 +146,30 @@ def _antialiased_bilinear(out_size, in_size: int, like: torch.Tensor) -> torch.T
     return weights / weights.sum(dim=1, keepdim=True)
 
 
+def grid_positions(table: torch.Tensor, g: int, shapes: torch.Tensor, length: int) -> torch.Tensor:
+    """(B, length, D): the learned g x g positions `table` (g * g, D) resampled to each image's grid `shapes`
+    (B, 2) with `_antialiased_bilinear`'s kernel, for the row-major tokens of that grid; tokens past the grid
+    (padding) take its last row's positions, finite and masked anyway. One product for the whole batch, with no
+    step that depends on the values: what an exported graph with a dynamic patch count needs."""
+    n = torch.arange(length, device=table.device)[None, :]  # (1, N)
+    rows_out, cols_out = shapes[:, :1], shapes[:, 1:]  # (B, 1) each
+    row = torch.minimum(torch.div(n, cols_out, rounding_mode="floor"), rows_out - 1)  # (B, N)
+    col = n - torch.div(n, cols_out, rounding_mode="floor") * cols_out
+    weights_r, weights_c = _triangle(row, rows_out, g), _triangle(col, cols_out, g)  # (B, N, g) each
+    outer = (weights_r[..., :, None] * weights_c[..., None, :]).flatten(2)  # (B, N, g * g)
+    return outer @ table.float()
+
+
+def _triangle(index: torch.Tensor, size: torch.Tensor, g: int) -> torch.Tensor:
+    """(B, N, g): row `index` of `_antialiased_bilinear(size, g)` for each token, sizes per image."""
+    scale = g / size.float()  # (B, 1)
+    support = scale.clamp(min=1.0)
+    center = (index.float() + 0.5) * scale - 0.5  # (B, N)
+    source = torch.arange(g, dtype=torch.float32, device=index.device)
+    weights = (1 - (source - center[..., None]).abs() / support[..., None]).clamp(min=0)
+    return weights / weights.sum(dim=-1, keepdim=True)
+
+
 class ConvBNAct(nn.Module):
     def __init__(self, cin: int, cout: int, kernel: int):
         super().__init__()
@@ -298,10 +322,25 @@ class VisionTower(nn.Module):
 
     def forward(self, pixels: "torch.Tensor | Patches", interpolate_pos: bool = False) -> torch.Tensor:
         """pixels: (B, 3, H, W), or for a NaFlex tower a `Patches` batch."""
-        x, rope, mask = self._tokens(pixels, interpolate_pos)
+        return self.encode_tokens(*self._tokens(pixels, interpolate_pos))
+
+    def encode_tokens(self, x: torch.Tensor, rope, mask: torch.Tensor | None) -> torch.Tensor:
+        """Pre-normed tokens (B, L, D) -> (B, E): the transformer, the final norm, pooling, the head. `mask` (B, L)
+        bool marks real tokens (None: all are)."""
         keys = None if mask is None else mask[:, None, None, :]  # (B, 1, 1, L)
         x = self.norm_tokens(self.transformer(x, rope, keys))
         return self.head(self.norm_pooled(self.pool(x, mask)))  # (B, E)
+
+    def encode_patch_graph(self, values: torch.Tensor, mask: torch.Tensor, shapes: torch.Tensor) -> torch.Tensor:
+        """A NaFlex batch without checks or data-dependent steps (what an exported graph runs): values (B, N,
+        p * p * 3), mask (B, N) 1 for a patch, shapes (B, 2) each grid -> (B, E). Each image's positions are
+        resampled in one batched product (`grid_positions`) instead of once per distinct grid; padding is always
+        masked. Equal to `forward(Patches(...))` within float rounding (tested)."""
+        weight = self.patch_embed.weight  # (D, 3, p, p)
+        flat = weight.permute(0, 2, 3, 1).reshape(weight.shape[0], -1)  # (D, p * p * 3)
+        x = self.patch_norm(F.linear(values.to(weight.dtype), flat, self.patch_embed.bias))  # (B, N, D)
+        x = x + grid_positions(self.pos_embed[self.pos_prefix:], self.cfg.grid, shapes, values.shape[1]).to(x.dtype)
+        return self.encode_tokens(self.norm_pre(x), None, mask > 0)
 
     def features(self, pixels: torch.Tensor, layers: tuple[int, ...] = (-1,), keep_cls: bool = True,
                  final_norm: bool = False, interpolate_pos: bool = False) -> list[torch.Tensor]:

@@ -10,7 +10,7 @@ import numpy as np
 
 from ..config import ModelConfig
 from ..errors import UserError, require
-from ..images import ArrayTransform
+from ..images import ArrayTransform, NaFlexArrayTransform
 from ..origin import Origin
 from ..text_pool import pool_positions
 from .base import Embedder
@@ -44,7 +44,8 @@ class OnnxModel(Embedder):
                 raise UserError(f"{self.directory}: {graph['file']} is missing")
             self.sessions[name] = path
         self.sessions = self.compile(self.sessions, threads=threads, providers=providers, spinning=spinning)
-        self.transform = ArrayTransform(self.cfg.preprocess) if self.cfg.vision is not None else None
+        self.transform = None if self.cfg.vision is None else NaFlexArrayTransform(self.cfg.preprocess) \
+            if self.cfg.vision.naflex else ArrayTransform(self.cfg.preprocess)
         self.checked = self_check(self, meta, self.runtime_name, self.precision) if check else None
 
     # ---------------------------------------------------------------- what another runtime of exports replaces
@@ -74,9 +75,14 @@ class OnnxModel(Embedder):
 
     # --------------------------------------------------------------------------------------- numpy in, out
 
-    def encode_image(self, pixels: np.ndarray, normalize: bool = False) -> np.ndarray:
+    def encode_image(self, pixels, normalize: bool = False) -> np.ndarray:
+        """pixels (B, 3, S, S) float32; for a NaFlex tower (values, mask, shapes) as `NaFlexArrayTransform`
+        collates them (or a `Patches` batch, or transformers' processor output as a mapping)."""
         if "image" not in self.sessions:
             raise UserError(f"{self.cfg.name}: the export has no image tower")
+        if self.cfg.vision.naflex:
+            out = self.run("image", self._patch_inputs(pixels))
+            return _unit(out) if normalize and not self.normalized else out
         x = np.ascontiguousarray(pixels, dtype=np.float32)
         size, patch = self.cfg.vision.image_size, self.cfg.vision.stride
         if self.meta.get("dynamic_size"):
@@ -87,6 +93,34 @@ class OnnxModel(Embedder):
                              "--dynamic-size takes other sizes)")
         out = self.run("image", {"pixels": x})
         return _unit(out) if normalize and not self.normalized else out
+
+    def _patch_inputs(self, batch) -> dict[str, np.ndarray]:
+        """A NaFlex batch as the graph's inputs, checked as `Patches.check` does and cut after its longest image
+        (padding past it changes nothing, as in the PyTorch tower)."""
+        from ..naflex import HF_KEYS, Patches
+
+        if isinstance(batch, Patches):
+            batch = (batch.values, batch.mask, batch.shapes)
+        elif isinstance(batch, dict):
+            batch = tuple(batch[k] for k in HF_KEYS)
+        values, mask, shapes = (np.asarray(a) for a in batch)
+        patch = self.cfg.preprocess.patch_size
+        if values.ndim != 3 or values.shape[2] != patch * patch * 3 or mask.shape != values.shape[:2] \
+                or shapes.shape != (values.shape[0], 2):
+            raise UserError(f"a NaFlex batch must be values (B, N, {patch * patch * 3}), mask (B, N) and shapes "
+                             f"(B, 2), got {values.shape}, {mask.shape} and {shapes.shape}")
+        counts = shapes.astype(np.int64).prod(axis=1)
+        if len(counts) and ((shapes <= 0).any() or counts.max() > values.shape[1] or
+                            (mask.astype(bool) != (np.arange(values.shape[1])[None, :] < counts[:, None])).any()):
+            raise UserError("spatial_shapes and pixel_attention_mask disagree (each image's rows x columns patches "
+                             "must come first, marked 1, then padding marked 0)")
+        length = max(int(counts.max()) if len(counts) else 1, 2)  # the graph was traced with at least two
+        if values.shape[1] < length:  # every image one patch: one more of padding
+            values = np.pad(values, ((0, 0), (0, length - values.shape[1]), (0, 0)))
+            mask = np.pad(mask, ((0, 0), (0, length - mask.shape[1])))
+        return {"pixel_values": np.ascontiguousarray(values[:, :length], np.float32),
+                "pixel_attention_mask": np.ascontiguousarray(mask[:, :length], np.int64),
+                "spatial_shapes": np.ascontiguousarray(shapes, np.int64)}
 
     def encode_text(self, ids: np.ndarray, normalize: bool = False) -> np.ndarray:
         """ids (B, L) int64. Under a causal mask the padding after each row's pooled token changes nothing, so
