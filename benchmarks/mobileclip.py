@@ -11,26 +11,13 @@ little. The photos are skimage's bundled ones, re-encoded as JPEG at several siz
 from __future__ import annotations
 
 import argparse
-import platform
 import statistics
-import subprocess
 import tempfile
 import time
 from pathlib import Path
 
 import numpy as np
 import torch
-
-
-def cpu_name() -> str:
-    try:
-        out = subprocess.run(["lscpu"], capture_output=True, text=True).stdout
-        model = next(line.split(":", 1)[1].strip() for line in out.splitlines() if line.startswith("Model name"))
-        flags = next(line for line in out.splitlines() if line.startswith("Flags"))
-        isa = [f for f in ("avx2", "avx512f", "avx512_vnni", "avx512_bf16", "amx_tile") if f" {f}" in flags]
-        return f"{model} ({', '.join(isa)}), {torch.get_num_threads()} threads"
-    except (OSError, StopIteration):
-        return platform.processor()
 
 
 def photos(root: Path, n: int) -> Path:
@@ -60,6 +47,12 @@ def rate(fn, images: int, seconds: float) -> float:
     return n * images / (time.perf_counter() - start)
 
 
+def openvino_installed() -> bool:
+    import importlib.util
+
+    return importlib.util.find_spec("openvino") is not None
+
+
 def cosine(a: np.ndarray, b: np.ndarray) -> float:
     a, b = a / np.linalg.norm(a, axis=1, keepdims=True), b / np.linalg.norm(b, axis=1, keepdims=True)
     return float((a * b).sum(axis=1).min())
@@ -79,7 +72,9 @@ def main() -> None:
     from dualtower.search import build_index
 
     torch.set_num_threads(torch.get_num_threads())
-    print(f"machine: {cpu_name()}; torch {torch.__version__}")
+    from dualtower.apps.machine import describe
+
+    print(f"machine: {describe()}")
     tmp = Path(tempfile.mkdtemp())
     folder = photos(tmp, args.photos)
 
@@ -115,11 +110,19 @@ def main() -> None:
 
     # 2. A text query's latency (one text, as the search service embeds it)
     rt = donnx.load(tmp / "s0-fp32")
+    rt8 = donnx.load(tmp / "s0-int8")
     embedder = dualtower.runtimes.as_embedder(folded)
     print("\n## A text query's embedding, MobileCLIP2-S0 (one text)\n")
     print("| runtime | p50 ms | p99 ms |\n|---|---|---|")
-    for name, fn in (("PyTorch fp32", lambda: embedder.embed_texts(["a photo of a dog on a beach"])),
-                     ("ONNX Runtime fp32", lambda: rt.embed_texts(["a photo of a dog on a beach"]))):
+    paths = [("PyTorch fp32", lambda: embedder.embed_texts(["a photo of a dog on a beach"])),
+             ("ONNX Runtime fp32", lambda: rt.embed_texts(["a photo of a dog on a beach"])),
+             ("ONNX Runtime int8", lambda: rt8.embed_texts(["a photo of a dog on a beach"]))]
+    if openvino_installed():
+        from dualtower.runtimes.openvino import OpenVinoModel
+
+        ov_bf16 = OpenVinoModel(tmp / "s0-fp32", precision="bf16", spinning=False)
+        paths.append(("OpenVINO bf16", lambda: ov_bf16.embed_texts(["a photo of a dog on a beach"])))
+    for name, fn in paths:
         fn()
         times = []
         for _ in range(200):
@@ -136,6 +139,8 @@ def main() -> None:
     configs = [("ViT-B-32", "torch", "fp32"), ("MobileCLIP2-S0", "torch", "fp32"), ("MobileCLIP2-S0", "onnx", "fp32"),
                ("MobileCLIP2-S0", "onnx", "int8"), ("MobileCLIP2-S2", "torch", "fp32"),
                ("MobileCLIP2-S2", "onnx", "fp32"), ("MobileCLIP2-S2", "onnx", "int8")]
+    if openvino_installed():  # its bf16 on processors with bf16 units (AMX, AVX512-BF16), from the fp32 export
+        configs += [("MobileCLIP2-S0", "openvino", "bf16"), ("MobileCLIP2-S2", "openvino", "bf16")]
     vit = None
     images = [Image.open(f) for f in sorted(folder.iterdir())]
     for name, runtime, precision in configs:
@@ -143,6 +148,12 @@ def main() -> None:
         if runtime == "onnx":
             export(m, tmp / f"{name}-{precision}", precision=precision)
             emb = donnx.load(tmp / f"{name}-{precision}")
+        elif runtime == "openvino":
+            from dualtower.runtimes.openvino import OpenVinoModel
+
+            if not (tmp / f"{name}-fp32").exists():
+                export(m, tmp / f"{name}-fp32")
+            emb = OpenVinoModel(tmp / f"{name}-fp32", precision=precision)
         else:
             if name != "ViT-B-32":
                 m.reparameterize()

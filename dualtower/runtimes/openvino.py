@@ -43,7 +43,7 @@ class OpenVinoModel(OnnxModel):
         return self._hint
 
     def compile(self, graphs: dict[str, Path], threads: int | None, providers, spinning: bool) -> dict:
-        ov = require("openvino", "the openvino runtime", "openvino")
+        ov = _openvino()
         core = ov.Core()
         self._hint = self._asked
         if self._asked == "auto":
@@ -64,6 +64,20 @@ class OpenVinoModel(OnnxModel):
     def run(self, name: str, inputs: dict[str, np.ndarray]) -> np.ndarray:
         result = self.sessions[name](inputs)  # a compiled model is callable: one synchronous inference
         return np.asarray(result[0], dtype=np.float32)
+
+
+def _openvino():
+    """`import openvino`, which imports absl.logging (through its TensorFlow front end). absl makes a handler on the
+    sys.stderr of that moment and closes it when logging's handlers are reset (uvicorn's dictConfig does, at
+    `serve`), unless it is the process's own stderr: under pytest's capture or in a notebook it would close their
+    stream. The handler is pointed at the process's stderr, which absl never closes."""
+    import sys
+
+    ov = require("openvino", "the openvino runtime", "openvino")
+    absl = sys.modules.get("absl.logging")
+    if absl is not None and sys.__stderr__ is not None:
+        absl.get_absl_handler().python_handler.setStream(sys.__stderr__)
+    return ov
 
 
 def open(spec: str, options) -> OpenVinoModel:  # noqa: A001 (the runtimes' factory calls it by this name)
