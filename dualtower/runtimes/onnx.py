@@ -172,4 +172,8 @@ def load(directory: "str | os.PathLike", threads: int | None = None, providers: 
 
 def open(spec: str, options) -> OnnxModel:  # noqa: A001 (the runtimes' factory calls it by this name)
     """`spec`: a folder from `dualtower export`; a service (options.service) keeps idle threads from spinning."""
-    return OnnxModel(spec, spinning=not options.service)
+    model = OnnxModel(spec, spinning=not options.service)
+    if options.note is not None and options.precision not in ("auto", model.precision):
+        options.note(f"note: ONNX Runtime runs {spec} at the precision it was exported at ({model.precision}), not "
+                     f"{options.precision}; --runtime openvino runs an fp32 export in bf16")
+    return model

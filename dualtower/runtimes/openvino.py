@@ -81,5 +81,12 @@ def _openvino():
 
 
 def open(spec: str, options) -> OpenVinoModel:  # noqa: A001 (the runtimes' factory calls it by this name)
-    """`spec`: a folder from `dualtower export --format onnx`, at options.precision (auto, fp32 or bf16)."""
-    return OpenVinoModel(spec, precision=options.precision, spinning=not options.service)
+    """`spec`: a folder from `dualtower export --format onnx`, at options.precision (auto, fp32 or bf16); what
+    auto chose is said to options.note."""
+    model = OpenVinoModel(spec, precision=options.precision, spinning=not options.service)
+    if options.note is not None and options.precision == "auto":
+        checked = f"; probes {model.checked.summary()}" if model.checked is not None else ""
+        why = "this processor has bf16 units" if model.precision == "bf16" else \
+            "no bf16 units on this processor" if model.meta["precision"] == "fp32" else "the export's own precision"
+        options.note(f"precision auto: OpenVINO runs {spec} at {model.precision} ({why}){checked}")
+    return model

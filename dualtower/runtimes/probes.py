@@ -146,7 +146,7 @@ def check(embedder, reference: dict[str, np.ndarray], precision: str, what: str)
     result = compare(embed(embedder, ids), reference, precision)
     if not result.passed:
         raise UserError(f"{what}: refused by the self-check: the probe embeddings' cosine to the fp32 reference is "
-                        f"{result.summary()}: it computes something else than the model on this machine (a "
+                        f"{result.summary()}: it computes something other than the model on this machine (a "
                         "corrupted or badly lowered graph, or a kernel at fault); run it at another --precision or "
                         "--runtime, or export it again")
     return result
