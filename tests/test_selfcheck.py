@@ -197,3 +197,20 @@ def test_the_commands_say_what_auto_chose(tmp_path, cache, capsys, monkeypatch):
     assert main(["embed", "--device", "cpu", "--workers", "0", "--model", str(path), "--data",
                  str(tmp_path / "photos"), "--out", str(tmp_path / "e.npz")]) == 2
     assert "DUALTOWER_PRECISION='fp16' is not one of auto, fp32, bf16" in capsys.readouterr().err
+
+
+def test_the_runtimes_of_exports_say_what_precision_they_run_at(tmp_path):
+    from dualtower.export import export
+
+    export(_tiny(), tmp_path / "x")
+    said = []
+    options = runtimes.OpenOptions(precision="bf16", note=said.append)
+    assert runtimes.open(str(tmp_path / "x"), "onnx", options).precision == "fp32"
+    assert said == [f"note: ONNX Runtime runs {tmp_path / 'x'} at the precision it was exported at (fp32), not bf16; "
+                    "--runtime openvino runs an fp32 export in bf16"]
+    said.clear()
+    on_openvino = runtimes.open(str(tmp_path / "x"), "openvino", runtimes.OpenOptions(precision="auto",
+                                                                                      note=said.append))
+    expected = "bf16" if auto.bf16_units(torch.device("cpu")) else "fp32"
+    assert on_openvino.precision == expected and len(said) == 1
+    assert said[0].startswith(f"precision auto: OpenVINO runs {tmp_path / 'x'} at {expected} (") and "probes image" in said[0]
