@@ -59,6 +59,9 @@ class OpenVinoModel(OnnxModel):
         compiled = {}
         for name, path in graphs.items():
             compiled[name] = core.compile_model(core.read_model(str(path)), "CPU", config)
+            # what it really runs at: OpenVINO falls back to f32 where the processor has no bf16 units
+            actual = compiled[name].get_property("INFERENCE_PRECISION_HINT").get_type_name()
+            self._hint = "bf16" if actual == "bf16" else "fp32"
         return compiled
 
     def run(self, name: str, inputs: dict[str, np.ndarray]) -> np.ndarray:
