@@ -34,6 +34,17 @@ def cpu_flags() -> set[str]:
     return set()
 
 
+def bf16_units() -> str | None:
+    """The name of this processor's bf16 matrix units ("AMX", "AVX512-BF16"), or None where bf16 products are only
+    emulated (AVX2 alone: slower than fp32). The one rule `--precision auto` follows on every runtime."""
+    flags = cpu_flags()
+    if "amx_bf16" in flags:
+        return "AMX"
+    if "avx512_bf16" in flags:
+        return "AVX512-BF16"
+    return None
+
+
 def instruction_sets() -> str:
     """"AVX2, AVX-512, VNNI, AVX512-BF16" and so on: what of MATRIX_FLAGS this processor has ("" if unknown)."""
     flags = cpu_flags()

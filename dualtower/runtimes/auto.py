@@ -42,14 +42,9 @@ def bf16_units(device: torch.device) -> str | None:
     """The name of the units that make bf16 fast on `device`, or None where bf16 would only be emulated."""
     if device.type == "cuda":
         return "CUDA bf16" if torch.cuda.is_bf16_supported() else None
-    from ..apps.machine import cpu_flags
+    from ..apps.machine import bf16_units as cpu_units
 
-    flags = cpu_flags()
-    if "amx_bf16" in flags:
-        return "AMX"
-    if "avx512_bf16" in flags:
-        return "AVX512-BF16"
-    return None
+    return cpu_units()
 
 
 @dataclass

@@ -47,9 +47,9 @@ class OpenVinoModel(OnnxModel):
         core = ov.Core()
         self._hint = self._asked
         if self._asked == "auto":
-            from ..apps.machine import cpu_flags
+            from ..apps.machine import bf16_units
 
-            self._hint = "bf16" if {"amx_bf16", "avx512_bf16"} & cpu_flags() else "fp32"
+            self._hint = "bf16" if bf16_units() else "fp32"
         # One stream with every thread: each call here is one synchronous batch. (THROUGHPUT would split the cores
         # into streams for parallel requests, and a lone call would run on one stream's share: half the speed on
         # 2 cores, measured.)
@@ -58,7 +58,14 @@ class OpenVinoModel(OnnxModel):
             config["INFERENCE_NUM_THREADS"] = int(threads)
         compiled = {}
         for name, path in graphs.items():
-            compiled[name] = core.compile_model(core.read_model(str(path)), "CPU", config)
+            graph = core.read_model(str(path))
+            try:
+                compiled[name] = core.compile_model(graph, "CPU", config)
+            except RuntimeError as e:  # older OpenVINO refuses bf16 on a processor without it; newer ones fall back
+                if "BF16" not in str(e).upper() or config["INFERENCE_PRECISION_HINT"] != "bf16":
+                    raise
+                config["INFERENCE_PRECISION_HINT"] = "f32"
+                compiled[name] = core.compile_model(graph, "CPU", config)
             # what it really runs at: OpenVINO falls back to f32 where the processor has no bf16 units
             actual = compiled[name].get_property("INFERENCE_PRECISION_HINT").get_type_name()
             self._hint = "bf16" if actual == "bf16" else "fp32"
