@@ -8,6 +8,20 @@ from ..errors import UserError
 from .common import count, embedder, inference_args, model_args, options, runtime_arg, shown
 
 
+def score(text: str) -> float:
+    """An argparse type: a cosine similarity in [-1, 1]."""
+    import argparse
+    import math
+
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if not math.isfinite(value) or not -1 <= value <= 1:
+        raise argparse.ArgumentTypeError(f"{text} is not between -1 and 1")
+    return value
+
+
 def model_source(name: str) -> str:
     """What an index records of --model: an absolute path for a local one, the name otherwise."""
     import os
@@ -79,12 +93,13 @@ def _cmd_search(args) -> int:
     if not 1 <= args.k <= 10_000:
         raise UserError(f"-k {args.k}: expected 1 to 10000")
     index = open_index(args)
+    page = {"offset": args.offset, "min_score": args.min_score}
     if args.image is not None:
         from ..images import open_image
 
-        hits = index.search_image(open_image(args.image), args.k)
+        hits = index.search_image(open_image(args.image), args.k, **page)
     else:
-        hits = index.search_text(args.text, args.k)
+        hits = index.search_text(args.text, args.k, **page)
     if args.json:
         print(json.dumps([h.to_dict() for h in hits], indent=2))
         return 0
@@ -100,6 +115,10 @@ def add_search(sub) -> None:
     p.add_argument("text", nargs="?", help="what to look for, e.g. \"a red car\"")
     p.add_argument("--image", help="search by this image file instead of a text")
     p.add_argument("-k", type=count(1), default=10, help="how many results")
+    p.add_argument("--offset", type=count(0), default=0, help="skip that many nearer results first: the next page "
+                                                               "is --offset K, then 2K, ...")
+    p.add_argument("--min-score", type=score, help="only results of at least this cosine similarity (-1 to 1), "
+                                                    "so fewer than k may come back")
     p.add_argument("--json", action="store_true", help="print the results as JSON")
     p.set_defaults(func=_cmd_search)
 

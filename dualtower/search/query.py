@@ -113,8 +113,14 @@ class SearchIndex:
 
     # ------------------------------------------------------------------------------------------- searching
 
-    def search_vectors(self, vectors: np.ndarray, k: int = 10) -> list[list[Hit]]:
-        """The k nearest items of each row of `vectors` (any scale: each is normalised), in one engine call."""
+    def search_vectors(self, vectors: np.ndarray, k: int = 10, offset: int = 0,
+                       min_score: float | None = None) -> list[list[Hit]]:
+        """The k nearest items of each row of `vectors` (any scale: each is normalised), in one engine call.
+        `offset` skips that many nearer items first: the page after `offset` hits. Pages are stable while the
+        index's `generation` is unchanged on a flat engine (exact, ties in id order); on IVF-PQ a deeper page
+        draws its candidates afresh, so an item near a page's edge may move. `min_score` keeps only hits of at
+        least that cosine similarity, so a page may hold fewer than k (then it is the last)."""
+        offset, min_score = check_page(offset, min_score)
         v = np.asarray(vectors, dtype=np.float32)
         if v.ndim != 2 or v.shape[1] != self.store.dim or not np.isfinite(v).all():
             raise UserError(f"an embedding of {self.store.dim} finite numbers is needed, got "
@@ -123,31 +129,46 @@ class SearchIndex:
         if (norms == 0).any():
             raise UserError("the embedding is all zeros")
         engine, row_to_id, _ = self.current()
-        scores, rows = engine.search(v / norms, k)
-        found = [[(float(s), int(row_to_id[r])) for s, r in zip(srow, rrow) if r >= 0]
+        scores, rows = engine.search(v / norms, k + offset)
+        low = -np.inf if min_score is None else min_score
+        found = [[(float(s), int(row_to_id[r])) for s, r in zip(srow[offset:], rrow[offset:]) if r >= 0 and s >= low]
                  for srow, rrow in zip(scores, rows)]
         items = self.store.items(sorted({i for f in found for _, i in f}))
         return [[Hit(i, s, it.key, it.path, it.caption, it.width, it.height)
                  for s, i in f if (it := items.get(i)) is not None] for f in found]
 
-    def search_vector(self, vector: np.ndarray, k: int = 10) -> list[Hit]:
-        return self.search_vectors(np.asarray(vector, dtype=np.float32).reshape(1, -1), k)[0]
+    def search_vector(self, vector: np.ndarray, k: int = 10, **page) -> list[Hit]:
+        """`page`: offset, min_score, as `search_vectors` takes them (so too for the other kinds below)."""
+        return self.search_vectors(np.asarray(vector, dtype=np.float32).reshape(1, -1), k, **page)[0]
 
-    def search_texts(self, texts: list[str], k: int = 10) -> list[list[Hit]]:
-        return self.search_vectors(self.embed_texts(texts), k)
+    def search_texts(self, texts: list[str], k: int = 10, **page) -> list[list[Hit]]:
+        return self.search_vectors(self.embed_texts(texts), k, **page)
 
-    def search_text(self, text: str, k: int = 10) -> list[Hit]:
-        return self.search_texts([text], k)[0]
+    def search_text(self, text: str, k: int = 10, **page) -> list[Hit]:
+        return self.search_texts([text], k, **page)[0]
 
-    def search_image(self, image, k: int = 10) -> list[Hit]:
-        return self.search_vector(self.embed_image(image), k)
+    def search_image(self, image, k: int = 10, **page) -> list[Hit]:
+        return self.search_vector(self.embed_image(image), k, **page)
 
-    def search_item(self, item_id: int, k: int = 10) -> list[Hit]:
+    def search_item(self, item_id: int, k: int = 10, **page) -> list[Hit]:
         """More like this: the stored image's own vector as the query."""
-        return self.search_vector(self.item_vector(item_id), k)
+        return self.search_vector(self.item_vector(item_id), k, **page)
 
     def close(self) -> None:
         self.store.close()
+
+
+def check_page(offset, min_score) -> tuple[int, float | None]:
+    """offset an integer >= 0, min_score None or a finite number in [-1, 1] (a cosine similarity); UserError
+    naming the one that is not."""
+    if not isinstance(offset, (int, np.integer)) or isinstance(offset, bool) or offset < 0:
+        raise UserError(f"offset must be an integer of at least 0, got {offset!r}")
+    if min_score is not None:
+        if isinstance(min_score, bool) or not isinstance(min_score, (int, float, np.floating)) \
+                or not -1 <= float(min_score) <= 1:
+            raise UserError(f"min_score must be a number between -1 and 1 (a cosine similarity), got {min_score!r}")
+        min_score = float(min_score)
+    return int(offset), min_score
 
 
 def open_model(store: Store, options=None):

@@ -1,8 +1,13 @@
 """What the search service accepts, checked before any work: one schema for a JSON body, a multipart form and an
 item id in a path. Every refusal is an `Invalid` with an HTTP status and a message that names the field.
 
-    POST /search  JSON   {"text": str | "embedding": [number, ...] | "id": int, "k": int (optional)}
-                  form   image=<file>, k=<digits> (optional)
+    POST /search  JSON   {"text": str | "embedding": [number, ...] | "id": int, "k": int (optional),
+                          "offset": int, "min_score": number, "generation": int (each optional)}
+                  form   image=<file>, k=<digits>, offset=<digits>, min_score=<number> (each but image optional)
+
+offset skips that many nearer hits (the next page: k more after offset); min_score keeps hits of at least that
+cosine similarity; generation, the one an earlier page's answer gave, refuses the page (409) if the index has
+changed since, so pages never silently mix two states of the index.
 
 Types are exact (k 5, not "5", 1.5 or true; numbers finite: no NaN, Infinity or 1e999), ranges bounded (k in
 1..max_k, ids in 1..2**63-1, SQLite's integers), texts well-formed Unicode (no lone surrogates) of at most
@@ -19,6 +24,7 @@ from ..errors import DualtowerError
 
 MAX_ID = 2**63 - 1  # SQLite's largest integer
 FIELDS = ("text", "embedding", "id")
+OPTIONS = ("k", "offset", "min_score", "generation")
 
 
 class Invalid(DualtowerError):
@@ -28,11 +34,43 @@ class Invalid(DualtowerError):
 
 
 @dataclass(frozen=True)
+class Page:
+    """Which part of a query's ranking to answer: after `offset` hits, at least `min_score`, of `generation`."""
+
+    offset: int = 0
+    min_score: float | None = None
+    generation: int | None = None
+
+
+@dataclass(frozen=True)
 class Query:
     kind: str  # "text", "embedding", "id" or "image"
     value: object  # the text, the list of floats, the id, or the upload's bytes
     k: int
     name: str = ""  # an upload's file name
+    page: Page = Page()
+
+
+def check_offset(value, max_offset: int, given_as_text: bool = False) -> int:
+    return check_count(value, "offset", 0, max_offset, given_as_text)
+
+
+def check_min_score(value, given_as_text: bool = False) -> float:
+    if given_as_text:
+        try:
+            value = float(value) if isinstance(value, str) and len(value) <= 30 else value
+        except ValueError:
+            raise Invalid(422, f"min_score must be a number between -1 and 1, got {value[:20]!r}") from None
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not -1 <= value <= 1:
+        raise Invalid(422, f"min_score must be a number between -1 and 1 (a cosine similarity), got "
+                           f"{json.dumps(value)[:20] if not isinstance(value, str) else repr(value[:20])}")
+    return float(value)
+
+
+def check_generation(value) -> int:
+    if not isinstance(value, int) or isinstance(value, bool) or not 0 <= value <= MAX_ID:
+        raise Invalid(422, f"generation must be the integer an earlier answer gave, got {json.dumps(value)[:20]}")
+    return value
 
 
 def _finite(text: str) -> float:
@@ -47,14 +85,19 @@ def _constant(name: str):
 
 
 def check_k(value, max_k: int, given_as_text: bool = False) -> int:
+    return check_count(value, "k", 1, max_k, given_as_text)
+
+
+def check_count(value, field: str, low: int, high: int, given_as_text: bool = False) -> int:
+    """An integer in [low, high]: exactly an int in JSON (not "5", 1.5 or true), decimal digits in a form."""
     if given_as_text:  # a form field: decimal digits
         if not isinstance(value, str) or not value.isascii() or not value.isdigit() or len(value) > 9:
-            raise Invalid(422, f"k must be an integer between 1 and {max_k}, got {str(value)[:20]!r}")
+            raise Invalid(422, f"{field} must be an integer between {low} and {high}, got {str(value)[:20]!r}")
         value = int(value)
     if not isinstance(value, int) or isinstance(value, bool):
-        raise Invalid(422, f"k must be an integer between 1 and {max_k}, got {json.dumps(value)[:20]}")
-    if not 1 <= value <= max_k:
-        raise Invalid(422, f"k must be between 1 and {max_k}, got {value}")
+        raise Invalid(422, f"{field} must be an integer between {low} and {high}, got {json.dumps(value)[:20]}")
+    if not low <= value <= high:
+        raise Invalid(422, f"{field} must be between {low} and {high}, got {value}")
     return value
 
 
@@ -86,7 +129,7 @@ def check_embedding(value, dim: int) -> list[float]:
     return [float(x) for x in value]
 
 
-def parse_json(body: bytes, max_k: int, max_text: int, dim: int) -> Query:
+def parse_json(body: bytes, max_k: int, max_text: int, dim: int, max_offset: int = 10_000) -> Query:
     try:
         data = json.loads(body.decode("utf-8") if body else "null", parse_float=_finite, parse_constant=_constant)
     except UnicodeDecodeError as e:
@@ -99,31 +142,45 @@ def parse_json(body: bytes, max_k: int, max_text: int, dim: int) -> Query:
         raise Invalid(422, f"the body is not a search request: {str(e)[:100]}") from None
     if not isinstance(data, dict):
         raise Invalid(422, 'expected a JSON object such as {"text": "a red car", "k": 10}')
-    unknown = sorted(set(data) - {*FIELDS, "k"})
+    unknown = sorted(set(data) - {*FIELDS, *OPTIONS})
     if unknown:
-        raise Invalid(422, f"unknown fields {unknown[:5]}; a search takes {', '.join(FIELDS)} and k")
+        raise Invalid(422, f"unknown fields {unknown[:5]}; a search takes {', '.join(FIELDS)} and "
+                           f"{', '.join(OPTIONS)}")
     given = [key for key in FIELDS if data.get(key) is not None]
     if len(given) != 1:
         raise Invalid(422, "give exactly one of 'text', 'embedding', 'id' (or upload an 'image')")
     k = check_k(data.get("k", 10), max_k)
+    page = Page(check_offset(data.get("offset", 0), max_offset),
+                None if data.get("min_score") is None else check_min_score(data["min_score"]),
+                None if data.get("generation") is None else check_generation(data["generation"]))
     kind = given[0]
     value = data[kind]
     if kind == "text":
-        return Query("text", check_text(value, max_text), k)
+        return Query("text", check_text(value, max_text), k, page=page)
     if kind == "id":
-        return Query("id", check_id(value), k)
-    return Query("embedding", check_embedding(value, dim), k)
+        return Query("id", check_id(value), k, page=page)
+    return Query("embedding", check_embedding(value, dim), k, page=page)
 
 
-def check_form(form, max_k: int) -> tuple[object, int]:
-    """(the upload, k) of a multipart search form."""
-    unknown = sorted(set(form.keys()) - {"image", "k"})
+def check_form(form, max_k: int, max_offset: int = 10_000) -> tuple[object, int, Page]:
+    """(the upload, k, the page) of a multipart search form."""
+    unknown = sorted(set(form.keys()) - {"image", *OPTIONS})
     if unknown:
-        raise Invalid(422, f"unknown form fields {[u[:40] for u in unknown[:5]]}; a search form takes image and k")
+        raise Invalid(422, f"unknown form fields {[u[:40] for u in unknown[:5]]}; a search form takes image and "
+                           f"{', '.join(OPTIONS)}")
     uploads = form.getlist("image")
     if len(uploads) != 1 or isinstance(uploads[0], str):
         raise Invalid(422, "a multipart search needs one file field named 'image'")
-    ks = form.getlist("k")
-    if len(ks) > 1:
-        raise Invalid(422, "k is given more than once")
-    return uploads[0], check_k(ks[0] if ks else "10", max_k, given_as_text=True)
+    for name in OPTIONS:
+        if len(form.getlist(name)) > 1:
+            raise Invalid(422, f"{name} is given more than once")
+    k = check_k(form.get("k", "10"), max_k, given_as_text=True)
+    offset = check_offset(form.get("offset", "0"), max_offset, given_as_text=True)
+    min_score = None if form.get("min_score") is None else check_min_score(form.get("min_score"), given_as_text=True)
+    generation = form.get("generation")
+    if generation is not None:
+        if not isinstance(generation, str) or not generation.isascii() or not generation.isdigit() \
+                or len(generation) > 18:
+            raise Invalid(422, f"generation must be the integer an earlier answer gave, got {str(generation)[:20]!r}")
+        generation = int(generation)
+    return uploads[0], k, Page(offset, min_score, generation)

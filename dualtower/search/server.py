@@ -52,6 +52,7 @@ log = logging.getLogger("dualtower.search")
 class Limits:
     max_body: int = 10 * 1024 * 1024  # bytes of a request body
     max_k: int = 1000
+    max_offset: int = 10_000  # how deep pages go (offset + k hits are ranked for a page)
     max_text: int = 1000  # characters of a text query
     max_pixels: int = 40_000_000  # of an uploaded image, read from its header before decoding
     max_waiting: int = 32  # search requests in flight (running or waiting for the model)
@@ -113,9 +114,10 @@ class _TextBatcher:
         self.thread = threading.Thread(target=self._run, name="dualtower-text-batcher", daemon=True)
         self.thread.start()
 
-    def submit(self, text: str, k: int) -> Future:
+    def submit(self, text: str, k: int, page: schema.Page = schema.Page()) -> Future:
+        """The hits of `text`: k of them after page.offset, at least page.min_score."""
         future: Future = Future()
-        self.queue.put((text, k, future))
+        self.queue.put((text, (k, page), future))
         return future
 
     def _run(self) -> None:
@@ -129,9 +131,12 @@ class _TextBatcher:
                 except queue.Empty:
                     break
             try:
-                hits = self.index.search_texts([t for t, _, _ in batch], max(k for _, k, _ in batch))
-                for (_, k, future), h in zip(batch, hits):
-                    future.set_result(h[:k])
+                # one ranking deep enough for every request, each cut to its own page
+                deepest = max(k + page.offset for _, (k, page), _ in batch)
+                hits = self.index.search_texts([t for t, _, _ in batch], deepest)
+                for (_, (k, page), future), h in zip(batch, hits):
+                    low = -float("inf") if page.min_score is None else page.min_score
+                    future.set_result([hit for hit in h[page.offset: page.offset + k] if hit.score >= low])
             except Exception as e:  # every waiting request hears of it
                 for _, _, future in batch:
                     if not future.done():
@@ -158,6 +163,7 @@ class Query:
     value: object  # the text, the decoded PIL image, the item id, or the list of floats
     k: int
     described: dict
+    page: schema.Page = schema.Page()
 
 
 class Service:
@@ -183,9 +189,10 @@ class Service:
         """The query's hits: texts batched with the others waiting, the rest in a worker thread."""
         index = self.index
         if query.kind == "text":
-            return await asyncio.wrap_future(self.texts.submit(query.value, query.k))
+            return await asyncio.wrap_future(self.texts.submit(query.value, query.k, query.page))
         search = {"image": index.search_image, "id": index.search_item, "embedding": index.search_vector}[query.kind]
-        return await run_in_threadpool(search, query.value, query.k)
+        return await run_in_threadpool(search, query.value, query.k, offset=query.page.offset,
+                                       min_score=query.page.min_score)
 
     def shown_path(self, path: str | None, folders: list[str]) -> str | None:
         """An item's file as the service shows it: relative to the indexed folder (of `folders`, the store's) that
@@ -213,7 +220,7 @@ async def read_query(request: Request) -> Query:
             form = await request.form()
         except Exception as e:  # python-multipart's refusals of a malformed body
             raise Problem(422, f"the body is not a multipart form: {type(e).__name__}") from None
-        upload, k = schema.check_form(form, limits.max_k)
+        upload, k, page = schema.check_form(form, limits.max_k, limits.max_offset)
         data = await upload.read()
         name = schema.check_text(upload.filename or "upload", 1000, "the file name")
         try:
@@ -223,12 +230,12 @@ async def read_query(request: Request) -> Query:
             raise Problem(413, str(e)) from None
         except ImageDecodeError as e:
             raise Problem(400, str(e)) from None
-        return Query("image", image, k, {"image": name})
-    q = schema.parse_json(await request.body(), limits.max_k, limits.max_text, index.store.dim)
+        return Query("image", image, k, {"image": name}, page)
+    q = schema.parse_json(await request.body(), limits.max_k, limits.max_text, index.store.dim, limits.max_offset)
     if q.kind == "id" and index.store.item(q.value) is None:
         raise Problem(404, f"no item {q.value}")
     described = {"embedding": len(q.value)} if q.kind == "embedding" else {q.kind: q.value}
-    return Query(q.kind, q.value, q.k, described)
+    return Query(q.kind, q.value, q.k, described, q.page)
 
 
 async def search(request: Request):
@@ -240,6 +247,10 @@ async def search(request: Request):
     try:
         query = await read_query(request)
         started = time.perf_counter()
+        generation = service.index.current()[2]
+        if query.page.generation is not None and query.page.generation != generation:
+            raise Problem(409, f"generation {query.page.generation}: the index has changed since (now generation "
+                               f"{generation}); ask for the first page again")
         try:
             hits = await service.run(query)
         except ValueError as e:
@@ -248,7 +259,11 @@ async def search(request: Request):
     finally:
         service.waiting -= 1
     folders = service.index.store.folders  # one read for the whole answer
-    return {"query": query.described, "k": query.k, "took_ms": round(took, 2),
+    page = query.page
+    full = len(hits) == query.k and page.offset + query.k < min(len(service.index), service.limits.max_offset + 1)
+    return {"query": query.described, "k": query.k, "offset": page.offset, "min_score": page.min_score,
+            "generation": generation, "next_offset": page.offset + query.k if full else None,
+            "took_ms": round(took, 2),
             "results": [{**h.to_dict(), "path": service.shown_path(h.path, folders), "thumb": f"/thumb/{h.id}",
                          "image": f"/image/{h.id}"} for h in hits]}
 
