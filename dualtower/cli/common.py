@@ -115,7 +115,13 @@ def torch_model(args):
     from ..runtimes.pytorch import at_precision, load_model
 
     opened = options(args)
-    return at_precision(load_model(args.model, opened), opened.precision)
+    model = load_model(args.model, opened)
+    if opened.precision != "auto":
+        return at_precision(model, opened.precision)
+    from ..runtimes.auto import choose
+
+    opened.note(choose(model.eval()).line)  # each tower cast as chosen
+    return model
 
 
 def prompt_templates(args, source_name: str) -> list[str]:

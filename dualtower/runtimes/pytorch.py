@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import dataclasses
-import sys
 
 import numpy as np
 import torch
@@ -94,12 +93,7 @@ def load_model(spec: str, options):
 
 def at_precision(model, precision: str):
     """`model` with its weights in `precision`: "bf16" casts them to bfloat16 (norms still compute in fp32,
-    outputs are returned as fp32); "fp32" leaves them; "auto" casts each tower as `auto.choose` decides."""
-    if precision == "auto":
-        from .auto import choose
-
-        print(choose(model.eval()).line, file=sys.stderr)
-        return model
+    outputs are returned as fp32); "fp32" leaves them. ("auto" is `auto.choose`, which says what it chose.)"""
     if precision not in PRECISIONS:
         raise UserError(f"precision {precision!r} is not one of {PRECISIONS}")
     return model.to(torch.bfloat16) if precision == "bf16" else model
