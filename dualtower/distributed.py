@@ -51,8 +51,12 @@ def init(timeout_s: float = 120.0) -> Dist:
 
 def shutdown(d: Dist) -> None:
     """Tear down a group that init() created, after every rank has arrived: a rank that destroys gloo while a
-    peer is still finishing its last collective can abort at exit (SIGABRT, seen on CPU)."""
+    peer is still finishing its last collective can abort at exit (SIGABRT, seen on CPU). Objects left in
+    reference cycles that hold a collective's handle are collected first, while the group still exists."""
     if d.owns_group and dist.is_initialized():
+        import gc
+
+        gc.collect()
         dist.barrier()
         dist.destroy_process_group()
 

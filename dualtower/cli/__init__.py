@@ -12,6 +12,7 @@ import sys
 from ..errors import UserError
 from . import embed, models, search, train
 from .common import Help, shown
+from .interrupts import Terminated, as_exceptions
 
 # every command, in the order `dualtower --help` lists them
 COMMANDS = (models.add_archs, models.add_plan, models.add_models, models.add_convert, train.add_train, train.add_demo,
@@ -48,10 +49,10 @@ def main(argv: list[str] | None = None) -> int:
     from ..io import disk_full
 
     debug = args.debug or os.environ.get("DUALTOWER_DEBUG", "") not in ("", "0")
-    previous = _terminate_as_interrupt()
     try:
-        _check_out(args)
-        return args.func(args, rest) if getattr(args, "takes_overrides", False) else args.func(args)
+        with as_exceptions():
+            _check_out(args)
+            return args.func(args, rest) if getattr(args, "takes_overrides", False) else args.func(args)
     except BrokenPipeError:  # `dualtower archs | head -1`: the reader has what it wanted
         try:
             os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # no second error at exit's flush
@@ -70,28 +71,6 @@ def main(argv: list[str] | None = None) -> int:
         if not user:
             print(f"dualtower {args.command}: (run with --debug for the traceback)", file=sys.stderr)
         return 2 if user else 1
-    finally:
-        if previous is not None:
-            signal.signal(signal.SIGTERM, previous)
-
-
-class Terminated(KeyboardInterrupt):
-    """SIGTERM, raised where the command is, as Ctrl-C is: every atomic write removes its temporary and leaves the
-    previous output, or the complete new one (exit 143). (A training run catches both itself: `train.stop`.)"""
-
-    signum = signal.SIGTERM
-
-
-def _terminate_as_interrupt():
-    """SIGTERM becomes `Terminated` in the main thread (the previous handler, to restore; None where none was
-    set: not the main thread)."""
-    def handler(signum, frame):
-        raise Terminated()
-
-    try:
-        return signal.signal(signal.SIGTERM, handler)
-    except ValueError:  # not the main thread (a caller running main() in a thread)
-        return None
 
 
 def _check_out(args) -> None:

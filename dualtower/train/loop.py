@@ -41,7 +41,20 @@ log = logging.getLogger("dualtower.train")
 
 
 def train(cfg: TrainConfig, resume: str | None = None) -> dict:
+    """Run `cfg` (or resume the run at `resume`) to its last step; the run's summary. Several processes: the group
+    is torn down once the run's tensors, collectives' handles and modules are gone (`_run` has returned), so no
+    collective's work outlives it into the interpreter's exit (gloo can abort there)."""
     d = distributed.init(cfg.train.dist_timeout_s)
+    try:
+        summary = _run(cfg, resume, d)
+    except Stopped:  # every process saved the step and stops: leave the group together
+        distributed.shutdown(d)
+        raise
+    distributed.shutdown(d)
+    return summary
+
+
+def _run(cfg: TrainConfig, resume: str | None, d: distributed.Dist) -> dict:
     if cfg.train.deterministic:
         torch.use_deterministic_algorithms(True)
     parallel = Parallelism.decide(cfg.train, d)
@@ -116,12 +129,10 @@ def train(cfg: TrainConfig, resume: str | None = None) -> dict:
             if (t.save_every and done % t.save_every == 0) or done == t.steps or evaluate or stopping:
                 checkpoints.save(done, model, optimizer, runlog, ema, best, d)
             if stopping and done < t.steps:
-                _stop(checkpoints.run, runlog, d, stopping, done, t.steps)
+                _stop(checkpoints.run, runlog, d.main, stopping, done, t.steps)
     finally:
         stop.uninstall()
-    summary = runlog.close()
-    distributed.shutdown(d)
-    return summary
+    return runlog.close()
 
 
 def _batches(cfg: TrainConfig, model: DualEncoder, d, start: int):
@@ -139,13 +150,12 @@ def _batches(cfg: TrainConfig, model: DualEncoder, d, start: int):
     return batches(source, plan, transform, start, t.steps, cfg.data.workers)
 
 
-def _stop(run: RunDir, runlog: RunLog, d, signum, done: int, steps: int) -> None:
+def _stop(run: RunDir, runlog: RunLog, main: bool, signum, done: int, steps: int) -> None:
     """After the checkpoint of step `done`: say how to resume, and stop the run (`Stopped`)."""
     runlog.close()
-    if d.main:
+    if main:
         print(f"dualtower train: stopped after step {done} of {steps}; checkpoint {run.step(done)}\n"
               f"resume with: dualtower train --resume {run.root}", file=sys.stderr, flush=True)
-    distributed.shutdown(d)
     raise Stopped(signum, done, run.step(done))
 
 
