@@ -14,8 +14,8 @@ from dataclasses import dataclass
 
 from .config import ModelConfig, PreprocessConfig, TextConfig, VisionConfig
 from .errors import UnknownName, UserError
-from .families import (aimv2, eva02, internvit, mobileclip, multilingual, nllb_siglip, pe_core, pe_trunk, siglip,
-                       siglip2, tiny, tiny_fastvit, tiny_naflex, tipsv2, vit, worldwide)
+from .families import (aimv2, convnext, eva02, internvit, mobileclip, multilingual, nllb_siglip, pe_core, pe_trunk,
+                       siglip, siglip2, tiny, tiny_convnext, tiny_fastvit, tiny_naflex, tipsv2, vit, worldwide)
 
 
 @dataclass(frozen=True)
@@ -275,6 +275,33 @@ ARCHS: dict[str, Arch] = _table(
           ("MobileCLIP2-B", "vit-b", "vit_base_mci_224", 512, True, False, "dfndr2b", "timm/MobileCLIP2-B-OpenCLIP"),
           ("MobileCLIP2-L-14", "vit-l", "vit_large_patch14_clip_224", 768, False, True, "dfndr2b",
            "timm/MobileCLIP2-L-14-OpenCLIP"))],
+    # LAION's ConvNeXt CLIP models as open_clip has them (laion/CLIP-convnext_*)
+    *[Arch(convnext(name, trunk, image, embed, text_width, text_depth, mlp), timm=trunk, open_clip="timm",
+           pretrained=tuple(Pretrained(f"{name}/{tag}", f"laion/CLIP-{repo}", "open_clip_hub") for tag, repo in weights))
+      for name, trunk, image, embed, text_width, text_depth, mlp, weights in (
+          ("convnext_tiny", "convnext_tiny", 224, 1024, 512, 12, False, ()),
+          ("convnext_small", "convnext_small", 224, 512, 512, 12, False, ()),
+          ("convnext_base", "convnext_base", 224, 512, 512, 12, False,
+           (("laion400m_s13b_b51k", "convnext_base-laion400M-s13B-b51K"),)),
+          ("convnext_base_w", "convnext_base", 256, 640, 640, 12, False,
+           (("laion2b_s13b_b82k", "convnext_base_w-laion2B-s13B-b82K"),
+            ("laion2b_s13b_b82k_augreg", "convnext_base_w-laion2B-s13B-b82K-augreg"),
+            ("laion_aesthetic_s13b_b82k", "convnext_base_w-laion_aesthetic-s13B-b82K"))),
+          ("convnext_base_w_320", "convnext_base", 320, 640, 640, 12, False,
+           (("laion_aesthetic_s13b_b82k", "convnext_base_w_320-laion_aesthetic-s13B-b82K"),
+            ("laion_aesthetic_s13b_b82k_augreg", "convnext_base_w_320-laion_aesthetic-s13B-b82K-augreg"))),
+          ("convnext_large", "convnext_large", 224, 768, 768, 12, False, ()),
+          ("convnext_large_d", "convnext_large", 256, 768, 768, 16, True,
+           (("laion2b_s26b_b102k_augreg", "convnext_large_d.laion2B-s26B-b102K-augreg"),)),
+          ("convnext_large_d_320", "convnext_large", 320, 768, 768, 16, True,
+           (("laion2b_s29b_b131k_ft", "convnext_large_d_320.laion2B-s29B-b131K-ft"),
+            ("laion2b_s29b_b131k_ft_soup", "convnext_large_d_320.laion2B-s29B-b131K-ft-soup"))),
+          ("convnext_xlarge", "convnext_xlarge", 256, 1024, 1024, 20, False, ()),
+          ("convnext_xxlarge", "convnext_xxlarge", 256, 1024, 1024, 24, False,
+           (("laion2b_s34b_b82k_augreg", "convnext_xxlarge-laion2B-s34B-b82K-augreg"),
+            ("laion2b_s34b_b82k_augreg_rewind", "convnext_xxlarge-laion2B-s34B-b82K-augreg-rewind"),
+            ("laion2b_s34b_b82k_augreg_soup", "convnext_xxlarge-laion2B-s34B-b82K-augreg-soup"))),
+          ("convnext_xxlarge_320", "convnext_xxlarge", 320, 1024, 1024, 24, False, ()))],
     Arch(internvit("InternViT-300M-448px", 1024, 24, 16, 4096, six_b=False), timm="vit_intern300m_patch14_448",
          pretrained=(Pretrained("InternViT-300M-448px/opengvlab", "OpenGVLab/InternViT-300M-448px", "internvl"),)),
     Arch(internvit("InternViT-6B-448px", 3200, 45, 25, 12800, six_b=True),
@@ -284,6 +311,7 @@ ARCHS: dict[str, Arch] = _table(
          pretrained=(Pretrained("InternVL-C-vision/internvl-14b-224px", "OpenGVLab/InternVL-14B-224px", "internvl"),)),
     Arch(tiny_naflex("tiny-naflex")),
     Arch(tiny_fastvit("tiny-fastvit")),
+    Arch(tiny_convnext("tiny-convnext")),
     Arch(tiny("tiny")),
     Arch(tiny("tiny-quickgelu", act="quick_gelu")),
     Arch(tiny("tiny-ls-mean", ls_init=0.1, pool="mean", final_norm="after_pool", image_size=40)),

@@ -166,13 +166,13 @@ def empty_model(cfg: ModelConfig) -> DualEncoder:
 def check_depths(cfg: ModelConfig, names, source: str) -> None:
     """The number of blocks each tower's weights hold against the config's depth, from the tensor names alone:
     a config that asks for far more blocks than the file has is refused before a model of that size is built."""
-    from .config import FastViTConfig, HFTextConfig
+    from .config import ConvVisionConfig, HFTextConfig
     from .model.hf_text import ENCODERS
 
     for prefix, tower in (("visual", cfg.vision), ("text", cfg.text)):
         if tower is None:
             continue
-        if isinstance(tower, FastViTConfig):  # visual.stages.S.blocks.J.*
+        if isinstance(tower, ConvVisionConfig):  # visual.stages.S.blocks.J.*
             parts = [n.split(".") for n in names if n.startswith("visual.stages.")]
             blocks = {(p[2], p[4]) for p in parts if len(p) > 4 and p[3] == "blocks"}
         else:

@@ -19,7 +19,7 @@ from .checks import check as _check
 from .checks import finite as _finite
 from .checks import ints as _ints
 from .errors import UserError
-from .tower_configs import FastViTConfig, HFTextConfig
+from .tower_configs import CONV_KINDS, ConvNeXtConfig, ConvVisionConfig, FastViTConfig, HFTextConfig  # noqa: F401
 
 ACTIVATIONS = ("gelu", "gelu_tanh", "quick_gelu")
 NORMS = ("layernorm", "rmsnorm")
@@ -244,7 +244,7 @@ class ModelConfig:
     name: str = "custom"
     embed_dim: int = 512
     # None: a text-only model (CLIPTextModel)
-    vision: VisionConfig | FastViTConfig | None = field(default_factory=VisionConfig)
+    vision: VisionConfig | ConvVisionConfig | None = field(default_factory=VisionConfig)
     text: TextConfig | None = field(default_factory=TextConfig)  # None: a vision-only model (InternViT)
     preprocess: PreprocessConfig = field(default_factory=PreprocessConfig)
     tokenizer: str = "clip-bpe"
@@ -300,7 +300,9 @@ class ModelConfig:
                 data[key] = _build(HFTextConfig, value, f"config.{key}")
                 continue
             if key == "vision" and isinstance(value, dict) and "kind" in value:
-                data[key] = _build(FastViTConfig, value, f"config.{key}")
+                kind = CONV_KINDS.get(value["kind"])
+                _check(kind is not None, f"config.vision kind {value['kind']!r} is not one of {sorted(CONV_KINDS)}")
+                data[key] = _build(kind, value, f"config.{key}")
                 continue
             if version >= 2 and key != "preprocess":
                 value = _unnest_block(value, f"config.{key}")

@@ -42,7 +42,7 @@ from torch import nn
 
 from . import io, lowering
 from .checkpoint import weights_sha256
-from .config import FastViTConfig
+from .config import ConvVisionConfig
 from .errors import UserError, require
 from .export_format import FORMAT_NAME, PRECISIONS, VERSION, _inside, read_config
 
@@ -128,7 +128,7 @@ def export(model, out: "str | os.PathLike", format: str = "onnx", precision: str
     if naflex and dynamic_size:
         raise UserError(f"{model.cfg.name} has a NaFlex vision tower: its graph takes any patch count and grid "
                          "already; --dynamic-size is for fixed-size towers")
-    conv = isinstance(model.cfg.vision, FastViTConfig)
+    conv = isinstance(model.cfg.vision, ConvVisionConfig)
     if opset is None:
         opset = 20
     started = time.monotonic()

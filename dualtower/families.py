@@ -1,5 +1,5 @@
 """The families' config builders that `archs.ARCHS` is written with: pure functions from a family's few
-numbers to a ModelConfig (open_clip's ViTs and MetaCLIP 2, MobileCLIP, EVA-02, SigLIP and SigLIP 2, Perception Encoder,
+numbers to a ModelConfig (open_clip's ViTs and MetaCLIP 2, MobileCLIP, LAION's ConvNeXt CLIP, EVA-02, SigLIP and SigLIP 2, Perception Encoder,
 AIMv2, TIPSv2, InternViT, the multilingual towers' transformers encoders, the tiny test configs). A new family
 is one builder here and its rows in `archs.ARCHS`."""
 
@@ -8,7 +8,8 @@ from __future__ import annotations
 import dataclasses
 
 from .config import (CLIP_INIT_LOGIT_SCALE, IMAGENET_MEAN, IMAGENET_STD, INCEPTION_MEAN, INCEPTION_STD, OPENAI_MEAN,
-                     OPENAI_STD, SIGLIP_INIT_LOGIT_BIAS, SIGLIP_INIT_LOGIT_SCALE, FastViTConfig, HFTextConfig,
+                     OPENAI_STD, SIGLIP_INIT_LOGIT_BIAS, SIGLIP_INIT_LOGIT_SCALE, ConvNeXtConfig, FastViTConfig,
+                     HFTextConfig,
                      ModelConfig, PreprocessConfig, TextConfig, VisionConfig)
 
 
@@ -319,6 +320,40 @@ def mobileclip(name: str, vision: str, embed: int, causal: bool, openai_stats: b
         preprocess=PreprocessConfig(image_size=image, mean=mean, std=std,
                                     interpolation="bicubic" if vision == "vit-l" else "bilinear"),
     )
+
+
+# timm's ConvNeXt trunks: blocks per stage, widths per stage, LayerNorm epsilon
+CONVNEXT_TRUNKS = {
+    "convnext_tiny": ((3, 3, 9, 3), (96, 192, 384, 768), 1e-6),
+    "convnext_small": ((3, 3, 27, 3), (96, 192, 384, 768), 1e-6),
+    "convnext_base": ((3, 3, 27, 3), (128, 256, 512, 1024), 1e-6),
+    "convnext_large": ((3, 3, 27, 3), (192, 384, 768, 1536), 1e-6),
+    "convnext_xlarge": ((3, 3, 27, 3), (256, 512, 1024, 2048), 1e-6),
+    "convnext_xxlarge": ((3, 4, 30, 3), (384, 768, 1536, 3072), 1e-5),
+}
+
+
+def convnext(name: str, trunk: str, image: int, embed: int, text_width: int, text_depth: int,
+             mlp_head: bool = False) -> ModelConfig:
+    """open_clip's convnext_* models (LAION's ConvNeXt CLIP): timm's `trunk` with open_clip's head (a linear
+    projection without bias, or for the "_d" models an MLP through 2 x embed), and open_clip's CLIP text tower
+    (heads of width 64). Preprocessing as their pretrained configs: OpenAI's statistics, bicubic, shortest side."""
+    layers, dims, eps = CONVNEXT_TRUNKS[trunk]
+    return ModelConfig(
+        name=name,
+        embed_dim=embed,
+        vision=ConvNeXtConfig(image_size=image, layers=layers, dims=dims, norm_eps=eps,
+                              head_hidden=2 * embed if mlp_head else 0),
+        text=TextConfig(width=text_width, heads=text_width // 64, depth=text_depth, mlp_dim=4 * text_width),
+        preprocess=PreprocessConfig(image_size=image),
+    )
+
+
+def tiny_convnext(name: str) -> ModelConfig:
+    """A small ConvNeXt (four stages as timm's, an MLP head) at 64 px with the CLIP text tower, for fast tests."""
+    cfg = tiny(name)
+    vision = ConvNeXtConfig(image_size=64, layers=(1, 1, 2, 1), dims=(8, 16, 24, 32), head_hidden=2 * cfg.embed_dim)
+    return cfg.replace(vision=vision, preprocess=PreprocessConfig(image_size=64))
 
 
 def tiny_fastvit(name: str) -> ModelConfig:

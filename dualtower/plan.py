@@ -17,7 +17,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from .archs import config_of
-from .config import FastViTConfig, ModelConfig
+from .config import ConvVisionConfig, ModelConfig
 from .errors import UserError
 
 GB = 1024 ** 3
@@ -82,7 +82,7 @@ def activation_bytes_per_sample(cfg: ModelConfig, act_bytes: int, grad_checkpoin
     for c, tokens in ((cfg.vision, _vision_tokens(cfg)), (cfg.text, cfg.text and cfg.text.context_length)):
         if c is None:
             continue
-        if isinstance(c, FastViTConfig):
+        if isinstance(c, ConvVisionConfig):
             total += _conv_activation_bytes(cfg, act_bytes, grad_checkpointing)
             continue
         block = tokens * (8 * c.width + 2 * c.mlp_dim) * act_bytes
@@ -131,7 +131,7 @@ def _conv_activation_bytes(cfg: ModelConfig, act_bytes: int, grad_checkpointing:
 
 def _vision_tokens(cfg: ModelConfig) -> int:
     v = cfg.vision
-    if isinstance(v, FastViTConfig):
+    if isinstance(v, ConvVisionConfig):
         return 0
     if v.naflex:
         return cfg.preprocess.max_patches

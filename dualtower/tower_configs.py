@@ -1,6 +1,7 @@
-"""The configs of the towers that are not the shared transformer (config.BlockConfig): a FastViT convolutional
-vision tower (MobileCLIP) and a transformers encoder as the text tower (multilingual CLIP). `config` imports both;
-`ModelConfig` holds them where it holds a VisionConfig or a TextConfig."""
+"""The configs of the towers that are not the shared transformer (config.BlockConfig): convolutional vision towers
+(FastViT for MobileCLIP, ConvNeXt for LAION's convnext CLIP models) and a transformers encoder as the text tower
+(multilingual CLIP). `config` imports them; `ModelConfig` holds them where it holds a VisionConfig or a TextConfig.
+A new convolutional kind is one ConvVisionConfig subclass here, listed in CONV_KINDS, and its tower module."""
 
 from __future__ import annotations
 
@@ -16,16 +17,54 @@ from .errors import UserError
 FASTVIT_MIXERS = ("repmixer", "attention")
 
 
+class ConvVisionConfig:
+    """What every convolutional vision tower's config shares: `dims` and `layers` per stage (the stages are named
+    `stages.S.blocks.J` in the weights), pixels of one size in, average-pooled features out; no patches, no
+    positions, no class token. `family` names the kind in messages; `foldable`: `reparameterize()` folds its
+    training-time branches (then `folded`)."""
+
+    TOWER: ClassVar[str] = "vision"
+    naflex: ClassVar[bool] = False
+    family: ClassVar[str] = ""
+    foldable: ClassVar[bool] = False
+    dims: tuple[int, ...]
+    layers: tuple[int, ...]
+    folded = False  # a foldable kind's config has it as a field
+
+    def _check_stages(self, lists: tuple[str, ...]) -> None:
+        for key in lists:
+            value = getattr(self, key)
+            _check(isinstance(value, (list, tuple)), f"vision {key} must be a list, got {value!r}")
+            object.__setattr__(self, key, tuple(value))
+        n = len(self.dims)
+        _check(1 <= n <= 8 and all(len(getattr(self, k)) == n for k in lists),
+               f"vision {', '.join(lists)} need one entry per stage (1 to 8), got "
+               f"{[len(getattr(self, k)) for k in lists]}")
+        _check(all(isinstance(v, int) and not isinstance(v, bool) and 1 <= v <= 256 for v in self.layers),
+               f"vision layers {list(self.layers)} must be integers in [1, 256]")
+        _check(all(isinstance(v, int) and not isinstance(v, bool) and 1 <= v <= 1 << 14 for v in self.dims),
+               f"vision dims {list(self.dims)} must be integers in [1, 16384]")
+
+    @property
+    def depth(self) -> int:
+        return sum(self.layers)
+
+    @property
+    def stride(self) -> int:
+        """Input pixels per feature-map position at the last stage."""
+        return 4 * 2 ** (len(self.dims) - 1)
+
+
 @dataclass(frozen=True)
-class FastViTConfig:
+class FastViTConfig(ConvVisionConfig):
     """A FastViT "MCi" convolutional vision tower (MobileCLIP, MobileCLIP 2 S0-S4; see model.fastvit): a
     MobileOne stem to dims[0] channels at 1/4 size, then one stage per entry of `dims` (each after the first
     halving the size), `layers` blocks each mixed by RepMixer or attention, a conditional positional encoding
     where `pos_conv` says, a final MobileOne to `head_ratio` x the last width, average pooling and the
     projection. `folded`: the training-time branches are folded into single convolutions (inference only)."""
 
-    TOWER: ClassVar[str] = "vision"
-    naflex: ClassVar[bool] = False
+    family: ClassVar[str] = "FastViT"
+    foldable: ClassVar[bool] = True
     kind: str = "fastvit"  # tells this config from a ViT's in config.json
     image_size: int = 256
     layers: tuple[int, ...] = (2, 6, 10, 2)
@@ -44,18 +83,8 @@ class FastViTConfig:
 
     def __post_init__(self):
         _check(self.kind == "fastvit", f"vision kind {self.kind!r} is not 'fastvit'")
-        for key in ("layers", "dims", "mixers", "pos_conv", "se_downsample"):
-            value = getattr(self, key)
-            _check(isinstance(value, (list, tuple)), f"vision {key} must be a list, got {value!r}")
-            object.__setattr__(self, key, tuple(value))
-        n, lists = len(self.dims), ("layers", "dims", "mixers", "pos_conv", "se_downsample")
-        _check(1 <= n <= 8 and all(len(getattr(self, k)) == n for k in lists),
-               f"vision {', '.join(lists)} need one entry per stage (1 to 8), got "
-               f"{[len(getattr(self, k)) for k in lists]}")
-        _check(all(isinstance(v, int) and not isinstance(v, bool) and 1 <= v <= 256 for v in self.layers),
-               f"vision layers {list(self.layers)} must be integers in [1, 256]")
-        _check(all(isinstance(v, int) and not isinstance(v, bool) and 1 <= v <= 1 << 14 for v in self.dims),
-               f"vision dims {list(self.dims)} must be integers in [1, 16384]")
+        self._check_stages(("layers", "dims", "mixers", "pos_conv", "se_downsample"))
+        n = len(self.dims)
         _check(all(m in FASTVIT_MIXERS for m in self.mixers), f"vision mixers {list(self.mixers)} must each be one "
                f"of {FASTVIT_MIXERS}")
         _check(all(self.dims[i] % self.dims[i - 1] == 0 for i in range(1, n)),
@@ -74,14 +103,40 @@ class FastViTConfig:
         """The pooled features' width (the final convolution's)."""
         return int(self.dims[-1] * self.head_ratio)
 
-    @property
-    def depth(self) -> int:
-        return sum(self.layers)
+
+@dataclass(frozen=True)
+class ConvNeXtConfig(ConvVisionConfig):
+    """A ConvNeXt vision tower (Liu et al. 2022, arXiv:2201.03545) as open_clip's convnext_* CLIP models build it
+    (a timm trunk): a 4x4 stride-4 patchify convolution and LayerNorm, then per stage (after the first: LayerNorm
+    and a 2x2 stride-2 convolution) `layers` blocks of depthwise 7x7 convolution, LayerNorm, a 4x MLP and a
+    layer scale; average pooling, LayerNorm, and the projection: linear, or an MLP through `head_hidden`
+    (open_clip's timm_proj "mlp": 2 x embed_dim, GELU)."""
+
+    family: ClassVar[str] = "ConvNeXt"
+    kind: str = "convnext"
+    image_size: int = 224
+    layers: tuple[int, ...] = (3, 3, 9, 3)
+    dims: tuple[int, ...] = (96, 192, 384, 768)
+    norm_eps: float = 1e-6
+    head: bool = True
+    head_hidden: int = 0  # 0: a linear projection
+    head_bias: bool = False
+
+    def __post_init__(self):
+        _check(self.kind == "convnext", f"vision kind {self.kind!r} is not 'convnext'")
+        self._check_stages(("layers", "dims"))
+        _check(not self.folded, "vision folded: a ConvNeXt has no training-time branches to fold")
+        _ints("vision", self, image_size=(32, 1 << 14), head_hidden=(0, 1 << 16))
+        _finite("vision", self, norm_eps=(1e-12, 1e-2))
+        _check(self.head or not (self.head_bias or self.head_hidden), "vision head_bias and head_hidden need head=True")
 
     @property
-    def stride(self) -> int:
-        """Input pixels per feature-map position at the last stage."""
-        return 4 * 2 ** (len(self.dims) - 1)
+    def width(self) -> int:
+        return self.dims[-1]
+
+
+# every convolutional kind, by the `kind` its config.json carries
+CONV_KINDS: dict[str, type[ConvVisionConfig]] = {"fastvit": FastViTConfig, "convnext": ConvNeXtConfig}
 
 
 # A Hugging Face encoder as the text tower (open_clip's HFTextEncoder): its kinds (transformers model_type), how

@@ -54,26 +54,38 @@ SLOW = ["MobileCLIP-S1", "MobileCLIP-S2", "MobileCLIP-B", "MobileCLIP2-S2", "Mob
         "MobileCLIP2-L-14"]
 
 
-@pytest.mark.parametrize("name", FAST + [pytest.param(n, marks=pytest.mark.slow) for n in SLOW])
-def test_open_clip_configs_match_before_and_after_folding(name, tmp_path):
+def match_open_clip(name: str, tmp_path, prepare) -> tuple:
+    """open_clip's `name` with random weights (`prepare` perturbs them), saved and loaded by us: image (and the
+    images' differences), text and logits within 1e-5 relative, and written back into open_clip strictly. (ours, pixels, open_clip's image
+    embeddings, the three differences)."""
     torch.manual_seed(0)
-    ref = perturb_bn(open_clip.create_model(name)).eval()
+    ref = prepare(open_clip.create_model(name)).eval()
     path = tmp_path / "open_clip_model.bin"
     torch.save(ref.state_dict(), path)
     ours = dualtower.load(path, arch=name)
     path.unlink()
-    cfg = get_config(name)
-    pixels = _pixels(cfg.vision.image_size)
+    pixels = _pixels(get_config(name).vision.image_size)
     ids = open_clip.get_tokenizer(name)(CAPTIONS)
     with torch.no_grad():
         ref_img, ref_txt = ref.encode_image(pixels), ref.encode_text(ids)
         ref_logits = ref.logit_scale.exp() * torch.nn.functional.normalize(ref_img, dim=-1) @ \
             torch.nn.functional.normalize(ref_txt, dim=-1).T
-        img = assert_close(ours.encode_image(pixels), ref_img, "image")
-        txt = assert_close(ours.encode_text(ids), ref_txt, "text")
-        logits = assert_close(ours(pixels, ids).logits_per_image, ref_logits, "logits")
-        exported = _state_as(ours, "open_clip")  # back into open_clip, strictly
-        open_clip.create_model(name).load_state_dict(exported, strict=True)
+        img = ours.encode_image(pixels)
+        diffs = (assert_close(img, ref_img, "image"), assert_close(ours.encode_text(ids), ref_txt, "text"),
+                 assert_close(ours(pixels, ids).logits_per_image, ref_logits, "logits"))
+    # A random conv tower embeds every image nearly alike (S0: the images differ by 1e-4 of the embedding):
+    # what tells them apart must match too, relative to its own size.
+    centred = ref_img - ref_img.mean(0)
+    assert float(centred.abs().max()) > 0
+    assert_close(img - img.mean(0), centred, "image, between images")
+    open_clip.create_model(name).load_state_dict(_state_as(ours, "open_clip"), strict=True)
+    return ours, pixels, ref_img, diffs
+
+
+@pytest.mark.parametrize("name", FAST + [pytest.param(n, marks=pytest.mark.slow) for n in SLOW])
+def test_open_clip_configs_match_before_and_after_folding(name, tmp_path):
+    ours, pixels, ref_img, (img, txt, logits) = match_open_clip(name, tmp_path, perturb_bn)
+    with torch.no_grad():
         ours.reparameterize()
         folded = assert_close(ours.encode_image(pixels), ref_img, "image, folded")
     print(f"{name}: image {img:.2e} text {txt:.2e} logits {logits:.2e} folded image {folded:.2e}")
@@ -203,6 +215,23 @@ def test_training_steps_on_a_conv_tower_with_checkpointing():
         assert torch.allclose(grads[0][k], grads[1][k], rtol=1e-4, atol=1e-7), k
 
 
+def onnx_matches(model, pixels: torch.Tensor, out) -> np.ndarray:
+    """`model` exported to `out` at fp32: ONNX Runtime's image and text embeddings within 1e-4 relative of
+    PyTorch's. PyTorch's normalised image embeddings."""
+    from dualtower import onnx as donnx
+    from dualtower.export import export
+
+    texts = ["a photo of a cat", "two dogs playing in the snow"]
+    with torch.no_grad():
+        ref_img = model.encode_image(pixels, normalize=True).numpy()
+        ref_txt = model.encode_text(dualtower.get_tokenizer(model)(texts), normalize=True).numpy()
+    export(model, out)
+    rt = donnx.load(out)
+    assert_close(torch.from_numpy(rt.embed_pixels(pixels.numpy())), torch.from_numpy(ref_img), "image", rtol=1e-4)
+    assert_close(torch.from_numpy(rt.embed_texts(texts)), torch.from_numpy(ref_txt), "text", rtol=1e-4)
+    return ref_img
+
+
 @pytest.mark.parametrize("name", ["MobileCLIP2-S0", pytest.param("MobileCLIP2-B", marks=pytest.mark.slow)])
 def test_onnx_runtime_equals_pytorch(name, tmp_path):
     """Exported folded (the default) at fp32: ONNX Runtime within 1e-4 of the unfolded PyTorch model; int8
@@ -215,14 +244,7 @@ def test_onnx_runtime_equals_pytorch(name, tmp_path):
     perturb_bn(model).eval()
     size = model.cfg.vision.image_size
     pixels = _pixels(size, n=3)
-    texts = ["a photo of a cat", "two dogs playing in the snow"]
-    with torch.no_grad():
-        ref_img = model.encode_image(pixels, normalize=True).numpy()
-        ref_txt = model.encode_text(dualtower.get_tokenizer(model)(texts), normalize=True).numpy()
-    export(model, tmp_path / "fp32")
-    rt = donnx.load(tmp_path / "fp32")
-    assert_close(torch.from_numpy(rt.embed_pixels(pixels.numpy())), torch.from_numpy(ref_img), "image", rtol=1e-4)
-    assert_close(torch.from_numpy(rt.embed_texts(texts)), torch.from_numpy(ref_txt), "text", rtol=1e-4)
+    ref_img = onnx_matches(model, pixels, tmp_path / "fp32")
     assert not model.cfg.vision.__dict__.get("folded") and not getattr(model.cfg.vision, "folded", False)
     if name == "MobileCLIP2-S0":
         export(model, tmp_path / "int8", precision="int8")
@@ -231,8 +253,9 @@ def test_onnx_runtime_equals_pytorch(name, tmp_path):
         assert (tmp_path / "int8" / "image.onnx").stat().st_size < (tmp_path / "fp32" / "image.onnx").stat().st_size / 2
 
 
-def test_search_with_a_conv_tower_on_both_runtimes(tmp_path, capsys):
-    """index, search by text and by image through the CLI, the Python API and HTTP, with a FastViT model (random
+@pytest.mark.parametrize("arch", ["tiny-fastvit", "tiny-convnext"])
+def test_search_with_a_conv_tower_on_both_runtimes(tmp_path, capsys, arch):
+    """index, search by text and by image through the CLI, the Python API and HTTP, with a conv model (random
     weights: the answers must agree, and an image must find itself); then the index's model exported folded to
     ONNX (its identity is the unfolded weights') answers the same, and `index --runtime onnx` builds the same
     vectors."""
@@ -247,7 +270,7 @@ def test_search_with_a_conv_tower_on_both_runtimes(tmp_path, capsys):
     for i, (name, image) in enumerate(_real_photos()):
         (photos / ("a" if i % 2 else "b")).mkdir(parents=True, exist_ok=True)
         image.save(photos / ("a" if i % 2 else "b") / f"{name}.png")
-    model = _discriminative("tiny-fastvit", [im for _, im in _real_photos()])
+    model = _discriminative(arch, [im for _, im in _real_photos()])
     dualtower.save(model, tmp_path / "model")
     out = tmp_path / "index"
     assert main(["index", str(photos), "--model", str(tmp_path / "model"), "--out", str(out), "--workers", "0"]) == 0
@@ -281,15 +304,16 @@ def test_search_with_a_conv_tower_on_both_runtimes(tmp_path, capsys):
 
 
 def _discriminative(name: str, images) -> "dualtower.DualEncoder":
-    """A random FastViT tells images apart once its BatchNorm statistics are those of real images and its layer
-    scales are not 1e-5 (at init every photo embeds to nearly the same vector)."""
+    """A random conv tower tells images apart once its BatchNorm statistics are those of real images and its
+    layer scales are not 1e-5 or 1e-6 (at init every photo embeds to nearly the same vector)."""
     from dualtower.images import eval_transform
+    from dualtower.model import convnext
 
     model = dualtower.create_model(name, seed=0)
     transform = eval_transform(model.cfg.preprocess)
     with torch.no_grad():
         for m in model.visual.modules():
-            if isinstance(m, fastvit.LayerScale2d):
+            if isinstance(m, (fastvit.LayerScale2d, convnext.Block)):
                 m.gamma.fill_(0.5)
             elif isinstance(m, torch.nn.BatchNorm2d):
                 m.momentum = None  # a plain average over the batches seen

@@ -11,14 +11,14 @@ from .common import count
 
 def _cmd_archs(args) -> int:
     from ..archs import REGISTRY
-    from ..config import FastViTConfig
+    from ..config import ConvVisionConfig
 
     print(f"{'name':<24} {'image':>5} {'patch':>5} {'vis w/d':>9} {'txt w/d':>9} {'embed':>5}  {'act':<10} pool")
     for name in sorted(REGISTRY):
         c = REGISTRY[name]
         v, t = c.vision, c.text
         text = f"{t.width:>5}/{t.depth:<3}" if t is not None else f"{'-':>9}"
-        act, pool = ("gelu", "mean (conv)") if isinstance(v, FastViTConfig) else (v.act, v.pool)
+        act, pool = ("gelu", "mean (conv)") if isinstance(v, ConvVisionConfig) else (v.act, v.pool)
         print(f"{name:<24} {v.image_size:>5} {v.stride:>5} {v.width:>5}/{v.depth:<3} {text} "
               f"{c.embed_dim:>5}  {act:<10} {pool}")
     return 0

@@ -19,7 +19,7 @@ import torch
 
 from ..archs import get_config
 from ..checkpoint import CheckpointError, state_of
-from ..config import FastViTConfig, HFTextConfig, ModelConfig
+from ..config import ConvVisionConfig, HFTextConfig, ModelConfig
 from ..errors import UserError
 from .files import Probe, write_model_directory, write_state_file
 from .remap import ConversionError
@@ -31,7 +31,7 @@ class Format:
     vision_only: bool = False  # holds a vision tower and no text tower, whatever the architecture has
     holds_naflex: bool = False  # can hold a NaFlex vision tower
     holds_hf_text: bool = False  # can hold a transformers text encoder (multilingual CLIP)
-    holds_conv: bool = False  # can hold convolutional vision parts (MobileCLIP's FastViT tower, B's conv stem)
+    holds_conv: bool = False  # can hold convolutional vision parts (FastViT and ConvNeXt towers, B's conv stem)
 
     def detect(self, probe: Probe) -> bool:
         raise NotImplementedError
@@ -80,8 +80,8 @@ class Format:
 
 def _conv_parts(cfg: ModelConfig) -> str:
     v = cfg.vision
-    if isinstance(v, FastViTConfig):
-        return "a convolutional vision tower (FastViT: MobileCLIP S0-S4)"
+    if isinstance(v, ConvVisionConfig):
+        return f"a convolutional vision tower ({v.family})"
     return "MobileCLIP-B's convolutional stem" if v is not None and v.stem != "patch" else ""
 
 

@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..config import FastViTConfig, HFTextConfig, ModelConfig
+from ..config import ConvVisionConfig, HFTextConfig, ModelConfig
 from ..errors import UserError
 from ..naflex import Patches
 from ..origin import Origin
@@ -94,23 +94,23 @@ class DualEncoder(nn.Module):
         if isinstance(tower.cfg, HFTextConfig):
             raise UserError(f"{what} is not set on a transformers text encoder ({tower.cfg.model_type}): its own "
                             "dropout is in its config (hidden_dropout_prob, dropout), active in training")
-        if isinstance(tower.cfg, FastViTConfig):
-            raise UserError(f"{what} is set on transformer blocks; this vision tower is convolutional (FastViT), "
-                            "and MobileCLIP trains it without")
+        if isinstance(tower.cfg, ConvVisionConfig):
+            raise UserError(f"{what} is set on transformer blocks; this vision tower is convolutional "
+                            f"({tower.cfg.family}), and has none")
         return tower.blocks()
 
     def reparameterize(self) -> "DualEncoder":
         """Fold a convolutional tower's training-time branches into single convolutions, in place, for inference:
         the same outputs (within float rounding), fewer operations. The config records it (`folded`), so a saved
         folded model loads folded; it no longer trains. A ViT has nothing to fold and is left as it is."""
-        if isinstance(self.cfg.vision, FastViTConfig):
+        if getattr(self.cfg.vision, "foldable", False):
             self.visual.reparameterize()
             self.cfg = self.cfg.replace(vision=self.visual.cfg)
         return self
 
     def set_dropout(self, prob: float) -> None:
         """Dropout on every residual branch of both towers (keyed per sample, see model.noise); 0 removes it."""
-        towers = [t for t in self._towers() if prob > 0 or not isinstance(t.cfg, (HFTextConfig, FastViTConfig))]
+        towers = [t for t in self._towers() if prob > 0 or not isinstance(t.cfg, (HFTextConfig, ConvVisionConfig))]
         blocks = [b for t in towers for b in self._own_blocks("residual dropout", t)]
         for i, block in enumerate(blocks):
             block.drop1 = KeyedDropout(prob, salt=2 + 2 * i) if prob > 0 else nn.Identity()
@@ -121,7 +121,10 @@ class DualEncoder(nn.Module):
         last (the rule of timm, EVA and InternViT); keyed per sample like dropout. 0 removes it."""
         salt = 1 << 20  # above every dropout salt
         for tower, rate in ((self.visual, vision), (self.text, text)):
-            if tower is None or (rate == 0 and isinstance(tower.cfg, (HFTextConfig, FastViTConfig))):
+            if tower is None or (rate == 0 and isinstance(tower.cfg, (HFTextConfig, ConvVisionConfig))):
+                continue
+            if hasattr(tower, "set_drop_path"):  # a convolutional tower with per-block residuals (ConvNeXt)
+                salt = tower.set_drop_path(rate, salt)
                 continue
             blocks = self._own_blocks("drop path", tower)
             for i, block in enumerate(blocks):
@@ -139,8 +142,8 @@ class DualEncoder(nn.Module):
         """open_clip's init scheme: scaled normal embeddings and projections, xavier qkv, zero biases;
         the text tower's blocks scaled by depth (as in OpenAI's CLIP `initialize_parameters`)."""
         v, t = self.visual, self.text
-        if isinstance(v.cfg if v is not None else None, FastViTConfig):
-            v.reset_parameters()  # FastViT's own init (as open_clip's timm trunk keeps timm's)
+        if isinstance(v.cfg if v is not None else None, ConvVisionConfig):
+            v.reset_parameters()  # the convolutional tower's own init (as open_clip's timm trunk keeps timm's)
         elif v is not None:
             scale = v.cfg.width ** -0.5
             if v.cls_token is not None:
@@ -178,11 +181,15 @@ class DualEncoder(nn.Module):
 
 
 def _vision_tower(cfg):
-    if isinstance(cfg, FastViTConfig):
-        from .fastvit import FastViTTower
+    if isinstance(cfg, ConvVisionConfig):
+        import importlib
 
-        return FastViTTower
+        module, name = _CONV_TOWERS[cfg.kind]
+        return getattr(importlib.import_module(module, __package__), name)
     return VisionTower
+
+
+_CONV_TOWERS = {"fastvit": (".fastvit", "FastViTTower"), "convnext": (".convnext", "ConvNeXtTower")}
 
 
 def _text_tower(cfg):

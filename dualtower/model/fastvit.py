@@ -16,13 +16,11 @@ from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
-import torch.utils.checkpoint
 from torch import nn
 
 from ..config import FastViTConfig
-from ..errors import UserError
+from .conv_tower import ConvTower, LayerNorm2d, run_blocks
 from .reparam import ConditionalPosEnc, ConvBN, Foldable, LargeKernel, LayerScale2d, MobileOne, RepMixer
-from .towers import state_indices
 
 
 class ConvMlp(nn.Module):
@@ -55,13 +53,6 @@ class ConvAttention(nn.Module):
         q, k, v = self.qkv(tokens).reshape(B, H * W, 3, self.heads, C // self.heads).permute(2, 0, 3, 1, 4)
         y = F.scaled_dot_product_attention(q, k, v).transpose(1, 2).reshape(B, H * W, C)
         return self.proj(y).transpose(1, 2).reshape(B, C, H, W)
-
-
-class LayerNorm2d(nn.LayerNorm):
-    """LayerNorm over the channels of a (B, C, H, W) map."""
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return super().forward(x.permute(0, 2, 3, 1)).permute(0, 3, 1, 2)
 
 
 class RepMixerBlock(nn.Module):
@@ -115,12 +106,7 @@ class Stage(nn.Module):
         self.grad_checkpointing = False
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = self.pos_emb(self.downsample(x))
-        if self.grad_checkpointing and self.training:
-            for block in self.blocks:
-                x = torch.utils.checkpoint.checkpoint(block, x, use_reentrant=False)
-            return x
-        return self.blocks(x)
+        return run_blocks(self, self.pos_emb(self.downsample(x)))
 
 
 class Head(nn.Module):
@@ -135,7 +121,7 @@ class Head(nn.Module):
         return self.fc(x.mean((2, 3)))
 
 
-class FastViTTower(nn.Module):
+class FastViTTower(ConvTower):
     def __init__(self, cfg: FastViTConfig, embed_dim: int):
         super().__init__()
         self.cfg = cfg
@@ -165,18 +151,6 @@ class FastViTTower(nn.Module):
             elif isinstance(m, LayerScale2d):
                 nn.init.constant_(m.gamma, 1e-5)
 
-    def blocks(self) -> list[nn.Module]:
-        """The units FSDP shards and checkpointing recomputes: the stages."""
-        return list(self.stages)
-
-    def set_grad_checkpointing(self, enable: bool) -> None:
-        for stage in self.stages:
-            stage.grad_checkpointing = enable
-
-    def set_patch_dropout(self, prob: float) -> None:
-        if prob > 0:
-            raise UserError("patch dropout needs patch tokens; this vision tower is convolutional (it has none)")
-
     def reparameterize(self) -> None:
         """Fold every multi-branch module into one convolution, in place (eval mode: BatchNorm's running
         statistics are what is folded). The config says `folded=True` after."""
@@ -189,40 +163,5 @@ class FastViTTower(nn.Module):
 
         self.cfg = replace(self.cfg, folded=True)
 
-    def _check(self, pixels: torch.Tensor, interpolate_pos: bool) -> None:
-        if pixels.ndim != 4 or pixels.shape[1] != 3:
-            raise UserError(f"pixels must be (B, 3, H, W), got {tuple(pixels.shape)}")
-        size = self.cfg.image_size
-        if not interpolate_pos and pixels.shape[-2:] != (size, size):
-            raise UserError(f"pixels are {tuple(pixels.shape[-2:])}, this model takes {size}x{size} (a convolutional "
-                             "tower takes other sizes too, with interpolate_pos=True: it has no positions to resize)")
-
-    def forward(self, pixels: torch.Tensor, interpolate_pos: bool = False) -> torch.Tensor:
-        """pixels (B, 3, H, W) -> (B, E)."""
-        if not isinstance(pixels, torch.Tensor):
-            raise UserError("patch sequences (NaFlex input) need a NaFlex ViT; a convolutional tower takes pixels")
-        self._check(pixels, interpolate_pos)
-        x = self.stages(self.stem(pixels.to(self.dtype)))  # a bf16 model takes fp32 pixels
-        return self.head(self.final_conv(x))  # (B, E)
-
-    @property
-    def dtype(self) -> torch.dtype:
-        return next(self.parameters()).dtype
-
-    def features(self, pixels: torch.Tensor, layers: tuple[int, ...] = (-1,), keep_cls: bool = True,
-                 final_norm: bool = False, interpolate_pos: bool = False) -> list[torch.Tensor]:
-        """Feature maps per stage as tokens (B, H * W, C), numbered like the ViT's hidden states: 0 the stem's
-        output, i the output of stage i, negative from the end (-1 the last stage). There is no class token and
-        no final norm, so `keep_cls` changes nothing and `final_norm=True` is refused."""
-        if final_norm:
-            raise UserError("a convolutional tower has no final norm to apply to its feature maps")
-        n = len(self.stages)
-        wanted = state_indices(layers, n, "stages", ": a convolutional tower's features are chosen by stage, not by "
-                               "block")
-        self._check(pixels, interpolate_pos)
-        x = self.stem(pixels.to(self.dtype))
-        states = [x]
-        for stage in self.stages[: max(wanted)]:
-            x = stage(x)
-            states.append(x)
-        return [states[w].flatten(2).transpose(1, 2) for w in wanted]
+    def pool_and_project(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.final_conv(x))

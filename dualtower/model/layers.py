@@ -7,10 +7,10 @@ from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
-import torch.utils.checkpoint
 from torch import nn
 
 from ..errors import UserError
+from . import noise
 
 
 def _at_least_fp32(t: torch.Tensor) -> torch.Tensor:
@@ -235,7 +235,7 @@ class Transformer(nn.Module):
                 mask: torch.Tensor | None = None) -> torch.Tensor:
         for block in self.blocks:
             if self.grad_checkpointing and self.training:
-                x = torch.utils.checkpoint.checkpoint(block, x, rope, mask, use_reentrant=False)
+                x = noise.checkpoint(block, x, rope, mask)  # the recompute draws the forward's noise
             else:
                 x = block(x, rope, mask)
         return x

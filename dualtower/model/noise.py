@@ -37,6 +37,23 @@ def _mix(x: torch.Tensor) -> torch.Tensor:
     return x ^ (x >> 16)
 
 
+def checkpoint(fn, *args):
+    """`fn(*args)` under activation checkpointing, its recompute in backward (outside the caller's `sample_keys`)
+    drawing the same keyed noise as the forward did; without keys, torch's generator state is replayed."""
+    import torch.utils.checkpoint
+
+    keys = _KEYS.get()
+
+    def run(*inputs):
+        token = _KEYS.set(keys)
+        try:
+            return fn(*inputs)
+        finally:
+            _KEYS.reset(token)
+
+    return torch.utils.checkpoint.checkpoint(run, *args, use_reentrant=False)
+
+
 def uniform(shape: tuple[int, ...], salt: int, device: torch.device) -> torch.Tensor:
     """(B, *shape) uniform in [0, 1): row i from the key of sample i, or from torch's generator without keys."""
     keys = _KEYS.get()

@@ -7,7 +7,6 @@ import dataclasses
 import numpy as np
 import torch
 
-from ..config import FastViTConfig
 from ..errors import UserError
 from ..images import eval_transform
 from .base import Embedder
@@ -115,10 +114,10 @@ def _tower(model, name: str):
 
 
 def open(spec: str, options) -> TorchEmbedder:  # noqa: A001 (the runtimes' factory calls it by this name)
-    """The model of `spec`, loaded for inference: a convolutional tower is folded (`reparameterize`: the same
+    """The model of `spec`, loaded for inference: a foldable convolutional tower is folded (`reparameterize`: the same
     outputs, fewer operations), keeping the digest of the weights as loaded."""
     model = load_model(spec, options)
-    if isinstance(model.cfg.vision, FastViTConfig) and not model.cfg.vision.folded:
+    if getattr(model.cfg.vision, "foldable", False) and not model.cfg.vision.folded:
         model.origin = dataclasses.replace(model.origin, weights_sha256=model.origin.weights_sha256 or _digest(model))
         model.reparameterize()
     if options.precision != "auto":

@@ -125,6 +125,7 @@ def _timm_trunk_config(model_cfg: dict, name: str) -> ModelConfig:
     trunk = v["timm_model_name"]
     matches = [a for a, tn in TIMM_NAMES.items() if tn == trunk and REGISTRY[a].text is not None
                and REGISTRY[a].embed_dim == model_cfg.get("embed_dim")
+               and REGISTRY[a].vision.image_size == v.get("image_size", REGISTRY[a].vision.image_size)
                and REGISTRY[a].text.context_length == t.get("context_length", 77)
                and REGISTRY[a].text.width == t.get("width", 512) and REGISTRY[a].text.depth == t.get("layers", 12)
                and REGISTRY[a].text.vocab_size == t.get("vocab_size", CLIP_VOCAB_SIZE)]

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import torch
 
-from ...config import FastViTConfig, HFTextConfig, ModelConfig, TextConfig
+from ...config import ConvNeXtConfig, ConvVisionConfig, FastViTConfig, HFTextConfig, ModelConfig, TextConfig
 from .. import files
 from ..remap import ConversionError, Rule, expand, from_ours, rule, to_ours
 from ..timm import tables as timm_vit
@@ -63,6 +63,19 @@ def text_table(p: str, linear_head: bool) -> list[Rule]:
     ]
 
 
+def convnext_table(our_keys) -> list[Rule]:
+    """open_clip's TimmModel around a ConvNeXt: timm's trunk (our keys, classifier removed) under `visual.trunk.`,
+    the projection under `visual.head.`: `proj` (linear), or the MLP `mlp.fc1` (our head.pre_logits.fc) and
+    `mlp.fc2` (our head.fc)."""
+    mlp = "visual.head.pre_logits.fc.weight" in our_keys
+    head = {"visual.head.fc.weight": "visual.head.mlp.fc2.weight" if mlp else "visual.head.proj.weight",
+            "visual.head.fc.bias": "visual.head.mlp.fc2.bias" if mlp else "visual.head.proj.bias",
+            "visual.head.pre_logits.fc.weight": "visual.head.mlp.fc1.weight",
+            "visual.head.pre_logits.fc.bias": "visual.head.mlp.fc1.bias"}
+    return [rule(k, head.get(k, "visual.trunk." + k[len("visual."):])) for k in sorted(our_keys)
+            if k.startswith("visual.")]
+
+
 def hf_text_table(our_keys) -> list[Rule]:
     """open_clip's HFTextEncoder: transformers' encoder under `text.transformer.` (ours: `text.encoder.`), the
     projection under `text.proj.` (a Linear, or the MLP's Sequential: proj.0 and proj.2)."""
@@ -78,7 +91,7 @@ DROPPED = {"input_resolution", "context_length", "vocab_size", "attn_mask"}
 
 def timm_trunk(cfg: ModelConfig) -> bool:
     v = cfg.vision
-    if isinstance(v, FastViTConfig):
+    if isinstance(v, ConvVisionConfig):
         return True
     return v.patch_bias or v.rope or v.pool == "map" or v.head_bias
 
@@ -88,9 +101,11 @@ def check_exportable(cfg: ModelConfig) -> None:
     problems = []
     if cfg.text is None:
         problems.append("open_clip models have a text tower")
-    if isinstance(cfg.vision, FastViTConfig) and cfg.vision.folded:
+    if isinstance(cfg.vision, ConvVisionConfig) and cfg.vision.folded:
         problems.append("vision: its branches are folded (reparameterized), and open_clip builds the training-time "
                         "form; write the model as loaded, before reparameterize()")
+    if isinstance(cfg.vision, ConvNeXtConfig) and len(cfg.vision.dims) != 4:
+        problems.append("vision: open_clip's timm ConvNeXt has four stages")
     towers = [("text", cfg.text)] if cfg.text is not None and not isinstance(cfg.text, HFTextConfig) else []
     if not timm_trunk(cfg):
         towers.append(("vision", cfg.vision))
@@ -118,7 +133,10 @@ def _rules(cfg: ModelConfig, state: dict | None = None, our_keys=()) -> list[Rul
     trunk's block layout, and whether the text tower sits under `text.` (CustomTextCLIP, e.g. a plain ViT built
     with force_custom_text=True) or at the top (CLIP). A transformers text encoder's table follows our keys."""
     if isinstance(cfg.vision, FastViTConfig):
-        table, custom_text = timm_vit.fastvit_table(our_keys, "visual.trunk."), True
+        table, custom_text = timm_vit.conv_table(our_keys, "visual.trunk."), True
+    elif isinstance(cfg.vision, ConvNeXtConfig):
+        # open_clip builds the convnext_* models as CLIP (text at the top), unless forced to CustomTextCLIP
+        table, custom_text = convnext_table(our_keys), state is not None and "text.token_embedding.weight" in state
     elif timm_trunk(cfg):
         layout = timm_vit.layout_of_state(state, "visual.trunk.") if state is not None else \
             timm_vit.layout_of_config(cfg.vision)

@@ -7,14 +7,14 @@ projections, k without bias, `gamma_1`; EVA-02 CLIP), "eva_fused" (Eva with fuse
 convolutional stem is timm's HybridEmbed backbone (`patch_embed.backbone.N`).
 
 timm's FastViT (MobileCLIP's MCi towers) has the names our convolutional tower has, so its table is our keys
-under the prefix (`fastvit_table`), in either form: training-time branches or folded (`reparam_conv`).
+under the prefix (`conv_table`), in either form: training-time branches or folded (`reparam_conv`).
 """
 
 from __future__ import annotations
 
 import torch
 
-from ...config import FastViTConfig, VisionConfig
+from ...config import ConvNeXtConfig, ConvVisionConfig, VisionConfig
 from ...errors import UserError
 from ..registry import Format, register
 from ..remap import ConversionError, Rule, expand, from_ours, rule, to_ours
@@ -98,20 +98,22 @@ def table(layout: str, prefix: str = "", ours: str = "visual.") -> list[Rule]:
     ]
 
 
-def fastvit_table(keys, prefix: str = "", ours: str = "visual.") -> list[Rule]:
-    """A FastViT tower's rules: each of our keys (under `ours`) is the same key under `prefix`."""
+def conv_table(keys, prefix: str = "", ours: str = "visual.") -> list[Rule]:
+    """A convolutional tower's rules (FastViT, ConvNeXt): each of our keys (under `ours`) is the same key under
+    `prefix`."""
     return [rule(k, prefix + k[len(ours):]) for k in sorted(keys) if k.startswith(ours)]
 
 
 def is_trunk(keys, prefix: str = "") -> bool:
     """Whether the keys under `prefix` are a timm trunk of a kind held here: a ViT or Eva (a patch embedding, by
-    one convolution or MobileCLIP-B's backbone, and blocks) or a FastViT (a MobileOne stem, either form, and
-    stages)."""
+    one convolution or MobileCLIP-B's backbone, and blocks), a FastViT (a MobileOne stem, either form, and
+    stages) or a ConvNeXt (a patchify stem and stages of depthwise blocks)."""
     p = prefix
     embed = (f"{p}patch_embed.proj.weight", f"{p}patch_embed.backbone.0.conv.weight")
     stem = (f"{p}stem.0.identity.weight", f"{p}stem.0.conv_kxk.0.conv.weight", f"{p}stem.0.reparam_conv.weight")
     return (any(k in keys for k in embed) and f"{p}blocks.0.norm1.weight" in keys) or \
-        (any(k in keys for k in stem) and f"{p}stages.0.blocks.0.mlp.fc1.weight" in keys)
+        (any(k in keys for k in stem) and f"{p}stages.0.blocks.0.mlp.fc1.weight" in keys) or \
+        (f"{p}stem.0.weight" in keys and f"{p}stages.0.blocks.0.conv_dw.weight" in keys)
 
 
 def layout_of_state(keys, prefix: str = "") -> str:
@@ -146,30 +148,41 @@ def import_state_dict(state: dict, cfg, our_keys: set[str], source: str, prefix:
     timm's classifier head is an nn.Linear with a bias; a tower whose projection has none (CLIP ViTs, whose bias
     timm fills with zeros when it converts them) takes the head only when that bias is all zeros."""
     v = cfg.vision
-    if isinstance(v, FastViTConfig):
-        return to_ours(state, fastvit_table(our_keys, prefix), our_keys, set(), source)
-    head_bias = f"{prefix}head.bias"
-    if head_bias in state and v.head and not v.head_bias:
-        if torch.count_nonzero(state[head_bias]):
-            raise ConversionError(f"{source}: {head_bias} is not zero, and {cfg.name}'s projection has no bias")
-        state = {k: t for k, t in state.items() if k != head_bias}
+    if isinstance(v, ConvNeXtConfig):
+        state = _zero_bias_dropped(state, f"{prefix}head.fc.bias", v, cfg.name, source)
+    if isinstance(v, ConvVisionConfig):
+        return to_ours(state, conv_table(our_keys, prefix), our_keys, set(), source)
+    state = _zero_bias_dropped(state, f"{prefix}head.bias", v, cfg.name, source)
     rules = expand(table(layout_of_state(state, prefix), prefix), {"visual.": v.depth})
     return to_ours(state, rules, our_keys, dropped(prefix, v.depth), source)
 
 
+def _zero_bias_dropped(state: dict, head_bias: str, v, name: str, source: str) -> dict:
+    """timm's classifier always has a bias: dropped where our projection has none, if it is all zeros."""
+    if head_bias in state and v.head and not v.head_bias:
+        if torch.count_nonzero(state[head_bias]):
+            raise ConversionError(f"{source}: {head_bias} is not zero, and {name}'s projection has no bias")
+        state = {k: t for k, t in state.items() if k != head_bias}
+    return state
+
+
 def export_state_dict(ours: dict, cfg, prefix: str = "") -> dict:
-    if isinstance(cfg.vision, FastViTConfig):
-        return from_ours(ours, fastvit_table(ours, prefix))
-    out = from_ours(ours, expand(table(layout_of_config(cfg.vision), prefix), {"visual.": cfg.vision.depth}))
-    head = f"{prefix}head.weight"
-    if head in out and f"{prefix}head.bias" not in out:  # timm's head always has a bias (see import)
-        out[f"{prefix}head.bias"] = torch.zeros(out[head].shape[0], dtype=out[head].dtype)
+    if isinstance(cfg.vision, ConvVisionConfig):
+        out = from_ours(ours, conv_table(ours, prefix))
+        head = f"{prefix}head.fc.weight"
+    else:
+        out = from_ours(ours, expand(table(layout_of_config(cfg.vision), prefix), {"visual.": cfg.vision.depth}))
+        head = f"{prefix}head.weight"
+    bias = head[: -len("weight")] + "bias"
+    if head in out and bias not in out:  # timm's head always has a bias (see import)
+        out[bias] = torch.zeros(out[head].shape[0], dtype=out[head].dtype)
     return out
 
 
 class Timm(Format):
     name = "timm"
-    summary = ("a bare timm VisionTransformer, Eva or FastViT state dict (patch_embed, blocks.N; stem, stages.N), "
+    summary = ("a bare timm VisionTransformer, Eva, FastViT or ConvNeXt state dict (patch_embed, blocks.N; stem, "
+               "stages.N), "
                "architecture by arch=")
     vision_only = True
     holds_conv = True
@@ -180,8 +193,10 @@ class Timm(Format):
     to_ours = staticmethod(import_state_dict)
 
     def check(self, cfg) -> None:
-        if isinstance(cfg.vision, FastViTConfig):
-            return  # timm builds either form (fastvit_mci*, with inference_mode=True when folded)
+        if isinstance(cfg.vision, ConvNeXtConfig) and len(cfg.vision.dims) != 4:
+            raise ConversionError(f"{cfg.name}: timm's ConvNeXt has four stages, this tower {len(cfg.vision.dims)}")
+        if isinstance(cfg.vision, ConvVisionConfig):
+            return  # timm builds either FastViT form (fastvit_mci*, inference_mode=True when folded); ConvNeXt
         pool = cfg.vision.pool
         if pool not in ("cls", "mean", "map"):  # timm's global_pool: token, avg, map
             raise ConversionError(f"{cfg.name}: timm's VisionTransformer has no {pool!r} pooling (InternVL-C's "
