@@ -89,10 +89,12 @@ class _Server:
         status, _, data = self.request("/search", json.dumps(body).encode(), {"Content-Type": "application/json"})
         return status, json.loads(data)
 
-    def upload(self, filename: str, data: bytes, k: int = 10):
+    def upload(self, filename: str, data: bytes, k: int = 10, where: tuple = ()):
         boundary = "----dualtowertest"
         body = (f"--{boundary}\r\nContent-Disposition: form-data; name=\"k\"\r\n\r\n{k}\r\n"
-                f"--{boundary}\r\nContent-Disposition: form-data; name=\"image\"; filename=\"{filename}\"\r\n"
+                + "".join(f"--{boundary}\r\nContent-Disposition: form-data; name=\"where\"\r\n\r\n{w}\r\n"
+                          for w in where)
+                + f"--{boundary}\r\nContent-Disposition: form-data; name=\"image\"; filename=\"{filename}\"\r\n"
                 "Content-Type: application/octet-stream\r\n\r\n").encode() + data + f"\r\n--{boundary}--\r\n".encode()
         status, _, reply = self.request("/search", body, {"Content-Type": f"multipart/form-data; boundary={boundary}"})
         return status, json.loads(reply)

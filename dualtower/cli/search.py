@@ -93,7 +93,7 @@ def _cmd_search(args) -> int:
     if not 1 <= args.k <= 10_000:
         raise UserError(f"-k {args.k}: expected 1 to 10000")
     index = open_index(args)
-    page = {"offset": args.offset, "min_score": args.min_score}
+    page = {"offset": args.offset, "min_score": args.min_score, "where": args.where}
     if args.image is not None:
         from ..images import open_image
 
@@ -119,6 +119,11 @@ def add_search(sub) -> None:
                                                                "is --offset K, then 2K, ...")
     p.add_argument("--min-score", type=score, help="only results of at least this cosine similarity (-1 to 1), "
                                                     "so fewer than k may come back")
+    p.add_argument("--where", action="append", metavar="FIELD OP VALUE",
+                   help="only images that meet this condition (repeat: all of them), e.g. --where ext=jpg --where "
+                        "'size<2MB' --where 'mtime>=2024-05-01' --where caption~beach --where 'rating>=3' (a list's "
+                        "columns, an image's JSON sidecar); fields folder path ext mtime size width height caption; "
+                        "operators = != < <= > >= ~ (contains)")
     p.add_argument("--json", action="store_true", help="print the results as JSON")
     p.set_defaults(func=_cmd_search)
 

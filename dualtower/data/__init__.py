@@ -10,7 +10,7 @@ from .base import BadSample, Sample, SkipStats, Source
 
 def open_source(spec: str, image_key: str = "image", caption_key: str = "caption", captions: bool = True) -> Source:
     """A source from a spec: `builtin:digits`, `builtin:digits:test`, `builtin:fashion-mnist[:test]`,
-    a .csv/.tsv/.jsonl captions file, a folder of images with .txt captions, tar shards (`shards-{0..9}.tar`),
+    a .csv/.tsv/.jsonl/.parquet captions file (its other columns are each record's fields), a folder of images with .txt captions, tar shards (`shards-{0..9}.tar`),
     or `classes:DIR` (one sub-folder of images per class). `captions=False` (embedding images): an image whose
     caption is missing, empty or unreadable is kept, with an empty caption."""
     if spec.startswith("builtin:"):
@@ -36,12 +36,12 @@ def open_source(spec: str, image_key: str = "image", caption_key: str = "caption
         from .files import ImageFolder
 
         return ImageFolder(spec, captions=captions)
-    if spec.endswith((".csv", ".tsv", ".jsonl")):
+    if spec.endswith((".csv", ".tsv", ".jsonl", ".parquet")):
         from .files import CaptionsFile
 
         return CaptionsFile(spec, image_key=image_key, caption_key=caption_key, captions=captions)
-    raise UserError(f"{spec}: not a built-in name, classes:DIR, a folder, a .csv/.tsv/.jsonl captions file or "
-                     ".tar shards")
+    raise UserError(f"{spec}: not a built-in name, classes:DIR, a folder, a .csv/.tsv/.jsonl/.parquet captions file "
+                     "or .tar shards")
 
 
 __all__ = ["BadSample", "Sample", "SkipStats", "Source", "open_source"]

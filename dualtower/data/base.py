@@ -63,6 +63,11 @@ class Source:
         whether it changed (None where there is no such file). A search index updates by these."""
         return self.sample_id(index), None
 
+    def fields(self, index: int) -> dict:
+        """The record's own metadata, which a search index keeps for filters: a list's other columns, an image's
+        JSON sidecar ({} where there is none)."""
+        return {}
+
 
 def require_caption(caption, where: str) -> str:
     """The caption stripped, or BadSample("empty caption") when nothing but whitespace and control characters

@@ -74,7 +74,8 @@ def _load_image(path: Path):
 
 
 class CaptionsFile(Source):
-    """Rows of (image path, caption); paths are relative to the file. Column names are configurable."""
+    """Rows of (image path, caption); paths are relative to the file. Column names are configurable; the other
+    columns are each record's `fields`. CSV, TSV, JSON lines, or Parquet (with pyarrow installed)."""
 
     def __init__(self, path: str, image_key: str = "image", caption_key: str = "caption", captions: bool = True):
         self.path, self.captions = Path(path), captions
@@ -88,11 +89,15 @@ class CaptionsFile(Source):
             if missing:
                 raise UserError(f"{path}: no column {missing} (columns: {sorted(first)}); set image_key / "
                                  "caption_key")
-        self.rows = [r if isinstance(r, BadRow) else (r.get(image_key), r.get(caption_key)) for r in rows]
+        self.rows = [r if isinstance(r, BadRow) else (r.get(image_key), r.get(caption_key),
+                                                      {k: v for k, v in r.items() if k not in (image_key, caption_key)})
+                     for r in rows]
 
     def _read_rows(self) -> list:
         """Rows as dicts; a row that cannot be read becomes a BadRow (reason, "FILE:LINE: detail"), so the
         rest of the file is used. Bytes that are not UTF-8 spoil only their own row."""
+        if self.path.suffix == ".parquet":
+            return self._parquet_rows()
         with open(self.path, encoding="utf-8", errors="surrogateescape", newline="") as f:
             if self.path.suffix in (".csv", ".tsv"):
                 return self._table_rows(f, "," if self.path.suffix == ".csv" else "\t")
@@ -110,6 +115,16 @@ class CaptionsFile(Source):
                 rows.append(row if isinstance(row, dict) else
                             BadRow("unreadable row", f"{self.path}:{n}: not a JSON object"))
             return rows
+
+    def _parquet_rows(self) -> list[dict]:
+        from ..errors import require
+
+        parquet = require("pyarrow.parquet", "a Parquet list", "parquet")
+        try:
+            table = parquet.read_table(self.path)
+        except Exception as e:  # pyarrow's ArrowInvalid and OSError on a file that is not Parquet
+            raise UserError(f"{self.path}: not a readable Parquet file ({str(e).splitlines()[0][:200]})") from None
+        return table.to_pylist()
 
     def _table_rows(self, f, delimiter: str) -> list:
         reader = csv.reader(f, delimiter=delimiter)
@@ -146,7 +161,7 @@ class CaptionsFile(Source):
         row = self.rows[index]
         if isinstance(row, BadRow):
             raise BadSample(row.reason, row.detail)
-        image, caption = row
+        image, caption, _ = row
         where = f"{self.path}:{index}"
         if not isinstance(image, str) or not image:
             raise BadSample("missing image", f"{where}: no image path")
@@ -165,6 +180,10 @@ class CaptionsFile(Source):
         row = self.rows[index]
         image = row[0] if not isinstance(row, BadRow) and isinstance(row[0], str) and row[0] else None
         return (image, os.fspath(self.path.parent / image)) if image else (self.sample_id(index), None)
+
+    def fields(self, index: int) -> dict:
+        row = self.rows[index]
+        return {} if isinstance(row, BadRow) else row[2]
 
 
 class ImageFolder(Source):
@@ -207,6 +226,24 @@ class ImageFolder(Source):
 
     def origin(self, index: int) -> tuple[str, str | None]:
         return self.sample_id(index), os.fspath(self.images[index])
+
+    def fields(self, index: int) -> dict:
+        """A JSON object beside the image: `photo.json` or `photo.jpg.json` (Google Takeout's). One that cannot
+        be read is logged and the image kept without fields."""
+        path = self.images[index]
+        for sidecar in (path.with_suffix(".json"), path.with_name(path.name + ".json")):
+            if sidecar.is_file():
+                try:
+                    data = json.loads(sidecar.read_text(encoding="utf-8"))
+                except (OSError, UnicodeDecodeError, ValueError, RecursionError) as e:
+                    log.warning("%s: not a readable JSON sidecar (%s); the image is kept without fields", sidecar,
+                                str(e)[:100])
+                    return {}
+                if not isinstance(data, dict):
+                    log.warning("%s: a sidecar must be a JSON object; the image is kept without fields", sidecar)
+                    return {}
+                return data
+        return {}
 
 
 class ClassFolders(Source):

@@ -23,7 +23,7 @@ from ..data.files import IMAGE_SUFFIXES, not_utf8
 from ..errors import UserError
 from ..images import white_rgb
 from ..runtimes import as_embedder
-from . import engines
+from . import engines, metadata
 from .store import DamagedIndex, Store
 
 log = logging.getLogger("dualtower.search")
@@ -112,6 +112,7 @@ class _Records:
         own = file is not None and Path(file).suffix.lower() in IMAGE_SUFFIXES
         out = {"key": key, "path": os.path.abspath(file) if own else None, "size": size, "mtime_ns": mtime}
         try:
+            out["fields"] = self.source.fields(index)
             sample = self.source.load(index)
             image = sample.image
             if file is not None:
@@ -161,9 +162,9 @@ def build_index(spec: str, model, out: "str | os.PathLike", engine: str = "auto"
     try:
         store.add_folders(source.folders())
         report = BuildReport(unreadable=list(source.unreadable), moved_aside=str(aside or ""))
-        known = store.known()
+        known, stored_fields = store.known(), store.stored_fields()
         seen_keys: set[str] = set()
-        todo = []
+        todo, new_fields = [], {}
         for i in range(len(source)):
             key, file = source.origin(i)
             report.seen += 1
@@ -185,10 +186,14 @@ def build_index(spec: str, model, out: "str | os.PathLike", engine: str = "auto"
                     report.skipped[old[3]] += 1
                 else:
                     report.unchanged += 1
+                    fields = source.fields(i)  # an edited list row or sidecar: the image is the same
+                    if metadata.canonical(fields) != stored_fields.get(key):
+                        new_fields[key] = fields
                 continue
             todo.append((i, key, file, size, mtime))
         gone = [k for k in known if k not in seen_keys]
         report.removed = store.remove(gone)
+        store.set_fields(new_fields)
         _embed(store, source, todo, known, embedder, batch_size, workers, progress, report)
         store.compact()
         built = engines.ready(store, engine, save=True)
@@ -233,6 +238,7 @@ def _embed(store: Store, source, todo: list, known: dict, embedder, batch_size: 
             old = known.get(r["key"])
             if old is not None and old[3] is None and old[2] == r["sha256"]:
                 store.touch(r["key"], r["size"], r["mtime_ns"])
+                store.set_fields({r["key"]: r["fields"]})  # the file was written again: its sidecar may be new
                 report.touched += 1
                 continue
             good.append(r)

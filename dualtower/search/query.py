@@ -10,8 +10,14 @@ import numpy as np
 
 from ..errors import UnknownName, UserError
 from ..runtimes import as_embedder
-from . import engines
+from . import engines, filters
 from .store import SearchIndexError, Store
+
+# A filter leaving at most this many rows is answered by scoring just those rows exactly (pre-filtering); one
+# leaving more, by the engine with those rows as its id selector (FAISS) or scalar filter (Milvus). On a flat
+# engine scoring the rows costs less until they are about a quarter of the index (FLAT_SCAN_SHARE).
+PREFILTER_ROWS = 20_000
+FLAT_SCAN_SHARE = 0.25
 
 
 @dataclass
@@ -40,6 +46,7 @@ class SearchIndex:
         self.store.check_model(self.embedder.identity())
         self._refreshing = threading.Lock()
         self._engine_kind = engine
+        self._filtered = filters.RowCache()
         self.refresh(engine)
 
     @classmethod
@@ -114,13 +121,15 @@ class SearchIndex:
     # ------------------------------------------------------------------------------------------- searching
 
     def search_vectors(self, vectors: np.ndarray, k: int = 10, offset: int = 0,
-                       min_score: float | None = None) -> list[list[Hit]]:
+                       min_score: float | None = None, where=None) -> list[list[Hit]]:
         """The k nearest items of each row of `vectors` (any scale: each is normalised), in one engine call.
         `offset` skips that many nearer items first: the page after `offset` hits. Pages are stable while the
         index's `generation` is unchanged on a flat engine (exact, ties in id order); on IVF-PQ a deeper page
         draws its candidates afresh, so an item near a page's edge may move. `min_score` keeps only hits of at
-        least that cosine similarity, so a page may hold fewer than k (then it is the last)."""
+        least that cosine similarity, so a page may hold fewer than k (then it is the last). `where`: filter
+        conditions, every hit meets them all (filters.py: 'ext=jpg', 'rating>=3', ...)."""
         offset, min_score = check_page(offset, min_score)
+        conditions = filters.parse(where)
         v = np.asarray(vectors, dtype=np.float32)
         if v.ndim != 2 or v.shape[1] != self.store.dim or not np.isfinite(v).all():
             raise UserError(f"an embedding of {self.store.dim} finite numbers is needed, got "
@@ -128,8 +137,8 @@ class SearchIndex:
         norms = np.linalg.norm(v, axis=1, keepdims=True)
         if (norms == 0).any():
             raise UserError("the embedding is all zeros")
-        engine, row_to_id, _ = self.current()
-        scores, rows = engine.search(v / norms, k + offset)
+        engine, row_to_id, generation = self.current()
+        scores, rows = self._search(engine, v / norms, k + offset, conditions, (row_to_id, generation))
         low = -np.inf if min_score is None else min_score
         found = [[(float(s), int(row_to_id[r])) for s, r in zip(srow[offset:], rrow[offset:]) if r >= 0 and s >= low]
                  for srow, rrow in zip(scores, rows)]
@@ -137,8 +146,23 @@ class SearchIndex:
         return [[Hit(i, s, it.key, it.path, it.caption, it.width, it.height)
                  for s, i in f if (it := items.get(i)) is not None] for f in found]
 
+    def _search(self, engine, queries: np.ndarray, k: int, conditions, view: tuple):
+        if not conditions:
+            return engine.search(queries, k)
+        row_to_id, generation = view
+        allowed = self._filtered.rows(self.store, conditions, generation)
+        allowed = allowed[allowed < len(row_to_id)]  # rows of this view only (a writer may have committed since)
+        allowed = allowed[row_to_id[allowed] >= 0]
+        if len(allowed) <= PREFILTER_ROWS or (engine.kind == "flat" and len(allowed) <= engine.ntotal * FLAT_SCAN_SHARE):
+            return engines.scan(engine.vectors, queries, allowed, min(k, len(allowed)))
+        return engine.search(queries, k, allowed)
+
+    def matching(self, where) -> int:
+        """How many items meet the filter `where`."""
+        return len(self._filtered.rows(self.store, filters.parse(where), self.current()[2]))
+
     def search_vector(self, vector: np.ndarray, k: int = 10, **page) -> list[Hit]:
-        """`page`: offset, min_score, as `search_vectors` takes them (so too for the other kinds below)."""
+        """`page`: offset, min_score, where, as `search_vectors` takes them (so too for the other kinds below)."""
         return self.search_vectors(np.asarray(vector, dtype=np.float32).reshape(1, -1), k, **page)[0]
 
     def search_texts(self, texts: list[str], k: int = 10, **page) -> list[list[Hit]]:

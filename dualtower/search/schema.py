@@ -2,16 +2,20 @@
 item id in a path. Every refusal is an `Invalid` with an HTTP status and a message that names the field.
 
     POST /search  JSON   {"text": str | "embedding": [number, ...] | "id": int, "k": int (optional),
-                          "offset": int, "min_score": number, "generation": int (each optional)}
-                  form   image=<file>, k=<digits>, offset=<digits>, min_score=<number> (each but image optional)
+                          "offset": int, "min_score": number, "generation": int, "where": [str, ...]
+                          (each optional)}
+                  form   image=<file>, k=<digits>, offset=<digits>, min_score=<number>, where=<condition> (any
+                         number of them) (each but image optional)
 
 offset skips that many nearer hits (the next page: k more after offset); min_score keeps hits of at least that
 cosine similarity; generation, the one an earlier page's answer gave, refuses the page (409) if the index has
-changed since, so pages never silently mix two states of the index.
+changed since, so pages never silently mix two states of the index; where, filter conditions (filters.py:
+"ext=jpg", "rating>=3"), all met by every hit.
 
 Types are exact (k 5, not "5", 1.5 or true; numbers finite: no NaN, Infinity or 1e999), ranges bounded (k in
 1..max_k, ids in 1..2**63-1, SQLite's integers), texts well-formed Unicode (no lone surrogates) of at most
-max_text characters, the JSON flat (no nesting beyond the embedding's one list), and no unknown fields.
+max_text characters, the JSON flat (no nesting beyond the embedding's and where's one list), and no unknown
+fields.
 """
 
 from __future__ import annotations
@@ -24,7 +28,7 @@ from ..errors import DualtowerError
 
 MAX_ID = 2**63 - 1  # SQLite's largest integer
 FIELDS = ("text", "embedding", "id")
-OPTIONS = ("k", "offset", "min_score", "generation")
+OPTIONS = ("k", "offset", "min_score", "generation", "where")
 
 
 class Invalid(DualtowerError):
@@ -35,11 +39,13 @@ class Invalid(DualtowerError):
 
 @dataclass(frozen=True)
 class Page:
-    """Which part of a query's ranking to answer: after `offset` hits, at least `min_score`, of `generation`."""
+    """Which part of a query's ranking to answer: after `offset` hits, at least `min_score`, of `generation`, of
+    the items that meet `where`."""
 
     offset: int = 0
     min_score: float | None = None
     generation: int | None = None
+    where: tuple = ()  # filters.Condition, parsed
 
 
 @dataclass(frozen=True)
@@ -65,6 +71,18 @@ def check_min_score(value, given_as_text: bool = False) -> float:
         raise Invalid(422, f"min_score must be a number between -1 and 1 (a cosine similarity), got "
                            f"{json.dumps(value)[:20] if not isinstance(value, str) else repr(value[:20])}")
     return float(value)
+
+
+def check_where(value) -> tuple:
+    """Filter conditions, parsed (their meaning for this index is checked when the query runs)."""
+    from .filters import FilterError, parse
+
+    if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+        raise Invalid(422, 'where must be a list of conditions such as ["ext=jpg", "rating>=3"]')
+    try:
+        return parse(value)
+    except FilterError as e:
+        raise Invalid(422, str(e)) from None
 
 
 def check_generation(value) -> int:
@@ -152,7 +170,8 @@ def parse_json(body: bytes, max_k: int, max_text: int, dim: int, max_offset: int
     k = check_k(data.get("k", 10), max_k)
     page = Page(check_offset(data.get("offset", 0), max_offset),
                 None if data.get("min_score") is None else check_min_score(data["min_score"]),
-                None if data.get("generation") is None else check_generation(data["generation"]))
+                None if data.get("generation") is None else check_generation(data["generation"]),
+                () if data.get("where") is None else check_where(data["where"]))
     kind = given[0]
     value = data[kind]
     if kind == "text":
@@ -172,7 +191,7 @@ def check_form(form, max_k: int, max_offset: int = 10_000) -> tuple[object, int,
     if len(uploads) != 1 or isinstance(uploads[0], str):
         raise Invalid(422, "a multipart search needs one file field named 'image'")
     for name in OPTIONS:
-        if len(form.getlist(name)) > 1:
+        if name != "where" and len(form.getlist(name)) > 1:
             raise Invalid(422, f"{name} is given more than once")
     k = check_k(form.get("k", "10"), max_k, given_as_text=True)
     offset = check_offset(form.get("offset", "0"), max_offset, given_as_text=True)
@@ -183,4 +202,4 @@ def check_form(form, max_k: int, max_offset: int = 10_000) -> tuple[object, int,
                 or len(generation) > 18:
             raise Invalid(422, f"generation must be the integer an earlier answer gave, got {str(generation)[:20]!r}")
         generation = int(generation)
-    return uploads[0], k, Page(offset, min_score, generation)
+    return uploads[0], k, Page(offset, min_score, generation, check_where(form.getlist("where")))

@@ -43,6 +43,7 @@ from starlette.exceptions import HTTPException  # noqa: E402
 
 from ..images import ImageDecodeError, TooManyPixels, open_image  # noqa: E402
 from . import schema  # noqa: E402
+from .originals import open_original  # noqa: E402
 from .query import Hit, SearchIndex  # noqa: E402
 
 log = logging.getLogger("dualtower.search")
@@ -131,16 +132,27 @@ class _TextBatcher:
                 except queue.Empty:
                     break
             try:
-                # one ranking deep enough for every request, each cut to its own page
-                deepest = max(k + page.offset for _, (k, page), _ in batch)
-                hits = self.index.search_texts([t for t, _, _ in batch], deepest)
-                for (_, (k, page), future), h in zip(batch, hits):
-                    low = -float("inf") if page.min_score is None else page.min_score
-                    future.set_result([hit for hit in h[page.offset: page.offset + k] if hit.score >= low])
+                vectors = self.index.embed_texts([t for t, _, _ in batch])  # one batch through the model
             except Exception as e:  # every waiting request hears of it
                 for _, _, future in batch:
-                    if not future.done():
-                        future.set_exception(e)
+                    future.set_exception(e)
+                continue
+            # the requests of one filter share one ranking, deep enough for each, cut to each one's page
+            groups: dict = {}
+            for i, (_, (_, page), _) in enumerate(batch):
+                groups.setdefault(page.where, []).append(i)
+            for where, members in groups.items():
+                try:
+                    deepest = max(batch[i][1][0] + batch[i][1][1].offset for i in members)
+                    hits = self.index.search_vectors(vectors[members], deepest, where=where)
+                    for i, h in zip(members, hits):
+                        k, page = batch[i][1]
+                        low = -float("inf") if page.min_score is None else page.min_score
+                        batch[i][2].set_result([hit for hit in h[page.offset: page.offset + k] if hit.score >= low])
+                except Exception as e:  # one filter's error is its requests' alone
+                    for i in members:
+                        if not batch[i][2].done():
+                            batch[i][2].set_exception(e)
 
 
 def page() -> str:
@@ -192,7 +204,7 @@ class Service:
             return await asyncio.wrap_future(self.texts.submit(query.value, query.k, query.page))
         search = {"image": index.search_image, "id": index.search_item, "embedding": index.search_vector}[query.kind]
         return await run_in_threadpool(search, query.value, query.k, offset=query.page.offset,
-                                       min_score=query.page.min_score)
+                                       min_score=query.page.min_score, where=query.page.where)
 
     def shown_path(self, path: str | None, folders: list[str]) -> str | None:
         """An item's file as the service shows it: relative to the indexed folder (of `folders`, the store's) that
@@ -262,6 +274,7 @@ async def search(request: Request):
     page = query.page
     full = len(hits) == query.k and page.offset + query.k < min(len(service.index), service.limits.max_offset + 1)
     return {"query": query.described, "k": query.k, "offset": page.offset, "min_score": page.min_score,
+            "where": [str(c) for c in page.where],
             "generation": generation, "next_offset": page.offset + query.k if full else None,
             "took_ms": round(took, 2),
             "results": [{**h.to_dict(), "path": service.shown_path(h.path, folders), "thumb": f"/thumb/{h.id}",
@@ -278,7 +291,7 @@ async def thumb(request: Request, item_id: int):
 async def image(request: Request, item_id: int):
     store = _service(request).index.store
     try:
-        f, media = await run_in_threadpool(store.open_original, schema.check_id(item_id))
+        f, media = await run_in_threadpool(open_original, store, schema.check_id(item_id))
     except LookupError as e:
         raise Problem(404, str(e)) from None
 

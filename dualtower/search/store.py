@@ -2,7 +2,8 @@
 
     index.json     the model's identity (name, config, weights digest) and the vector width; written once
     meta.sqlite    one row per image (id, key, path, size, mtime, content hash, width, height, caption, thumbnail,
-                   vector row), the files skipped and why, and the committed vector count, in SQLite (WAL)
+                   vector row, folder, extension, the user's fields: metadata.py), the files skipped and why, and
+                   the committed vector count, in SQLite (WAL)
     vectors-N.f16  float16 rows, L2-normalised, append-only, memory-mapped by readers
     engine.faiss   the search structure (see engines/faiss_index.py), with the generation of the rows it was built from
 
@@ -27,6 +28,7 @@ import numpy as np
 
 from .. import io
 from ..errors import UserError
+from . import metadata
 
 FORMAT = "dualtower-index"
 VERSION = 1
@@ -90,6 +92,7 @@ class Store:
                 self.db.execute("PRAGMA journal_mode=WAL")
                 self.db.execute("PRAGMA synchronous=FULL")
                 self.db.executescript(_SCHEMA)
+                metadata.migrate(self.db)
             # a light check (a full integrity check reads every thumbnail): the tables are there and readable
             self.db.execute("SELECT count(*) FROM meta").fetchone()
             self.db.execute("SELECT max(id), max(row) FROM items").fetchone()
@@ -218,13 +221,19 @@ class Store:
         try:
             for i, r in enumerate(records):
                 cur.execute("DELETE FROM skipped WHERE key = ?", (r["key"],))
+                folder, ext = metadata.place(r["key"], r["path"])
                 cur.execute(
-                    "INSERT INTO items (key, path, size, mtime_ns, sha256, width, height, caption, thumb, row) "
-                    "VALUES (:key, :path, :size, :mtime_ns, :sha256, :width, :height, :caption, :thumb, :row) "
+                    "INSERT INTO items (key, path, size, mtime_ns, sha256, width, height, caption, thumb, row, "
+                    "folder, ext, fields) VALUES (:key, :path, :size, :mtime_ns, :sha256, :width, :height, :caption, "
+                    ":thumb, :row, :folder, :ext, :fields) "
                     "ON CONFLICT(key) DO UPDATE SET path=excluded.path, size=excluded.size, "
                     "mtime_ns=excluded.mtime_ns, sha256=excluded.sha256, width=excluded.width, "
-                    "height=excluded.height, caption=excluded.caption, thumb=excluded.thumb, row=excluded.row",
-                    {**r, "row": start + i})
+                    "height=excluded.height, caption=excluded.caption, thumb=excluded.thumb, row=excluded.row, "
+                    "folder=excluded.folder, ext=excluded.ext, fields=excluded.fields",
+                    {**r, "row": start + i, "folder": folder, "ext": ext,
+                     "fields": metadata.canonical(r.get("fields"))})
+                (item_id,) = cur.execute("SELECT id FROM items WHERE key = ?", (r["key"],)).fetchone()
+                metadata.write(cur, item_id, r.get("fields"))
             self._set(cur, "rows", start + len(records))
             self._bump(cur)
             cur.execute("COMMIT")
@@ -235,6 +244,20 @@ class Store:
     def touch(self, key: str, size: int, mtime_ns: int) -> None:
         """A file whose time changed but whose content did not: keep its vector."""
         self.db.execute("UPDATE items SET size = ?, mtime_ns = ? WHERE key = ?", (size, mtime_ns, key))
+
+    def set_fields(self, changed: dict[str, dict | None]) -> None:
+        """New fields of unchanged images (key -> fields), in one commit; the vectors stay as they are."""
+        if not changed:
+            return
+        cur = self.db.cursor()
+        cur.execute("BEGIN IMMEDIATE")
+        for key, fields in changed.items():
+            row = cur.execute("SELECT id FROM items WHERE key = ?", (key,)).fetchone()
+            if row is not None:
+                cur.execute("UPDATE items SET fields = ? WHERE id = ?", (metadata.canonical(fields), row[0]))
+                metadata.write(cur, row[0], fields)
+        self._set(cur, "fields_generation", int(self.get("fields_generation") or 0) + 1)
+        cur.execute("COMMIT")
 
     def skip(self, key: str, reason: str, detail: str, size: int | None, mtime_ns: int | None) -> None:
         """Remember a bad record (and forget any earlier vector of it)."""
@@ -312,6 +335,15 @@ class Store:
         arr = np.array(data, dtype=np.int64).reshape(-1, 2)
         return arr[:, 0], arr[:, 1]
 
+    def read(self, fn):
+        """`fn(connection)` under the lock the server's threads share the connection by."""
+        with self._lock:
+            return fn(self.db)
+
+    def stored_fields(self) -> dict[str, str | None]:
+        """key -> the fields' canonical JSON (metadata.canonical) of every item."""
+        return dict(self.db.execute("SELECT key, fields FROM items"))
+
     def known(self) -> dict[str, tuple]:
         """key -> (size, mtime_ns, sha256, skip reason or None) of every record seen before."""
         out = {k: (s, m, h, None) for k, s, m, h in self.db.execute("SELECT key, size, mtime_ns, sha256 FROM items")}
@@ -330,53 +362,6 @@ class Store:
 
     def item(self, item_id: int) -> Item | None:
         return self.items([item_id]).get(int(item_id))
-
-    def open_original(self, item_id: int):
-        """(an open binary file, its media type) of item `item_id`'s own image file, checked now: a regular file
-        whose real path (symlinks resolved) lies inside one of the index's `folders`, and whose header is an
-        image's. LookupError naming the item and the reason otherwise. (As Starlette's StaticFiles does, every
-        request re-checks: a file swapped for a symlink to elsewhere after indexing is refused.)"""
-        import stat
-
-        from PIL import Image
-
-        item = self.item(item_id)
-        if item is None:
-            raise LookupError(f"no item {item_id}")
-        if item.path is None:
-            raise LookupError(f"item {item_id} has no file of its own (only its thumbnail is served)")
-        folders = self.folders
-        if not folders:
-            raise LookupError(f"the index records no image folders (built by an older dualtower); run "
-                              f"`dualtower index` again to serve originals (item {item_id})")
-        real = os.path.realpath(item.path)
-        if not any(os.path.commonpath([real, folder]) == folder for folder in folders):
-            raise LookupError(f"the original of item {item_id} is outside the indexed folders (only its thumbnail "
-                              "is served)")
-        try:
-            f = open(real, "rb")
-        except OSError:
-            raise LookupError(f"the original of item {item_id} is not a file on disk (only its thumbnail is "
-                              "served)") from None
-        try:
-            opened = f"/proc/self/fd/{f.fileno()}"  # what was opened, if a path component moved meanwhile
-            if (os.path.exists(opened) and os.path.realpath(opened) != real) or \
-                    not stat.S_ISREG(os.fstat(f.fileno()).st_mode):
-                raise LookupError(f"the original of item {item_id} is not a regular file inside the indexed "
-                                  "folders")
-            try:
-                with Image.open(f) as image:  # the header only
-                    kind = image.format
-            except Exception:
-                kind = None
-            media = Image.MIME.get(kind or "")
-            if media is None or not media.startswith("image/"):
-                raise LookupError(f"the original of item {item_id} is no longer an image file")
-            f.seek(0)
-            return f, media
-        except BaseException:
-            f.close()
-            raise
 
     def thumb(self, item_id: int) -> bytes | None:
         with self._lock:

@@ -11,7 +11,7 @@ cosine similarity.
 
 from __future__ import annotations
 
-from .base import FLAT_LIMIT, KINDS, SearchEngine, choose, rerank
+from .base import FLAT_LIMIT, KINDS, SearchEngine, choose, rerank, scan
 
 
 def ready(store, kind: str | None = None, save: bool = False):
@@ -35,4 +35,4 @@ def ready(store, kind: str | None = None, save: bool = False):
     return built
 
 
-__all__ = ["FLAT_LIMIT", "KINDS", "SearchEngine", "choose", "ready", "rerank"]
+__all__ = ["FLAT_LIMIT", "KINDS", "SearchEngine", "choose", "ready", "rerank", "scan"]

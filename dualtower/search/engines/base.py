@@ -22,8 +22,10 @@ class SearchEngine(Protocol):
     @property
     def ntotal(self) -> int: ...
 
-    def search(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
-        """(scores, rows), each (Q, k'), best first; k' = min(k, vectors); -1 rows pad short results."""
+    def search(self, queries: np.ndarray, k: int, allowed: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """(scores, rows), each (Q, k'), best first; k' = min(k, vectors); -1 rows pad short results. `allowed`:
+        the sorted rows a filter leaves, the only ones searched (inside the engine: never a wider search cut
+        down afterwards)."""
 
 
 def choose(kind: str, n: int) -> str:
@@ -32,6 +34,28 @@ def choose(kind: str, n: int) -> str:
     if kind != "auto":
         return kind
     return "flat" if n <= FLAT_LIMIT else "ivf"
+
+
+def scan(vectors: np.ndarray, queries: np.ndarray, rows: np.ndarray, k: int,
+          chunk: int = 16384) -> tuple[np.ndarray, np.ndarray]:
+    """(scores, rows), each (Q, k): every one of `rows` (sorted) scored exactly against every query, best first
+    (ties in row order); -1 rows pad short results. The pre-filter path: a filter leaving few rows is answered by
+    reading just those."""
+    q = len(queries)
+    best_scores = np.full((q, 0), -np.inf, dtype=np.float32)
+    best_rows = np.zeros((q, 0), dtype=np.int64)
+    for lo in range(0, len(rows), chunk):
+        part = rows[lo: lo + chunk]
+        exact = queries @ np.asarray(vectors[part], dtype=np.float32).T  # (Q, n)
+        scores = np.concatenate([best_scores, exact], axis=1)
+        found = np.concatenate([best_rows, np.broadcast_to(part, (q, len(part)))], axis=1)
+        top = np.argsort(-scores, axis=1, kind="stable")[:, :k]
+        best_scores, best_rows = np.take_along_axis(scores, top, 1), np.take_along_axis(found, top, 1)
+    pad = k - best_scores.shape[1]
+    if pad > 0:
+        best_scores = np.pad(best_scores, ((0, 0), (0, pad)), constant_values=-np.inf)
+        best_rows = np.pad(best_rows, ((0, 0), (0, pad)), constant_values=-1)
+    return best_scores.astype(np.float32), best_rows
 
 
 def rerank(vectors: np.ndarray, queries: np.ndarray, candidates, k: int) -> tuple[np.ndarray, np.ndarray]:

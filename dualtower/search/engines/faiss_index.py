@@ -79,16 +79,27 @@ class Engine:
             index.add_with_ids(np.asarray(vectors[part], dtype=np.float32), part.astype(np.int64))
         return cls(kind, index, vectors)
 
-    def search(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
-        """(scores, rows), each (Q, k'), best first; k' = min(k, vectors); -1 rows pad short results."""
+    def search(self, queries: np.ndarray, k: int, allowed: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """(scores, rows), each (Q, k'), best first; k' = min(k, vectors); -1 rows pad short results. `allowed`:
+        the only rows searched, through FAISS's id selector (a bitmap over the rows)."""
         q = np.ascontiguousarray(queries, dtype=np.float32)
-        k = min(k, self.ntotal)
+        k = min(k, self.ntotal if allowed is None else len(allowed))
         if k <= 0:
             return np.zeros((len(q), 0), np.float32), np.zeros((len(q), 0), np.int64)
+        faiss = _faiss()
+        params, bitmap = None, None
+        if allowed is not None:
+            bits = np.zeros(len(self.vectors), dtype=bool)
+            bits[allowed] = True
+            bitmap = np.packbits(bits, bitorder="little")  # kept alive for the search
+            selector = faiss.IDSelectorBitmap(len(bits), faiss.swig_ptr(bitmap))
+            params = faiss.SearchParameters(sel=selector) if self.kind == "flat" else \
+                faiss.SearchParametersIVF(sel=selector, nprobe=self.nprobe)
         if self.kind == "flat":
-            return self.index.search(q, k)
+            return self.index.search(q, k, params=params)
         wide = min(self.ntotal, max(k * self.rerank, self.min_candidates))
-        _, candidates = self.index.search(q, wide)
+        _, candidates = self.index.search(q, wide, params=params)
+        del bitmap
         return rerank(self.vectors, q, candidates, k)
 
     def save(self, directory: Path, store) -> None:

@@ -19,13 +19,13 @@ MAX_TOPK = 16384  # Milvus' limit on one search's results
 class MilvusEngine:
     kind = "milvus"
 
-    def __init__(self, client, collection: str, vectors: np.ndarray, ntotal: int, rerank: int = 4):
+    def __init__(self, client, collection: str, vectors: np.ndarray, live: np.ndarray, rerank: int = 4):
         self.client, self.collection, self.vectors = client, collection, vectors
-        self._ntotal, self.rerank = ntotal, rerank
+        self.live, self.rerank = live, rerank  # the sorted rows the collection holds
 
     @property
     def ntotal(self) -> int:
-        return self._ntotal
+        return len(self.live)
 
     @classmethod
     def sync(cls, store) -> "MilvusEngine":
@@ -53,13 +53,22 @@ class MilvusEngine:
             part = missing[lo: lo + CHUNK]
             data = np.asarray(vectors[part], dtype=np.float32)
             client.insert(name, [{"id": int(r), "vector": v.tolist()} for r, v in zip(part, data)])
-        return cls(client, name, vectors, len(live))
+        return cls(client, name, vectors, np.array(sorted(live), dtype=np.int64))
 
-    def search(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    def search(self, queries: np.ndarray, k: int, allowed: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """`allowed`: the only rows searched, by a scalar filter on the primary key (the vector row): `id in`
+        the allowed rows, or `id not in` the others, whichever list is shorter."""
         q = np.ascontiguousarray(queries, dtype=np.float32)
-        k = min(k, self.ntotal)
+        n = self.ntotal if allowed is None else len(allowed)
+        k = min(k, n)
         if k <= 0:
             return np.zeros((len(q), 0), np.float32), np.zeros((len(q), 0), np.int64)
-        wide = min(self.ntotal, max(k * self.rerank, 100), MAX_TOPK)
-        answers = self.client.search(self.collection, data=q.tolist(), limit=wide, search_params={"metric_type": "IP"})
+        expression = ""
+        if allowed is not None:
+            others = np.setdiff1d(self.live, allowed, assume_unique=True)
+            expression = (f"id in [{','.join(map(str, allowed.tolist()))}]" if len(allowed) <= len(others) else
+                          f"id not in [{','.join(map(str, others.tolist()))}]")
+        wide = min(n, max(k * self.rerank, 100), MAX_TOPK)
+        answers = self.client.search(self.collection, data=q.tolist(), limit=wide, filter=expression,
+                                     search_params={"metric_type": "IP"})
         return rerank(self.vectors, q, [[int(h["id"]) for h in hits] for hits in answers], k)
