@@ -424,19 +424,32 @@ def test_the_web_page_in_a_real_browser(trained, digits, tmp_path):
         scores = [float(s.text) for s in browser.find_elements(By.CSS_SELECTOR, "figure.result .score")]
         assert scores and min(scores) >= round(cut, 4) - 5e-4 and len(scores) <= 11
         browser.find_element(By.ID, "min").clear()
+        # Issue 30, item 1: filters in the page's box, sent with every page of the query.
+        browser.find_element(By.ID, "where").send_keys("folder=three width>=8")
         box.submit()
-        wait.until(lambda b: len(b.find_elements(By.CSS_SELECTOR, "figure.result")) >= 24)
+        wait.until(lambda b: b.execute_script(settled) and len(b.find_elements(By.CSS_SELECTOR, "figure.result")) >= 24)
+        browser.execute_script("window.scrollTo(0, document.body.scrollHeight)")
+        wait.until(lambda b: len(b.find_elements(By.CSS_SELECTOR, "figure.result")) > 24)
         wait.until(lambda b: b.execute_script(settled))
+        filtered = [f.get_attribute("title").split("\n")[0] for f in browser.find_elements(By.CSS_SELECTOR,
+                                                                                             "figure.result")]
+        assert filtered == [h.key for h in index.search_text("an image of the number three", len(filtered),
+                                                              where=["folder=three", "width>=8"])]
+        assert all(key.startswith("three/") for key in filtered)
         browser.execute_script("window.scrollTo(0, 0)")
         artifacts = Path(os.environ.get("DUALTOWER_ARTIFACTS", tmp_path))
         artifacts.mkdir(parents=True, exist_ok=True)
         browser.save_screenshot(str(artifacts / "search-page.png"))
+        browser.find_element(By.ID, "where").clear()
+        browser.find_element(By.ID, "where").send_keys("folder=seven")  # an image search takes the filter too
         # Search by image: pick a file.
         seven = next((digits / "seven").iterdir())
         browser.find_element(By.ID, "file").send_keys(str(seven))
         wait.until(ec.text_to_be_present_in_element((By.ID, "status"), f"the image {seven.name}"))
         first = browser.find_element(By.CSS_SELECTOR, "figure.result")
         assert first.get_attribute("title").split("\n")[0] == f"seven/{seven.name}"
+        assert all(f.get_attribute("title").split("\n")[0].startswith("seven/")
+                   for f in browser.find_elements(By.CSS_SELECTOR, "figure.result"))
         # More like this: click the third result.
         target = browser.find_elements(By.CSS_SELECTOR, "figure.result")[2]
         key = target.get_attribute("title").split("\n")[0]
