@@ -10,10 +10,13 @@ and the service under a bounded load on loopback. Each part prints the machine i
         exact search, query latency p50/p99 for both, build time and resident memory.
     .venv/bin/python benchmarks/search.py load [--n 100000] [--rate 20] [--seconds 30] [--arch ViT-B-32]
                                                [--runtime torch|onnx] [--precision fp32|bf16|int8]
-                                               [--engine auto|flat|ivf]
+                                               [--engine auto|flat|ivf] [--filters]
         `dualtower serve` (a subprocess, 127.0.0.1) over an index of n vectors, text queries at a fixed rate
         from a thread pool; latency p50/p99, queries/s sustained and errors. The text tower is a random-weight
-        `--arch` (the cost of a real one); the vectors are clustered like those of `ann`.
+        `--arch` (the cost of a real one); the vectors are clustered like those of `ann`. --filters: each record
+        has a field `bucket` (its number mod 100), and the load runs again with filters keeping 1%, 10% and 90% of
+        the index: the same filter on every query (the service keeps its rows), and a filter new to every query
+        (the rows found again each time), with p99 ratios to the unfiltered run.
 """
 
 from __future__ import annotations
@@ -71,7 +74,8 @@ def fill_store(path: Path, vectors: np.ndarray, identity: dict, engine: str = "a
     for lo in range(0, len(vectors), 50_000):
         part = vectors[lo: lo + 50_000]
         store.append(part, [{"key": f"vec-{lo + i}", "path": None, "size": None, "mtime_ns": None, "sha256": None,
-                             "width": 0, "height": 0, "caption": None, "thumb": None} for i in range(len(part))])
+                             "width": 0, "height": 0, "caption": None, "thumb": None,
+                             "fields": {"bucket": (lo + i) % 100}} for i in range(len(part))])
     kind = ready(store, engine, save=True).kind
     store.close()
     return kind
@@ -202,43 +206,56 @@ def bench_load(args) -> None:
             texts = [" ".join(rng.choice(words, size=rng.integers(2, 7))) for _ in range(args.rate * args.seconds)]
             for text in texts[:10]:  # warm-up
                 _post(url, text)
-            latencies, errors, lock = [], [], threading.Lock()
-
-            def one(text):
-                t = time.perf_counter()
-                try:
-                    status = _post(url, text)
-                except OSError as e:
-                    status = str(e)
-                with lock:
-                    (latencies if status == 200 else errors).append((time.perf_counter() - t) * 1000)
-
-            threads = []
-            start = time.perf_counter()
-            for i, text in enumerate(texts):  # a fixed schedule: request i goes at i / rate seconds
-                delay = start + i / args.rate - time.perf_counter()
-                if delay > 0:
-                    time.sleep(delay)
-                th = threading.Thread(target=one, args=(text,))
-                th.start()
-                threads.append(th)
-            for th in threads:
-                th.join()
-            elapsed = time.perf_counter() - start
-            s = sorted(latencies)
             print(f"{len(texts)} text queries at {args.rate}/s over {args.seconds} s to {args.arch}'s text tower "
                   f"({args.runtime}, {args.precision}) and {args.n:,} vectors (k=10):")
-            print(f"  sustained {len(latencies) / elapsed:.1f} queries/s, errors {len(errors)}")
-            print(f"  latency p50 {statistics.median(s):.1f} ms   p99 {s[int(0.99 * (len(s) - 1))]:.1f} ms   "
-                  f"max {s[-1]:.1f} ms")
+            base = _load(url, texts, args.rate, lambda i: [], "no filter")
+            if args.filters:
+                for share, condition in (("1%", "bucket<1"), ("10%", "bucket<10"), ("90%", "bucket<90")):
+                    for how, where in (("the same filter", lambda i, c=condition: [c]),
+                                       ("a new filter each", lambda i, c=condition: [c, f"width!=-{i + 1}"])):
+                        p99 = _load(url, texts, args.rate, where, f"{share} of the index, {how}")
+                        print(f"    p99 / unfiltered p99: {p99 / base:.2f}x")
         finally:
             server.terminate()
             server.wait()
 
 
-def _post(url: str, text: str) -> int:
-    req = urllib.request.Request(url + "/search", json.dumps({"text": text, "k": 10}).encode(),
-                                 {"Content-Type": "application/json"})
+def _load(url: str, texts: list[str], rate: int, where, label: str) -> float:
+    """The texts sent at `rate` per second on a fixed schedule (query i with filter `where(i)`); prints and
+    returns the latency p99 in ms."""
+    latencies, errors, lock = [], [], threading.Lock()
+
+    def one(i, text):
+        t = time.perf_counter()
+        try:
+            status = _post(url, text, where(i))
+        except OSError as e:
+            status = str(e)
+        with lock:
+            (latencies if status == 200 else errors).append((time.perf_counter() - t) * 1000)
+
+    threads = []
+    start = time.perf_counter()
+    for i, text in enumerate(texts):  # a fixed schedule: request i goes at i / rate seconds
+        delay = start + i / rate - time.perf_counter()
+        if delay > 0:
+            time.sleep(delay)
+        th = threading.Thread(target=one, args=(i, text))
+        th.start()
+        threads.append(th)
+    for th in threads:
+        th.join()
+    elapsed = time.perf_counter() - start
+    s = sorted(latencies) or [float("nan")]
+    p99 = s[int(0.99 * (len(s) - 1))]
+    print(f"  {label}: sustained {len(latencies) / elapsed:.1f} queries/s, errors {len(errors)}; latency p50 "
+          f"{statistics.median(s):.1f} ms   p99 {p99:.1f} ms   max {s[-1]:.1f} ms")
+    return p99
+
+
+def _post(url: str, text: str, where: list | None = None) -> int:
+    body = {"text": text, "k": 10, **({"where": where} if where else {})}
+    req = urllib.request.Request(url + "/search", json.dumps(body).encode(), {"Content-Type": "application/json"})
     with urllib.request.urlopen(req, timeout=30) as r:
         r.read()
         return r.status
@@ -265,6 +282,7 @@ def main() -> None:
                    help="torch: fp32 or bf16; onnx: fp32, fp16 or int8")
     p.add_argument("--engine", choices=["auto", "flat", "ivf"], default="auto")
     p.add_argument("--server-env", nargs="*", default=[], help="NAME=VALUE pairs for the server's environment")
+    p.add_argument("--filters", action="store_true", help="also with filters keeping 1%%, 10%% and 90%% of the index")
     args = parser.parse_args()
     {"build": bench_build, "ann": bench_ann, "load": bench_load}[args.part](args)
 

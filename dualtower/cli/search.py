@@ -88,18 +88,28 @@ def add_index(sub) -> None:
 def _cmd_search(args) -> int:
     import json
 
-    if (args.text is None) == (args.image is None):
-        raise UserError("give a text to search for, or --image FILE (one of them)")
+    from ..images import open_image
+
+    images, like, unlike = args.image or [], args.like_id or [], args.unlike or []
+    positive = ([{"text": args.text}] if args.text is not None else []) + [{"image": p} for p in images] + \
+        [{"id": i} for i in like]
+    negative = [{"text": t} for t in unlike] + [{"image": p} for p in args.unlike_image or []] + \
+        [{"id": i} for i in args.unlike_id or []]
+    if not positive:
+        raise UserError("give a text to search for, --image FILE or --like-id ID (or several of them)")
     if not 1 <= args.k <= 10_000:
         raise UserError(f"-k {args.k}: expected 1 to 10000")
+    for example in positive + negative:  # every file opens before the model loads
+        if "image" in example:
+            example["image"] = open_image(example["image"])
     index = open_index(args)
     page = {"offset": args.offset, "min_score": args.min_score, "where": args.where}
-    if args.image is not None:
-        from ..images import open_image
-
-        hits = index.search_image(open_image(args.image), args.k, **page)
-    else:
+    if len(positive) == 1 and not negative and args.text is not None:
         hits = index.search_text(args.text, args.k, **page)
+    elif len(positive) == 1 and not negative and images:
+        hits = index.search_image(positive[0]["image"], args.k, **page)
+    else:
+        hits = index.search_examples(positive, negative, args.k, **page)
     if args.json:
         print(json.dumps([h.to_dict() for h in hits], indent=2))
         return 0
@@ -113,7 +123,13 @@ def add_search(sub) -> None:
     p = sub.add_parser("search", help="the images of an index nearest a text or an image")
     _index_args(p)
     p.add_argument("text", nargs="?", help="what to look for, e.g. \"a red car\"")
-    p.add_argument("--image", help="search by this image file instead of a text")
+    p.add_argument("--image", action="append", metavar="FILE",
+                   help="search by this image file (repeat, or add a text: more like all of them)")
+    p.add_argument("--like-id", action="append", type=int, metavar="ID",
+                   help="more like this indexed image (its id, from --json); left out of the results")
+    p.add_argument("--unlike", action="append", metavar="TEXT", help="less like this text (repeat)")
+    p.add_argument("--unlike-image", action="append", metavar="FILE", help="less like this image file (repeat)")
+    p.add_argument("--unlike-id", action="append", type=int, metavar="ID", help="less like this indexed image")
     p.add_argument("-k", type=count(1), default=10, help="how many results")
     p.add_argument("--offset", type=count(0), default=0, help="skip that many nearer results first: the next page "
                                                                "is --offset K, then 2K, ...")

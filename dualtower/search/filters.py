@@ -147,10 +147,19 @@ def _bounds(op: str, value: float, ranges: _Ranges, c: Condition) -> None:
         ranges.add(c, value, value)
 
 
-def compile_sql(conditions: tuple[Condition, ...], kinds: dict[str, bool]) -> tuple[str, list]:
-    """(a WHERE clause over the items table, its parameters). `kinds`: the index's own fields (name -> whether
-    any value is a number)."""
-    clauses, params, ranges = [], [], _Ranges()
+@dataclass(frozen=True)
+class Part:
+    """One condition as SQL: `query` selects item ids (reading an index only); the condition holds for those,
+    or with `negate`, for every item but those."""
+
+    query: str
+    params: tuple
+    negate: bool = False
+
+
+def compile_parts(conditions: tuple[Condition, ...], kinds: dict[str, bool]) -> list[Part]:
+    """One Part per condition. `kinds`: the index's own fields (name -> whether any value is a number)."""
+    parts, ranges = [], _Ranges()
     for c in conditions:
         f, op, v = c.field, c.op, c.value
         if f in TEXT_FIELDS:
@@ -171,8 +180,7 @@ def compile_sql(conditions: tuple[Condition, ...], kinds: dict[str, bool]) -> tu
                 sql, args = "instr(lower(coalesce(caption, '')), lower(?)) > 0", [v]
             else:
                 sql, args = "coalesce(caption, '') = ?", [v]
-            clauses.append(f"NOT {sql}" if op == "!=" else sql)
-            params += args
+            parts.append(Part(f"SELECT id FROM items WHERE {sql}", tuple(args), negate=op == "!="))
         elif f in NUMBER_FIELDS:
             if op == "~":
                 raise FilterError(f"where {c}: {f} is a number; use = != < <= > >=")
@@ -181,42 +189,41 @@ def compile_sql(conditions: tuple[Condition, ...], kinds: dict[str, bool]) -> tu
                 start, end = _time(c)
                 if end is not None and op in ("=", "!=", "<=", ">"):  # a whole day
                     sql, args = {"=": (f"({column} >= ? AND {column} < ?)", [start, end]),
-                                 "!=": (f"NOT ({column} >= ? AND {column} < ?)", [start, end]),
+                                 "!=": (f"({column} >= ? AND {column} < ?)", [start, end]),
                                  "<=": (f"{column} < ?", [end]), ">": (f"{column} >= ?", [end])}[op]
                     lo, hi = {"=": (start, end - 1), "!=": (None, None), "<=": (None, end - 1), ">": (end, None)}[op]
                     ranges.add(c, lo, hi)
-                    clauses.append(sql)
-                    params += args
+                    parts.append(Part(f"SELECT id FROM items WHERE {sql}", tuple(args), negate=op == "!="))
                     continue
                 value = start
             else:
                 value = _size(c) if f == "size" else _number(c)
             _bounds(op, value, ranges, c)
-            clauses.append(f"{column} {'<>' if op == '!=' else op} ?")
-            params.append(value)
+            parts.append(Part(f"SELECT id FROM items WHERE {column} {'=' if op == '!=' else op} ?", (value,),
+                              negate=op == "!="))
         else:
             if f not in kinds:
                 known = ", ".join(sorted(kinds)[:20]) or "none"
                 raise FilterError(f"where {c}: {f!r} is not a field of this index (built in: "
                                   f"{', '.join(BUILT_IN)}; its own: {known})")
-            inner = "SELECT id FROM item_fields WHERE name = ? AND "
-            if op in ("=", "!="):
+            select = "SELECT id FROM item_fields WHERE name = ? AND "
+            if op in ("=", "!="):  # the text, or the number (3 and 3.0 are one value); each by its own index
                 n = metadata.number(v)
-                match, args = ("(text = ? OR num = ?)", [v, n]) if n is not None else ("text = ?", [v])
+                query, args = (f"{select}text = ? UNION ALL {select}num = ?", [f, v, f, n]) if n is not None else \
+                    (f"{select}text = ?", [f, v])
                 if op == "=" and n is not None:
                     _bounds("=", n, ranges, c)
             elif op == "~":
-                match, args = "instr(lower(text), lower(?)) > 0", [v]
+                query, args = f"{select}instr(lower(text), lower(?)) > 0", [f, v]
             else:
                 if not kinds[f]:
                     raise FilterError(f"where {c}: {f} holds no numbers in this index; use = != ~")
                 n = _number(c)
                 _bounds(op, n, ranges, c)
-                match, args = f"num {op} ?", [n]
-            clauses.append(f"id {'NOT IN' if op == '!=' else 'IN'} ({inner}{match})")
-            params += [f, *args]
+                query, args = f"{select}num {op} ?", [f, n]
+            parts.append(Part(query, tuple(args), negate=op == "!="))
     ranges.check()
-    return " AND ".join(clauses) or "1", params
+    return parts
 
 
 class RowCache:
@@ -226,13 +233,14 @@ class RowCache:
     def __init__(self, size: int = 32):
         self.size, self.entries, self.lock = size, OrderedDict(), threading.Lock()
 
-    def rows(self, store, conditions: tuple[Condition, ...], generation: int) -> np.ndarray:
-        key = (generation, store.get("fields_generation"), conditions)
+    def rows(self, store, conditions: tuple[Condition, ...], view: tuple) -> np.ndarray:
+        """`view`: (row -> item id, generation) of the engine the rows are for."""
+        key = (view[1], store.get("fields_generation"), conditions)
         with self.lock:
             if key in self.entries:
                 self.entries.move_to_end(key)
                 return self.entries[key]
-        rows = matching_rows(store, conditions)
+        rows = matching_rows(store, conditions, view[0])
         with self.lock:
             self.entries[key] = rows
             while len(self.entries) > self.size:
@@ -240,13 +248,28 @@ class RowCache:
         return rows
 
 
-def matching_rows(store, conditions: tuple[Condition, ...]) -> np.ndarray:
-    """The sorted vector rows of the items that meet every condition."""
+def _ids(db, part: Part) -> np.ndarray:
+    """The sorted item ids where a part's predicate holds: one SQL query over an index, read as one text."""
+    (found,) = db.execute(f"SELECT group_concat(id) FROM ({part.query})", part.params).fetchone()
+    ids = np.fromstring(found, dtype=np.int64, sep=",") if found else np.zeros(0, dtype=np.int64)
+    return np.unique(ids)  # sorted; an item with several matching values counted once
+
+
+def matching_rows(store, conditions: tuple[Condition, ...], row_to_id: np.ndarray) -> np.ndarray:
+    """The sorted vector rows (of those `row_to_id` maps to an item) of the items meeting every condition."""
+    rows = np.flatnonzero(row_to_id >= 0)
+    ids = row_to_id[rows]
+    order = np.argsort(ids)
+    live, rows_by_id = ids[order], rows[order]
+
     def select(db):
         if not metadata.has_fields(db):
             raise FilterError(f"{store.path}: this index was built before filters; run `dualtower index` on it "
                               "again to keep what filters need")
-        where, params = compile_sql(conditions, metadata.field_kinds(db))
-        return db.execute(f"SELECT row FROM items WHERE {where} ORDER BY row", params).fetchall()
+        return [(part, _ids(db, part)) for part in compile_parts(conditions, metadata.field_kinds(db))]
 
-    return np.array([r for (r,) in store.read(select)], dtype=np.int64).reshape(-1)
+    keep = live
+    for part, ids in store.read(select):
+        keep = np.setdiff1d(keep, ids, assume_unique=True) if part.negate else \
+            np.intersect1d(keep, ids, assume_unique=True)
+    return np.sort(rows_by_id[np.searchsorted(live, keep)])

@@ -1,7 +1,8 @@
 """What an index keeps of each image besides its vector, for filters: built-in columns of the items table (folder
 and extension beside the path, size, time, width, height and caption it had) and the user's own fields (a data
-source's other columns, or a JSON sidecar beside an image), one row per value in `item_fields`, indexed by
-name and value, so a filter is one SQL query.
+source's other columns, or a JSON sidecar beside an image), one row per value in `item_fields`. Every column a
+filter reads is indexed (the index holds the item id), so a condition reads an index, never the items' rows with
+their thumbnails.
 
 A field's value is text, a number, a boolean or a list of them (tags: one row each); a nested object is
 flattened with dots (`exif.model`). Each value is kept as text and, where it reads as a finite number, as a
@@ -17,11 +18,17 @@ import posixpath
 COLUMNS = {"folder": "TEXT", "ext": "TEXT", "fields": "TEXT"}  # added to the items table
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS item_fields (id INTEGER NOT NULL, name TEXT NOT NULL, text TEXT, num REAL);
-CREATE INDEX IF NOT EXISTS item_fields_text ON item_fields (name, text);
-CREATE INDEX IF NOT EXISTS item_fields_num ON item_fields (name, num);
+CREATE INDEX IF NOT EXISTS item_fields_text ON item_fields (name, text, id);
+CREATE INDEX IF NOT EXISTS item_fields_num ON item_fields (name, num, id);
 CREATE INDEX IF NOT EXISTS item_fields_id ON item_fields (id);
 CREATE INDEX IF NOT EXISTS items_folder ON items (folder);
 CREATE INDEX IF NOT EXISTS items_ext ON items (ext);
+CREATE INDEX IF NOT EXISTS items_size ON items (size);
+CREATE INDEX IF NOT EXISTS items_mtime ON items (mtime_ns);
+CREATE INDEX IF NOT EXISTS items_width ON items (width);
+CREATE INDEX IF NOT EXISTS items_height ON items (height);
+CREATE INDEX IF NOT EXISTS items_caption ON items (caption);
+CREATE INDEX IF NOT EXISTS items_path ON items (path);
 CREATE TRIGGER IF NOT EXISTS item_fields_gone AFTER DELETE ON items
     BEGIN DELETE FROM item_fields WHERE id = old.id; END;
 """

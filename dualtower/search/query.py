@@ -121,13 +121,14 @@ class SearchIndex:
     # ------------------------------------------------------------------------------------------- searching
 
     def search_vectors(self, vectors: np.ndarray, k: int = 10, offset: int = 0,
-                       min_score: float | None = None, where=None) -> list[list[Hit]]:
+                       min_score: float | None = None, where=None, exclude=frozenset()) -> list[list[Hit]]:
         """The k nearest items of each row of `vectors` (any scale: each is normalised), in one engine call.
         `offset` skips that many nearer items first: the page after `offset` hits. Pages are stable while the
         index's `generation` is unchanged on a flat engine (exact, ties in id order); on IVF-PQ a deeper page
         draws its candidates afresh, so an item near a page's edge may move. `min_score` keeps only hits of at
         least that cosine similarity, so a page may hold fewer than k (then it is the last). `where`: filter
-        conditions, every hit meets them all (filters.py: 'ext=jpg', 'rating>=3', ...)."""
+        conditions, every hit meets them all (filters.py: 'ext=jpg', 'rating>=3', ...). `exclude`: item ids left
+        out of the ranking (the examples of a query made of them)."""
         offset, min_score = check_page(offset, min_score)
         conditions = filters.parse(where)
         v = np.asarray(vectors, dtype=np.float32)
@@ -138,10 +139,12 @@ class SearchIndex:
         if (norms == 0).any():
             raise UserError("the embedding is all zeros")
         engine, row_to_id, generation = self.current()
-        scores, rows = self._search(engine, v / norms, k + offset, conditions, (row_to_id, generation))
+        # the excluded items take at most that many places of the ranking, so it is that much deeper
+        scores, rows = self._search(engine, v / norms, k + offset + len(exclude), conditions, (row_to_id, generation))
         low = -np.inf if min_score is None else min_score
-        found = [[(float(s), int(row_to_id[r])) for s, r in zip(srow[offset:], rrow[offset:]) if r >= 0 and s >= low]
-                 for srow, rrow in zip(scores, rows)]
+        ranked = [[(float(s), int(row_to_id[r])) for s, r in zip(srow, rrow) if r >= 0 and row_to_id[r] not in exclude]
+                  for srow, rrow in zip(scores, rows)]
+        found = [[(s, i) for s, i in r[offset: offset + k] if s >= low] for r in ranked]
         items = self.store.items(sorted({i for f in found for _, i in f}))
         return [[Hit(i, s, it.key, it.path, it.caption, it.width, it.height)
                  for s, i in f if (it := items.get(i)) is not None] for f in found]
@@ -149,17 +152,15 @@ class SearchIndex:
     def _search(self, engine, queries: np.ndarray, k: int, conditions, view: tuple):
         if not conditions:
             return engine.search(queries, k)
-        row_to_id, generation = view
-        allowed = self._filtered.rows(self.store, conditions, generation)
-        allowed = allowed[allowed < len(row_to_id)]  # rows of this view only (a writer may have committed since)
-        allowed = allowed[row_to_id[allowed] >= 0]
+        allowed = self._filtered.rows(self.store, conditions, view)  # rows of this view only
         if len(allowed) <= PREFILTER_ROWS or (engine.kind == "flat" and len(allowed) <= engine.ntotal * FLAT_SCAN_SHARE):
             return engines.scan(engine.vectors, queries, allowed, min(k, len(allowed)))
         return engine.search(queries, k, allowed)
 
     def matching(self, where) -> int:
         """How many items meet the filter `where`."""
-        return len(self._filtered.rows(self.store, filters.parse(where), self.current()[2]))
+        _, row_to_id, generation = self.current()
+        return len(self._filtered.rows(self.store, filters.parse(where), (row_to_id, generation)))
 
     def search_vector(self, vector: np.ndarray, k: int = 10, **page) -> list[Hit]:
         """`page`: offset, min_score, where, as `search_vectors` takes them (so too for the other kinds below)."""
@@ -177,6 +178,15 @@ class SearchIndex:
     def search_item(self, item_id: int, k: int = 10, **page) -> list[Hit]:
         """More like this: the stored image's own vector as the query."""
         return self.search_vector(self.item_vector(item_id), k, **page)
+
+    def search_examples(self, positive, negative=(), k: int = 10, **page) -> list[Hit]:
+        """More like these, less like those: `positive` and `negative` are examples (dicts with one of text,
+        image, id, embedding, and an optional weight; examples.py), the query the weighted sum of the positive
+        ones' unit vectors minus the negative ones'. Stored items given as examples are not among the hits."""
+        from .examples import combine
+
+        vector, ids = combine(self, positive, negative)
+        return self.search_vectors(vector.reshape(1, -1), k, exclude=frozenset(ids), **page)[0]
 
     def close(self) -> None:
         self.store.close()

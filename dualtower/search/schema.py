@@ -1,11 +1,13 @@
 """What the search service accepts, checked before any work: one schema for a JSON body, a multipart form and an
 item id in a path. Every refusal is an `Invalid` with an HTTP status and a message that names the field.
 
-    POST /search  JSON   {"text": str | "embedding": [number, ...] | "id": int, "k": int (optional),
-                          "offset": int, "min_score": number, "generation": int, "where": [str, ...]
-                          (each optional)}
-                  form   image=<file>, k=<digits>, offset=<digits>, min_score=<number>, where=<condition> (any
-                         number of them) (each but image optional)
+    POST /search  JSON   {"text": str | "embedding": [number, ...] | "id": int | "positive": [example, ...]
+                          with "negative": [example, ...], "k": int (optional), "offset": int, "min_score": number,
+                          "generation": int, "where": [str, ...] (each optional)}; an example is
+                          {"text": str | "id": int | "embedding": [number, ...], "weight": number (optional)}
+                  form   image=<file> (one or more), text=<str>, negative_image=<file>, negative_text=<str> (any
+                         number), k=<digits>, offset=<digits>, min_score=<number>, where=<condition> (any
+                         number) (each but one image optional): more than one example is a query by examples
 
 offset skips that many nearer hits (the next page: k more after offset); min_score keeps hits of at least that
 cosine similarity; generation, the one an earlier page's answer gave, refuses the page (409) if the index has
@@ -27,7 +29,10 @@ from dataclasses import dataclass
 from ..errors import DualtowerError
 
 MAX_ID = 2**63 - 1  # SQLite's largest integer
-FIELDS = ("text", "embedding", "id")
+FIELDS = ("text", "embedding", "id", "positive")
+EXAMPLE_FIELDS = ("text", "id", "embedding")
+FORM_EXAMPLES = ("image", "text", "negative_image", "negative_text")
+MAX_EXAMPLES = 16
 OPTIONS = ("k", "offset", "min_score", "generation", "where")
 
 
@@ -147,6 +152,33 @@ def check_embedding(value, dim: int) -> list[float]:
     return [float(x) for x in value]
 
 
+def check_examples(value, field: str, max_text: int, dim: int) -> list[dict]:
+    """A list of examples, each {"text" | "id" | "embedding": ..., "weight": number (optional)}."""
+    if not isinstance(value, list) or not value and field == "positive" or len(value) > MAX_EXAMPLES:
+        raise Invalid(422, f"{field} must be a list of 1 to {MAX_EXAMPLES} examples such as "
+                           '{"text": "a beach"}, {"id": 12} or {"embedding": [...]}, each with an optional "weight"')
+    out = []
+    for i, item in enumerate(value):
+        where = f"{field}[{i}]"
+        if not isinstance(item, dict):
+            raise Invalid(422, f"{where} must be an object such as {{\"text\": \"a beach\", \"weight\": 2}}")
+        given = [k for k in EXAMPLE_FIELDS if item.get(k) is not None]
+        unknown = sorted(set(item) - {*EXAMPLE_FIELDS, "weight"})
+        if len(given) != 1 or unknown:
+            raise Invalid(422, f"{where} must have exactly one of {', '.join(EXAMPLE_FIELDS)} and may have a weight"
+                               + (f"; unknown fields {unknown[:3]}" if unknown else ""))
+        kind = given[0]
+        checked = {"text": lambda v: check_text(v, max_text, f"{where}.text"),
+                   "id": lambda v: check_id(v, f"{where}.id"),
+                   "embedding": lambda v: check_embedding(v, dim)}[kind](item[kind])
+        weight = item.get("weight", 1)
+        if isinstance(weight, bool) or not isinstance(weight, (int, float)) or not 0 < weight <= 1000:
+            raise Invalid(422, f"{where}.weight must be a number above 0 and at most 1000, got "
+                               f"{json.dumps(weight)[:20]}")
+        out.append({kind: checked, "weight": float(weight)})
+    return out
+
+
 def parse_json(body: bytes, max_k: int, max_text: int, dim: int, max_offset: int = 10_000) -> Query:
     try:
         data = json.loads(body.decode("utf-8") if body else "null", parse_float=_finite, parse_constant=_constant)
@@ -160,13 +192,15 @@ def parse_json(body: bytes, max_k: int, max_text: int, dim: int, max_offset: int
         raise Invalid(422, f"the body is not a search request: {str(e)[:100]}") from None
     if not isinstance(data, dict):
         raise Invalid(422, 'expected a JSON object such as {"text": "a red car", "k": 10}')
-    unknown = sorted(set(data) - {*FIELDS, *OPTIONS})
+    unknown = sorted(set(data) - {*FIELDS, *OPTIONS, "negative"})
     if unknown:
         raise Invalid(422, f"unknown fields {unknown[:5]}; a search takes {', '.join(FIELDS)} and "
                            f"{', '.join(OPTIONS)}")
     given = [key for key in FIELDS if data.get(key) is not None]
     if len(given) != 1:
-        raise Invalid(422, "give exactly one of 'text', 'embedding', 'id' (or upload an 'image')")
+        raise Invalid(422, "give exactly one of 'text', 'embedding', 'id', 'positive' (or upload an 'image')")
+    if data.get("negative") is not None and given[0] != "positive":
+        raise Invalid(422, "negative examples go with positive ones: give 'positive' too")
     k = check_k(data.get("k", 10), max_k)
     page = Page(check_offset(data.get("offset", 0), max_offset),
                 None if data.get("min_score") is None else check_min_score(data["min_score"]),
@@ -178,18 +212,29 @@ def parse_json(body: bytes, max_k: int, max_text: int, dim: int, max_offset: int
         return Query("text", check_text(value, max_text), k, page=page)
     if kind == "id":
         return Query("id", check_id(value), k, page=page)
+    if kind == "positive":
+        return Query("examples", (check_examples(value, "positive", max_text, dim),
+                                  check_examples(data.get("negative") or [], "negative", max_text, dim)), k, page=page)
     return Query("embedding", check_embedding(value, dim), k, page=page)
 
 
-def check_form(form, max_k: int, max_offset: int = 10_000) -> tuple[object, int, Page]:
-    """(the upload, k, the page) of a multipart search form."""
-    unknown = sorted(set(form.keys()) - {"image", *OPTIONS})
+def check_form(form, max_k: int, max_offset: int = 10_000, max_text: int = 1000) -> tuple[dict, int, Page]:
+    """(the examples: {"image": [uploads], "text": [str], "negative_image": [...], "negative_text": [...]}, k, the
+    page) of a multipart search form."""
+    unknown = sorted(set(form.keys()) - {*FORM_EXAMPLES, *OPTIONS})
     if unknown:
-        raise Invalid(422, f"unknown form fields {[u[:40] for u in unknown[:5]]}; a search form takes image and "
-                           f"{', '.join(OPTIONS)}")
-    uploads = form.getlist("image")
-    if len(uploads) != 1 or isinstance(uploads[0], str):
-        raise Invalid(422, "a multipart search needs one file field named 'image'")
+        raise Invalid(422, f"unknown form fields {[u[:40] for u in unknown[:5]]}; a search form takes "
+                           f"{', '.join(FORM_EXAMPLES)} and {', '.join(OPTIONS)}")
+    given = {name: form.getlist(name) for name in FORM_EXAMPLES}
+    if not given["image"] or sum(map(len, given.values())) > MAX_EXAMPLES:
+        raise Invalid(422, f"a multipart search needs a file field named 'image' (and at most {MAX_EXAMPLES} "
+                           "examples in all)")
+    for name, values in given.items():
+        for value in values:
+            if name.endswith("image") and isinstance(value, str):
+                raise Invalid(422, f"{name} must be a file")
+            if name.endswith("text"):
+                check_text(value, max_text, name)
     for name in OPTIONS:
         if name != "where" and len(form.getlist(name)) > 1:
             raise Invalid(422, f"{name} is given more than once")
@@ -202,4 +247,4 @@ def check_form(form, max_k: int, max_offset: int = 10_000) -> tuple[object, int,
                 or len(generation) > 18:
             raise Invalid(422, f"generation must be the integer an earlier answer gave, got {str(generation)[:20]!r}")
         generation = int(generation)
-    return uploads[0], k, Page(offset, min_score, generation, check_where(form.getlist("where")))
+    return given, k, Page(offset, min_score, generation, check_where(form.getlist("where")))

@@ -202,9 +202,12 @@ class Service:
         index = self.index
         if query.kind == "text":
             return await asyncio.wrap_future(self.texts.submit(query.value, query.k, query.page))
+        page = {"offset": query.page.offset, "min_score": query.page.min_score, "where": query.page.where}
+        if query.kind == "examples":
+            positive, negative = query.value
+            return await run_in_threadpool(lambda: index.search_examples(positive, negative, query.k, **page))
         search = {"image": index.search_image, "id": index.search_item, "embedding": index.search_vector}[query.kind]
-        return await run_in_threadpool(search, query.value, query.k, offset=query.page.offset,
-                                       min_score=query.page.min_score, where=query.page.where)
+        return await run_in_threadpool(search, query.value, query.k, **page)
 
     def shown_path(self, path: str | None, folders: list[str]) -> str | None:
         """An item's file as the service shows it: relative to the indexed folder (of `folders`, the store's) that
@@ -232,22 +235,43 @@ async def read_query(request: Request) -> Query:
             form = await request.form()
         except Exception as e:  # python-multipart's refusals of a malformed body
             raise Problem(422, f"the body is not a multipart form: {type(e).__name__}") from None
-        upload, k, page = schema.check_form(form, limits.max_k, limits.max_offset)
-        data = await upload.read()
-        name = schema.check_text(upload.filename or "upload", 1000, "the file name")
-        try:
-            async with service.decoding:
-                image = await run_in_threadpool(open_image, data, name=name, max_pixels=limits.max_pixels)
-        except TooManyPixels as e:
-            raise Problem(413, str(e)) from None
-        except ImageDecodeError as e:
-            raise Problem(400, str(e)) from None
-        return Query("image", image, k, {"image": name}, page)
+        given, k, page = schema.check_form(form, limits.max_k, limits.max_offset, limits.max_text)
+        images = {name: [await _decode(service, upload) for upload in given[name]]
+                  for name in ("image", "negative_image")}
+        if len(images["image"]) == 1 and sum(map(len, given.values())) == 1:
+            image, name = images["image"][0]
+            return Query("image", image, k, {"image": name}, page)
+        positive = [{"image": im} for im, _ in images["image"]] + [{"text": t} for t in given["text"]]
+        negative = [{"image": im} for im, _ in images["negative_image"]] + [{"text": t} for t in given["negative_text"]]
+        described = {"positive": [n for _, n in images["image"]] + given["text"],
+                     "negative": [n for _, n in images["negative_image"]] + given["negative_text"]}
+        return Query("examples", (positive, negative), k, described, page)
     q = schema.parse_json(await request.body(), limits.max_k, limits.max_text, index.store.dim, limits.max_offset)
     if q.kind == "id" and index.store.item(q.value) is None:
         raise Problem(404, f"no item {q.value}")
-    described = {"embedding": len(q.value)} if q.kind == "embedding" else {q.kind: q.value}
+    if q.kind == "examples":
+        for example in q.value[0] + q.value[1]:
+            if "id" in example and index.store.item(example["id"]) is None:
+                raise Problem(404, f"no item {example['id']}")
+        described = {side: [e.get("text", e.get("id", "embedding")) for e in examples]
+                     for side, examples in zip(("positive", "negative"), q.value)}
+    else:
+        described = {"embedding": len(q.value)} if q.kind == "embedding" else {q.kind: q.value}
     return Query(q.kind, q.value, q.k, described, q.page)
+
+
+async def _decode(service: "Service", upload) -> tuple:
+    """(the decoded image, its file name) of an uploaded file, within the service's limits."""
+    data = await upload.read()
+    name = schema.check_text(upload.filename or "upload", 1000, "the file name")
+    try:
+        async with service.decoding:
+            image = await run_in_threadpool(open_image, data, name=name, max_pixels=service.limits.max_pixels)
+    except TooManyPixels as e:
+        raise Problem(413, str(e)) from None
+    except ImageDecodeError as e:
+        raise Problem(400, str(e)) from None
+    return image, name
 
 
 async def search(request: Request):
