@@ -21,6 +21,9 @@ case "$mode" in
   test)
     .venv/bin/python -c "import torch, torchvision" 2>/dev/null || pip "torch==2.14.1" "torchvision==0.29.1"
     pip -e ".[test]" -c scripts/test-constraints.txt
+    # clip-retrieval's own ClipClient, the peer of the /knn-service routes: its package pins numpy<2, pyarrow<16
+    # and open_clip<3, which this environment cannot take, and the client itself needs only requests
+    pip --no-deps "clip-retrieval==2.45.0"
     ;;
   *)
     echo "usage: scripts/setup.sh run|test" >&2

@@ -60,14 +60,14 @@ def _free_port() -> int:
 class _Server:
     """The app under uvicorn on 127.0.0.1, in a thread."""
 
-    def __init__(self, index, limits=None):
+    def __init__(self, index, limits=None, access=None, cors=(), log_level="warning"):
         import uvicorn
 
         from dualtower.search.server import Limits, create_app
 
         self.port = _free_port()
-        config = uvicorn.Config(create_app(index, limits or Limits()), host="127.0.0.1", port=self.port,
-                                log_level="warning")
+        config = uvicorn.Config(create_app(index, limits or Limits(), access, cors), host="127.0.0.1",
+                                port=self.port, log_level=log_level)
         self.server = uvicorn.Server(config)
         self.thread = threading.Thread(target=self.server.run, daemon=True)
         self.thread.start()

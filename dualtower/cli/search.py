@@ -145,16 +145,46 @@ def add_search(sub) -> None:
 
 
 def _cmd_serve(args) -> int:
+    from ..search.access import Access, read_keys
     from ..search.server import Limits, serve
 
+    loopback = args.host in ("127.0.0.1", "localhost", "::1")
+    if not loopback and not args.keys:
+        raise UserError(f"--host {args.host} is reachable from other machines: give --keys FILE (make one with "
+                        "`dualtower keys add FILE NAME`)")
+    access = Access(read_keys(args.keys)) if args.keys else None  # a bad keys file fails before the model loads
     index = open_index(args)
-    if args.host not in ("127.0.0.1", "localhost", "::1"):
-        print(f"note: serving on {args.host}: reachable from other machines; the service has no authentication",
-              file=sys.stderr)
-    print(f"serving {args.index} ({len(index)} images) on http://{args.host}:{args.port}/", file=sys.stderr)
+    print(f"serving {args.index} ({len(index)} images) on http://{args.host}:{args.port}/"
+          + (f" ({len(access.keys)} API keys)" if access else ""), file=sys.stderr)
     serve(index, args.host, args.port, Limits(max_body=args.max_body, max_k=args.max_k,
-                                              max_waiting=args.max_waiting))
+                                              max_waiting=args.max_waiting), access, tuple(args.cors or ()))
     return 0
+
+
+def _cmd_keys(args) -> int:
+    from ..search.access import add_key, read_keys
+
+    if args.action == "add":
+        if not args.name:
+            raise UserError("keys add FILE NAME: name the key")
+        key = add_key(args.file, args.name, "admin" if args.admin else "read", args.per_minute)
+        print(key)
+        print(f"added {'an admin' if args.admin else 'a read-only'} key {args.name!r} to {args.file}; it is shown "
+              "only now (the file keeps its SHA-256)", file=sys.stderr)
+    else:
+        for k in read_keys(args.file):
+            print(f"{k.name}\t{k.role}\t{k.per_minute}/min")
+    return 0
+
+
+def add_keys(sub) -> None:
+    p = sub.add_parser("keys", help="API keys of a search service (serve --keys FILE)")
+    p.add_argument("action", choices=["add", "list"], help="add a key (printed once) or list the names")
+    p.add_argument("file", help="the keys file (JSON; keeps each key's SHA-256, never the key)")
+    p.add_argument("name", nargs="?", help="add: the key's name (who uses it)")
+    p.add_argument("--admin", action="store_true", help="add: an admin key (may start an index update)")
+    p.add_argument("--per-minute", type=count(1, 1_000_000), default=600, help="add: requests a minute")
+    p.set_defaults(func=_cmd_keys)
 
 
 def add_serve(sub) -> None:
@@ -167,4 +197,8 @@ def add_serve(sub) -> None:
     p.add_argument("--max-k", type=count(1), default=1000, help="the most results one request may ask for")
     p.add_argument("--max-waiting", type=count(1), default=32,
                    help="searches in flight before more are answered 503")
+    p.add_argument("--keys", help="API keys (a file from `dualtower keys add`): every request but the page's needs "
+                                  "one; required with a --host other than loopback")
+    p.add_argument("--cors", action="append", metavar="ORIGIN",
+                   help="let pages of this origin call the service (repeat; none by default)")
     p.set_defaults(func=_cmd_serve)

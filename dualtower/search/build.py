@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import io as _io
+import json
 import logging
 import os
 import time
@@ -161,6 +162,8 @@ def build_index(spec: str, model, out: "str | os.PathLike", engine: str = "auto"
         store = create()
     try:
         store.add_folders(source.folders())
+        where = os.path.abspath(spec) if os.path.exists(spec) or ".tar" in spec else spec
+        store.remember("source", json.dumps({"spec": where, "image_key": image_key, "caption_key": caption_key}))
         report = BuildReport(unreadable=list(source.unreadable), moved_aside=str(aside or ""))
         known, stored_fields = store.known(), store.stored_fields()
         seen_keys: set[str] = set()

@@ -1,13 +1,17 @@
 """The search service: FastAPI on uvicorn, one index, one model.
 
-    POST /search        {"text": ..., "k": 10} | {"embedding": [...]} | {"id": N} as JSON, or a multipart form
-                        with an "image" file and "k"; each result's path is relative to its indexed folder
+    POST /search        {"text": ..., "k": 10} | {"embedding": [...]} | {"id": N} | {"positive": [...],
+                        "negative": [...]} as JSON, or a multipart form with "image" files (and texts) and "k";
+                        offset, min_score, generation, where (schema.py); each result's path is relative to its
+                        indexed folder
     GET  /image/{id}    the original file of an item (by id only: no path ever comes from a request; served only
                         while it is an image file whose real path is inside the folders the index was built from)
     GET  /thumb/{id}    its thumbnail, stored in the index
     GET  /healthz       {"status": "ok", "items": N}
     GET  /metrics       Prometheus text: requests by endpoint and status, latency histogram, index size
     GET  /              the web page
+    POST /knn-service, POST /metadata, GET /indices-list   clip-retrieval's protocol (clip_retrieval.py)
+    POST /login, POST|GET /admin/update                     with API keys (access.py, admin.py)
 
 Every limit answers with a status and a JSON {"error": ...}: a body over `max_body` bytes 413, k out of range,
 an over-long text or a malformed request 422, an upload that is not an image 400, one with too many pixels 413,
@@ -43,6 +47,7 @@ from starlette.exceptions import HTTPException  # noqa: E402
 
 from ..images import ImageDecodeError, TooManyPixels, open_image  # noqa: E402
 from . import schema  # noqa: E402
+from .access import Access, Guard, send_error  # noqa: E402
 from .originals import open_original  # noqa: E402
 from .query import Hit, SearchIndex  # noqa: E402
 
@@ -71,7 +76,7 @@ class _BodyLimit:
             return await self.app(scope, receive, send)
         declared = dict(scope.get("headers") or []).get(b"content-length")
         if declared is not None and (not declared.isdigit() or int(declared) > self.limit):
-            return await _send_error(send, 413, f"request body over {self.limit} bytes")
+            return await send_error(send, 413, f"request body over {self.limit} bytes")
         chunks, size, more = [], 0, True
         while more:
             message = await receive()
@@ -80,7 +85,7 @@ class _BodyLimit:
             chunk = message.get("body", b"")
             size += len(chunk)
             if size > self.limit:
-                return await _send_error(send, 413, f"request body over {self.limit} bytes")
+                return await send_error(send, 413, f"request body over {self.limit} bytes")
             chunks.append(chunk)
             more = message.get("more_body", False)
         body, sent = b"".join(chunks), False
@@ -95,11 +100,6 @@ class _BodyLimit:
         return await self.app(scope, replay, send)
 
 
-async def _send_error(send, status: int, message: str) -> None:
-    data = json.dumps({"error": message}).encode()
-    await send({"type": "http.response.start", "status": status,
-                "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(data)).encode())]})
-    await send({"type": "http.response.body", "body": data})
 
 
 class _TextBatcher:
@@ -396,21 +396,40 @@ HANDLERS = ((Problem, _problem), (schema.Invalid, _invalid_field), (Exception, _
             (RequestValidationError, _invalid), (HTTPException, _http))
 
 
-def create_app(index: SearchIndex, limits: Limits = Limits()):
+def create_app(index: SearchIndex, limits: Limits = Limits(), access: Access | None = None,
+               cors: tuple[str, ...] = ()):
+    """The service's ASGI app. `access`: API keys (access.py), required on every route but the page, /login and
+    /healthz; adds /login and the admin routes (admin.py). `cors`: origins allowed to call it from their pages
+    (none by default: a page elsewhere cannot read its answers)."""
     # A service searches a few queries at a time. FAISS's OpenMP threads spin between such small calls and starve
     # the model's threads: at 20 queries/s on 2 cores, p99 fell from 150 ms to 37 ms with one FAISS thread.
     require("faiss", "search", "search").omp_set_num_threads(1)
     app = FastAPI(title="dualtower search", docs_url=None, redoc_url=None, openapi_url=None)
-    app.state.service = Service(index, limits)
-    for method, path, endpoint in ROUTES:
+    service = app.state.service = Service(index, limits)
+    from . import clip_retrieval
+
+    routes = ROUTES + clip_retrieval.ROUTES
+    if access is not None:
+        from . import admin
+
+        service.access, service.updater = access, admin.Updater(index)
+        routes += admin.ROUTES
+    for method, path, endpoint in routes:
         app.add_api_route(path, endpoint, methods=[method])
     for error, handler in HANDLERS:
         app.add_exception_handler(error, handler)
     app.middleware("http")(_measure)
-    return _BodyLimit(app, limits.max_body)
+    if cors:
+        from starlette.middleware.cors import CORSMiddleware
+
+        app.add_middleware(CORSMiddleware, allow_origins=list(cors), allow_methods=["GET", "POST"],
+                           allow_headers=["Authorization", "X-API-Key", "Content-Type"])
+    guarded = app if access is None else Guard(app, access)
+    return _BodyLimit(guarded, limits.max_body)
 
 
-def serve(index: SearchIndex, host: str = "127.0.0.1", port: int = 8000, limits: Limits = Limits()) -> None:
+def serve(index: SearchIndex, host: str = "127.0.0.1", port: int = 8000, limits: Limits = Limits(),
+          access: Access | None = None, cors: tuple[str, ...] = ()) -> None:
     uvicorn = require("uvicorn", "the search service", "search")
 
-    uvicorn.run(create_app(index, limits), host=host, port=port, log_level="info")
+    uvicorn.run(create_app(index, limits, access, cors), host=host, port=port, log_level="info")

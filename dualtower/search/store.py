@@ -335,6 +335,10 @@ class Store:
         arr = np.array(data, dtype=np.int64).reshape(-1, 2)
         return arr[:, 0], arr[:, 1]
 
+    def remember(self, key: str, value: str) -> None:
+        """Keep `value` under `key` in the index's meta table (what built it, for an update from the service)."""
+        self.db.execute("INSERT OR REPLACE INTO meta (key, value) VALUES (?, ?)", (key, value))
+
     def read(self, fn):
         """`fn(connection)` under the lock the server's threads share the connection by."""
         with self._lock:
