@@ -116,3 +116,37 @@ def test_the_command_line_and_http_take_examples_as_the_api_does(index, trained,
             assert status in (404, 422) and field in reply["error"], (bad, reply)
     finally:
         server.stop()
+
+
+@pytest.mark.parametrize("engine", ["ivf", "milvus"])
+def test_examples_and_duplicates_alike_on_every_engine(trained, digits, tmp_path, engine):  # noqa: F811
+    """IVF-PQ (with its exact re-rank) and Milvus Lite answer a query by examples, with a filter, as the flat
+    engine does, and find the same duplicate groups."""
+    from dualtower.search import dedupe
+
+    if engine == "milvus":
+        pytest.importorskip("milvus_lite", reason="the test setup installs milvus-lite")
+    model = dualtower.load(trained)
+    build_index(str(digits), model, tmp_path / "flat", workers=0, engine="flat")
+    build_index(str(digits), model, tmp_path / engine, workers=0,
+                **({"backend": "milvus"} if engine == "milvus" else {"engine": "ivf"}))
+    flat, other = SearchIndex(tmp_path / "flat", model=model), SearchIndex(tmp_path / engine, model=model)
+    try:
+        first = flat.search_text(QUERIES["seven"], 1)[0]
+        other_id = next(h.id for h in other.search_text(QUERIES["seven"], 1))
+        for index, item in ((flat, first.id), (other, other_id)):
+            assert index.store.item(item).key == first.key
+        query = lambda index, item: index.search_examples(  # noqa: E731
+            [{"text": QUERIES["seven"]}, {"id": item}], [{"text": "the number one"}],
+            10, where=["folder!=one"])
+        assert _keys(query(other, other_id)) == _keys(query(flat, first.id))
+
+        def groups(index):
+            found = dedupe.find(index)
+            items = index.store.items([i for g in found for i in g.ids])
+            return sorted(sorted(items[i].key for i in g.ids) for g in found)
+
+        assert groups(other) == groups(flat)
+    finally:
+        flat.close()
+        other.close()

@@ -17,7 +17,8 @@ from .interrupts import Terminated, as_exceptions
 # every command, in the order `dualtower --help` lists them
 COMMANDS = (models.add_archs, models.add_plan, models.add_models, models.add_convert, train.add_train, train.add_demo,
             embed.add_eval, embed.add_classify, embed.add_embed, embed.add_features, embed.add_export,
-            search.add_index, search.add_search, search.add_serve, search.add_keys, train.add_smoke)
+            search.add_index, search.add_search, search.add_serve, search.add_dedupe, search.add_keys,
+            train.add_smoke)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -161,6 +161,45 @@ def _cmd_serve(args) -> int:
     return 0
 
 
+def _cmd_dedupe(args) -> int:
+    import json
+
+    from ..search import dedupe
+
+    index = open_index(args)
+    given = {k: v for k, v in (("min_cosine", args.min_cosine), ("max_distance", args.max_distance),
+                               ("neighbours", args.neighbours)) if v is not None}
+    groups = dedupe.find(index, **given)
+    items = index.store.items(sorted({i for g in groups for i in g.ids}))
+    if args.json:
+        print(json.dumps([g.to_dict(items) for g in groups], indent=2))
+        return 0
+    for n, group in enumerate(groups, 1):
+        print(f"group {n}: {group.reason}, {len(group.ids)} images")
+        for i in group.ids:
+            print(f"  {shown(items[i].path or items[i].key)}  {items[i].width}x{items[i].height}")
+        for p in group.pairs:
+            print(f"    {shown(items[p['a']].key)} ~ {shown(items[p['b']].key)}: {p['reason']}, cosine "
+                  f"{p['cosine']:.4f}, hash distance {p['hash_distance']}")
+    print(f"{len(groups)} groups, {sum(len(g.ids) for g in groups)} images in them, of {len(index)}", file=sys.stderr)
+    return 0
+
+
+def add_dedupe(sub) -> None:
+    p = sub.add_parser("dedupe", help="groups of duplicate images in an index: the same file, or the same picture "
+                                      "re-encoded, resized, slightly cropped or in another format (not burst shots)")
+    _index_args(p)
+    p.add_argument("--min-cosine", type=score,
+                   help="embeddings at least this near make a candidate pair (default: dedupe.MIN_COSINE)")
+    p.add_argument("--max-distance", type=count(0, 64),
+                   help="a candidate pair is a near-duplicate when at most this many of its perceptual hashes' 64 "
+                        "bits differ (default: dedupe.MAX_DISTANCE, calibrated in benchmarks/dedupe.py)")
+    p.add_argument("--neighbours", type=count(1, 1000),
+                   help="the nearest images each image is compared with (default: dedupe.NEIGHBOURS)")
+    p.add_argument("--json", action="store_true", help="print the groups as JSON")
+    p.set_defaults(func=_cmd_dedupe)
+
+
 def _cmd_keys(args) -> int:
     from ..search.access import add_key, read_keys
 

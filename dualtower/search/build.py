@@ -25,6 +25,7 @@ from ..errors import UserError
 from ..images import white_rgb
 from ..runtimes import as_embedder
 from . import engines, metadata
+from .dedupe import hashes
 from .store import DamagedIndex, Store
 
 log = logging.getLogger("dualtower.search")
@@ -125,7 +126,9 @@ class _Records:
             else:
                 out["sha256"] = hashlib.sha256(f"{image.mode}{image.size}".encode() + image.tobytes()).hexdigest()
             buffer = _io.BytesIO()
-            thumbnail(image).save(buffer, format="JPEG", quality=85)
+            small = thumbnail(image)
+            small.save(buffer, format="JPEG", quality=85)
+            out["phash"] = hashes(small)  # near-duplicates (dedupe.py): the thumbnail keeps what the hash reads
             pixels = self.transform(image)
             out.update(pixels=pixels, width=image.width, height=image.height,
                        caption=sample.caption or None, thumb=buffer.getvalue())

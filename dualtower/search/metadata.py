@@ -15,7 +15,7 @@ import json
 import math
 import posixpath
 
-COLUMNS = {"folder": "TEXT", "ext": "TEXT", "fields": "TEXT"}  # added to the items table
+COLUMNS = {"folder": "TEXT", "ext": "TEXT", "fields": "TEXT", "phash": "BLOB"}  # added to the items table
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS item_fields (id INTEGER NOT NULL, name TEXT NOT NULL, text TEXT, num REAL);
 CREATE INDEX IF NOT EXISTS item_fields_text ON item_fields (name, text, id);

@@ -9,6 +9,7 @@
     GET  /thumb/{id}    its thumbnail, stored in the index
     GET  /healthz       {"status": "ok", "items": N}
     GET  /metrics       Prometheus text: requests by endpoint and status, latency histogram, index size
+    GET  /duplicates    the duplicate groups (dedupe.py), each with its reason and pair scores
     GET  /              the web page
     POST /knn-service, POST /metadata, GET /indices-list   clip-retrieval's protocol (clip_retrieval.py)
     POST /login, POST|GET /admin/update                     with API keys (access.py, admin.py)
@@ -196,6 +197,7 @@ class Service:
         self.waiting = 0
         self.decoding = asyncio.Semaphore(limits.decoders)
         self.texts = _TextBatcher(index)
+        self.duplicates: tuple = (None, [])  # (generation and thresholds, the groups found for them)
 
     async def run(self, query: Query) -> list[Hit]:
         """The query's hits: texts batched with the others waiting, the rest in a worker thread."""
@@ -305,6 +307,35 @@ async def search(request: Request):
                          "image": f"/image/{h.id}"} for h in hits]}
 
 
+async def duplicates(request: Request):
+    """The index's duplicate groups (dedupe.py), computed once per generation and thresholds."""
+    from . import dedupe
+
+    service = _service(request)
+    params = request.query_params
+    unknown = sorted(set(params) - {"min_cosine", "max_distance"})
+    if unknown:
+        raise Problem(422, f"unknown parameters {unknown[:5]}; duplicates takes min_cosine and max_distance")
+    min_cosine = schema.check_min_score(params.get("min_cosine", str(dedupe.MIN_COSINE)), given_as_text=True)
+    max_distance = schema.check_count(params.get("max_distance", str(dedupe.MAX_DISTANCE)), "max_distance", 0, 64,
+                                      given_as_text=True)
+    index = service.index
+    key = (index.current()[2], min_cosine, max_distance)
+    if service.duplicates[0] != key:
+        groups = await run_in_threadpool(dedupe.find, index, min_cosine, max_distance)
+        service.duplicates = (key, groups)
+    groups = service.duplicates[1]
+    items, folders = index.store.items(sorted({i for g in groups for i in g.ids})), index.store.folders
+    answer = []
+    for group in groups:
+        shown = group.to_dict(items)
+        for item in shown["items"]:
+            item.update(path=service.shown_path(item["path"], folders), thumb=f"/thumb/{item['id']}",
+                        image=f"/image/{item['id']}")
+        answer.append(shown)
+    return {"generation": key[0], "min_cosine": min_cosine, "max_distance": max_distance, "groups": answer}
+
+
 async def thumb(request: Request, item_id: int):
     data = _service(request).index.store.thumb(schema.check_id(item_id))
     if data is None:
@@ -390,6 +421,7 @@ async def _measure(request: Request, call_next):
 
 
 ROUTES = (("POST", "/search", search), ("GET", "/thumb/{item_id}", thumb), ("GET", "/image/{item_id}", image),
+          ("GET", "/duplicates", duplicates),
           ("GET", "/healthz", healthz), ("GET", "/metrics", metrics), ("GET", "/", home),
           ("GET", "/favicon.ico", favicon))
 HANDLERS = ((Problem, _problem), (schema.Invalid, _invalid_field), (Exception, _unexpected),

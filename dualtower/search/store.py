@@ -224,13 +224,13 @@ class Store:
                 folder, ext = metadata.place(r["key"], r["path"])
                 cur.execute(
                     "INSERT INTO items (key, path, size, mtime_ns, sha256, width, height, caption, thumb, row, "
-                    "folder, ext, fields) VALUES (:key, :path, :size, :mtime_ns, :sha256, :width, :height, :caption, "
-                    ":thumb, :row, :folder, :ext, :fields) "
+                    "folder, ext, fields, phash) VALUES (:key, :path, :size, :mtime_ns, :sha256, :width, :height, "
+                    ":caption, :thumb, :row, :folder, :ext, :fields, :phash) "
                     "ON CONFLICT(key) DO UPDATE SET path=excluded.path, size=excluded.size, "
                     "mtime_ns=excluded.mtime_ns, sha256=excluded.sha256, width=excluded.width, "
                     "height=excluded.height, caption=excluded.caption, thumb=excluded.thumb, row=excluded.row, "
-                    "folder=excluded.folder, ext=excluded.ext, fields=excluded.fields",
-                    {**r, "row": start + i, "folder": folder, "ext": ext,
+                    "folder=excluded.folder, ext=excluded.ext, fields=excluded.fields, phash=excluded.phash",
+                    {**r, "row": start + i, "folder": folder, "ext": ext, "phash": r.get("phash"),
                      "fields": metadata.canonical(r.get("fields"))})
                 (item_id,) = cur.execute("SELECT id FROM items WHERE key = ?", (r["key"],)).fetchone()
                 metadata.write(cur, item_id, r.get("fields"))
