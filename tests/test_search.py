@@ -618,8 +618,36 @@ def _hostile_requests(rng: random.Random, n: int, dim: int, good_id: int):
     bad_ids = [str(v) for v in big] + ['"7"', "7.0", "false", "[7]", "1e999"]
     texts = ['"\\ud800"', '"a \\udfff b"', '""', '"   "', '"' + "x" * 2000 + '"', "123", "[\"a\"]", '"a\\u0000b"',
              '"a photo"', '"\\ud83d\\ude00 emoji"']
+    conditions = ["ext=png", "size<2MB", "rating>=3", "mtime>=2024-99-99", "size>=5", "size<3", "~~", "=", "a" * 3000,
+                  "width>=1e999", "folder=[", "caption~\u0000", "path=**/*", "ext<png"]
+    examples = ['{"text": "a four"}', '{"id": 1e999}', '{"text": "a", "weight": -1}', '{"weight": 2}', "[]", '"x"',
+                '{"embedding": [1, 2]}', '{"id": %d, "weight": 1e308}' % good_id, "{}", '{"image": "abc"}']
     for i in range(n):
-        pick = rng.randrange(12)
+        pick = rng.randrange(17)
+        if pick == 12:
+            where = json.dumps(rng.sample(conditions, rng.randrange(1, 4)) if rng.random() < 0.8 else
+                               rng.choice(["ext=png", 3, None, {"a": 1}]))
+            yield "POST", "/search", f'{{"text": "a four", "where": {where}}}'.encode(), "application/json"
+            continue
+        if pick == 13:
+            chosen = ", ".join(rng.sample(examples, rng.randrange(0, 4)))
+            side = rng.choice(["positive", "negative"])
+            yield "POST", "/search", f'{{"{side}": [{chosen}], "k": 5}}'.encode(), "application/json"
+            continue
+        if pick == 14:
+            yield "POST", rng.choice(["/knn-service", "/metadata"]), rng.choice([
+                b'{"text": "a four", "modality": "image", "num_images": 5}', b'{"image": "!!!", "num_images": 5}',
+                b'{"ids": [1, "x", 1e999]}', b'{"ids": 5}', b"[]", b"\xff\xfe", b'{"text": "a", "num_images": -1}',
+                b'{"embedding_input": [1, 2], "num_images": 3}', b'{"indice_name": ["x"]}']), "application/json"
+            continue
+        if pick == 15:
+            yield "GET", "/duplicates" + rng.choice(["", "?max_distance=3", "?max_distance=-1", "?min_cosine=x",
+                                                     "?min_cosine=0.95&max_distance=64", "?a=b"]), None, ""
+            continue
+        if pick == 16:
+            yield rng.choice(["GET", "POST"]), rng.choice(["/login", "/admin/update", "/indices-list"]), \
+                rng.choice([None, b'{"key": "x"}', b"{}"]), "application/json"
+            continue
         if pick == 0:
             yield "POST", "/search", f'{{"text": "a four", "k": {rng.choice(bad_k)}}}'.encode(), "application/json"
         elif pick == 1:
