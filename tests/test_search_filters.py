@@ -232,11 +232,15 @@ def test_a_parquet_list_and_an_index_from_before_filters(trained, listed, digits
     store = Store(tmp_path / "index", writable=True)
     store.db.executescript("DROP TRIGGER item_fields_gone; DROP TABLE item_fields; DROP INDEX items_folder; "
                            "DROP INDEX items_ext; ALTER TABLE items DROP COLUMN folder; "
-                           "ALTER TABLE items DROP COLUMN ext; ALTER TABLE items DROP COLUMN fields;")
+                           "ALTER TABLE items DROP COLUMN ext; ALTER TABLE items DROP COLUMN fields; "
+                           "ALTER TABLE items DROP COLUMN phash;")  # nor dedupe's perceptual hashes
     store.close()
     index = SearchIndex(tmp_path / "index", model=model)
     with pytest.raises(FilterError, match="built before filters; run `dualtower index`"):
         index.search_text(QUERIES["three"], 3, where=["ext=png"])
+    from dualtower.search import dedupe
+
+    from_thumbs = [g.ids for g in dedupe.find(index)]  # the hashes come from the stored thumbnails
     index.close()
     build_index(str(digits / "list.parquet"), model, tmp_path / "index", workers=0)
     index = SearchIndex(tmp_path / "index", model=model)
@@ -245,5 +249,6 @@ def test_a_parquet_list_and_an_index_from_before_filters(trained, listed, digits
         assert index.matching(["ext=png"]) == 40
         assert index.matching([f"folder={first}"]) == sum(r["image"].startswith(first + "/") for r in rows)
         assert index.matching(["bucket<10"]) == 10  # the list's fields come back with the next run
+        assert [g.ids for g in dedupe.find(index)] == from_thumbs
     finally:
         index.close()

@@ -103,11 +103,13 @@ def _hashes(store, ids: list[int]) -> dict[int, bytes]:
     """id -> perceptual hash, from the index (computed from the stored thumbnail where an older index has none)."""
     from PIL import Image
 
+    kept = store.read(lambda db: "phash" in {row[1] for row in db.execute("PRAGMA table_info(items)")})
+    column = "phash" if kept else "NULL"  # an index from before dedupe: every hash from the thumbnails
     out = {}
     for lo in range(0, len(ids), 900):
         chunk = ids[lo: lo + 900]
         marks = ",".join("?" * len(chunk))
-        rows = store.read(lambda db: db.execute(f"SELECT id, phash, thumb FROM items WHERE id IN ({marks})",
+        rows = store.read(lambda db: db.execute(f"SELECT id, {column}, thumb FROM items WHERE id IN ({marks})",
                                                 chunk).fetchall())
         for item_id, value, thumb in rows:
             if value is None and thumb:
