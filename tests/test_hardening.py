@@ -726,15 +726,22 @@ def test_an_interrupt_inside_a_callback_is_delivered_after_it(capfd, signame):
         pass
 
     reached = []
-    with pytest.raises(KeyboardInterrupt) as caught:
+    inherited = _signal.signal(_signal.SIGINT, _signal.SIG_IGN)  # a background job inherits SIGINT ignored
+    try:
         with as_exceptions():
-            thing = Thing()
-            ref = weakref.ref(thing, lambda _: os.kill(os.getpid(), signum))  # raises inside the callback
-            del thing
-            reached.append("after the callback")
-            deadline = time.monotonic() + 10
-            while time.monotonic() < deadline:
-                time.sleep(0.001)
+            assert _signal.getsignal(_signal.SIGINT) is _signal.SIG_IGN  # and it stays ignored
+        _signal.signal(_signal.SIGINT, _signal.default_int_handler)
+        with pytest.raises(KeyboardInterrupt) as caught:
+            with as_exceptions():
+                thing = Thing()
+                ref = weakref.ref(thing, lambda _: os.kill(os.getpid(), signum))  # raises inside the callback
+                del thing
+                reached.append("after the callback")
+                deadline = time.monotonic() + 10
+                while time.monotonic() < deadline:
+                    time.sleep(0.001)
+    finally:
+        _signal.signal(_signal.SIGINT, inherited)
     assert ref() is None and reached == ["after the callback"]
     assert getattr(caught.value, "signum", _signal.SIGINT) == signum
     assert "Exception ignored" not in capfd.readouterr().err
