@@ -367,10 +367,21 @@ def test_ivf_with_exact_rerank_recalls_what_exact_search_finds():
 
 @pytest.mark.skipif(shutil.which("chromedriver") is None or shutil.which("chromium") is None,
                     reason="needs Debian's chromium and chromium-driver (.ci/run installs them)")
-def test_the_web_page_in_a_real_browser(trained, digits, tmp_path):
-    """Type a query, see thumbnails; pick an image to search by; click a result for more like it."""
+def chromium():
+    """Debian's chromium, headless, under Selenium (the page tests' browser)."""
     from selenium import webdriver
     from selenium.webdriver.chrome.service import Service
+
+    options = webdriver.ChromeOptions()
+    options.binary_location = shutil.which("chromium")
+    for flag in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
+                 "--window-size=1200,900"):
+        options.add_argument(flag)
+    return webdriver.Chrome(options=options, service=Service(shutil.which("chromedriver")))
+
+
+def test_the_web_page_in_a_real_browser(trained, digits, tmp_path):
+    """Type a query, see thumbnails; pick an image to search by; click a result for more like it."""
     from selenium.webdriver.common.by import By
     from selenium.webdriver.support import expected_conditions as ec
     from selenium.webdriver.support.ui import WebDriverWait
@@ -379,12 +390,7 @@ def test_the_web_page_in_a_real_browser(trained, digits, tmp_path):
     build_index(str(digits), model, tmp_path / "index", workers=0)
     index = SearchIndex(tmp_path / "index", model=model)
     server = _Server(index)
-    options = webdriver.ChromeOptions()
-    options.binary_location = shutil.which("chromium")
-    for flag in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
-                 "--window-size=1200,900"):
-        options.add_argument(flag)
-    browser = webdriver.Chrome(options=options, service=Service(shutil.which("chromedriver")))
+    browser = chromium()
     try:
         wait = WebDriverWait(browser, 30)
         browser.get(server.url + "/")

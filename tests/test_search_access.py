@@ -16,7 +16,7 @@ from dualtower.cli import main
 from dualtower.search import SearchIndex, build_index
 from dualtower.search.access import Access, read_keys
 
-from .test_search import QUERIES, _Server, digits, trained  # noqa: F401 (fixtures)
+from .test_search import QUERIES, _Server, chromium, digits, trained  # noqa: F401 (fixtures)
 
 
 @pytest.fixture()
@@ -146,8 +146,6 @@ def test_cors_is_off_unless_asked(served):
 @pytest.mark.skipif(shutil.which("chromedriver") is None or shutil.which("chromium") is None,
                     reason="needs Debian's chromium and chromium-driver (.ci/run installs them)")
 def test_the_page_asks_for_a_key_and_then_works(served):
-    from selenium import webdriver
-    from selenium.webdriver.chrome.service import Service
     from selenium.webdriver.common.by import By
     from selenium.webdriver.support import expected_conditions as ec
     from selenium.webdriver.support.ui import WebDriverWait
@@ -155,11 +153,7 @@ def test_the_page_asks_for_a_key_and_then_works(served):
     _, out, path, keys, model = served
     index = SearchIndex(out, model=model)
     server = _Server(index, access=Access(read_keys(path)))
-    options = webdriver.ChromeOptions()
-    options.binary_location = shutil.which("chromium")
-    for flag in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage"):
-        options.add_argument(flag)
-    browser = webdriver.Chrome(options=options, service=Service(shutil.which("chromedriver")))
+    browser = chromium()
     try:
         wait = WebDriverWait(browser, 30)
         browser.get(server.url + "/")

@@ -13,7 +13,7 @@ import dualtower
 from dualtower.cli import main
 from dualtower.search import SearchIndex, build_index, dedupe
 
-from .test_search import _Server
+from .test_search import _Server, chromium
 
 
 def _variants(name: str, im: Image.Image, out) -> tuple[list[str], list[str]]:
@@ -110,20 +110,13 @@ def test_the_command_line_and_http_give_the_same_groups(dupes, capsys):
 @pytest.mark.skipif(shutil.which("chromedriver") is None or shutil.which("chromium") is None,
                     reason="needs Debian's chromium and chromium-driver (.ci/run installs them)")
 def test_the_page_shows_duplicates_and_searches_by_examples(dupes):
-    from selenium import webdriver
-    from selenium.webdriver.chrome.service import Service
     from selenium.webdriver.common.by import By
     from selenium.webdriver.support import expected_conditions as ec
     from selenium.webdriver.support.ui import WebDriverWait
 
     index, expected, _ = dupes
     server = _Server(index)
-    options = webdriver.ChromeOptions()
-    options.binary_location = shutil.which("chromium")
-    for flag in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
-                 "--window-size=1200,900"):
-        options.add_argument(flag)
-    browser = webdriver.Chrome(options=options, service=Service(shutil.which("chromedriver")))
+    browser = chromium()
     try:
         wait = WebDriverWait(browser, 30)
         browser.get(server.url + "/")
