@@ -47,6 +47,7 @@ from ..images import ImageDecodeError, TooManyPixels, open_image  # noqa: E402
 from . import schema  # noqa: E402
 from .access import Access, Guard, send_error  # noqa: E402
 from .batcher import TextBatcher  # noqa: E402
+from . import views  # noqa: E402
 from .originals import open_original  # noqa: E402
 from .query import Hit, SearchIndex  # noqa: E402
 
@@ -97,8 +98,6 @@ class _BodyLimit:
             return {"type": "http.request", "body": body, "more_body": False}
 
         return await self.app(scope, replay, send)
-
-
 
 
 def page() -> str:
@@ -252,35 +251,6 @@ async def search(request: Request):
                          "image": f"/image/{h.id}"} for h in hits]}
 
 
-async def duplicates(request: Request):
-    """The index's duplicate groups (dedupe.py), computed once per generation and thresholds."""
-    from . import dedupe
-
-    service = _service(request)
-    params = request.query_params
-    unknown = sorted(set(params) - {"min_cosine", "max_distance"})
-    if unknown:
-        raise Problem(422, f"unknown parameters {unknown[:5]}; duplicates takes min_cosine and max_distance")
-    min_cosine = schema.check_min_score(params.get("min_cosine", str(dedupe.MIN_COSINE)), given_as_text=True)
-    max_distance = schema.check_count(params.get("max_distance", str(dedupe.MAX_DISTANCE)), "max_distance", 0, 64,
-                                      given_as_text=True)
-    index = service.index
-    key = (index.current()[2], min_cosine, max_distance)
-    if service.duplicates[0] != key:
-        groups = await run_in_threadpool(dedupe.find, index, min_cosine, max_distance)
-        service.duplicates = (key, groups)
-    groups = service.duplicates[1]
-    items, folders = index.store.items(sorted({i for g in groups for i in g.ids})), index.store.folders
-    answer = []
-    for group in groups:
-        shown = group.to_dict(items)
-        for item in shown["items"]:
-            item.update(path=service.shown_path(item["path"], folders), thumb=f"/thumb/{item['id']}",
-                        image=f"/image/{item['id']}")
-        answer.append(shown)
-    return {"generation": key[0], "min_cosine": min_cosine, "max_distance": max_distance, "groups": answer}
-
-
 async def thumb(request: Request, item_id: int):
     data = _service(request).index.store.thumb(schema.check_id(item_id))
     if data is None:
@@ -366,7 +336,7 @@ async def _measure(request: Request, call_next):
 
 
 ROUTES = (("POST", "/search", search), ("GET", "/thumb/{item_id}", thumb), ("GET", "/image/{item_id}", image),
-          ("GET", "/duplicates", duplicates),
+          ("GET", "/duplicates", views.duplicates),
           ("GET", "/healthz", healthz), ("GET", "/metrics", metrics), ("GET", "/", home),
           ("GET", "/favicon.ico", favicon))
 HANDLERS = ((Problem, _problem), (schema.Invalid, _invalid_field), (Exception, _unexpected),
