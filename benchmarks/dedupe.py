@@ -104,7 +104,7 @@ def pair_sets(labels: dict) -> tuple[set, set]:
 
 def hash_curve(out: Path, labels: dict) -> None:
     from dualtower.images import open_image
-    from dualtower.search.build import thumbnail
+    from dualtower.search.records import thumbnail
     from dualtower.search.dedupe import distance, hashes as image_hashes
 
     files = sorted(p.name for p in out.iterdir() if p.suffix != ".json")

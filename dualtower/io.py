@@ -177,6 +177,44 @@ def atomic_directory(path: "str | os.PathLike", replaceable=lambda existing: Fal
         shutil.rmtree(tmp, ignore_errors=True)
 
 
+class Once:
+    """What `directory_once` yields: `tmp` to fill; after the block, `committed` says whether it became the path."""
+
+    def __init__(self, tmp: Path):
+        self.tmp, self.committed = tmp, False
+
+
+@contextmanager
+def directory_once(path: "str | os.PathLike"):
+    """Yields a `Once` whose temporary directory, filled and fsynced, becomes `path` in one rename unless `path`
+    already exists (then it is dropped and `committed` stays False): of any number of writers of the same path,
+    killed or not, exactly one copy is ever published, whole, and none is replaced."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    clean_stale(path)
+    once = Once(_temporary_name(path, "tmp"))
+    once.tmp.mkdir()
+    try:
+        with _naming_full_disk(path):
+            yield once
+            if path.exists():
+                return
+            for f in once.tmp.iterdir():
+                if f.is_file():
+                    _publishable(f)
+            fsync_dir(once.tmp)
+            try:
+                os.rename(once.tmp, path)  # never onto a published copy: that one is not empty
+            except OSError as e:
+                if e.errno not in (errno.ENOTEMPTY, errno.EEXIST):
+                    raise
+                return  # another writer published first
+            fsync_dir(path.parent)
+            once.committed = True
+    finally:
+        shutil.rmtree(once.tmp, ignore_errors=True)
+
+
 def _aside(path: Path) -> Path:
     return path.with_name(f".{path.name}.old")
 

@@ -17,8 +17,12 @@ from .interrupts import Terminated, as_exceptions
 # every command, in the order `dualtower --help` lists them
 COMMANDS = (models.add_archs, models.add_plan, models.add_models, models.add_convert, train.add_train, train.add_demo,
             embed.add_eval, embed.add_classify, embed.add_embed, embed.add_features, embed.add_export,
-            search.add_index, search.add_search, search.add_serve, search.add_dedupe, search.add_keys,
+            search.add_index, search.add_merge, search.add_search, search.add_serve, search.add_dedupe, search.add_keys,
             train.add_smoke)
+
+
+# two-word commands, parsed as one hidden command of their own: `dualtower index merge` is `index-merge`
+HIDDEN = {("index", "merge"): "index-merge"}
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -34,6 +38,8 @@ def build_parser() -> argparse.ArgumentParser:
         add(sub)
     for command in sub.choices.values():  # an argument error prints that command's usage, not the top level's
         command.set_defaults(parser=command)
+    sub.metavar = "{" + ",".join(name for name in sub.choices if name not in HIDDEN.values()) + "}"
+    sub._choices_actions = [a for a in sub._choices_actions if a.dest not in HIDDEN.values()]  # nor in the list
     return parser
 
 
@@ -43,6 +49,8 @@ def main(argv: list[str] | None = None) -> int:
 
     # `--train.out runs/x` (the space form): paired before parsing, or the parser takes runs/x for CONFIG
     argv = pair_overrides(list(sys.argv[1:] if argv is None else argv))
+    if tuple(argv[:2]) in HIDDEN:
+        argv = [HIDDEN[tuple(argv[:2])]] + argv[2:]
     args, rest = parser.parse_known_args(argv)
     if rest and not getattr(args, "takes_overrides", False):
         args.parser.error(f"unrecognized arguments: {' '.join(rest)}")

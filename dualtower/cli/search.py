@@ -39,6 +39,11 @@ def open_index(args):
 def _cmd_index(args) -> int:
     from ..search import build_index
 
+    if args.executor == "ray":
+        return _index_on_ray(args)
+    for flag in ("ray_address", "shards", "shard_size", "actors", "cpus"):
+        if getattr(args, flag) is not None:
+            raise UserError(f"--{flag.replace('_', '-')} is for --executor ray")
     report = build_index(args.data, embedder(args), args.out, engine=args.engine, batch_size=args.batch_size,
                          workers=args.workers, progress=True, model_source=model_source(args.model),
                          image_key=args.image_key, caption_key=args.caption_key, backend=args.backend, uri=args.uri,
@@ -51,6 +56,54 @@ def _cmd_index(args) -> int:
     return 0
 
 
+def _index_on_ray(args) -> int:
+    import functools
+
+    from .. import runtimes
+    from ..search import build_index_ray
+
+    open_model = functools.partial(runtimes.open, args.model, args.runtime, options(args))
+    report = build_index_ray(args.data, open_model, args.out, shards_dir=args.shards,
+                             shard_size=args.shard_size or 1000, batch_size=args.batch_size, address=args.ray_address,
+                             cpus=args.cpus, actors=args.actors, threads=max(1, args.workers), engine=args.engine,
+                             backend=args.backend, uri=args.uri, collection=args.collection, image_key=args.image_key,
+                             caption_key=args.caption_key, model_source=model_source(args.model), progress=True)
+    print(f"{args.out}: {report.summary()}")
+    return 0
+
+
+def _cmd_merge(args) -> int:
+    from ..search import merge_shards
+
+    report = merge_shards(args.shards, args.out, engine=args.engine, backend=args.backend, uri=args.uri,
+                          collection=args.collection)
+    print(f"{args.out}: {report.summary()}")
+    return 0
+
+
+def _engine_args(p) -> None:
+    p.add_argument("--engine", choices=["auto", "flat", "ivf"], default="auto",
+                   help="flat: exact; ivf: compressed codes with an exact re-rank; auto: flat up to 100,000 images")
+    p.add_argument("--backend", choices=["faiss", "milvus"],
+                   help="where the vectors are searched: FAISS in the index folder (the default for a new index) or "
+                        "a Milvus collection (pip install 'dualtower[milvus]')")
+    p.add_argument("--uri", help="milvus: a Milvus Lite file (default: INDEX/milvus.db) or a server's URL, e.g. "
+                                 "http://localhost:19530")
+    p.add_argument("--collection", default="dualtower", help="milvus: the collection's name")
+
+
+def add_merge(sub) -> None:
+    import argparse
+
+    p = sub.add_parser("index-merge", prog="dualtower index merge", help=argparse.SUPPRESS,
+                       description="Merge the shards of `dualtower index --executor ray` into a search index (created "
+                                   "or updated: shards merged before are passed over).")
+    p.add_argument("shards", help="a shards folder (by default INDEX/shards of an `index --executor ray` run)")
+    p.add_argument("--out", required=True, help="the index folder (created, or updated when it exists)")
+    _engine_args(p)
+    p.set_defaults(func=_cmd_merge, out_dir=True)
+
+
 def _index_args(p) -> None:
     p.add_argument("index", help="an index folder made by `dualtower index`")
     p.add_argument("--model", help="the index's model, when it should not be loaded from where the index "
@@ -61,18 +114,24 @@ def _index_args(p) -> None:
 
 
 def add_index(sub) -> None:
-    p = sub.add_parser("index", help="build or update a search index of the images of a data spec")
+    p = sub.add_parser("index", help="build or update a search index of the images of a data spec",
+                       epilog="`dualtower index merge SHARDS --out INDEX` merges the shards of --executor ray runs "
+                              "into an index")
     p.add_argument("data", help="a folder of images, a captions file, tar shards or builtin:NAME")
     model_args(p)
     p.add_argument("--out", required=True, help="the index folder (created, or updated when it exists)")
-    p.add_argument("--engine", choices=["auto", "flat", "ivf"], default="auto",
-                   help="flat: exact; ivf: compressed codes with an exact re-rank; auto: flat up to 100,000 images")
-    p.add_argument("--backend", choices=["faiss", "milvus"],
-                   help="where the vectors are searched: FAISS in the index folder (the default for a new index) or "
-                        "a Milvus collection (pip install 'dualtower[milvus]')")
-    p.add_argument("--uri", help="milvus: a Milvus Lite file (default: INDEX/milvus.db) or a server's URL, e.g. "
-                                 "http://localhost:19530")
-    p.add_argument("--collection", default="dualtower", help="milvus: the collection's name")
+    _engine_args(p)
+    p.add_argument("--executor", choices=["local", "ray"], default="local",
+                   help="local: this process and its decoding workers; ray: a Ray cluster (pip install "
+                        "'dualtower[ray]'), a shard per unit of work, each embedded exactly once: run it again "
+                        "after any failure and only what is missing is embedded")
+    p.add_argument("--ray-address", help="ray: the cluster (default: $RAY_ADDRESS, else a local cluster started for "
+                                         "this run)")
+    p.add_argument("--shards", help="ray: the shards folder (default: OUT/shards)")
+    p.add_argument("--shard-size", type=count(1), help="ray: records per shard, planned once (default 1000)")
+    p.add_argument("--actors", type=count(1), help="ray: embedding actors, one model each (default: one per GPU, "
+                                                   "else one per CPU)")
+    p.add_argument("--cpus", type=count(1), help="ray: the CPUs of the local cluster (default: all)")
     p.add_argument("--repair", action="store_true", help="an index whose database is damaged: move it aside "
                    "(OUT.damaged-TIME) and build it again (a damaged or foreign engine file is rebuilt anyway)")
     p.add_argument("--image-key", default="image", help="the image column of a captions file")

@@ -10,7 +10,8 @@ from .base import BadSample, Sample, SkipStats, Source
 
 def open_source(spec: str, image_key: str = "image", caption_key: str = "caption", captions: bool = True) -> Source:
     """A source from a spec: `builtin:digits`, `builtin:digits:test`, `builtin:fashion-mnist[:test]`,
-    a .csv/.tsv/.jsonl/.parquet captions file (its other columns are each record's fields), a folder of images with .txt captions, tar shards (`shards-{0..9}.tar`),
+    a .csv/.tsv/.jsonl/.parquet captions file (its other columns are each record's fields; img2dataset's Parquet
+    output with the images inside, `out/{00000..00009}.parquet` for several), a folder of images with .txt captions, tar shards (`shards-{0..9}.tar`),
     or `classes:DIR` (one sub-folder of images per class). `captions=False` (embedding images): an image whose
     caption is missing, empty or unreadable is kept, with an empty caption."""
     if spec.startswith("builtin:"):
@@ -39,6 +40,12 @@ def open_source(spec: str, image_key: str = "image", caption_key: str = "caption
     if spec.endswith((".csv", ".tsv", ".jsonl", ".parquet")):
         from .files import CaptionsFile
 
+        if "{" in spec:  # a brace pattern of lists (img2dataset's Parquet output: `out/{00000..00099}.parquet`)
+            from .base import Joined
+            from .webdataset import expand_braces
+
+            return Joined(os.path.basename(spec), [CaptionsFile(f, image_key=image_key, caption_key=caption_key,
+                                                                captions=captions) for f in expand_braces(spec)])
         return CaptionsFile(spec, image_key=image_key, caption_key=caption_key, captions=captions)
     raise UserError(f"{spec}: not a built-in name, classes:DIR, a folder, a .csv/.tsv/.jsonl/.parquet captions file "
                      "or .tar shards")

@@ -7,6 +7,7 @@ workers decode in parallel without changing the order.
 
 from __future__ import annotations
 
+import bisect
 import logging
 import time
 import unicodedata
@@ -127,3 +128,44 @@ class SkipStats:
     def summary(self) -> str:
         parts = ", ".join(f"{n} {r}" for r, n in sorted(self.skipped.items())) or "none"
         return f"samples seen {self.seen} = accepted {self.accepted} + skipped {sum(self.skipped.values())} ({parts})"
+
+
+class Joined(Source):
+    """Several sources read as one, in order (the files of a brace pattern such as `part-{00..09}.parquet`)."""
+
+    def __init__(self, name: str, parts: list[Source]):
+        self.name, self.parts = name, parts
+        self.starts, total = [], 0
+        for part in parts:
+            self.starts.append(total)
+            total += len(part)
+        self.total = total
+        self.unreadable = [u for part in parts for u in part.unreadable]
+
+    def _at(self, index: int) -> tuple[Source, int]:
+        if not 0 <= index < self.total:
+            raise IndexError(index)
+        k = bisect.bisect_right(self.starts, index) - 1
+        return self.parts[k], index - self.starts[k]
+
+    def __len__(self) -> int:
+        return self.total
+
+    def load(self, index: int) -> Sample:
+        part, i = self._at(index)
+        return part.load(i)
+
+    def sample_id(self, index: int) -> str:
+        part, i = self._at(index)
+        return part.sample_id(i)
+
+    def folders(self) -> list[str]:
+        return sorted({f for part in self.parts for f in part.folders()})
+
+    def origin(self, index: int) -> tuple[str, str | None]:
+        part, i = self._at(index)
+        return part.origin(i)
+
+    def fields(self, index: int) -> dict:
+        part, i = self._at(index)
+        return part.fields(i)

@@ -14,6 +14,7 @@ from ..images import ImageDecodeError, open_image
 from .base import BadSample, Sample, Source, caption_if_needed, require_caption
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff")
+IMG2DATASET_IMAGE = "jpg"  # the column img2dataset's Parquet output holds each image's bytes in
 
 log = logging.getLogger("dualtower.data")
 
@@ -84,13 +85,16 @@ class CaptionsFile(Source):
             raise NotFound(f"{path}: no such captions file")
         rows = self._read_rows()
         first = next((r for r in rows if isinstance(r, dict)), None)
+        if first is not None and image_key not in first and IMG2DATASET_IMAGE in first:
+            image_key = IMG2DATASET_IMAGE  # img2dataset's Parquet output: the image's bytes in its own column
         if first is not None:
             missing = [k for k in (image_key, caption_key) if k not in first]
             if missing:
                 raise UserError(f"{path}: no column {missing} (columns: {sorted(first)}); set image_key / "
                                  "caption_key")
-        self.rows = [r if isinstance(r, BadRow) else (r.get(image_key), r.get(caption_key),
-                                                      {k: v for k, v in r.items() if k not in (image_key, caption_key)})
+        self.rows = [r if isinstance(r, BadRow) else
+                     (r.get(image_key), r.get(caption_key),
+                      {k: v for k, v in r.items() if k not in (image_key, caption_key) and not isinstance(v, bytes)})
                      for r in rows]
 
     def _read_rows(self) -> list:
@@ -161,11 +165,18 @@ class CaptionsFile(Source):
         row = self.rows[index]
         if isinstance(row, BadRow):
             raise BadSample(row.reason, row.detail)
-        image, caption, _ = row
+        image, caption, fields = row
         where = f"{self.path}:{index}"
-        if not isinstance(image, str) or not image:
-            raise BadSample("missing image", f"{where}: no image path")
         caption = caption_if_needed(lambda: require_caption(caption, where), self.captions)
+        if isinstance(image, bytes):  # the image itself, in the list (img2dataset's Parquet)
+            key = self.origin(index)[0]
+            try:
+                return Sample(open_image(image, name=f"{where} ({key})"), caption, key, image_key=key)
+            except ImageDecodeError as e:
+                raise BadSample("unreadable image", str(e)) from e
+        if not isinstance(image, str) or not image:
+            raise BadSample("missing image", f"{where}: no image" + (f" ({fields['error_message']})"
+                                                                       if fields.get("error_message") else ""))
         # The id is the image as the row names it (what `embed` writes beside each vector); the file's row number
         # (sample_id) names a bad row.
         return Sample(_load_image(self.path.parent / image), caption, image, image_key=image)
@@ -178,6 +189,9 @@ class CaptionsFile(Source):
 
     def origin(self, index: int) -> tuple[str, str | None]:
         row = self.rows[index]
+        if not isinstance(row, BadRow) and isinstance(row[0], bytes) and isinstance(row[2].get("key"), str) \
+                and row[2]["key"]:
+            return f"{self.name}/{row[2]['key']}", None  # an image held in the list: its row's key names it
         image = row[0] if not isinstance(row, BadRow) and isinstance(row[0], str) and row[0] else None
         return (image, os.fspath(self.path.parent / image)) if image else (self.sample_id(index), None)
 

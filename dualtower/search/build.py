@@ -7,8 +7,6 @@ loses at most one batch and the next run goes on from there (store.py says why n
 
 from __future__ import annotations
 
-import hashlib
-import io as _io
 import json
 import logging
 import os
@@ -17,21 +15,14 @@ from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from PIL import Image
-
-from ..data import BadSample, open_source
-from ..data.files import IMAGE_SUFFIXES, not_utf8
+from ..data import open_source
 from ..errors import UserError
-from ..images import white_rgb
 from ..runtimes import as_embedder
 from . import engines, metadata
-from .dedupe import hashes
+from .records import Records, listing, stat
 from .store import DamagedIndex, Store
 
 log = logging.getLogger("dualtower.search")
-
-THUMB_SIDE = 192
-
 
 def model_identity(model, source: str | None = None) -> dict:
     """What an index records of its model (an Embedder of any runtime, or a DualEncoder): name, config, fp32
@@ -70,75 +61,6 @@ class BuildReport:
                 + (f"; the damaged index was moved to {self.moved_aside}" if self.moved_aside else ""))
 
 
-def _stat(file: str | None) -> tuple[int | None, int | None]:
-    if file is None:
-        return None, None
-    try:
-        st = os.stat(file)
-    except OSError:
-        return None, None
-    return st.st_size, st.st_mtime_ns
-
-
-def thumbnail(image: Image.Image) -> Image.Image:
-    """An RGB thumbnail of at most THUMB_SIDE a side, a new image (the original is left as it is: it is embedded
-    next). A large image is first cut down cheaply to about twice the thumbnail (Pillow's integer-factor
-    reduce, or nearest-neighbour for palette images), so memory follows the thumbnail, not the original (a
-    100-megapixel PNG was composited at full size)."""
-    factor = min(image.width, image.height) // (2 * THUMB_SIDE)
-    if factor >= 2:
-        size = (max(1, image.width // factor), max(1, image.height // factor))
-        try:
-            image = image.resize(size, Image.NEAREST) if image.mode in ("P", "1", "PA") else image.reduce(factor)
-        except ValueError:  # a mode reduce does not take (16-bit, ...)
-            image = image.resize(size, Image.NEAREST)
-    image = white_rgb(image.convert("RGBA") if image.mode in ("P", "PA") else image)
-    small = image.copy() if image.mode == "RGB" and factor < 2 else image  # thumbnail() works in place
-    small.thumbnail((THUMB_SIDE, THUMB_SIDE))
-    return small
-
-
-class _Records:
-    """Item k: record todo[k] decoded, hashed, thumbnailed and transformed by the runtime's `transform` (or the
-    reason it is bad); a map-style dataset the runtime's `map` reads with loader processes or threads."""
-
-    def __init__(self, source, todo: list[tuple], transform):
-        self.source, self.todo, self.transform = source, todo, transform
-
-    def __len__(self) -> int:
-        return len(self.todo)
-
-    def __getitem__(self, k: int) -> dict:
-        index, key, file, size, mtime = self.todo[k]
-        # The image's own file is served by /image/{id}; a record inside a tar shard has none of its own.
-        own = file is not None and Path(file).suffix.lower() in IMAGE_SUFFIXES
-        out = {"key": key, "path": os.path.abspath(file) if own else None, "size": size, "mtime_ns": mtime}
-        try:
-            out["fields"] = self.source.fields(index)
-            sample = self.source.load(index)
-            image = sample.image
-            if file is not None:
-                digest = hashlib.sha256()
-                with open(file, "rb") as f:
-                    for chunk in iter(lambda: f.read(1 << 20), b""):
-                        digest.update(chunk)
-                out["sha256"] = digest.hexdigest()
-            else:
-                out["sha256"] = hashlib.sha256(f"{image.mode}{image.size}".encode() + image.tobytes()).hexdigest()
-            buffer = _io.BytesIO()
-            small = thumbnail(image)
-            small.save(buffer, format="JPEG", quality=85)
-            out["phash"] = hashes(small)  # near-duplicates (dedupe.py): the thumbnail keeps what the hash reads
-            pixels = self.transform(image)
-            out.update(pixels=pixels, width=image.width, height=image.height,
-                       caption=sample.caption or None, thumb=buffer.getvalue())
-        except BadSample as e:
-            out.update(bad=e.reason, detail=e.detail or key)
-        except Exception as e:  # one bad record must never stop a run: count it and go on
-            out.update(bad="error", detail=f"{key}: {type(e).__name__}: {e}")
-        return out
-
-
 def build_index(spec: str, model, out: "str | os.PathLike", engine: str = "auto", batch_size: int = 64,
                 workers: int = 2, progress: bool = False, model_source: str | None = None,
                 image_key: str = "image", caption_key: str = "caption", backend: str | None = None,
@@ -152,7 +74,7 @@ def build_index(spec: str, model, out: "str | os.PathLike", engine: str = "auto"
     embedder = as_embedder(model)
     source = open_source(spec, image_key, caption_key, captions=False)  # a bad spec fails before the index exists
     create = lambda: Store.create(out, embedder.identity(model_source), embedder.cfg.embed_dim,  # noqa: E731
-                                  _backend(backend, uri, collection, Path(out)))
+                                  backend_spec(backend, uri, collection, Path(out)))
     aside = None
     try:
         store = create()
@@ -167,24 +89,13 @@ def build_index(spec: str, model, out: "str | os.PathLike", engine: str = "auto"
         store.add_folders(source.folders())
         where = os.path.abspath(spec) if os.path.exists(spec) or ".tar" in spec else spec
         store.remember("source", json.dumps({"spec": where, "image_key": image_key, "caption_key": caption_key}))
-        report = BuildReport(unreadable=list(source.unreadable), moved_aside=str(aside or ""))
+        report = BuildReport(seen=len(source), unreadable=list(source.unreadable), moved_aside=str(aside or ""))
         known, stored_fields = store.known(), store.stored_fields()
         seen_keys: set[str] = set()
         todo, new_fields = [], {}
-        for i in range(len(source)):
-            key, file = source.origin(i)
-            report.seen += 1
-            if not_utf8(key) or (file is not None and not_utf8(file)):
-                # a name the file system holds as bytes that are not UTF-8: the index (SQLite, JSON) keeps text
-                shown = os.fsencode(file or key).decode("utf-8", "backslashreplace")
-                log.warning("skipped %s: its name is not UTF-8", shown)
-                report.skipped["file name is not UTF-8"] += 1
-                continue
-            if key in seen_keys:
-                report.skipped["same image as an earlier record"] += 1
-                continue
+        for i, key, file in listing(source, report.skipped):
             seen_keys.add(key)
-            size, mtime = _stat(file)
+            size, mtime = stat(file)
             old = known.get(key)
             same = old is not None and ((old[0], old[1]) == (size, mtime) if file is not None else old[2] is not None)
             if same:
@@ -210,7 +121,7 @@ def build_index(spec: str, model, out: "str | os.PathLike", engine: str = "auto"
         store.close()
 
 
-def _backend(name: str | None, uri: str | None, collection: str, out: Path) -> dict | None:
+def backend_spec(name: str | None, uri: str | None, collection: str, out: Path) -> dict | None:
     if name in (None, "faiss"):
         if uri is not None:
             raise UserError("--uri is for the Milvus backend (--backend milvus)")
@@ -228,7 +139,7 @@ def _embed(store: Store, source, todo: list, known: dict, embedder, batch_size: 
     if not todo:
         return
     # decoded by the runtime's workers (loader processes for PyTorch, threads for ONNX Runtime), batches ahead
-    loader = embedder.map(_Records(source, todo, embedder.transform), batch_size, workers)
+    loader = embedder.map(Records(source, todo, embedder.transform), batch_size, workers)
     if progress:
         from tqdm import tqdm
 

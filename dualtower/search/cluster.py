@@ -1,0 +1,102 @@
+"""`dualtower index --executor ray`: plan the records into units, embed the units missing a shard on a cluster,
+merge the shards into the index. Run again after any failure: only what is missing is embedded."""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from ..data import open_source
+from . import engines
+from .build import backend_spec
+from .merge import MergeReport, merge_shards
+from .records import DECODE_SECONDS, listing, stat
+from .shards import Shards
+from .store import Store
+
+EXECUTORS = ("local", "ray")
+SHARD_SIZE = 1000
+
+
+@dataclass
+class ClusterReport:
+    seen: int = 0
+    accepted: int = 0
+    skipped: Counter = field(default_factory=Counter)
+    units: int = 0  # units covering the data
+    pending: int = 0  # of them, without a shard when the run began
+    run: object = None  # ray_executor.RayRun, where units were embedded
+    merge: MergeReport = field(default_factory=MergeReport)
+    seconds: float = 0.0
+    unreadable: list = field(default_factory=list)
+
+    def summary(self) -> str:
+        skips = ", ".join(f"{n} {r}" for r, n in sorted(self.skipped.items())) or "none"
+        run = self.run
+        ray = (f"ray: {run.nodes} nodes, {run.cpus:g} CPUs, {run.gpus:g} GPUs, {run.actors} actors; start-up "
+               f"{run.startup_s:.1f} s, embedding {run.embed_s:.1f} s; " if run is not None else "")
+        return (f"seen {self.seen} = accepted {self.accepted} + skipped {sum(self.skipped.values())} ({skips}); "
+                f"{self.units} shards, {self.pending} embedded now ({self.units - self.pending} were done); {ray}"
+                f"{self.merge.summary()}; {self.seconds:.1f} s in all")
+
+
+def build_index_ray(spec: str, open_model, out: "str | os.PathLike", shards_dir: "str | os.PathLike | None" = None,
+                    shard_size: int = SHARD_SIZE, batch_size: int = 64, address: str | None = None,
+                    cpus: int | None = None, actors: int | None = None, threads: int = 2,
+                    deadline_s: float = DECODE_SECONDS, engine: str = "auto", backend: str | None = None,
+                    uri: str | None = None, collection: str = "dualtower", image_key: str = "image",
+                    caption_key: str = "caption", model_source: str | None = None,
+                    progress: bool = False) -> ClusterReport:
+    """Create or update the index at `out` with the images of `spec`, embedded on a Ray cluster by the model
+    `open_model()` opens (called here and once in every actor: it must open the same weights each time). Shards go
+    to `shards_dir` (default `OUT/shards`), `shard_size` records each."""
+    started = time.monotonic()
+    engines.choose(engine, 0)
+    embedder = open_model()  # a bad model fails before any work, here rather than in every actor
+    identity = embedder.identity(model_source)
+    source = open_source(spec, image_key, caption_key, captions=False)
+    # the index first: a folder that cannot be one (or one of another model) is refused before any work
+    Store.create(out, identity, embedder.cfg.embed_dim, backend_spec(backend, uri, collection, Path(out))).close()
+    shards = Shards(Path(shards_dir) if shards_dir is not None else Path(out) / "shards")
+    shards.path.mkdir(parents=True, exist_ok=True)
+    shards.bind(identity, embedder.cfg.embed_dim)
+
+    report = ClusterReport(seen=len(source), unreadable=list(source.unreadable))
+    where: dict[str, tuple] = {}
+    records = []
+    for i, key, file in listing(source, report.skipped):
+        size, mtime = stat(file)
+        where[key] = (i, file)
+        records.append((key, size, mtime))
+    units = shards.plan(records, shard_size)
+    done = set(shards.committed())
+    pending = [u for u in units if u.id not in done]
+    report.units, report.pending = len(units), len(pending)
+    if pending:
+        from . import ray_executor
+
+        todo = {u.id: [(where[k][0], k, where[k][1], s, m) for k, s, m in u.records if k in where] for u in pending}
+        report.run = ray_executor.run(pending, todo, source, embedder.transform, open_model, identity,
+                                      os.fspath(shards.path), batch_size, address, cpus, actors, threads,
+                                      deadline_s, progress)
+    del embedder
+    spec_path = os.path.abspath(spec) if os.path.exists(spec) or ".tar" in spec else spec
+    report.merge = merge_shards(shards.path, out, engine, backend, uri, collection, source.folders(),
+                                keep=set(where), source=json.dumps({"spec": spec_path, "image_key": image_key,
+                                                                    "caption_key": caption_key}))
+    store = Store(out)
+    try:
+        for key, (_size, _mtime, _sha, reason) in store.known().items():
+            if key in where:
+                if reason is None:
+                    report.accepted += 1
+                else:
+                    report.skipped[reason] += 1
+    finally:
+        store.close()
+    report.seconds = time.monotonic() - started
+    return report
