@@ -81,6 +81,28 @@ def _decoder(source_ref, transform, shards_dir: str, threads: int, deadline_s: f
     return run
 
 
+def _user_error(error: BaseException) -> UserError | None:
+    """A UserError of ours that a worker raised, found inside Ray's wrapping of it (None if there is none)."""
+    import importlib
+    import re
+
+    seen, text = set(), str(error)
+    while error is not None and id(error) not in seen:
+        seen.add(id(error))
+        if isinstance(error, UserError):
+            return UserError(str(error).strip().splitlines()[-1])
+        error = getattr(error, "cause", None) or error.__cause__ or error.__context__
+    # an actor that failed to start carries its error as text only
+    for where, name, message in reversed(re.findall(r"^(dualtower[\w.]*)\.(\w+): (.+)$", text, re.MULTILINE)):
+        try:
+            kind = getattr(importlib.import_module(where), name)
+        except (ImportError, AttributeError):
+            continue
+        if isinstance(kind, type) and issubclass(kind, UserError):
+            return UserError(message)
+    return None
+
+
 def _quiet() -> None:
     """Ray's notices (start-up, execution plans, progress-bar hints) stay out of the command's output; warnings of
     ours and Ray's errors do not."""
@@ -137,9 +159,9 @@ def run(units: list[Unit], todo: dict[str, list], source, transform, open_model,
                 if bar is not None:
                     bar.update(1)
         except ray.exceptions.RayError as e:
-            cause = getattr(e, "cause", None)
-            if isinstance(cause, UserError):
-                raise type(cause)(str(cause)) from None
+            ours = _user_error(e)
+            if ours is not None:
+                raise ours from None
             raise
         finally:
             if bar is not None:
