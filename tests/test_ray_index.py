@@ -137,6 +137,50 @@ def test_two_nodes_then_merge_into_milvus(tmp_path, model_dir, photos_dir, clust
     assert main(["index", "merge", str(out / "shards"), "--out", str(milvus)]) == 0  # again: nothing new
 
 
+def _webdataset(path: Path, photos: dict, names: list[str], start: int) -> None:
+    """A tar shard as img2dataset writes one: KEY.jpg, KEY.txt, KEY.json per sample."""
+    import io
+    import tarfile
+
+    with tarfile.open(path, "w") as tar:
+        for n, name in enumerate(names):
+            key = f"{start + n:09d}"
+            buffer = io.BytesIO()
+            photos[name].convert("RGB").save(buffer, format="JPEG")
+            members = {"jpg": buffer.getvalue() if name != "broken" else b"\xff\xd8 not a jpeg",
+                       "txt": name.encode(), "json": json.dumps({"key": key, "caption": name}).encode()}
+            for ext, data in members.items():
+                info = tarfile.TarInfo(f"{key}.{ext}")
+                info.size = len(data)
+                tar.addfile(info, io.BytesIO(data))
+
+
+def test_tar_shards_go_a_file_a_unit_and_a_changed_shard_alone_is_redone(tmp_path, model_dir, photos, cluster):
+    from dualtower import runtimes
+    from dualtower.search import build_index_ray
+    import functools
+
+    names = list(photos)
+    photos = {**photos, "broken": photos[names[0]]}
+    _webdataset(tmp_path / "00000.tar", photos, names[:4] + ["broken"], 0)
+    _webdataset(tmp_path / "00001.tar", photos, names[4:], 100)
+    spec = str(tmp_path / "{00000..00001}.tar")
+    open_model = functools.partial(runtimes.open, str(model_dir))
+    report = build_index_ray(spec, open_model, tmp_path / "ray", address=cluster.address)
+    assert (report.units, report.pending, report.seen, report.accepted) == (2, 2, len(names) + 1, len(names))
+    assert dict(report.skipped) == {"unreadable image": 1}
+    build_index(spec, dualtower.load(model_dir), tmp_path / "local")
+    ours, theirs = _vectors(tmp_path / "ray"), _vectors(tmp_path / "local")
+    assert ours.keys() == theirs.keys() and max(float(np.abs(ours[k] - theirs[k]).max()) for k in ours) <= F16
+
+    time.sleep(0.01)
+    _webdataset(tmp_path / "00001.tar", photos, names[4:] + names[:1], 100)  # one more sample
+    again = build_index_ray(spec, open_model, tmp_path / "ray", address=cluster.address)
+    assert (again.units, again.pending, again.run.committed) == (2, 1, 1)
+    assert again.seen == len(names) + 2 and again.accepted == len(names) + 1
+    assert f"00001.tar/{100 + len(names) - 4:09d}" in _vectors(tmp_path / "ray")
+
+
 def _workers() -> list[int]:
     """The pids of this host's Ray actor and task processes (their titles start with ray::)."""
     pids = []

@@ -51,4 +51,21 @@ def open_source(spec: str, image_key: str = "image", caption_key: str = "caption
                      "or .tar shards")
 
 
-__all__ = ["BadSample", "Sample", "SkipStats", "Source", "open_source"]
+def sharded_files(spec: str) -> list[str] | None:
+    """The files of a sharded spec, each a source of its own (`open_source(file)`): tar shards, or a brace pattern
+    of lists (`part-{00..09}.parquet`). None for any other spec. Nothing is read but the names."""
+    lists = (".csv", ".tsv", ".jsonl", ".parquet")
+    if spec.startswith(("builtin:", "classes:")) or os.path.isdir(spec) or \
+            not (".tar" in spec or ("{" in spec and spec.endswith(lists))):
+        return None
+    from ..errors import NotFound
+    from .webdataset import expand_braces
+
+    files = expand_braces(spec)
+    missing = [f for f in files if not os.path.isfile(f)]
+    if missing:
+        raise NotFound(f"{spec}: {len(missing)} file(s) not found, e.g. {missing[0]}")
+    return files
+
+
+__all__ = ["BadSample", "Sample", "SkipStats", "Source", "open_source", "sharded_files"]

@@ -19,7 +19,7 @@ import time
 from dataclasses import dataclass
 
 from ..errors import UserError, require
-from .shard_work import check_model, decode, embed_and_write
+from .shard_work import check_model, decode, decode_file, embed_and_write
 from .shards import Shards, Unit
 
 log = logging.getLogger("dualtower.search")
@@ -37,46 +37,63 @@ class RayRun:
     cpus: float = 0.0
     gpus: float = 0.0
     actors: int = 0
+    decode_s: float = 0.0  # summed over units: reading, decoding, hashing, thumbnails, transforms
+    model_s: float = 0.0  # summed over units: embedding and publishing
+    open_s: float = 0.0  # summed over actors: opening the model
+    open_max_s: float = 0.0  # the slowest actor's opening (they open together): the pipeline's own start-up
 
 
 class _Embed:
     """One actor of the pool: its own model, opened once, checked to be the driver's."""
 
     def __init__(self, open_model, identity: dict, shards_dir: str, batch_size: int):
+        started = time.perf_counter()
         self.embedder = open_model()
         check_model(self.embedder, identity)
+        self.open_s = time.perf_counter() - started
         self.shards, self.batch_size = Shards(shards_dir), batch_size
 
     def __call__(self, batch: dict) -> dict:
         import pickle
 
-        out = {"unit": [], "accepted": [], "skipped": [], "committed": []}
-        for unit_id, records, payload in zip(batch["unit"], batch["records"], batch["payload"]):
+        out = {"unit": [], "accepted": [], "skipped": [], "committed": [], "decode_s": [], "embed_s": [],
+               "open_s": []}
+        for unit_id, records, payload, decode_s in zip(batch["unit"], batch["records"], batch["payload"],
+                                                       batch["decode_s"]):
+            started = time.perf_counter()
             if payload is None or len(payload) == 0:  # published before this task: nothing to do
                 result = {"unit": unit_id, "accepted": 0, "skipped": 0, "committed": False}
             else:
-                result = embed_and_write(self.shards, Unit(unit_id, json.loads(records)), pickle.loads(payload),
-                                         self.embedder, self.batch_size)
+                items, seen, not_stored = pickle.loads(payload)
+                result = embed_and_write(self.shards, Unit(unit_id, json.loads(records)), items, self.embedder,
+                                         self.batch_size, seen, not_stored)
+            result.update(decode_s=float(decode_s), embed_s=time.perf_counter() - started, open_s=self.open_s)
+            self.open_s = 0.0  # counted once per actor
             for k in out:
                 out[k].append(result[k])
         return out
 
 
-def _decoder(source_ref, transform, shards_dir: str, threads: int, deadline_s: float):
+def _decoder(source_ref, transform, shards_dir: str, threads: int, deadline_s: float, keys: tuple[str, str]):
     def run(row: dict) -> dict:
         import pickle
 
         import ray
 
         if (Shards(shards_dir).path / row["unit"]).exists():
-            return {"unit": row["unit"], "records": row["records"], "payload": b""}
-        key = source_ref.hex()
-        if key not in _SOURCES:
-            _SOURCES.clear()
-            _SOURCES[key] = ray.get(source_ref)
-        todo = [tuple(t) for t in json.loads(row["todo"])]
-        items = decode(_SOURCES[key], todo, transform, threads, deadline_s)
-        return {"unit": row["unit"], "records": row["records"], "payload": pickle.dumps(items, protocol=5)}
+            return {"unit": row["unit"], "records": row["records"], "payload": b"", "decode_s": 0.0}
+        started = time.perf_counter()
+        todo = json.loads(row["todo"])
+        if isinstance(todo, dict):  # a unit of one input file, listed here
+            decoded = decode_file(todo["file"], transform, keys[0], keys[1], threads, deadline_s)
+        else:
+            key = source_ref.hex()
+            if key not in _SOURCES:
+                _SOURCES.clear()
+                _SOURCES[key] = ray.get(source_ref)
+            decoded = (decode(_SOURCES[key], [tuple(t) for t in todo], transform, threads, deadline_s), None, None)
+        return {"unit": row["unit"], "records": row["records"], "payload": pickle.dumps(decoded, protocol=5),
+                "decode_s": time.perf_counter() - started}
 
     return run
 
@@ -112,11 +129,14 @@ def _quiet() -> None:
         handler.setLevel(logging.ERROR)
 
 
-def run(units: list[Unit], todo: dict[str, list], source, transform, open_model, identity: dict, shards_dir: str,
-        batch_size: int = 64, address: str | None = None, cpus: int | None = None, actors: int | None = None,
-        threads: int = 2, deadline_s: float = 60.0, progress: bool = False) -> RayRun:
-    """Embed `units` (todo: unit id -> [(source index, key, file, size, mtime_ns)]) on the Ray cluster at `address`
-    (or $RAY_ADDRESS; a local one with `cpus` CPUs when neither is given), publishing a shard each."""
+def run(units: list[Unit], todo: dict[str, "list | dict"], source, transform, open_model, identity: dict,
+        shards_dir: str, batch_size: int = 64, address: str | None = None, cpus: int | None = None,
+        actors: int | None = None, threads: int = 2, deadline_s: float = 60.0, progress: bool = False,
+        keys: tuple[str, str] = ("image", "caption")) -> RayRun:
+    """Embed `units` on the Ray cluster at `address` (or $RAY_ADDRESS; a local one with `cpus` CPUs when neither is
+    given), publishing a shard each. todo: unit id -> its records in `source`, [(index, key, file, size,
+    mtime_ns)], or {"file": path} for a unit of one input file (opened on the worker with `keys`, the image and
+    caption columns; `source` is then None)."""
     ray = require("ray", "--executor ray", "ray")
     _quiet()
     report = RayRun()
@@ -142,7 +162,7 @@ def run(units: list[Unit], todo: dict[str, list], source, transform, open_model,
         source_ref = ray.put(source)
         rows = [{"unit": u.id, "records": json.dumps(u.records), "todo": json.dumps(todo[u.id])} for u in units]
         ds = ray.data.from_items(rows, override_num_blocks=len(rows))
-        ds = ds.map(_decoder(source_ref, transform, shards_dir, threads, deadline_s), num_cpus=1)
+        ds = ds.map(_decoder(source_ref, transform, shards_dir, threads, deadline_s, keys), num_cpus=1)
         ds = ds.map_batches(_Embed, batch_size=1, compute=ray.data.ActorPoolStrategy(size=report.actors), num_cpus=1, num_gpus=1 if gpu else 0,
                             fn_constructor_kwargs={"open_model": open_model, "identity": identity,
                                                    "shards_dir": shards_dir, "batch_size": batch_size})
@@ -155,6 +175,10 @@ def run(units: list[Unit], todo: dict[str, list], source, transform, open_model,
         try:
             for row in ds.iter_rows():
                 report.committed += bool(row["committed"])
+                report.decode_s += row["decode_s"]
+                report.model_s += row["embed_s"]
+                report.open_s += row["open_s"]
+                report.open_max_s = max(report.open_max_s, row["open_s"])
                 report.found += not row["committed"]
                 if bar is not None:
                     bar.update(1)

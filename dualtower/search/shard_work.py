@@ -3,9 +3,12 @@ limit, embedded, and its shard published once (shards.py)."""
 
 from __future__ import annotations
 
+from collections import Counter
+
 import numpy as np
 
-from .records import DECODE_SECONDS, Records, prepare_all
+from ..data import open_source
+from .records import DECODE_SECONDS, Records, listing, prepare_all, stat
 from .shards import Shards, ShardError, Unit
 
 _ACCEPTED = ("key", "path", "size", "mtime_ns", "sha256", "width", "height", "caption", "fields", "phash", "thumb")
@@ -17,7 +20,19 @@ def decode(source, todo: list[tuple], transform, threads: int = 2, deadline_s: f
     return prepare_all(Records(source, todo, transform), threads, deadline_s)
 
 
-def embed_and_write(shards: Shards, unit: Unit, items: list[dict], embedder, batch_size: int) -> dict:
+def decode_file(path: str, transform, image_key: str, caption_key: str, threads: int = 2,
+                deadline_s: float = DECODE_SECONDS) -> tuple[list[dict], int, Counter]:
+    """A unit of one input file (a tar shard, a Parquet list): (items, records seen, not stored by reason). The
+    file is opened here, on the worker: the driver never lists its records."""
+    source = open_source(path, image_key, caption_key, captions=False)
+    not_stored: Counter = Counter()
+    size, mtime = stat(path)
+    todo = [(i, key, path, size, mtime) for i, key, _ in listing(source, not_stored)]
+    return decode(source, todo, transform, threads, deadline_s), len(source), not_stored
+
+
+def embed_and_write(shards: Shards, unit: Unit, items: list[dict], embedder, batch_size: int,
+                    seen: int | None = None, not_stored: dict | None = None) -> dict:
     """Embed the unit's good records `batch_size` at a time and publish its shard; what happened, as a dict."""
     good = [r for r in items if "bad" not in r]
     skipped = [{"key": r["key"], "reason": r["bad"], "detail": r["detail"], "size": r["size"],
@@ -26,7 +41,7 @@ def embed_and_write(shards: Shards, unit: Unit, items: list[dict], embedder, bat
              for i in range(0, len(good), batch_size)]
     vectors = np.concatenate(parts) if parts else np.zeros((0, embedder.cfg.embed_dim), np.float32)
     accepted = [{k: r.get(k) for k in _ACCEPTED} for r in good]
-    committed = shards.write(unit, vectors, accepted, skipped)
+    committed = shards.write(unit, vectors, accepted, skipped, seen, not_stored)
     return {"unit": unit.id, "accepted": len(accepted), "skipped": len(skipped), "committed": committed}
 
 

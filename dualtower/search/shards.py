@@ -2,12 +2,13 @@
 
     SHARDS/model.json            the model every shard was embedded with (identity, vector width); written once
     SHARDS/plan-00001.jsonl      generation 1 of the plan: one line per unit, {"unit", "records": [[key, size, mtime]]}
+                                 (a record's key; or, for sharded data, an input file's path: a unit per file)
     SHARDS/00001-000042/         a committed shard (directory_once: published whole by one rename, never replaced)
         vectors.npy              float16 (accepted, dim), L2-normalised, in the order of records.jsonl
         records.jsonl            one accepted record per line (key, path, size, mtime_ns, sha256, width, height,
                                  caption, fields, phash, thumbnail as base64)
         skipped.jsonl            one bad record per line (key, reason, detail, size, mtime_ns)
-        manifest.json            unit, counts (seen = accepted + skipped), and each file's sha256
+        manifest.json            unit, counts (seen = accepted + skipped + not stored), each file's sha256
 
 Exactly once comes from three rules. The plan is written before any work and never rewritten: a record belongs to
 one unit of one generation, and a later run plans only records no generation holds yet (or whose file changed
@@ -24,6 +25,7 @@ import hashlib
 import json
 import os
 import re
+from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -129,8 +131,11 @@ class Shards:
         """The units whose shard is published, in merge order (generation, then number)."""
         return sorted(p.name for p in self.path.iterdir() if _UNIT.fullmatch(p.name) and p.is_dir())
 
-    def write(self, unit: Unit, vectors: np.ndarray, accepted: list[dict], skipped: list[dict]) -> bool:
-        """Publish `unit`'s shard; False when it was published already (by an earlier attempt): nothing changes."""
+    def write(self, unit: Unit, vectors: np.ndarray, accepted: list[dict], skipped: list[dict],
+              seen: int | None = None, not_stored: dict | None = None) -> bool:
+        """Publish `unit`'s shard; False when it was published already (by an earlier attempt): nothing changes.
+        A unit of whole input files gives `seen` (its records) and `not_stored` (reason -> count of records
+        skipped without a key of their own, such as a second record of the same key)."""
         target = self.path / unit.id
         if target.exists():
             return False
@@ -139,10 +144,16 @@ class Shards:
             np.save(once.tmp / "vectors.npy", vectors, allow_pickle=False)
             (once.tmp / "records.jsonl").write_text("".join(_line(r) for r in accepted), encoding="utf-8")
             (once.tmp / "skipped.jsonl").write_text("".join(_line(r) for r in skipped), encoding="utf-8")
-            manifest = {"unit": unit.id, "seen": len(unit.records), "accepted": len(accepted),
-                        "skipped": len(skipped), "files": {name: _sha256(once.tmp / name) for name in FILES}}
+            manifest = {"unit": unit.id, "seen": len(unit.records) if seen is None else seen,
+                        "accepted": len(accepted), "skipped": len(skipped), "not_stored": dict(not_stored or {}),
+                        "reasons": dict(Counter(r["reason"] for r in skipped) + Counter(not_stored or {})),
+                        "files": {name: _sha256(once.tmp / name) for name in FILES}}
             (once.tmp / MANIFEST).write_text(json.dumps(manifest, indent=1) + "\n", encoding="utf-8")
         return once.committed
+
+    def manifest(self, unit_id: str) -> dict:
+        """A committed shard's manifest alone (its counts), unchecked: `read` checks."""
+        return json.loads((self.path / unit_id / MANIFEST).read_text(encoding="utf-8"))
 
     def read(self, unit_id: str) -> tuple[dict, np.ndarray, list[dict], list[dict]]:
         """(manifest, vectors, accepted records, skipped records) of a committed shard, each file checked against
@@ -156,7 +167,8 @@ class Shards:
             vectors = np.load(where / "vectors.npy", allow_pickle=False)
             accepted = [_record(line) for line in (where / "records.jsonl").read_text("utf-8").splitlines()]
             skipped = [json.loads(line) for line in (where / "skipped.jsonl").read_text("utf-8").splitlines()]
-            if len(vectors) != len(accepted) or manifest["seen"] != len(accepted) + len(skipped):
+            unstored = sum(manifest.get("not_stored", {}).values())
+            if len(vectors) != len(accepted) or manifest["seen"] != len(accepted) + len(skipped) + unstored:
                 raise ValueError(f"{len(vectors)} vectors, {len(accepted)} records, {len(skipped)} skipped of "
                                  f"{manifest['seen']} seen")
         except (OSError, ValueError, KeyError, TypeError) as e:
