@@ -349,3 +349,15 @@ def test_img2dataset_parquet_output_as_it_is(tmp_path, model_dir, photos):
     assert SearchIndex.open(out, str(model_dir)).search_image(photos["coffee"], 1)[0].key == f"00000.parquet/00000{coffee:04d}"
     assert json.loads(Store(out).get("source"))["spec"].endswith("{00000..00001}.parquet")
 
+
+
+def test_the_local_executor_never_imports_ray(tmp_path, model_dir, photos_dir):
+    code = ("import sys\nfrom dualtower.cli import main\n"
+            f"assert main(['index', {str(photos_dir)!r}, '--model', {str(model_dir)!r}, '--out', "
+            f"{str(tmp_path / 'index')!r}, '--workers', '0']) == 0\n"
+            "print('ray imported:', any(m == 'ray' or m.startswith('ray.') for m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0 and out.stdout.strip().endswith("ray imported: False"), out.stderr[-2000:]
+    merge = _run("index", "merge", "--help")
+    assert merge.returncode == 0 and merge.stdout.startswith("usage: dualtower index merge")
+    assert "index-merge" not in _run("--help").stdout
