@@ -5,7 +5,8 @@ machine's CPUs, and a simulated two-node cluster of one CPU a node), in one run:
 
 Ray's start-up is measured and reported apart: starting or joining the cluster, and the actors' own start
 (a new process importing torch, opening the model and checking its weights digest; the slowest actor's, as they
-open together) and the driver's opening of the model, as opening the model is outside the local time; the ratio with both included is printed too. Random weights (none can be downloaded here): speed does not depend on them.
+open together) and the driver's opening of the model, as opening the model is outside the local time; the ratio
+with both included is printed too. Random weights (none can be downloaded here): speed does not depend on them.
 """
 
 from __future__ import annotations

@@ -346,7 +346,8 @@ def test_img2dataset_parquet_output_as_it_is(tmp_path, model_dir, photos):
     assert report.seen == len(photos) + 2 and report.accepted == len(photos)
     assert dict(report.skipped) == {"missing image": 2}
     coffee = list(photos).index("coffee")  # in the first shard (the first three photos)
-    assert SearchIndex.open(out, str(model_dir)).search_image(photos["coffee"], 1)[0].key == f"00000.parquet/00000{coffee:04d}"
+    hit = SearchIndex.open(out, str(model_dir)).search_image(photos["coffee"], 1)[0]
+    assert hit.key == f"00000.parquet/00000{coffee:04d}"
     assert json.loads(Store(out).get("source"))["spec"].endswith("{00000..00001}.parquet")
 
 

@@ -11,9 +11,10 @@ from .base import BadSample, Sample, SkipStats, Source
 def open_source(spec: str, image_key: str = "image", caption_key: str = "caption", captions: bool = True) -> Source:
     """A source from a spec: `builtin:digits`, `builtin:digits:test`, `builtin:fashion-mnist[:test]`,
     a .csv/.tsv/.jsonl/.parquet captions file (its other columns are each record's fields; img2dataset's Parquet
-    output with the images inside, `out/{00000..00009}.parquet` for several), a folder of images with .txt captions, tar shards (`shards-{0..9}.tar`),
-    or `classes:DIR` (one sub-folder of images per class). `captions=False` (embedding images): an image whose
-    caption is missing, empty or unreadable is kept, with an empty caption."""
+    output with the images inside, `out/{00000..00009}.parquet` for several), a folder of images with .txt
+    captions, tar shards (`shards-{0..9}.tar`), or `classes:DIR` (one sub-folder of images per class).
+    `captions=False` (embedding images): an image whose caption is missing, empty or unreadable is kept, with an
+    empty caption."""
     if spec.startswith("builtin:"):
         from . import builtin
 

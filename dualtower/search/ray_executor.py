@@ -163,7 +163,8 @@ def run(units: list[Unit], todo: dict[str, "list | dict"], source, transform, op
         rows = [{"unit": u.id, "records": json.dumps(u.records), "todo": json.dumps(todo[u.id])} for u in units]
         ds = ray.data.from_items(rows, override_num_blocks=len(rows))
         ds = ds.map(_decoder(source_ref, transform, shards_dir, threads, deadline_s, keys), num_cpus=1)
-        ds = ds.map_batches(_Embed, batch_size=1, compute=ray.data.ActorPoolStrategy(size=report.actors), num_cpus=1, num_gpus=1 if gpu else 0,
+        ds = ds.map_batches(_Embed, batch_size=1, compute=ray.data.ActorPoolStrategy(size=report.actors),
+                            num_cpus=1, num_gpus=1 if gpu else 0,
                             fn_constructor_kwargs={"open_model": open_model, "identity": identity,
                                                    "shards_dir": shards_dir, "batch_size": batch_size})
         bar = None
