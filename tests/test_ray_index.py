@@ -22,7 +22,7 @@ from dualtower.data import Sample, Source
 from dualtower.errors import UserError
 from dualtower.search import SearchIndex, Store, build_index
 from dualtower.search.records import Records, prepare_all
-from dualtower.search.shards import ShardError, Shards, Unit
+from dualtower.search.cluster.shards import ShardError, Shards, Unit
 
 ray = pytest.importorskip("ray")  # the test set-up installs dualtower[ray]; a plain install has no Ray
 

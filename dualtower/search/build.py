@@ -112,13 +112,19 @@ def build_index(spec: str, model, out: "str | os.PathLike", engine: str = "auto"
         report.removed = store.remove(gone)
         store.set_fields(new_fields)
         _embed(store, source, todo, known, embedder, batch_size, workers, progress, report)
-        store.compact()
-        built = engines.ready(store, engine, save=True)
-        report.items, report.engine = store.count(), built.kind
-        report.seconds = time.monotonic() - started
+        finish(store, engine, report, started)
         return report
     finally:
         store.close()
+
+
+def finish(store: Store, engine: str, report, started: float) -> None:
+    """The end of every build (here, and a merge of shards): dead rows compacted away, the engine brought up to date
+    and saved; the index's size, its engine and the run's time in `report`."""
+    store.compact()
+    built = engines.ready(store, engine, save=True)
+    report.items, report.engine = store.count(), built.kind
+    report.seconds = time.monotonic() - started
 
 
 def backend_spec(name: str | None, uri: str | None, collection: str, out: Path) -> dict | None:

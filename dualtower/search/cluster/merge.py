@@ -14,10 +14,10 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from . import engines
-from .build import backend_spec
+from .. import engines
+from ..build import backend_spec, finish
 from .shards import Shards
-from .store import Store
+from ..store import Store
 
 
 @dataclass
@@ -70,10 +70,7 @@ def merge_shards(shards_dir: "str | os.PathLike", out: "str | os.PathLike", engi
             report.skipped += len(skipped)
         if keep is not None:
             report.removed = store.remove([k for k in store.known() if k not in keep])
-        store.compact()
-        built = engines.ready(store, engine, save=True)
-        report.items, report.engine = store.count(), built.kind
-        report.seconds = time.monotonic() - started
+        finish(store, engine, report, started)
         return report
     finally:
         store.close()

@@ -7,8 +7,8 @@ from collections import Counter
 
 import numpy as np
 
-from ..data import open_source
-from .records import DECODE_SECONDS, Records, listing, prepare_all, stat
+from ...data import open_source
+from ..records import DECODE_SECONDS, Records, listing, prepare_all, stat
 from .shards import Shards, ShardError, Unit
 
 _ACCEPTED = ("key", "path", "size", "mtime_ns", "sha256", "width", "height", "caption", "fields", "phash", "thumb")

@@ -10,13 +10,13 @@ from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ..data import open_source, sharded_files
-from . import engines
-from .build import backend_spec
+from ...data import open_source, sharded_files
+from .. import engines
+from ..build import backend_spec
 from .merge import MergeReport, merge_shards
-from .records import DECODE_SECONDS, listing, stat
+from ..records import DECODE_SECONDS, listing, stat
 from .shards import Shards
-from .store import Store
+from ..store import Store
 
 EXECUTORS = ("local", "ray")
 SHARD_SIZE = 1000

@@ -18,8 +18,8 @@ import logging
 import time
 from dataclasses import dataclass
 
-from ..errors import UserError, require
-from .shard_work import check_model, decode, decode_file, embed_and_write
+from ...errors import UserError, require
+from .work import check_model, decode, decode_file, embed_and_write
 from .shards import Shards, Unit
 
 log = logging.getLogger("dualtower.search")
@@ -125,8 +125,6 @@ def _quiet() -> None:
     ours and Ray's errors do not."""
     for name in ("ray", "ray.data"):
         logging.getLogger(name).setLevel(logging.ERROR)
-    for handler in logging.getLogger("ray.data").handlers:
-        handler.setLevel(logging.ERROR)
 
 
 def run(units: list[Unit], todo: dict[str, "list | dict"], source, transform, open_model, identity: dict,

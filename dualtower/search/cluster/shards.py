@@ -31,8 +31,8 @@ from pathlib import Path
 
 import numpy as np
 
-from .. import io
-from ..errors import UserError
+from ... import io
+from ...errors import UserError
 
 MODEL = "model.json"
 MANIFEST = "manifest.json"
