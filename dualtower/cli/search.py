@@ -58,19 +58,17 @@ def _cmd_index(args) -> int:
 
 def _index_on_ray(args) -> int:
     import functools
-    import os
-
-    import dualtower
 
     from .. import runtimes
+    from ..runtimes.pytorch import random_weights
     from ..search import build_index_ray
 
-    if not os.path.exists(args.model) and args.model in dualtower.list_architectures():
+    if random_weights(args.model):
         raise UserError(f"--model {args.model}: an architecture name opens random weights, different in every "
                         "process of the cluster; save a model (dualtower convert, or a checkpoint) and pass its path")
     open_model = functools.partial(runtimes.open, args.model, args.runtime, options(args))
     report = build_index_ray(args.data, open_model, args.out, shards_dir=args.shards,
-                             shard_size=args.shard_size or 1000, batch_size=args.batch_size, address=args.ray_address,
+                             shard_size=args.shard_size, batch_size=args.batch_size, address=args.ray_address,
                              cpus=args.cpus, actors=args.actors, threads=max(1, args.workers), engine=args.engine,
                              backend=args.backend, uri=args.uri, collection=args.collection, image_key=args.image_key,
                              caption_key=args.caption_key, model_source=model_source(args.model), progress=True)

@@ -43,10 +43,9 @@ def open_source(spec: str, image_key: str = "image", caption_key: str = "caption
 
         if "{" in spec:  # a brace pattern of lists (img2dataset's Parquet output: `out/{00000..00099}.parquet`)
             from .base import Joined
-            from .webdataset import expand_braces
 
             return Joined(os.path.basename(spec), [CaptionsFile(f, image_key=image_key, caption_key=caption_key,
-                                                                captions=captions) for f in expand_braces(spec)])
+                                                                captions=captions) for f in sharded_files(spec)])
         return CaptionsFile(spec, image_key=image_key, caption_key=caption_key, captions=captions)
     raise UserError(f"{spec}: not a built-in name, classes:DIR, a folder, a .csv/.tsv/.jsonl/.parquet captions file "
                      "or .tar shards")

@@ -74,14 +74,21 @@ def _digest(model) -> str:
     return weights_sha256(model)
 
 
-def load_model(spec: str, options):
-    """A DualEncoder from `spec`: anything `dualtower.load` reads, or an architecture name (random weights, said
-    to options.note), on options.device."""
+def random_weights(spec: str) -> bool:
+    """Whether `spec` is an architecture name (no file of that name): opened with random weights."""
     import os
 
     import dualtower
 
-    if not os.path.exists(spec) and spec in dualtower.list_architectures():
+    return not os.path.exists(spec) and spec in dualtower.list_architectures()
+
+
+def load_model(spec: str, options):
+    """A DualEncoder from `spec`: anything `dualtower.load` reads, or an architecture name (random weights, said
+    to options.note), on options.device."""
+    import dualtower
+
+    if random_weights(spec):
         if options.note is not None:
             options.note(f"note: {spec} is an architecture name; using random weights")
         model = dualtower.create_model(spec)

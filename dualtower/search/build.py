@@ -87,8 +87,7 @@ def build_index(spec: str, model, out: "str | os.PathLike", engine: str = "auto"
         store = create()
     try:
         store.add_folders(source.folders())
-        where = os.path.abspath(spec) if os.path.exists(spec) or ".tar" in spec else spec
-        store.remember("source", json.dumps({"spec": where, "image_key": image_key, "caption_key": caption_key}))
+        store.remember("source", source_record(spec, image_key, caption_key))
         report = BuildReport(seen=len(source), unreadable=list(source.unreadable), moved_aside=str(aside or ""))
         known, stored_fields = store.known(), store.stored_fields()
         seen_keys: set[str] = set()
@@ -116,6 +115,13 @@ def build_index(spec: str, model, out: "str | os.PathLike", engine: str = "auto"
         return report
     finally:
         store.close()
+
+
+def source_record(spec: str, image_key: str, caption_key: str) -> str:
+    """What an index keeps of the data it was built from (an update from the service reads it): a path made
+    absolute (a folder, a list, a pattern of shards or lists), a built-in name as it is."""
+    where = os.path.abspath(spec) if os.path.exists(spec) or ".tar" in spec or "{" in spec else spec
+    return json.dumps({"spec": where, "image_key": image_key, "caption_key": caption_key})
 
 
 def finish(store: Store, engine: str, report, started: float) -> None:

@@ -3,7 +3,7 @@ the Ray Data pipeline (ray_executor.py, imported only for `--executor ray`), the
 and the merge of shards into an index (merge.py). Another executor would be one more module beside
 ray_executor.py, taking the same units and publishing the same shards."""
 
-from .index import EXECUTORS, ClusterReport, build_index_ray
+from .index import ClusterReport, build_index_ray
 from .merge import MergeReport, merge_shards
 
-__all__ = ["EXECUTORS", "ClusterReport", "MergeReport", "build_index_ray", "merge_shards"]
+__all__ = ["ClusterReport", "MergeReport", "build_index_ray", "merge_shards"]

@@ -3,7 +3,6 @@ merge the shards into the index. Run again after any failure: only what is missi
 
 from __future__ import annotations
 
-import json
 import os
 import time
 from collections import Counter
@@ -12,13 +11,12 @@ from pathlib import Path
 
 from ...data import open_source, sharded_files
 from .. import engines
-from ..build import backend_spec
+from ..build import backend_spec, source_record
 from .merge import MergeReport, merge_shards
 from ..records import DECODE_SECONDS, listing, stat
 from .shards import Shards
 from ..store import Store
 
-EXECUTORS = ("local", "ray")
 SHARD_SIZE = 1000
 
 
@@ -48,7 +46,7 @@ class ClusterReport:
 
 
 def build_index_ray(spec: str, open_model, out: "str | os.PathLike", shards_dir: "str | os.PathLike | None" = None,
-                    shard_size: int = SHARD_SIZE, batch_size: int = 64, address: str | None = None,
+                    shard_size: int | None = None, batch_size: int = 64, address: str | None = None,
                     cpus: int | None = None, actors: int | None = None, threads: int = 2,
                     deadline_s: float = DECODE_SECONDS, engine: str = "auto", backend: str | None = None,
                     uri: str | None = None, collection: str = "dualtower", image_key: str = "image",
@@ -56,9 +54,9 @@ def build_index_ray(spec: str, open_model, out: "str | os.PathLike", shards_dir:
                     progress: bool = False) -> ClusterReport:
     """Create or update the index at `out` with the images of `spec`, embedded on a Ray cluster by the model
     `open_model()` opens (called here and once in every actor: it must open the same weights each time). Shards go
-    to `shards_dir` (default `OUT/shards`), `shard_size` records each; sharded data (tar shards, a pattern of
-    Parquet lists) goes a file a unit, each file listed by the worker that embeds it, so the driver's work and
-    the plan grow with the number of files, not of images."""
+    to `shards_dir` (default `OUT/shards`), `shard_size` records each (default SHARD_SIZE); sharded data (tar
+    shards, a pattern of Parquet lists) goes a file a unit, each file listed by the worker that embeds it, so the
+    driver's work and the plan grow with the number of files, not of images."""
     started = time.monotonic()
     engines.choose(engine, 0)
     embedder = open_model()  # a bad model fails before any work, here rather than in every actor
@@ -81,7 +79,7 @@ def build_index_ray(spec: str, open_model, out: "str | os.PathLike", shards_dir:
             size, mtime = stat(file)
             where[key] = (i, file)
             records.append((key, size, mtime))
-        units = shards.plan(records, shard_size)
+        units = shards.plan(records, shard_size or SHARD_SIZE)
         folders = source.folders()
     else:
         units = shards.plan([(os.path.abspath(f), *stat(f)) for f in files], 1)
@@ -98,11 +96,9 @@ def build_index_ray(spec: str, open_model, out: "str | os.PathLike", shards_dir:
                                       os.fspath(shards.path), batch_size, address, cpus, actors, threads,
                                       deadline_s, progress, (image_key, caption_key))
     del embedder
-    spec_path = os.path.abspath(spec) if os.path.exists(spec) or ".tar" in spec else spec
     report.merge = merge_shards(shards.path, out, engine, backend, uri, collection, folders,
                                 keep=set(where) if source is not None else None,
-                                source=json.dumps({"spec": spec_path, "image_key": image_key,
-                                                   "caption_key": caption_key}))
+                                source=source_record(spec, image_key, caption_key))
     if source is None:  # the counts of the files as they are now: their units' manifests
         for unit in units:
             manifest = shards.manifest(unit.id)

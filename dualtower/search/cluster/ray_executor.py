@@ -32,7 +32,6 @@ class RayRun:
     startup_s: float = 0.0  # connecting to (or starting) the cluster
     embed_s: float = 0.0  # the pipeline, first unit to last
     committed: int = 0  # shards published by this run
-    found: int = 0  # shards another attempt had published
     nodes: int = 0
     cpus: float = 0.0
     gpus: float = 0.0
@@ -178,7 +177,6 @@ def run(units: list[Unit], todo: dict[str, "list | dict"], source, transform, op
                 report.model_s += row["embed_s"]
                 report.open_s += row["open_s"]
                 report.open_max_s = max(report.open_max_s, row["open_s"])
-                report.found += not row["committed"]
                 if bar is not None:
                     bar.update(1)
         except ray.exceptions.RayError as e:
