@@ -70,15 +70,15 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     except KeyboardInterrupt as e:  # Ctrl-C, or SIGTERM (Terminated; a training run's Stopped says which)
         terminated = getattr(e, "signum", signal.SIGINT) == signal.SIGTERM
-        print(f"dualtower {args.command}: {'terminated' if terminated else 'interrupted'}", file=sys.stderr)
+        print(f"{args.parser.prog}: {'terminated' if terminated else 'interrupted'}", file=sys.stderr)
         return 143 if terminated else 130
     except Exception as e:  # every failure ends in one line naming the input and the problem; --debug: traceback
         if debug:
             raise
         user = is_user_error(e) or disk_full(e)
-        print(f"dualtower {args.command}: error: {shown(_describe(e))}", file=sys.stderr)
+        print(f"{args.parser.prog}: error: {shown(_describe(e))}", file=sys.stderr)
         if not user:
-            print(f"dualtower {args.command}: (run with --debug for the traceback)", file=sys.stderr)
+            print(f"{args.parser.prog}: (run with --debug for the traceback)", file=sys.stderr)
         return 2 if user else 1
 
 
