@@ -71,11 +71,12 @@ def matmul_graph(path: Path, k: int, n: int) -> None:
 
 def runtime_ceilings(tmp: Path, seconds: float) -> dict:
     """GFLOP/s (GOP/s for int8) of ONNX Runtime fp32 and int8 (dynamic quantisation, as the export writes) and of
-    OpenVINO fp32 and bf16 on the same products."""
+    OpenVINO fp32, bf16 and int8 (NNCF's static quantisation, as `export --format openvino` writes) on the same
+    products."""
     import onnxruntime as ort
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
-    out = {"onnx fp32": [], "onnx int8": [], "openvino fp32": [], "openvino bf16": []}
+    out = {"onnx fp32": [], "onnx int8": [], "openvino fp32": [], "openvino bf16": [], "openvino int8": []}
     try:
         import openvino as ov
     except ImportError:
@@ -94,6 +95,16 @@ def runtime_ceilings(tmp: Path, seconds: float) -> dict:
                 compiled = ov.Core().compile_model(str(fp32), "CPU", {"INFERENCE_PRECISION_HINT": hint,
                                                                         "PERFORMANCE_HINT": "LATENCY"})
                 out[name].append(best_rate(lambda c=compiled: c({"x": x}), work, seconds / len(SHAPES)))
+            try:
+                import nncf
+
+                from dualtower.openvino_ir import _quiet
+            except ImportError:
+                continue
+            with _quiet():
+                quantised = nncf.quantize(ov.convert_model(str(fp32)), nncf.Dataset([{"x": x[:64]}]), subset_size=1)
+            compiled = ov.Core().compile_model(quantised, "CPU", {"PERFORMANCE_HINT": "LATENCY"})
+            out["openvino int8"].append(best_rate(lambda c=compiled: c({"x": x}), work, seconds / len(SHAPES)))
     return {k: max(v) for k, v in out.items() if v}
 
 
@@ -126,9 +137,8 @@ def tower_paths(name: str, tmp: Path, batch: int):
     peer = open_clip.create_model(arch).eval()
     ours = dualtower.create_model(arch, seed=0).eval().reparameterize()  # a conv tower folded; a ViT as it is
     image = name != "text"
-    if image:
-        size = ours.cfg.vision.image_size
-        pixels = torch.randn(batch, 3, size, size)
+    if image:  # real photos: a statically quantised graph's cosine means something only on what it was made for
+        pixels = torch.from_numpy(photo_pixels(ours, batch))
         inputs, encode, peer_encode = pixels, "encode_image", peer.encode_image
     else:
         inputs = dualtower.get_tokenizer(ours)(sentences(batch))
@@ -154,9 +164,37 @@ def tower_paths(name: str, tmp: Path, batch: int):
     try:
         for hint in ("fp32", "bf16"):
             paths[f"ours openvino {hint}"] = (run(OpenVinoModel(exports["fp32"], precision=hint)), f"openvino {hint}")
+        import importlib.util
+
+        if importlib.util.find_spec("nncf") is None:  # the int8 export needs it
+            raise ImportError("nncf")
+        folder = tmp / f"{arch}-openvino-int8"
+        if not folder.exists():
+            export(ours, folder, format="openvino", precision="int8")
+        paths["ours openvino int8"] = (run(OpenVinoModel(folder)), "openvino int8")
     except ImportError:
         pass
     return ("images/s" if image else "texts/s"), batch, work, paths, ours, inputs, encode
+
+
+def photo_pixels(model, batch: int) -> np.ndarray:
+    """(batch, 3, S, S) float32: skimage's bundled photos (and crops of them) through the model's preprocessing."""
+    import skimage.data
+    from PIL import Image
+
+    from dualtower.images import ArrayTransform
+
+    names = ("astronaut", "coffee", "chelsea", "rocket", "motorcycle_left", "hubble_deep_field", "immunohistochemistry",
+             "retina", "cat", "page")
+    photos = [Image.fromarray(getattr(skimage.data, n)()).convert("RGB") for n in names if hasattr(skimage.data, n)]
+    transform, out = ArrayTransform(model.cfg.preprocess), []
+    while len(out) < batch:
+        photo = photos[len(out) % len(photos)]
+        w, h = photo.size
+        cut = len(out) // len(photos) * 0.1  # the photo, then ever tighter centre crops
+        out.append(transform(photo.crop((int(w * cut / 2), int(h * cut / 2), int(w * (1 - cut / 2)),
+                                         int(h * (1 - cut / 2))))))
+    return np.stack(out).astype(np.float32)
 
 
 def auto_pick(ours, inputs, encode, name: str):
@@ -299,6 +337,9 @@ def queries(arch: str, tmp: Path) -> None:
         for hint in ("fp32", "bf16"):
             rt = OpenVinoModel(tmp / f"{arch}-fp32", precision=hint, spinning=False)
             paths[f"ours openvino {hint}"] = lambda rt=rt: rt.encode_text(ids.numpy())
+        if (tmp / f"{arch}-openvino-int8").exists():  # made by the tower rows above
+            rt = OpenVinoModel(tmp / f"{arch}-openvino-int8", spinning=False)
+            paths["ours openvino int8"] = lambda rt=rt: rt.encode_text(ids.numpy())
     except ImportError:
         pass
     causal = "causal: cut after its end-of-text token" if model.cfg.text.causal else "no causal mask: all 77 tokens"

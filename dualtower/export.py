@@ -29,7 +29,6 @@ are the caller's to refuse (the runtime does) since a graph cannot raise.
 from __future__ import annotations
 
 import copy
-import math
 import os
 import shutil
 import time
@@ -40,13 +39,13 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from . import io, lowering
+from . import export_readme, io, lowering, openvino_ir
 from .checkpoint import weights_sha256
 from .config import ConvVisionConfig
 from .errors import UserError, require
 from .export_format import FORMAT_NAME, PRECISIONS, VERSION, _inside, read_config
 
-FORMATS = ("onnx", "torch-export")
+FORMATS = ("onnx", "openvino", "torch-export")
 
 
 class ImageGraph(nn.Module):
@@ -119,6 +118,9 @@ def export(model, out: "str | os.PathLike", format: str = "onnx", precision: str
         raise UserError(f"precision {precision!r} is not one of {PRECISIONS}")
     if format == "torch-export" and precision != "fp32":
         raise UserError("torch-export writes fp32 programs; --precision is for ONNX")
+    if format == "openvino" and precision not in ("fp32", "int8"):
+        raise UserError(f"openvino writes fp32 or int8 models, not {precision} (OpenVINO runs fp32 in bf16 by itself "
+                        "on processors with bf16 units)")
     if aot and format != "torch-export":
         raise UserError("aot (AOTInductor packages) is for format torch-export")
     if aot and shutil.which(os.environ.get("CXX", "c++")) is None:
@@ -163,6 +165,14 @@ def export(model, out: "str | os.PathLike", format: str = "onnx", precision: str
                     lowering.quantize_conv(path, lowering.calibration_pixels(model.cfg, calibration))
                 elif precision != "fp32":
                     lowering.lower(path, precision)
+            elif format == "openvino":
+                onnx_path, path = tmp / f"{name}.onnx", tmp / f"{name}.xml"
+                _to_onnx(graph, example, input_name, output_name, onnx_path, opset, name == "text")
+                samples = None if precision == "fp32" else openvino_ir.image_samples(model, calibration) \
+                    if name == "image" else openvino_ir.text_samples(model)
+                openvino_ir.convert(onnx_path, path, precision, samples, transformer=not (name == "image" and conv))
+                onnx_path.unlink()
+                files[path.with_suffix(".bin").name] = path.with_suffix(".bin").stat().st_size
             else:
                 path = tmp / f"{name}.pt2"
                 dims = _dims(example, name == "text", graph)
@@ -180,6 +190,8 @@ def export(model, out: "str | os.PathLike", format: str = "onnx", precision: str
 
         record = probes.save(as_embedder(model), tmp)  # the fp32 reference every runtime is held to
         _write_side_files(model, tmp, out.name, format, precision, normalize, opset, graphs, aot, digest, record)
+        if format == "openvino" and precision == "int8":
+            openvino_ir.check(tmp)
     report = ExportReport(out, files, time.monotonic() - started)
     return report
 
@@ -323,10 +335,10 @@ def _write_side_files(model, directory: Path, name: str, format: str, precision:
 
     cfg = model.cfg
     dynamic = "image" in graphs and graphs["image"][0].dynamic_size
-    ext = "onnx" if format == "onnx" else "pt2"
+    ext = {"onnx": "onnx", "openvino": "xml"}.get(format, "pt2")
     io.write_json(directory / "config.json", {
         "format": FORMAT_NAME, "version": VERSION, "runtime": format, "precision": precision,
-        "normalized": normalize, "opset": opset if format == "onnx" else None,
+        "normalized": normalize, "opset": opset if format != "torch-export" else None,
         "dynamic_size": dynamic,
         "graphs": {name: {"file": f"{name}.{ext}", "input": g[2], "output": g[3],
                           **({"aoti": f"{name}.aoti.pt2"} if aot else {})} for name, g in graphs.items()},
@@ -348,48 +360,12 @@ def _write_side_files(model, directory: Path, name: str, format: str, precision:
             from .tokenizers import get_tokenizer
 
             files = get_tokenizer(cfg).hf_files()  # a fast tokenizer.json: no BPE to rebuild in another runtime
-            for name in ("tokenizer.json", "special_tokens_map.json"):
-                (directory / name).write_text(files[name], encoding="utf-8")
+            for file in ("tokenizer.json", "special_tokens_map.json"):
+                (directory / file).write_text(files[file], encoding="utf-8")
         else:  # SentencePiece, or SigLIP 2's tokenizer.json: the export embeds text with them
             from .origin import tokenizer_files
 
-            for name, path in tokenizer_files(model).items():
-                shutil.copyfile(path, directory / name)
-    p = cfg.preprocess
-    side = p.image_size if p.crop_pct == 1 else math.floor(p.image_size / p.crop_pct)
-    left = f"(W - {p.image_size}) // 2" if p.center_crop == "floor" else f"round((W - {p.image_size}) / 2)"
-    resize = (f"the shortest side to {side} and the other to floor({side} x long / short), truncated, not rounded "
-              f"({p.interpolation}); then the center {p.image_size} x {p.image_size}, its left edge at {left} "
-              "for the resized width W (the top likewise)" if p.resize_mode == "shortest" else
-              f"to the largest grid of {p.patch_size}-pixel patches of the image's own aspect ratio that holds at "
-              f"most {p.max_patches} patches ({p.interpolation}; transformers' Siglip2 image processor does the "
-              "same); cut into patches row-major over the grid, each patch's pixels row-major with the channels "
-              "last; pad a batch to its longest image, pixel_attention_mask 1 for a patch and 0 for padding, "
-              "spatial_shapes each image's (rows, columns)" if p.resize_mode == "naflex" else
-              f"both sides to {p.image_size} ({p.interpolation})")
-    texts = ("tokenizer.json gives the ids with the `tokenizers` library in any language (equal to ours on plain "
-             "text; ours also repairs mojibake and HTML entities with ftfy)" if cfg.tokenizer == "clip-bpe"
-             else "the tokenizer files beside the graphs give the ids")
-    scaled = "L2-normalised" if normalize else "not normalised (divide each row by its L2 norm before comparing)"
-    sized = ", image height and width too" if dynamic else ""
-    listing = "".join(f"- `{name}.{ext}`: `{', '.join(g[2]) if isinstance(g[2], list) else g[2]}` -> `{g[3]}`\n"
-                      for name, g in graphs.items())
-    io.write_text(directory / "README.md", f"""# {cfg.name}, exported by dualtower ({format}, {precision})
-
-Run with ONNX Runtime and no PyTorch: `pip install onnxruntime numpy pillow`, and for the tokenizer and the
-image preprocessing `pip install --no-deps dualtower` plus `tokenizers ftfy regex sentencepiece`. Then:
-
-    import dualtower.onnx
-    model = dualtower.onnx.load("{name}")
-    image_embeds = model.embed_images([PIL.Image.open("cat.jpg")])   # (N, {cfg.embed_dim})
-    text_embeds = model.embed_texts(["a photo of a cat"])              # (N, {cfg.embed_dim})
-
-Graphs (batch and text length dynamic{sized}):
-{listing}
-Image preprocessing, if you write your own: RGB; resize {resize};
-scale to 0..1, subtract mean {list(p.mean)}, divide by std {list(p.std)};
-channels first, float32. Texts: {texts}. Outputs are {scaled}. config.json holds the model config.
-
-This folder is dualtower's own layout, not a transformers model directory: optimum's `ORTModel.from_pretrained`
-expects a config.json with a transformers `model_type` and is not the way to run it; plain onnxruntime is.
-""")
+            for file, path in tokenizer_files(model).items():
+                shutil.copyfile(path, directory / file)
+    readme = export_readme.text(cfg, name, format, precision, normalize, graphs, ext, dynamic)
+    io.write_text(directory / "README.md", readme)

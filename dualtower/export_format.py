@@ -16,15 +16,21 @@ FORMAT_NAME = "dualtower-export"
 VERSION = 1
 
 
-def read_config(directory: "str | os.PathLike", runtime: str) -> dict:
+def read_config(directory: "str | os.PathLike", runtime: "str | tuple[str, ...]") -> dict:
     """An export folder's config.json, checked field by field (the types this exporter writes, finite numbers,
-    graph files inside the folder) before anything runs on it; ValueError naming the file and the field."""
+    graph files inside the folder) before anything runs on it; ValueError naming the file and the field.
+    `runtime`: the export format(s) the caller runs ("onnx", "openvino", "torch-export")."""
     path = Path(directory) / "config.json"
     if not path.is_file():
         raise UserError(f"{directory}: not a dualtower export (no config.json)")
     meta = io.read_json(path)
-    if not isinstance(meta, dict) or meta.get("format") != FORMAT_NAME or meta.get("runtime") != runtime:
-        raise UserError(f"{path}: not a dualtower {runtime} export")
+    accepted = (runtime,) if isinstance(runtime, str) else tuple(runtime)
+    if not isinstance(meta, dict) or meta.get("format") != FORMAT_NAME:
+        raise UserError(f"{path}: not a dualtower {' or '.join(accepted)} export")
+    if meta.get("runtime") not in accepted:
+        hint = {"openvino": "; run it with --runtime openvino", "onnx": "; run it with --runtime onnx (or openvino)"}
+        raise UserError(f"{path}: a dualtower {meta.get('runtime')} export, not {' or '.join(accepted)}"
+                        f"{hint.get(meta.get('runtime'), '')}")
 
     def bad(field: str, why: str):
         raise UserError(f"{path}: {field} {json.dumps(meta.get(field))[:60]} {why}")

@@ -12,13 +12,21 @@ from .errors import UserError, require
 
 
 def calibration_pixels(cfg, calibration):
-    """(N, 3, S, S) float32: the calibration images through the model's eval preprocessing. By default
-    scikit-learn's two sample photos (a temple, a flower), each as the whole photo and eight crops."""
+    """(N, 3, S, S) float32: `calibration_images` through the model's eval preprocessing."""
     import numpy as np
 
-    from .images import ArrayTransform, ImageDecodeError, open_image
+    from .images import ArrayTransform
 
     transform = ArrayTransform(cfg.preprocess)
+    return np.stack([transform(im) for im in calibration_images(calibration)]).astype(np.float32)
+
+
+def calibration_images(calibration) -> list:
+    """The images an int8 export calibrates its activation ranges on: the files `calibration` names (a bad one
+    skipped, counted and logged), or by default scikit-learn's two sample photos (a temple, a flower), each as
+    the whole photo and eight crops."""
+    from .images import ImageDecodeError, open_image
+
     if calibration:
         images, skipped = [], []
         for path in calibration:
@@ -31,25 +39,24 @@ def calibration_pixels(cfg, calibration):
                                                           skipped[0])
         if not images:
             raise UserError(f"calibration: none of the {len(skipped)} files is an image read here")
-    else:
-        try:
-            from sklearn.datasets import load_sample_images
-        except ImportError:
-            raise UserError("int8 export of a convolutional tower calibrates its activations on images: pass "
-                            "--calibration with a few dozen of your photos (or install scikit-learn, whose sample "
-                            "photos are the default)") from None
-        from PIL import Image
+        return images
+    try:
+        from sklearn.datasets import load_sample_images
+    except ImportError:
+        raise UserError("an int8 export calibrates its activations on images: pass --calibration with a few dozen "
+                        "of your photos (or install scikit-learn, whose sample photos are the default)") from None
+    from PIL import Image
 
-        images = []
-        for array in load_sample_images().images:
-            photo = Image.fromarray(array)
-            w, h = photo.size
-            images.append(photo)
-            for i in range(8):  # crops at two scales across the photo
-                side = int(min(w, h) * (0.5 if i < 4 else 0.75))
-                x, y = (w - side) * (i % 4) // 3, (h - side) * ((i // 2) % 2)
-                images.append(photo.crop((x, y, x + side, y + side)))
-    return np.stack([transform(im) for im in images]).astype(np.float32)
+    images = []
+    for array in load_sample_images().images:
+        photo = Image.fromarray(array)
+        w, h = photo.size
+        images.append(photo)
+        for i in range(8):  # crops at two scales across the photo
+            side = int(min(w, h) * (0.5 if i < 4 else 0.75))
+            x, y = (w - side) * (i % 4) // 3, (h - side) * ((i // 2) % 2)
+            images.append(photo.crop((x, y, x + side, y + side)))
+    return images
 
 
 def quantize_conv(path: Path, pixels) -> None:

@@ -173,3 +173,46 @@ def test_open_clip_hub_configs_name_each_architecture():
     for name in FAST + SLOW:
         cfg = decode_model_cfg(open_clip.get_model_config(name), f"laion-like/CLIP-{name}")
         assert cfg.vision == get_config(name).vision and cfg.embed_dim == get_config(name).embed_dim, name
+
+
+@pytest.mark.parametrize("timm_name, ours, size", [("convnext_base.clip_laion2b", "convnext_base_w", 256),
+                                                    ("convnext_base.clip_laiona_320", "convnext_base_w_320", 320),
+                                                    ("convnext_large_mlp.clip_laion2b_ft_320", "convnext_large_d_320",
+                                                     320)])
+def test_timm_hub_layout_names_its_config_and_matches_timm(timm_name, ours, size, tmp_path):
+    """timm's own Hub repos of the CLIP image towers (timm/convnext_base.clip_laion2b, ...): config.json names a
+    trunk several of our configs share; the projection width, the image size and the `_mlp` head pick the one, and
+    model_args (here smaller stages) apply over it. Equal to timm, preprocessing as its pretrained config."""
+    from timm.data import resolve_data_config
+    from timm.models._hub import save_for_hf
+
+    args = dict(depths=(1, 1, 2, 1), dims=(8, 16, 24, 32))
+    torch.manual_seed(0)
+    ref = perturb(timm.create_model(timm_name, pretrained=False, **args)).eval()
+    with torch.no_grad():
+        ref.head.fc.bias.zero_()  # timm's CLIP towers: open_clip's projection, with a zero bias
+    save_for_hf(ref, str(tmp_path / "repo"), model_args=args, safe_serialization=True)
+    model = dualtower.load(tmp_path / "repo")
+    assert model.text is None and model.cfg.vision.layers == (1, 1, 2, 1) and model.cfg.vision.image_size == size
+    assert model.cfg.embed_dim == get_config(ours).embed_dim
+    assert bool(model.cfg.vision.head_hidden) == ("_mlp" in timm_name)
+    data = resolve_data_config({}, model=ref)
+    p = model.cfg.preprocess
+    assert (p.mean, p.std, p.interpolation, p.image_size) == (data["mean"], data["std"], data["interpolation"], size)
+    pixels = _pixels(size)
+    with torch.no_grad():
+        assert_close(model.encode_image(pixels), ref(pixels), timm_name)
+
+
+def test_timm_hub_layout_refuses_what_it_does_not_build(tmp_path):
+    from dualtower.convert.timm.hub import config_from_timm
+
+    base = {"architecture": "convnext_base", "num_classes": 640, "pretrained_cfg": {"input_size": [3, 256, 256]}}
+    assert config_from_timm(base, "x").name == "convnext_base"
+    with pytest.raises(Exception, match="timm architecture 'convnext_huge' is not one dualtower builds; known: .*"
+                                        "convnext_large_mlp"):
+        config_from_timm({**base, "architecture": "convnext_huge"}, "x")
+    with pytest.raises(Exception, match="model_args dualtower does not build for a ConvNeXt: \\['conv_mlp'\\]"):
+        config_from_timm({**base, "model_args": {"conv_mlp": True}}, "x")
+    with pytest.raises(Exception, match="num_classes 0 keeps the MLP head's hidden layer"):
+        config_from_timm({**base, "architecture": "convnext_large_mlp", "num_classes": 0}, "x")

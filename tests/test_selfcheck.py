@@ -215,3 +215,58 @@ def test_the_runtimes_of_exports_say_what_precision_they_run_at(tmp_path):
     expected = "bf16" if auto.bf16_units(torch.device("cpu")) else "fp32"
     assert on_openvino.precision == expected and len(said) == 1
     assert said[0].startswith(f"precision auto: OpenVINO runs {tmp_path / 'x'} at {expected} (") and "probes image" in said[0]
+
+
+def test_runtime_auto_runs_an_export_on_the_faster_runtime_and_keeps_the_measurement(tmp_path, cache):
+    """An ONNX export runs on ONNX Runtime or OpenVINO: both open it (passing their self-checks), are timed once on
+    the probes, and the faster on the tower the command leans on wins (images for a batch command, texts for a
+    service); a later start reads the rates back. A checkpoint stays on PyTorch; an export both refuse is named."""
+    from dualtower.export import export
+
+    pytest.importorskip("openvino")
+    export(_tiny(), tmp_path / "x")
+    spec, said = str(tmp_path / "x"), []
+    options = runtimes.OpenOptions(precision="auto", note=said.append)
+    first = runtimes.open(spec, "auto", options)
+    assert first.runtime in ("onnx", "openvino") and len(said) == 1
+    assert said[0].startswith(f"runtime auto: {first.runtime} ({first.precision}), ") and "measured now" in said[0]
+    assert "image rate" in said[0] and "probes image" in said[0]
+    (key, rates), = [(k, v) for k, v in json.loads(cache.read_text()).items() if k.startswith("runtime:")]
+    assert set(rates) == {"onnx", "openvino", "when"} and all(r > 0 for n in ("onnx", "openvino")
+                                                              for r in rates[n].values())
+    # the choice follows the rates: made so that OpenVINO embeds images faster and ONNX Runtime texts
+    seeded = {**rates, "onnx": {"image": 1.0, "text": 100.0}, "openvino": {"image": 100.0, "text": 1.0}}
+    cache.write_text(json.dumps({key: seeded}))
+    said.clear()
+    assert runtimes.open(spec, "auto", options).runtime == "openvino"
+    service = runtimes.OpenOptions(precision="auto", note=said.append, service=True)
+    assert runtimes.open(spec, "auto", service).runtime == "onnx"
+    assert "100.00x openvino's text rate, cached" in said[1] and "100.00x onnx's image rate, cached" in said[0]
+
+    said.clear()
+    dualtower.save(_tiny(), tmp_path / "ckpt")
+    assert runtimes.open(str(tmp_path / "ckpt"), "auto", runtimes.OpenOptions(precision="fp32", note=said.append)
+                         ).runtime == "torch"
+    assert said[-1].startswith("runtime auto: torch (a checkpoint runs on PyTorch")
+    _corrupt(tmp_path / "x" / "image.onnx")
+    with pytest.raises(UserError, match="no runtime installed runs it here: .*ONNX Runtime.*refused by the self-check"
+                                        ".*OpenVINO.*refused by the self-check"):
+        runtimes.open(spec, "auto", options)
+
+
+def test_the_commands_take_runtime_auto(tmp_path, cache, capsys):
+    from dualtower.export import export
+
+    pytest.importorskip("openvino")
+    model = _tiny()
+    export(model, tmp_path / "x")
+    (tmp_path / "photos").mkdir()
+    for i, im in enumerate(probes.images()):
+        im.save(tmp_path / "photos" / f"{i}.png")
+    assert main(["index", str(tmp_path / "photos"), "--model", str(tmp_path / "x"), "--runtime", "auto",
+                 "--out", str(tmp_path / "index")]) == 0
+    assert capsys.readouterr().err.count("runtime auto: ") == 1
+    # the index's own model, opened on the fastest runtime again (no --model needed)
+    assert main(["search", str(tmp_path / "index"), "a photo of a cat", "--runtime", "auto", "--json"]) == 0
+    out = capsys.readouterr()
+    assert len(json.loads(out.out)) == 4 and "runtime auto: " in out.err and ", cached" in out.err

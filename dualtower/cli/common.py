@@ -80,12 +80,14 @@ def inference_args(p) -> None:
 
 
 def runtime_arg(p) -> None:
-    from ..runtimes import RUNTIMES
+    from ..runtimes import CHOICES
 
-    p.add_argument("--runtime", choices=list(RUNTIMES), default="torch",
+    p.add_argument("--runtime", choices=list(CHOICES), default="torch",
                    help="onnx: --model is a folder from `dualtower export`, run on ONNX Runtime without torch; "
-                        "openvino: the same folder on OpenVINO (pip install 'dualtower[openvino]'), whose --precision "
-                        "auto runs the products in bf16 on AMX or AVX512-BF16 processors")
+                        "openvino: the same folder, or an `--format openvino` one, on OpenVINO (pip install "
+                        "'dualtower[openvino]'), whose --precision auto runs the products in bf16 on AMX or "
+                        "AVX512-BF16 processors; auto: the fastest runtime installed that runs --model, measured "
+                        "once per machine and said")
 
 
 def options(args, service: bool = False):

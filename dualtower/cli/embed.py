@@ -189,23 +189,29 @@ def _cmd_export(args) -> int:
 
 
 def add_export(sub) -> None:
-    p = sub.add_parser("export", help="export the towers for deployment: ONNX (ONNX Runtime) or torch.export")
+    p = sub.add_parser("export", help="export the towers for deployment: ONNX (ONNX Runtime), OpenVINO or "
+                                      "torch.export")
     p.add_argument("model", nargs="?", help="a checkpoint, hf-hub:ORG/NAME, a name from `dualtower models`, or an "
                                             "architecture name for random weights (or give it as --model)")
     p.add_argument("out", nargs="?", help="the folder to write (image.onnx, text.onnx, config.json, tokenizer files, "
                                           "README)")
     p.add_argument("--model", dest="model_option", metavar="MODEL", help="the model, as every other command takes it")
     p.add_argument("--arch", help="the architecture of a bare state dict checkpoint")
-    p.add_argument("--format", choices=["onnx", "torch-export"], default="onnx", help="what to write")
+    p.add_argument("--format", choices=["onnx", "openvino", "torch-export"], default="onnx",
+                   help="what to write: ONNX graphs (ONNX Runtime, or OpenVINO from them), OpenVINO's own models "
+                        "(.xml/.bin; int8 quantised by OpenVINO, pip install 'dualtower[nncf]'), or torch.export "
+                        "programs")
     p.add_argument("--lowering", "--precision", dest="lowering", choices=["fp32", "fp16", "int8"], default="fp32",
                    help="ONNX: fp16 weights and activations, or int8 (dynamic quantisation of the matrix products; "
-                        "a convolutional tower's dense convolutions static, see --calibration); --precision is its "
-                        "older name")
+                        "a convolutional tower's dense convolutions static, see --calibration); openvino: fp32, or "
+                        "int8 by NNCF calibrated on images (--calibration) and built-in captions, the fastest on "
+                        "processors with VNNI or AMX; --precision is its older name")
     p.add_argument("--normalize", action="store_true", help="L2-normalise the embeddings inside the graphs")
     p.add_argument("--opset", type=count(7, 30), help="the ONNX opset (default 20: one Gelu op per GELU)")
     p.add_argument("--calibration", metavar="PATH", nargs="+",
-                   help="int8 of a convolutional tower (MobileCLIP S0-S4): images or folders of images its "
-                        "activation ranges are calibrated on (default: scikit-learn's sample photos)")
+                   help="int8 of a convolutional tower (MobileCLIP S0-S4), or any OpenVINO int8: images or "
+                        "folders of images the activation ranges are calibrated on (default: scikit-learn's "
+                        "sample photos)")
     p.add_argument("--dynamic-size", action="store_true",
                    help="image graph for any height and width (positional embeddings resized in the graph)")
     p.add_argument("--aot", action="store_true", help="torch-export: also compile AOTInductor packages "

@@ -208,7 +208,7 @@ def detect(probe: Probe) -> Format:
         if isinstance(meta, dict) and meta.get("format") == FORMAT_NAME:
             runtime = meta.get("runtime")
             raise CheckpointError(f"{probe.path}: an export for {runtime} (`dualtower export`), not a checkpoint"
-                                  + ("; run it with --runtime onnx" if runtime == "onnx" else ""))
+                                  + (f"; run it with --runtime {runtime}" if runtime in ("onnx", "openvino") else ""))
         detail = f" (config.json model_type {probe.model_type!r})" if probe.is_directory else ""
         raise CheckpointError(f"{probe.path}: no known format recognises this {what}{detail}; known formats: "
                               f"{', '.join(sorted(FORMATS))} (`dualtower convert --help` says what each holds)")

@@ -20,6 +20,7 @@ from ..errors import UserError
 from .base import Embedder, length_batches, normalize
 
 RUNTIMES = {"torch": "pytorch", "onnx": "onnx", "openvino": "openvino"}  # --runtime name -> module in this package
+CHOICES = (*RUNTIMES, "auto")  # auto: the fastest of them that runs the model (fastest.py)
 
 
 @dataclass(frozen=True)
@@ -39,18 +40,19 @@ class OpenOptions:
 
 
 def open(spec: str, runtime: str = "torch", options: OpenOptions | None = None) -> Embedder:  # noqa: A001
-    """The Embedder of `spec` (a checkpoint, Hub name or architecture name for torch; an export folder for onnx)."""
-    if runtime not in RUNTIMES:
-        raise UserError(f"runtime {runtime!r} is not one of {', '.join(RUNTIMES)}")
+    """The Embedder of `spec` (a checkpoint, Hub name or architecture name for torch; an export folder for onnx and
+    openvino) on `runtime`, or on the fastest that runs it for "auto"."""
+    if runtime not in CHOICES:
+        raise UserError(f"runtime {runtime!r} is not one of {', '.join(CHOICES)}")
     options = options or OpenOptions()
-    module = importlib.import_module(f".{RUNTIMES[runtime]}", __name__)
+    module = importlib.import_module(f".{RUNTIMES.get(runtime, 'fastest')}", __name__)
     embedder = module.open(spec, options)
     embedder.language = options.language
     return embedder
 
 
 def runtime_of(spec: str) -> str:
-    """The runtime a model spec is for: "onnx" for a folder `dualtower export` wrote for ONNX Runtime, else
+    """The runtime a model spec is for: "onnx" or "openvino" for a folder `dualtower export` wrote for one, else
     "torch" (checkpoints, Hub names, architecture names)."""
     import json
     from pathlib import Path
@@ -61,8 +63,8 @@ def runtime_of(spec: str) -> str:
         meta = json.loads((Path(spec) / "config.json").read_text(encoding="utf-8"))
     except (OSError, ValueError):
         return "torch"
-    exported = isinstance(meta, dict) and meta.get("format") == FORMAT_NAME and meta.get("runtime") == "onnx"
-    return "onnx" if exported else "torch"
+    exported = isinstance(meta, dict) and meta.get("format") == FORMAT_NAME
+    return meta["runtime"] if exported and meta.get("runtime") in ("onnx", "openvino") else "torch"
 
 
 def as_embedder(model) -> Embedder:
@@ -74,4 +76,4 @@ def as_embedder(model) -> Embedder:
     return TorchEmbedder(model)
 
 
-__all__ = ["RUNTIMES", "Embedder", "OpenOptions", "as_embedder", "length_batches", "normalize", "open", "runtime_of"]
+__all__ = ["CHOICES", "RUNTIMES", "Embedder", "OpenOptions", "as_embedder", "length_batches", "normalize", "open", "runtime_of"]

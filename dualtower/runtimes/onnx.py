@@ -32,16 +32,17 @@ class OnnxModel(Embedder):
         from ..export_format import read_config
 
         self.directory = Path(directory)
-        meta = read_config(self.directory, "onnx")  # every field checked: a string "false" is not False
+        meta = read_config(self.directory, self.formats)  # every field checked: a string "false" is not False
         self.meta = meta
         super().__init__(ModelConfig.from_dict(meta["model"]),
-                         Origin.of_folder(self.directory, "onnx", weights_sha256=meta.get("weights_sha256")))
+                         Origin.of_folder(self.directory, meta["runtime"], weights_sha256=meta.get("weights_sha256")))
         self.normalized = bool(meta.get("normalized"))
         self.sessions = {}
         for name, graph in meta["graphs"].items():
             path = self.directory / graph["file"]
-            if not path.is_file():
-                raise UserError(f"{self.directory}: {graph['file']} is missing")
+            for needed in (path, path.with_suffix(".bin")) if path.suffix == ".xml" else (path,):
+                if not needed.is_file():
+                    raise UserError(f"{self.directory}: {needed.name} is missing")
             self.sessions[name] = path
         self.sessions = self.compile(self.sessions, threads=threads, providers=providers, spinning=spinning)
         self.transform = None if self.cfg.vision is None else NaFlexArrayTransform(self.cfg.preprocess) \
@@ -51,6 +52,7 @@ class OnnxModel(Embedder):
     # ---------------------------------------------------------------- what another runtime of exports replaces
 
     runtime_name = "ONNX Runtime"
+    formats = ("onnx",)  # the export folders it runs (config.json's "runtime")
 
     @property
     def precision(self) -> str:

@@ -46,18 +46,22 @@ def images(size: int = 256) -> list:
     return [Image.fromarray((np.clip(a, 0, 1) * 255).round().astype(np.uint8), "RGB") for a in arrays]
 
 
-def text_ids(embedder) -> np.ndarray:
-    """(4, L) int64: TEXTS through the model's tokenizer; for a model that came without its tokenizer files (a
-    SentencePiece model made from a config), fixed ids of its vocabulary, each row ended as its pooling rule wants."""
+def text_ids(embedder, texts=TEXTS) -> np.ndarray:
+    """(len(texts), L) int64: `texts` through the model's tokenizer; for a model that came without its tokenizer
+    files (a SentencePiece model made from a config), fixed ids of its vocabulary, each row ended as its pooling rule
+    wants."""
     try:
-        return np.asarray(embedder.tokenizer.numpy(list(TEXTS)), np.int64)
+        return np.asarray(embedder.tokenizer.numpy(list(texts)), np.int64)
     except UserError:
         cfg = embedder.cfg.text
         length = min(cfg.context_length, 16)
-        ids = np.random.default_rng(7).integers(1, max(2, min(cfg.vocab_size, 1000)), (len(TEXTS), length))
+        rng = np.random.default_rng(7)
+        ids = rng.integers(1, max(2, min(cfg.vocab_size, 1000)), (len(texts), length))
         if cfg.pool == "eot":
             ids[ids == cfg.eot_id] = 1
-            ids[np.arange(len(TEXTS)), [length - 1, length // 2, 3 % length, 1 % length]] = cfg.eot_id
+            ends = [length - 1, length // 2, 3 % length, 1 % length]
+            ends += list(rng.integers(1, length, max(0, len(texts) - len(ends))))
+            ids[np.arange(len(texts)), ends[:len(texts)]] = cfg.eot_id
         return ids
 
 

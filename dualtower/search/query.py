@@ -40,9 +40,10 @@ class SearchIndex:
     one the index names (with `options`: device, precision). Queries may come from several threads; the
     Embedder runs one batch at a time."""
 
-    def __init__(self, path: "str | os.PathLike", model=None, engine: str | None = None, options=None):
+    def __init__(self, path: "str | os.PathLike", model=None, engine: str | None = None, options=None,
+                 runtime: str | None = None):
         self.store = Store(path)
-        self.embedder = open_model(self.store, options) if model is None else as_embedder(model)
+        self.embedder = open_model(self.store, options, runtime) if model is None else as_embedder(model)
         self.store.check_model(self.embedder.identity())
         self._refreshing = threading.Lock()
         self._engine_kind = engine
@@ -54,13 +55,14 @@ class SearchIndex:
              options=None) -> "SearchIndex":
         """The index with its model opened on `runtime` (runtimes.open, with `options`: device, precision): the
         model named (it must have the index's weights), or the one the index records (on the runtime it was
-        built with; for another runtime, name the model)."""
-        if runtime != "torch" and not model:
+        built with, or the fastest for "auto"; for another runtime, name the model)."""
+        if runtime not in ("torch", "auto") and not model:
             raise SearchIndexError(f"--runtime {runtime} needs --model: a folder from `dualtower export` of the "
                                    "index's model")
         from .. import runtimes
 
-        return cls(path, None if model is None else runtimes.open(model, runtime, options), options=options)
+        return cls(path, None if model is None else runtimes.open(model, runtime, options), options=options,
+                   runtime="auto" if runtime == "auto" else None)
 
     def refresh(self, engine: str | None = None) -> None:
         """Load the saved engine, or build one in memory where it is missing or stale: a view of the index at one
@@ -205,12 +207,12 @@ def check_page(offset, min_score) -> tuple[int, float | None]:
     return int(offset), min_score
 
 
-def open_model(store: Store, options=None):
-    """The Embedder of the model an index records where it came from: on PyTorch, or on ONNX Runtime for an index
-    built with an export (`index --runtime onnx`)."""
+def open_model(store: Store, options=None, runtime: str | None = None):
+    """The Embedder of the model an index records where it came from: on PyTorch, or on the runtime of the export
+    it was built with (`index --runtime onnx`); `runtime` ("auto") overrides that."""
     from .. import runtimes
 
     source = store.model.get("source")
     if not source:
         raise SearchIndexError(f"{store.path}: the index does not say where its model came from; pass --model")
-    return runtimes.open(source, runtimes.runtime_of(source), options)
+    return runtimes.open(source, runtime or runtimes.runtime_of(source), options)
