@@ -1,6 +1,7 @@
 """The self-check (fixed probes against PyTorch's fp32 reference, refused below a precision's floor) and
 `--precision auto` (each tower at its fastest precision that passes it, chosen once per machine)."""
 
+import importlib.util
 import json
 
 import numpy as np
@@ -217,13 +218,16 @@ def test_the_runtimes_of_exports_say_what_precision_they_run_at(tmp_path):
     assert said[0].startswith(f"precision auto: OpenVINO runs {tmp_path / 'x'} at {expected} (") and "probes image" in said[0]
 
 
+_NO_OPENVINO = pytest.mark.skipif(importlib.util.find_spec("openvino") is None, reason="needs openvino")
+
+
+@_NO_OPENVINO
 def test_runtime_auto_runs_an_export_on_the_faster_runtime_and_keeps_the_measurement(tmp_path, cache):
     """An ONNX export runs on ONNX Runtime or OpenVINO: both open it (passing their self-checks), are timed once on
     the probes, and the faster on the tower the command leans on wins (images for a batch command, texts for a
     service); a later start reads the rates back. A checkpoint stays on PyTorch; an export both refuse is named."""
     from dualtower.export import export
 
-    pytest.importorskip("openvino")
     export(_tiny(), tmp_path / "x")
     spec, said = str(tmp_path / "x"), []
     options = runtimes.OpenOptions(precision="auto", note=said.append)
@@ -254,10 +258,10 @@ def test_runtime_auto_runs_an_export_on_the_faster_runtime_and_keeps_the_measure
         runtimes.open(spec, "auto", options)
 
 
+@_NO_OPENVINO
 def test_the_commands_take_runtime_auto(tmp_path, cache, capsys):
     from dualtower.export import export
 
-    pytest.importorskip("openvino")
     model = _tiny()
     export(model, tmp_path / "x")
     (tmp_path / "photos").mkdir()
