@@ -4,11 +4,11 @@ int8 by OpenVINO's post-training quantisation (NNCF) calibrated on images and ca
 
 Why OpenVINO's own int8 rather than the ONNX int8 graph: OpenVINO runs the ONNX export's dynamic quantisation
 (ONNX Runtime's own operators) no faster than fp32, while the models NNCF quantises run their products on the
-processor's int8 units (VNNI, AMX) and the rest in bf16 where the processor has it: ViT-B-16 at 5.4x open_clip
-fp32 on an AMX Xeon, against 2.9x for ONNX Runtime int8 (benchmarks/roofline.py, RESULTS.md). The OpenVINO
+processor's int8 units (VNNI, AMX) and the rest in bf16 where the processor has it: ViT-B-16 at 4.9x open_clip
+fp32 on an AMX Xeon, against 2.8x for ONNX Runtime int8 (benchmarks/roofline.py, RESULTS.md). The OpenVINO
 runtime (`runtimes/openvino.py`) runs these folders, and holds them to the int8 self-check like any export.
 
-Needs `openvino`, and `nncf` for int8 (pip install 'dualtower[nncf]'); both imported only here.
+Needs `openvino`, and `nncf` for int8 (pip install 'dualtower[nncf]'; imported only here).
 """
 
 from __future__ import annotations
