@@ -110,8 +110,39 @@ def export(model, out: "str | os.PathLike", format: str = "onnx", precision: str
     """`reparameterize`: a convolutional tower's training-time branches are folded into single convolutions
     first (`DualEncoder.reparameterize`: the same outputs, fewer operations); the caller's model is unchanged.
     `opset`: 20 by default, where a GELU is one ONNX op (at 18 it is Div/Erf/Mul/Add: 1.4x the images/s on the
-    conv towers, 1.2x on ViT-B-16 int8, benchmarks/RESULTS.md). `calibration`: image paths for int8 of a convolutional tower, whose
-    convolutions are quantised statically (see `_quantize_conv`); scikit-learn's sample photos by default."""
+    conv towers, 1.2x on ViT-B-16 int8, benchmarks/RESULTS.md). `calibration`: image paths for int8 of a
+    convolutional tower, whose convolutions are quantised statically (`lowering.quantize_conv`), or for any
+    OpenVINO int8 (`openvino_ir`); scikit-learn's sample photos by default."""
+    naflex = model.cfg.vision is not None and model.cfg.vision.naflex
+    _check_request(model.cfg.name, format, precision, aot, naflex and dynamic_size)
+    opset = 20 if opset is None else opset
+    started = time.monotonic()
+    # The caller's model keeps its dtype, device and mode. In eval mode the training-time parts (dropout, drop path,
+    # patch dropout) are identities; every family built here exports exactly (tests/test_export.py).
+    model = copy.deepcopy(model).float().eval().cpu()
+    model.set_grad_checkpointing(False)
+    digest = weights_sha256(model)  # the model's identity is its weights as given: folding computes the same
+    if reparameterize:
+        model.reparameterize()
+    out = Path(out)
+    if out.exists() and not out.is_dir():
+        raise UserError(f"{out}: exists and is not a folder")
+    graphs = _graphs(model, normalize, dynamic_size)
+    with io.atomic_directory(out, replaceable=lambda d: (d / "config.json").is_file() or not any(d.iterdir())) as tmp:
+        files = {}
+        for name, graph in graphs.items():
+            files.update(_write_graph(model, name, graph, tmp, format, precision, opset, aot, calibration))
+        from .runtimes import as_embedder, probes
+
+        record = probes.save(as_embedder(model), tmp)  # the fp32 reference every runtime is held to
+        _write_side_files(model, tmp, out.name, format, precision, normalize, opset, graphs, aot, digest, record)
+        if format == "openvino" and precision == "int8":
+            openvino_ir.check(tmp)
+    return ExportReport(out, files, time.monotonic() - started)
+
+
+def _check_request(name: str, format: str, precision: str, aot: bool, naflex_resized: bool) -> None:
+    """Refuses what export cannot write, before any work."""
     if format not in FORMATS:
         raise UserError(f"format {format!r} is not one of {FORMATS}")
     if precision not in PRECISIONS:
@@ -126,26 +157,15 @@ def export(model, out: "str | os.PathLike", format: str = "onnx", precision: str
     if aot and shutil.which(os.environ.get("CXX", "c++")) is None:
         raise UserError("aot needs a C++ compiler (AOTInductor compiles the programs); none found on PATH "
                          "(set CXX or install g++)")
-    naflex = model.cfg.vision is not None and model.cfg.vision.naflex
-    if naflex and dynamic_size:
-        raise UserError(f"{model.cfg.name} has a NaFlex vision tower: its graph takes any patch count and grid "
+    if naflex_resized:
+        raise UserError(f"{name} has a NaFlex vision tower: its graph takes any patch count and grid "
                          "already; --dynamic-size is for fixed-size towers")
-    conv = isinstance(model.cfg.vision, ConvVisionConfig)
-    if opset is None:
-        opset = 20
-    started = time.monotonic()
-    # The caller's model keeps its dtype, device and mode. In eval mode the training-time parts (dropout, drop path,
-    # patch dropout) are identities; every family built here exports exactly (tests/test_export.py).
-    model = copy.deepcopy(model).float().eval().cpu()
-    model.set_grad_checkpointing(False)
-    digest = weights_sha256(model)  # the model's identity is its weights as given: folding computes the same
-    if reparameterize:
-        model.reparameterize()
-    out = Path(out)
-    if out.exists() and not out.is_dir():
-        raise UserError(f"{out}: exists and is not a folder")
+
+
+def _graphs(model, normalize: bool, dynamic_size: bool) -> dict:
+    """name -> (graph module, example input, input name(s), output name) for each tower the model has."""
     graphs = {}
-    if naflex:
+    if model.cfg.vision is not None and model.cfg.vision.naflex:
         graphs["image"] = (NaFlexGraph(model, normalize).eval(), _example_patches(model), list(NAFLEX_INPUTS),
                            "image_embeds")
     elif model.visual is not None:
@@ -153,47 +173,45 @@ def export(model, out: "str | os.PathLike", format: str = "onnx", precision: str
         graphs["image"] = (ImageGraph(model, normalize, dynamic_size).eval(), torch.zeros(2, 3, size, size),
                            "pixels", "image_embeds")
     if model.text is not None:
-        ids = _example_ids(model)
-        graphs["text"] = (TextGraph(model, normalize).eval(), ids, "ids", "text_embeds")
-    with io.atomic_directory(out, replaceable=lambda d: (d / "config.json").is_file() or not any(d.iterdir())) as tmp:
-        files = {}
-        for name, (graph, example, input_name, output_name) in graphs.items():
-            if format == "onnx":
-                path = tmp / f"{name}.onnx"
-                _to_onnx(graph, example, input_name, output_name, path, opset, name == "text")
-                if precision == "int8" and name == "image" and conv:
-                    lowering.quantize_conv(path, lowering.calibration_pixels(model.cfg, calibration))
-                elif precision != "fp32":
-                    lowering.lower(path, precision)
-            elif format == "openvino":
-                onnx_path, path = tmp / f"{name}.onnx", tmp / f"{name}.xml"
-                _to_onnx(graph, example, input_name, output_name, onnx_path, opset, name == "text")
-                samples = None if precision == "fp32" else openvino_ir.image_samples(model, calibration) \
-                    if name == "image" else openvino_ir.text_samples(model)
-                openvino_ir.convert(onnx_path, path, precision, samples, transformer=not (name == "image" and conv))
-                onnx_path.unlink()
-                files[path.with_suffix(".bin").name] = path.with_suffix(".bin").stat().st_size
-            else:
-                path = tmp / f"{name}.pt2"
-                dims = _dims(example, name == "text", graph)
-                with torch.no_grad():
-                    program = torch.export.export(graph, _tuple(example), dynamic_shapes=_tuple(dims))
-                torch.export.save(program, path)
-                if aot:  # compiled for this platform (CPU here; a CUDA model compiles for its GPU)
-                    from torch._inductor import aoti_compile_and_package
+        graphs["text"] = (TextGraph(model, normalize).eval(), _example_ids(model), "ids", "text_embeds")
+    return graphs
 
-                    package = tmp / f"{name}.aoti.pt2"
-                    aoti_compile_and_package(program, package_path=str(package))
-                    files[package.name] = package.stat().st_size
-            files[path.name] = path.stat().st_size
-        from .runtimes import as_embedder, probes
 
-        record = probes.save(as_embedder(model), tmp)  # the fp32 reference every runtime is held to
-        _write_side_files(model, tmp, out.name, format, precision, normalize, opset, graphs, aot, digest, record)
-        if format == "openvino" and precision == "int8":
-            openvino_ir.check(tmp)
-    report = ExportReport(out, files, time.monotonic() - started)
-    return report
+def _write_graph(model, name: str, graph: tuple, tmp: Path, format: str, precision: str, opset: int, aot: bool,
+                 calibration) -> dict[str, int]:
+    """One tower's graph written into `tmp` in `format` at `precision`; the files it wrote, name -> bytes."""
+    module, example, input_name, output_name = graph
+    conv_image = name == "image" and isinstance(model.cfg.vision, ConvVisionConfig)
+    files = {}
+    if format == "onnx":
+        path = tmp / f"{name}.onnx"
+        _to_onnx(module, example, input_name, output_name, path, opset, name == "text")
+        if precision == "int8" and conv_image:
+            lowering.quantize_conv(path, lowering.calibration_pixels(model.cfg, calibration))
+        elif precision != "fp32":
+            lowering.lower(path, precision)
+    elif format == "openvino":
+        onnx_path, path = tmp / f"{name}.onnx", tmp / f"{name}.xml"
+        _to_onnx(module, example, input_name, output_name, onnx_path, opset, name == "text")
+        samples = None if precision == "fp32" else openvino_ir.image_samples(model, calibration) \
+            if name == "image" else openvino_ir.text_samples(model)
+        openvino_ir.convert(onnx_path, path, precision, samples, transformer=not conv_image)
+        onnx_path.unlink()
+        files[path.with_suffix(".bin").name] = path.with_suffix(".bin").stat().st_size
+    else:
+        path = tmp / f"{name}.pt2"
+        with torch.no_grad():
+            program = torch.export.export(module, _tuple(example),
+                                          dynamic_shapes=_tuple(_dims(example, name == "text", module)))
+        torch.export.save(program, path)
+        if aot:  # compiled for this platform (CPU here; a CUDA model compiles for its GPU)
+            from torch._inductor import aoti_compile_and_package
+
+            package = tmp / f"{name}.aoti.pt2"
+            aoti_compile_and_package(program, package_path=str(package))
+            files[package.name] = package.stat().st_size
+    files[path.name] = path.stat().st_size
+    return files
 
 
 def load_programs(directory: "str | os.PathLike", aot: bool = True) -> dict:

@@ -44,9 +44,9 @@ def convert(onnx_path: Path, xml_path: Path, precision: str, samples: list[dict]
     quantised by NNCF with `samples` (the graph's inputs, one dict per sample) as calibration. `transformer`:
     NNCF's transformer scheme (the attention's softmax and the norms kept in higher precision), else its
     convolutional one."""
-    from .runtimes.openvino import _openvino
+    from .runtimes.openvino import import_openvino
 
-    ov = _openvino()  # imported as the runtime imports it (its logging handler kept off other streams)
+    ov = import_openvino()  # imported as the runtime imports it (its logging handler kept off other streams)
     model = ov.convert_model(str(onnx_path))
     if precision == "int8":
         nncf = require("nncf", "OpenVINO int8 export", "nncf")

@@ -20,7 +20,7 @@ from dualtower.runtimes.openvino import OpenVinoModel
 
 # Not imported here: importing openvino at collection would bind absl's logging handler to pytest's capture of
 # the whole session, which a later `serve` test's logging set-up closes (dualtower imports it through
-# runtimes.openvino._openvino, which points that handler at the process's own stderr).
+# runtimes.openvino.import_openvino, which points that handler at the process's own stderr).
 pytestmark = pytest.mark.skipif(importlib.util.find_spec("openvino") is None or importlib.util.find_spec("nncf") is None,
                                 reason="needs openvino and nncf (pip install 'dualtower[nncf]')")
 
@@ -127,9 +127,9 @@ def test_int8_of_a_conv_tower_and_of_a_naflex_tower(arch, tmp_path, photos):
 def _reverse_weights(folder):
     """Reverses the largest weight matrix of an OpenVINO image model along its last axis: it runs, and computes
     something else."""
-    from dualtower.runtimes.openvino import _openvino
+    from dualtower.runtimes.openvino import import_openvino
 
-    ov = _openvino()
+    ov = import_openvino()
     core = ov.Core()
     model = core.read_model(str(folder / "image.xml"))
     weights = max((op for op in model.get_ops() if op.get_type_name() == "Constant"),

@@ -73,7 +73,7 @@ def choose(model, measure: bool = True) -> Choice:
 
     embedder = TorchEmbedder(model)  # embeds with whatever precision the model's towers have at the time
     reference = probes.embed(embedder)
-    cache = _read_cache()
+    cache = read_cache()
     for name, tower in towers.items():
         key = _key(model, name, device)
         ratio = cache.get(key, {}).get("bf16_vs_fp32")
@@ -100,7 +100,7 @@ def choose(model, measure: bool = True) -> Choice:
         choice.precision[name] = "bf16"
         choice.reasons[name] = (f"{ratio:.2f}x fp32's rate on {units}, {'measured now' if measured_now else 'cached'}"
                                 f"; probes cosine {result.cosines[name]:.5f}")
-    _write_cache(cache)
+    write_cache(cache)
     return choice
 
 
@@ -113,17 +113,13 @@ def _ratio(embedder, name: str, fp32, bf16) -> float:
     """bf16's rate over fp32's on one batch (the probes twice, through the embedder's own preprocessing and token
     ids): each warmed once, then the best of two alternated timings. The embeddings come back as numpy, so a
     GPU's work is finished inside each timing."""
-    if name == "image":
-        batch = embedder.collate([embedder.transform(im) for im in probes.images() * 2])
-        encode = embedder.embed_pixels
-    else:
-        batch, encode = np.concatenate([probes.text_ids(embedder)] * 2), embedder.embed_ids
+    encode, _ = probes.timing_work(embedder, name)
     best = {}
     for _round in range(3):
         for precision, tower in (("fp32", fp32), ("bf16", bf16)):
             _set_tower(embedder.model, name, tower)
             start = time.perf_counter()
-            encode(batch)
+            encode()
             if _round:  # round 0 warms up
                 best[precision] = min(best.get(precision, np.inf), time.perf_counter() - start)
     _set_tower(embedder.model, name, fp32)
@@ -140,7 +136,7 @@ def _key(model, name: str, device) -> str:
     return hashlib.sha256(json.dumps(facts, sort_keys=True, default=str).encode()).hexdigest()[:24]
 
 
-def _read_cache() -> dict:
+def read_cache() -> dict:
     try:
         data = json.loads(cache_path().read_text(encoding="utf-8"))
         return data if isinstance(data, dict) else {}
@@ -148,7 +144,7 @@ def _read_cache() -> dict:
         return {}  # none yet, or unreadable: measure again
 
 
-def _write_cache(cache: dict) -> None:
+def write_cache(cache: dict) -> None:
     from .. import io
 
     try:

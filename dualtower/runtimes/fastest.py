@@ -26,11 +26,9 @@ import os
 import time
 from pathlib import Path
 
-import numpy as np
-
 from ..errors import UserError
 from . import probes
-from .auto import _read_cache, _write_cache
+from .auto import read_cache, write_cache
 
 
 def open(spec: str, options):  # noqa: A001 (the runtimes' factory calls it by this name)
@@ -54,14 +52,14 @@ def open(spec: str, options):  # noqa: A001 (the runtimes' factory calls it by t
     if not candidates:
         raise UserError(f"{spec}: no runtime installed runs it here: " + "; ".join(failures.values()))
     tower = "text" if options.service or candidates[next(iter(candidates))].cfg.vision is None else "image"
-    cache = _read_cache()
+    cache = read_cache()
     key = _key(spec, candidates)
     rates = cache.get(key)
     measured_now = rates is None or not set(candidates) <= set(rates)
     if measured_now:
         rates = _measure(candidates)
         cache[key] = {**rates, "when": time.strftime("%Y-%m-%d %H:%M:%S")}
-        _write_cache(cache)
+        write_cache(cache)
     best = max(candidates, key=lambda name: rates[name][tower])
     others = [n for n in candidates if n != best]
     chosen = candidates[best]
@@ -76,20 +74,13 @@ def open(spec: str, options):  # noqa: A001 (the runtimes' factory calls it by t
 def _measure(candidates: dict) -> dict[str, dict[str, float]]:
     """Items per second of each candidate, per tower, on the probes (twice over): each warmed once, then the best of
     two alternated timings."""
-    work = {}
-    for name, embedder in candidates.items():
-        tower_work = {}
-        if embedder.cfg.vision is not None:
-            batch = embedder.collate([embedder.transform(im) for im in probes.images() * 2])
-            tower_work["image"] = (lambda e=embedder, b=batch: e.embed_pixels(b), 8)
-        if embedder.cfg.text is not None:
-            ids = np.concatenate([probes.text_ids(embedder)] * 2)
-            tower_work["text"] = (lambda e=embedder, i=ids: e.embed_ids(i), len(ids))
-        work[name] = tower_work
+    towers = [t for t, cfg in (("image", "vision"), ("text", "text"))
+              if getattr(next(iter(candidates.values())).cfg, cfg) is not None]
+    work = {name: {t: probes.timing_work(embedder, t) for t in towers} for name, embedder in candidates.items()}
     best: dict[str, dict[str, float]] = {name: {} for name in candidates}
     for round_ in range(3):
-        for name, towers in work.items():
-            for tower, (fn, items) in towers.items():
+        for name, jobs in work.items():
+            for tower, (fn, items) in jobs.items():
                 start = time.perf_counter()
                 fn()
                 if round_:  # round 0 warms up
@@ -102,7 +93,7 @@ def _key(spec: str, candidates: dict) -> str:
     from ..apps.machine import cpu_name
 
     folder = Path(spec)
-    meta = json.loads((folder / "config.json").read_text(encoding="utf-8"))
+    meta = next(iter(candidates.values())).meta  # the export's config.json, as the runtime read and checked it
     graphs = {g["file"]: (folder / g["file"]).stat().st_size for g in meta["graphs"].values()}
     versions = {}
     for module in ("onnxruntime", "openvino"):

@@ -54,7 +54,7 @@ class OpenVinoModel(OnnxModel):
         return self._hint
 
     def compile(self, graphs: dict[str, Path], threads: int | None, providers, spinning: bool) -> dict:
-        ov = _openvino()
+        ov = import_openvino()
         core = ov.Core()
         self._hint = self._asked
         if self._asked == "auto":
@@ -91,7 +91,7 @@ class OpenVinoModel(OnnxModel):
         return np.asarray(result[0], dtype=np.float32)
 
 
-def _openvino():
+def import_openvino():
     """`import openvino`, which imports absl.logging (through its TensorFlow front end). absl makes a handler on the
     sys.stderr of that moment and closes it when logging's handlers are reset (uvicorn's dictConfig does, at
     `serve`), unless it is the process's own stderr: under pytest's capture or in a notebook it would close their

@@ -65,6 +65,17 @@ def text_ids(embedder, texts=TEXTS) -> np.ndarray:
         return ids
 
 
+def timing_work(embedder, tower: str):
+    """(fn, items): one batch of the probes twice over through `embedder`'s own preprocessing or token ids, as
+    `fn()` embeds it: what `--precision auto` and `--runtime auto` time a tower on."""
+    if tower == "image":
+        pictures = images() * 2
+        batch = embedder.collate([embedder.transform(im) for im in pictures])
+        return (lambda: embedder.embed_pixels(batch)), len(pictures)
+    ids = np.concatenate([text_ids(embedder)] * 2)
+    return (lambda: embedder.embed_ids(ids)), len(ids)
+
+
 def embed(embedder, ids: np.ndarray | None = None) -> dict[str, np.ndarray]:
     """The probes through `embedder` (any runtime): {"image": (4, E), "text": (4, E)} for the towers it has; the
     text rows from `ids` (an export's recorded ids), else `text_ids`."""
