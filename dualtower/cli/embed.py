@@ -193,8 +193,8 @@ def add_export(sub) -> None:
                                       "torch.export")
     p.add_argument("model", nargs="?", help="a checkpoint, hf-hub:ORG/NAME, a name from `dualtower models`, or an "
                                             "architecture name for random weights (or give it as --model)")
-    p.add_argument("out", nargs="?", help="the folder to write (image.onnx, text.onnx, config.json, tokenizer files, "
-                                          "README)")
+    p.add_argument("out", nargs="?", help="the folder to write (image.onnx and text.onnx, or .xml/.bin for openvino, "
+                                          ".pt2 for torch-export; config.json, probes, tokenizer files, README)")
     p.add_argument("--model", dest="model_option", metavar="MODEL", help="the model, as every other command takes it")
     p.add_argument("--arch", help="the architecture of a bare state dict checkpoint")
     p.add_argument("--format", choices=["onnx", "openvino", "torch-export"], default="onnx",
