@@ -11,6 +11,8 @@ little. The photos are skimage's bundled ones, re-encoded as JPEG at several siz
 from __future__ import annotations
 
 import argparse
+import atexit
+import shutil
 import statistics
 import tempfile
 import time
@@ -18,6 +20,13 @@ from pathlib import Path
 
 import numpy as np
 import torch
+
+
+def scratch(prefix: str = "dualtower-bench-") -> Path:
+    """A temporary folder removed when the script ends, however it ends (exports of several towers fill a disk)."""
+    path = Path(tempfile.mkdtemp(prefix=prefix))
+    atexit.register(shutil.rmtree, path, True)
+    return path
 
 
 def photos(root: Path, n: int) -> Path:
@@ -75,7 +84,7 @@ def main() -> None:
     from dualtower.apps.machine import describe
 
     print(f"machine: {describe()}")
-    tmp = Path(tempfile.mkdtemp())
+    tmp = scratch()
     folder = photos(tmp, args.photos)
 
     # 1. Image towers, batch of real photos preprocessed as each model wants

@@ -15,7 +15,6 @@ import argparse
 import functools
 import os
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -33,10 +32,10 @@ def main() -> None:
     from dualtower import runtimes
     from dualtower.runtimes import OpenOptions
     from dualtower.search import build_index, build_index_ray
-    from mobileclip import photos
+    from mobileclip import photos, scratch
     from search import machine
 
-    tmp = Path(tempfile.mkdtemp(prefix="ray-bench-"))
+    tmp = scratch("ray-bench-")
     folder = photos(tmp, args.photos)
     model_dir = tmp / "model"
     dualtower.save(dualtower.create_model(args.arch, seed=0), model_dir)

@@ -16,7 +16,6 @@ import argparse
 import os
 import statistics
 import sys
-import tempfile
 import time
 import warnings
 from pathlib import Path
@@ -26,6 +25,7 @@ import torch
 
 warnings.filterwarnings("ignore")
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+from mobileclip import scratch  # noqa: E402
 
 SHAPES = ((1600, 768, 3072), (2048, 2048, 2048), (4096, 1024, 4096))  # a ViT-B MLP at batch 32 x 50, two squares
 
@@ -235,8 +235,8 @@ def main() -> None:
 
     from dualtower.apps.machine import describe
 
-    os.environ.setdefault("DUALTOWER_CACHE", tempfile.mkdtemp())  # auto measures afresh in this run
-    tmp = Path(tempfile.mkdtemp())
+    os.environ.setdefault("DUALTOWER_CACHE", str(scratch()))  # auto measures afresh in this run
+    tmp = scratch()
     try:
         import openvino
 
@@ -299,7 +299,7 @@ def profile_onnx(arch: str, batch: int) -> None:
     model.text, model.cfg = None, dataclasses.replace(model.cfg, text=None)
     size = model.cfg.vision.image_size
     x = np.random.default_rng(0).standard_normal((batch, 3, size, size)).astype(np.float32)
-    tmp = Path(tempfile.mkdtemp())
+    tmp = scratch()
     for opset in (18, 20):
         export(model, tmp / str(opset), precision="int8", opset=opset)
         options = ort.SessionOptions()
