@@ -102,13 +102,15 @@ def pair_sets(labels: dict) -> tuple[set, set]:
     return positive, {frozenset(p) for p in labels["burst"]}
 
 
-def hash_curve(out: Path, labels: dict) -> None:
-    from dualtower.images import open_image
-    from dualtower.search.records import thumbnail
+def hash_curve(out: Path, labels: dict, arch: str) -> None:
+    import dualtower
+    from dualtower.images import eval_transform, open_image
     from dualtower.search.dedupe import distance, hashes as image_hashes
+    from dualtower.search.records import sample_and_thumbnail
 
     files = sorted(p.name for p in out.iterdir() if p.suffix != ".json")
-    hashes = {f: image_hashes(thumbnail(open_image(out / f))) for f in files}
+    transform = eval_transform(dualtower.get_config(arch).preprocess)  # thumbnails as an index of `arch` makes them
+    hashes = {f: image_hashes(sample_and_thumbnail(transform, open_image(out / f))[1]) for f in files}
     positive, burst = pair_sets(labels)
     pairs = {frozenset(p): distance(hashes[p[0]], hashes[p[1]]) for p in itertools.combinations(files, 2)}
     print(f"{len(files)} images: {len(positive)} true-duplicate pairs, {len(burst)} burst-like pairs, "
@@ -155,7 +157,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as d:
         out = args.out or Path(d) / "set"
         labels = make_set(out)
-        hash_curve(out, labels)
+        hash_curve(out, labels, args.arch)
         end_to_end(out, labels, args.arch)
 
 

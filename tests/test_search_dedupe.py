@@ -149,3 +149,40 @@ def test_the_page_shows_duplicates_and_searches_by_examples(dupes):
     finally:
         browser.quit()
         server.stop()
+
+
+def test_the_index_thumbnail_comes_from_the_models_resize_where_it_fits(photos):
+    """An index record's thumbnail is made from the transform's resize of the whole picture (a tenth of the cost):
+    the sample is the transform's own, exactly; the thumbnail has the size one from the original has, looks the
+    same and hashes within the near-duplicate threshold. A picture the resize would enlarge, one not RGB, a
+    squashed resize and a strip cut to 16:1 take the thumbnail from the original."""
+    import dataclasses
+
+    import numpy as np
+
+    from dualtower.images import ArrayTransform, ImageTransform
+    from dualtower.search.records import sample_and_thumbnail, thumbnail
+
+    cfg = dualtower.get_config("ViT-B-32").preprocess
+    for transform in (ImageTransform(cfg), ArrayTransform(cfg)):
+        for name, image in photos.items():
+            image = image.convert("RGB")
+            sample, small = sample_and_thumbnail(transform, image)
+            assert np.array_equal(np.asarray(sample), np.asarray(transform(image))), name
+            assert transform.sample_and_view(image)[1] is not None, name  # these photos take the cheap path
+            ref = thumbnail(image)
+            assert small.size == ref.size and small.mode == "RGB", (name, small.size, ref.size)
+            error = np.asarray(small, np.float64) - np.asarray(ref, np.float64)
+            psnr = 10 * np.log10(255 ** 2 / np.mean(error ** 2))  # in dB: 42 to 53 on these photos
+            assert psnr > 40, (name, psnr)  # the same picture to the eye
+            assert dedupe.distance(dedupe.hashes(small), dedupe.hashes(ref)) <= dedupe.MAX_DISTANCE, name
+    photo = photos["astronaut"]
+    small = Image.new("RGB", (100, 80), (200, 30, 30))
+    rgba = photo.convert("RGBA")
+    strip = photo.resize((4000, 200))
+    squash = ImageTransform(dataclasses.replace(cfg, resize_mode="squash"))
+    transform = ImageTransform(cfg)
+    assert transform.sample_and_view(rgba)[1] is None and squash.sample_and_view(photo)[1] is None
+    assert transform.sample_and_view(strip)[1] is None
+    for t, image in ((transform, small), (transform, rgba), (squash, photo), (transform, strip)):
+        assert np.array_equal(np.asarray(sample_and_thumbnail(t, image)[1]), np.asarray(thumbnail(image)))

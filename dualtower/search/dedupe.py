@@ -32,11 +32,12 @@ def phash(image) -> int:
 
     grey = np.asarray(image.convert("L").resize((32, 32), Image.LANCZOS), dtype=np.float64)
     low = (_DCT @ grey @ _DCT.T)[:8, :8].ravel()
-    return int("".join("1" if b else "0" for b in low > np.median(low[1:])), 2)
+    return int.from_bytes(np.packbits(low > np.median(low[1:])).tobytes(), "big")  # the first bit the highest
 
 
 def hashes(image) -> bytes:
     """The image's hashes (whole, and cut by each of CROPS), as the index keeps them: 8 bytes each."""
+    image = image.convert("L")  # once for the three crops (phash converts per pixel, so crops commute with it)
     w, h = image.size
     return b"".join(phash(image.crop((round(w * c), round(h * c), w - round(w * c), h - round(h * c))))
                     .to_bytes(8, "little") for c in CROPS)
