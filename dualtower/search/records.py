@@ -78,10 +78,9 @@ def sample_and_thumbnail(transform, image: Image.Image) -> tuple:
     upscale) and at least the thumbnail's size, else from the original: from the resize it costs about a tenth
     (0.2 against 1.3 ms for a 640 px photo), resized twice, each time with an antialiasing filter."""
     sample, view = transform.sample_and_view(image)
-    if view is None or view.width > image.width or view.height > image.height:
-        return sample, thumbnail(image)
-    scale = min(THUMB_SIDE / image.width, THUMB_SIDE / image.height, 1.0)
-    fits = view.width >= image.width * scale and view.height >= image.height * scale
+    scale = min(THUMB_SIDE / image.width, THUMB_SIDE / image.height, 1.0)  # the thumbnail's, from the original
+    fits = view is not None and image.width * scale <= view.width <= image.width \
+        and image.height * scale <= view.height <= image.height
     return sample, thumbnail(view if fits else image)
 
 
